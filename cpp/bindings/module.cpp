@@ -1,0 +1,235 @@
+// pybind11 bindings: argument checks, output allocation, GIL release. No kernel code here.
+// The Python layer (python/rnnkern/_functional.py) validates arguments with friendly messages
+// first; the checks here make sure that nothing reaching the core can crash it.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+#include <vector>
+
+#include "rnnkern/rnnkern.hpp"
+
+namespace py = pybind11;
+using rnnkern::Cell;
+using Shape = std::vector<int64_t>;
+
+namespace {
+
+template <class T>
+bool is_dtype(const py::dtype& dt) {
+  return dt.num() == py::dtype::of<T>().num() && dt.byteorder() != '>';
+}
+
+std::string shape_str(const Shape& s) {
+  std::string r = "(";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + (s.size() == 1 ? ",)" : ")");
+}
+
+// The data of `o`, a C-contiguous aligned array of T with `shape`; null for None if optional.
+template <class T>
+T* data(const py::object& o, const char* name, const Shape& shape, bool optional = false) {
+  if (o.is_none()) {
+    if (optional) return nullptr;
+    throw py::type_error(std::string(name) + ": expected a numpy.ndarray, got None");
+  }
+  if (!py::isinstance<py::array>(o))
+    throw py::type_error(std::string(name) + ": expected a numpy.ndarray");
+  auto a = py::reinterpret_borrow<py::array>(o);
+  if (!is_dtype<T>(a.dtype()))
+    throw py::type_error(std::string(name) + ": dtype " + py::str(a.dtype()).cast<std::string>() +
+                         " is not the call's dtype " +
+                         py::str(py::dtype::of<T>()).cast<std::string>());
+  Shape got(a.shape(), a.shape() + a.ndim());
+  if (got != shape)
+    throw py::value_error(std::string(name) + ": expected shape " + shape_str(shape) + ", got " +
+                          shape_str(got));
+  const int flags = a.flags();
+  if (!(flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_) ||
+      !(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    throw py::value_error(std::string(name) + ": must be C-contiguous and aligned");
+  return static_cast<T*>(a.mutable_data());
+}
+
+template <class T>
+py::object array_or_none(bool present, const Shape& shape) {
+  if (!present) return py::none();
+  return py::array_t<T>(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+}
+
+template <class T>
+T* ptr(const py::object& o) {
+  return o.is_none() ? nullptr : static_cast<T*>(py::reinterpret_borrow<py::array>(o).mutable_data());
+}
+
+Cell to_cell(int id) {
+  if (id < 0 || id > 5) throw py::value_error("cell: unknown cell id " + std::to_string(id));
+  return static_cast<Cell>(id);
+}
+
+struct Sizes {
+  rnnkern::Dims d;
+  int64_t G;
+};
+
+Sizes sizes(Cell cell, const py::object& x, const py::object& w_hh) {
+  if (!py::isinstance<py::array>(x) || py::reinterpret_borrow<py::array>(x).ndim() != 3)
+    throw py::value_error("x: expected a numpy.ndarray of shape (T, B, I)");
+  if (!py::isinstance<py::array>(w_hh) || py::reinterpret_borrow<py::array>(w_hh).ndim() != 2)
+    throw py::value_error("w_hh: expected a numpy.ndarray of shape (G*H, H)");
+  auto xs = py::reinterpret_borrow<py::array>(x).shape();
+  auto ws = py::reinterpret_borrow<py::array>(w_hh).shape();
+  return {{xs[0], xs[1], xs[2], ws[1]}, rnnkern::gates(cell)};
+}
+
+template <class F>
+py::tuple forward(Cell cell, Sizes z, const py::object& x, const py::object& h0,
+                  const py::object& c0, const py::object& w_ih, const py::object& w_hh,
+                  const py::object& b_ih, const py::object& b_hh, const py::object& lengths,
+                  bool training) {
+  const auto [T, B, I, H] = z.d;
+  const int64_t GH = z.G * H;
+  const bool lstm = cell == Cell::lstm;
+  const F* xp = data<F>(x, "x", {T, B, I});
+  const F* h0p = data<F>(h0, "h0", {B, H}, true);
+  const F* c0p = lstm ? data<F>(c0, "c0", {B, H}, true) : nullptr;
+  rnnkern::Params<F> p{data<F>(w_ih, "w_ih", {GH, I}), data<F>(w_hh, "w_hh", {GH, H}),
+                       data<F>(b_ih, "b_ih", {GH}, true), data<F>(b_hh, "b_hh", {GH}, true)};
+  const int64_t* len = data<int64_t>(lengths, "lengths", {B}, true);
+  for (int64_t b = 0; len && b < B; ++b)
+    if (len[b] < 1 || len[b] > T) throw py::value_error("lengths: every value must be in 1..T");
+  py::array_t<F> y({T, B, H}), h_n({B, H});
+  py::object c_n = array_or_none<F>(lstm, {B, H});
+  const auto L = rnnkern::cache_layout(cell, z.d);
+  py::object hs = array_or_none<F>(training, {T + 1, B, H});
+  py::object cs = array_or_none<F>(training && L.cs, {T + 1, B, H});
+  py::object gates = array_or_none<F>(training && L.gates, {T, B, GH});
+  py::object aux = array_or_none<F>(training && L.aux, {T, B, H});
+  rnnkern::Cache<F> cache{ptr<F>(hs), ptr<F>(cs), ptr<F>(gates), ptr<F>(aux)};
+  {
+    py::gil_scoped_release release;
+    rnnkern::forward<F>(cell, z.d, xp, h0p, c0p, p, len, y.mutable_data(), h_n.mutable_data(),
+                        ptr<F>(c_n), training ? &cache : nullptr);
+  }
+  return py::make_tuple(y, h_n, c_n, py::make_tuple(hs, cs, gates, aux));
+}
+
+template <class F>
+py::tuple backward(Cell cell, Sizes z, const py::object& x, const py::object& w_ih,
+                   const py::object& w_hh, bool bias, const py::object& lengths,
+                   const py::tuple& cache, const py::object& dy, const py::object& dh_n,
+                   const py::object& dc_n) {
+  const auto [T, B, I, H] = z.d;
+  const int64_t GH = z.G * H;
+  const bool lstm = cell == Cell::lstm;
+  const auto L = rnnkern::cache_layout(cell, z.d);
+  if (cache.size() != 4) throw py::type_error("cache: not a cache of this cell's forward");
+  rnnkern::Cache<F> c{data<F>(cache[0], "cache", {T + 1, B, H}),
+                      L.cs ? data<F>(cache[1], "cache", {T + 1, B, H}) : nullptr,
+                      L.gates ? data<F>(cache[2], "cache", {T, B, GH}) : nullptr,
+                      L.aux ? data<F>(cache[3], "cache", {T, B, H}) : nullptr};
+  const F* xp = data<F>(x, "x", {T, B, I});
+  rnnkern::Params<F> p{data<F>(w_ih, "w_ih", {GH, I}), data<F>(w_hh, "w_hh", {GH, H}), nullptr,
+                       nullptr};
+  const int64_t* len = data<int64_t>(lengths, "lengths", {B}, true);
+  for (int64_t b = 0; len && b < B; ++b)
+    if (len[b] < 1 || len[b] > T) throw py::value_error("lengths: every value must be in 1..T");
+  const F* dyp = data<F>(dy, "dy", {T, B, H}, true);
+  const F* dhp = data<F>(dh_n, "dh_n", {B, H}, true);
+  const F* dcp = lstm ? data<F>(dc_n, "dc_n", {B, H}, true) : nullptr;
+  py::array_t<F> dx({T, B, I}), dh0({B, H}), dw_ih({GH, I}), dw_hh({GH, H});
+  py::object dc0 = array_or_none<F>(lstm, {B, H});
+  py::object db_ih = array_or_none<F>(bias, {GH}), db_hh = array_or_none<F>(bias, {GH});
+  rnnkern::Grads<F> g{dx.mutable_data(), dh0.mutable_data(), ptr<F>(dc0),   dw_ih.mutable_data(),
+                      dw_hh.mutable_data(), ptr<F>(db_ih),     ptr<F>(db_hh)};
+  {
+    py::gil_scoped_release release;
+    rnnkern::backward<F>(cell, z.d, xp, p, len, c, dyp, dhp, dcp, g);
+  }
+  return py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh);
+}
+
+bool is_f64(const py::object& x, const char* name) {
+  if (!py::isinstance<py::array>(x)) throw py::type_error(std::string(name) + ": expected a numpy.ndarray");
+  auto dt = py::reinterpret_borrow<py::array>(x).dtype();
+  if (is_dtype<double>(dt)) return true;
+  if (is_dtype<float>(dt)) return false;
+  throw py::type_error(std::string(name) + ": dtype must be float32 or float64");
+}
+
+py::tuple forward_any(int cell_id, const py::object& x, const py::object& h0, const py::object& c0,
+                      const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
+                      const py::object& b_hh, const py::object& lengths, bool training) {
+  Cell cell = to_cell(cell_id);
+  Sizes z = sizes(cell, x, w_hh);
+  return is_f64(x, "x") ? forward<double>(cell, z, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, training)
+                        : forward<float>(cell, z, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, training);
+}
+
+py::tuple backward_any(int cell_id, const py::object& x, const py::object& w_ih,
+                       const py::object& w_hh, bool bias, const py::object& lengths,
+                       const py::tuple& cache, const py::object& dy, const py::object& dh_n,
+                       const py::object& dc_n) {
+  Cell cell = to_cell(cell_id);
+  Sizes z = sizes(cell, x, w_hh);
+  return is_f64(x, "x") ? backward<double>(cell, z, x, w_ih, w_hh, bias, lengths, cache, dy, dh_n, dc_n)
+                        : backward<float>(cell, z, x, w_ih, w_hh, bias, lengths, cache, dy, dh_n, dc_n);
+}
+
+template <class F>
+py::array softmax(const py::object& z) {
+  auto a = py::reinterpret_borrow<py::array>(z);
+  const int64_t C = a.ndim() ? a.shape(a.ndim() - 1) : 0, N = C ? a.size() / C : 0;
+  Shape s(a.shape(), a.shape() + a.ndim());
+  const F* zp = data<F>(z, "z", s);
+  py::array_t<F> out(std::vector<py::ssize_t>(s.begin(), s.end()));
+  F* op = out.mutable_data();
+  py::gil_scoped_release release;
+  rnnkern::softmax<F>(N, C, zp, op);
+  return out;
+}
+
+py::array softmax_any(const py::object& z) {
+  return is_f64(z, "z") ? softmax<double>(z) : softmax<float>(z);
+}
+
+template <class F>
+py::tuple xent(const py::object& logits, const py::object& targets, int64_t ignore_index) {
+  auto a = py::reinterpret_borrow<py::array>(logits);
+  if (a.ndim() != 2) throw py::value_error("logits: expected shape (N, C)");
+  const int64_t N = a.shape(0), C = a.shape(1);
+  const F* lp = data<F>(logits, "logits", {N, C});
+  const int64_t* tp = data<int64_t>(targets, "targets", {N});
+  for (int64_t i = 0; i < N; ++i)
+    if (tp[i] != ignore_index && (tp[i] < 0 || tp[i] >= C))
+      throw py::value_error("targets: values must be in 0..C-1 or ignore_index");
+  py::array_t<F> d({N, C});
+  F* dp = d.mutable_data();
+  double loss;
+  {
+    py::gil_scoped_release release;
+    loss = rnnkern::softmax_cross_entropy<F>(N, C, lp, tp, ignore_index, dp);
+  }
+  return py::make_tuple(loss, d);
+}
+
+py::tuple xent_any(const py::object& logits, const py::object& targets, int64_t ignore_index) {
+  return is_f64(logits, "logits") ? xent<double>(logits, targets, ignore_index)
+                                  : xent<float>(logits, targets, ignore_index);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "rnnkern's compiled core (use the functions of the rnnkern package instead)";
+  m.def("forward", &forward_any);
+  m.def("backward", &backward_any);
+  m.def("softmax", &softmax_any);
+  m.def("softmax_cross_entropy", &xent_any);
+  m.def("set_num_threads", [](int n) { if (n < 1) throw py::value_error("n: must be >= 1"); rnnkern::set_num_threads(n); });
+  m.def("get_num_threads", &rnnkern::get_num_threads);
+  m.def("isa", &rnnkern::isa);
+  m.def("set_isa", &rnnkern::set_isa);
+  m.def("supported_isas", &rnnkern::supported_isas);
+  m.def("blas_info", &rnnkern::blas_info);
+}

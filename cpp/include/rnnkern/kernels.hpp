@@ -1,0 +1,79 @@
+// The per-ISA kernel table: the hot loops of one time step, compiled once per ISA
+// (cpp/kernels/kernels_*.cpp) and chosen at run time (cpp/src/dispatch.cpp).
+//
+// W_hh is packed once per call into panels, one panel per block of NB hidden units (NB = the
+// vector width): forward panel (K = H, NV gates, NB) so that one pass over a panel gives every
+// gate of those units; backward panel (K = rows of the gates involved, 1, NB) for
+// dgates @ W_hh. Threads own whole blocks, so each keeps its panels in its own cache.
+#pragma once
+#include <cstdint>
+
+#include "rnnkern/rnnkern.hpp"
+
+namespace rnnkern {
+
+// Constant over a call.
+template <class F>
+struct StepConst {
+  Cell cell;
+  int64_t B, H;
+  const F* wf;      // forward panels, every gate except gru_rh's n (nblk, H, G', NB)
+  const F* wf_n;    // gru_rh: forward panels of W_hn (nblk, H, 1, NB)
+  const F* wb;      // backward panels, rows of the gates in wf (nblk, G'*H, 1, NB)
+  const F* wb_n;    // gru_rh: backward panels of W_hn (nblk, H, 1, NB)
+  const F* b_hn;    // gru, gru_rh: (H,) or null; the other biases are folded into xp
+  const int64_t* lengths;  // (B,) or null
+};
+
+// Pointers of one time step t (each thread builds its own).
+template <class F>
+struct Step {
+  int64_t t;
+  const F* xp;   // (B, G*H): x_t W_ih^T + folded biases
+  const F* hp;   // (B, H): h_{t-1}
+  F* hn;         // (B, H): h_t
+  const F* cp;   // (B, H): c_{t-1} (LSTM)
+  F* cn;         // (B, H): c_t (LSTM)
+  F* y;          // (B, H): y_t
+  F* gates;      // (B, G*H): gate activations of step t (cache or scratch)
+  F* aux;        // (B, H): gru: W_hn h + b_hn; gru_rh: r * h_{t-1}
+  // backward only
+  const F* dy;   // (B, H) or null
+  F* dg;         // (B, G*H): dL/d(preactivation), input side, of step t
+  F* dgh;        // (B, G*H): gru: recurrent-side dgates (n block is dn * r) of step t
+  const F* dgh_next;  // (B, G*H): recurrent-side dgates of step t+1 (null at t = T-1)
+  F* dh;         // (B, H): gradient reaching h_t besides dy_t and dgh_next W_hh
+  F* dc;         // (B, H): LSTM: gradient reaching c_t
+};
+
+template <class F>
+struct KernelTable {
+  const char* isa;
+  int64_t nb;  // hidden units per block
+  // Packing. dst sizes: forward nblk*K*nv*nb (K = H), backward nblk*(nv*H)*nb.
+  // w: (rows, ldw) with the gates' blocks of H rows starting at row gate0*H.
+  void (*pack_forward)(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv);
+  void (*pack_backward)(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv);
+  // One phase of a forward step for hidden blocks [jb0, jb1) (gru_rh has phases 0 and 1).
+  void (*forward_phase)(const StepConst<F>& c, const Step<F>& s, int phase, int64_t jb0,
+                        int64_t jb1);
+  // One phase of a backward step (gru_rh has phases 0 and 1).
+  void (*backward_phase)(const StepConst<F>& c, const Step<F>& s, int phase, int64_t jb0,
+                         int64_t jb1);
+  // After step 0: dh0 = dh + dgh_0 W_hh for blocks [jb0, jb1).
+  void (*backward_final)(const StepConst<F>& c, const Step<F>& s, F* dh0, int64_t jb0,
+                         int64_t jb1);
+};
+
+template <class F>
+const KernelTable<F>* kernels();  // the table in use (dispatch.cpp)
+
+// Per-ISA tables (null when the ISA was not compiled).
+const KernelTable<float>* kernels_scalar_f32();
+const KernelTable<double>* kernels_scalar_f64();
+const KernelTable<float>* kernels_avx2_f32();
+const KernelTable<double>* kernels_avx2_f64();
+const KernelTable<float>* kernels_avx512_f32();
+const KernelTable<double>* kernels_avx512_f64();
+
+}  // namespace rnnkern

@@ -1,0 +1,91 @@
+// rnnkern: fused CPU kernels for recurrent networks. Public C++ API (no Python here).
+//
+// Conventions (as in PyTorch): time-major x (T, B, I); weights w_ih (G*H, I), w_hh (G*H, H),
+// biases (G*H,), gate blocks of H rows: LSTM i, f, g, o; GRU r, z, n; RNN one gate.
+// All arrays are dense row-major; a null optional pointer means "absent" (zeros / no bias).
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace rnnkern {
+
+enum class Cell : int {
+  rnn_tanh = 0,
+  rnn_relu = 1,
+  rnn_sigmoid = 2,
+  lstm = 3,
+  gru = 4,     // n = tanh(W_in x + b_in + r * (W_hn h + b_hn))  (linear before reset, PyTorch)
+  gru_rh = 5,  // n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)  (ONNX default, Keras reset_after=False)
+};
+
+int gates(Cell cell);  // G: 1, 4 or 3
+
+struct Dims {
+  int64_t T, B, I, H;
+};
+
+// What forward(training) keeps for backward; element counts, 0 when a buffer is not used.
+struct CacheLayout {
+  int64_t hs;     // (T+1, B, H): h0 then the state after each step
+  int64_t cs;     // (T+1, B, H): LSTM cell states
+  int64_t gates;  // (T, B, G*H): gate activations (LSTM i f g o; GRU r z n)
+  int64_t aux;    // (T, B, H): GRU: W_hn h + b_hn (gru) or r * h (gru_rh)
+};
+CacheLayout cache_layout(Cell cell, Dims d);
+
+template <class F>
+struct Params {
+  const F* w_ih;  // (G*H, I)
+  const F* w_hh;  // (G*H, H)
+  const F* b_ih;  // (G*H,) or null
+  const F* b_hh;  // (G*H,) or null
+};
+
+template <class F>
+struct Cache {
+  F* hs;
+  F* cs;
+  F* gates;
+  F* aux;
+};
+
+template <class F>
+struct Grads {
+  F* dx;     // (T, B, I)
+  F* dh0;    // (B, H)
+  F* dc0;    // (B, H), LSTM only (else null)
+  F* dw_ih;  // (G*H, I)
+  F* dw_hh;  // (G*H, H)
+  F* db_ih;  // (G*H,) or null
+  F* db_hh;  // (G*H,) or null
+};
+
+// y (T, B, H), h_n (B, H), c_n (B, H) for LSTM; h0, c0 (B, H) or null; lengths (B,) in 1..T or
+// null. cache null = inference (O(B*H) workspace, nothing per step); else filled for backward.
+template <class F>
+void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> p,
+             const int64_t* lengths, F* y, F* h_n, F* c_n, const Cache<F>* cache);
+
+// dy (T, B, H), dh_n, dc_n (B, H): each may be null (zero). Overwrites every non-null gradient.
+template <class F>
+void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths,
+              const Cache<F>& cache, const F* dy, const F* dh_n, const F* dc_n, Grads<F> g);
+
+// softmax over the last axis of z (N, C) -> out (N, C).
+template <class F>
+void softmax(int64_t N, int64_t C, const F* z, F* out);
+
+// Mean cross-entropy over rows whose target != ignore_index; dlogits (N, C) = (softmax - onehot)
+// / count (zero rows for ignored targets). targets are pre-checked to be in range. Returns loss.
+template <class F>
+double softmax_cross_entropy(int64_t N, int64_t C, const F* logits, const int64_t* targets,
+                             int64_t ignore_index, F* dlogits);
+
+void set_num_threads(int n);  // n >= 1
+int get_num_threads();
+std::string isa();        // the ISA whose kernels run: "scalar", "avx2" or "avx512"
+std::string supported_isas();  // comma-separated list this CPU can run
+void set_isa(const std::string& name);  // throws std::invalid_argument if unknown/unsupported
+std::string blas_info();
+
+}  // namespace rnnkern

@@ -1,0 +1,524 @@
+// The hot loops of one time step, written once and compiled per ISA: each kernels_<isa>.cpp
+// defines RNNKERN_ISA (a name) and RNNKERN_VBYTES (vector bytes) and includes this file.
+// Everything here has internal linkage, so no inline function compiled for one ISA can be
+// picked by the linker for another.
+//
+// A "panel product" computes, for every batch row b, acc (NV vectors of NB lanes) =
+// sum_k a[b, k] * panel[k, v, :] into a small tile that stays in L1, then hands each row to the
+// cell's epilogue (nonlinearities, cell update, stores): gates never make a round trip to memory.
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "rnnkern/kernels.hpp"
+
+#ifndef RNNKERN_ISA
+#error "define RNNKERN_ISA and RNNKERN_VBYTES before including kernels_impl.hpp"
+#endif
+
+namespace rnnkern {
+namespace RNNKERN_ISA {
+namespace {
+
+constexpr int VBYTES = RNNKERN_VBYTES;
+constexpr int NREGS = VBYTES == 64 ? 32 : 16;  // vector registers of the ISA
+
+template <class F>
+struct V;
+template <>
+struct V<float> {
+  typedef float vec __attribute__((vector_size(VBYTES)));
+  typedef int32_t ivec __attribute__((vector_size(VBYTES)));
+};
+template <>
+struct V<double> {
+  typedef double vec __attribute__((vector_size(VBYTES)));
+  typedef int64_t ivec __attribute__((vector_size(VBYTES)));
+};
+
+template <class F>
+using vec = typename V<F>::vec;
+template <class F>
+constexpr int64_t NB = VBYTES / sizeof(F);
+
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+
+template <class F>
+inline vec<F> splat(F s) {
+  return vec<F>{} + s;
+}
+template <class F>
+inline vec<F> load(const F* p) {
+  vec<F> v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class F>
+inline void store(F* p, vec<F> v) {
+  std::memcpy(p, &v, sizeof v);
+}
+// The first n lanes (n <= NB) of p, zeros after.
+template <class F>
+inline vec<F> load(const F* p, int64_t n) {
+  if (n == NB<F>) return load(p);
+  F tmp[NB<F>] = {};
+  std::memcpy(tmp, p, n * sizeof(F));
+  return load(tmp);
+}
+template <class F>
+inline void store(F* p, vec<F> v, int64_t n) {
+  if (n == NB<F>) return store(p, v);
+  std::memcpy(p, &v, n * sizeof(F));
+}
+template <class F>
+inline void zero(F* p, int64_t n) {
+  std::memset(p, 0, n * sizeof(F));
+}
+
+// ---- vector math: exp, tanh, sigmoid (Cephes-style polynomials; no overflow, NaN propagates)
+
+inline vec<float> vexp(vec<float> x) {
+  using iv = V<float>::ivec;
+  const vec<float> hi = splat(88.3762626647949f), lo = splat(-87.3365447505531f);
+  x = x > hi ? hi : x;
+  x = x < lo ? lo : x;
+  const vec<float> magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  vec<float> t = x * 1.44269504088896341f + magic;
+  vec<float> n = t - magic;
+  iv ni = (iv)t - (iv)magic;
+  vec<float> r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  vec<float> p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  vec<float> y = p * (r * r) + r + 1.0f;
+  iv e = (ni + 127) << 23;
+  return y * (vec<float>)e;
+}
+
+inline vec<double> vexp(vec<double> x) {
+  using iv = V<double>::ivec;
+  const vec<double> hi = splat(709.0), lo = splat(-708.0);
+  x = x > hi ? hi : x;
+  x = x < lo ? lo : x;
+  const vec<double> magic = splat(6755399441055744.0);  // 1.5 * 2^52
+  vec<double> t = x * 1.4426950408889634073599 + magic;
+  vec<double> n = t - magic;
+  iv ni = (iv)t - (iv)magic;
+  vec<double> r = x - n * 6.93145751953125e-1;
+  r = r - n * 1.42860682030941723212e-6;
+  vec<double> xx = r * r;
+  vec<double> px = ((1.26177193074810590878e-4 * xx + 3.02994407707441961300e-2) * xx +
+                    9.99999999999999999910e-1) *
+                   r;
+  vec<double> qx = ((3.00198505138664455042e-6 * xx + 2.52448340349684104192e-3) * xx +
+                    2.27265548208155028766e-1) *
+                       xx +
+                   2.00000000000000000009e0;
+  vec<double> y = 1.0 + 2.0 * (px / (qx - px));
+  iv e = (ni + 1023) << 52;
+  return y * (vec<double>)e;
+}
+
+// Lane type of a vector type.
+template <class Vt>
+using lane = std::decay_t<decltype(Vt{}[0])>;
+
+template <class Vt>
+inline Vt vabs(Vt x) {
+  return x < 0 ? -x : x;
+}
+template <class Vt>
+inline Vt copysign_of(Vt mag, Vt x) {
+  return x < 0 ? -mag : mag;
+}
+
+inline vec<float> tanh_small(vec<float> x) {  // |x| < 0.625
+  vec<float> z = x * x;
+  vec<float> p = splat(-5.70498872745e-3f);
+  p = p * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  return p * z * x + x;
+}
+inline vec<double> tanh_small(vec<double> x) {  // |x| < 0.625
+  vec<double> z = x * x;
+  vec<double> p = (-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z -
+                  1.61468768441708447952e3;
+  vec<double> q = ((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z +
+                  4.84406305325125486048e3;
+  return x + x * z * (p / q);
+}
+template <class Vt>
+inline Vt vtanh(Vt x) {
+  using F = lane<Vt>;
+  Vt ax = vabs(x);
+  Vt e = vexp(ax + ax);
+  Vt big = copysign_of(F(1) - F(2) / (e + F(1)), x);
+  return ax < F(0.625) ? tanh_small(x) : big;
+}
+template <class Vt>
+inline Vt vsigmoid(Vt x) {
+  using F = lane<Vt>;
+  return F(1) / (F(1) + vexp(-x));
+}
+template <class Vt>
+inline Vt vrelu(Vt x) {
+  return x < 0 ? Vt{} : x;  // NaN stays NaN
+}
+
+// ---- the panel product
+
+template <class F, int NV>
+constexpr int mb_max() {  // rows per tile: MB*NV accumulators + NV weights + a broadcast
+  return (NREGS - NV - 2) / NV < 8 ? (NREGS - NV - 2) / NV : 8;
+}
+constexpr int k_unroll(int chains) {  // independent accumulator sets to hide FMA latency
+  return chains >= 5 ? 1 : (chains >= 3 ? 2 : (chains == 2 ? 4 : 8));
+}
+
+// out (MB, NV*NB) = a (MB rows of stride lda, K) @ panel (K, NV, NB)
+template <class F, int MB, int NV>
+inline void tile(const F* a, int64_t lda, const F* panel, int64_t K, F* out) {
+  constexpr int KU = k_unroll(MB * NV);
+  constexpr int64_t W = NV * NB<F>;
+  vec<F> acc[KU][MB][NV];
+#pragma GCC unroll 8
+  for (int u = 0; u < KU; ++u)
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[u][m][v] = vec<F>{};
+  int64_t k = 0;
+  for (; k + KU <= K; k += KU) {
+#pragma GCC unroll 8
+    for (int u = 0; u < KU; ++u) {
+      const F* wk = panel + (k + u) * W;
+      vec<F> w[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) w[v] = load(wk + v * NB<F>);
+#pragma GCC unroll 8
+      for (int m = 0; m < MB; ++m) {
+        const F s = a[m * lda + k + u];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[u][m][v] += w[v] * s;
+      }
+    }
+  }
+  for (; k < K; ++k) {
+    const F* wk = panel + k * W;
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) {
+      const F s = a[m * lda + k];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[0][m][v] += load(wk + v * NB<F>) * s;
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      vec<F> sum = acc[0][m][v];
+#pragma GCC unroll 8
+      for (int u = 1; u < KU; ++u) sum += acc[u][m][v];
+      store(out + m * W + v * NB<F>, sum);
+    }
+}
+
+template <class F, int NV, int M, class Epi>
+inline void tail_rows(const F* a, int64_t lda, int64_t b, int64_t rem, const F* panel, int64_t K,
+                      F* buf, Epi& epi) {
+  if constexpr (M > 0) {
+    if (rem == M) {
+      tile<F, M, NV>(a + b * lda, lda, panel, K, buf);
+      for (int m = 0; m < M; ++m) epi(b + m, buf + m * NV * NB<F>);
+    } else {
+      tail_rows<F, NV, M - 1>(a, lda, b, rem, panel, K, buf, epi);
+    }
+  }
+}
+
+// For every row b < B: epi(b, acc) with acc (NV*NB) = a[b, :K] @ panel; a null = zero product.
+template <class F, int NV, class Epi>
+inline void panel_rows(const F* a, int64_t lda, int64_t B, const F* panel, int64_t K, Epi&& epi) {
+  constexpr int MB = mb_max<F, NV>();
+  alignas(64) F buf[MB * NV * NB<F>];
+  if (a == nullptr) {
+    zero(buf, NV * NB<F>);
+    for (int64_t b = 0; b < B; ++b) epi(b, static_cast<const F*>(buf));
+    return;
+  }
+  int64_t b = 0;
+  for (; b + MB <= B; b += MB) {
+    tile<F, MB, NV>(a + b * lda, lda, panel, K, buf);
+    for (int m = 0; m < MB; ++m) epi(b + m, static_cast<const F*>(buf + m * NV * NB<F>));
+  }
+  tail_rows<F, NV, MB - 1>(a, lda, b, B - b, panel, K, buf, epi);
+}
+
+// ---- packing
+
+template <class F>
+void pack_forward(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv) {
+  const int64_t nblk = (H + NB<F> - 1) / NB<F>;
+  for (int64_t jb = 0; jb < nblk; ++jb)
+    for (int64_t k = 0; k < H; ++k)
+      for (int v = 0; v < nv; ++v)
+        for (int64_t l = 0; l < NB<F>; ++l) {
+          const int64_t j = jb * NB<F> + l;
+          *dst++ = j < H ? w[((gate0 + v) * H + j) * ldw + k] : F(0);
+        }
+}
+
+template <class F>
+void pack_backward(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv) {
+  const int64_t nblk = (H + NB<F> - 1) / NB<F>;
+  for (int64_t jb = 0; jb < nblk; ++jb)
+    for (int64_t r = 0; r < nv * H; ++r)
+      for (int64_t l = 0; l < NB<F>; ++l) {
+        const int64_t j = jb * NB<F> + l;
+        *dst++ = j < H ? w[(gate0 * H + r) * ldw + j] : F(0);
+      }
+}
+
+// ---- forward epilogues
+
+inline bool padded(const int64_t* lengths, int64_t b, int64_t t) {
+  return lengths != nullptr && t >= lengths[b];
+}
+
+// A padded step: the state is frozen and the output is zero.
+template <class F>
+inline void freeze(const Step<F>& s, int64_t H, int64_t b, int64_t j0, int64_t n) {
+  std::memcpy(s.hn + b * H + j0, s.hp + b * H + j0, n * sizeof(F));
+  if (s.cn) std::memcpy(s.cn + b * H + j0, s.cp + b * H + j0, n * sizeof(F));
+  if (s.y) zero(s.y + b * H + j0, n);
+}
+
+template <class F>
+inline void put_h(const Step<F>& s, int64_t H, int64_t b, int64_t j0, int64_t n, vec<F> h) {
+  store(s.hn + b * H + j0, h, n);
+  if (s.y) store(s.y + b * H + j0, h, n);
+}
+
+template <class F>
+void forward_phase(const StepConst<F>& c, const Step<F>& s, int phase, int64_t jb0, int64_t jb1) {
+  const int64_t B = c.B, H = c.H, GH = gates(c.cell) * H;
+  for (int64_t jb = jb0; jb < jb1; ++jb) {
+    const int64_t j0 = jb * NB<F>, n = imin(NB<F>, H - j0);
+    switch (c.cell) {
+      case Cell::lstm:
+        panel_rows<F, 4>(s.hp, H, B, c.wf + jb * H * 4 * NB<F>, H, [&](int64_t b, const F* acc) {
+          if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
+          const F* xp = s.xp + b * GH + j0;
+          vec<F> i = vsigmoid(load(xp, n) + load(acc));
+          vec<F> f = vsigmoid(load(xp + H, n) + load(acc + NB<F>));
+          vec<F> g = vtanh(load(xp + 2 * H, n) + load(acc + 2 * NB<F>));
+          vec<F> o = vsigmoid(load(xp + 3 * H, n) + load(acc + 3 * NB<F>));
+          vec<F> cn = f * load(s.cp + b * H + j0, n) + i * g;
+          store(s.cn + b * H + j0, cn, n);
+          put_h(s, H, b, j0, n, o * vtanh(cn));
+          if (s.gates) {
+            F* gp = s.gates + b * GH + j0;
+            store(gp, i, n), store(gp + H, f, n), store(gp + 2 * H, g, n), store(gp + 3 * H, o, n);
+          }
+        });
+        break;
+      case Cell::gru:
+        panel_rows<F, 3>(s.hp, H, B, c.wf + jb * H * 3 * NB<F>, H, [&](int64_t b, const F* acc) {
+          if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
+          const F* xp = s.xp + b * GH + j0;
+          vec<F> r = vsigmoid(load(xp, n) + load(acc));
+          vec<F> z = vsigmoid(load(xp + H, n) + load(acc + NB<F>));
+          vec<F> hn = load(acc + 2 * NB<F>);
+          if (c.b_hn) hn += load(c.b_hn + j0, n);
+          vec<F> nn = vtanh(load(xp + 2 * H, n) + r * hn);
+          vec<F> hp = load(s.hp + b * H + j0, n);
+          put_h(s, H, b, j0, n, nn + z * (hp - nn));
+          if (s.gates) {
+            F* gp = s.gates + b * GH + j0;
+            store(gp, r, n), store(gp + H, z, n), store(gp + 2 * H, nn, n);
+            store(s.aux + b * H + j0, hn, n);
+          }
+        });
+        break;
+      case Cell::gru_rh:
+        if (phase == 0) {  // r, z and r * h_{t-1}
+          panel_rows<F, 2>(s.hp, H, B, c.wf + jb * H * 2 * NB<F>, H, [&](int64_t b, const F* acc) {
+            F* gp = s.gates + b * GH + j0;
+            if (padded(c.lengths, b, s.t)) {
+              zero(gp, n), zero(gp + H, n), zero(s.aux + b * H + j0, n);
+              return;
+            }
+            const F* xp = s.xp + b * GH + j0;
+            vec<F> r = vsigmoid(load(xp, n) + load(acc));
+            vec<F> z = vsigmoid(load(xp + H, n) + load(acc + NB<F>));
+            store(gp, r, n), store(gp + H, z, n);
+            store(s.aux + b * H + j0, r * load(s.hp + b * H + j0, n), n);
+          });
+        } else {  // n = tanh(W_in x + b_in + W_hn (r * h) + b_hn), h_t
+          panel_rows<F, 1>(s.aux, H, B, c.wf_n + jb * H * NB<F>, H, [&](int64_t b, const F* acc) {
+            if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
+            const F* xp = s.xp + b * GH + j0;
+            F* gp = s.gates + b * GH + j0;
+            vec<F> a = load(xp + 2 * H, n) + load(acc);
+            if (c.b_hn) a += load(c.b_hn + j0, n);
+            vec<F> nn = vtanh(a);
+            vec<F> z = load(gp + H, n), hp = load(s.hp + b * H + j0, n);
+            store(gp + 2 * H, nn, n);
+            put_h(s, H, b, j0, n, nn + z * (hp - nn));
+          });
+        }
+        break;
+      default:  // vanilla RNN
+        panel_rows<F, 1>(s.hp, H, B, c.wf + jb * H * NB<F>, H, [&](int64_t b, const F* acc) {
+          if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
+          vec<F> a = load(s.xp + b * GH + j0, n) + load(acc);
+          vec<F> h = c.cell == Cell::rnn_tanh   ? vtanh(a)
+                     : c.cell == Cell::rnn_relu ? vrelu(a)
+                                                : vsigmoid(a);
+          put_h(s, H, b, j0, n, h);
+        });
+    }
+  }
+}
+
+// ---- backward epilogues
+// At step t (from T-1 down to 0) the gradient reaching h_t is s.dh (paths that skip W_hh, and
+// what padded steps carried) + dgh_{t+1} W_hh (the panel product) + dy_t.
+
+template <class F>
+inline vec<F> grad_h(const StepConst<F>& c, const Step<F>& s, int64_t b, int64_t j0, int64_t n,
+                     const F* acc, bool valid) {
+  vec<F> dh = load(s.dh + b * c.H + j0, n) + load(acc);
+  if (valid && s.dy) dh += load(s.dy + b * c.H + j0, n);
+  return dh;
+}
+
+// A padded step passes the gradient of h_t (and c_t) to h_{t-1} and has zero dgates.
+template <class F>
+inline void pass_through(const StepConst<F>& c, const Step<F>& s, int64_t b, int64_t j0,
+                         int64_t n, vec<F> dh) {
+  const int64_t H = c.H, G = gates(c.cell);
+  store(s.dh + b * H + j0, dh, n);
+  for (int64_t g = 0; g < G; ++g) {
+    zero(s.dg + b * G * H + g * H + j0, n);
+    if (s.dgh != s.dg) zero(s.dgh + b * G * H + g * H + j0, n);
+  }
+}
+
+template <class F>
+void backward_phase(const StepConst<F>& c, const Step<F>& s, int phase, int64_t jb0,
+                    int64_t jb1) {
+  const int64_t B = c.B, H = c.H, G = gates(c.cell), GH = G * H;
+  // Rows of dgh_{t+1} that multiply the backward panels: every gate, or gru_rh's r and z.
+  const int64_t K = c.cell == Cell::gru_rh ? 2 * H : GH;
+  for (int64_t jb = jb0; jb < jb1; ++jb) {
+    const int64_t j0 = jb * NB<F>, n = imin(NB<F>, H - j0);
+    const F* wb = c.wb + jb * K * NB<F>;
+    const int64_t o = j0;  // offset of this block inside a gate block of a row
+    switch (c.cell) {
+      case Cell::lstm:
+        panel_rows<F, 1>(s.dgh_next, GH, B, wb, K, [&](int64_t b, const F* acc) {
+          const bool valid = !padded(c.lengths, b, s.t);
+          vec<F> dh = grad_h(c, s, b, j0, n, acc, valid);
+          if (!valid) return pass_through(c, s, b, j0, n, dh);
+          const F* gp = s.gates + b * GH + o;
+          vec<F> i = load(gp, n), f = load(gp + H, n), g = load(gp + 2 * H, n),
+                 og = load(gp + 3 * H, n);
+          vec<F> ct = load(s.cn + b * H + j0, n), tc = vtanh(ct);
+          vec<F> dc = load(s.dc + b * H + j0, n) + dh * og * (F(1) - tc * tc);
+          F* dg = s.dg + b * GH + o;
+          store(dg, dc * g * i * (F(1) - i), n);
+          store(dg + H, dc * load(s.cp + b * H + j0, n) * f * (F(1) - f), n);
+          store(dg + 2 * H, dc * i * (F(1) - g * g), n);
+          store(dg + 3 * H, dh * tc * og * (F(1) - og), n);
+          store(s.dc + b * H + j0, dc * f, n);
+          zero(s.dh + b * H + j0, n);
+        });
+        break;
+      case Cell::gru:
+        panel_rows<F, 1>(s.dgh_next, GH, B, wb, K, [&](int64_t b, const F* acc) {
+          const bool valid = !padded(c.lengths, b, s.t);
+          vec<F> dh = grad_h(c, s, b, j0, n, acc, valid);
+          if (!valid) return pass_through(c, s, b, j0, n, dh);
+          const F* gp = s.gates + b * GH + o;
+          vec<F> r = load(gp, n), z = load(gp + H, n), nn = load(gp + 2 * H, n);
+          vec<F> hp = load(s.hp + b * H + j0, n), hn = load(s.aux + b * H + j0, n);
+          vec<F> dn = dh * (F(1) - z) * (F(1) - nn * nn);
+          vec<F> dr = dn * hn * r * (F(1) - r);
+          vec<F> dz = dh * (hp - nn) * z * (F(1) - z);
+          F* dg = s.dg + b * GH + o;
+          F* dgh = s.dgh + b * GH + o;
+          store(dg, dr, n), store(dg + H, dz, n), store(dg + 2 * H, dn, n);
+          store(dgh, dr, n), store(dgh + H, dz, n), store(dgh + 2 * H, dn * r, n);
+          store(s.dh + b * H + j0, dh * z, n);
+        });
+        break;
+      case Cell::gru_rh:
+        if (phase == 0) {  // dz, dn from dh_t
+          panel_rows<F, 1>(s.dgh_next, GH, B, wb, K, [&](int64_t b, const F* acc) {
+            const bool valid = !padded(c.lengths, b, s.t);
+            vec<F> dh = grad_h(c, s, b, j0, n, acc, valid);
+            if (!valid) return pass_through(c, s, b, j0, n, dh);
+            const F* gp = s.gates + b * GH + o;
+            vec<F> z = load(gp + H, n), nn = load(gp + 2 * H, n);
+            vec<F> hp = load(s.hp + b * H + j0, n);
+            F* dg = s.dg + b * GH + o;
+            store(dg + H, dh * (hp - nn) * z * (F(1) - z), n);
+            store(dg + 2 * H, dh * (F(1) - z) * (F(1) - nn * nn), n);
+            store(s.dh + b * H + j0, dh * z, n);
+          });
+        } else {  // d(r * h) = dn W_hn: dr and the path through r * h
+          panel_rows<F, 1>(s.dg + 2 * H, GH, B, c.wb_n + jb * H * NB<F>, H,
+                           [&](int64_t b, const F* acc) {
+                             if (padded(c.lengths, b, s.t)) return;
+                             const F* gp = s.gates + b * GH + o;
+                             vec<F> r = load(gp, n), drh = load(acc);
+                             vec<F> hp = load(s.hp + b * H + j0, n);
+                             store(s.dg + b * GH + o, drh * hp * r * (F(1) - r), n);
+                             store(s.dh + b * H + j0, load(s.dh + b * H + j0, n) + drh * r, n);
+                           });
+        }
+        break;
+      default:  // vanilla RNN: the derivative from the saved output h_t
+        panel_rows<F, 1>(s.dgh_next, GH, B, wb, K, [&](int64_t b, const F* acc) {
+          const bool valid = !padded(c.lengths, b, s.t);
+          vec<F> dh = grad_h(c, s, b, j0, n, acc, valid);
+          if (!valid) return pass_through(c, s, b, j0, n, dh);
+          vec<F> h = load(s.hn + b * H + j0, n);
+          vec<F> d = c.cell == Cell::rnn_tanh   ? dh * (F(1) - h * h)
+                     : c.cell == Cell::rnn_relu ? (h > 0 ? dh : vec<F>{})
+                                                : dh * h * (F(1) - h);
+          store(s.dg + b * GH + o, d, n);
+          zero(s.dh + b * H + j0, n);
+        });
+    }
+  }
+}
+
+template <class F>
+void backward_final(const StepConst<F>& c, const Step<F>& s, F* dh0, int64_t jb0, int64_t jb1) {
+  const int64_t H = c.H, GH = gates(c.cell) * H;
+  const int64_t K = c.cell == Cell::gru_rh ? 2 * H : GH;
+  for (int64_t jb = jb0; jb < jb1; ++jb) {
+    const int64_t j0 = jb * NB<F>, n = imin(NB<F>, H - j0);
+    panel_rows<F, 1>(s.dgh_next, GH, c.B, c.wb + jb * K * NB<F>, K, [&](int64_t b, const F* acc) {
+      store(dh0 + b * H + j0, load(s.dh + b * H + j0, n) + load(acc), n);
+    });
+  }
+}
+
+template <class F>
+const KernelTable<F> table = {
+    RNNKERN_ISA_NAME, NB<F>, pack_forward<F>, pack_backward<F>, forward_phase<F>,
+    backward_phase<F>, backward_final<F>,
+};
+
+}  // namespace
+}  // namespace RNNKERN_ISA
+}  // namespace rnnkern

@@ -1,0 +1,231 @@
+// Forward and backward through time for every cell: one driver, the cell-specific math lives in
+// the kernels' epilogues (cpp/kernels/kernels_impl.hpp).
+//
+// Forward: the input projection x W_ih^T + biases for a chunk of steps as one BLAS GEMM (each
+// thread its rows), then per step the fused recurrent product + gates for each thread's hidden
+// blocks, one barrier per step (two for gru_rh). Backward: per step the fused dgates, then the
+// weight gradients as large GEMMs over all steps at once, after the loop.
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <vector>
+
+#include "blas.hpp"
+#include "rnnkern/kernels.hpp"
+#include "threads.hpp"
+
+namespace rnnkern {
+namespace {
+
+template <class F>
+class Buffer {  // 64-byte aligned, uninitialized; empty when n == 0
+ public:
+  explicit Buffer(int64_t n) {
+    if (n <= 0) return;
+    const size_t bytes = (static_cast<size_t>(n) * sizeof(F) + 63) / 64 * 64;
+    p_.reset(static_cast<F*>(std::aligned_alloc(64, bytes)));
+    if (!p_) throw std::bad_alloc();
+  }
+  F* get() const { return p_.get(); }
+
+ private:
+  struct Free {
+    void operator()(F* p) const { std::free(p); }
+  };
+  std::unique_ptr<F, Free> p_;
+};
+
+// Gates of the main products; gru_rh's n gate multiplies r*h, so it has panels of its own.
+int main_gates(Cell cell) { return cell == Cell::gru_rh ? 2 : gates(cell); }
+int phases(Cell cell) { return cell == Cell::gru_rh ? 2 : 1; }
+bool is_gru(Cell cell) { return cell == Cell::gru || cell == Cell::gru_rh; }
+
+// W_hh packed once per call for one direction of the recurrence.
+template <class F>
+struct Packed {
+  Buffer<F> main, n;  // panels of the main gates; gru_rh: of W_hn
+  StepConst<F> c;
+
+  Packed(Cell cell, Dims d, const KernelTable<F>& kt, Params<F> p, const int64_t* lengths,
+         bool backward)
+      : main(blocks(d.H, kt) * kt.nb * main_gates(cell) * d.H),
+        n(cell == Cell::gru_rh ? blocks(d.H, kt) * kt.nb * d.H : 0) {
+    const int g = main_gates(cell);
+    auto pack = backward ? kt.pack_backward : kt.pack_forward;
+    pack(main.get(), p.w_hh, d.H, d.H, 0, g);
+    if (cell == Cell::gru_rh) pack(n.get(), p.w_hh, d.H, d.H, 2, 1);
+    c = StepConst<F>{cell,       d.B,     d.H,     backward ? nullptr : main.get(),
+                     backward ? nullptr : n.get(), backward ? main.get() : nullptr,
+                     backward ? n.get() : nullptr,
+                     is_gru(cell) && p.b_hh ? p.b_hh + 2 * d.H : nullptr, lengths};
+  }
+  static int64_t blocks(int64_t H, const KernelTable<F>& kt) { return (H + kt.nb - 1) / kt.nb; }
+};
+
+// Steps per input-projection chunk: about 4 MB of xp, at least 256 rows for the GEMM.
+int64_t chunk_steps(int64_t T, int64_t B, int64_t GH) {
+  int64_t tc = (int64_t(1) << 20) / (B * GH > 0 ? B * GH : 1);
+  if (tc * B < 256) tc = (256 + B - 1) / B;
+  return tc < 1 ? 1 : (tc > T ? T : tc);
+}
+
+template <class F>
+void copy_or_zero(F* dst, const F* src, int64_t n) {
+  if (src) std::memcpy(dst, src, n * sizeof(F));
+  else std::memset(dst, 0, n * sizeof(F));
+}
+
+// Column sums of the rows of a (rows, ld) for columns [c0, c1), in row order.
+template <class F>
+void column_sums(const F* a, int64_t rows, int64_t ld, int64_t c0, int64_t c1, F* out) {
+  for (int64_t c = c0; c < c1; ++c) out[c] = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = c0; c < c1; ++c) out[c] += a[r * ld + c];
+}
+
+}  // namespace
+
+CacheLayout cache_layout(Cell cell, Dims d) {
+  const int64_t BH = d.B * d.H, G = gates(cell);
+  return CacheLayout{(d.T + 1) * BH, cell == Cell::lstm ? (d.T + 1) * BH : 0,
+                     G > 1 ? d.T * G * BH : 0, is_gru(cell) ? d.T * BH : 0};
+}
+
+template <class F>
+void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> p,
+             const int64_t* lengths, F* y, F* h_n, F* c_n, const Cache<F>* cache) {
+  const int64_t T = d.T, B = d.B, I = d.I, H = d.H, GH = gates(cell) * H, BH = B * H;
+  if (B == 0 || H == 0) return;
+  const KernelTable<F>& kt = *kernels<F>();
+  const bool lstm = cell == Cell::lstm;
+  Packed<F> pk(cell, d, kt, p, lengths, false);
+  const int64_t nblk = Packed<F>::blocks(H, kt);
+
+  std::vector<F> xbias(GH, F(0));  // b_ih + b_hh, but b_hn stays inside r * (W_hn h + b_hn)
+  for (int64_t r = 0; r < GH; ++r) {
+    if (p.b_ih) xbias[r] += p.b_ih[r];
+    if (p.b_hh && !(is_gru(cell) && r >= 2 * H)) xbias[r] += p.b_hh[r];
+  }
+  const int64_t tc = chunk_steps(T, B, GH);
+  Buffer<F> xp(tc * B * GH);  // (tc, B, G*H) input projections of a chunk
+  // States: the cache's rows (T+1, B, H) in training, else two alternating rows (2, B, H).
+  Buffer<F> hbuf(cache ? 0 : 2 * BH), cbuf(!cache && lstm ? 2 * BH : 0);
+  F* hs = cache ? cache->hs : hbuf.get();
+  F* cs = lstm ? (cache ? cache->cs : cbuf.get()) : nullptr;
+  auto row = [&](F* base, int64_t t) { return base + (cache ? t : (t & 1)) * BH; };
+  // gru_rh's gates and r*h between its two phases when nothing is cached: (B, G*H), (B, H).
+  const bool scratch = !cache && cell == Cell::gru_rh;
+  Buffer<F> gscratch(scratch ? B * GH : 0), ascratch(scratch ? BH : 0);
+  copy_or_zero(hs, h0, BH);
+  if (lstm) copy_or_zero(cs, c0, BH);
+
+  parallel(static_cast<int>(nblk), [&](int tid, int nth, Barrier& bar) {
+    int64_t jb0, jb1;
+    split(nblk, tid, nth, &jb0, &jb1);
+    for (int64_t t0 = 0; t0 < T; t0 += tc) {
+      const int64_t steps = tc < T - t0 ? tc : T - t0;
+      int64_t r0, r1;
+      split(steps * B, tid, nth, &r0, &r1);
+      for (int64_t r = r0; r < r1; ++r) std::memcpy(xp.get() + r * GH, xbias.data(), GH * sizeof(F));
+      gemm<F>(false, true, r1 - r0, GH, I, F(1), x + (t0 * B + r0) * I, I, p.w_ih, I, F(1),
+              xp.get() + r0 * GH, GH);
+      bar.wait();
+      for (int64_t t = t0; t < t0 + steps; ++t) {
+        Step<F> s{};
+        s.t = t;
+        s.xp = xp.get() + (t - t0) * B * GH;
+        s.hp = row(hs, t), s.hn = row(hs, t + 1);
+        if (lstm) s.cp = row(cs, t), s.cn = row(cs, t + 1);
+        s.y = y + t * BH;
+        s.gates = cache ? (cache->gates ? cache->gates + t * B * GH : nullptr) : gscratch.get();
+        s.aux = cache ? (cache->aux ? cache->aux + t * BH : nullptr) : ascratch.get();
+        for (int ph = 0; ph < phases(cell); ++ph) {
+          kt.forward_phase(pk.c, s, ph, jb0, jb1);
+          bar.wait();
+        }
+      }
+    }
+  });
+  std::memcpy(h_n, row(hs, T), BH * sizeof(F));
+  if (lstm) std::memcpy(c_n, row(cs, T), BH * sizeof(F));
+}
+
+template <class F>
+void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths,
+              const Cache<F>& cache, const F* dy, const F* dh_n, const F* dc_n, Grads<F> g) {
+  const int64_t T = d.T, B = d.B, I = d.I, H = d.H, GH = gates(cell) * H, BH = B * H, TB = T * B;
+  const bool lstm = cell == Cell::lstm;
+  if (B == 0 || H == 0) {
+    std::memset(g.dw_ih, 0, GH * I * sizeof(F));
+    std::memset(g.dw_hh, 0, GH * H * sizeof(F));
+    if (g.db_ih) std::memset(g.db_ih, 0, GH * sizeof(F)), std::memset(g.db_hh, 0, GH * sizeof(F));
+    return;
+  }
+  const KernelTable<F>& kt = *kernels<F>();
+  Packed<F> pk(cell, d, kt, p, lengths, true);
+  const int64_t nblk = Packed<F>::blocks(H, kt);
+
+  Buffer<F> dg(TB * GH);                                // (T, B, G*H) dL/d(preactivations)
+  Buffer<F> dgh(cell == Cell::gru ? TB * GH : 0);       // (T, B, G*H) gru: recurrent side
+  F* dgr = cell == Cell::gru ? dgh.get() : dg.get();    // what multiplies W_hh
+  Buffer<F> dh(BH), dc(lstm ? BH : 0);                  // (B, H) carried gradients
+  copy_or_zero(dh.get(), dh_n, BH);
+  if (lstm) copy_or_zero(dc.get(), dc_n, BH);
+
+  parallel(get_num_threads(), [&](int tid, int nth, Barrier& bar) {
+    int64_t jb0, jb1;
+    split(nblk, tid, nth, &jb0, &jb1);
+    Step<F> s{};
+    s.dh = dh.get(), s.dc = dc.get();
+    for (int64_t t = T - 1; t >= 0; --t) {
+      s.t = t;
+      s.hp = cache.hs + t * BH, s.hn = cache.hs + (t + 1) * BH;
+      if (lstm) s.cp = cache.cs + t * BH, s.cn = cache.cs + (t + 1) * BH;
+      s.gates = cache.gates ? cache.gates + t * B * GH : nullptr;
+      s.aux = cache.aux ? cache.aux + t * BH : nullptr;
+      s.dy = dy ? dy + t * BH : nullptr;
+      s.dg = dg.get() + t * B * GH, s.dgh = dgr + t * B * GH;
+      s.dgh_next = t + 1 < T ? dgr + (t + 1) * B * GH : nullptr;
+      for (int ph = 0; ph < phases(cell); ++ph) {
+        kt.backward_phase(pk.c, s, ph, jb0, jb1);
+        bar.wait();
+      }
+    }
+    s.dgh_next = dgr;
+    kt.backward_final(pk.c, s, g.dh0, jb0, jb1);
+
+    // Weight gradients over all steps at once; each thread its rows of dW.
+    int64_t r0, r1;
+    split(GH, tid, nth, &r0, &r1);
+    gemm<F>(true, false, r1 - r0, I, TB, F(1), dg.get() + r0, GH, x, I, F(0), g.dw_ih + r0 * I, I);
+    // dW_hh = dgr^T h_{t-1}, but gru_rh's n rows multiply r * h_{t-1} (the cached aux).
+    const int64_t split_row = cell == Cell::gru_rh ? 2 * H : GH;
+    const int64_t a1 = r1 < split_row ? r1 : split_row, n0 = r0 > split_row ? r0 : split_row;
+    if (a1 > r0)
+      gemm<F>(true, false, a1 - r0, H, TB, F(1), dgr + r0, GH, cache.hs, H, F(0),
+              g.dw_hh + r0 * H, H);
+    if (r1 > n0)
+      gemm<F>(true, false, r1 - n0, H, TB, F(1), dgr + n0, GH, cache.aux, H, F(0),
+              g.dw_hh + n0 * H, H);
+    if (g.db_ih) {
+      column_sums(dg.get(), TB, GH, r0, r1, g.db_ih);
+      column_sums(dgr, TB, GH, r0, r1, g.db_hh);
+    }
+    int64_t q0, q1;
+    split(TB, tid, nth, &q0, &q1);
+    gemm<F>(false, false, q1 - q0, I, GH, F(1), dg.get() + q0 * GH, GH, p.w_ih, I, F(0),
+            g.dx + q0 * I, I);
+  });
+  if (lstm) std::memcpy(g.dc0, dc.get(), BH * sizeof(F));
+}
+
+#define RNNKERN_INSTANTIATE(F)                                                                  \
+  template void forward<F>(Cell, Dims, const F*, const F*, const F*, Params<F>, const int64_t*, \
+                           F*, F*, F*, const Cache<F>*);                                        \
+  template void backward<F>(Cell, Dims, const F*, Params<F>, const int64_t*, const Cache<F>&,   \
+                            const F*, const F*, const F*, Grads<F>);
+RNNKERN_INSTANTIATE(float)
+RNNKERN_INSTANTIATE(double)
+
+}  // namespace rnnkern

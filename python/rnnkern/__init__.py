@@ -1,0 +1,75 @@
+"""rnnkern: fast fused CPU kernels for recurrent neural networks, with a NumPy reference.
+
+The functional API (docs/api.md) runs on the compiled C++ kernels; ``rnnkern.reference`` is the
+NumPy reference with the same signatures. ``rnnkern.nn`` has the layer modules.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from . import _core  # type: ignore[attr-defined]
+from . import nn, reference
+from ._functional import (
+    gru_backward,
+    gru_forward,
+    lstm_backward,
+    lstm_forward,
+    rnn_backward,
+    rnn_forward,
+    softmax,
+    softmax_cross_entropy,
+)
+
+__version__ = "0.1.0"
+__all__ = [
+    "__version__",
+    "config",
+    "get_num_threads",
+    "gru_backward",
+    "gru_forward",
+    "lstm_backward",
+    "lstm_forward",
+    "nn",
+    "reference",
+    "rnn_backward",
+    "rnn_forward",
+    "set_isa",
+    "set_num_threads",
+    "softmax",
+    "softmax_cross_entropy",
+]
+
+
+def set_num_threads(n: int) -> None:
+    """Use n >= 1 threads in the kernels (default: the machine's cores)."""
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise TypeError(f"n: expected an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n: expected n >= 1, got {n}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """The number of threads the kernels use."""
+    return int(_core.get_num_threads())
+
+
+def set_isa(name: str) -> None:
+    """Run the kernels compiled for ``name`` ("scalar", "avx2" or "avx512"; the CPU must have it).
+
+    The default is the best ISA of the CPU, or the environment variable RNNKERN_ISA at import.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a str, got {type(name).__name__}")
+    _core.set_isa(name)
+
+
+def config() -> dict[str, Any]:
+    """What runs: version, ISA in use, ISAs this CPU supports, threads, BLAS."""
+    return {
+        "version": __version__,
+        "isa": _core.isa(),
+        "supported_isas": _core.supported_isas().split(","),
+        "threads": get_num_threads(),
+        "blas": _core.blas_info(),
+    }
