@@ -27,7 +27,7 @@ void Barrier::wait() {
     return;
   }
   for (int spin = 0; phase_.load(std::memory_order_acquire) == ph; ++spin) {
-    if (spin < 20000) {
+    if (spin < 4000) {
       RNNKERN_PAUSE();
     } else {
       std::this_thread::yield();  // the machine is oversubscribed: let the others run
@@ -74,7 +74,7 @@ class Pool {
     call(fn, 0, nth, bar);
     // Wait for the workers, spinning briefly since steps are short.
     for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
-      if (spin < 20000) RNNKERN_PAUSE(); else std::this_thread::yield();
+      if (spin < 4000) RNNKERN_PAUSE(); else std::this_thread::yield();
     }
     for (auto& e : errors_)
       if (e) std::rethrow_exception(e);

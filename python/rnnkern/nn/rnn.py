@@ -1,0 +1,388 @@
+"""Recurrent layer modules (`RNN`, `LSTM`, `GRU`) built on rnnkern's functional API.
+
+A layer stacks `num_layers` layers of one or two directions. Its parameters use PyTorch's names
+and layout, so `layer.load_state_dict(torch_module.state_dict())` loads a `torch.nn.RNN/LSTM/GRU`
+unchanged and the layer then computes what the PyTorch module computes (packed sequences given
+as `lengths`). Backward is explicit: `layer.backward(dy, dstate)` after a training forward.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Optional, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from .. import _functional as F
+from .._api import _check_lengths, check_flag, check_nonlinearity, shape_message
+from .linear import ParamModule, _check_dtype, _check_size
+
+__all__ = ["GRU", "LSTM", "RNN"]
+
+Array = npt.NDArray[Any]  # any numpy array (the dtype is checked at run time)
+# A layer's state: h (L*D, B, H) for RNN and GRU, (h, c) for LSTM.
+State = Union[Array, tuple[Array, Array]]
+# The four parameters of one layer and direction: w_ih, w_hh, b_ih, b_hh (biases None without bias).
+Weights = tuple[Array, Array, Optional[Array], Optional[Array]]
+# Their gradients as a cell backward returns them.
+WeightGrads = tuple[Array, Array, Optional[Array], Optional[Array]]
+
+_PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+class _Saved(NamedTuple):
+    """What a training forward keeps for backward."""
+
+    caches: list[Any]  # one functional cache per (layer, direction), index l*D + d
+    masks: list[Array | None]  # dropout mask (T, B, D*H) on each layer's output, None if none
+    rev: Array | None  # (T, B) time index of the per-sequence reversal, None: plain reversal
+    shape: tuple[int, int]  # (T, B)
+
+
+def _reverse_index(lengths: Array | None, steps: int) -> Array | None:
+    """Time index (T, B) reversing each sequence within its own length (padded steps stay put).
+
+    None when every sequence has the full length (then the reversal is `a[::-1]`).
+    """
+    if lengths is None:
+        return None
+    t = np.arange(steps)[:, None]  # (T, 1)
+    n = lengths[None, :].astype(np.intp)  # (1, B)
+    return np.where(t < n, n - 1 - t, t)  # (T, B)
+
+
+def _reverse(a: Array, rev: Array | None) -> Array:
+    """Reverse a time-major array (T, B, F) per sequence; an involution, so also its own inverse."""
+    if rev is None:
+        return a[::-1]
+    return a[rev, np.arange(a.shape[1])[None, :]]  # (T, B, F)
+
+
+class _Recurrent(ParamModule):
+    """A stacked, optionally bidirectional recurrent layer; subclasses supply the cell.
+
+    A subclass sets `_gates` (G) and `_has_cell` (whether the state carries c) and implements
+    `_cell_forward` / `_cell_backward` with one functional call each.
+
+    Arguments as `torch.nn.RNN/LSTM/GRU`: input_size I, hidden_size H, num_layers L, bias,
+    batch_first, dropout (probability, on each layer's output but the last's, training only),
+    bidirectional (D = 2 directions, outputs concatenated on the feature axis); plus dtype
+    (float32 or float64) and seed (int, None or numpy Generator: initialization, dropout masks).
+    Parameters are in `params` and their gradients in `grads` (`ParamModule`: zero_grad,
+    state_dict, load_state_dict from arrays or torch tensors), keyed by PyTorch's names
+    (weight_ih_l0 (G*H, I), weight_hh_l0 (G*H, H), bias_ih_l0, bias_hh_l0 (G*H,), ..._reverse),
+    initialized uniform in +-1/sqrt(H) like PyTorch's.
+    """
+
+    _gates: int = 1  # G: gate blocks of H rows in w_ih, w_hh, b_ih, b_hh
+    _has_cell: bool = False  # True when the state is (h, c)
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        dtype: npt.DTypeLike = np.float32,
+        seed: None | int | np.random.Generator = None,
+    ) -> None:
+        self.input_size = _check_size("input_size", input_size)
+        self.hidden_size = _check_size("hidden_size", hidden_size)
+        self.num_layers = _check_size("num_layers", num_layers)
+        if (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
+                or not 0.0 <= dropout <= 1.0):
+            raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
+        self.dtype = _check_dtype(dtype)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
+        self.bidirectional = bool(bidirectional)
+        self._rng = np.random.default_rng(seed)  # initialization, then dropout masks
+        self._saved: _Saved | None = None
+        # PyTorch's order and init: per layer and direction w_ih, w_hh, b_ih, b_hh ~ U(-k, k).
+        k = 1.0 / math.sqrt(self.hidden_size)
+        params: dict[str, Array] = {}
+        for layer in range(self.num_layers):
+            for direction in range(self._directions):
+                for name, shape in zip(self._names(layer, direction), self._shapes(layer)):
+                    if name.startswith("bias") and not self.bias:
+                        continue
+                    params[name] = self._rng.uniform(-k, k, shape).astype(self.dtype)
+        self._init_params(params)
+
+    # -- the cell, supplied by subclasses -------------------------------------------------------
+
+    def _cell_forward(
+        self, x: Array, h0: Array | None, c0: Array | None, weights: Weights,
+        lengths: Array | None, training: bool,
+    ) -> tuple[Array, Array, Array | None, Any]:
+        """One direction of one layer: x (T, B, I) -> y (T, B, H), h_n (B, H), c_n or None, cache."""
+        raise NotImplementedError
+
+    def _cell_backward(
+        self, cache: Any, dy: Array | None, dh_n: Array | None, dc_n: Array | None,
+    ) -> tuple[Array, Array, Array | None, WeightGrads]:
+        """Backward of `_cell_forward`: dx (T, B, I), dh0 (B, H), dc0 or None, weight grads."""
+        raise NotImplementedError
+
+    def _extra_repr(self) -> list[str]:
+        """Cell options for `__repr__` that differ from their defaults."""
+        return []
+
+    # -- structure ------------------------------------------------------------------------------
+
+    @property
+    def _directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _names(self, layer: int, direction: int) -> tuple[str, ...]:
+        suffix = f"_l{layer}" + ("_reverse" if direction else "")
+        return tuple(kind + suffix for kind in _PARAM_KINDS)
+
+    def _shapes(self, layer: int) -> tuple[tuple[int, ...], ...]:
+        gh = self._gates * self.hidden_size
+        fan_in = self.input_size if layer == 0 else self._directions * self.hidden_size
+        return (gh, fan_in), (gh, self.hidden_size), (gh,), (gh,)
+
+    def _weights(self, layer: int, direction: int) -> Weights:
+        w_ih, w_hh, b_ih, b_hh = (self.params.get(n) for n in self._names(layer, direction))
+        assert w_ih is not None and w_hh is not None
+        return w_ih, w_hh, b_ih, b_hh
+
+    # -- argument checks ------------------------------------------------------------------------
+
+    def _time_major(self, name: str, a: object, features: int, symbol: str,
+                    steps_batch: tuple[int, int] | None = None) -> Array:
+        """Check a (T, B, F) array ((B, T, F) if batch_first) and return it time-major."""
+        arr = self._check_input(name, a)
+        t, b = steps_batch if steps_batch is not None else (None, None)
+        symbols, expected = ((("B", "T", symbol), (b, t, features)) if self.batch_first
+                             else (("T", "B", symbol), (t, b, features)))
+        if arr.ndim != 3 or any(e is not None and d != e for d, e in zip(arr.shape, expected)):
+            raise ValueError(shape_message(name, symbols, expected, arr.shape))
+        tm = arr.transpose(1, 0, 2) if self.batch_first else arr  # (T, B, F)
+        if tm.shape[0] == 0:
+            raise ValueError(shape_message(name, symbols, expected, arr.shape, " with T >= 1"))
+        return tm
+
+    def _check_state(self, name: str, state: object, batch: int
+                     ) -> tuple[Array | None, Array | None]:
+        """Split a state (h or (h, c), each (L*D, B, H) or None) into (h, c)."""
+        if state is None:
+            return None, None
+        if self._has_cell:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError(f"{name}: expected a tuple (h, c) or None, got "
+                                f"{type(state).__name__}")
+            parts: Sequence[object] = state
+            names: tuple[str, ...] = (f"{name}[0]", f"{name}[1]")
+        else:
+            parts, names = (state,), (name,)
+        want = (self.num_layers * self._directions, batch, self.hidden_size)
+        out: list[Array | None] = []
+        for part_name, part in zip(names, parts):
+            if part is None:
+                out.append(None)
+                continue
+            arr = self._check_input(part_name, part)
+            if arr.shape != want:
+                raise ValueError(shape_message(part_name, ("L*D", "B", "H"), want, arr.shape))
+            out.append(arr)
+        return out[0], (out[1] if self._has_cell else None)
+
+    # -- forward and backward -------------------------------------------------------------------
+
+    def __call__(self, x: Array, state: State | None = None, lengths: Any = None,
+                 training: bool = True) -> tuple[Array, State]:
+        """Run the layer.
+
+        x: (T, B, input_size) ((B, T, input_size) if batch_first), the layer's dtype.
+        state: initial h (L*D, B, H), for LSTM (h, c); None means zeros.
+        lengths: None or ints (B,) in 1..T, any order (PyTorch's packed sequences).
+        training: keep what backward needs (replacing the previous forward's) and apply dropout
+            between layers; False keeps nothing (a later backward raises RuntimeError).
+        Returns y (T, B, D*H) ((B, T, D*H) if batch_first) and the final state like `state`.
+        """
+        training = check_flag("training", training)
+        xt = self._time_major("x", x, self.input_size, "I")  # (T, B, I)
+        steps, batch = xt.shape[:2]
+        h0, c0 = self._check_state("state", state, batch)
+        if isinstance(lengths, (list, tuple)):  # a list of ints is accepted as well
+            lengths = np.asarray(lengths, dtype=np.int64 if len(lengths) == 0 else None)
+        lens = _check_lengths(lengths, steps, batch)  # (B,) int64 or None
+        rev = _reverse_index(lens, steps) if self.bidirectional else None
+        n_dir, hid = self._directions, self.hidden_size
+        h_n = np.zeros((self.num_layers * n_dir, batch, hid), self.dtype)  # (L*D, B, H)
+        c_n = np.zeros_like(h_n) if self._has_cell else None  # (L*D, B, H)
+        caches: list[Any] = []
+        masks: list[Array | None] = []
+        inp = xt  # (T, B, F): input of the current layer
+        for layer in range(self.num_layers):
+            outs: list[Array] = []  # D arrays (T, B, H)
+            for d in range(n_dir):
+                k = layer * n_dir + d
+                y, h, c, cache = self._cell_forward(
+                    inp if d == 0 else _reverse(inp, rev),
+                    None if h0 is None else h0[k], None if c0 is None else c0[k],
+                    self._weights(layer, d), lens, training)
+                outs.append(y if d == 0 else _reverse(y, rev))
+                h_n[k] = h
+                if c_n is not None and c is not None:
+                    c_n[k] = c
+                caches.append(cache)
+            inp = outs[0] if n_dir == 1 else np.concatenate(outs, axis=2)  # (T, B, D*H)
+            mask = None
+            if training and self.dropout > 0.0 and layer < self.num_layers - 1:
+                keep = self._rng.random(inp.shape) >= self.dropout  # (T, B, D*H)
+                scale = 1.0 / (1.0 - self.dropout) if self.dropout < 1.0 else 0.0
+                mask = (keep * scale).astype(self.dtype)  # (T, B, D*H)
+                inp = inp * mask
+            masks.append(mask)
+        self._saved = _Saved(caches, masks, rev, (steps, batch)) if training else None
+        y_out = np.ascontiguousarray(inp.transpose(1, 0, 2)) if self.batch_first else inp
+        final: State = (h_n, c_n) if c_n is not None else h_n
+        return y_out, final
+
+    def backward(self, dy: Array | None, dstate: State | None = None
+                 ) -> tuple[Array, State]:
+        """Backward through the last training forward; adds the parameter gradients into grads.
+
+        dy: gradient of y, shaped like y, or None (only the final state receives a gradient).
+        dstate: gradient of the final state, shaped like it (h or (h, c); None parts are zero).
+        Returns dx shaped like x and the gradient of the initial state shaped like the state.
+        May be called more than once; every call adds into `grads` again. The parameters must not
+        be changed between the forward and its backward.
+        """
+        saved = self._saved
+        if saved is None:
+            raise RuntimeError(
+                "backward: no saved forward; call the layer with training=True first")
+        steps, batch = saved.shape
+        n_dir, hid = self._directions, self.hidden_size
+        d_out = None if dy is None else self._time_major(
+            "dy", dy, n_dir * hid, "D*H", (steps, batch))  # (T, B, D*H)
+        dh_n, dc_n = self._check_state("dstate", dstate, batch)
+        dh0 = np.zeros((self.num_layers * n_dir, batch, hid), self.dtype)  # (L*D, B, H)
+        dc0 = np.zeros_like(dh0) if self._has_cell else None  # (L*D, B, H)
+        d_in = d_out  # (T, B, F): gradient of the current layer's input, set in the loop
+        for layer in reversed(range(self.num_layers)):
+            dxs: list[Array] = []  # D arrays (T, B, F)
+            for d in range(n_dir):
+                k = layer * n_dir + d
+                dy_d = None if d_out is None else d_out[:, :, d * hid:(d + 1) * hid]  # (T, B, H)
+                if d == 1 and dy_d is not None:
+                    dy_d = _reverse(dy_d, saved.rev)
+                dx, dh, dc, dws = self._cell_backward(
+                    saved.caches[k], dy_d, None if dh_n is None else dh_n[k],
+                    None if dc_n is None else dc_n[k])
+                for name, g in zip(self._names(layer, d), dws):
+                    if g is not None:
+                        self.grads[name] += g
+                dh0[k] = dh
+                if dc0 is not None and dc is not None:
+                    dc0[k] = dc
+                dxs.append(dx if d == 0 else _reverse(dx, saved.rev))
+            d_in = dxs[0] if n_dir == 1 else dxs[0] + dxs[1]
+            mask = saved.masks[layer - 1] if layer > 0 else None
+            d_out = d_in if mask is None else d_in * mask
+        assert d_in is not None
+        dx_out = np.ascontiguousarray(d_in.transpose(1, 0, 2)) if self.batch_first else d_in
+        dstate0: State = (dh0, dc0) if dc0 is not None else dh0
+        return dx_out, dstate0
+
+    # -- display -------------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        parts = [str(self.input_size), str(self.hidden_size)]
+        if self.num_layers != 1:
+            parts.append(f"num_layers={self.num_layers}")
+        if not self.bias:
+            parts.append("bias=False")
+        if self.batch_first:
+            parts.append("batch_first=True")
+        if self.dropout != 0.0:
+            parts.append(f"dropout={self.dropout}")
+        if self.bidirectional:
+            parts.append("bidirectional=True")
+        parts.extend(self._extra_repr())
+        if self.dtype != np.dtype(np.float32):
+            parts.append(f"dtype={self.dtype}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+class RNN(_Recurrent):
+    """Elman RNN: h' = f(W_ih x + b_ih + W_hh h + b_hh), f = nonlinearity ("tanh", "relu",
+    "sigmoid"). Parameters like `torch.nn.RNN`; see `_Recurrent` for the other arguments."""
+
+    _gates = 1
+    _has_cell = False
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", **kwargs: Any) -> None:
+        self.nonlinearity = check_nonlinearity(nonlinearity)
+        super().__init__(input_size, hidden_size, num_layers, **kwargs)
+
+    def _cell_forward(self, x: Array, h0: Array | None, c0: Array | None,
+                      weights: Weights, lengths: Array | None, training: bool
+                      ) -> tuple[Array, Array, Array | None, Any]:
+        y, h, cache = F.rnn_forward(x, h0, *weights, nonlinearity=self.nonlinearity,
+                                    lengths=lengths, training=training)
+        return y, h, None, cache
+
+    def _cell_backward(self, cache: Any, dy: Array | None, dh_n: Array | None,
+                       dc_n: Array | None) -> tuple[Array, Array, Array | None, WeightGrads]:
+        dx, dh0, dw_ih, dw_hh, db_ih, db_hh = F.rnn_backward(cache, dy, dh_n)
+        return dx, dh0, None, (dw_ih, dw_hh, db_ih, db_hh)
+
+    def _extra_repr(self) -> list[str]:
+        return [] if self.nonlinearity == "tanh" else [f"nonlinearity='{self.nonlinearity}'"]
+
+
+class LSTM(_Recurrent):
+    """LSTM (gates i, f, g, o), parameters like `torch.nn.LSTM`; the state is (h, c)."""
+
+    _gates = 4
+    _has_cell = True
+
+    def _cell_forward(self, x: Array, h0: Array | None, c0: Array | None,
+                      weights: Weights, lengths: Array | None, training: bool
+                      ) -> tuple[Array, Array, Array | None, Any]:
+        y, h, c, cache = F.lstm_forward(x, h0, c0, *weights, lengths=lengths, training=training)
+        return y, h, c, cache
+
+    def _cell_backward(self, cache: Any, dy: Array | None, dh_n: Array | None,
+                       dc_n: Array | None) -> tuple[Array, Array, Array | None, WeightGrads]:
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = F.lstm_backward(cache, dy, dh_n, dc_n)
+        return dx, dh0, dc0, (dw_ih, dw_hh, db_ih, db_hh)
+
+
+class GRU(_Recurrent):
+    """GRU (gates r, z, n), parameters like `torch.nn.GRU`. `linear_before_reset=True` is
+    PyTorch's form n = tanh(W_in x + b_in + r*(W_hn h + b_hn)); False gives ONNX's default
+    n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)."""
+
+    _gates = 3
+    _has_cell = False
+
+    def __init__(self, *args: Any, linear_before_reset: bool = True, **kwargs: Any) -> None:
+        self.linear_before_reset = bool(linear_before_reset)
+        super().__init__(*args, **kwargs)
+
+    def _cell_forward(self, x: Array, h0: Array | None, c0: Array | None,
+                      weights: Weights, lengths: Array | None, training: bool
+                      ) -> tuple[Array, Array, Array | None, Any]:
+        y, h, cache = F.gru_forward(x, h0, *weights, lengths=lengths, training=training,
+                                    linear_before_reset=self.linear_before_reset)
+        return y, h, None, cache
+
+    def _cell_backward(self, cache: Any, dy: Array | None, dh_n: Array | None,
+                       dc_n: Array | None) -> tuple[Array, Array, Array | None, WeightGrads]:
+        dx, dh0, dw_ih, dw_hh, db_ih, db_hh = F.gru_backward(cache, dy, dh_n)
+        return dx, dh0, None, (dw_ih, dw_hh, db_ih, db_hh)
+
+    def _extra_repr(self) -> list[str]:
+        return [] if self.linear_before_reset else ["linear_before_reset=False"]
