@@ -27,8 +27,9 @@ std::string shape_str(const Shape& s) {
 }
 
 // The data of `o`, a C-contiguous aligned array of T with `shape`; null for None if optional.
+// Read only: the core never writes to its inputs (read-only arrays are fine).
 template <class T>
-T* data(const py::object& o, const char* name, const Shape& shape, bool optional = false) {
+const T* data(const py::object& o, const char* name, const Shape& shape, bool optional = false) {
   if (o.is_none()) {
     if (optional) return nullptr;
     throw py::type_error(std::string(name) + ": expected a numpy.ndarray, got None");
@@ -48,7 +49,7 @@ T* data(const py::object& o, const char* name, const Shape& shape, bool optional
   if (!(flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_) ||
       !(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
     throw py::value_error(std::string(name) + ": must be C-contiguous and aligned");
-  return static_cast<T*>(a.mutable_data());
+  return static_cast<const T*>(a.data());
 }
 
 template <class T>
@@ -124,10 +125,12 @@ py::tuple backward(Cell cell, Sizes z, const py::object& x, const py::object& w_
   const bool lstm = cell == Cell::lstm;
   const auto L = rnnkern::cache_layout(cell, z.d);
   if (cache.size() != 4) throw py::type_error("cache: not a cache of this cell's forward");
-  rnnkern::Cache<F> c{data<F>(cache[0], "cache", {T + 1, B, H}),
-                      L.cs ? data<F>(cache[1], "cache", {T + 1, B, H}) : nullptr,
-                      L.gates ? data<F>(cache[2], "cache", {T, B, GH}) : nullptr,
-                      L.aux ? data<F>(cache[3], "cache", {T, B, H}) : nullptr};
+  // The forward's own buffers; backward only reads them.
+  auto buf = [&](int i, bool present, const Shape& shape) {
+    return present ? const_cast<F*>(data<F>(cache[i], "cache", shape)) : nullptr;
+  };
+  rnnkern::Cache<F> c{buf(0, true, {T + 1, B, H}), buf(1, L.cs, {T + 1, B, H}),
+                      buf(2, L.gates, {T, B, GH}), buf(3, L.aux, {T, B, H})};
   const F* xp = data<F>(x, "x", {T, B, I});
   rnnkern::Params<F> p{data<F>(w_ih, "w_ih", {GH, I}), data<F>(w_hh, "w_hh", {GH, H}), nullptr,
                        nullptr};

@@ -70,6 +70,14 @@ int64_t chunk_steps(int64_t T, int64_t B, int64_t GH) {
   return tc < 1 ? 1 : (tc > T ? T : tc);
 }
 
+// Threads worth using: each should get at least ~16K multiply-adds per step, else the
+// per-step barrier costs more than it saves.
+int threads_for(Dims d, int64_t GH, int64_t nblk) {
+  const int64_t per_step = d.B * GH * d.H / 16384;
+  const int64_t n = per_step < nblk ? per_step : nblk;
+  return n < 1 ? 1 : static_cast<int>(n);
+}
+
 template <class F>
 void copy_or_zero(F* dst, const F* src, int64_t n) {
   if (src) std::memcpy(dst, src, n * sizeof(F));
@@ -120,7 +128,7 @@ void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> 
   copy_or_zero(hs, h0, BH);
   if (lstm) copy_or_zero(cs, c0, BH);
 
-  parallel(static_cast<int>(nblk), [&](int tid, int nth, Barrier& bar) {
+  parallel(threads_for(d, GH, nblk), [&](int tid, int nth, Barrier& bar) {
     int64_t jb0, jb1;
     split(nblk, tid, nth, &jb0, &jb1);
     for (int64_t t0 = 0; t0 < T; t0 += tc) {
@@ -157,6 +165,9 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H, GH = gates(cell) * H, BH = B * H, TB = T * B;
   const bool lstm = cell == Cell::lstm;
   if (B == 0 || H == 0) {
+    std::memset(g.dx, 0, TB * I * sizeof(F));
+    std::memset(g.dh0, 0, BH * sizeof(F));
+    if (lstm) std::memset(g.dc0, 0, BH * sizeof(F));
     std::memset(g.dw_ih, 0, GH * I * sizeof(F));
     std::memset(g.dw_hh, 0, GH * H * sizeof(F));
     if (g.db_ih) std::memset(g.db_ih, 0, GH * sizeof(F)), std::memset(g.db_hh, 0, GH * sizeof(F));
@@ -173,7 +184,7 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
   copy_or_zero(dh.get(), dh_n, BH);
   if (lstm) copy_or_zero(dc.get(), dc_n, BH);
 
-  parallel(get_num_threads(), [&](int tid, int nth, Barrier& bar) {
+  parallel(threads_for(d, GH, nblk), [&](int tid, int nth, Barrier& bar) {
     int64_t jb0, jb1;
     split(nblk, tid, nth, &jb0, &jb1);
     Step<F> s{};
@@ -223,7 +234,8 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
 #define RNNKERN_INSTANTIATE(F)                                                                  \
   template void forward<F>(Cell, Dims, const F*, const F*, const F*, Params<F>, const int64_t*, \
                            F*, F*, F*, const Cache<F>*);                                        \
-  template void backward<F>(Cell, Dims, const F*, Params<F>, const int64_t*, const Cache<F>&,   \
+  template void backward<F>(Cell, Dims, const F*, Params<F>, const int64_t*,                    \
+                            const Cache<F>&,                                            \
                             const F*, const F*, const F*, Grads<F>);
 RNNKERN_INSTANTIATE(float)
 RNNKERN_INSTANTIATE(double)

@@ -1,0 +1,456 @@
+"""Argument checks and result types shared by the compiled kernels and the NumPy reference.
+
+Both backends call these checks first, so they accept and reject exactly the same arguments with
+the same messages (the rules are in docs/api.md). Every message starts with the parameter name and
+a colon; shape messages come from :func:`shape_message` only, dtype messages contain "dtype".
+Nothing large is allocated before the sizes have been checked (:func:`check_size`).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "FLOAT_DTYPES",
+    "GATES",
+    "GATE_NAMES",
+    "NONLINEARITIES",
+    "Array",
+    "Checked",
+    "CrossEntropy",
+    "LSTMGrads",
+    "LSTMOutput",
+    "RNNGrads",
+    "RNNOutput",
+    "check_flag",
+    "check_forward",
+    "check_grad",
+    "check_logits_targets",
+    "check_nonlinearity",
+    "check_size",
+    "check_softmax_input",
+    "shape_message",
+]
+
+Array = npt.NDArray[Any]
+
+
+# ----------------------------------------------------------------------------- result types
+
+
+class RNNOutput(NamedTuple):
+    """Result of ``rnn_forward`` and ``gru_forward``."""
+
+    y: Array  # (T, B, H) outputs, zero at padded steps
+    h_n: Array  # (B, H) state after each sequence's last valid step
+    cache: Any  # opaque; None when training=False
+
+
+class LSTMOutput(NamedTuple):
+    """Result of ``lstm_forward``."""
+
+    y: Array  # (T, B, H)
+    h_n: Array  # (B, H)
+    c_n: Array  # (B, H)
+    cache: Any  # opaque; None when training=False
+
+
+class RNNGrads(NamedTuple):
+    """Result of ``rnn_backward`` and ``gru_backward``."""
+
+    dx: Array  # (T, B, I)
+    dh0: Array  # (B, H)
+    dw_ih: Array  # (G*H, I)
+    dw_hh: Array  # (G*H, H)
+    db_ih: Array | None  # (G*H,) or None when the forward had no biases
+    db_hh: Array | None  # (G*H,) or None
+
+
+class LSTMGrads(NamedTuple):
+    """Result of ``lstm_backward``."""
+
+    dx: Array  # (T, B, I)
+    dh0: Array  # (B, H)
+    dc0: Array  # (B, H)
+    dw_ih: Array  # (4H, I)
+    dw_hh: Array  # (4H, H)
+    db_ih: Array | None  # (4H,) or None
+    db_hh: Array | None  # (4H,) or None
+
+
+class CrossEntropy(NamedTuple):
+    """Result of ``softmax_cross_entropy``: the mean loss (a Python float) and its gradient."""
+
+    loss: float
+    dlogits: Array  # (N, C), dtype of the logits
+
+
+# ----------------------------------------------------------------------------- constants
+
+#: Number of gate blocks (of H rows each) in w_ih / w_hh per cell.
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+#: Gate order within the G*H rows (PyTorch's).
+GATE_NAMES = {"rnn": ("h",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
+#: Activations accepted by ``rnn_forward``.
+NONLINEARITIES = ("tanh", "relu", "sigmoid")
+#: Floating dtypes accepted for the data of a call.
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+_INT64_MAX = 2**63 - 1
+# x86-64 user address space (47 bits): no single buffer can be larger.
+_ADDRESS_SPACE = 2**47
+
+
+def _physical_memory() -> int:
+    """Bytes of physical memory, or the address-space bound where the OS does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return _ADDRESS_SPACE
+
+
+_MAX_BUFFER_BYTES = min(_ADDRESS_SPACE, _physical_memory())
+
+
+# ----------------------------------------------------------------------------- checked arguments
+
+
+@dataclass(frozen=True)
+class Checked:
+    """Validated forward arguments: C-contiguous, aligned, writeable, native arrays of one float
+    dtype (never written to)."""
+
+    cell: str  # "rnn", "lstm" or "gru"
+    T: int
+    B: int
+    I: int
+    H: int
+    dtype: np.dtype[Any]  # float32 or float64
+    x: Array  # (T, B, I)
+    h0: Array | None  # (B, H) or None
+    c0: Array | None  # (B, H) or None (always None for rnn/gru)
+    w_ih: Array  # (G*H, I)
+    w_hh: Array  # (G*H, H)
+    b_ih: Array | None  # (G*H,) or None
+    b_hh: Array | None  # (G*H,) or None
+    lengths: Array | None  # (B,) int64 with values in 1..T, or None
+
+    @property
+    def G(self) -> int:
+        """Number of gate blocks of the cell."""
+        return GATES[self.cell]
+
+
+# ----------------------------------------------------------------------------- message helpers
+
+
+def _fmt_dims(dims: Sequence[object]) -> str:
+    """Format a shape like Python prints a tuple: (3, 5), (7,), ()."""
+    inner = ", ".join(str(d) for d in dims)
+    return f"({inner},)" if len(dims) == 1 else f"({inner})"
+
+
+def shape_message(
+    name: str,
+    symbols: Sequence[str] | None,
+    expected: Sequence[int | None],
+    got: tuple[int, ...],
+    note: str = "",
+) -> str:
+    """The one formatter of shape errors.
+
+    ``symbols`` names the dimensions (e.g. ("B", "H")) or is None; ``expected`` gives the sizes,
+    None where any size is fine (shown by its symbol). Example::
+
+        h0: expected shape (B, H) = (3, 5), got (3, 4)
+    """
+    if symbols is None:
+        text = _fmt_dims([("?" if e is None else e) for e in expected])
+    else:
+        text = _fmt_dims(symbols)
+        if any(e is not None for e in expected):
+            shown = [s if e is None else e for s, e in zip(symbols, expected)]
+            text += " = " + _fmt_dims(shown)
+    return f"{name}: expected shape {text}{note}, got {_fmt_dims(got)}"
+
+
+def _type_name(value: object) -> str:
+    return "None" if value is None else type(value).__name__
+
+
+def _require_ndarray(name: str, value: object) -> Array:
+    """``value`` itself if it is an ndarray, else TypeError (lists, scalars and None included)."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {_type_name(value)}")
+    return value
+
+
+def _native(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """The same dtype in native byte order (a big-endian float64 counts as float64)."""
+    return dtype.newbyteorder("=")
+
+
+def _check_float_dtype(name: str, a: Array) -> np.dtype[Any]:
+    """The native float dtype of ``a``; TypeError unless float32 or float64."""
+    dtype = _native(a.dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: dtype {a.dtype} is not supported, expected float32 or float64")
+    return dtype
+
+
+def _check_same_dtype(name: str, a: Array, dtype: np.dtype[Any], owner: str) -> None:
+    """TypeError unless ``a`` has ``dtype`` (``owner`` is the argument that fixed the dtype)."""
+    if _native(a.dtype) != dtype:
+        raise TypeError(f"{name}: dtype {a.dtype} does not match {owner}'s dtype {dtype}")
+
+
+def _check_shape(
+    name: str,
+    a: Array,
+    symbols: Sequence[str] | None,
+    expected: Sequence[int | None],
+    note: str = "",
+) -> None:
+    """ValueError unless ``a.shape`` matches ``expected`` (None entries match any size)."""
+    ok = a.ndim == len(expected) and all(
+        e is None or d == e for d, e in zip(a.shape, expected)
+    )
+    if not ok:
+        raise ValueError(shape_message(name, symbols, expected, a.shape, note))
+
+
+def _contiguous(a: Array, dtype: np.dtype[Any]) -> Array:
+    """``a`` as a C-contiguous, aligned, writeable, native array of ``dtype``; copies only when
+    needed (writeable because the compiled core's bindings refuse read-only arrays; nothing
+    writes to it)."""
+    return np.require(a, dtype=dtype, requirements=["C", "A"])
+
+
+def check_size(name: str, *dims: int, itemsize: int = 8) -> int:
+    """Number of elements of a (dims) buffer, after checking it can exist at all.
+
+    OverflowError if its size in bytes does not fit in int64, MemoryError if it is larger than the
+    machine's physical memory (or the 47-bit address space). Call before allocating anything.
+    """
+    count = 1
+    for d in dims:
+        count *= int(d)
+    nbytes = count * itemsize
+    shape = " x ".join(str(int(d)) for d in dims)
+    if nbytes > _INT64_MAX:
+        raise OverflowError(f"{name}: a buffer of {shape} elements of {itemsize} bytes "
+                            f"({nbytes} bytes) overflows int64")
+    if nbytes > _MAX_BUFFER_BYTES:
+        raise MemoryError(f"{name}: a buffer of {shape} elements of {itemsize} bytes "
+                          f"({nbytes} bytes) exceeds the memory of this machine "
+                          f"({_MAX_BUFFER_BYTES} bytes)")
+    return count
+
+
+# ----------------------------------------------------------------------------- recurrent cells
+
+
+def _gate_note(cell: str, a: Array, H: int) -> str:
+    """If weights ``a`` have the wrong number of gate rows, explain how many ``cell`` expects
+    and name the cell the given rows would fit; else ""."""
+    G = GATES[cell]
+    if a.ndim != 2 or a.shape[0] == G * H:
+        return ""
+    rows = a.shape[0]
+    gates = ", ".join(GATE_NAMES[cell])
+    note = f" ({cell} has G = {G} gate block{'s' if G > 1 else ''}: {gates}"
+    if H > 0 and rows % H == 0:
+        others = [c for c, g in GATES.items() if g == rows // H and c != cell]
+        if others:
+            note += f"; {rows} = {rows // H}*H rows fit {' or '.join(others)}"
+    return note + ")"
+
+
+def _check_lengths(lengths: object, T: int, B: int) -> Array | None:
+    """None, or ``lengths`` as a contiguous int64 (B,) array after checking 1 <= value <= T."""
+    if lengths is None:
+        return None
+    a = _require_ndarray("lengths", lengths)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"lengths: dtype {a.dtype} is not an integer dtype")
+    _check_shape("lengths", a, ("B",), (B,))
+    if B > 0:
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 1 or hi > T:
+            raise ValueError(f"lengths: every value must be in 1..T = 1..{T}, "
+                             f"got min {lo}, max {hi}")
+    return _contiguous(a, np.dtype(np.int64))
+
+
+def check_forward(
+    cell: str,
+    x: object,
+    h0: object,
+    c0: object,
+    w_ih: object,
+    w_hh: object,
+    b_ih: object,
+    b_hh: object,
+    lengths: object,
+) -> Checked:
+    """Validate the arguments of ``{cell}_forward`` (pass c0=None for rnn and gru).
+
+    x (T, B, I) float32/float64 fixes the dtype; H is w_hh's second dimension; w_ih (G*H, I),
+    w_hh (G*H, H), b_ih/b_hh (G*H,) both arrays or both None, h0/c0 (B, H) or None, lengths
+    None or an integer (B,) array with values in 1..T. Raises TypeError/ValueError naming the
+    argument, OverflowError/MemoryError for impossible sizes; returns contiguous arrays.
+    """
+    if cell not in GATES:
+        raise ValueError(f"cell: expected one of {sorted(GATES)}, got {cell!r}")
+    G = GATES[cell]
+
+    xa = _require_ndarray("x", x)
+    dtype = _check_float_dtype("x", xa)
+    _check_shape("x", xa, ("T", "B", "I"), (None, None, None))
+    T, B, I = xa.shape
+    if T == 0:
+        raise ValueError(shape_message("x", ("T", "B", "I"), (None, B, I), xa.shape,
+                                       " with T >= 1"))
+
+    def array(name: str, value: object) -> Array:
+        a = _require_ndarray(name, value)
+        _check_same_dtype(name, a, dtype, "x")
+        return a
+
+    def optional(name: str, value: object, symbols: tuple[str, ...],
+                 expected: tuple[int, ...]) -> Array | None:
+        if value is None:
+            return None
+        a = array(name, value)
+        _check_shape(name, a, symbols, expected)
+        return a
+
+    whh = array("w_hh", w_hh)
+    _check_shape("w_hh", whh, ("G*H", "H"), (None, None))
+    H = whh.shape[1]
+    _check_shape("w_hh", whh, ("G*H", "H"), (G * H, H), _gate_note(cell, whh, H))
+    wih = array("w_ih", w_ih)
+    _check_shape("w_ih", wih, ("G*H", "I"), (G * H, I), _gate_note(cell, wih, H))
+
+    if (b_ih is None) != (b_hh is None):
+        missing, given = ("b_ih", "b_hh") if b_ih is None else ("b_hh", "b_ih")
+        raise ValueError(f"{missing}: None, but {given} is given: the two biases must be given "
+                         f"together (both arrays or both None)")
+    bih = optional("b_ih", b_ih, ("G*H",), (G * H,))
+    bhh = optional("b_hh", b_hh, ("G*H",), (G * H,))
+    if c0 is not None and cell != "lstm":
+        raise ValueError(f"c0: only lstm has a cell state, {cell} takes none")
+    h0a = optional("h0", h0, ("B", "H"), (B, H))
+    c0a = optional("c0", c0, ("B", "H"), (B, H))
+    checked_lengths = _check_lengths(lengths, T, B)
+
+    # The largest buffers either backend makes: copies of x and the weights, per-step gates.
+    itemsize = dtype.itemsize
+    check_size("x", T, B, I, itemsize=itemsize)
+    check_size("w_ih", G * H, I, itemsize=itemsize)
+    check_size("w_hh", G * H, H, itemsize=itemsize)
+    check_size("x", T + 1, B, G * H + H, itemsize=itemsize)
+
+    def contiguous(a: Array | None) -> Array | None:
+        return None if a is None else _contiguous(a, dtype)
+
+    return Checked(
+        cell=cell, T=T, B=B, I=I, H=H, dtype=dtype,
+        x=_contiguous(xa, dtype), h0=contiguous(h0a), c0=contiguous(c0a),
+        w_ih=_contiguous(wih, dtype), w_hh=_contiguous(whh, dtype),
+        b_ih=contiguous(bih), b_hh=contiguous(bhh), lengths=checked_lengths,
+    )
+
+
+def check_nonlinearity(nonlinearity: object) -> str:
+    """``nonlinearity`` if it is one of NONLINEARITIES (TypeError if not a str, else ValueError)."""
+    if not isinstance(nonlinearity, str):
+        raise TypeError(f"nonlinearity: expected a str, got {_type_name(nonlinearity)}")
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"nonlinearity: expected one of {', '.join(NONLINEARITIES)}, "
+                         f"got {nonlinearity!r}")
+    return nonlinearity
+
+
+def check_flag(name: str, value: object) -> bool:
+    """``value`` as a bool if it is a Python or NumPy bool, else TypeError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {_type_name(value)}")
+    return bool(value)
+
+
+def check_grad(
+    name: str,
+    g: object,
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    symbols: Sequence[str] | None = None,
+) -> Array | None:
+    """None, or the incoming gradient ``g`` as a contiguous array of exactly ``shape``/``dtype``.
+
+    TypeError if ``g`` is not an ndarray or has another dtype than the forward's ``dtype``,
+    ValueError if its shape differs (``symbols`` names the dimensions in the message).
+    """
+    if g is None:
+        return None
+    a = _require_ndarray(name, g)
+    dtype = np.dtype(dtype)
+    _check_same_dtype(name, a, dtype, "the forward")
+    _check_shape(name, a, symbols, shape)
+    return _contiguous(a, dtype)
+
+
+# ----------------------------------------------------------------------------- softmax and loss
+
+
+def check_softmax_input(z: object) -> Array:
+    """``z`` (..., C) float32/float64 with ndim >= 1, as a contiguous array."""
+    a = _require_ndarray("z", z)
+    dtype = _check_float_dtype("z", a)
+    if a.ndim < 1:
+        raise ValueError(shape_message("z", ("...", "C"), (None, None), a.shape,
+                                       " with ndim >= 1"))
+    check_size("z", *a.shape, itemsize=dtype.itemsize)
+    return _contiguous(a, dtype)
+
+
+def check_logits_targets(
+    logits: object, targets: object, ignore_index: object
+) -> tuple[Array, Array]:
+    """Validate ``softmax_cross_entropy``'s arguments.
+
+    logits (N, C) float32/float64 with C >= 1; targets an integer (N,) array with values in
+    0..C-1 or equal to ignore_index (an int). Returns (contiguous logits, int64 targets).
+    """
+    la = _require_ndarray("logits", logits)
+    dtype = _check_float_dtype("logits", la)
+    _check_shape("logits", la, ("N", "C"), (None, None))
+    N, C = la.shape
+    if C == 0:
+        raise ValueError(shape_message("logits", ("N", "C"), (N, None), la.shape,
+                                       " with C >= 1"))
+    if not isinstance(ignore_index, (int, np.integer)) or isinstance(ignore_index, bool):
+        raise TypeError(f"ignore_index: expected an int, got {_type_name(ignore_index)}")
+    ignore = int(ignore_index)
+    if not -(2**63) <= ignore <= _INT64_MAX:
+        raise ValueError(f"ignore_index: {ignore} does not fit in int64")
+    ta = _require_ndarray("targets", targets)
+    if ta.dtype.kind not in "iu":
+        raise TypeError(f"targets: dtype {ta.dtype} is not an integer dtype")
+    _check_shape("targets", ta, ("N",), (N,))
+    check_size("logits", N, C, itemsize=dtype.itemsize)
+    if N > 0:
+        # Python ints compare exactly for every integer dtype (uint64 included).
+        valid = ((ta >= 0) & (ta < C)) | (ta == ignore)
+        if not valid.all():
+            bad = int(np.flatnonzero(~valid)[0])
+            raise ValueError(f"targets: every value must be in 0..C-1 = 0..{C - 1} or equal "
+                             f"ignore_index = {ignore}, got {int(ta[bad])} at index {bad}")
+    # Every value is now in 0..C-1 or equals ignore_index, which fits int64: the cast is exact.
+    targets64 = _contiguous(ta, np.dtype(np.int64))
+    return _contiguous(la, dtype), targets64

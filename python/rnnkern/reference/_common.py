@@ -1,0 +1,140 @@
+"""Pieces shared by the reference cells: activations, the cache, per-step masks, BPTT sums."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._api import Array, Checked, check_grad
+
+__all__ = [
+    "ACTIVATIONS", "Cache", "WeightGrads", "bias_or_zeros", "frozen_copy", "grad_or_zeros",
+    "sigmoid", "state_or_zeros", "take_cache", "valid_steps",
+]
+
+
+def sigmoid(a: Array) -> Array:
+    """1 / (1 + exp(-a)) without overflow: exp is only taken of -|a| <= 0."""
+    e = np.exp(-np.abs(a))  # same shape as a, in (0, 1]
+    return np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(a.dtype, copy=False)
+
+
+def _relu(a: Array) -> Array:
+    return np.maximum(a, 0)
+
+
+# f and f' written in terms of the output h = f(a), which is what the cache keeps.
+ACTIVATIONS: dict[str, tuple[Callable[[Array], Array], Callable[[Array], Array]]] = {
+    "tanh": (np.tanh, lambda h: 1 - h * h),
+    "relu": (_relu, lambda h: (h > 0).astype(h.dtype)),
+    "sigmoid": (sigmoid, lambda h: h * (1 - h)),
+}
+
+
+def valid_steps(c: Checked) -> Array:
+    """(T, B, 1) bool: True where step t lies within sequence b (t < lengths[b])."""
+    t = np.arange(c.T).reshape(c.T, 1, 1)  # (T, 1, 1)
+    if c.lengths is None:
+        return np.ones((c.T, c.B, 1), dtype=bool)
+    return t < c.lengths.reshape(1, c.B, 1)
+
+
+def state_or_zeros(s: Array | None, c: Checked) -> Array:
+    """The initial state (B, H), zeros when None."""
+    return np.zeros((c.B, c.H), c.dtype) if s is None else s
+
+
+def bias_or_zeros(b: Array | None, c: Checked) -> Array:
+    """A bias (G*H,), zeros when None (adding exact zeros changes nothing)."""
+    return np.zeros(c.G * c.H, c.dtype) if b is None else b
+
+
+def frozen_copy(a: Array) -> Array:
+    """A read-only copy, so neither the caller nor a backward can change what the cache holds."""
+    out = np.array(a, copy=True)
+    out.flags.writeable = False
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Cache:
+    """What a reference forward keeps for its backward (read-only arrays).
+
+    Only the backward of the cell named by ``cell`` accepts it.
+    """
+
+    cell: str  # "rnn", "lstm" or "gru"
+    variant: str  # rnn: the nonlinearity; gru: "linear_before_reset" or "reset_before"; lstm: ""
+    has_bias: bool
+    x: Array  # (T, B, I)
+    w_ih: Array  # (G*H, I)
+    w_hh: Array  # (G*H, H)
+    valid: Array  # (T, B, 1) bool, see valid_steps
+    h: Array  # (T+1, B, H): h[0] = h0, h[t+1] the state after step t
+    gates: Array  # (T, B, G*H) activated gates: rnn f(a); lstm i, f, g, o; gru r, z, n
+    c: Array | None = None  # lstm: (T+1, B, H) cell states like h
+    hn: Array | None = None  # gru linear_before_reset: (T, B, H) W_hn h + b_hn
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.x.dtype
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(T, B, I, H)."""
+        T, B, I = self.x.shape
+        return T, B, I, self.h.shape[2]
+
+
+def take_cache(cache: object, cell: str, function: str) -> Cache:
+    """``cache`` if it was made by the reference ``{cell}_forward``; ValueError for None
+    (a forward with training=False), TypeError for anything else."""
+    if cache is None:
+        raise ValueError(f"cache: is None; {function} needs the cache of a forward run with "
+                         f"training=True")
+    if not isinstance(cache, Cache):
+        raise TypeError(f"cache: expected the cache of rnnkern.reference.{cell}_forward, "
+                        f"got {type(cache).__name__}")
+    if cache.cell != cell:
+        raise TypeError(f"cache: made by {cache.cell}_forward, {function} needs the cache of "
+                        f"{cell}_forward")
+    return cache
+
+
+def grad_or_zeros(name: str, g: object, cache: Cache, symbols: tuple[str, ...]) -> Array:
+    """An incoming gradient (dy (T, B, H) or dh_n/dc_n (B, H)) checked, zeros when None."""
+    T, B, _, H = cache.shape
+    shape = tuple({"T": T, "B": B, "H": H}[s] for s in symbols)
+    checked = check_grad(name, g, shape, cache.dtype, symbols)
+    return np.zeros(shape, cache.dtype) if checked is None else checked
+
+
+class WeightGrads:
+    """Weight and bias gradients summed over time steps and batch (BPTT)."""
+
+    def __init__(self, cache: Cache) -> None:
+        dtype = cache.dtype
+        self.has_bias = cache.has_bias
+        self.dw_ih = np.zeros(cache.w_ih.shape, dtype)  # (G*H, I)
+        self.dw_hh = np.zeros(cache.w_hh.shape, dtype)  # (G*H, H)
+        self.db_ih = np.zeros(cache.w_ih.shape[0], dtype)  # (G*H,)
+        self.db_hh = np.zeros(cache.w_hh.shape[0], dtype)  # (G*H,)
+
+    def add_ih(self, d: Array, x_t: Array) -> None:
+        """Add step t's share: d (B, G*H) gradient of W_ih x_t + b_ih, x_t (B, I)."""
+        self.dw_ih += d.T @ x_t
+        self.db_ih += d.sum(axis=0)
+
+    def add_hh(self, d: Array, h_t: Array, rows: slice = slice(None)) -> None:
+        """Add step t's share for the gate ``rows`` of W_hh: d (B, rows) gradient of
+        W_hh[rows] h_t + b_hh[rows], h_t (B, H) the vector W_hh[rows] multiplies."""
+        self.dw_hh[rows] += d.T @ h_t
+        self.db_hh[rows] += d.sum(axis=0)
+
+    def result(self) -> tuple[Array, Array, Array | None, Array | None]:
+        """(dw_ih, dw_hh, db_ih, db_hh); the bias gradients are None without biases."""
+        if not self.has_bias:
+            return self.dw_ih, self.dw_hh, None, None
+        return self.dw_ih, self.dw_hh, self.db_ih, self.db_hh

@@ -1,0 +1,126 @@
+"""Reference GRU (PyTorch's gate order r, z, n), in both common forms.
+
+    r = sigma(W_ir x + b_ir + W_hr h + b_hr),  z = sigma(W_iz x + b_iz + W_hz h + b_hz)
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn))      linear_before_reset=True (PyTorch)
+    n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)      linear_before_reset=False (ONNX default)
+    h' = (1 - z) * n + z * h
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._api import Array, RNNGrads, RNNOutput, check_flag, check_forward
+from ._common import (
+    Cache,
+    WeightGrads,
+    bias_or_zeros,
+    frozen_copy,
+    grad_or_zeros,
+    sigmoid,
+    state_or_zeros,
+    take_cache,
+    valid_steps,
+)
+
+__all__ = ["gru_backward", "gru_forward"]
+
+_FORMS = {True: "linear_before_reset", False: "reset_before"}
+
+
+def gru_forward(
+    x: Array,
+    h0: Array | None,
+    w_ih: Array,
+    w_hh: Array,
+    b_ih: Array | None,
+    b_hh: Array | None,
+    *,
+    lengths: Array | None = None,
+    training: bool = True,
+    linear_before_reset: bool = True,
+) -> RNNOutput:
+    """Run a GRU over x (T, B, I).
+
+    h0 (B, H) or None (zeros); w_ih (3H, I), w_hh (3H, H), b_ih/b_hh (3H,) or both None;
+    lengths None or int (B,) in 1..T. Returns RNNOutput(y (T, B, H) zero past each length,
+    h_n (B, H) after each sequence's last step, cache or None when training=False).
+    """
+    c = check_forward("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths)
+    training = check_flag("training", training)
+    lbr = check_flag("linear_before_reset", linear_before_reset)
+    H = c.H
+    b_ih_, b_hh_ = bias_or_zeros(c.b_ih, c), bias_or_zeros(c.b_hh, c)  # (3H,) each
+    w_hn, b_hn = c.w_hh[2 * H:], b_hh_[2 * H:]  # (H, H), (H,)
+    valid = valid_steps(c)  # (T, B, 1)
+    y = np.zeros((c.T, c.B, H), c.dtype)  # (T, B, H)
+    h = state_or_zeros(c.h0, c)  # (B, H)
+    hs, gates, hns = [h], [], []  # per step (B, H), (B, 3H), (B, H); training only
+    for t in range(c.T):
+        gi = c.x[t] @ c.w_ih.T + b_ih_  # (B, 3H) input side of every gate
+        gh = h @ c.w_hh.T + b_hh_  # (B, 3H) hidden side (its n block unused if not lbr)
+        r = sigmoid(gi[:, :H] + gh[:, :H])  # (B, H)
+        z = sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])  # (B, H)
+        hn = gh[:, 2 * H:]  # (B, H) W_hn h + b_hn
+        if lbr:
+            n = np.tanh(gi[:, 2 * H:] + r * hn)  # (B, H)
+        else:
+            n = np.tanh(gi[:, 2 * H:] + (r * h) @ w_hn.T + b_hn)  # (B, H)
+        h_new = (1 - z) * n + z * h  # (B, H)
+        y[t] = np.where(valid[t], h_new, 0)
+        h = np.where(valid[t], h_new, h)
+        if training:
+            hs.append(h)
+            gates.append(np.concatenate([r, z, n], axis=1))
+            hns.append(hn)
+    cache = None
+    if training:
+        cache = Cache(
+            cell="gru", variant=_FORMS[lbr], has_bias=c.b_ih is not None,
+            x=frozen_copy(c.x), w_ih=frozen_copy(c.w_ih), w_hh=frozen_copy(c.w_hh),
+            valid=frozen_copy(valid), h=frozen_copy(np.stack(hs)),
+            gates=frozen_copy(np.stack(gates)), hn=frozen_copy(np.stack(hns)) if lbr else None,
+        )
+    return RNNOutput(y, h.copy(), cache)
+
+
+def gru_backward(cache: object, dy: Array | None, dh_n: Array | None = None) -> RNNGrads:
+    """Backpropagation through time for :func:`gru_forward` (either form).
+
+    dy (T, B, H) or None, dh_n (B, H) or None (zero). Returns RNNGrads(dx (T, B, I), dh0 (B, H),
+    dw_ih (3H, I), dw_hh (3H, H), db_ih, db_hh (3H,) or None without biases).
+    """
+    k = take_cache(cache, "gru", "gru_backward")
+    lbr = k.variant == _FORMS[True]
+    T, _, _, H = k.shape
+    w_rz, w_hn = k.w_hh[:2 * H], k.w_hh[2 * H:]  # (2H, H), (H, H)
+    dy_ = grad_or_zeros("dy", dy, k, ("T", "B", "H"))  # (T, B, H)
+    dh = grad_or_zeros("dh_n", dh_n, k, ("B", "H"))  # (B, H) dL/dh_t
+    sums = WeightGrads(k)
+    dx = np.zeros(k.x.shape, k.dtype)  # (T, B, I)
+    for t in reversed(range(T)):
+        v = k.valid[t]  # (B, 1)
+        h_prev = k.h[t]  # (B, H)
+        r, z, n = k.gates[t][:, :H], k.gates[t][:, H:2 * H], k.gates[t][:, 2 * H:]  # (B, H)
+        g = np.where(v, dh + dy_[t], 0)  # (B, H) into h_t, 0 if padded
+        da_n = g * (1 - z) * (1 - n * n)  # (B, H) d of tanh's argument
+        da_z = g * (h_prev - n) * z * (1 - z)  # (B, H)
+        dh_prev = g * z  # (B, H) the direct path z * h
+        if lbr:
+            assert k.hn is not None
+            da_r = da_n * k.hn[t] * r * (1 - r)  # (B, H)
+            d_gi = np.concatenate([da_r, da_z, da_n], axis=1)  # (B, 3H) d(W_ih x + b_ih)
+            d_gh = np.concatenate([da_r, da_z, da_n * r], axis=1)  # (B, 3H) d(W_hh h + b_hh)
+            sums.add_hh(d_gh, h_prev)
+            dh_prev = dh_prev + d_gh @ k.w_hh
+        else:
+            d_rh = da_n @ w_hn  # (B, H) d(r * h)
+            da_r = d_rh * h_prev * r * (1 - r)  # (B, H)
+            d_gi = np.concatenate([da_r, da_z, da_n], axis=1)  # (B, 3H)
+            d_rz = d_gi[:, :2 * H]  # (B, 2H) d(W_hr h + b_hr, W_hz h + b_hz)
+            sums.add_hh(d_rz, h_prev, slice(0, 2 * H))
+            sums.add_hh(da_n, r * h_prev, slice(2 * H, 3 * H))
+            dh_prev = dh_prev + d_rz @ w_rz + d_rh * r
+        dx[t] = d_gi @ k.w_ih
+        sums.add_ih(d_gi, k.x[t])
+        dh = np.where(v, dh_prev, dh)
+    return RNNGrads(dx, dh, *sums.result())

@@ -1,0 +1,96 @@
+"""Reference vanilla RNN: h_t = f(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), f = tanh, relu or sigmoid."""
+from __future__ import annotations
+
+import numpy as np
+
+from .._api import (
+    Array,
+    RNNGrads,
+    RNNOutput,
+    check_flag,
+    check_forward,
+    check_nonlinearity,
+)
+from ._common import (
+    ACTIVATIONS,
+    Cache,
+    WeightGrads,
+    bias_or_zeros,
+    frozen_copy,
+    grad_or_zeros,
+    state_or_zeros,
+    take_cache,
+    valid_steps,
+)
+
+__all__ = ["rnn_backward", "rnn_forward"]
+
+
+def rnn_forward(
+    x: Array,
+    h0: Array | None,
+    w_ih: Array,
+    w_hh: Array,
+    b_ih: Array | None,
+    b_hh: Array | None,
+    *,
+    nonlinearity: str = "tanh",
+    lengths: Array | None = None,
+    training: bool = True,
+) -> RNNOutput:
+    """Run a vanilla RNN over x (T, B, I).
+
+    h0 (B, H) or None (zeros); w_ih (H, I), w_hh (H, H), b_ih/b_hh (H,) or both None; lengths
+    None or int (B,) in 1..T. Returns RNNOutput(y (T, B, H) zero past each length, h_n (B, H)
+    the state after each sequence's last step, cache or None when training=False), all of
+    x's dtype.
+    """
+    c = check_forward("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths)
+    f, _ = ACTIVATIONS[check_nonlinearity(nonlinearity)]
+    training = check_flag("training", training)
+    b_ih_, b_hh_ = bias_or_zeros(c.b_ih, c), bias_or_zeros(c.b_hh, c)  # (H,) each
+    valid = valid_steps(c)  # (T, B, 1)
+    y = np.zeros((c.T, c.B, c.H), c.dtype)  # (T, B, H)
+    h = state_or_zeros(c.h0, c)  # (B, H) state h_{t-1}
+    hs, gates = [h], []  # per step (B, H) each, kept only for training
+    for t in range(c.T):
+        a = c.x[t] @ c.w_ih.T + b_ih_ + h @ c.w_hh.T + b_hh_  # (B, H) pre-activation
+        h_new = f(a)  # (B, H)
+        y[t] = np.where(valid[t], h_new, 0)
+        h = np.where(valid[t], h_new, h)  # frozen past the length
+        if training:
+            hs.append(h)
+            gates.append(h_new)
+    cache = None
+    if training:
+        cache = Cache(
+            cell="rnn", variant=nonlinearity, has_bias=c.b_ih is not None,
+            x=frozen_copy(c.x), w_ih=frozen_copy(c.w_ih), w_hh=frozen_copy(c.w_hh),
+            valid=frozen_copy(valid), h=frozen_copy(np.stack(hs)),
+            gates=frozen_copy(np.stack(gates)),
+        )
+    return RNNOutput(y, h.copy(), cache)
+
+
+def rnn_backward(cache: object, dy: Array | None, dh_n: Array | None = None) -> RNNGrads:
+    """Backpropagation through time for :func:`rnn_forward`.
+
+    dy (T, B, H) or None (only h_n gets a gradient; ignored at padded steps), dh_n (B, H) or None
+    (zero). Returns RNNGrads(dx (T, B, I), dh0 (B, H), dw_ih (H, I), dw_hh (H, H), db_ih, db_hh
+    (H,) or None without biases), the weight gradients summed over all steps.
+    """
+    k = take_cache(cache, "rnn", "rnn_backward")
+    dy_ = grad_or_zeros("dy", dy, k, ("T", "B", "H"))  # (T, B, H)
+    dh = grad_or_zeros("dh_n", dh_n, k, ("B", "H"))  # (B, H) dL/dh_t, carried backwards
+    _, fprime = ACTIVATIONS[k.variant]
+    sums = WeightGrads(k)
+    dx = np.zeros(k.x.shape, k.dtype)  # (T, B, I)
+    for t in reversed(range(k.shape[0])):
+        v = k.valid[t]  # (B, 1)
+        g = np.where(v, dh + dy_[t], 0)  # (B, H) gradient entering step t's cell, 0 if padded
+        da = g * fprime(k.gates[t])  # (B, H) dL/d pre-activation
+        dx[t] = da @ k.w_ih
+        sums.add_ih(da, k.x[t])
+        sums.add_hh(da, k.h[t])
+        dh = np.where(v, da @ k.w_hh, dh)  # padded steps pass dh through unchanged
+    return RNNGrads(dx, dh, *sums.result())
