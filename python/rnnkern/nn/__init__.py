@@ -1,0 +1,6 @@
+"""Layer modules built on rnnkern's functional API, with PyTorch's parameter names."""
+from .embedding import Embedding
+from .linear import Linear
+from .rnn import GRU, LSTM, RNN
+
+__all__ = ["GRU", "LSTM", "RNN", "Embedding", "Linear"]

@@ -1,0 +1,154 @@
+"""`Linear`: y = x W^T + b over the last axis, with PyTorch's parameter names and initialization.
+
+Also the small base class `ParamModule` (params / grads / zero_grad / state_dict /
+load_state_dict) that the feed-forward modules share.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional, Union
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Linear", "ParamModule"]
+
+Array = npt.NDArray[Any]
+Seed = Union[None, int, np.random.Generator]
+
+
+def _check_dtype(dtype: npt.DTypeLike) -> np.dtype[Any]:
+    dt = np.dtype(dtype)
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype: expected float32 or float64, got {dt}")
+    return dt
+
+
+def _check_size(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return int(value)
+
+
+class ParamModule:
+    """Parameters in `params` and their gradients (same keys, shapes, dtype) in `grads`.
+
+    The arrays are updated in place (by optimizers and `load_state_dict`), never replaced, so an
+    optimizer built on `params` / `grads` stays bound to them.
+    """
+
+    dtype: np.dtype[Any]
+    params: dict[str, Array]
+    grads: dict[str, Array]
+
+    def _init_params(self, params: dict[str, Array]) -> None:
+        self.params = params
+        self.grads = {n: np.zeros_like(p) for n, p in params.items()}
+
+    def _check_input(self, name: str, a: object) -> Array:
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+        if a.dtype != self.dtype:
+            raise TypeError(
+                f"{name}: dtype {a.dtype} does not match the layer's dtype {self.dtype}")
+        return a
+
+    def zero_grad(self) -> None:
+        """Set every gradient in `grads` to zero."""
+        for g in self.grads.values():
+            g.fill(0)
+
+    def state_dict(self) -> dict[str, Array]:
+        """Copies of the parameters, keyed by PyTorch's names."""
+        return {name: p.copy() for name, p in self.params.items()}
+
+    def load_state_dict(self, mapping: Mapping[str, Any]) -> None:
+        """Load parameters from numpy arrays or torch tensors keyed by PyTorch's names.
+
+        Every parameter must be present with its exact shape (KeyError / ValueError naming it);
+        values are cast to the layer's dtype and copied in place. Nothing changes if a check fails.
+        """
+        missing = [n for n in self.params if n not in mapping]
+        unexpected = [str(n) for n in mapping if n not in self.params]
+        if missing:
+            raise KeyError(f"load_state_dict: missing parameter(s) {', '.join(missing)}")
+        if unexpected:
+            raise KeyError(f"load_state_dict: unexpected parameter(s) {', '.join(unexpected)}")
+        loaded: dict[str, Array] = {}
+        for name, p in self.params.items():
+            value = mapping[name]
+            if hasattr(value, "detach"):  # a torch tensor
+                value = value.detach().cpu().numpy()
+            arr = np.asarray(value)
+            if arr.dtype.kind not in "fiu":
+                raise TypeError(f"{name}: expected a real numeric dtype, got dtype {arr.dtype}")
+            if arr.shape != p.shape:
+                raise ValueError(f"{name}: expected shape {p.shape}, got {arr.shape}")
+            loaded[name] = arr
+        for name, arr in loaded.items():
+            self.params[name][...] = arr
+
+
+class Linear(ParamModule):
+    """Affine map over the last axis: y = x @ weight.T + bias, like `torch.nn.Linear`.
+
+    weight (out_features, in_features), bias (out_features,) (absent if ``bias=False``), both
+    uniform in +-1/sqrt(in_features) as PyTorch initializes them; reproducible with ``seed``
+    (int, None or numpy Generator). ``dtype`` float32 or float64.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 dtype: npt.DTypeLike = np.float32, seed: Seed = None) -> None:
+        self.in_features = _check_size("in_features", in_features, 0)
+        self.out_features = _check_size("out_features", out_features)
+        self.dtype = _check_dtype(dtype)
+        rng = np.random.default_rng(seed)
+        # kaiming_uniform(a=sqrt(5)) on weight and the bias rule both give bound 1/sqrt(fan_in).
+        k = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
+        params = {"weight": rng.uniform(-k, k, (self.out_features, self.in_features))
+                  .astype(self.dtype)}  # (O, I)
+        if bias:
+            params["bias"] = rng.uniform(-k, k, (self.out_features,)).astype(self.dtype)  # (O,)
+        self._init_params(params)
+        self._x: Optional[Array] = None  # (N, I): the last training forward's input, flattened
+
+    def __call__(self, x: Array, training: bool = True) -> Array:
+        """x (..., in_features) -> y (..., out_features). ``training`` keeps x for backward."""
+        x = self._check_input("x", x)
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"x: expected shape (..., in_features) = (..., {self.in_features}), got {x.shape}")
+        x2 = x.reshape(-1, self.in_features)  # (N, I)
+        y = x2 @ self.params["weight"].T  # (N, O)
+        if "bias" in self.params:
+            y += self.params["bias"]
+        self._x = x2 if training else None
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def backward(self, dy: Array) -> Array:
+        """dy (..., out_features) of the last training forward -> dx (..., in_features).
+
+        Adds the weight and bias gradients into `grads`.
+        """
+        if self._x is None:
+            raise RuntimeError(
+                "backward: no saved forward; call the layer with training=True first")
+        dy = self._check_input("dy", dy)
+        n = self._x.shape[0]
+        if dy.ndim < 1 or dy.shape[-1] != self.out_features or dy.size != n * self.out_features:
+            raise ValueError(f"dy: expected shape (..., out_features) with {n} rows of "
+                             f"{self.out_features}, got {dy.shape}")
+        dy2 = dy.reshape(n, self.out_features)  # (N, O)
+        self.grads["weight"] += dy2.T @ self._x
+        if "bias" in self.grads:
+            self.grads["bias"] += dy2.sum(axis=0)
+        dx = dy2 @ self.params["weight"]  # (N, I)
+        return dx.reshape(*dy.shape[:-1], self.in_features)
+
+    def __repr__(self) -> str:
+        extra = "" if "bias" in self.params else ", bias=False"
+        if self.dtype != np.dtype(np.float32):
+            extra += f", dtype={self.dtype}"
+        return f"Linear({self.in_features}, {self.out_features}{extra})"
