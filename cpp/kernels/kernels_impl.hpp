@@ -411,6 +411,18 @@ inline void pass_through(const StepConst<F>& c, const Step<F>& s, int64_t b, int
   }
 }
 
+// The epilogue of a backward product: padded rows pass their gradient through, the others get
+// body(b, dh) with dh the whole gradient reaching h_t.
+template <class F, class Body>
+inline auto rows_dh(const StepConst<F>& c, const Step<F>& s, int64_t j0, int64_t n, Body&& body) {
+  return [&c, &s, j0, n, body](int64_t b, const F* acc) {
+    const bool valid = !padded(c.lengths, b, s.t);
+    vec<F> dh = grad_h(c, s, b, j0, n, acc, valid);
+    if (!valid) return pass_through(c, s, b, j0, n, dh);
+    body(b, dh);
+  };
+}
+
 template <class F>
 void backward_phase(const StepConst<F>& c, const Step<F>& s, int phase, int64_t jb0,
                     int64_t jb1) {
@@ -420,83 +432,70 @@ void backward_phase(const StepConst<F>& c, const Step<F>& s, int phase, int64_t 
   for (int64_t jb = jb0; jb < jb1; ++jb) {
     const int64_t j0 = jb * NB<F>, n = imin(NB<F>, H - j0);
     const F* wb = c.wb + jb * K * NB<F>;
-    const int64_t o = j0;  // offset of this block inside a gate block of a row
     switch (c.cell) {
       case Cell::lstm:
-        panel_rows<F, 1>(s.dgh_next, GH, B, wb, K, [&](int64_t b, const F* acc) {
-          const bool valid = !padded(c.lengths, b, s.t);
-          vec<F> dh = grad_h(c, s, b, j0, n, acc, valid);
-          if (!valid) return pass_through(c, s, b, j0, n, dh);
-          const F* gp = s.gates + b * GH + o;
+        panel_rows<F, 1>(s.dgh_next, GH, B, wb, K, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
+          const F* gp = s.gates + b * GH + j0;
           vec<F> i = load(gp, n), f = load(gp + H, n), g = load(gp + 2 * H, n),
                  og = load(gp + 3 * H, n);
           vec<F> ct = load(s.cn + b * H + j0, n), tc = vtanh(ct);
           vec<F> dc = load(s.dc + b * H + j0, n) + dh * og * (F(1) - tc * tc);
-          F* dg = s.dg + b * GH + o;
+          F* dg = s.dg + b * GH + j0;
           store(dg, dc * g * i * (F(1) - i), n);
           store(dg + H, dc * load(s.cp + b * H + j0, n) * f * (F(1) - f), n);
           store(dg + 2 * H, dc * i * (F(1) - g * g), n);
           store(dg + 3 * H, dh * tc * og * (F(1) - og), n);
           store(s.dc + b * H + j0, dc * f, n);
           zero(s.dh + b * H + j0, n);
-        });
+        }));
         break;
       case Cell::gru:
-        panel_rows<F, 1>(s.dgh_next, GH, B, wb, K, [&](int64_t b, const F* acc) {
-          const bool valid = !padded(c.lengths, b, s.t);
-          vec<F> dh = grad_h(c, s, b, j0, n, acc, valid);
-          if (!valid) return pass_through(c, s, b, j0, n, dh);
-          const F* gp = s.gates + b * GH + o;
+        panel_rows<F, 1>(s.dgh_next, GH, B, wb, K, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
+          const F* gp = s.gates + b * GH + j0;
           vec<F> r = load(gp, n), z = load(gp + H, n), nn = load(gp + 2 * H, n);
           vec<F> hp = load(s.hp + b * H + j0, n), hn = load(s.aux + b * H + j0, n);
           vec<F> dn = dh * (F(1) - z) * (F(1) - nn * nn);
           vec<F> dr = dn * hn * r * (F(1) - r);
           vec<F> dz = dh * (hp - nn) * z * (F(1) - z);
-          F* dg = s.dg + b * GH + o;
-          F* dgh = s.dgh + b * GH + o;
+          F* dg = s.dg + b * GH + j0;
+          F* dgh = s.dgh + b * GH + j0;
           store(dg, dr, n), store(dg + H, dz, n), store(dg + 2 * H, dn, n);
           store(dgh, dr, n), store(dgh + H, dz, n), store(dgh + 2 * H, dn * r, n);
           store(s.dh + b * H + j0, dh * z, n);
-        });
+        }));
         break;
       case Cell::gru_rh:
         if (phase == 0) {  // dz, dn from dh_t
-          panel_rows<F, 1>(s.dgh_next, GH, B, wb, K, [&](int64_t b, const F* acc) {
-            const bool valid = !padded(c.lengths, b, s.t);
-            vec<F> dh = grad_h(c, s, b, j0, n, acc, valid);
-            if (!valid) return pass_through(c, s, b, j0, n, dh);
-            const F* gp = s.gates + b * GH + o;
+          panel_rows<F, 1>(s.dgh_next, GH, B, wb, K, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
+            const F* gp = s.gates + b * GH + j0;
             vec<F> z = load(gp + H, n), nn = load(gp + 2 * H, n);
             vec<F> hp = load(s.hp + b * H + j0, n);
-            F* dg = s.dg + b * GH + o;
+            F* dg = s.dg + b * GH + j0;
             store(dg + H, dh * (hp - nn) * z * (F(1) - z), n);
             store(dg + 2 * H, dh * (F(1) - z) * (F(1) - nn * nn), n);
             store(s.dh + b * H + j0, dh * z, n);
-          });
+          }));
         } else {  // d(r * h) = dn W_hn: dr and the path through r * h
           panel_rows<F, 1>(s.dg + 2 * H, GH, B, c.wb_n + jb * H * NB<F>, H,
                            [&](int64_t b, const F* acc) {
                              if (padded(c.lengths, b, s.t)) return;
-                             const F* gp = s.gates + b * GH + o;
+                             const F* gp = s.gates + b * GH + j0;
                              vec<F> r = load(gp, n), drh = load(acc);
                              vec<F> hp = load(s.hp + b * H + j0, n);
-                             store(s.dg + b * GH + o, drh * hp * r * (F(1) - r), n);
+                             store(s.dg + b * GH + j0, drh * hp * r * (F(1) - r), n);
                              store(s.dh + b * H + j0, load(s.dh + b * H + j0, n) + drh * r, n);
                            });
         }
         break;
       default:  // vanilla RNN: the derivative from the saved output h_t
-        panel_rows<F, 1>(s.dgh_next, GH, B, wb, K, [&](int64_t b, const F* acc) {
-          const bool valid = !padded(c.lengths, b, s.t);
-          vec<F> dh = grad_h(c, s, b, j0, n, acc, valid);
-          if (!valid) return pass_through(c, s, b, j0, n, dh);
+        panel_rows<F, 1>(s.dgh_next, GH, B, wb, K, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
           vec<F> h = load(s.hn + b * H + j0, n);
           vec<F> d = c.cell == Cell::rnn_tanh   ? dh * (F(1) - h * h)
                      : c.cell == Cell::rnn_relu ? (h > 0 ? dh : vec<F>{})
                                                 : dh * h * (F(1) - h);
-          store(s.dg + b * GH + o, d, n);
+          store(s.dg + b * GH + j0, d, n);
           zero(s.dh + b * H + j0, n);
-        });
+        }));
     }
   }
 }
