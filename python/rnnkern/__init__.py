@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _core  # type: ignore[attr-defined]
+from . import _core
 from . import nn, reference
 from ._functional import (
     gru_backward,

@@ -1,0 +1,42 @@
+"""Type stubs of the compiled core (cpp/bindings/module.cpp). Use the rnnkern package's functions."""
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+_Array = npt.NDArray[Any]
+
+def forward(
+    cell_id: int,
+    x: _Array,
+    h0: _Array | None,
+    c0: _Array | None,
+    w_ih: _Array,
+    w_hh: _Array,
+    b_ih: _Array | None,
+    b_hh: _Array | None,
+    lengths: npt.NDArray[np.int64] | None,
+    training: bool,
+) -> tuple[_Array, _Array, _Array | None, tuple[_Array | None, ...]]: ...
+def backward(
+    cell_id: int,
+    x: _Array,
+    w_ih: _Array,
+    w_hh: _Array,
+    bias: bool,
+    lengths: npt.NDArray[np.int64] | None,
+    cache: tuple[_Array | None, ...],
+    dy: _Array | None,
+    dh_n: _Array | None,
+    dc_n: _Array | None,
+) -> tuple[_Array, _Array, _Array | None, _Array, _Array, _Array | None, _Array | None]: ...
+def softmax(z: _Array) -> _Array: ...
+def softmax_cross_entropy(
+    logits: _Array, targets: npt.NDArray[np.int64], ignore_index: int
+) -> tuple[float, _Array]: ...
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
+def isa() -> str: ...
+def set_isa(name: str) -> None: ...
+def supported_isas() -> str: ...
+def blas_info() -> str: ...
