@@ -98,7 +98,7 @@ class Pool {
     uint64_t seen = 0;
     for (;;) {
       // Spin for a while after a job (calls come in quick succession), then sleep.
-      auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(2);
+      auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(100);
       while (generation_.load(std::memory_order_acquire) == seen && !stop_.load() &&
              std::chrono::steady_clock::now() < until)
         for (int i = 0; i < 64; ++i) RNNKERN_PAUSE();

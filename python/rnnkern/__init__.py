@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from . import _core
-from . import nn, reference
 from ._functional import (
     gru_backward,
     gru_forward,
@@ -19,17 +18,22 @@ from ._functional import (
     softmax,
     softmax_cross_entropy,
 )
+from . import data, diagnostics, models, nn, optim, reference  # noqa: E402  (they use the above)
 
 __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "config",
+    "data",
+    "diagnostics",
     "get_num_threads",
     "gru_backward",
     "gru_forward",
     "lstm_backward",
     "lstm_forward",
+    "models",
     "nn",
+    "optim",
     "reference",
     "rnn_backward",
     "rnn_forward",

@@ -1,0 +1,4 @@
+"""`python -m rnnkern`: the command line (see `rnnkern.cli`)."""
+from .cli import main
+
+raise SystemExit(main())

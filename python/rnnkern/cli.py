@@ -1,0 +1,460 @@
+"""The ``rnnkern`` command: the lecture's examples and training runs from the command line.
+
+    rnnkern dogs                      the lecture's DOGS example, H = 3, trained in seconds
+    rnnkern train-char [TEXT_FILE]    a character language model (default corpus: Python's stdlib)
+    rnnkern sample CHECKPOINT         text from a trained character model
+    rnnkern train-seq2seq             encoder-decoder: "three hundred and twelve" -> "312"
+    rnnkern gradflow --out FILE.png   ||dL_T/dh_t|| against t for a vanilla RNN and an LSTM
+    rnnkern longrange                 accuracy against T on "brown ... german shepherd"
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+from . import (
+    __version__,
+    data,
+    diagnostics,
+    optim,
+    rnn_backward,
+    rnn_forward,
+    softmax,
+    softmax_cross_entropy,
+)
+from .models import CharLM, Seq2Seq, SequenceClassifier, load_checkpoint
+
+__all__ = ["main", "build_parser"]
+
+Array = npt.NDArray[Any]
+
+
+def _out(*parts: object) -> None:
+    print(*parts, flush=True)
+
+
+class _Clock:
+    """Stops a training loop after ``steps`` steps or ``minutes`` minutes, whichever is first."""
+
+    def __init__(self, steps: Optional[int], minutes: Optional[float]) -> None:
+        self.steps = steps
+        self.deadline = None if minutes is None else time.perf_counter() + 60.0 * minutes
+        self.start = time.perf_counter()
+
+    def running(self, step: int) -> bool:
+        if self.steps is not None and step >= self.steps:
+            return False
+        return self.deadline is None or time.perf_counter() < self.deadline
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def _budget(steps: Optional[int], minutes: Optional[float], default_steps: int) -> _Clock:
+    return _Clock(default_steps if steps is None and minutes is None else steps, minutes)
+
+
+# -- dogs ------------------------------------------------------------------------------------------
+
+def cmd_dogs(args: argparse.Namespace) -> int:
+    """The lecture's example: read d, o, g one-hot (I = 4), predict o, g, s, with H = 3.
+
+    h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh) by rnnkern's kernel, y_t = softmax(W_y h_t),
+    loss = cross-entropy summed over the steps as in the lecture (here: averaged).
+    """
+    letters = "dogs"
+    x_ids, y_ids = np.array([0, 1, 2]), np.array([1, 2, 3])  # d o g -> o g s
+    x = np.eye(4)[x_ids][:, None, :]  # (T=3, B=1, I=4) one-hot
+    hidden = args.hidden
+    rng = np.random.default_rng(args.seed)
+    k = 1.0 / math.sqrt(hidden)
+    params = {  # the lecture's W_X (H, 4), W_H (H, H), W_Y (4, H); its b_h is b_ih + b_hh
+        "w_ih": rng.uniform(-k, k, (hidden, 4)), "w_hh": rng.uniform(-k, k, (hidden, hidden)),
+        "b_ih": rng.uniform(-k, k, hidden), "b_hh": rng.uniform(-k, k, hidden),
+        "w_y": rng.uniform(-k, k, (4, hidden)),
+    }
+    grads = {n: np.zeros_like(p) for n, p in params.items()}
+    opt = optim.Adam(params, grads, lr=args.lr)
+
+    def forward(training: bool) -> Tuple[Array, Any, Any]:
+        out = rnn_forward(x, None, params["w_ih"], params["w_hh"], params["b_ih"], params["b_hh"],
+                          training=training)
+        logits = out.y[:, 0] @ params["w_y"].T  # (T, 4)
+        return logits, out, softmax_cross_entropy(logits, y_ids)
+
+    _out(f"DOGS: one-hot {{d,o,g,s}}, I = 4, H = {hidden}: read d, o, g and predict o, g, s")
+    curve: List[float] = []
+    step = 0
+    while step < args.steps:
+        logits, out, ce = forward(training=True)
+        curve.append(float(ce.loss))
+        solved = bool((logits.argmax(axis=1) == y_ids).all()) and ce.loss < args.target_loss
+        if solved:
+            break
+        opt.zero_grad()
+        grads["w_y"] += ce.dlogits.T @ out.y[:, 0]  # (4, H)
+        dy = (ce.dlogits @ params["w_y"])[:, None, :]  # (T, 1, H)
+        g = rnn_backward(out.cache, dy)
+        for name, value in zip(("w_ih", "w_hh", "b_ih", "b_hh"), g[2:]):
+            grads[name] += value
+        opt.step()
+        step += 1
+    marks = sorted({0, len(curve) - 1, *range(0, len(curve), max(1, len(curve) // 10))})
+    top = max(curve)
+    _out("step  loss")
+    for i in marks:
+        _out(f"{i:4d}  {curve[i]:.4f}  {'#' * max(1, round(40 * curve[i] / top))}")
+    logits, _, _ = forward(training=False)
+    probs = softmax(logits)  # (T, 4)
+    _out("input -> prediction   p(d)  p(o)  p(g)  p(s)")
+    for t in range(3):
+        ps = "  ".join(f"{p:.2f}" for p in probs[t])
+        _out(f"  {letters[x_ids[t]]}   ->     {letters[int(probs[t].argmax())]}        {ps}")
+    correct = bool((probs.argmax(axis=1) == y_ids).all())
+    _out(f"{'learned' if correct else 'NOT learned'}: d,o,g -> "
+         f"{','.join(letters[int(i)] for i in probs.argmax(axis=1))} after {len(curve) - 1} steps")
+    return 0 if correct else 1
+
+
+# -- character language model ----------------------------------------------------------------------
+
+def _unigram_loss(train: Array, val: Array, vocab_size: int) -> float:
+    """Cross-entropy (nats/char) of val under train's character frequencies (add-one)."""
+    counts = np.bincount(train, minlength=vocab_size) + 1.0  # (V,)
+    logp = np.log(counts / counts.sum())  # (V,)
+    return float(-logp[val].mean())
+
+
+def _read_text(path: Optional[str], max_chars: int) -> Tuple[str, str]:
+    if path is None:
+        version = sys.version.split()[0]
+        return data.default_corpus(max_chars), f"the Python {version} standard library"
+    text = Path(path).read_text(encoding="utf-8", errors="replace")[:max_chars]
+    if len(text) < 100:
+        raise ValueError(f"text_file: {path!r} has {len(text)} characters, need at least 100")
+    return text, path
+
+
+def cmd_train_char(args: argparse.Namespace) -> int:
+    from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
+
+    text, source = _read_text(args.text_file, args.max_chars)
+    vocab = data.Vocab.from_text(text)
+    ids = vocab.encode(text)
+    train_ids, val_ids = data.split_ids(ids, args.val_fraction)
+    columns = data.batchify(train_ids, args.batch)  # (N, B)
+    val_columns = data.batchify(val_ids[:args.val_chars], min(args.batch, 16))  # (M, b)
+    unigram = _unigram_loss(train_ids, val_ids[:args.val_chars], len(vocab))
+    model = CharLM(len(vocab), hidden_size=args.hidden, num_layers=args.layers, cell=args.cell,
+                   embed_dim=args.embed, dropout=args.dropout, seed=args.seed)
+    opt = optim.Adam(model.params, model.grads, lr=args.lr)
+    _out(f"corpus: {source}: {len(text):,} characters, vocabulary {len(vocab)}; "
+         f"{model.num_params():,} parameters ({args.cell}, H = {args.hidden}, "
+         f"{args.layers} layer(s)); unigram validation loss {unigram:.3f} nats/char")
+    sample_rng = np.random.default_rng(args.seed)
+    prime = vocab.encode("\n" if "\n" in vocab else text[0])
+
+    def show_sample(step: int) -> None:
+        out = model.sample(args.sample_length, prime, args.temperature, sample_rng)
+        tqdm.write(f"--- sample at step {step} ---\n{vocab.decode(out)}\n---", file=sys.stdout)
+
+    clock = _budget(args.steps, args.minutes, 2000)
+    bar = tqdm(total=clock.steps, unit="step", disable=args.no_progress, dynamic_ncols=True,
+               file=sys.stderr)
+    step, chars, recent = 0, 0, []  # recent: the training losses, for the bar's mean
+    batches = data.bptt_batches(columns, args.seq_len)
+    state = None
+    while clock.running(step):
+        try:
+            x, y = next(batches)
+        except StopIteration:  # a new pass over the corpus starts from a zero state
+            batches, state = data.bptt_batches(columns, args.seq_len), None
+            continue
+        model.zero_grad()
+        loss, state = model.loss_and_backward(x, y, state)
+        optim.clip_grad_norm(model.grads, args.clip)
+        opt.step()
+        step += 1
+        chars += y.size
+        recent.append(loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(recent[-50:]):.3f}",
+                        chars_s=f"{chars / clock.elapsed():,.0f}")
+        if args.sample_every and step % args.sample_every == 0:
+            show_sample(step)
+    bar.close()
+    val = model.evaluate(val_columns, args.seq_len)
+    seconds = clock.elapsed()
+    _out(f"trained {step} steps in {seconds:.1f} s ({chars / seconds:,.0f} chars/s)")
+    _out(f"validation loss {val:.3f} nats/char ({val / math.log(2):.3f} bits/char); "
+         f"unigram baseline {unigram:.3f} nats/char ({unigram / math.log(2):.3f} bits/char)")
+    show_sample(step)
+    if args.out:
+        model.save(args.out, vocab="".join(vocab.tokens), steps=step, val_loss=val,
+                   unigram_loss=unigram, source=source)
+        _out(f"checkpoint saved to {args.out}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    model, meta = load_checkpoint(args.checkpoint)
+    if not isinstance(model, CharLM) or "vocab" not in meta:
+        raise ValueError(f"checkpoint: {args.checkpoint!r} is not a character model checkpoint")
+    vocab = data.Vocab(list(meta["vocab"]))
+    prime_text = args.prime if args.prime else ("\n" if "\n" in vocab else vocab.tokens[0])
+    prime = vocab.encode(prime_text, name="prime")
+    out = model.sample(args.length, prime, args.temperature, np.random.default_rng(args.seed))
+    sys.stdout.write(prime_text + vocab.decode(out) + "\n")
+    return 0
+
+
+# -- seq2seq ---------------------------------------------------------------------------------------
+
+def _exact_match(model: Seq2Seq, src: List[Array], tgt: List[Array], beam: int) -> float:
+    """The fraction of sources decoded exactly to their target (greedy if beam is 1)."""
+    max_len = max(len(t) for t in tgt) + 2  # room for an over-long answer to be wrong
+    pred = model.greedy(src, max_len) if beam <= 1 else model.beam_search(src, beam, max_len)
+    return float(np.mean([list(p) == list(t) for p, t in zip(pred, tgt)]))
+
+
+def cmd_train_seq2seq(args: argparse.Namespace) -> int:
+    task = data.NumberWords(args.max_value)
+    rng = np.random.default_rng(args.seed)
+    test_src, test_tgt, test_n = task.sample(np.random.default_rng(args.seed + 1), args.test_size,
+                                             "test")
+    model = Seq2Seq(len(task.src_vocab), len(task.tgt_vocab), hidden_size=args.hidden,
+                    num_layers=args.layers, cell=args.cell, embed_dim=args.embed, pad=task.PAD,
+                    bos=task.BOS, eos=task.EOS, seed=args.seed)
+    opt = optim.Adam(model.params, model.grads, lr=args.lr)
+    _out(f"task: numbers 0..{args.max_value:,} in words -> digits; {model.num_params():,} "
+         f"parameters ({args.cell}, H = {args.hidden}); held-out test set of {args.test_size}")
+    clock = _budget(args.steps, args.minutes, 1000)
+    step, losses, acc = 0, [], 0.0
+    while clock.running(step):
+        src, tgt, _ = task.sample(rng, args.batch, "train")
+        model.zero_grad()
+        losses.append(model.loss_and_backward(src, tgt))
+        optim.clip_grad_norm(model.grads, args.clip)
+        opt.step()
+        step += 1
+        if step % args.eval_every == 0:
+            acc = _exact_match(model, test_src, test_tgt, beam=1)
+            _out(f"step {step:5d}  loss {np.mean(losses[-args.eval_every:]):.4f}  held-out "
+                 f"exact match {acc:.1%}  ({clock.elapsed():.0f} s)")
+            if args.stop_at is not None and acc >= args.stop_at:
+                break
+    acc = _exact_match(model, test_src, test_tgt, beam=1)
+    n_beam = min(len(test_src), args.beam_test_size)
+    beam_acc = _exact_match(model, test_src[:n_beam], test_tgt[:n_beam], beam=args.beam)
+    shown = model.greedy(test_src[:5])
+    for s, p, n in zip(test_src[:5], shown, test_n[:5]):
+        _out(f"  {task.src_vocab.decode(s)!r} -> {task.tgt_vocab.decode(p)!r}  (true {n})")
+    _out(f"held-out exact match after {step} steps, {clock.elapsed():.0f} s: greedy {acc:.1%} "
+         f"({len(test_src)} examples), beam {args.beam} {beam_acc:.1%} ({n_beam} examples)")
+    if args.out:
+        model.save(args.out, task="NumberWords", max_value=args.max_value, accuracy=acc)
+        _out(f"checkpoint saved to {args.out}")
+    return 0
+
+
+# -- long-range task and gradient flow -------------------------------------------------------------
+
+def _longrange_model(cell: str, args: argparse.Namespace, dtype: str = "float32"
+                     ) -> SequenceClassifier:
+    return SequenceClassifier(
+        len(data.LONGRANGE_CUES) + len(data.LONGRANGE_FILLER), len(data.LONGRANGE_CUES),
+        hidden_size=args.hidden, cell=cell, dtype=dtype, seed=args.seed,
+        forget_bias=args.forget_bias if cell == "lstm" else 0.0,
+        input_bias=args.input_bias if cell == "lstm" else 0.0)
+
+
+def _train_longrange(model: SequenceClassifier, steps: int, length: int,
+                     args: argparse.Namespace) -> float:
+    """SGD with momentum (the same for every cell) on fresh batches; returns the last loss."""
+    opt = optim.SGD(model.params, model.grads, lr=args.lr, momentum=0.9)
+    rng = np.random.default_rng(args.seed)
+    loss = float("nan")
+    for _ in range(steps):
+        x, y = data.longrange_batch(rng, args.batch, length)
+        model.zero_grad()
+        loss, _ = model.loss_and_backward(x, y)
+        optim.clip_grad_norm(model.grads, 1.0)
+        opt.step()
+    return loss
+
+
+def cmd_longrange(args: argparse.Namespace) -> int:
+    lengths = [int(v) for v in args.lengths.split(",")]
+    cells = args.cells.split(",")
+    _out(f"task: {'/'.join(data.LONGRANGE_CUES)} at t = 1 decides the answer after T steps of "
+         f"filler ({args.steps} SGD steps of batch {args.batch}, H = {args.hidden}; "
+         f"chance = 50%)")
+    _out("     T  " + "  ".join(f"{c:>6}" for c in cells))
+    test_rng = np.random.default_rng(args.seed + 1)
+    for length in lengths:
+        x, y = data.longrange_batch(test_rng, args.test_size, length)
+        accs = []
+        for cell in cells:
+            model = _longrange_model(cell, args)
+            _train_longrange(model, args.steps, length, args)
+            accs.append(model.accuracy(x, y))
+        _out(f"  {length:4d}  " + "  ".join(f"{a:6.1%}" for a in accs))
+    return 0
+
+
+def cmd_gradflow(args: argparse.Namespace) -> int:
+    length = args.length
+    x, y = data.longrange_batch(np.random.default_rng(args.seed + 1), args.batch, length)
+    curves: Dict[str, Array] = {}
+    _out(f"||dL_T/dh_t|| on the long-range task, T = {length}, H = {args.hidden}")
+    _out("  model           ||dL/dh_T||  ||dL/dh_1||  ratio")
+    for cell in args.cells.split(","):
+        model = _longrange_model(cell, args, "float64")  # float32 underflows below 1e-45
+        for label, steps in (("init", 0), (f"after {args.train_steps} steps", args.train_steps)):
+            if steps:
+                _train_longrange(model, steps, length, args)
+            model.zero_grad()
+            _, dh_last = model.loss_and_backward(x, y)  # the classifier's dL_T/dh_T
+            model.zero_grad()
+            norms = diagnostics.gradient_flow(model.rnn, model.embed(x, training=False),
+                                              dy_last=dh_last)
+            name = f"{cell.upper()} ({label})"
+            curves[name] = norms / norms[-1]  # as if ||dL_T/dh_T|| = 1: pure propagation
+            _out(f"  {name:<22} {norms[-1]:.2e}    {norms[1]:.2e}    {norms[1] / norms[-1]:.1e}")
+    diagnostics.plot_gradient_flow(
+        curves, args.out,
+        title=f"||dL_T/dh_t|| / ||dL_T/dh_T||, long-range task, T = {length}")
+    _out(f"plot saved to {args.out}")
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------------------
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``rnnkern`` command."""
+    parser = argparse.ArgumentParser(prog="rnnkern", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"rnnkern {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cells = ("lstm", "gru", "rnn")
+
+    p = sub.add_parser("dogs", help="the lecture's DOGS example (seconds)")
+    p.add_argument("--hidden", type=_positive_int, default=3, help="H (default 3)")
+    p.add_argument("--steps", type=_positive_int, default=2000, help="at most this many steps")
+    p.add_argument("--lr", type=_positive_float, default=0.05, help="Adam learning rate")
+    p.add_argument("--target-loss", type=_positive_float, default=0.05,
+                   help="stop when every prediction is right and the loss is below this")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_dogs)
+
+    p = sub.add_parser("train-char", help="train a character language model")
+    p.add_argument("text_file", nargs="?", default=None,
+                   help="UTF-8 text (default: the Python standard library's .py files)")
+    p.add_argument("--cell", choices=cells, default="lstm")
+    p.add_argument("--hidden", type=_positive_int, default=256)
+    p.add_argument("--layers", type=_positive_int, default=1)
+    p.add_argument("--embed", type=_positive_int, default=64, help="embedding size")
+    p.add_argument("--dropout", type=float, default=0.0, help="between layers")
+    p.add_argument("--seq-len", type=_positive_int, default=100, help="truncated BPTT length")
+    p.add_argument("--batch", type=_positive_int, default=32)
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="training steps (default 2000 unless --minutes is given)")
+    p.add_argument("--minutes", type=_positive_float, default=None, help="time budget")
+    p.add_argument("--lr", type=_positive_float, default=2e-3, help="Adam learning rate")
+    p.add_argument("--clip", type=_positive_float, default=5.0, help="gradient norm clip")
+    p.add_argument("--max-chars", type=_positive_int, default=2_000_000, help="corpus size cap")
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--val-chars", type=_positive_int, default=50_000,
+                   help="validate on at most this many characters")
+    p.add_argument("--sample-every", type=int, default=500, help="0: only at the end")
+    p.add_argument("--sample-length", type=_positive_int, default=300)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--out", default="charlm.npz", help="checkpoint file ('' to skip)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_char)
+
+    p = sub.add_parser("sample", help="generate text from a character model checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--temperature", type=float, default=0.8, help="0: always the likeliest")
+    p.add_argument("--length", type=_positive_int, default=500)
+    p.add_argument("--prime", default="", help="text to start from")
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("train-seq2seq", help="encoder-decoder: numbers in words -> digits")
+    p.add_argument("--cell", choices=cells, default="lstm")
+    p.add_argument("--hidden", type=_positive_int, default=128)
+    p.add_argument("--layers", type=_positive_int, default=1)
+    p.add_argument("--embed", type=_positive_int, default=32)
+    p.add_argument("--max-value", type=_positive_int, default=999_999)
+    p.add_argument("--batch", type=_positive_int, default=64)
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="training steps (default 1000 unless --minutes is given)")
+    p.add_argument("--minutes", type=_positive_float, default=None)
+    p.add_argument("--lr", type=_positive_float, default=3e-3)
+    p.add_argument("--clip", type=_positive_float, default=5.0)
+    p.add_argument("--eval-every", type=_positive_int, default=250)
+    p.add_argument("--test-size", type=_positive_int, default=1000)
+    p.add_argument("--beam", type=_positive_int, default=4)
+    p.add_argument("--beam-test-size", type=_positive_int, default=200)
+    p.add_argument("--stop-at", type=float, default=None,
+                   help="stop once the held-out exact match reaches this (e.g. 0.98)")
+    p.add_argument("--out", default="", help="checkpoint file (default: none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_seq2seq)
+
+    for name, func, text in (("gradflow", cmd_gradflow, "plot ||dL_T/dh_t|| for RNN and LSTM"),
+                             ("longrange", cmd_longrange, "accuracy against T: RNN vs LSTM")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--cells", default="rnn,lstm", help="comma-separated cells")
+        p.add_argument("--hidden", type=_positive_int, default=32)
+        p.add_argument("--batch", type=_positive_int, default=32)
+        p.add_argument("--lr", type=_positive_float, default=0.1, help="SGD (momentum 0.9)")
+        p.add_argument("--forget-bias", type=float, default=5.0,
+                       help="added to the LSTM's forget-gate bias at initialization")
+        p.add_argument("--input-bias", type=float, default=-3.0,
+                       help="added to the LSTM's input-gate bias at initialization")
+        p.add_argument("--seed", type=int, default=0)
+        p.set_defaults(func=func)
+        if name == "gradflow":
+            p.add_argument("--out", default="gradflow.png")
+            p.add_argument("--length", type=_positive_int, default=100, help="T")
+            p.add_argument("--train-steps", type=int, default=200)
+        else:
+            p.add_argument("--lengths", default="10,25,50,100", help="comma-separated T values")
+            p.add_argument("--steps", type=_positive_int, default=800, help="training steps")
+            p.add_argument("--test-size", type=_positive_int, default=1000)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (ValueError, OSError) as err:
+        print(f"rnnkern {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,81 @@
+"""`SequenceClassifier`: one label per sequence, read from the recurrent layer's last output."""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+from .. import nn, softmax_cross_entropy
+from .base import Model, make_rnn, register_model
+
+__all__ = ["SequenceClassifier"]
+
+Array = npt.NDArray[Any]
+IntArray = npt.NDArray[np.int64]
+
+
+@register_model
+class SequenceClassifier(Model):
+    """logits = head(h_T): ``embed`` -> ``rnn`` (cell "lstm", "gru" or "rnn") -> ``head``.
+
+    h_T is the top layer's output at the last step, so the loss reaches the first tokens only
+    through T steps of the recurrence: the lecture's long-range dependency.
+
+    ``forget_bias`` and ``input_bias`` (LSTM only) are added to the forget and input gates'
+    biases at initialization. A large forget bias opens the forget gates, so the cell state
+    starts out as a highway that carries information (and gradient) across many steps (Gers et
+    al. 2000; Jozefowicz et al. 2015 recommend 1); a negative input bias lets little of each
+    input into the cell, so noise accumulates slowly (the idea of Tallec & Ollivier's 2018
+    "chrono" initialization, b_i = -b_f).
+    """
+
+    def __init__(self, vocab_size: int, num_classes: int, hidden_size: int = 32,
+                 num_layers: int = 1, cell: str = "lstm", embed_dim: int = 16,
+                 forget_bias: float = 0.0, input_bias: float = 0.0, dtype: str = "float32",
+                 seed: Optional[int] = None) -> None:
+        super().__init__()
+        self.config = {"vocab_size": vocab_size, "num_classes": num_classes,
+                       "hidden_size": hidden_size, "num_layers": num_layers, "cell": cell,
+                       "embed_dim": embed_dim, "forget_bias": forget_bias,
+                       "input_bias": input_bias,
+                       "dtype": str(np.dtype(dtype)), "seed": seed}
+        for name, value in (("forget_bias", forget_bias), ("input_bias", input_bias)):
+            if value != 0.0 and cell != "lstm":
+                raise ValueError(f"{name}: only an LSTM has these gates, got cell {cell!r}")
+        rng = np.random.default_rng(seed)
+        self.embed: nn.Embedding = self._add(
+            "embed", nn.Embedding(vocab_size, embed_dim, dtype=dtype, seed=rng))
+        self.rnn = self._add(
+            "rnn", make_rnn(cell, embed_dim, hidden_size, num_layers, 0.0, dtype, rng))
+        self.head: nn.Linear = self._add(
+            "head", nn.Linear(hidden_size, num_classes, dtype=dtype, seed=rng))
+        for layer in range(num_layers):  # LSTM gate blocks i, f, g, o of H rows each
+            bias = self.rnn.params.get(f"bias_hh_l{layer}")
+            if bias is not None and cell == "lstm":
+                bias[:hidden_size] += input_bias
+                bias[hidden_size:2 * hidden_size] += forget_bias
+
+    def forward(self, ids: IntArray, training: bool = False) -> Tuple[Array, Array]:
+        """ids (T, B) -> (logits (B, C), the layer's outputs y (T, B, H))."""
+        y, _ = self.rnn(self.embed(ids, training), training=training)  # (T, B, H)
+        return self.head(y[-1], training), y
+
+    def loss_and_backward(self, ids: IntArray, labels: IntArray) -> Tuple[float, Array]:
+        """Mean cross-entropy of labels (B,); adds gradients into `grads`.
+
+        Returns (loss, dL/dh_T (B, H)), the gradient that reaches the last hidden state.
+        """
+        logits, y = self.forward(ids, training=True)
+        ce = softmax_cross_entropy(logits, labels)
+        dh_last = self.head.backward(ce.dlogits)  # (B, H)
+        dy = np.zeros_like(y)  # (T, B, H): only the last step has a loss
+        dy[-1] = dh_last
+        dx, _ = self.rnn.backward(dy)  # (T, B, E)
+        self.embed.backward(dx)
+        return float(ce.loss), dh_last
+
+    def accuracy(self, ids: IntArray, labels: IntArray) -> float:
+        """The fraction of sequences whose most likely class is the label."""
+        logits, _ = self.forward(ids)
+        return float(np.mean(logits.argmax(axis=1) == labels))

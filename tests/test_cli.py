@@ -1,0 +1,119 @@
+"""Every `rnnkern` command end to end on tiny settings, in process and once as `python -m`."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rnnkern
+from rnnkern.cli import main
+from rnnkern.models import CharLM, Seq2Seq, load_checkpoint
+
+TEXT = "the quick brown fox jumps over the lazy dog.\n" * 40
+
+
+def test_dogs_learns(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dogs"]) == 0
+    out = capsys.readouterr().out
+    assert "learned: d,o,g -> o,g,s" in out
+    assert "step  loss" in out
+    for line in ("d   ->     o", "o   ->     g", "g   ->     s"):
+        assert line in out
+
+
+def test_train_char_and_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text_file = tmp_path / "fox.txt"
+    text_file.write_text(TEXT)
+    ckpt = tmp_path / "fox.npz"
+    rc = main(["train-char", str(text_file), "--cell", "gru", "--hidden", "16", "--embed", "8",
+               "--seq-len", "10", "--batch", "4", "--steps", "12", "--sample-every", "6",
+               "--sample-length", "20", "--out", str(ckpt), "--no-progress", "--val-chars",
+               "300", "--seed", "1"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert out.count("--- sample at step") == 3  # steps 6 and 12, and the final one
+    assert "validation loss" in out and "unigram baseline" in out
+    model, meta = load_checkpoint(ckpt)
+    assert isinstance(model, CharLM) and model.config["cell"] == "gru"
+    assert meta["steps"] == 12 and set(meta["vocab"]) == set(TEXT)
+    assert meta["val_loss"] < np.log(len(meta["vocab"])) + 0.5
+
+    assert main(["sample", str(ckpt), "--length", "30", "--prime", "the ", "--seed", "0"]) == 0
+    sample = capsys.readouterr().out
+    assert sample.startswith("the ") and len(sample) == len("the ") + 30 + 1
+    assert set(sample[:-1]) <= set(TEXT)
+    assert main(["sample", str(ckpt), "--length", "30", "--prime", "the ", "--seed", "0"]) == 0
+    assert capsys.readouterr().out == sample  # seeded: reproducible
+
+
+def test_train_char_default_corpus_minutes(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["train-char", "--hidden", "8", "--embed", "4", "--seq-len", "8", "--batch", "2",
+               "--minutes", "0.002", "--max-chars", "3000", "--val-chars", "100",
+               "--sample-every", "0", "--sample-length", "5", "--out", "", "--no-progress"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "standard library: 3,000 characters" in out
+    assert not list(tmp_path.iterdir())
+
+
+def test_sample_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = tmp_path / "m.npz"
+    CharLM(3, hidden_size=4, embed_dim=2).save(ckpt, vocab="ab\n")
+    assert main(["sample", str(ckpt), "--prime", "abz", "--length", "3"]) == 2
+    assert "prime: token 'z' is not in the vocabulary" in capsys.readouterr().err
+    Seq2Seq(5, 5, hidden_size=4).save(tmp_path / "s.npz")
+    assert main(["sample", str(tmp_path / "s.npz")]) == 2
+    assert "not a character model" in capsys.readouterr().err
+    assert main(["sample", str(tmp_path / "missing.npz")]) == 2
+    with pytest.raises(SystemExit):
+        main(["train-char", "--hidden", "0"])
+
+
+def test_train_seq2seq(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = tmp_path / "s2s.npz"
+    rc = main(["train-seq2seq", "--max-value", "99", "--hidden", "16", "--embed", "8",
+               "--steps", "10", "--batch", "8", "--eval-every", "5", "--test-size", "20",
+               "--beam", "2", "--beam-test-size", "4", "--out", str(ckpt)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert out.count("held-out exact match") == 3  # steps 5, 10 and the final report
+    assert "greedy" in out and "beam 2" in out
+    model, meta = load_checkpoint(ckpt)
+    assert isinstance(model, Seq2Seq) and meta["max_value"] == 99
+
+
+def test_gradflow(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_png = tmp_path / "g.png"
+    assert main(["gradflow", "--out", str(out_png), "--length", "8", "--train-steps", "2",
+                 "--hidden", "6", "--batch", "4"]) == 0
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    for name in ("RNN (init)", "RNN (after 2 steps)", "LSTM (init)", "LSTM (after 2 steps)"):
+        assert name in out
+
+
+def test_longrange(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["longrange", "--lengths", "3,5", "--steps", "3", "--hidden", "6",
+                 "--test-size", "20", "--cells", "rnn,gru,lstm"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["3", "5"]
+    assert all(len(r) == 4 and all(v.endswith("%") for v in r[1:]) for r in rows)
+
+
+def test_python_dash_m() -> None:
+    """`python -m rnnkern` runs the same command line in a fresh interpreter."""
+    package_root = str(Path(rnnkern.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-m", "rnnkern", "dogs", "--hidden", "4"], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "learned: d,o,g -> o,g,s" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "rnnkern", "no-such-command"], env=env,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
