@@ -52,7 +52,9 @@ class Pool {
     std::lock_guard<std::mutex> busy(busy_);
     stop_workers();
     size_ = n;
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { work(i); });
+    // A new worker has seen every job so far: it must not run the last one again.
+    const uint64_t seen = generation_.load();
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i, seen] { work(i, seen); });
   }
 
   void run(int want, const Job& fn) {
@@ -94,8 +96,7 @@ class Pool {
     }
   }
 
-  void work(int tid) {
-    uint64_t seen = 0;
+  void work(int tid, uint64_t seen) {
     for (;;) {
       // Spin for a while after a job (calls come in quick succession), then sleep.
       auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(100);
