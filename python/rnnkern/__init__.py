@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _core
+from . import _core, data, diagnostics, models, nn, optim, reference
 from ._functional import (
     gru_backward,
     gru_forward,
@@ -18,7 +18,6 @@ from ._functional import (
     softmax,
     softmax_cross_entropy,
 )
-from . import data, diagnostics, models, nn, optim, reference  # noqa: E402  (they use the above)
 
 __version__ = "0.1.0"
 __all__ = [

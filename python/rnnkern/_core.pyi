@@ -1,4 +1,4 @@
-"""Type stubs of the compiled core (cpp/bindings/module.cpp). Use the rnnkern package's functions."""
+"""Type stubs of the compiled core (cpp/bindings/module.cpp); use the rnnkern package instead."""
 from typing import Any
 
 import numpy as np

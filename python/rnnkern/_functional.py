@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _api
-from . import _core
+from . import _api, _core
 from ._api import Array, Checked, CrossEntropy, LSTMGrads, LSTMOutput, RNNGrads, RNNOutput
 
 __all__ = [

@@ -6,7 +6,8 @@ from typing import Any, Optional, Tuple
 import numpy as np
 import numpy.typing as npt
 
-from .. import nn, softmax, softmax_cross_entropy
+from .. import nn
+from .._functional import softmax, softmax_cross_entropy
 from ..data import bptt_batches
 from .base import Model, State, make_rnn, register_model
 

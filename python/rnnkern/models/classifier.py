@@ -6,7 +6,8 @@ from typing import Any, Optional, Tuple
 import numpy as np
 import numpy.typing as npt
 
-from .. import nn, softmax_cross_entropy
+from .. import nn
+from .._functional import softmax_cross_entropy
 from .base import Model, make_rnn, register_model
 
 __all__ = ["SequenceClassifier"]

@@ -12,7 +12,8 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import numpy.typing as npt
 
-from .. import nn, softmax_cross_entropy
+from .. import nn
+from .._functional import softmax_cross_entropy
 from ..data import pad_sequences
 from .base import Model, State, make_rnn, register_model
 

@@ -120,7 +120,7 @@ class _Recurrent(ParamModule):
         self, x: Array, h0: Array | None, c0: Array | None, weights: Weights,
         lengths: Array | None, training: bool,
     ) -> tuple[Array, Array, Array | None, Any]:
-        """One direction of one layer: x (T, B, I) -> y (T, B, H), h_n (B, H), c_n or None, cache."""
+        """One direction of one layer: x (T, B, I) -> y (T, B, H), h_n (B, H), c_n or None, cache"""
         raise NotImplementedError
 
     def _cell_backward(

@@ -1,4 +1,4 @@
-"""Reference vanilla RNN: h_t = f(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), f = tanh, relu or sigmoid."""
+"""Reference vanilla RNN: h_t = f(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), f tanh, relu, sigmoid."""
 from __future__ import annotations
 
 import numpy as np
