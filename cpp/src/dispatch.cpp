@@ -35,16 +35,22 @@ Isa parse(const std::string& name) {
     if (name == NAMES[i]) {
       Isa isa = static_cast<Isa>(i);
       if (!cpu_has(isa))
-        throw std::invalid_argument("ISA '" + name + "' is not supported on this CPU (supported: " +
+        throw std::invalid_argument("name: ISA '" + name +
+                                    "' is not supported on this CPU (supported: " +
                                     supported_isas() + ")");
       return isa;
     }
-  throw std::invalid_argument("unknown ISA '" + name + "': expected scalar, avx2 or avx512");
+  throw std::invalid_argument("name: unknown ISA '" + name + "': expected scalar, avx2 or avx512");
 }
 
+// RNNKERN_ISA if it names an ISA this CPU runs, else the best one (the Python package reports a
+// bad value at import).
 Isa initial() {
   const char* env = std::getenv("RNNKERN_ISA");
-  if (env && *env) return parse(env);
+  try {
+    if (env && *env) return parse(env);
+  } catch (const std::invalid_argument&) {
+  }
   return cpu_has(AVX512) ? AVX512 : cpu_has(AVX2) ? AVX2 : SCALAR;
 }
 

@@ -78,6 +78,16 @@ int threads_for(Dims d, int64_t GH, int64_t nblk) {
   return n < 1 ? 1 : static_cast<int>(n);
 }
 
+// Calls fn(c0, c1) for this thread's share of [0, n) cut into blocks of 64: the blocks do not
+// depend on the thread count, so neither do the BLAS's results (bitwise).
+template <class Fn>
+void for_blocks(int64_t n, int tid, int nth, Fn fn) {
+  constexpr int64_t blk = 64;
+  int64_t b0, b1;
+  split((n + blk - 1) / blk, tid, nth, &b0, &b1);
+  for (int64_t b = b0; b < b1; ++b) fn(b * blk, (b + 1) * blk < n ? (b + 1) * blk : n);
+}
+
 template <class F>
 void copy_or_zero(F* dst, const F* src, int64_t n) {
   if (src) std::memcpy(dst, src, n * sizeof(F));
@@ -133,11 +143,13 @@ void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> 
     split(nblk, tid, nth, &jb0, &jb1);
     for (int64_t t0 = 0; t0 < T; t0 += tc) {
       const int64_t steps = tc < T - t0 ? tc : T - t0;
-      int64_t r0, r1;
-      split(steps * B, tid, nth, &r0, &r1);
-      for (int64_t r = r0; r < r1; ++r) std::memcpy(xp.get() + r * GH, xbias.data(), GH * sizeof(F));
-      gemm<F>(false, true, r1 - r0, GH, I, F(1), x + (t0 * B + r0) * I, I, p.w_ih, I, F(1),
-              xp.get() + r0 * GH, GH);
+      const int64_t rows = steps * B;
+      for_blocks(GH, tid, nth, [&](int64_t c0, int64_t c1) {  // gate columns
+        for (int64_t r = 0; r < rows; ++r)
+          std::memcpy(xp.get() + r * GH + c0, xbias.data() + c0, (c1 - c0) * sizeof(F));
+        gemm<F>(false, true, rows, c1 - c0, I, F(1), x + t0 * B * I, I, p.w_ih + c0 * I, I, F(1),
+                xp.get() + c0, GH);
+      });
       bar.wait();
       for (int64_t t = t0; t < t0 + steps; ++t) {
         Step<F> s{};
@@ -206,27 +218,28 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
     s.dgh_next = dgr;
     kt.backward_final(pk.c, s, g.dh0, jb0, jb1);
 
-    // Weight gradients over all steps at once; each thread its rows of dW.
-    int64_t r0, r1;
-    split(GH, tid, nth, &r0, &r1);
-    gemm<F>(true, false, r1 - r0, I, TB, F(1), dg.get() + r0, GH, x, I, F(0), g.dw_ih + r0 * I, I);
+    // Weight gradients over all steps at once; each thread its blocks of rows of dW.
     // dW_hh = dgr^T h_{t-1}, but gru_rh's n rows multiply r * h_{t-1} (the cached aux).
     const int64_t split_row = cell == Cell::gru_rh ? 2 * H : GH;
-    const int64_t a1 = r1 < split_row ? r1 : split_row, n0 = r0 > split_row ? r0 : split_row;
-    if (a1 > r0)
-      gemm<F>(true, false, a1 - r0, H, TB, F(1), dgr + r0, GH, cache.hs, H, F(0),
-              g.dw_hh + r0 * H, H);
-    if (r1 > n0)
-      gemm<F>(true, false, r1 - n0, H, TB, F(1), dgr + n0, GH, cache.aux, H, F(0),
-              g.dw_hh + n0 * H, H);
-    if (g.db_ih) {
-      column_sums(dg.get(), TB, GH, r0, r1, g.db_ih);
-      column_sums(dgr, TB, GH, r0, r1, g.db_hh);
-    }
-    int64_t q0, q1;
-    split(TB, tid, nth, &q0, &q1);
-    gemm<F>(false, false, q1 - q0, I, GH, F(1), dg.get() + q0 * GH, GH, p.w_ih, I, F(0),
-            g.dx + q0 * I, I);
+    for_blocks(GH, tid, nth, [&](int64_t r0, int64_t r1) {
+      gemm<F>(true, false, r1 - r0, I, TB, F(1), dg.get() + r0, GH, x, I, F(0), g.dw_ih + r0 * I,
+              I);
+      const int64_t a1 = r1 < split_row ? r1 : split_row, n0 = r0 > split_row ? r0 : split_row;
+      if (a1 > r0)
+        gemm<F>(true, false, a1 - r0, H, TB, F(1), dgr + r0, GH, cache.hs, H, F(0),
+                g.dw_hh + r0 * H, H);
+      if (r1 > n0)
+        gemm<F>(true, false, r1 - n0, H, TB, F(1), dgr + n0, GH, cache.aux, H, F(0),
+                g.dw_hh + n0 * H, H);
+      if (g.db_ih) {
+        column_sums(dg.get(), TB, GH, r0, r1, g.db_ih);
+        column_sums(dgr, TB, GH, r0, r1, g.db_hh);
+      }
+    });
+    for_blocks(I, tid, nth, [&](int64_t c0, int64_t c1) {  // columns of dx
+      gemm<F>(false, false, TB, c1 - c0, GH, F(1), dg.get(), GH, p.w_ih + c0, I, F(0), g.dx + c0,
+              I);
+    });
   });
   if (lstm) std::memcpy(g.dc0, dc.get(), BH * sizeof(F));
 }

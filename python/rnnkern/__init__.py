@@ -5,6 +5,7 @@ NumPy reference with the same signatures. ``rnnkern.nn`` has the layer modules.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from . import _core, data, diagnostics, models, nn, optim, reference
@@ -76,3 +77,16 @@ def config() -> dict[str, Any]:
         "threads": get_num_threads(),
         "blas": _core.blas_info(),
     }
+
+
+def _isa_from_environment() -> None:
+    """Apply RNNKERN_ISA (scalar, avx2 or avx512); a bad value fails the import, naming it."""
+    name = os.environ.get("RNNKERN_ISA", "")
+    if name:
+        try:
+            set_isa(name)
+        except ValueError as e:
+            raise ValueError(f"RNNKERN_ISA: {str(e).removeprefix('name: ')}") from None
+
+
+_isa_from_environment()

@@ -11,6 +11,8 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 import numpy.typing as npt
 
+from .._api import check_size
+
 __all__ = ["Linear", "ParamModule"]
 
 Array = npt.NDArray[Any]
@@ -30,6 +32,14 @@ def _check_size(name: str, value: object, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
     return int(value)
+
+
+def _uniform(rng: np.random.Generator, k: float, name: str, shape: tuple[int, ...],
+             dtype: np.dtype[Any]) -> Array:
+    """Parameter ``name`` of ``shape`` drawn from U(-k, k) (PyTorch's init), in ``dtype``;
+    OverflowError/MemoryError naming it before allocating if it cannot exist."""
+    check_size(name, *shape, itemsize=8)
+    return rng.uniform(-k, k, shape).astype(dtype)
 
 
 class ParamModule:
@@ -107,10 +117,10 @@ class Linear(ParamModule):
         rng = np.random.default_rng(seed)
         # kaiming_uniform(a=sqrt(5)) on weight and the bias rule both give bound 1/sqrt(fan_in).
         k = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
-        params = {"weight": rng.uniform(-k, k, (self.out_features, self.in_features))
-                  .astype(self.dtype)}  # (O, I)
+        params = {"weight": _uniform(rng, k, "weight", (self.out_features, self.in_features),
+                                     self.dtype)}  # (O, I)
         if bias:
-            params["bias"] = rng.uniform(-k, k, (self.out_features,)).astype(self.dtype)  # (O,)
+            params["bias"] = _uniform(rng, k, "bias", (self.out_features,), self.dtype)  # (O,)
         self._init_params(params)
         self._x: Optional[Array] = None  # (N, I): the last training forward's input, flattened
 

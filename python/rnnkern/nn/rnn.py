@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from .. import _functional as F
 from .._api import _check_lengths, check_flag, check_nonlinearity, shape_message
-from .linear import ParamModule, _check_dtype, _check_size
+from .linear import ParamModule, _check_dtype, _check_size, _uniform
 
 __all__ = ["GRU", "LSTM", "RNN"]
 
@@ -111,7 +111,7 @@ class _Recurrent(ParamModule):
                 for name, shape in zip(self._names(layer, direction), self._shapes(layer)):
                     if name.startswith("bias") and not self.bias:
                         continue
-                    params[name] = self._rng.uniform(-k, k, shape).astype(self.dtype)
+                    params[name] = _uniform(self._rng, k, name, shape, self.dtype)
         self._init_params(params)
 
     # -- the cell, supplied by subclasses -------------------------------------------------------

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Build rnnkern's C++ core with AddressSanitizer + UndefinedBehaviorSanitizer (CMake option
+# RNNKERN_SANITIZE: halt on the first error) into a temporary directory, and run pytest on it.
+#
+#   scripts/sanitize.sh                       # the fast subset (below)
+#   scripts/sanitize.sh tests -x -q           # any pytest arguments: the whole suite
+#
+# Nothing is installed and the source tree is not touched: the sanitized module goes into a temp
+# copy of python/rnnkern that is put first on PYTHONPATH. The interpreter is not instrumented, so
+# libasan is preloaded; leak detection is off (CPython keeps its objects alive at exit).
+# Needs g++ (with libasan/libubsan), cmake, pybind11 and scipy-openblas32 (pip installs the last
+# two if missing). Environment: RNNKERN_SANITIZE_DIR=dir keeps the build there (reused by the next
+# run) instead of a temporary directory; CXX=another g++.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+python="${PYTHON:-python}"
+export CXX="${CXX:-g++}"
+
+if [ $# -eq 0 ]; then
+  set -- tests/test_kernels_vs_reference.py tests/test_errors.py tests/test_isa.py -x -q
+fi
+
+# Build requirements (normally in pip's isolated build env only).
+"$python" -c "import pybind11, scipy_openblas32" 2>/dev/null ||
+  "$python" -m pip install -q "pybind11>=2.12" "scipy-openblas32>=0.3.27"
+command -v cmake >/dev/null || "$python" -m pip install -q cmake ninja
+
+if [ -n "${RNNKERN_SANITIZE_DIR:-}" ]; then
+  work="$RNNKERN_SANITIZE_DIR"
+  mkdir -p "$work"
+else
+  work="$(mktemp -d "${TMPDIR:-/tmp}/rnnkern-sanitize.XXXXXX")"
+  trap 'rm -rf "$work"' EXIT
+fi
+build="$work/build"
+pkg="$work/python"
+
+generator=()
+command -v ninja >/dev/null && generator=(-G Ninja)
+echo "== configuring the sanitized build in $build"
+cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DRNNKERN_SANITIZE=ON -DPython_EXECUTABLE="$("$python" -c "import sys; print(sys.executable)")" \
+  -Dpybind11_DIR="$("$python" -m pybind11 --cmakedir)" >"$work/configure.log" ||
+  { cat "$work/configure.log"; exit 1; }
+echo "== building (log: $work/build.log)"
+cmake --build "$build" --target _core -j "$(nproc 2>/dev/null || echo 2)" >"$work/build.log" 2>&1 ||
+  { tail -n 60 "$work/build.log"; exit 1; }
+
+# A copy of the package with the sanitized module in place of any other build.
+rm -rf "$pkg"
+mkdir -p "$pkg"
+cp -r "$root/python/rnnkern" "$pkg/"
+find "$pkg/rnnkern" \( -name '_core*.so' -o -name __pycache__ \) -prune -exec rm -rf {} +
+cp "$build"/_core*.so "$pkg/rnnkern/"
+
+# libasan first; libstdc++ too, or ASan's __cxa_throw interceptor finds no real __cxa_throw
+# (the interpreter does not link libstdc++) and the first C++ exception aborts.
+libasan="$("$CXX" -print-file-name=libasan.so)"
+libstdcxx="$("$CXX" -print-file-name=libstdc++.so)"
+for lib in "$libasan" "$libstdcxx"; do
+  [ -f "$lib" ] || { echo "$lib not found for $CXX" >&2; exit 1; }
+done
+export LD_PRELOAD="$libasan $libstdcxx${LD_PRELOAD:+ $LD_PRELOAD}"
+# A sanitizer halts the process at once, so pytest never prints what it captured: ASan writes its
+# reports to files (printed below), and pytest runs with --capture=sys so that what goes to file
+# descriptor 2 directly (UBSan's reports) reaches the terminal.
+reports="$work/reports"
+rm -rf "$reports"
+mkdir -p "$reports"
+export ASAN_OPTIONS="detect_leaks=0:detect_stack_use_after_return=1:allocator_may_return_null=1:halt_on_error=1:log_path=$reports/asan:${ASAN_OPTIONS:-}"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:${UBSAN_OPTIONS:-}"
+export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}"
+
+# Make sure the sanitized module is the one imported.
+"$python" - "$pkg" <<'PY'
+import sys
+import rnnkern
+where = rnnkern._core.__file__
+assert where.startswith(sys.argv[1]), f"imported {where}, not the sanitized build"
+print(f"== rnnkern from {where}: {rnnkern.config()['isa']}, {rnnkern.get_num_threads()} threads")
+PY
+cd "$root"
+echo "== pytest $*"
+status=0
+"$python" -m pytest -p no:cacheprovider --capture=sys "$@" || status=$?
+for f in "$reports"/*; do
+  [ -e "$f" ] || continue
+  echo "== sanitizer output $(basename "$f")"
+  cat "$f"
+  # warnings (e.g. an impossible allocation returned as NULL) are printed, errors fail the run
+  if grep -q -E "ERROR: |runtime error|CHECK failed" "$f" && [ "$status" -eq 0 ]; then
+    status=1
+  fi
+done
+echo "== sanitized run: exit status $status"
+exit "$status"
