@@ -78,11 +78,12 @@ int threads_for(Dims d, int64_t GH, int64_t nblk) {
   return n < 1 ? 1 : static_cast<int>(n);
 }
 
-// Calls fn(c0, c1) for this thread's share of [0, n) cut into blocks of 64: the blocks do not
-// depend on the thread count, so neither do the BLAS's results (bitwise).
+// Calls fn(c0, c1) for this thread's share of [0, n) cut into blocks of 128: the blocks do not
+// depend on the thread count, so neither do the BLAS's results (bitwise). 128 rows or columns
+// keep the BLAS's repacking of the other operand small next to the product.
 template <class Fn>
 void for_blocks(int64_t n, int tid, int nth, Fn fn) {
-  constexpr int64_t blk = 64;
+  constexpr int64_t blk = 128;
   int64_t b0, b1;
   split((n + blk - 1) / blk, tid, nth, &b0, &b1);
   for (int64_t b = b0; b < b1; ++b) fn(b * blk, (b + 1) * blk < n ? (b + 1) * blk : n);
@@ -236,9 +237,9 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
         column_sums(dgr, TB, GH, r0, r1, g.db_hh);
       }
     });
-    for_blocks(I, tid, nth, [&](int64_t c0, int64_t c1) {  // columns of dx
-      gemm<F>(false, false, TB, c1 - c0, GH, F(1), dg.get(), GH, p.w_ih + c0, I, F(0), g.dx + c0,
-              I);
+    for_blocks(TB, tid, nth, [&](int64_t q0, int64_t q1) {  // rows of dx
+      gemm<F>(false, false, q1 - q0, I, GH, F(1), dg.get() + q0 * GH, GH, p.w_ih, I, F(0),
+              g.dx + q0 * I, I);
     });
   });
   if (lstm) std::memcpy(g.dc0, dc.get(), BH * sizeof(F));
