@@ -263,9 +263,10 @@ inline void panel_rows(const F* a, int64_t lda, int64_t B, const F* panel, int64
 // ---- packing
 
 template <class F>
-void pack_forward(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv) {
-  const int64_t nblk = (H + NB<F> - 1) / NB<F>;
-  for (int64_t jb = 0; jb < nblk; ++jb)
+void pack_forward(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv, int64_t jb0,
+                  int64_t jb1) {
+  dst += jb0 * nv * H * NB<F>;
+  for (int64_t jb = jb0; jb < jb1; ++jb)
     for (int64_t k = 0; k < H; ++k)
       for (int v = 0; v < nv; ++v)
         for (int64_t l = 0; l < NB<F>; ++l) {
@@ -275,9 +276,10 @@ void pack_forward(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv)
 }
 
 template <class F>
-void pack_backward(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv) {
-  const int64_t nblk = (H + NB<F> - 1) / NB<F>;
-  for (int64_t jb = 0; jb < nblk; ++jb)
+void pack_backward(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv, int64_t jb0,
+                   int64_t jb1) {
+  dst += jb0 * nv * H * NB<F>;
+  for (int64_t jb = jb0; jb < jb1; ++jb)
     for (int64_t r = 0; r < nv * H; ++r)
       for (int64_t l = 0; l < NB<F>; ++l) {
         const int64_t j = jb * NB<F> + l;

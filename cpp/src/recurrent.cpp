@@ -41,26 +41,32 @@ int main_gates(Cell cell) { return cell == Cell::gru_rh ? 2 : gates(cell); }
 int phases(Cell cell) { return cell == Cell::gru_rh ? 2 : 1; }
 bool is_gru(Cell cell) { return cell == Cell::gru || cell == Cell::gru_rh; }
 
-// W_hh packed once per call for one direction of the recurrence.
+// W_hh packed once per call for one direction of the recurrence; each thread packs the panels
+// of its own hidden blocks (pack), so they start in its cache.
 template <class F>
 struct Packed {
-  Buffer<F> main, n;  // panels of the main gates; gru_rh: of W_hn
+  Buffer<F> main, n;  // panels of the main gates (nblk, G'*H, NB); gru_rh: of W_hn (nblk, H, NB)
   StepConst<F> c;
+  void (*packer)(F*, const F*, int64_t, int64_t, int, int, int64_t, int64_t);
+  const F* w_hh;
 
   Packed(Cell cell, Dims d, const KernelTable<F>& kt, Params<F> p, const int64_t* lengths,
          bool backward)
       : main(blocks(d.H, kt) * kt.nb * main_gates(cell) * d.H),
-        n(cell == Cell::gru_rh ? blocks(d.H, kt) * kt.nb * d.H : 0) {
-    const int g = main_gates(cell);
-    auto pack = backward ? kt.pack_backward : kt.pack_forward;
-    pack(main.get(), p.w_hh, d.H, d.H, 0, g);
-    if (cell == Cell::gru_rh) pack(n.get(), p.w_hh, d.H, d.H, 2, 1);
+        n(cell == Cell::gru_rh ? blocks(d.H, kt) * kt.nb * d.H : 0),
+        packer(backward ? kt.pack_backward : kt.pack_forward),
+        w_hh(p.w_hh) {
     c = StepConst<F>{cell,       d.B,     d.H,     backward ? nullptr : main.get(),
                      backward ? nullptr : n.get(), backward ? main.get() : nullptr,
                      backward ? n.get() : nullptr,
                      is_gru(cell) && p.b_hh ? p.b_hh + 2 * d.H : nullptr, lengths};
   }
   static int64_t blocks(int64_t H, const KernelTable<F>& kt) { return (H + kt.nb - 1) / kt.nb; }
+
+  void pack(int64_t jb0, int64_t jb1) {
+    packer(main.get(), w_hh, c.H, c.H, 0, main_gates(c.cell), jb0, jb1);
+    if (c.cell == Cell::gru_rh) packer(n.get(), w_hh, c.H, c.H, 2, 1, jb0, jb1);
+  }
 };
 
 // Steps per input-projection chunk: about 4 MB of xp, at least 256 rows for the GEMM.
@@ -142,6 +148,7 @@ void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> 
   parallel(threads_for(d, GH, nblk), [&](int tid, int nth, Barrier& bar) {
     int64_t jb0, jb1;
     split(nblk, tid, nth, &jb0, &jb1);
+    pk.pack(jb0, jb1);  // only this thread's steps read these panels
     for (int64_t t0 = 0; t0 < T; t0 += tc) {
       const int64_t steps = tc < T - t0 ? tc : T - t0;
       const int64_t rows = steps * B;
@@ -200,6 +207,7 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
   parallel(threads_for(d, GH, nblk), [&](int tid, int nth, Barrier& bar) {
     int64_t jb0, jb1;
     split(nblk, tid, nth, &jb0, &jb1);
+    pk.pack(jb0, jb1);  // only this thread's steps read these panels
     Step<F> s{};
     s.dh = dh.get(), s.dc = dc.get();
     for (int64_t t = T - 1; t >= 0; --t) {

@@ -50,10 +50,13 @@ template <class F>
 struct KernelTable {
   const char* isa;
   int64_t nb;  // hidden units per block
-  // Packing. dst sizes: forward nblk*K*nv*nb (K = H), backward nblk*(nv*H)*nb.
-  // w: (rows, ldw) with the gates' blocks of H rows starting at row gate0*H.
-  void (*pack_forward)(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv);
-  void (*pack_backward)(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv);
+  // Packing of the panels of hidden blocks [jb0, jb1) (each thread packs its own, so they land
+  // in its cache). dst: all panels, nblk * (nv*H*nb); w: (rows, ldw), the gates' blocks of H
+  // rows starting at row gate0*H.
+  void (*pack_forward)(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv,
+                       int64_t jb0, int64_t jb1);
+  void (*pack_backward)(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv,
+                        int64_t jb0, int64_t jb1);
   // One phase of a forward step for hidden blocks [jb0, jb1) (gru_rh has phases 0 and 1).
   void (*forward_phase)(const StepConst<F>& c, const Step<F>& s, int phase, int64_t jb0,
                         int64_t jb1);
