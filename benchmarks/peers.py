@@ -452,7 +452,7 @@ def oracle(problem: Problem) -> Result:
                           problem.astype(np.float64)).forward_backward()
 
 
-# The tolerance policy of docs/tolerances.md (the same rule as tests/conftest.py's assert_close):
+# The tolerance policy of docs/tolerances.md (the same rule as tests/rnnkern_testing.py's assert_close):
 # every element must satisfy |got - want| <= tol * (|want| + FLOOR * scale), with
 # tol = eps32 * 16 * (1 + log2(acc_len)), acc_len = T * (I + G*H + B), and scale = max|want| over
 # the array (max(1, max|want|) for the forward outputs y, h_n, c_n).

@@ -100,7 +100,8 @@ def test_round_robin_samples_every_job() -> None:
                                  min_time=0.0, pause=0.0)
     assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3}
     assert all(t >= 0.0 for v in samples.values() for t in v)
-    assert calls == {"a": 2 + 3, "b": 2 + 3}  # warm-up, calibration, one call per sample
+    # warm-up, calibration, then per sample an untimed call and one timed call
+    assert calls == {"a": 2 + 2 * 3, "b": 2 + 2 * 3}
     with pytest.raises(ValueError, match="repeat"):
         timing.round_robin({"a": lambda: None}, repeat=0, min_time=0.0)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import GATES, make_case, make_output_grads
+from rnnkern_testing import GATES, make_case, make_output_grads
 
 import rnnkern
 from rnnkern import reference

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import test_kernels_vs_reference as sweep
-from conftest import as_dtype, make_case, make_output_grads, rnn_acc_len
+from rnnkern_testing import as_dtype, make_case, make_output_grads, rnn_acc_len
 from test_errors import assert_same
 from test_kernels_vs_reference import OPTIONS, SHAPES, _id, compare, run
 from test_reliability import CELLS, FUSED_ONLY, THREADS_CHILD, run_python
@@ -118,7 +118,7 @@ ENV_CHILD = """
     import sys
     import numpy as np
     import rnnkern
-    from conftest import make_case
+    from rnnkern_testing import make_case
 
     assert rnnkern.config()["isa"] == sys.argv[1], rnnkern.config()
     np.save(sys.argv[2], rnnkern.gru_forward(**make_case("gru", 4, 9, 20, 70, np.float32,

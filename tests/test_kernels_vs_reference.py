@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import as_dtype, assert_close, make_case, make_output_grads, rnn_acc_len
+from rnnkern_testing import as_dtype, assert_close, make_case, make_output_grads, rnn_acc_len
 
 import rnnkern
 from rnnkern import reference

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import numpy as np
-from conftest import as_dtype, assert_close, make_case, make_output_grads, rnn_acc_len
+from rnnkern_testing import as_dtype, assert_close, make_case, make_output_grads, rnn_acc_len
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_errors import LAYOUTS, assert_same

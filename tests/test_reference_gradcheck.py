@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-from conftest import make_case, make_output_grads
+from rnnkern_testing import make_case, make_output_grads
 
 from rnnkern import reference
 

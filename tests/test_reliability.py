@@ -32,7 +32,7 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
-from conftest import GATES, as_dtype, assert_close, make_case, make_output_grads, rnn_acc_len
+from rnnkern_testing import GATES, as_dtype, assert_close, make_case, make_output_grads, rnn_acc_len
 from test_errors import assert_same
 from test_kernels_vs_reference import CELLS as SWEEP_CELLS
 from test_kernels_vs_reference import compare, run
@@ -73,7 +73,7 @@ def arrays(result: Any) -> dict[str, np.ndarray]:
 
 def run_python(code: str, *args: str, env: dict[str, str] | None = None,
                timeout: float = 180) -> str:
-    """Run ``code`` in a fresh interpreter importing this rnnkern (and tests/ for conftest);
+    """Run ``code`` in a fresh interpreter importing this rnnkern (and tests/ for rnnkern_testing);
     fail with its output unless it exits with status 0. Returns its stdout."""
     paths = [str(Path(rnnkern.__file__).resolve().parent.parent), str(TESTS_DIR)]
     environment = dict(os.environ)
@@ -342,7 +342,7 @@ CHANGE_THREADS_CHILD = """
     import threading
     import numpy as np
     import rnnkern
-    from conftest import make_case
+    from rnnkern_testing import make_case
 
     case = make_case("lstm", 4, 9, 0, 70, np.float64, seed=1)  # threaded, fused kernels only
     expected = rnnkern.lstm_forward(**case).y  # (T, B, H) on the default thread count
@@ -488,7 +488,7 @@ FAULT_CHILD = """
     import resource
     import numpy as np
     import rnnkern
-    from conftest import make_case, make_output_grads
+    from rnnkern_testing import make_case, make_output_grads
 
     def address_space():
         with open("/proc/self/status") as f:
@@ -590,7 +590,7 @@ INFERENCE_MEMORY_CHILD = """
     import sys
     import numpy as np
     import rnnkern
-    from conftest import make_case
+    from rnnkern_testing import make_case
 
     def peak_rss():
         with open("/proc/self/status") as f:
@@ -644,7 +644,7 @@ def test_inference_memory_does_not_grow_with_t(cell: str) -> None:
 LOOP_MEMORY_CHILD = """
     import numpy as np
     import rnnkern
-    from conftest import make_case, make_output_grads
+    from rnnkern_testing import make_case, make_output_grads
 
     def rss():
         with open("/proc/self/statm") as f:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import GATES, assert_close, rnn_acc_len
+from rnnkern_testing import GATES, assert_close, rnn_acc_len
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import rnnkern
@@ -104,7 +104,7 @@ def run(module: torch.nn.RNNBase, x: np.ndarray, state: list[np.ndarray] | None,
 
 def assert_same(got: dict[str, Any], want: dict[str, Any], cell: str, dtype: torch.dtype,
                 num_layers: int, directions: int) -> None:
-    """Every result of ``run`` within the tolerance policy (conftest.assert_close)."""
+    """Every result of ``run`` within the tolerance policy (rnnkern_testing.assert_close)."""
     npdtype = np.float64 if dtype == torch.float64 else np.float32
     base = "rnn" if cell.startswith("rnn") else cell
     acc = rnn_acc_len(base, T, B, I * directions, H) * num_layers * directions
