@@ -55,6 +55,10 @@ void gemm<double>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alph
                     as_int(lda), B, as_int(ldb), beta, C, as_int(ldc));
 }
 
+void check_blas_dims(int64_t a, int64_t b, int64_t c, int64_t d) {
+  for (int64_t v : {a, b, c, d}) as_int(v);
+}
+
 std::string blas_info() {
   return std::string("scipy-openblas32 ") + scipy_openblas_get_config() + " (core " +
          scipy_openblas_get_corename() + ")";

@@ -122,6 +122,7 @@ void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> 
              const int64_t* lengths, F* y, F* h_n, F* c_n, const Cache<F>* cache) {
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H, GH = gates(cell) * H, BH = B * H;
   if (B == 0 || H == 0) return;
+  check_blas_dims(T * B, GH, I, H);
   const KernelTable<F>& kt = *kernels<F>();
   const bool lstm = cell == Cell::lstm;
   Packed<F> pk(cell, d, kt, p, lengths, false);
@@ -193,6 +194,7 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
     if (g.db_ih) std::memset(g.db_ih, 0, GH * sizeof(F)), std::memset(g.db_hh, 0, GH * sizeof(F));
     return;
   }
+  check_blas_dims(T * B, GH, I, H);
   const KernelTable<F>& kt = *kernels<F>();
   Packed<F> pk(cell, d, kt, p, lengths, true);
   const int64_t nblk = Packed<F>::blocks(H, kt);
