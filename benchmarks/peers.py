@@ -25,13 +25,19 @@ the tolerance policy of docs/tolerances.md.
 """
 from __future__ import annotations
 
+import sys
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
 from timing import default_threads
+
+# What "equal" means is written once, in tests/rnnkern_testing.py (docs/tolerances.md).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from rnnkern_testing import assert_close, rnn_acc_len  # noqa: E402
 
 __all__ = [
     "BIG_FLOPS",
@@ -57,7 +63,6 @@ __all__ = [
     "onnx_model",
     "oracle",
     "set_threads",
-    "tolerance",
 ]
 
 CELLS = ("lstm", "gru", "rnn")
@@ -452,43 +457,16 @@ def oracle(problem: Problem) -> Result:
                           problem.astype(np.float64)).forward_backward()
 
 
-# The tolerance policy of docs/tolerances.md (the same rule as tests/rnnkern_testing.py's assert_close):
-# every element must satisfy |got - want| <= tol * (|want| + FLOOR * scale), with
-# tol = eps32 * 16 * (1 + log2(acc_len)), acc_len = T * (I + G*H + B), and scale = max|want| over
-# the array (max(1, max|want|) for the forward outputs y, h_n, c_n).
-_EPS32 = 2.0 ** -23
-_FLOOR = 0.1
-
-
-def tolerance(problem: Problem) -> float:
-    """The float32 tolerance of a problem's outputs and gradients."""
+def _mismatch(key: str, got: np.ndarray, want: np.ndarray, problem: Problem,
+              scale: float | None) -> str | None:
+    """Why `got` does not equal `want` (float64) under the tolerance policy, or None."""
     s = problem.shape
-    acc_len = s.T * (s.I + GATES[problem.cell] * s.H + s.B)
-    return _EPS32 * 16 * (1 + float(np.log2(acc_len)))
-
-
-def _mismatch(key: str, got: np.ndarray, want: np.ndarray, tol: float, scale: float | None,
-              dtype: np.dtype) -> str | None:
-    """Why `got` does not equal `want` (float64) within the policy, or None."""
-    if got.dtype != dtype:
-        return f"{key}: dtype {got.dtype}, expected {dtype}"
-    if got.shape != want.shape:
-        return f"{key}: shape {got.shape}, expected {want.shape}"
-    a = got.astype(np.float64)  # same shape as want
-    fa, fw = np.isfinite(a), np.isfinite(want)
-    if not (np.array_equal(fa, fw) and np.array_equal(a[~fa], want[~fw], equal_nan=True)):
-        return f"{key}: non-finite values differ"
-    a, w = a[fw], want[fw]  # (n,) finite elements
-    if w.size == 0:
-        return None
-    if scale is None:
-        scale = float(np.max(np.abs(w)))
-    excess = np.abs(a - w) / (tol * (np.abs(w) + _FLOOR * scale))  # (n,) error / bound
-    worst = int(np.argmax(excess))
-    if excess[worst] <= 1.0:
-        return None
-    return (f"{key}: error {abs(a[worst] - w[worst]):.3g} at expected value {w[worst]:.3g} is "
-            f"{excess[worst]:.3g} times the bound (tol {tol:.3g}, scale {scale:.3g})")
+    try:
+        assert_close(got, want, dtype=problem.dtype, name=key, scale=scale,
+                     acc_len=rnn_acc_len(problem.cell, s.T, s.B, s.I, s.H))
+    except AssertionError as e:
+        return str(e)
+    return None
 
 
 def check_result(got: Result, want: Result, problem: Problem, *, grads: bool) -> list[str]:
@@ -504,7 +482,6 @@ def check_result(got: Result, want: Result, problem: Problem, *, grads: bool) ->
         if got.grads is None or want.grads is None:
             return ["grads: missing"]
         pairs += [(k, got.grads.get(k), v, None) for k, v in want.grads.items()]
-    tol = tolerance(problem)
     errors = []
     for key, g, w, scale in pairs:
         if w is None and g is None:
@@ -512,7 +489,7 @@ def check_result(got: Result, want: Result, problem: Problem, *, grads: bool) ->
         if w is None or g is None:
             errors.append(f"{key}: present in only one result")
             continue
-        msg = _mismatch(key, np.asarray(g), w, tol, scale, problem.dtype)
+        msg = _mismatch(key, np.asarray(g), w, problem, scale)
         if msg is not None:
             errors.append(msg)
     return errors
