@@ -24,25 +24,6 @@ def one_hot(text: str) -> np.ndarray:
     return x
 
 
-class Adam:
-    """Adam (Kingma & Ba) over a dict of arrays, updated in place."""
-
-    def __init__(self, params: dict[str, np.ndarray], lr: float) -> None:
-        self.params, self.lr, self.t = params, lr, 0
-        self.m = {k: np.zeros_like(v) for k, v in params.items()}
-        self.v = {k: np.zeros_like(v) for k, v in params.items()}
-
-    def step(self, grads: dict[str, np.ndarray], b1: float = 0.9, b2: float = 0.999,
-             eps: float = 1e-8) -> None:
-        self.t += 1
-        for k, p in self.params.items():
-            self.m[k] = b1 * self.m[k] + (1 - b1) * grads[k]
-            self.v[k] = b2 * self.v[k] + (1 - b2) * grads[k] ** 2
-            m_hat = self.m[k] / (1 - b1**self.t)
-            v_hat = self.v[k] / (1 - b2**self.t)
-            p -= (self.lr * m_hat / (np.sqrt(v_hat) + eps)).astype(p.dtype)
-
-
 def loss_and_grads(params: dict[str, np.ndarray], x: np.ndarray,
                    targets: np.ndarray) -> tuple[float, dict[str, np.ndarray], np.ndarray]:
     """Forward and backward through the RNN and the output layer: (loss, grads, logits)."""
@@ -69,12 +50,15 @@ def test_rnn_learns_to_spell_dogs(seed: int) -> None:
     }
     x = one_hot("dog")  # (3, 1, 4)
     targets = np.array([VOCAB.index(ch) for ch in "ogs"])  # (3,)
-    optimizer = Adam(params, lr=0.05)
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    optimizer = rnnkern.optim.Adam(params, grads, lr=0.05)
 
     first, _, _ = loss_and_grads(params, x, targets)
     for _ in range(STEPS):
-        _, grads, _ = loss_and_grads(params, x, targets)
-        optimizer.step(grads)
+        _, step_grads, _ = loss_and_grads(params, x, targets)
+        for k, g in step_grads.items():
+            grads[k][...] = g
+        optimizer.step()
     last, _, logits = loss_and_grads(params, x, targets)
 
     predicted = "".join(VOCAB[i] for i in logits.argmax(axis=1))
