@@ -229,15 +229,16 @@ inline void tile(const F* a, int64_t lda, const F* panel, int64_t K, F* out) {
     }
 }
 
+// One tile of `rows` (1..M) rows from b: the product, then the epilogue of each row.
 template <class F, int NV, int M, class Epi>
-inline void tail_rows(const F* a, int64_t lda, int64_t b, int64_t rem, const F* panel, int64_t K,
+inline void rows_tile(const F* a, int64_t lda, int64_t b, int64_t rows, const F* panel, int64_t K,
                       F* buf, Epi& epi) {
   if constexpr (M > 0) {
-    if (rem == M) {
+    if (rows == M) {
       tile<F, M, NV>(a + b * lda, lda, panel, K, buf);
-      for (int m = 0; m < M; ++m) epi(b + m, buf + m * NV * NB<F>);
+      for (int m = 0; m < M; ++m) epi(b + m, static_cast<const F*>(buf + m * NV * NB<F>));
     } else {
-      tail_rows<F, NV, M - 1>(a, lda, b, rem, panel, K, buf, epi);
+      rows_tile<F, NV, M - 1>(a, lda, b, rows, panel, K, buf, epi);
     }
   }
 }
@@ -252,12 +253,14 @@ inline void panel_rows(const F* a, int64_t lda, int64_t B, const F* panel, int64
     for (int64_t b = 0; b < B; ++b) epi(b, static_cast<const F*>(buf));
     return;
   }
-  int64_t b = 0;
-  for (; b + MB <= B; b += MB) {
-    tile<F, MB, NV>(a + b * lda, lda, panel, K, buf);
-    for (int m = 0; m < MB; ++m) epi(b + m, static_cast<const F*>(buf + m * NV * NB<F>));
+  // As few tiles as MB allows, of near-equal rows (8 rows: 4 + 4, not 6 + 2), so no tile is
+  // too thin to keep the FMA units busy.
+  const int64_t tiles = (B + MB - 1) / MB;
+  for (int64_t i = 0, b = 0; i < tiles; ++i) {
+    const int64_t rows = B / tiles + (i < B % tiles ? 1 : 0);
+    rows_tile<F, NV, MB>(a, lda, b, rows, panel, K, buf, epi);
+    b += rows;
   }
-  tail_rows<F, NV, MB - 1>(a, lda, b, B - b, panel, K, buf, epi);
 }
 
 // ---- packing
