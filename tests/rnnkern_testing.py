@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 #: Gate blocks per cell (G in w_ih (G*H, I)).
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+#: (cell, forward keyword arguments): every cell, GRU form and RNN nonlinearity.
+CELLS: list[tuple[str, dict[str, Any]]] = [
+    ("rnn", {"nonlinearity": "tanh"}),
+    ("rnn", {"nonlinearity": "relu"}),
+    ("rnn", {"nonlinearity": "sigmoid"}),
+    ("lstm", {}),
+    ("gru", {"linear_before_reset": True}),
+    ("gru", {"linear_before_reset": False}),
+]
 
 #: float64 results must agree to this relative tolerance, whatever the accumulation length.
 RTOL_FLOAT64 = 1e-10

@@ -10,20 +10,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rnnkern_testing import as_dtype, assert_close, make_case, make_output_grads, rnn_acc_len
+from rnnkern_testing import (
+    CELLS,
+    as_dtype,
+    assert_close,
+    make_case,
+    make_output_grads,
+    rnn_acc_len,
+)
 
 import rnnkern
 from rnnkern import reference
 
-# (cell, forward keyword arguments): every cell, GRU form and RNN nonlinearity.
-CELLS = [
-    ("rnn", {"nonlinearity": "tanh"}),
-    ("rnn", {"nonlinearity": "relu"}),
-    ("rnn", {"nonlinearity": "sigmoid"}),
-    ("lstm", {}),
-    ("gru", {"linear_before_reset": True}),
-    ("gru", {"linear_before_reset": False}),
-]
 # (T, B, I, H): sizes of 1, odd and prime sizes, H below/at/above multiples of 8 and 16, I != H.
 SHAPES = [
     (1, 1, 1, 1),

@@ -10,21 +10,13 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-from rnnkern_testing import make_case, make_output_grads
+from rnnkern_testing import CELLS, make_case, make_output_grads
 
 from rnnkern import reference
 
 STEP = 1e-6  # finite-difference step
 RTOL, ATOL = 1e-6, 1e-8  # central differences in float64 are accurate to ~1e-9 here
 
-CELLS = [
-    ("rnn", {"nonlinearity": "tanh"}),
-    ("rnn", {"nonlinearity": "relu"}),
-    ("rnn", {"nonlinearity": "sigmoid"}),
-    ("lstm", {}),
-    ("gru", {"linear_before_reset": True}),
-    ("gru", {"linear_before_reset": False}),
-]
 # (lengths, bias, h0, which incoming gradients are given)
 VARIANTS = [
     (None, True, True, ("dy", "dh_n", "dc_n")),

@@ -28,20 +28,26 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pytest
-from rnnkern_testing import GATES, as_dtype, assert_close, make_case, make_output_grads, rnn_acc_len
+from rnnkern_testing import (
+    CELLS,
+    GATES,
+    as_dtype,
+    assert_close,
+    make_case,
+    make_output_grads,
+    rnn_acc_len,
+)
 from test_errors import assert_same
-from test_kernels_vs_reference import CELLS as SWEEP_CELLS
 from test_kernels_vs_reference import compare, run
 
 import rnnkern
 from rnnkern import nn, reference
 
 CellKw = tuple[str, dict[str, Any]]
-CELLS = cast(list[CellKw], SWEEP_CELLS)  # every cell, GRU form and RNN nonlinearity
 DTYPES = [np.float32, np.float64]
 TESTS_DIR = Path(__file__).resolve().parent
 # ASan reserves terabytes of shadow memory and keeps freed blocks in quarantine: address-space
