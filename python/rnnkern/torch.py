@@ -334,7 +334,19 @@ def _check_module(module: torch.nn.RNNBase, meta: bool = False) -> None:
         _check_tensor(name, p, meta)
 
 
-class LSTM(torch.nn.LSTM):
+class _OnRnnkern:
+    """What the three drop-ins add to their torch class: the check at construction and a forward
+    on rnnkern's kernels. Everything else (constructor, parameters, repr) is torch's own."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _check_module(self, meta=True)  # type: ignore[arg-type]
+
+    def forward(self, input: Any, hx: Any = None) -> Any:
+        return _forward(self, input, hx)  # type: ignore[arg-type]
+
+
+class LSTM(_OnRnnkern, torch.nn.LSTM):
     """``torch.nn.LSTM`` (same constructor, parameters, inputs and outputs) on rnnkern's kernels.
 
     input (T, B, I), (B, T, I) with batch_first, (T, I) unbatched, or a PackedSequence;
@@ -342,15 +354,8 @@ class LSTM(torch.nn.LSTM):
     (h_n, c_n) (L*D, B, H). CPU, float32 or float64; ``proj_size`` must be 0.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _check_module(self, meta=True)
 
-    def forward(self, input: Any, hx: Any = None) -> Any:
-        return _forward(self, input, hx)
-
-
-class GRU(torch.nn.GRU):
+class GRU(_OnRnnkern, torch.nn.GRU):
     """``torch.nn.GRU`` (same constructor, parameters, inputs and outputs) on rnnkern's kernels.
 
     input (T, B, I), (B, T, I) with batch_first, (T, I) unbatched, or a PackedSequence;
@@ -358,15 +363,8 @@ class GRU(torch.nn.GRU):
     CPU, float32 or float64.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _check_module(self, meta=True)
 
-    def forward(self, input: Any, hx: Any = None) -> Any:
-        return _forward(self, input, hx)
-
-
-class RNN(torch.nn.RNN):
+class RNN(_OnRnnkern, torch.nn.RNN):
     """``torch.nn.RNN`` (tanh or relu; same constructor, parameters, inputs and outputs) on
     rnnkern's kernels.
 
@@ -374,13 +372,6 @@ class RNN(torch.nn.RNN):
     hx (L*D, B, H) or None. Returns output (T, B, D*H) (or packed) and h_n (L*D, B, H).
     CPU, float32 or float64.
     """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _check_module(self, meta=True)
-
-    def forward(self, input: Any, hx: Any = None) -> Any:
-        return _forward(self, input, hx)
 
 
 # ----------------------------------------------------------------------------- convert
