@@ -500,9 +500,9 @@ FAULT_CHILD = """
         with open("/proc/self/status") as f:
             return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:"))
 
-    # One kernel thread (B * 4H * H < 2 * 16384); gates (T, B, 4H) float32: 102 MB, twice in
-    # backward, so 64 MB to spare fails both calls.
-    T, B, I, H = 50000, 8, 4, 16
+    # One kernel thread (B * 4H * H < 2 * 16384); the forward's gates (T, B, 4H) and the
+    # backward's dx (T, B, I) float32 are 102 MB each, so 64 MB to spare fails both calls.
+    T, B, I, H = 50000, 8, 64, 16
     case = make_case("lstm", T, B, I, H, np.float32, seed=1)
     grads = make_output_grads("lstm", T, B, H, np.float32, seed=2)
     out = rnnkern.lstm_forward(**case)

@@ -268,14 +268,22 @@ inline void panel_rows(const F* a, int64_t lda, int64_t B, const F* panel, int64
 template <class F>
 void pack_forward(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv, int64_t jb0,
                   int64_t jb1) {
-  dst += jb0 * nv * H * NB<F>;
-  for (int64_t jb = jb0; jb < jb1; ++jb)
-    for (int64_t k = 0; k < H; ++k)
-      for (int v = 0; v < nv; ++v)
-        for (int64_t l = 0; l < NB<F>; ++l) {
-          const int64_t j = jb * NB<F> + l;
-          *dst++ = j < H ? w[((gate0 + v) * H + j) * ldw + k] : F(0);
-        }
+  // A transpose, NB x NB at a time through an L1 buffer: rows of w are read contiguously.
+  alignas(64) F tmp[NB<F>][NB<F>];  // (units l, k) of one tile
+  for (int64_t jb = jb0; jb < jb1; ++jb) {
+    F* panel = dst + jb * nv * H * NB<F>;  // (H, nv, NB)
+    const int64_t nj = imin(NB<F>, H - jb * NB<F>);
+    for (int64_t k0 = 0; k0 < H; k0 += NB<F>) {
+      const int64_t nk = imin(NB<F>, H - k0);
+      for (int v = 0; v < nv; ++v) {
+        for (int64_t l = 0; l < NB<F>; ++l)
+          store(tmp[l], l < nj ? load(w + ((gate0 + v) * H + jb * NB<F> + l) * ldw + k0, nk)
+                               : vec<F>{});
+        for (int64_t kk = 0; kk < nk; ++kk)
+          for (int64_t l = 0; l < NB<F>; ++l) panel[((k0 + kk) * nv + v) * NB<F> + l] = tmp[l][kk];
+      }
+    }
+  }
 }
 
 template <class F>
@@ -311,19 +319,20 @@ inline void put_h(const Step<F>& s, int64_t H, int64_t b, int64_t j0, int64_t n,
 }
 
 template <class F>
-void forward_phase(const StepConst<F>& c, const Step<F>& s, int phase, int64_t jb0, int64_t jb1) {
+[[gnu::flatten]] void forward_phase(const StepConst<F>& c, const Step<F>& s, int phase, int64_t jb0, int64_t jb1) {
   const int64_t B = c.B, H = c.H, GH = gates(c.cell) * H;
   for (int64_t jb = jb0; jb < jb1; ++jb) {
     const int64_t j0 = jb * NB<F>, n = imin(NB<F>, H - j0);
+    const F* xb = c.xbias + j0;  // (G*H,) biases from unit j0
     switch (c.cell) {
       case Cell::lstm:
         panel_rows<F, 4>(s.hp, H, B, c.wf + jb * H * 4 * NB<F>, H, [&](int64_t b, const F* acc) {
           if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
           const F* xp = s.xp + b * GH + j0;
-          vec<F> i = vsigmoid(load(xp, n) + load(acc));
-          vec<F> f = vsigmoid(load(xp + H, n) + load(acc + NB<F>));
-          vec<F> g = vtanh(load(xp + 2 * H, n) + load(acc + 2 * NB<F>));
-          vec<F> o = vsigmoid(load(xp + 3 * H, n) + load(acc + 3 * NB<F>));
+          vec<F> i = vsigmoid(load(xp, n) + load(xb, n) + load(acc));
+          vec<F> f = vsigmoid(load(xp + H, n) + load(xb + H, n) + load(acc + NB<F>));
+          vec<F> g = vtanh(load(xp + 2 * H, n) + load(xb + 2 * H, n) + load(acc + 2 * NB<F>));
+          vec<F> o = vsigmoid(load(xp + 3 * H, n) + load(xb + 3 * H, n) + load(acc + 3 * NB<F>));
           vec<F> cn = f * load(s.cp + b * H + j0, n) + i * g;
           store(s.cn + b * H + j0, cn, n);
           put_h(s, H, b, j0, n, o * vtanh(cn));
@@ -337,11 +346,11 @@ void forward_phase(const StepConst<F>& c, const Step<F>& s, int phase, int64_t j
         panel_rows<F, 3>(s.hp, H, B, c.wf + jb * H * 3 * NB<F>, H, [&](int64_t b, const F* acc) {
           if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
           const F* xp = s.xp + b * GH + j0;
-          vec<F> r = vsigmoid(load(xp, n) + load(acc));
-          vec<F> z = vsigmoid(load(xp + H, n) + load(acc + NB<F>));
+          vec<F> r = vsigmoid(load(xp, n) + load(xb, n) + load(acc));
+          vec<F> z = vsigmoid(load(xp + H, n) + load(xb + H, n) + load(acc + NB<F>));
           vec<F> hn = load(acc + 2 * NB<F>);
           if (c.b_hn) hn += load(c.b_hn + j0, n);
-          vec<F> nn = vtanh(load(xp + 2 * H, n) + r * hn);
+          vec<F> nn = vtanh(load(xp + 2 * H, n) + load(xb + 2 * H, n) + r * hn);
           vec<F> hp = load(s.hp + b * H + j0, n);
           put_h(s, H, b, j0, n, nn + z * (hp - nn));
           if (s.gates) {
@@ -360,8 +369,8 @@ void forward_phase(const StepConst<F>& c, const Step<F>& s, int phase, int64_t j
               return;
             }
             const F* xp = s.xp + b * GH + j0;
-            vec<F> r = vsigmoid(load(xp, n) + load(acc));
-            vec<F> z = vsigmoid(load(xp + H, n) + load(acc + NB<F>));
+            vec<F> r = vsigmoid(load(xp, n) + load(xb, n) + load(acc));
+            vec<F> z = vsigmoid(load(xp + H, n) + load(xb + H, n) + load(acc + NB<F>));
             store(gp, r, n), store(gp + H, z, n);
             store(s.aux + b * H + j0, r * load(s.hp + b * H + j0, n), n);
           });
@@ -370,7 +379,7 @@ void forward_phase(const StepConst<F>& c, const Step<F>& s, int phase, int64_t j
             if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
             const F* xp = s.xp + b * GH + j0;
             F* gp = s.gates + b * GH + j0;
-            vec<F> a = load(xp + 2 * H, n) + load(acc);
+            vec<F> a = load(xp + 2 * H, n) + load(xb + 2 * H, n) + load(acc);
             if (c.b_hn) a += load(c.b_hn + j0, n);
             vec<F> nn = vtanh(a);
             vec<F> z = load(gp + H, n), hp = load(s.hp + b * H + j0, n);
@@ -382,7 +391,7 @@ void forward_phase(const StepConst<F>& c, const Step<F>& s, int phase, int64_t j
       default:  // vanilla RNN
         panel_rows<F, 1>(s.hp, H, B, c.wf + jb * H * NB<F>, H, [&](int64_t b, const F* acc) {
           if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
-          vec<F> a = load(s.xp + b * GH + j0, n) + load(acc);
+          vec<F> a = load(s.xp + b * GH + j0, n) + load(xb, n) + load(acc);
           vec<F> h = c.cell == Cell::rnn_tanh   ? vtanh(a)
                      : c.cell == Cell::rnn_relu ? vrelu(a)
                                                 : vsigmoid(a);
@@ -429,7 +438,7 @@ inline auto rows_dh(const StepConst<F>& c, const Step<F>& s, int64_t j0, int64_t
 }
 
 template <class F>
-void backward_phase(const StepConst<F>& c, const Step<F>& s, int phase, int64_t jb0,
+[[gnu::flatten]] void backward_phase(const StepConst<F>& c, const Step<F>& s, int phase, int64_t jb0,
                     int64_t jb1) {
   const int64_t B = c.B, H = c.H, G = gates(c.cell), GH = G * H;
   // Rows of dgh_{t+1} that multiply the backward panels: every gate, or gru_rh's r and z.
@@ -506,7 +515,7 @@ void backward_phase(const StepConst<F>& c, const Step<F>& s, int phase, int64_t 
 }
 
 template <class F>
-void backward_final(const StepConst<F>& c, const Step<F>& s, F* dh0, int64_t jb0, int64_t jb1) {
+[[gnu::flatten]] void backward_final(const StepConst<F>& c, const Step<F>& s, F* dh0, int64_t jb0, int64_t jb1) {
   const int64_t H = c.H, GH = gates(c.cell) * H;
   const int64_t K = c.cell == Cell::gru_rh ? 2 * H : GH;
   for (int64_t jb = jb0; jb < jb1; ++jb) {

@@ -59,7 +59,7 @@ struct Packed {
     c = StepConst<F>{cell,       d.B,     d.H,     backward ? nullptr : main.get(),
                      backward ? nullptr : n.get(), backward ? main.get() : nullptr,
                      backward ? n.get() : nullptr,
-                     is_gru(cell) && p.b_hh ? p.b_hh + 2 * d.H : nullptr, lengths};
+                     is_gru(cell) && p.b_hh ? p.b_hh + 2 * d.H : nullptr, nullptr, lengths};
   }
   static int64_t blocks(int64_t H, const KernelTable<F>& kt) { return (H + kt.nb - 1) / kt.nb; }
 
@@ -69,7 +69,8 @@ struct Packed {
   }
 };
 
-// Steps per input-projection chunk: about 4 MB of xp, at least 256 rows for the GEMM.
+// Steps per chunk: at least 256 rows for the BLAS (forward: the input projection; backward: the
+// weight gradients), else about 4 MB of (steps, B, G*H) buffer.
 int64_t chunk_steps(int64_t T, int64_t B, int64_t GH) {
   int64_t tc = (int64_t(1) << 20) / (B * GH > 0 ? B * GH : 1);
   if (tc * B < 256) tc = (256 + B - 1) / B;
@@ -101,10 +102,11 @@ void copy_or_zero(F* dst, const F* src, int64_t n) {
   else std::memset(dst, 0, n * sizeof(F));
 }
 
-// Column sums of the rows of a (rows, ld) for columns [c0, c1), in row order.
+// out[c] (+)= the sum of the rows of a (rows, ld) in column c, for c in [c0, c1), in row order.
 template <class F>
-void column_sums(const F* a, int64_t rows, int64_t ld, int64_t c0, int64_t c1, F* out) {
-  for (int64_t c = c0; c < c1; ++c) out[c] = 0;
+void column_sums(const F* a, int64_t rows, int64_t ld, int64_t c0, int64_t c1, F* out, bool add) {
+  if (!add)
+    for (int64_t c = c0; c < c1; ++c) out[c] = 0;
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = c0; c < c1; ++c) out[c] += a[r * ld + c];
 }
@@ -133,6 +135,7 @@ void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> 
     if (p.b_ih) xbias[r] += p.b_ih[r];
     if (p.b_hh && !(is_gru(cell) && r >= 2 * H)) xbias[r] += p.b_hh[r];
   }
+  pk.c.xbias = xbias.data();
   const int64_t tc = chunk_steps(T, B, GH);
   Buffer<F> xp(tc * B * GH);  // (tc, B, G*H) input projections of a chunk
   // States: the cache's rows (T+1, B, H) in training, else two alternating rows (2, B, H).
@@ -154,9 +157,7 @@ void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> 
       const int64_t steps = tc < T - t0 ? tc : T - t0;
       const int64_t rows = steps * B;
       for_blocks(GH, tid, nth, [&](int64_t c0, int64_t c1) {  // gate columns
-        for (int64_t r = 0; r < rows; ++r)
-          std::memcpy(xp.get() + r * GH + c0, xbias.data() + c0, (c1 - c0) * sizeof(F));
-        gemm<F>(false, true, rows, c1 - c0, I, F(1), x + t0 * B * I, I, p.w_ih + c0 * I, I, F(1),
+        gemm<F>(false, true, rows, c1 - c0, I, F(1), x + t0 * B * I, I, p.w_ih + c0 * I, I, F(0),
                 xp.get() + c0, GH);
       });
       bar.wait();
@@ -199,12 +200,17 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
   Packed<F> pk(cell, d, kt, p, lengths, true);
   const int64_t nblk = Packed<F>::blocks(H, kt);
 
-  Buffer<F> dg(TB * GH);                                // (T, B, G*H) dL/d(preactivations)
-  Buffer<F> dgh(cell == Cell::gru ? TB * GH : 0);       // (T, B, G*H) gru: recurrent side
-  F* dgr = cell == Cell::gru ? dgh.get() : dg.get();    // what multiplies W_hh
-  Buffer<F> dh(BH), dc(lstm ? BH : 0);                  // (B, H) carried gradients
+  // The dgates of a chunk of steps, two chunks alternating: the weight gradients of a chunk are
+  // BLAS products over its rows while they are still in cache.
+  const int64_t tc = chunk_steps(T, B, GH), chunk = tc * B * GH;
+  const bool two = cell == Cell::gru;
+  Buffer<F> dg(2 * chunk);               // (2, tc, B, G*H) dL/d(preactivations)
+  Buffer<F> dgh(two ? 2 * chunk : 0);    // (2, tc, B, G*H) gru: recurrent side
+  Buffer<F> dh(BH), dc(lstm ? BH : 0);   // (B, H) carried gradients
   copy_or_zero(dh.get(), dh_n, BH);
   if (lstm) copy_or_zero(dc.get(), dc_n, BH);
+  // dW_hh = dgr^T h_{t-1}, but gru_rh's n rows multiply r * h_{t-1} (the cached aux).
+  const int64_t split_row = cell == Cell::gru_rh ? 2 * H : GH;
 
   parallel(threads_for(d, GH, nblk), [&](int tid, int nth, Barrier& bar) {
     int64_t jb0, jb1;
@@ -212,45 +218,55 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
     pk.pack(jb0, jb1);  // only this thread's steps read these panels
     Step<F> s{};
     s.dh = dh.get(), s.dc = dc.get();
-    for (int64_t t = T - 1; t >= 0; --t) {
-      s.t = t;
-      s.hp = cache.hs + t * BH, s.hn = cache.hs + (t + 1) * BH;
-      if (lstm) s.cp = cache.cs + t * BH, s.cn = cache.cs + (t + 1) * BH;
-      s.gates = cache.gates ? cache.gates + t * B * GH : nullptr;
-      s.aux = cache.aux ? cache.aux + t * BH : nullptr;
-      s.dy = dy ? dy + t * BH : nullptr;
-      s.dg = dg.get() + t * B * GH, s.dgh = dgr + t * B * GH;
-      s.dgh_next = t + 1 < T ? dgr + (t + 1) * B * GH : nullptr;
-      for (int ph = 0; ph < phases(cell); ++ph) {
-        kt.backward_phase(pk.c, s, ph, jb0, jb1);
-        bar.wait();
+    const F* next = nullptr;  // (B, G*H) recurrent-side dgates of step t+1
+    for (int64_t t1 = T, c = 0; t1 > 0; t1 -= tc, ++c) {  // chunk of steps [t0, t1), backwards
+      const int64_t t0 = t1 > tc ? t1 - tc : 0, rows = (t1 - t0) * B;
+      F* dgc = dg.get() + (c & 1) * chunk;                  // (t1 - t0, B, G*H)
+      F* dgr = two ? dgh.get() + (c & 1) * chunk : dgc;     // what multiplies W_hh
+      for (int64_t t = t1 - 1; t >= t0; --t) {
+        s.t = t;
+        s.hp = cache.hs + t * BH, s.hn = cache.hs + (t + 1) * BH;
+        if (lstm) s.cp = cache.cs + t * BH, s.cn = cache.cs + (t + 1) * BH;
+        s.gates = cache.gates ? cache.gates + t * B * GH : nullptr;
+        s.aux = cache.aux ? cache.aux + t * BH : nullptr;
+        s.dy = dy ? dy + t * BH : nullptr;
+        s.dg = dgc + (t - t0) * B * GH, s.dgh = dgr + (t - t0) * B * GH;
+        s.dgh_next = next;
+        for (int ph = 0; ph < phases(cell); ++ph) {
+          kt.backward_phase(pk.c, s, ph, jb0, jb1);
+          bar.wait();
+        }
+        next = s.dgh;
       }
+      // The chunk's share of the weight gradients (each thread its blocks of rows of dW; the
+      // first chunk assigns, the others add) and its rows of dx. The next chunk's steps write
+      // the other buffer, and its first barrier waits for every thread to be done with this one.
+      const bool add = c > 0;
+      const F* xc = x + t0 * B * I;      // (rows, I)
+      const F* hc = cache.hs + t0 * BH;  // (rows, H) h_{t-1}
+      const F* ac = cache.aux ? cache.aux + t0 * BH : nullptr;
+      for_blocks(GH, tid, nth, [&](int64_t r0, int64_t r1) {
+        gemm<F>(true, false, r1 - r0, I, rows, F(1), dgc + r0, GH, xc, I, F(add),
+                g.dw_ih + r0 * I, I);
+        const int64_t a1 = r1 < split_row ? r1 : split_row, n0 = r0 > split_row ? r0 : split_row;
+        if (a1 > r0)
+          gemm<F>(true, false, a1 - r0, H, rows, F(1), dgr + r0, GH, hc, H, F(add),
+                  g.dw_hh + r0 * H, H);
+        if (r1 > n0)
+          gemm<F>(true, false, r1 - n0, H, rows, F(1), dgr + n0, GH, ac, H, F(add),
+                  g.dw_hh + n0 * H, H);
+        if (g.db_ih) {
+          column_sums(dgc, rows, GH, r0, r1, g.db_ih, add);
+          column_sums(dgr, rows, GH, r0, r1, g.db_hh, add);
+        }
+      });
+      for_blocks(rows, tid, nth, [&](int64_t q0, int64_t q1) {  // rows of dx
+        gemm<F>(false, false, q1 - q0, I, GH, F(1), dgc + q0 * GH, GH, p.w_ih, I, F(0),
+                g.dx + t0 * B * I + q0 * I, I);
+      });
     }
-    s.dgh_next = dgr;
+    s.dgh_next = next;
     kt.backward_final(pk.c, s, g.dh0, jb0, jb1);
-
-    // Weight gradients over all steps at once; each thread its blocks of rows of dW.
-    // dW_hh = dgr^T h_{t-1}, but gru_rh's n rows multiply r * h_{t-1} (the cached aux).
-    const int64_t split_row = cell == Cell::gru_rh ? 2 * H : GH;
-    for_blocks(GH, tid, nth, [&](int64_t r0, int64_t r1) {
-      gemm<F>(true, false, r1 - r0, I, TB, F(1), dg.get() + r0, GH, x, I, F(0), g.dw_ih + r0 * I,
-              I);
-      const int64_t a1 = r1 < split_row ? r1 : split_row, n0 = r0 > split_row ? r0 : split_row;
-      if (a1 > r0)
-        gemm<F>(true, false, a1 - r0, H, TB, F(1), dgr + r0, GH, cache.hs, H, F(0),
-                g.dw_hh + r0 * H, H);
-      if (r1 > n0)
-        gemm<F>(true, false, r1 - n0, H, TB, F(1), dgr + n0, GH, cache.aux, H, F(0),
-                g.dw_hh + n0 * H, H);
-      if (g.db_ih) {
-        column_sums(dg.get(), TB, GH, r0, r1, g.db_ih);
-        column_sums(dgr, TB, GH, r0, r1, g.db_hh);
-      }
-    });
-    for_blocks(TB, tid, nth, [&](int64_t q0, int64_t q1) {  // rows of dx
-      gemm<F>(false, false, q1 - q0, I, GH, F(1), dg.get() + q0 * GH, GH, p.w_ih, I, F(0),
-              g.dx + q0 * I, I);
-    });
   });
   if (lstm) std::memcpy(g.dc0, dc.get(), BH * sizeof(F));
 }

@@ -21,7 +21,8 @@ struct StepConst {
   const F* wf_n;    // gru_rh: forward panels of W_hn (nblk, H, 1, NB)
   const F* wb;      // backward panels, rows of the gates in wf (nblk, G'*H, 1, NB)
   const F* wb_n;    // gru_rh: backward panels of W_hn (nblk, H, 1, NB)
-  const F* b_hn;    // gru, gru_rh: (H,) or null; the other biases are folded into xp
+  const F* b_hn;    // gru, gru_rh: (H,) or null
+  const F* xbias;   // forward: (G*H,) b_ih + b_hh, without gru's b_hn; added to xp
   const int64_t* lengths;  // (B,) or null
 };
 
@@ -29,7 +30,7 @@ struct StepConst {
 template <class F>
 struct Step {
   int64_t t;
-  const F* xp;   // (B, G*H): x_t W_ih^T + folded biases
+  const F* xp;   // (B, G*H): x_t W_ih^T
   const F* hp;   // (B, H): h_{t-1}
   F* hn;         // (B, H): h_t
   const F* cp;   // (B, H): c_{t-1} (LSTM)
