@@ -85,12 +85,14 @@ int threads_for(Dims d, int64_t GH, int64_t nblk) {
   return n < 1 ? 1 : static_cast<int>(n);
 }
 
-// Calls fn(c0, c1) for this thread's share of [0, n) cut into blocks of 128: the blocks do not
-// depend on the thread count, so neither do the BLAS's results (bitwise). 128 rows or columns
+// Calls fn(c0, c1) for this thread's share of [0, n) cut into about 8 blocks (multiples of 16,
+// at least 64): the blocks depend on n only, not on the thread count, so neither do the BLAS's
+// results (bitwise). Eight share evenly among 1, 2, 4 or 8 threads, and blocks of 64 or more
 // keep the BLAS's repacking of the other operand small next to the product.
 template <class Fn>
 void for_blocks(int64_t n, int tid, int nth, Fn fn) {
-  constexpr int64_t blk = 128;
+  int64_t blk = ((n + 7) / 8 + 15) / 16 * 16;
+  blk = blk < 64 ? 64 : blk;
   int64_t b0, b1;
   split((n + blk - 1) / blk, tid, nth, &b0, &b1);
   for (int64_t b = b0; b < b1; ++b) fn(b * blk, (b + 1) * blk < n ? (b + 1) * blk : n);
