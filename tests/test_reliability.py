@@ -201,6 +201,31 @@ def test_nan_stays_in_its_batch_row(cell_kw: CellKw, where: str, dtype: Any) -> 
     compare(out, ref_out, dtype, acc_len)
 
 
+@pytest.mark.parametrize("backend", [rnnkern, reference], ids=["kernels", "reference"])
+@pytest.mark.parametrize("cell_kw", CELLS, ids=_id)
+def test_padded_steps_ignore_x(cell_kw: CellKw, backend: Any) -> None:
+    """Whatever x holds at padded steps (NaN, inf) changes no output and no gradient: every
+    result has the bits of a run with zeros there (0 * NaN must not reach dW_ih)."""
+    cell, kw = cell_kw
+    T, B, I, H = 6, 5, 16, 64  # lstm and gru threaded
+    dtype = np.float64 if backend is reference else np.float32
+    lengths = [6, 2, 4, 1, 6]
+    case = make_case(cell, T, B, I, H, dtype, lengths=lengths, seed=13)
+    grads = make_output_grads(cell, T, B, H, dtype, seed=14)
+    padded = np.arange(T)[:, None] >= np.array(lengths)[None, :]  # (T, B)
+    zeros, garbage = dict(case), dict(case)
+    zeros["x"] = np.where(padded[..., None], 0, case["x"]).astype(dtype)
+    garbage["x"] = case["x"].copy()
+    garbage["x"][padded] = np.nan
+    garbage["x"][padded.nonzero()[0][:1], padded.nonzero()[1][:1]] = np.inf
+    with np.errstate(invalid="ignore", over="ignore"):
+        results = [run(backend, cell, c, grads, kw) for c in (zeros, garbage)]
+    (out0, g0), (out1, g1) = results
+    for name, e in {**arrays(out0), **arrays(g0)}.items():
+        a = {**arrays(out1), **arrays(g1)}[name]
+        np.testing.assert_array_equal(a, e, err_msg=name, strict=True)
+
+
 @pytest.mark.parametrize("cell_kw", CELLS, ids=_id)
 def test_batch_independence(cell_kw: CellKw) -> None:
     """Each sample alone gives what it gives inside a (threaded) batch, and the weight gradients of

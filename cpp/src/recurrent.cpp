@@ -213,6 +213,12 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
   if (lstm) copy_or_zero(dc.get(), dc_n, BH);
   // dW_hh = dgr^T h_{t-1}, but gru_rh's n rows multiply r * h_{t-1} (the cached aux).
   const int64_t split_row = cell == Cell::gru_rh ? 2 * H : GH;
+  // Whatever x holds at a padded step (NaN included) must not reach dW_ih, as 0 * NaN would: a
+  // chunk with padded steps (t >= the shortest length) multiplies a copy with those rows zeroed.
+  int64_t shortest = T;
+  for (int64_t b = 0; lengths && b < B; ++b)
+    if (lengths[b] < shortest) shortest = lengths[b];
+  Buffer<F> xm(shortest < T ? tc * B * I : 0);  // (tc, B, I)
 
   parallel(threads_for(d, GH, nblk), [&](int tid, int nth, Barrier& bar) {
     int64_t jb0, jb1;
@@ -245,6 +251,14 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
       // the other buffer, and its first barrier waits for every thread to be done with this one.
       const bool add = c > 0;
       const F* xc = x + t0 * B * I;      // (rows, I)
+      if (t1 > shortest) {
+        for_blocks(rows, tid, nth, [&](int64_t q0, int64_t q1) {
+          for (int64_t q = q0; q < q1; ++q)
+            copy_or_zero(xm.get() + q * I, t0 + q / B < lengths[q % B] ? xc + q * I : nullptr, I);
+        });
+        bar.wait();
+        xc = xm.get();
+      }
       const F* hc = cache.hs + t0 * BH;  // (rows, H) h_{t-1}
       const F* ac = cache.aux ? cache.aux + t0 * BH : nullptr;
       for_blocks(GH, tid, nth, [&](int64_t r0, int64_t r1) {

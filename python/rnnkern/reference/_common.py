@@ -11,7 +11,7 @@ from .._api import Array, Checked, check_grad
 
 __all__ = [
     "ACTIVATIONS", "Cache", "WeightGrads", "bias_or_zeros", "frozen_copy", "grad_or_zeros",
-    "sigmoid", "state_or_zeros", "take_cache", "valid_steps",
+    "sigmoid", "state_or_zeros", "take_cache", "valid_only", "valid_steps",
 ]
 
 
@@ -49,6 +49,12 @@ def state_or_zeros(s: Array | None, c: Checked) -> Array:
 def bias_or_zeros(b: Array | None, c: Checked) -> Array:
     """A bias (G*H,), zeros when None (adding exact zeros changes nothing)."""
     return np.zeros(c.G * c.H, c.dtype) if b is None else b
+
+
+def valid_only(a: Array, valid: Array) -> Array:
+    """a (T, B, ...) with its padded steps zeroed, as the cache keeps x and the gates: whatever x
+    holds at a padded step (NaN included) reaches no gradient, as in the kernels."""
+    return np.where(valid, a, 0).astype(a.dtype, copy=False)
 
 
 def frozen_copy(a: Array) -> Array:

@@ -19,6 +19,7 @@ from ._common import (
     sigmoid,
     state_or_zeros,
     take_cache,
+    valid_only,
     valid_steps,
 )
 
@@ -76,9 +77,10 @@ def gru_forward(
     if training:
         cache = Cache(
             cell="gru", variant=_FORMS[lbr], has_bias=c.b_ih is not None,
-            x=frozen_copy(c.x), w_ih=frozen_copy(c.w_ih), w_hh=frozen_copy(c.w_hh),
-            valid=frozen_copy(valid), h=frozen_copy(np.stack(hs)),
-            gates=frozen_copy(np.stack(gates)), hn=frozen_copy(np.stack(hns)) if lbr else None,
+            x=frozen_copy(valid_only(c.x, valid)), w_ih=frozen_copy(c.w_ih),
+            w_hh=frozen_copy(c.w_hh), valid=frozen_copy(valid), h=frozen_copy(np.stack(hs)),
+            gates=frozen_copy(valid_only(np.stack(gates), valid)),
+            hn=frozen_copy(np.stack(hns)) if lbr else None,
         )
     return RNNOutput(y, h.copy(), cache)
 

@@ -18,6 +18,7 @@ from ._common import (
     sigmoid,
     state_or_zeros,
     take_cache,
+    valid_only,
     valid_steps,
 )
 
@@ -73,9 +74,10 @@ def lstm_forward(
     if training:
         cache = Cache(
             cell="lstm", variant="", has_bias=c.b_ih is not None,
-            x=frozen_copy(c.x), w_ih=frozen_copy(c.w_ih), w_hh=frozen_copy(c.w_hh),
-            valid=frozen_copy(valid), h=frozen_copy(np.stack(hs)),
-            gates=frozen_copy(np.stack(gates)), c=frozen_copy(np.stack(cs)),
+            x=frozen_copy(valid_only(c.x, valid)), w_ih=frozen_copy(c.w_ih),
+            w_hh=frozen_copy(c.w_hh), valid=frozen_copy(valid), h=frozen_copy(np.stack(hs)),
+            gates=frozen_copy(valid_only(np.stack(gates), valid)),
+            c=frozen_copy(np.stack(cs)),
         )
     return LSTMOutput(y, h.copy(), cell.copy(), cache)
 

@@ -20,6 +20,7 @@ from ._common import (
     grad_or_zeros,
     state_or_zeros,
     take_cache,
+    valid_only,
     valid_steps,
 )
 
@@ -65,9 +66,9 @@ def rnn_forward(
     if training:
         cache = Cache(
             cell="rnn", variant=nonlinearity, has_bias=c.b_ih is not None,
-            x=frozen_copy(c.x), w_ih=frozen_copy(c.w_ih), w_hh=frozen_copy(c.w_hh),
-            valid=frozen_copy(valid), h=frozen_copy(np.stack(hs)),
-            gates=frozen_copy(np.stack(gates)),
+            x=frozen_copy(valid_only(c.x, valid)), w_ih=frozen_copy(c.w_ih),
+            w_hh=frozen_copy(c.w_hh), valid=frozen_copy(valid), h=frozen_copy(np.stack(hs)),
+            gates=frozen_copy(valid_only(np.stack(gates), valid)),
         )
     return RNNOutput(y, h.copy(), cache)
 
