@@ -284,12 +284,13 @@ template <class F>
 void pack_forward(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv, int64_t jb0,
                   int64_t jb1) {
   // A transpose, NB x NB at a time through an L1 buffer: rows of w are read contiguously.
+  const int64_t K = ldw;
   alignas(64) F tmp[NB<F>][NB<F>];  // (units l, k) of one tile
   for (int64_t jb = jb0; jb < jb1; ++jb) {
-    F* panel = dst + jb * nv * H * NB<F>;  // (H, nv, NB)
+    F* panel = dst + jb * nv * K * NB<F>;  // (K, nv, NB)
     const int64_t nj = imin(NB<F>, H - jb * NB<F>);
-    for (int64_t k0 = 0; k0 < H; k0 += NB<F>) {
-      const int64_t nk = imin(NB<F>, H - k0);
+    for (int64_t k0 = 0; k0 < K; k0 += NB<F>) {
+      const int64_t nk = imin(NB<F>, K - k0);
       for (int v = 0; v < nv; ++v) {
         for (int64_t l = 0; l < NB<F>; ++l)
           store(tmp[l], l < nj ? load(w + ((gate0 + v) * H + jb * NB<F> + l) * ldw + k0, nk)
@@ -313,6 +314,32 @@ void pack_backward(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv
       }
 }
 
+// ---- the input projection
+
+template <class F>
+[[gnu::flatten]] void project(const StepConst<F>& c, const F* x, int64_t rows, F* xp,
+                              int64_t jb0, int64_t jb1) {
+  const int64_t H = c.H, I = c.I, G = gates(c.cell), GH = G * H;
+  constexpr int64_t RG = 64;  // rows per group: they stay in cache while every panel passes
+  for (int64_t r0 = 0; r0 < rows; r0 += RG) {
+    const int64_t nr = imin(RG, rows - r0);
+    const F* a = I > 0 ? x + r0 * I : nullptr;  // (nr, I)
+    F* out = xp + r0 * GH;                      // (nr, G*H)
+    for (int64_t jb = jb0; jb < jb1; ++jb) {
+      const int64_t j0 = jb * NB<F>, n = imin(NB<F>, H - j0);
+      const F* panel = c.wi + jb * I * G * NB<F>;  // (I, G, NB)
+      auto put = [&](int64_t b, const F* acc) {
+        for (int64_t v = 0; v < G; ++v) store(out + b * GH + v * H + j0, load(acc + v * NB<F>), n);
+      };
+      switch (G) {
+        case 4: panel_rows<F, 4>(a, I, nr, panel, I, put); break;
+        case 3: panel_rows<F, 3>(a, I, nr, panel, I, put); break;
+        default: panel_rows<F, 1>(a, I, nr, panel, I, put);
+      }
+    }
+  }
+}
+
 // ---- forward epilogues
 
 inline bool padded(const int64_t* lengths, int64_t b, int64_t t) {
@@ -334,7 +361,8 @@ inline void put_h(const Step<F>& s, int64_t H, int64_t b, int64_t j0, int64_t n,
 }
 
 template <class F>
-[[gnu::flatten]] void forward_phase(const StepConst<F>& c, const Step<F>& s, int phase, int64_t jb0, int64_t jb1) {
+[[gnu::flatten]] void forward_phase(const StepConst<F>& c, const Step<F>& s, int phase,
+                                    int64_t jb0, int64_t jb1) {
   const int64_t B = c.B, H = c.H, GH = gates(c.cell) * H;
   for (int64_t jb = jb0; jb < jb1; ++jb) {
     const int64_t j0 = jb * NB<F>, n = imin(NB<F>, H - j0);
@@ -453,8 +481,8 @@ inline auto rows_dh(const StepConst<F>& c, const Step<F>& s, int64_t j0, int64_t
 }
 
 template <class F>
-[[gnu::flatten]] void backward_phase(const StepConst<F>& c, const Step<F>& s, int phase, int64_t jb0,
-                    int64_t jb1) {
+[[gnu::flatten]] void backward_phase(const StepConst<F>& c, const Step<F>& s, int phase,
+                                     int64_t jb0, int64_t jb1) {
   const int64_t B = c.B, H = c.H, G = gates(c.cell), GH = G * H;
   // Rows of dgh_{t+1} that multiply the backward panels: every gate, or gru_rh's r and z.
   const int64_t K = c.cell == Cell::gru_rh ? 2 * H : GH;
@@ -530,7 +558,8 @@ template <class F>
 }
 
 template <class F>
-[[gnu::flatten]] void backward_final(const StepConst<F>& c, const Step<F>& s, F* dh0, int64_t jb0, int64_t jb1) {
+[[gnu::flatten]] void backward_final(const StepConst<F>& c, const Step<F>& s, F* dh0,
+                                     int64_t jb0, int64_t jb1) {
   const int64_t H = c.H, GH = gates(c.cell) * H;
   const int64_t K = c.cell == Cell::gru_rh ? 2 * H : GH;
   for (int64_t jb = jb0; jb < jb1; ++jb) {
@@ -543,7 +572,7 @@ template <class F>
 
 template <class F>
 const KernelTable<F> table = {
-    RNNKERN_ISA_NAME, NB<F>, pack_forward<F>, pack_backward<F>, forward_phase<F>,
+    RNNKERN_ISA_NAME, NB<F>, pack_forward<F>, pack_backward<F>, project<F>, forward_phase<F>,
     backward_phase<F>, backward_final<F>,
 };
 

@@ -1,10 +1,10 @@
 // Forward and backward through time for every cell: one driver, the cell-specific math lives in
 // the kernels' epilogues (cpp/kernels/kernels_impl.hpp).
 //
-// Forward: the input projection x W_ih^T + biases for a chunk of steps as one BLAS GEMM (each
-// thread its rows), then per step the fused recurrent product + gates for each thread's hidden
-// blocks, one barrier per step (two for gru_rh). Backward: per step the fused dgates, then the
-// weight gradients as large GEMMs over all steps at once, after the loop.
+// Forward: per chunk of steps, each thread projects x W_ih^T for its own hidden blocks (the
+// kernels' packed product), then per step the fused recurrent product + gates for those blocks,
+// one barrier per step (two for gru_rh). Backward: per step the fused dgates; per chunk of
+// steps, the weight gradients and dx as BLAS GEMMs while the chunk's dgates are in cache.
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -41,36 +41,50 @@ int main_gates(Cell cell) { return cell == Cell::gru_rh ? 2 : gates(cell); }
 int phases(Cell cell) { return cell == Cell::gru_rh ? 2 : 1; }
 bool is_gru(Cell cell) { return cell == Cell::gru || cell == Cell::gru_rh; }
 
-// W_hh packed once per call for one direction of the recurrence; each thread packs the panels
-// of its own hidden blocks (pack), so they start in its cache.
+// The weights packed once per call for one direction: W_hh, and W_ih for the forward's input
+// projection. Each thread packs the panels of its own hidden blocks (pack), so they start in its
+// cache.
 template <class F>
 struct Packed {
-  Buffer<F> main, n;  // panels of the main gates (nblk, G'*H, NB); gru_rh: of W_hn (nblk, H, NB)
+  // One allocation (fewer calls for the allocator to give back to the system and fault in
+  // again): the panels of the main gates (nblk, G'*H, NB); gru_rh: of W_hn (nblk, H, NB);
+  // forward: of W_ih (nblk, I, G, NB).
+  int64_t main_size, n_size, wi_size;
+  Buffer<F> panels;
   StepConst<F> c;
-  void (*packer)(F*, const F*, int64_t, int64_t, int, int, int64_t, int64_t);
-  const F* w_hh;
+  const KernelTable<F>& kt;
+  const F *w_ih, *w_hh;
+  bool backward;
 
-  Packed(Cell cell, Dims d, const KernelTable<F>& kt, Params<F> p, const int64_t* lengths,
-         bool backward)
-      : main(blocks(d.H, kt) * kt.nb * main_gates(cell) * d.H),
-        n(cell == Cell::gru_rh ? blocks(d.H, kt) * kt.nb * d.H : 0),
-        packer(backward ? kt.pack_backward : kt.pack_forward),
-        w_hh(p.w_hh) {
-    c = StepConst<F>{cell,       d.B,     d.H,     backward ? nullptr : main.get(),
-                     backward ? nullptr : n.get(), backward ? main.get() : nullptr,
-                     backward ? n.get() : nullptr,
+  Packed(Cell cell, Dims d, const KernelTable<F>& kt_, Params<F> p, const int64_t* lengths,
+         bool backward_)
+      : main_size(blocks(d.H, kt_) * kt_.nb * main_gates(cell) * d.H),
+        n_size(cell == Cell::gru_rh ? blocks(d.H, kt_) * kt_.nb * d.H : 0),
+        wi_size(backward_ ? 0 : blocks(d.H, kt_) * kt_.nb * gates(cell) * d.I),
+        panels(main_size + n_size + wi_size),
+        kt(kt_), w_ih(p.w_ih), w_hh(p.w_hh), backward(backward_) {
+    F* main = panels.get();
+    F* n = n_size ? main + main_size : nullptr;
+    F* wi = wi_size ? main + main_size + n_size : nullptr;
+    c = StepConst<F>{cell,       d.B,     d.H,     backward ? nullptr : main,
+                     backward ? nullptr : n, backward ? main : nullptr,
+                     backward ? n : nullptr, d.I, wi,
                      is_gru(cell) && p.b_hh ? p.b_hh + 2 * d.H : nullptr, nullptr, lengths};
   }
   static int64_t blocks(int64_t H, const KernelTable<F>& kt) { return (H + kt.nb - 1) / kt.nb; }
 
   void pack(int64_t jb0, int64_t jb1) {
-    packer(main.get(), w_hh, c.H, c.H, 0, main_gates(c.cell), jb0, jb1);
-    if (c.cell == Cell::gru_rh) packer(n.get(), w_hh, c.H, c.H, 2, 1, jb0, jb1);
+    auto packer = backward ? kt.pack_backward : kt.pack_forward;
+    F* main = panels.get();
+    packer(main, w_hh, c.H, c.H, 0, main_gates(c.cell), jb0, jb1);
+    if (n_size) packer(main + main_size, w_hh, c.H, c.H, 2, 1, jb0, jb1);
+    if (wi_size)
+      kt.pack_forward(main + main_size + n_size, w_ih, c.H, c.I, 0, gates(c.cell), jb0, jb1);
   }
 };
 
-// Steps per chunk: at least 256 rows for the BLAS (forward: the input projection; backward: the
-// weight gradients), else about 4 MB of (steps, B, G*H) buffer.
+// Steps per chunk: about 4 MB of (steps, B, G*H) buffer, but at least 256 rows (forward: the
+// input projection's; backward: the length of the weight gradients' BLAS products).
 int64_t chunk_steps(int64_t T, int64_t B, int64_t GH) {
   int64_t tc = (int64_t(1) << 20) / (B * GH > 0 ? B * GH : 1);
   if (tc * B < 256) tc = (256 + B - 1) / B;
@@ -126,7 +140,6 @@ void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> 
              const int64_t* lengths, F* y, F* h_n, F* c_n, const Cache<F>* cache) {
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H, GH = gates(cell) * H, BH = B * H;
   if (B == 0 || H == 0) return;
-  check_blas_dims(T * B, GH, I, H);
   const KernelTable<F>& kt = *kernels<F>();
   const bool lstm = cell == Cell::lstm;
   Packed<F> pk(cell, d, kt, p, lengths, false);
@@ -158,11 +171,9 @@ void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> 
     for (int64_t t0 = 0; t0 < T; t0 += tc) {
       const int64_t steps = tc < T - t0 ? tc : T - t0;
       const int64_t rows = steps * B;
-      for_blocks(GH, tid, nth, [&](int64_t c0, int64_t c1) {  // gate columns
-        gemm<F>(false, true, rows, c1 - c0, I, F(1), x + t0 * B * I, I, p.w_ih + c0 * I, I, F(0),
-                xp.get() + c0, GH);
-      });
-      bar.wait();
+      // This thread's columns of the chunk's projections: only its own steps read them, so no
+      // barrier is needed, before or after.
+      kt.project(pk.c, x + t0 * B * I, rows, xp.get(), jb0, jb1);
       for (int64_t t = t0; t < t0 + steps; ++t) {
         Step<F> s{};
         s.t = t;

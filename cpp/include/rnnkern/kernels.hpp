@@ -21,6 +21,8 @@ struct StepConst {
   const F* wf_n;    // gru_rh: forward panels of W_hn (nblk, H, 1, NB)
   const F* wb;      // backward panels, rows of the gates in wf (nblk, G'*H, 1, NB)
   const F* wb_n;    // gru_rh: backward panels of W_hn (nblk, H, 1, NB)
+  int64_t I;
+  const F* wi;      // forward: panels of W_ih, every gate (nblk, I, G, NB)
   const F* b_hn;    // gru, gru_rh: (H,) or null
   const F* xbias;   // forward: (G*H,) b_ih + b_hh, without gru's b_hn; added to xp
   const int64_t* lengths;  // (B,) or null
@@ -52,12 +54,17 @@ struct KernelTable {
   const char* isa;
   int64_t nb;  // hidden units per block
   // Packing of the panels of hidden blocks [jb0, jb1) (each thread packs its own, so they land
-  // in its cache). dst: all panels, nblk * (nv*H*nb); w: (rows, ldw), the gates' blocks of H
-  // rows starting at row gate0*H.
+  // in its cache); w: (rows, ldw), the gates' blocks of H rows starting at row gate0*H.
+  // Forward panels (K = ldw: every column of w, nv, nb), dst: nblk * (ldw*nv*nb); backward
+  // panels (K = nv*H rows, nb), dst: nblk * (nv*H*nb).
   void (*pack_forward)(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv,
                        int64_t jb0, int64_t jb1);
   void (*pack_backward)(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv,
                         int64_t jb0, int64_t jb1);
+  // xp (rows, G*H) = x (rows, I) W_ih^T in the columns of hidden blocks [jb0, jb1), from the
+  // panels c.wi: each thread projects the columns that its own steps read.
+  void (*project)(const StepConst<F>& c, const F* x, int64_t rows, F* xp, int64_t jb0,
+                  int64_t jb1);
   // One phase of a forward step for hidden blocks [jb0, jb1) (gru_rh has phases 0 and 1).
   void (*forward_phase)(const StepConst<F>& c, const Step<F>& s, int phase, int64_t jb0,
                         int64_t jb1);
