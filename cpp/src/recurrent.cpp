@@ -229,7 +229,7 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
   int64_t shortest = T;
   for (int64_t b = 0; lengths && b < B; ++b)
     if (lengths[b] < shortest) shortest = lengths[b];
-  Buffer<F> xm(shortest < T ? tc * B * I : 0);  // (tc, B, I)
+  Buffer<F> xm(shortest < T && I > 0 ? tc * B * I : 0);  // (tc, B, I)
 
   parallel(threads_for(d, GH, nblk), [&](int tid, int nth, Barrier& bar) {
     int64_t jb0, jb1;
@@ -262,7 +262,7 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
       // the other buffer, and its first barrier waits for every thread to be done with this one.
       const bool add = c > 0;
       const F* xc = x + t0 * B * I;      // (rows, I)
-      if (t1 > shortest) {
+      if (t1 > shortest && I > 0) {
         for_blocks(rows, tid, nth, [&](int64_t q0, int64_t q1) {
           for (int64_t q = q0; q < q1; ++q)
             copy_or_zero(xm.get() + q * I, t0 + q / B < lengths[q % B] ? xc + q * I : nullptr, I);
