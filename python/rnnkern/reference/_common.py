@@ -10,8 +10,8 @@ import numpy as np
 from .._api import Array, Checked, check_grad
 
 __all__ = [
-    "ACTIVATIONS", "Cache", "WeightGrads", "bias_or_zeros", "frozen_copy", "grad_or_zeros",
-    "sigmoid", "state_or_zeros", "take_cache", "valid_only", "valid_steps",
+    "ACTIVATIONS", "Cache", "WeightGrads", "bias_or_zeros", "grad_or_zeros",
+    "make_cache", "sigmoid", "state_or_zeros", "take_cache", "valid_steps",
 ]
 
 
@@ -92,6 +92,21 @@ class Cache:
         """(T, B, I, H)."""
         T, B, I = self.x.shape
         return T, B, I, self.h.shape[2]
+
+
+def make_cache(cell: str, variant: str, c: Checked, valid: Array, hs: list[Array],
+               gates: list[Array], cs: list[Array] | None = None,
+               hns: list[Array] | None = None) -> Cache:
+    """The read-only Cache of a forward: the per-step lists stacked, x and the gates of padded
+    steps zeroed (see valid_only)."""
+    return Cache(
+        cell=cell, variant=variant, has_bias=c.b_ih is not None,
+        x=frozen_copy(valid_only(c.x, valid)), w_ih=frozen_copy(c.w_ih),
+        w_hh=frozen_copy(c.w_hh), valid=frozen_copy(valid), h=frozen_copy(np.stack(hs)),
+        gates=frozen_copy(valid_only(np.stack(gates), valid)),
+        c=None if cs is None else frozen_copy(np.stack(cs)),
+        hn=None if hns is None else frozen_copy(np.stack(hns)),
+    )
 
 
 def take_cache(cache: object, cell: str, function: str) -> Cache:

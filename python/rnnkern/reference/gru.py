@@ -11,15 +11,13 @@ import numpy as np
 
 from .._api import Array, RNNGrads, RNNOutput, check_flag, check_forward
 from ._common import (
-    Cache,
     WeightGrads,
     bias_or_zeros,
-    frozen_copy,
     grad_or_zeros,
+    make_cache,
     sigmoid,
     state_or_zeros,
     take_cache,
-    valid_only,
     valid_steps,
 )
 
@@ -75,13 +73,7 @@ def gru_forward(
             hns.append(hn)
     cache = None
     if training:
-        cache = Cache(
-            cell="gru", variant=_FORMS[lbr], has_bias=c.b_ih is not None,
-            x=frozen_copy(valid_only(c.x, valid)), w_ih=frozen_copy(c.w_ih),
-            w_hh=frozen_copy(c.w_hh), valid=frozen_copy(valid), h=frozen_copy(np.stack(hs)),
-            gates=frozen_copy(valid_only(np.stack(gates), valid)),
-            hn=frozen_copy(np.stack(hns)) if lbr else None,
-        )
+        cache = make_cache("gru", _FORMS[lbr], c, valid, hs, gates, hns=hns if lbr else None)
     return RNNOutput(y, h.copy(), cache)
 
 

@@ -10,15 +10,13 @@ import numpy as np
 
 from .._api import Array, LSTMGrads, LSTMOutput, check_flag, check_forward
 from ._common import (
-    Cache,
     WeightGrads,
     bias_or_zeros,
-    frozen_copy,
     grad_or_zeros,
+    make_cache,
     sigmoid,
     state_or_zeros,
     take_cache,
-    valid_only,
     valid_steps,
 )
 
@@ -72,13 +70,7 @@ def lstm_forward(
             gates.append(np.concatenate([i, f, g, o], axis=1))
     cache = None
     if training:
-        cache = Cache(
-            cell="lstm", variant="", has_bias=c.b_ih is not None,
-            x=frozen_copy(valid_only(c.x, valid)), w_ih=frozen_copy(c.w_ih),
-            w_hh=frozen_copy(c.w_hh), valid=frozen_copy(valid), h=frozen_copy(np.stack(hs)),
-            gates=frozen_copy(valid_only(np.stack(gates), valid)),
-            c=frozen_copy(np.stack(cs)),
-        )
+        cache = make_cache("lstm", "", c, valid, hs, gates, cs=cs)
     return LSTMOutput(y, h.copy(), cell.copy(), cache)
 
 

@@ -13,14 +13,12 @@ from .._api import (
 )
 from ._common import (
     ACTIVATIONS,
-    Cache,
     WeightGrads,
     bias_or_zeros,
-    frozen_copy,
     grad_or_zeros,
+    make_cache,
     state_or_zeros,
     take_cache,
-    valid_only,
     valid_steps,
 )
 
@@ -64,12 +62,7 @@ def rnn_forward(
             gates.append(h_new)
     cache = None
     if training:
-        cache = Cache(
-            cell="rnn", variant=nonlinearity, has_bias=c.b_ih is not None,
-            x=frozen_copy(valid_only(c.x, valid)), w_ih=frozen_copy(c.w_ih),
-            w_hh=frozen_copy(c.w_hh), valid=frozen_copy(valid), h=frozen_copy(np.stack(hs)),
-            gates=frozen_copy(valid_only(np.stack(gates), valid)),
-        )
+        cache = make_cache("rnn", nonlinearity, c, valid, hs, gates)
     return RNNOutput(y, h.copy(), cache)
 
 
