@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 import test_kernels_vs_reference as sweep
-from rnnkern_testing import as_dtype, make_case, make_output_grads, rnn_acc_len
+from rnnkern_testing import make_case, make_output_grads, rnn_acc_len
 from test_errors import assert_same
-from test_kernels_vs_reference import OPTIONS, SHAPES, _id, compare, run
+from test_kernels_vs_reference import OPTIONS, SHAPES, _id, check_vs_reference, compare, run
 from test_reliability import CELLS, FUSED_ONLY, THREADS_CHILD, run_python
 
 import rnnkern
@@ -72,12 +72,7 @@ def test_isa_threaded_and_repeatable(isa: str, cell_kw: tuple[str, dict[str, Any
     T, B, I, H = 4, 9, 20, 70
     case = make_case(cell, T, B, I, H, dtype, lengths="random", seed=81)
     grads = make_output_grads(cell, T, B, H, dtype, seed=82)
-    out, g = run(rnnkern, cell, case, grads, kw)
-    ref_out, ref_g = run(reference, cell, as_dtype(case, np.float64), as_dtype(grads, np.float64),
-                         kw)
-    acc_len = rnn_acc_len(cell, T, B, I, H)
-    compare(out, ref_out, dtype, acc_len)
-    compare(g, ref_g, dtype, acc_len)
+    out, g, _, _ = check_vs_reference(cell, case, grads, kw)
     again_out, again_g = run(rnnkern, cell, case, grads, kw)
     assert_same(again_out, out)
     assert_same(again_g, g)

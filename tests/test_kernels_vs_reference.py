@@ -58,6 +58,23 @@ def run(module: Any, cell: str, case: dict[str, Any], grads: dict[str, Any],
     return out, getattr(module, f"{cell}_backward")(out.cache, **grads)
 
 
+def check_vs_reference(cell: str, case: dict[str, Any], grads: dict[str, Any],
+                       kw: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """The kernels' forward and backward against the reference run in float64 on the same
+    values, every field compared (see compare); returns (outputs, gradients) of the kernels,
+    then of the reference."""
+    T, B, I = case["x"].shape
+    H = case["w_hh"].shape[1]
+    dtype = case["x"].dtype
+    out, g = run(rnnkern, cell, case, grads, kw)
+    ref_out, ref_g = run(reference, cell, as_dtype(case, np.float64),
+                         as_dtype(grads, np.float64), kw)
+    acc_len = rnn_acc_len(cell, T, B, I, H)
+    compare(out, ref_out, dtype, acc_len)
+    compare(g, ref_g, dtype, acc_len)
+    return out, g, ref_out, ref_g
+
+
 # Outputs built from gates in [-1, 1] and O(1) cell states: their rounding errors scale with 1
 # even where a value is small by cancellation (c = f*c + i*g), so the floor's scale is >= 1.
 STATES = ("y", "h_n", "c_n")
@@ -95,12 +112,7 @@ def test_cell_matches_reference(
         if not options[name]:
             grads[name] = None
 
-    out, g = run(rnnkern, cell, case, grads, kw)
-    ref_out, ref_g = run(reference, cell, as_dtype(case, np.float64),
-                         as_dtype(grads, np.float64), kw)
-    acc_len = rnn_acc_len(cell, T, B, I, H)
-    compare(out, ref_out, dtype, acc_len)
-    compare(g, ref_g, dtype, acc_len)
+    out, g, ref_out, _ = check_vs_reference(cell, case, grads, kw)
 
     lengths = case["lengths"]
     if lengths is not None:  # padded steps: zero outputs and input gradients, exactly
@@ -110,7 +122,7 @@ def test_cell_matches_reference(
 
     inference = getattr(rnnkern, f"{cell}_forward")(**case, **kw, training=False)
     assert inference.cache is None
-    compare(inference, ref_out, dtype, acc_len)
+    compare(inference, ref_out, dtype, rnn_acc_len(cell, T, B, I, H))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
@@ -151,11 +163,7 @@ def test_zero_sizes_match_reference(cell_kw: tuple[str, dict[str, Any]],
     T, B, I, H = shape
     case = make_case(cell, T, B, I, H, np.float64, lengths=[3, 1])
     grads = make_output_grads(cell, T, B, H, np.float64)
-    out, g = run(rnnkern, cell, case, grads, kw)
-    ref_out, ref_g = run(reference, cell, case, grads, kw)
-    acc_len = rnn_acc_len(cell, T, B, I, H)
-    compare(out, ref_out, np.float64, acc_len)
-    compare(g, ref_g, np.float64, acc_len)
+    check_vs_reference(cell, case, grads, kw)
 
 
 SOFTMAX_SHAPES = [(1,), (7,), (5, 13), (3, 4, 33), (2, 1), (4, 0)]
