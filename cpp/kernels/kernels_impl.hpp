@@ -328,8 +328,10 @@ template <class F>
     for (int64_t jb = jb0; jb < jb1; ++jb) {
       const int64_t j0 = jb * NB<F>, n = imin(NB<F>, H - j0);
       const F* panel = c.wi + jb * I * G * NB<F>;  // (I, G, NB)
+      const F* xb = c.xbias + j0;  // (G*H,) biases from unit j0
       auto put = [&](int64_t b, const F* acc) {
-        for (int64_t v = 0; v < G; ++v) store(out + b * GH + v * H + j0, load(acc + v * NB<F>), n);
+        for (int64_t v = 0; v < G; ++v)
+          store(out + b * GH + v * H + j0, load(acc + v * NB<F>) + load(xb + v * H, n), n);
       };
       switch (G) {
         case 4: panel_rows<F, 4>(a, I, nr, panel, I, put); break;
@@ -366,16 +368,15 @@ template <class F>
   const int64_t B = c.B, H = c.H, GH = gates(c.cell) * H;
   for (int64_t jb = jb0; jb < jb1; ++jb) {
     const int64_t j0 = jb * NB<F>, n = imin(NB<F>, H - j0);
-    const F* xb = c.xbias + j0;  // (G*H,) biases from unit j0
     switch (c.cell) {
       case Cell::lstm:
         panel_rows<F, 4>(s.hp, H, B, c.wf + jb * H * 4 * NB<F>, H, [&](int64_t b, const F* acc) {
           if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
           const F* xp = s.xp + b * GH + j0;
-          vec<F> i = vsigmoid(load(xp, n) + load(xb, n) + load(acc));
-          vec<F> f = vsigmoid(load(xp + H, n) + load(xb + H, n) + load(acc + NB<F>));
-          vec<F> g = vtanh(load(xp + 2 * H, n) + load(xb + 2 * H, n) + load(acc + 2 * NB<F>));
-          vec<F> o = vsigmoid(load(xp + 3 * H, n) + load(xb + 3 * H, n) + load(acc + 3 * NB<F>));
+          vec<F> i = vsigmoid(load(xp, n) + load(acc));
+          vec<F> f = vsigmoid(load(xp + H, n) + load(acc + NB<F>));
+          vec<F> g = vtanh(load(xp + 2 * H, n) + load(acc + 2 * NB<F>));
+          vec<F> o = vsigmoid(load(xp + 3 * H, n) + load(acc + 3 * NB<F>));
           vec<F> cn = f * load(s.cp + b * H + j0, n) + i * g;
           store(s.cn + b * H + j0, cn, n);
           put_h(s, H, b, j0, n, o * vtanh(cn));
@@ -389,11 +390,11 @@ template <class F>
         panel_rows<F, 3>(s.hp, H, B, c.wf + jb * H * 3 * NB<F>, H, [&](int64_t b, const F* acc) {
           if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
           const F* xp = s.xp + b * GH + j0;
-          vec<F> r = vsigmoid(load(xp, n) + load(xb, n) + load(acc));
-          vec<F> z = vsigmoid(load(xp + H, n) + load(xb + H, n) + load(acc + NB<F>));
+          vec<F> r = vsigmoid(load(xp, n) + load(acc));
+          vec<F> z = vsigmoid(load(xp + H, n) + load(acc + NB<F>));
           vec<F> hn = load(acc + 2 * NB<F>);
           if (c.b_hn) hn += load(c.b_hn + j0, n);
-          vec<F> nn = vtanh(load(xp + 2 * H, n) + load(xb + 2 * H, n) + r * hn);
+          vec<F> nn = vtanh(load(xp + 2 * H, n) + r * hn);
           vec<F> hp = load(s.hp + b * H + j0, n);
           put_h(s, H, b, j0, n, nn + z * (hp - nn));
           if (s.gates) {
@@ -412,8 +413,8 @@ template <class F>
               return;
             }
             const F* xp = s.xp + b * GH + j0;
-            vec<F> r = vsigmoid(load(xp, n) + load(xb, n) + load(acc));
-            vec<F> z = vsigmoid(load(xp + H, n) + load(xb + H, n) + load(acc + NB<F>));
+            vec<F> r = vsigmoid(load(xp, n) + load(acc));
+            vec<F> z = vsigmoid(load(xp + H, n) + load(acc + NB<F>));
             store(gp, r, n), store(gp + H, z, n);
             store(s.aux + b * H + j0, r * load(s.hp + b * H + j0, n), n);
           });
@@ -422,7 +423,7 @@ template <class F>
             if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
             const F* xp = s.xp + b * GH + j0;
             F* gp = s.gates + b * GH + j0;
-            vec<F> a = load(xp + 2 * H, n) + load(xb + 2 * H, n) + load(acc);
+            vec<F> a = load(xp + 2 * H, n) + load(acc);
             if (c.b_hn) a += load(c.b_hn + j0, n);
             vec<F> nn = vtanh(a);
             vec<F> z = load(gp + H, n), hp = load(s.hp + b * H + j0, n);
@@ -434,7 +435,7 @@ template <class F>
       default:  // vanilla RNN
         panel_rows<F, 1>(s.hp, H, B, c.wf + jb * H * NB<F>, H, [&](int64_t b, const F* acc) {
           if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
-          vec<F> a = load(s.xp + b * GH + j0, n) + load(xb, n) + load(acc);
+          vec<F> a = load(s.xp + b * GH + j0, n) + load(acc);
           vec<F> h = c.cell == Cell::rnn_tanh   ? vtanh(a)
                      : c.cell == Cell::rnn_relu ? vrelu(a)
                                                 : vsigmoid(a);

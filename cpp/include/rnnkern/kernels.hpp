@@ -24,7 +24,7 @@ struct StepConst {
   int64_t I;
   const F* wi;      // forward: panels of W_ih, every gate (nblk, I, G, NB)
   const F* b_hn;    // gru, gru_rh: (H,) or null
-  const F* xbias;   // forward: (G*H,) b_ih + b_hh, without gru's b_hn; added to xp
+  const F* xbias;   // forward: (G*H,) b_ih + b_hh, without gru's b_hn; project adds it to xp
   const int64_t* lengths;  // (B,) or null
 };
 
@@ -32,7 +32,7 @@ struct StepConst {
 template <class F>
 struct Step {
   int64_t t;
-  const F* xp;   // (B, G*H): x_t W_ih^T
+  const F* xp;   // (B, G*H): x_t W_ih^T + b_ih + b_hh (not gru's b_hn)
   const F* hp;   // (B, H): h_{t-1}
   F* hn;         // (B, H): h_t
   const F* cp;   // (B, H): c_{t-1} (LSTM)
