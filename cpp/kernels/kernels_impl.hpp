@@ -10,6 +10,10 @@
 #include <cstring>
 #include <type_traits>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include "rnnkern/kernels.hpp"
 
 #ifndef RNNKERN_ISA
@@ -57,18 +61,71 @@ template <class F>
 inline void store(F* p, vec<F> v) {
   std::memcpy(p, &v, sizeof v);
 }
-// The first n lanes (n <= NB) of p, zeros after.
+// The first n lanes (n <= NB) of p, zeros after; and a store of the first n lanes. Masked
+// loads and stores where the ISA has them: a partial block (H not a multiple of NB) costs what a
+// full one does, not a round trip through the stack and a call to memcpy.
+#if defined(__AVX512F__)
+constexpr bool MASKED = VBYTES == 64;
+inline __mmask16 lanes(int64_t n) { return static_cast<__mmask16>((1u << n) - 1); }
+inline vec<float> masked_load(const float* p, int64_t n) {
+  return (vec<float>)_mm512_maskz_loadu_ps(lanes(n), p);
+}
+inline vec<double> masked_load(const double* p, int64_t n) {
+  return (vec<double>)_mm512_maskz_loadu_pd(static_cast<__mmask8>(lanes(n)), p);
+}
+inline void masked_store(float* p, vec<float> v, int64_t n) {
+  _mm512_mask_storeu_ps(p, lanes(n), (__m512)v);
+}
+inline void masked_store(double* p, vec<double> v, int64_t n) {
+  _mm512_mask_storeu_pd(p, static_cast<__mmask8>(lanes(n)), (__m512d)v);
+}
+#elif defined(__AVX2__)
+constexpr bool MASKED = VBYTES == 32;
+inline __m256i lanes32(int64_t n) {  // lane l < n: all ones
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline __m256i lanes64(int64_t n) {
+  return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+inline vec<float> masked_load(const float* p, int64_t n) {
+  return (vec<float>)_mm256_maskload_ps(p, lanes32(n));
+}
+inline vec<double> masked_load(const double* p, int64_t n) {
+  return (vec<double>)_mm256_maskload_pd(p, lanes64(n));
+}
+inline void masked_store(float* p, vec<float> v, int64_t n) {
+  _mm256_maskstore_ps(p, lanes32(n), (__m256)v);
+}
+inline void masked_store(double* p, vec<double> v, int64_t n) {
+  _mm256_maskstore_pd(p, lanes64(n), (__m256d)v);
+}
+#else
+constexpr bool MASKED = false;
+template <class F>
+vec<F> masked_load(const F* p, int64_t n);
+template <class F>
+void masked_store(F* p, vec<F> v, int64_t n);
+#endif
 template <class F>
 inline vec<F> load(const F* p, int64_t n) {
   if (n == NB<F>) return load(p);
-  F tmp[NB<F>] = {};
-  std::memcpy(tmp, p, n * sizeof(F));
-  return load(tmp);
+  if constexpr (MASKED) {
+    return masked_load(p, n);
+  } else {
+    F tmp[NB<F>] = {};
+    std::memcpy(tmp, p, n * sizeof(F));
+    return load(tmp);
+  }
 }
 template <class F>
 inline void store(F* p, vec<F> v, int64_t n) {
   if (n == NB<F>) return store(p, v);
-  std::memcpy(p, &v, n * sizeof(F));
+  if constexpr (MASKED) {
+    masked_store(p, v, n);
+  } else {
+    std::memcpy(p, &v, n * sizeof(F));
+  }
 }
 template <class F>
 inline void zero(F* p, int64_t n) {
@@ -319,19 +376,19 @@ void pack_backward(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv
 template <class F>
 [[gnu::flatten]] void project(const StepConst<F>& c, const F* x, int64_t rows, F* xp,
                               int64_t jb0, int64_t jb1) {
-  const int64_t H = c.H, I = c.I, G = gates(c.cell), GH = G * H;
+  const int64_t H = c.H, I = c.I, G = gates(c.cell), HX = c.HX, GHX = G * HX;
   constexpr int64_t RG = 64;  // rows per group: they stay in cache while every panel passes
   for (int64_t r0 = 0; r0 < rows; r0 += RG) {
     const int64_t nr = imin(RG, rows - r0);
     const F* a = I > 0 ? x + r0 * I : nullptr;  // (nr, I)
-    F* out = xp + r0 * GH;                      // (nr, G*H)
+    F* out = xp + r0 * GHX;                     // (nr, G*HX)
     for (int64_t jb = jb0; jb < jb1; ++jb) {
       const int64_t j0 = jb * NB<F>, n = imin(NB<F>, H - j0);
       const F* panel = c.wi + jb * I * G * NB<F>;  // (I, G, NB)
       const F* xb = c.xbias + j0;  // (G*H,) biases from unit j0
-      auto put = [&](int64_t b, const F* acc) {
+      auto put = [&](int64_t b, const F* acc) {  // whole blocks: units past H get 0
         for (int64_t v = 0; v < G; ++v)
-          store(out + b * GH + v * H + j0, load(acc + v * NB<F>) + load(xb + v * H, n), n);
+          store(out + b * GHX + v * HX + j0, load(acc + v * NB<F>) + load(xb + v * H, n));
       };
       switch (G) {
         case 4: panel_rows<F, 4>(a, I, nr, panel, I, put); break;
@@ -365,18 +422,18 @@ inline void put_h(const Step<F>& s, int64_t H, int64_t b, int64_t j0, int64_t n,
 template <class F>
 [[gnu::flatten]] void forward_phase(const StepConst<F>& c, const Step<F>& s, int phase,
                                     int64_t jb0, int64_t jb1) {
-  const int64_t B = c.B, H = c.H, GH = gates(c.cell) * H;
+  const int64_t B = c.B, H = c.H, GH = gates(c.cell) * H, HX = c.HX, GHX = gates(c.cell) * HX;
   for (int64_t jb = jb0; jb < jb1; ++jb) {
     const int64_t j0 = jb * NB<F>, n = imin(NB<F>, H - j0);
     switch (c.cell) {
       case Cell::lstm:
         panel_rows<F, 4>(s.hp, H, B, c.wf + jb * H * 4 * NB<F>, H, [&](int64_t b, const F* acc) {
           if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
-          const F* xp = s.xp + b * GH + j0;
-          vec<F> i = vsigmoid(load(xp, n) + load(acc));
-          vec<F> f = vsigmoid(load(xp + H, n) + load(acc + NB<F>));
-          vec<F> g = vtanh(load(xp + 2 * H, n) + load(acc + 2 * NB<F>));
-          vec<F> o = vsigmoid(load(xp + 3 * H, n) + load(acc + 3 * NB<F>));
+          const F* xp = s.xp + b * GHX + j0;
+          vec<F> i = vsigmoid(load(xp) + load(acc));
+          vec<F> f = vsigmoid(load(xp + HX) + load(acc + NB<F>));
+          vec<F> g = vtanh(load(xp + 2 * HX) + load(acc + 2 * NB<F>));
+          vec<F> o = vsigmoid(load(xp + 3 * HX) + load(acc + 3 * NB<F>));
           vec<F> cn = f * load(s.cp + b * H + j0, n) + i * g;
           store(s.cn + b * H + j0, cn, n);
           put_h(s, H, b, j0, n, o * vtanh(cn));
@@ -389,12 +446,12 @@ template <class F>
       case Cell::gru:
         panel_rows<F, 3>(s.hp, H, B, c.wf + jb * H * 3 * NB<F>, H, [&](int64_t b, const F* acc) {
           if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
-          const F* xp = s.xp + b * GH + j0;
-          vec<F> r = vsigmoid(load(xp, n) + load(acc));
-          vec<F> z = vsigmoid(load(xp + H, n) + load(acc + NB<F>));
+          const F* xp = s.xp + b * GHX + j0;
+          vec<F> r = vsigmoid(load(xp) + load(acc));
+          vec<F> z = vsigmoid(load(xp + HX) + load(acc + NB<F>));
           vec<F> hn = load(acc + 2 * NB<F>);
           if (c.b_hn) hn += load(c.b_hn + j0, n);
-          vec<F> nn = vtanh(load(xp + 2 * H, n) + r * hn);
+          vec<F> nn = vtanh(load(xp + 2 * HX) + r * hn);
           vec<F> hp = load(s.hp + b * H + j0, n);
           put_h(s, H, b, j0, n, nn + z * (hp - nn));
           if (s.gates) {
@@ -412,18 +469,18 @@ template <class F>
               zero(gp, n), zero(gp + H, n), zero(s.aux + b * H + j0, n);
               return;
             }
-            const F* xp = s.xp + b * GH + j0;
-            vec<F> r = vsigmoid(load(xp, n) + load(acc));
-            vec<F> z = vsigmoid(load(xp + H, n) + load(acc + NB<F>));
+            const F* xp = s.xp + b * GHX + j0;
+            vec<F> r = vsigmoid(load(xp) + load(acc));
+            vec<F> z = vsigmoid(load(xp + HX) + load(acc + NB<F>));
             store(gp, r, n), store(gp + H, z, n);
             store(s.aux + b * H + j0, r * load(s.hp + b * H + j0, n), n);
           });
         } else {  // n = tanh(W_in x + b_in + W_hn (r * h) + b_hn), h_t
           panel_rows<F, 1>(s.aux, H, B, c.wf_n + jb * H * NB<F>, H, [&](int64_t b, const F* acc) {
             if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
-            const F* xp = s.xp + b * GH + j0;
+            const F* xp = s.xp + b * GHX + j0;
             F* gp = s.gates + b * GH + j0;
-            vec<F> a = load(xp + 2 * H, n) + load(acc);
+            vec<F> a = load(xp + 2 * HX) + load(acc);
             if (c.b_hn) a += load(c.b_hn + j0, n);
             vec<F> nn = vtanh(a);
             vec<F> z = load(gp + H, n), hp = load(s.hp + b * H + j0, n);
@@ -435,7 +492,7 @@ template <class F>
       default:  // vanilla RNN
         panel_rows<F, 1>(s.hp, H, B, c.wf + jb * H * NB<F>, H, [&](int64_t b, const F* acc) {
           if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
-          vec<F> a = load(s.xp + b * GH + j0, n) + load(acc);
+          vec<F> a = load(s.xp + b * GHX + j0) + load(acc);
           vec<F> h = c.cell == Cell::rnn_tanh   ? vtanh(a)
                      : c.cell == Cell::rnn_relu ? vrelu(a)
                                                 : vsigmoid(a);

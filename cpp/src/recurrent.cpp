@@ -68,7 +68,7 @@ struct Packed {
     F* wi = wi_size ? main + main_size + n_size : nullptr;
     c = StepConst<F>{cell,       d.B,     d.H,     backward ? nullptr : main,
                      backward ? nullptr : n, backward ? main : nullptr,
-                     backward ? n : nullptr, d.I, wi,
+                     backward ? n : nullptr, d.I, wi, blocks(d.H, kt_) * kt_.nb,
                      is_gru(cell) && p.b_hh ? p.b_hh + 2 * d.H : nullptr, nullptr, lengths};
   }
   static int64_t blocks(int64_t H, const KernelTable<F>& kt) { return (H + kt.nb - 1) / kt.nb; }
@@ -151,8 +151,8 @@ void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> 
     if (p.b_hh && !(is_gru(cell) && r >= 2 * H)) xbias[r] += p.b_hh[r];
   }
   pk.c.xbias = xbias.data();
-  const int64_t tc = chunk_steps(T, B, GH);
-  Buffer<F> xp(tc * B * GH);  // (tc, B, G*H) input projections of a chunk
+  const int64_t tc = chunk_steps(T, B, GH), GHX = gates(cell) * pk.c.HX;
+  Buffer<F> xp(tc * B * GHX);  // (tc, B, G*HX) input projections of a chunk
   // States: the cache's rows (T+1, B, H) in training, else two alternating rows (2, B, H).
   Buffer<F> hbuf(cache ? 0 : 2 * BH), cbuf(!cache && lstm ? 2 * BH : 0);
   F* hs = cache ? cache->hs : hbuf.get();
@@ -177,7 +177,7 @@ void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> 
       for (int64_t t = t0; t < t0 + steps; ++t) {
         Step<F> s{};
         s.t = t;
-        s.xp = xp.get() + (t - t0) * B * GH;
+        s.xp = xp.get() + (t - t0) * B * GHX;
         s.hp = row(hs, t), s.hn = row(hs, t + 1);
         if (lstm) s.cp = row(cs, t), s.cn = row(cs, t + 1);
         s.y = y + t * BH;

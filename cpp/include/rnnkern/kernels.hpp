@@ -23,6 +23,7 @@ struct StepConst {
   const F* wb_n;    // gru_rh: backward panels of W_hn (nblk, H, 1, NB)
   int64_t I;
   const F* wi;      // forward: panels of W_ih, every gate (nblk, I, G, NB)
+  int64_t HX;       // forward: gate stride of xp, H rounded up to whole blocks (aligned loads)
   const F* b_hn;    // gru, gru_rh: (H,) or null
   const F* xbias;   // forward: (G*H,) b_ih + b_hh, without gru's b_hn; project adds it to xp
   const int64_t* lengths;  // (B,) or null
@@ -32,7 +33,7 @@ struct StepConst {
 template <class F>
 struct Step {
   int64_t t;
-  const F* xp;   // (B, G*H): x_t W_ih^T + b_ih + b_hh (not gru's b_hn)
+  const F* xp;   // (B, G*HX): x_t W_ih^T + b_ih + b_hh (not gru's b_hn), gates HX apart
   const F* hp;   // (B, H): h_{t-1}
   F* hn;         // (B, H): h_t
   const F* cp;   // (B, H): c_{t-1} (LSTM)
@@ -61,7 +62,7 @@ struct KernelTable {
                        int64_t jb0, int64_t jb1);
   void (*pack_backward)(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv,
                         int64_t jb0, int64_t jb1);
-  // xp (rows, G*H) = x (rows, I) W_ih^T in the columns of hidden blocks [jb0, jb1), from the
+  // xp (rows, G*HX) = x (rows, I) W_ih^T (gate v at columns v*HX) in the columns of hidden blocks [jb0, jb1), from the
   // panels c.wi: each thread projects the columns that its own steps read.
   void (*project)(const StepConst<F>& c, const F* x, int64_t rows, F* xp, int64_t jb0,
                   int64_t jb1);
