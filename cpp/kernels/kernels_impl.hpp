@@ -337,23 +337,47 @@ inline void panel_rows(const F* a, int64_t lda, int64_t B, const F* panel, int64
 
 // ---- packing
 
+// An NB x NB transpose in registers: log2(NB) rounds, each swapping the off-diagonal W x W
+// blocks of every 2W x 2W block (rows i, i + W; lanes with bit W set in row i go to row i + W).
+template <class F, int W>
+inline void swap_blocks(vec<F>& a, vec<F>& b) {
+  typename V<F>::ivec lo, hi;  // lane l of a: a[l] or b[l - W]; of b: a[l + W] or b[l]
+#pragma GCC unroll 16
+  for (int l = 0; l < NB<F>; ++l) {
+    lo[l] = (l & W) ? NB<F> + l - W : l;
+    hi[l] = (l & W) ? NB<F> + l : l + W;
+  }
+  const vec<F> na = __builtin_shuffle(a, b, lo), nb = __builtin_shuffle(a, b, hi);
+  a = na, b = nb;
+}
+template <class F, int W = NB<F> / 2>
+inline void transpose(vec<F> (&r)[NB<F>]) {
+  if constexpr (W >= 1) {
+#pragma GCC unroll 16
+    for (int i = 0; i < NB<F>; ++i)
+      if ((i & W) == 0) swap_blocks<F, W>(r[i], r[i + W]);
+    transpose<F, W / 2>(r);
+  }
+}
+
 template <class F>
 void pack_forward(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv, int64_t jb0,
                   int64_t jb1) {
-  // A transpose, NB x NB at a time through an L1 buffer: rows of w are read contiguously.
+  // NB x NB tiles transposed in registers; the NB rows of one gate are read side by side, so
+  // the loads form NB streams that the hardware prefetches.
   const int64_t K = ldw;
-  alignas(64) F tmp[NB<F>][NB<F>];  // (units l, k) of one tile
   for (int64_t jb = jb0; jb < jb1; ++jb) {
     F* panel = dst + jb * nv * K * NB<F>;  // (K, nv, NB)
     const int64_t nj = imin(NB<F>, H - jb * NB<F>);
-    for (int64_t k0 = 0; k0 < K; k0 += NB<F>) {
-      const int64_t nk = imin(NB<F>, K - k0);
-      for (int v = 0; v < nv; ++v) {
-        for (int64_t l = 0; l < NB<F>; ++l)
-          store(tmp[l], l < nj ? load(w + ((gate0 + v) * H + jb * NB<F> + l) * ldw + k0, nk)
-                               : vec<F>{});
-        for (int64_t kk = 0; kk < nk; ++kk)
-          for (int64_t l = 0; l < NB<F>; ++l) panel[((k0 + kk) * nv + v) * NB<F> + l] = tmp[l][kk];
+    for (int v = 0; v < nv; ++v) {
+      const F* rows = w + ((gate0 + v) * H + jb * NB<F>) * ldw;  // (nj, ldw)
+      for (int64_t k0 = 0; k0 < K; k0 += NB<F>) {
+        const int64_t nk = imin(NB<F>, K - k0);
+        vec<F> r[NB<F>];  // r[l] = w[unit l, k0 ...]; after the transpose r[kk] = w[..., k0 + kk]
+#pragma GCC unroll 16
+        for (int64_t l = 0; l < NB<F>; ++l) r[l] = l < nj ? load(rows + l * ldw + k0, nk) : vec<F>{};
+        transpose<F>(r);
+        for (int64_t kk = 0; kk < nk; ++kk) store(panel + ((k0 + kk) * nv + v) * NB<F>, r[kk]);
       }
     }
   }
@@ -362,13 +386,12 @@ void pack_forward(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv,
 template <class F>
 void pack_backward(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv, int64_t jb0,
                    int64_t jb1) {
-  dst += jb0 * nv * H * NB<F>;
-  for (int64_t jb = jb0; jb < jb1; ++jb)
+  for (int64_t jb = jb0; jb < jb1; ++jb) {
+    F* panel = dst + jb * nv * H * NB<F>;  // (nv*H, NB)
+    const int64_t nj = imin(NB<F>, H - jb * NB<F>);
     for (int64_t r = 0; r < nv * H; ++r)
-      for (int64_t l = 0; l < NB<F>; ++l) {
-        const int64_t j = jb * NB<F> + l;
-        *dst++ = j < H ? w[(gate0 * H + r) * ldw + j] : F(0);
-      }
+      store(panel + r * NB<F>, load(w + (gate0 * H + r) * ldw + jb * NB<F>, nj));
+  }
 }
 
 // ---- the input projection
