@@ -544,8 +544,8 @@ inline void pass_through(const StepConst<F>& c, const Step<F>& s, int64_t b, int
   const int64_t H = c.H, G = gates(c.cell);
   store(s.dh + b * H + j0, dh, n);
   for (int64_t g = 0; g < G; ++g) {
-    zero(s.dg + b * G * H + g * H + j0, n);
-    if (s.dgh != s.dg) zero(s.dgh + b * G * H + g * H + j0, n);
+    zero(s.dg + b * c.LDG + g * H + j0, n);
+    if (s.dgh != s.dg) zero(s.dgh + b * c.LDG + g * H + j0, n);
   }
 }
 
@@ -564,7 +564,7 @@ inline auto rows_dh(const StepConst<F>& c, const Step<F>& s, int64_t j0, int64_t
 template <class F>
 [[gnu::flatten]] void backward_phase(const StepConst<F>& c, const Step<F>& s, int phase,
                                      int64_t jb0, int64_t jb1) {
-  const int64_t B = c.B, H = c.H, G = gates(c.cell), GH = G * H;
+  const int64_t B = c.B, H = c.H, G = gates(c.cell), GH = G * H, LD = c.LDG;
   // Rows of dgh_{t+1} that multiply the backward panels: every gate, or gru_rh's r and z.
   const int64_t K = c.cell == Cell::gru_rh ? 2 * H : GH;
   for (int64_t jb = jb0; jb < jb1; ++jb) {
@@ -572,13 +572,13 @@ template <class F>
     const F* wb = c.wb + jb * K * NB<F>;
     switch (c.cell) {
       case Cell::lstm:
-        panel_rows<F, 1>(s.dgh_next, GH, B, wb, K, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
+        panel_rows<F, 1>(s.dgh_next, LD, B, wb, K, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
           const F* gp = s.gates + b * GH + j0;
           vec<F> i = load(gp, n), f = load(gp + H, n), g = load(gp + 2 * H, n),
                  og = load(gp + 3 * H, n);
           vec<F> ct = load(s.cn + b * H + j0, n), tc = vtanh(ct);
           vec<F> dc = load(s.dc + b * H + j0, n) + dh * og * (F(1) - tc * tc);
-          F* dg = s.dg + b * GH + j0;
+          F* dg = s.dg + b * LD + j0;
           store(dg, dc * g * i * (F(1) - i), n);
           store(dg + H, dc * load(s.cp + b * H + j0, n) * f * (F(1) - f), n);
           store(dg + 2 * H, dc * i * (F(1) - g * g), n);
@@ -588,15 +588,15 @@ template <class F>
         }));
         break;
       case Cell::gru:
-        panel_rows<F, 1>(s.dgh_next, GH, B, wb, K, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
+        panel_rows<F, 1>(s.dgh_next, LD, B, wb, K, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
           const F* gp = s.gates + b * GH + j0;
           vec<F> r = load(gp, n), z = load(gp + H, n), nn = load(gp + 2 * H, n);
           vec<F> hp = load(s.hp + b * H + j0, n), hn = load(s.aux + b * H + j0, n);
           vec<F> dn = dh * (F(1) - z) * (F(1) - nn * nn);
           vec<F> dr = dn * hn * r * (F(1) - r);
           vec<F> dz = dh * (hp - nn) * z * (F(1) - z);
-          F* dg = s.dg + b * GH + j0;
-          F* dgh = s.dgh + b * GH + j0;
+          F* dg = s.dg + b * LD + j0;
+          F* dgh = s.dgh + b * LD + j0;
           store(dg, dr, n), store(dg + H, dz, n), store(dg + 2 * H, dn, n);
           store(dgh, dr, n), store(dgh + H, dz, n), store(dgh + 2 * H, dn * r, n);
           store(s.dh + b * H + j0, dh * z, n);
@@ -604,34 +604,34 @@ template <class F>
         break;
       case Cell::gru_rh:
         if (phase == 0) {  // dz, dn from dh_t
-          panel_rows<F, 1>(s.dgh_next, GH, B, wb, K, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
+          panel_rows<F, 1>(s.dgh_next, LD, B, wb, K, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
             const F* gp = s.gates + b * GH + j0;
             vec<F> z = load(gp + H, n), nn = load(gp + 2 * H, n);
             vec<F> hp = load(s.hp + b * H + j0, n);
-            F* dg = s.dg + b * GH + j0;
+            F* dg = s.dg + b * LD + j0;
             store(dg + H, dh * (hp - nn) * z * (F(1) - z), n);
             store(dg + 2 * H, dh * (F(1) - z) * (F(1) - nn * nn), n);
             store(s.dh + b * H + j0, dh * z, n);
           }));
         } else {  // d(r * h) = dn W_hn: dr and the path through r * h
-          panel_rows<F, 1>(s.dg + 2 * H, GH, B, c.wb_n + jb * H * NB<F>, H,
+          panel_rows<F, 1>(s.dg + 2 * H, LD, B, c.wb_n + jb * H * NB<F>, H,
                            [&](int64_t b, const F* acc) {
                              if (padded(c.lengths, b, s.t)) return;
                              const F* gp = s.gates + b * GH + j0;
                              vec<F> r = load(gp, n), drh = load(acc);
                              vec<F> hp = load(s.hp + b * H + j0, n);
-                             store(s.dg + b * GH + j0, drh * hp * r * (F(1) - r), n);
+                             store(s.dg + b * LD + j0, drh * hp * r * (F(1) - r), n);
                              store(s.dh + b * H + j0, load(s.dh + b * H + j0, n) + drh * r, n);
                            });
         }
         break;
       default:  // vanilla RNN: the derivative from the saved output h_t
-        panel_rows<F, 1>(s.dgh_next, GH, B, wb, K, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
+        panel_rows<F, 1>(s.dgh_next, LD, B, wb, K, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
           vec<F> h = load(s.hn + b * H + j0, n);
           vec<F> d = c.cell == Cell::rnn_tanh   ? dh * (F(1) - h * h)
                      : c.cell == Cell::rnn_relu ? (h > 0 ? dh : vec<F>{})
                                                 : dh * h * (F(1) - h);
-          store(s.dg + b * GH + j0, d, n);
+          store(s.dg + b * LD + j0, d, n);
           zero(s.dh + b * H + j0, n);
         }));
     }
@@ -645,7 +645,7 @@ template <class F>
   const int64_t K = c.cell == Cell::gru_rh ? 2 * H : GH;
   for (int64_t jb = jb0; jb < jb1; ++jb) {
     const int64_t j0 = jb * NB<F>, n = imin(NB<F>, H - j0);
-    panel_rows<F, 1>(s.dgh_next, GH, c.B, c.wb + jb * K * NB<F>, K, [&](int64_t b, const F* acc) {
+    panel_rows<F, 1>(s.dgh_next, c.LDG, c.B, c.wb + jb * K * NB<F>, K, [&](int64_t b, const F* acc) {
       store(dh0 + b * H + j0, load(s.dh + b * H + j0, n) + load(acc), n);
     });
   }

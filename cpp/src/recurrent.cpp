@@ -208,17 +208,21 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
     if (g.db_ih) std::memset(g.db_ih, 0, GH * sizeof(F)), std::memset(g.db_hh, 0, GH * sizeof(F));
     return;
   }
-  check_blas_dims(T * B, GH, I, H);
+  // Rows of the dgates buffers LDG apart, not G*H: at G*H = 1024 or 2048 floats (4 or 8 KB) the
+  // rows that one backward tile reads side by side would all fall in one L1 set.
+  const int64_t LDG = (GH * sizeof(F)) % 1024 == 0 ? GH + 64 / sizeof(F) : GH;
+  check_blas_dims(T * B, LDG, I, H);
   const KernelTable<F>& kt = *kernels<F>();
   Packed<F> pk(cell, d, kt, p, lengths, true);
+  pk.c.LDG = LDG;
   const int64_t nblk = Packed<F>::blocks(H, kt);
 
   // The dgates of a chunk of steps, two chunks alternating: the weight gradients of a chunk are
   // BLAS products over its rows while they are still in cache.
-  const int64_t tc = chunk_steps(T, B, GH), chunk = tc * B * GH;
+  const int64_t tc = chunk_steps(T, B, GH), chunk = tc * B * LDG;
   const bool two = cell == Cell::gru;
-  Buffer<F> dg(2 * chunk);               // (2, tc, B, G*H) dL/d(preactivations)
-  Buffer<F> dgh(two ? 2 * chunk : 0);    // (2, tc, B, G*H) gru: recurrent side
+  Buffer<F> dg(2 * chunk);               // (2, tc, B, LDG) dL/d(preactivations)
+  Buffer<F> dgh(two ? 2 * chunk : 0);    // (2, tc, B, LDG) gru: recurrent side
   Buffer<F> dh(BH), dc(lstm ? BH : 0);   // (B, H) carried gradients
   copy_or_zero(dh.get(), dh_n, BH);
   if (lstm) copy_or_zero(dc.get(), dc_n, BH);
@@ -237,10 +241,10 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
     pk.pack(jb0, jb1);  // only this thread's steps read these panels
     Step<F> s{};
     s.dh = dh.get(), s.dc = dc.get();
-    const F* next = nullptr;  // (B, G*H) recurrent-side dgates of step t+1
+    const F* next = nullptr;  // (B, LDG) recurrent-side dgates of step t+1
     for (int64_t t1 = T, c = 0; t1 > 0; t1 -= tc, ++c) {  // chunk of steps [t0, t1), backwards
       const int64_t t0 = t1 > tc ? t1 - tc : 0, rows = (t1 - t0) * B;
-      F* dgc = dg.get() + (c & 1) * chunk;                  // (t1 - t0, B, G*H)
+      F* dgc = dg.get() + (c & 1) * chunk;                  // (t1 - t0, B, LDG)
       F* dgr = two ? dgh.get() + (c & 1) * chunk : dgc;     // what multiplies W_hh
       for (int64_t t = t1 - 1; t >= t0; --t) {
         s.t = t;
@@ -249,7 +253,7 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
         s.gates = cache.gates ? cache.gates + t * B * GH : nullptr;
         s.aux = cache.aux ? cache.aux + t * BH : nullptr;
         s.dy = dy ? dy + t * BH : nullptr;
-        s.dg = dgc + (t - t0) * B * GH, s.dgh = dgr + (t - t0) * B * GH;
+        s.dg = dgc + (t - t0) * B * LDG, s.dgh = dgr + (t - t0) * B * LDG;
         s.dgh_next = next;
         for (int ph = 0; ph < phases(cell); ++ph) {
           kt.backward_phase(pk.c, s, ph, jb0, jb1);
@@ -273,22 +277,22 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
       const F* hc = cache.hs + t0 * BH;  // (rows, H) h_{t-1}
       const F* ac = cache.aux ? cache.aux + t0 * BH : nullptr;
       for_blocks(GH, tid, nth, [&](int64_t r0, int64_t r1) {
-        gemm<F>(true, false, r1 - r0, I, rows, F(1), dgc + r0, GH, xc, I, F(add),
+        gemm<F>(true, false, r1 - r0, I, rows, F(1), dgc + r0, LDG, xc, I, F(add),
                 g.dw_ih + r0 * I, I);
         const int64_t a1 = r1 < split_row ? r1 : split_row, n0 = r0 > split_row ? r0 : split_row;
         if (a1 > r0)
-          gemm<F>(true, false, a1 - r0, H, rows, F(1), dgr + r0, GH, hc, H, F(add),
+          gemm<F>(true, false, a1 - r0, H, rows, F(1), dgr + r0, LDG, hc, H, F(add),
                   g.dw_hh + r0 * H, H);
         if (r1 > n0)
-          gemm<F>(true, false, r1 - n0, H, rows, F(1), dgr + n0, GH, ac, H, F(add),
+          gemm<F>(true, false, r1 - n0, H, rows, F(1), dgr + n0, LDG, ac, H, F(add),
                   g.dw_hh + n0 * H, H);
         if (g.db_ih) {
-          column_sums(dgc, rows, GH, r0, r1, g.db_ih, add);
-          column_sums(dgr, rows, GH, r0, r1, g.db_hh, add);
+          column_sums(dgc, rows, LDG, r0, r1, g.db_ih, add);
+          column_sums(dgr, rows, LDG, r0, r1, g.db_hh, add);
         }
       });
       for_blocks(rows, tid, nth, [&](int64_t q0, int64_t q1) {  // rows of dx
-        gemm<F>(false, false, q1 - q0, I, GH, F(1), dgc + q0 * GH, GH, p.w_ih, I, F(0),
+        gemm<F>(false, false, q1 - q0, I, GH, F(1), dgc + q0 * LDG, LDG, p.w_ih, I, F(0),
                 g.dx + t0 * B * I + q0 * I, I);
       });
     }

@@ -27,6 +27,7 @@ struct StepConst {
   const F* b_hn;    // gru, gru_rh: (H,) or null
   const F* xbias;   // forward: (G*H,) b_ih + b_hh, without gru's b_hn; project adds it to xp
   const int64_t* lengths;  // (B,) or null
+  int64_t LDG;      // backward: row stride of dg, dgh, dgh_next (>= G*H; see the driver)
 };
 
 // Pointers of one time step t (each thread builds its own).
