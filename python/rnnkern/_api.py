@@ -192,7 +192,7 @@ def _require_ndarray(name: str, value: object) -> Array:
 
 def _native(dtype: np.dtype[Any]) -> np.dtype[Any]:
     """The same dtype in native byte order (a big-endian float64 counts as float64)."""
-    return dtype.newbyteorder("=")
+    return dtype if dtype.isnative else dtype.newbyteorder("=")
 
 
 def _check_float_dtype(name: str, a: Array) -> np.dtype[Any]:
@@ -217,17 +217,21 @@ def _check_shape(
     note: str = "",
 ) -> None:
     """ValueError unless ``a.shape`` matches ``expected`` (None entries match any size)."""
-    ok = a.ndim == len(expected) and all(
-        e is None or d == e for d, e in zip(a.shape, expected)
-    )
-    if not ok:
-        raise ValueError(shape_message(name, symbols, expected, a.shape, note))
+    if a.ndim == len(expected):
+        for d, e in zip(a.shape, expected):
+            if e is not None and d != e:
+                break
+        else:
+            return
+    raise ValueError(shape_message(name, symbols, expected, a.shape, note))
 
 
 def _contiguous(a: Array, dtype: np.dtype[Any]) -> Array:
     """``a`` as a C-contiguous, aligned, writeable, native array of ``dtype``; copies only when
     needed (writeable because the compiled core's bindings refuse read-only arrays; nothing
     writes to it)."""
+    if a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned:
+        return a  # what np.require returns too, without its cost (a few us per array)
     return np.require(a, dtype=dtype, requirements=["C", "A"])
 
 
@@ -241,15 +245,15 @@ def check_size(name: str, *dims: int, itemsize: int = 8) -> int:
     for d in dims:
         count *= int(d)
     nbytes = count * itemsize
+    if nbytes <= _MAX_BUFFER_BYTES:
+        return count
     shape = " x ".join(str(int(d)) for d in dims)
     if nbytes > _INT64_MAX:
         raise OverflowError(f"{name}: a buffer of {shape} elements of {itemsize} bytes "
                             f"({nbytes} bytes) overflows int64")
-    if nbytes > _MAX_BUFFER_BYTES:
-        raise MemoryError(f"{name}: a buffer of {shape} elements of {itemsize} bytes "
-                          f"({nbytes} bytes) exceeds the memory of this machine "
-                          f"({_MAX_BUFFER_BYTES} bytes)")
-    return count
+    raise MemoryError(f"{name}: a buffer of {shape} elements of {itemsize} bytes "
+                      f"({nbytes} bytes) exceeds the memory of this machine "
+                      f"({_MAX_BUFFER_BYTES} bytes)")
 
 
 # ----------------------------------------------------------------------------- recurrent cells
