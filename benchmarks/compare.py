@@ -33,7 +33,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--single-thread", action="store_true", help="same as --threads 1")
     ap.add_argument("--cells", default="lstm,gru,rnn", help="comma-separated: lstm,gru,rnn")
     ap.add_argument("--shapes", default="S1,S2,S3,S4",
-                    help="comma-separated names of benchmarks/peers.py SHAPES (S1..S4, O1, O2)")
+                    help="comma-separated names of benchmarks/peers.py ALL_SHAPES "
+                         "(S1..S4, O1, O2, M1..M5)")
     ap.add_argument("--repeat", type=int, default=11, help="samples per peer (median taken)")
     ap.add_argument("--min-time", type=float, default=0.05,
                     help="seconds a sample lasts at least (calls are averaged)")
@@ -208,9 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if c not in peers.CELLS:
             raise SystemExit(f"--cells: unknown cell {c!r}; expected some of {peers.CELLS}")
     for s in shapes:
-        if s not in peers.SHAPES:
+        if s not in peers.ALL_SHAPES:
             raise SystemExit(f"--shapes: unknown shape {s!r}; expected some of "
-                             f"{tuple(peers.SHAPES)}")
+                             f"{tuple(peers.ALL_SHAPES)}")
     names = [n for n, off in (("rnnkern", args.no_rnnkern), ("torch", args.no_torch),
                               ("ort", args.no_ort)) if not off]
     if not names:
@@ -241,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     for cell in cells:
         for s in shapes:
-            rows.append(measure(cell, peers.SHAPES[s], names, threads, repeat=args.repeat,
+            rows.append(measure(cell, peers.ALL_SHAPES[s], names, threads, repeat=args.repeat,
                                 min_time=args.min_time, check=not args.no_check))
             print(f"  measured {cell} {s}", file=sys.stderr, flush=True)
     print()

@@ -46,6 +46,8 @@ __all__ = [
     "PASSES",
     "PEERS",
     "SHAPES",
+    "EXTRA_SHAPES",
+    "ALL_SHAPES",
     "FunctionalPeer",
     "OrtPeer",
     "Peer",
@@ -100,6 +102,16 @@ SHAPES: dict[str, Shape] = {s.name: s for s in (
     Shape("O1", 13, 50, 300, 300),
     Shape("O2", 3, 37, 77, 131),
 )}
+# Shapes in between and around those, for compare.py only (not in the pytest-benchmark groups,
+# to keep the test run short): docs/design.md, "Measured".
+EXTRA_SHAPES: dict[str, Shape] = {s.name: s for s in (
+    Shape("M1", 4, 100, 128, 128),
+    Shape("M2", 16, 50, 512, 256),
+    Shape("M3", 2, 200, 64, 64),
+    Shape("M4", 24, 30, 200, 400),
+    Shape("M5", 48, 40, 128, 768),
+)}
+ALL_SHAPES: dict[str, Shape] = {**SHAPES, **EXTRA_SHAPES}
 
 
 def flops(cell: str, shape: Shape) -> int:

@@ -21,8 +21,9 @@ LENGTHS = np.array([4, 1, 5])  # unsorted, includes 1 and T
 
 def layer_for(cell: str, module: torch.nn.RNNBase, dtype: Any) -> Any:
     """An rnnkern.nn layer configured like `module`, loaded with its state_dict."""
-    kwargs = {"num_layers": module.num_layers, "bias": module.bias, "batch_first": module.batch_first,
-                  "dropout": module.dropout, "bidirectional": module.bidirectional, "dtype": dtype, "seed": 7}
+    kwargs = {"num_layers": module.num_layers, "bias": module.bias,
+              "batch_first": module.batch_first, "dropout": module.dropout,
+              "bidirectional": module.bidirectional, "dtype": dtype, "seed": 7}
     if cell.startswith("rnn"):
         layer = rnnkern.nn.RNN(module.input_size, module.hidden_size, nonlinearity=cell[4:],
                                **kwargs)

@@ -20,7 +20,8 @@ import rnnkern.reference
 BACKENDS = [pytest.param(rnnkern, id="kernels"), pytest.param(rnnkern.reference, id="reference")]
 CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
 # float64: both sides compute the same sums in a different order; float32: accumulated rounding.
-TOL: dict[Any, dict[str, Any]] = {np.float64: {"rtol": 1e-9, "atol": 1e-11}, np.float32: {"rtol": 2e-4, "atol": 2e-5}}
+TOL: dict[Any, dict[str, Any]] = {np.float64: {"rtol": 1e-9, "atol": 1e-11},
+                                  np.float32: {"rtol": 2e-4, "atol": 2e-5}}
 T, B, I, H = 5, 4, 3, 6
 LENGTHS = np.array([3, 5, 1, 4])  # unsorted, includes 1 and T
 
