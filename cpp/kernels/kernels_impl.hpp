@@ -384,13 +384,26 @@ void pack_forward(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv,
 }
 
 template <class F>
-void pack_backward(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv, int64_t jb0,
-                   int64_t jb1) {
+void pack_backward(F* dst, const F* w, int64_t rows, int64_t cols, int64_t ldw, int64_t row0,
+                   int64_t jb0, int64_t jb1) {
   for (int64_t jb = jb0; jb < jb1; ++jb) {
-    F* panel = dst + jb * nv * H * NB<F>;  // (nv*H, NB)
-    const int64_t nj = imin(NB<F>, H - jb * NB<F>);
-    for (int64_t r = 0; r < nv * H; ++r)
-      store(panel + r * NB<F>, load(w + (gate0 * H + r) * ldw + jb * NB<F>, nj));
+    F* panel = dst + jb * rows * NB<F>;  // (rows, NB)
+    const int64_t nj = imin(NB<F>, cols - jb * NB<F>);
+    for (int64_t r = 0; r < rows; ++r)
+      store(panel + r * NB<F>, load(w + (row0 + r) * ldw + jb * NB<F>, nj));
+  }
+}
+
+// out (rows, N) = a (rows, K) @ w (K, N) in the columns of blocks [jb0, jb1), from the panels of
+// pack_backward (nblk, K, NB): the backward's dx = dG W_ih with the steps' register tiles.
+template <class F>
+[[gnu::flatten]] void product(const F* a, int64_t lda, int64_t rows, const F* panels, int64_t K,
+                              int64_t N, F* out, int64_t ldo, int64_t jb0, int64_t jb1) {
+  for (int64_t jb = jb0; jb < jb1; ++jb) {
+    const int64_t j0 = jb * NB<F>, n = imin(NB<F>, N - j0);
+    panel_rows<F, 1>(a, lda, rows, panels + jb * K * NB<F>, K, [&](int64_t b, const F* acc) {
+      store(out + b * ldo + j0, load(acc), n);
+    });
   }
 }
 
@@ -654,7 +667,7 @@ template <class F>
 template <class F>
 const KernelTable<F> table = {
     RNNKERN_ISA_NAME, NB<F>, pack_forward<F>, pack_backward<F>, project<F>, forward_phase<F>,
-    backward_phase<F>, backward_final<F>,
+    backward_phase<F>, backward_final<F>, product<F>,
 };
 
 }  // namespace

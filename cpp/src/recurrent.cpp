@@ -48,7 +48,7 @@ template <class F>
 struct Packed {
   // One allocation (fewer calls for the allocator to give back to the system and fault in
   // again): the panels of the main gates (nblk, G'*H, NB); gru_rh: of W_hn (nblk, H, NB);
-  // forward: of W_ih (nblk, I, G, NB).
+  // W_ih: forward (nblk, I, G, NB), backward (blocks of I, G*H, NB) for dx = dG W_ih.
   int64_t main_size, n_size, wi_size;
   Buffer<F> panels;
   StepConst<F> c;
@@ -60,7 +60,8 @@ struct Packed {
          bool backward_)
       : main_size(blocks(d.H, kt_) * kt_.nb * main_gates(cell) * d.H),
         n_size(cell == Cell::gru_rh ? blocks(d.H, kt_) * kt_.nb * d.H : 0),
-        wi_size(backward_ ? 0 : blocks(d.H, kt_) * kt_.nb * gates(cell) * d.I),
+        wi_size((backward_ ? blocks(d.I, kt_) * kt_.nb * d.H : blocks(d.H, kt_) * kt_.nb * d.I) *
+                gates(cell)),
         panels(main_size + n_size + wi_size),
         kt(kt_), w_ih(p.w_ih), w_hh(p.w_hh), backward(backward_) {
     F* main = panels.get();
@@ -73,13 +74,19 @@ struct Packed {
   }
   static int64_t blocks(int64_t H, const KernelTable<F>& kt) { return (H + kt.nb - 1) / kt.nb; }
 
-  void pack(int64_t jb0, int64_t jb1) {
-    auto packer = backward ? kt.pack_backward : kt.pack_forward;
+  // The panels of hidden blocks [jb0, jb1); backward: and of W_ih's column blocks [ib0, ib1).
+  void pack(int64_t jb0, int64_t jb1, int64_t ib0 = 0, int64_t ib1 = 0) {
     F* main = panels.get();
-    packer(main, w_hh, c.H, c.H, 0, main_gates(c.cell), jb0, jb1);
-    if (n_size) packer(main + main_size, w_hh, c.H, c.H, 2, 1, jb0, jb1);
-    if (wi_size)
-      kt.pack_forward(main + main_size + n_size, w_ih, c.H, c.I, 0, gates(c.cell), jb0, jb1);
+    const int64_t H = c.H, G = gates(c.cell), G2 = main_gates(c.cell);
+    if (backward) {
+      kt.pack_backward(main, w_hh, G2 * H, H, H, 0, jb0, jb1);
+      if (n_size) kt.pack_backward(main + main_size, w_hh, H, H, H, 2 * H, jb0, jb1);
+      if (wi_size) kt.pack_backward(main + main_size + n_size, w_ih, G * H, c.I, c.I, 0, ib0, ib1);
+    } else {
+      kt.pack_forward(main, w_hh, H, H, 0, G2, jb0, jb1);
+      if (n_size) kt.pack_forward(main + main_size, w_hh, H, H, 2, 1, jb0, jb1);
+      if (wi_size) kt.pack_forward(main + main_size + n_size, w_ih, H, c.I, 0, G, jb0, jb1);
+    }
   }
 };
 
@@ -236,9 +243,10 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
   Buffer<F> xm(shortest < T && I > 0 ? tc * B * I : 0);  // (tc, B, I)
 
   parallel(threads_for(d, GH, nblk), [&](int tid, int nth, Barrier& bar) {
-    int64_t jb0, jb1;
+    int64_t jb0, jb1, ib0, ib1;  // this thread's hidden blocks; its column blocks of dx
     split(nblk, tid, nth, &jb0, &jb1);
-    pk.pack(jb0, jb1);  // only this thread's steps read these panels
+    split(Packed<F>::blocks(I, kt), tid, nth, &ib0, &ib1);
+    pk.pack(jb0, jb1, ib0, ib1);  // only this thread reads these panels
     Step<F> s{};
     s.dh = dh.get(), s.dc = dc.get();
     const F* next = nullptr;  // (B, LDG) recurrent-side dgates of step t+1
@@ -291,10 +299,8 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
           column_sums(dgr, rows, LDG, r0, r1, g.db_hh, add);
         }
       });
-      for_blocks(rows, tid, nth, [&](int64_t q0, int64_t q1) {  // rows of dx
-        gemm<F>(false, false, q1 - q0, I, GH, F(1), dgc + q0 * LDG, LDG, p.w_ih, I, F(0),
-                g.dx + t0 * B * I + q0 * I, I);
-      });
+      // This thread's columns of the chunk's dx = dG W_ih, with the steps' register tiles.
+      kt.product(dgc, LDG, rows, pk.c.wi, GH, I, g.dx + t0 * B * I, I, ib0, ib1);
     }
     s.dgh_next = next;
     kt.backward_final(pk.c, s, g.dh0, jb0, jb1);

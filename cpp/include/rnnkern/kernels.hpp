@@ -22,7 +22,7 @@ struct StepConst {
   const F* wb;      // backward panels, rows of the gates in wf (nblk, G'*H, 1, NB)
   const F* wb_n;    // gru_rh: backward panels of W_hn (nblk, H, 1, NB)
   int64_t I;
-  const F* wi;      // forward: panels of W_ih, every gate (nblk, I, G, NB)
+  const F* wi;      // panels of W_ih: forward (nblk, I, G, NB); backward, for dx (nblk_I, G*H, NB)
   int64_t HX;       // forward: gate stride of xp, H rounded up to whole blocks (aligned loads)
   const F* b_hn;    // gru, gru_rh: (H,) or null
   const F* xbias;   // forward: (G*H,) b_ih + b_hh, without gru's b_hn; project adds it to xp
@@ -55,14 +55,15 @@ template <class F>
 struct KernelTable {
   const char* isa;
   int64_t nb;  // hidden units per block
-  // Packing of the panels of hidden blocks [jb0, jb1) (each thread packs its own, so they land
-  // in its cache); w: (rows, ldw), the gates' blocks of H rows starting at row gate0*H.
-  // Forward panels (K = ldw: every column of w, nv, nb), dst: nblk * (ldw*nv*nb); backward
-  // panels (K = nv*H rows, nb), dst: nblk * (nv*H*nb).
+  // Packing of the panels of blocks [jb0, jb1) (each thread packs its own, so they land in its
+  // cache). Forward: w (rows, ldw), the gates' blocks of H rows from row gate0*H; panels
+  // (K = ldw: every column of w, nv, nb) of H units, dst: nblk * (ldw*nv*nb). Backward: the
+  // rows [row0, row0 + rows) of w (., ldw); panels (K = rows, nb) of `cols` columns, dst:
+  // nblk * (rows*nb).
   void (*pack_forward)(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv,
                        int64_t jb0, int64_t jb1);
-  void (*pack_backward)(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv,
-                        int64_t jb0, int64_t jb1);
+  void (*pack_backward)(F* dst, const F* w, int64_t rows, int64_t cols, int64_t ldw,
+                        int64_t row0, int64_t jb0, int64_t jb1);
   // xp (rows, G*HX) = x (rows, I) W_ih^T (gate v at columns v*HX) in the columns of hidden blocks [jb0, jb1), from the
   // panels c.wi: each thread projects the columns that its own steps read.
   void (*project)(const StepConst<F>& c, const F* x, int64_t rows, F* xp, int64_t jb0,
@@ -76,6 +77,10 @@ struct KernelTable {
   // After step 0: dh0 = dh + dgh_0 W_hh for blocks [jb0, jb1).
   void (*backward_final)(const StepConst<F>& c, const Step<F>& s, F* dh0, int64_t jb0,
                          int64_t jb1);
+  // out (rows, N) = a (rows, K) @ w (K, N) in the columns of blocks [jb0, jb1), from w's
+  // backward panels (nblk, K, nb): the backward's dx.
+  void (*product)(const F* a, int64_t lda, int64_t rows, const F* panels, int64_t K, int64_t N,
+                  F* out, int64_t ldo, int64_t jb0, int64_t jb1);
 };
 
 template <class F>
