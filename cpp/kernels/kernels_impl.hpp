@@ -254,7 +254,8 @@ constexpr int k_unroll(int chains) {  // independent accumulator sets to hide FM
 }
 
 // out (MB, NV*NB) = a (MB rows of stride lda, K) @ panel (K, NV, NB)
-template <class F, int MB, int NV>
+// AT: a is read transposed, a[k * lda + m] (rows of the product are columns of a).
+template <class F, int MB, int NV, bool AT = false>
 inline void tile(const F* a, int64_t lda, const F* panel, int64_t K, F* out) {
   constexpr int KU = k_unroll(MB * NV);
   constexpr int64_t W = NV * NB<F>;
@@ -275,7 +276,7 @@ inline void tile(const F* a, int64_t lda, const F* panel, int64_t K, F* out) {
       for (int v = 0; v < NV; ++v) w[v] = load(wk + v * NB<F>);
 #pragma GCC unroll 8
       for (int m = 0; m < MB; ++m) {
-        const F s = a[m * lda + k + u];
+        const F s = AT ? a[(k + u) * lda + m] : a[m * lda + k + u];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) acc[u][m][v] += w[v] * s;
       }
@@ -285,7 +286,7 @@ inline void tile(const F* a, int64_t lda, const F* panel, int64_t K, F* out) {
     const F* wk = panel + k * W;
 #pragma GCC unroll 8
     for (int m = 0; m < MB; ++m) {
-      const F s = a[m * lda + k];
+      const F s = AT ? a[k * lda + m] : a[m * lda + k];
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[0][m][v] += load(wk + v * NB<F>) * s;
     }
@@ -302,21 +303,21 @@ inline void tile(const F* a, int64_t lda, const F* panel, int64_t K, F* out) {
 }
 
 // One tile of `rows` (1..M) rows from b: the product, then the epilogue of each row.
-template <class F, int NV, int M, class Epi>
+template <class F, int NV, int M, bool AT, class Epi>
 inline void rows_tile(const F* a, int64_t lda, int64_t b, int64_t rows, const F* panel, int64_t K,
                       F* buf, Epi& epi) {
   if constexpr (M > 0) {
     if (rows == M) {
-      tile<F, M, NV>(a + b * lda, lda, panel, K, buf);
+      tile<F, M, NV, AT>(AT ? a + b : a + b * lda, lda, panel, K, buf);
       for (int m = 0; m < M; ++m) epi(b + m, static_cast<const F*>(buf + m * NV * NB<F>));
     } else {
-      rows_tile<F, NV, M - 1>(a, lda, b, rows, panel, K, buf, epi);
+      rows_tile<F, NV, M - 1, AT>(a, lda, b, rows, panel, K, buf, epi);
     }
   }
 }
 
 // For every row b < B: epi(b, acc) with acc (NV*NB) = a[b, :K] @ panel; a null = zero product.
-template <class F, int NV, class Epi>
+template <class F, int NV, bool AT = false, class Epi>
 inline void panel_rows(const F* a, int64_t lda, int64_t B, const F* panel, int64_t K, Epi&& epi) {
   constexpr int MB = mb_max<F, NV>();
   alignas(64) F buf[MB * NV * NB<F>];
@@ -330,7 +331,7 @@ inline void panel_rows(const F* a, int64_t lda, int64_t B, const F* panel, int64
   const int64_t tiles = (B + MB - 1) / MB;
   for (int64_t i = 0, b = 0; i < tiles; ++i) {
     const int64_t rows = B / tiles + (i < B % tiles ? 1 : 0);
-    rows_tile<F, NV, MB>(a, lda, b, rows, panel, K, buf, epi);
+    rows_tile<F, NV, MB, AT>(a, lda, b, rows, panel, K, buf, epi);
     b += rows;
   }
 }
@@ -664,10 +665,32 @@ template <class F>
   }
 }
 
+// out (M, N) (+)= a^T @ w in the columns of blocks [jb0, jb1): a (K, lda) read by columns (the
+// product's rows are a's first M columns), w (K, N) from its panels (nblk, K, NB): the
+// backward's weight gradients dW = dG^T X. Rows in groups of 64, so a group's columns of a stay
+// in L2 while the panels pass over them.
+template <class F>
+[[gnu::flatten]] void gradient(const F* a, int64_t lda, int64_t M, const F* panels, int64_t K,
+                               int64_t N, F* out, int64_t ldo, bool add, int64_t jb0,
+                               int64_t jb1) {
+  constexpr int64_t RG = 64;
+  for (int64_t m0 = 0; m0 < M; m0 += RG) {
+    const int64_t nm = imin(RG, M - m0);
+    for (int64_t jb = jb0; jb < jb1; ++jb) {
+      const int64_t j0 = jb * NB<F>, n = imin(NB<F>, N - j0);
+      panel_rows<F, 1, true>(a + m0, lda, nm, panels + jb * K * NB<F>, K,
+                             [&](int64_t b, const F* acc) {
+                               F* o = out + (m0 + b) * ldo + j0;
+                               store(o, add ? load(o, n) + load(acc) : load(acc), n);
+                             });
+    }
+  }
+}
+
 template <class F>
 const KernelTable<F> table = {
     RNNKERN_ISA_NAME, NB<F>, pack_forward<F>, pack_backward<F>, project<F>, forward_phase<F>,
-    backward_phase<F>, backward_final<F>, product<F>,
+    backward_phase<F>, backward_final<F>, product<F>, gradient<F>,
 };
 
 }  // namespace

@@ -4,7 +4,8 @@
 // Forward: per chunk of steps, each thread projects x W_ih^T for its own hidden blocks (the
 // kernels' packed product), then per step the fused recurrent product + gates for those blocks,
 // one barrier per step (two for gru_rh). Backward: per step the fused dgates; per chunk of
-// steps, the weight gradients and dx as BLAS GEMMs while the chunk's dgates are in cache.
+// steps, the weight gradients and dx with the same register tiles, while the chunk's dgates are
+// in cache.
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -70,7 +71,7 @@ struct Packed {
     c = StepConst<F>{cell,       d.B,     d.H,     backward ? nullptr : main,
                      backward ? nullptr : n, backward ? main : nullptr,
                      backward ? n : nullptr, d.I, wi, blocks(d.H, kt_) * kt_.nb,
-                     is_gru(cell) && p.b_hh ? p.b_hh + 2 * d.H : nullptr, nullptr, lengths};
+                     is_gru(cell) && p.b_hh ? p.b_hh + 2 * d.H : nullptr, nullptr, lengths, 0};
   }
   static int64_t blocks(int64_t H, const KernelTable<F>& kt) { return (H + kt.nb - 1) / kt.nb; }
 
@@ -91,7 +92,7 @@ struct Packed {
 };
 
 // Steps per chunk: about 4 MB of (steps, B, G*H) buffer, but at least 256 rows (forward: the
-// input projection's; backward: the length of the weight gradients' BLAS products).
+// input projection's; backward: the length of the weight gradients' products).
 int64_t chunk_steps(int64_t T, int64_t B, int64_t GH) {
   int64_t tc = (int64_t(1) << 20) / (B * GH > 0 ? B * GH : 1);
   if (tc * B < 256) tc = (256 + B - 1) / B;
@@ -107,9 +108,8 @@ int threads_for(Dims d, int64_t GH, int64_t nblk) {
 }
 
 // Calls fn(c0, c1) for this thread's share of [0, n) cut into about 8 blocks (multiples of 16,
-// at least 64): the blocks depend on n only, not on the thread count, so neither do the BLAS's
-// results (bitwise). Eight share evenly among 1, 2, 4 or 8 threads, and blocks of 64 or more
-// keep the BLAS's repacking of the other operand small next to the product.
+// at least 64) that depend on n only, not on the thread count (so neither do the results, e.g.
+// the bias gradients' column sums); eight share evenly among 1, 2, 4 or 8 threads.
 template <class Fn>
 void for_blocks(int64_t n, int tid, int nth, Fn fn) {
   int64_t blk = ((n + 7) / 8 + 15) / 16 * 16;
@@ -225,7 +225,7 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
   const int64_t nblk = Packed<F>::blocks(H, kt);
 
   // The dgates of a chunk of steps, two chunks alternating: the weight gradients of a chunk are
-  // BLAS products over its rows while they are still in cache.
+  // products over its rows while they are still in cache.
   const int64_t tc = chunk_steps(T, B, GH), chunk = tc * B * LDG;
   const bool two = cell == Cell::gru;
   Buffer<F> dg(2 * chunk);               // (2, tc, B, LDG) dL/d(preactivations)
@@ -241,6 +241,11 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
   for (int64_t b = 0; lengths && b < B; ++b)
     if (lengths[b] < shortest) shortest = lengths[b];
   Buffer<F> xm(shortest < T && I > 0 ? tc * B * I : 0);  // (tc, B, I)
+  // The chunk's x, h_{t-1} (and gru_rh's r * h_{t-1}) as panels for the weight gradients: each
+  // thread packs the column blocks of dW it computes. (blocks of I or H, tc*B, NB)
+  const int64_t nblk_i = Packed<F>::blocks(I, kt), NBK = kt.nb;
+  Buffer<F> xpan(nblk_i * NBK * tc * B), hpan(nblk * NBK * tc * B);
+  Buffer<F> apan(cell == Cell::gru_rh ? nblk * NBK * tc * B : 0);
 
   parallel(threads_for(d, GH, nblk), [&](int tid, int nth, Barrier& bar) {
     int64_t jb0, jb1, ib0, ib1;  // this thread's hidden blocks; its column blocks of dx
@@ -269,9 +274,9 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
         }
         next = s.dgh;
       }
-      // The chunk's share of the weight gradients (each thread its blocks of rows of dW; the
-      // first chunk assigns, the others add) and its rows of dx. The next chunk's steps write
-      // the other buffer, and its first barrier waits for every thread to be done with this one.
+      // The chunk's share of the weight gradients (each thread its column blocks of dW; the
+      // first chunk assigns, the others add) and of dx. The next chunk's steps write the other
+      // buffer, and its first barrier waits for every thread to be done with this one.
       const bool add = c > 0;
       const F* xc = x + t0 * B * I;      // (rows, I)
       if (t1 > shortest && I > 0) {
@@ -284,21 +289,21 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
       }
       const F* hc = cache.hs + t0 * BH;  // (rows, H) h_{t-1}
       const F* ac = cache.aux ? cache.aux + t0 * BH : nullptr;
-      for_blocks(GH, tid, nth, [&](int64_t r0, int64_t r1) {
-        gemm<F>(true, false, r1 - r0, I, rows, F(1), dgc + r0, LDG, xc, I, F(add),
-                g.dw_ih + r0 * I, I);
-        const int64_t a1 = r1 < split_row ? r1 : split_row, n0 = r0 > split_row ? r0 : split_row;
-        if (a1 > r0)
-          gemm<F>(true, false, a1 - r0, H, rows, F(1), dgr + r0, LDG, hc, H, F(add),
-                  g.dw_hh + r0 * H, H);
-        if (r1 > n0)
-          gemm<F>(true, false, r1 - n0, H, rows, F(1), dgr + n0, LDG, ac, H, F(add),
-                  g.dw_hh + n0 * H, H);
-        if (g.db_ih) {
+      // This thread's column blocks of dW_ih and dW_hh, with the steps' register tiles.
+      kt.pack_backward(xpan.get(), xc, rows, I, I, 0, ib0, ib1);
+      kt.gradient(dgc, LDG, GH, xpan.get(), rows, I, g.dw_ih, I, add, ib0, ib1);
+      kt.pack_backward(hpan.get(), hc, rows, H, H, 0, jb0, jb1);
+      kt.gradient(dgr, LDG, split_row, hpan.get(), rows, H, g.dw_hh, H, add, jb0, jb1);
+      if (split_row < GH) {
+        kt.pack_backward(apan.get(), ac, rows, H, H, 0, jb0, jb1);
+        kt.gradient(dgr + split_row, LDG, GH - split_row, apan.get(), rows, H,
+                    g.dw_hh + split_row * H, H, add, jb0, jb1);
+      }
+      if (g.db_ih)
+        for_blocks(GH, tid, nth, [&](int64_t r0, int64_t r1) {
           column_sums(dgc, rows, LDG, r0, r1, g.db_ih, add);
           column_sums(dgr, rows, LDG, r0, r1, g.db_hh, add);
-        }
-      });
+        });
       // This thread's columns of the chunk's dx = dG W_ih, with the steps' register tiles.
       kt.product(dgc, LDG, rows, pk.c.wi, GH, I, g.dx + t0 * B * I, I, ib0, ib1);
     }

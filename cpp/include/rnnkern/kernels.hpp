@@ -81,6 +81,10 @@ struct KernelTable {
   // backward panels (nblk, K, nb): the backward's dx.
   void (*product)(const F* a, int64_t lda, int64_t rows, const F* panels, int64_t K, int64_t N,
                   F* out, int64_t ldo, int64_t jb0, int64_t jb1);
+  // out (M, N) (+)= a^T @ w in the columns of blocks [jb0, jb1); a (K, lda), of which the first M
+  // columns; w from its backward panels (nblk, K, nb): the backward's weight gradients.
+  void (*gradient)(const F* a, int64_t lda, int64_t M, const F* panels, int64_t K, int64_t N,
+                   F* out, int64_t ldo, bool add, int64_t jb0, int64_t jb1);
 };
 
 template <class F>
