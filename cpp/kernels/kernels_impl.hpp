@@ -395,16 +395,29 @@ void pack_backward(F* dst, const F* w, int64_t rows, int64_t cols, int64_t ldw, 
   }
 }
 
-// out (rows, N) = a (rows, K) @ w (K, N) in the columns of blocks [jb0, jb1), from the panels of
-// pack_backward (nblk, K, NB): the backward's dx = dG W_ih with the steps' register tiles.
+// out (M, N) (+)= A w in the columns of blocks [jb0, jb1), w (K, N) from its pack_backward
+// panels (nblk, K, NB); A = a (M rows, lda apart) or, with `at`, a^T (a: (K, lda), of which the
+// first M columns): the backward's dx = dG W_ih and weight gradients dW = dG^T X, with the
+// steps' register tiles. Rows in groups of 64, so a group's rows of A stay in L2 while the
+// panels pass over them.
 template <class F>
-[[gnu::flatten]] void product(const F* a, int64_t lda, int64_t rows, const F* panels, int64_t K,
-                              int64_t N, F* out, int64_t ldo, int64_t jb0, int64_t jb1) {
-  for (int64_t jb = jb0; jb < jb1; ++jb) {
-    const int64_t j0 = jb * NB<F>, n = imin(NB<F>, N - j0);
-    panel_rows<F, 1>(a, lda, rows, panels + jb * K * NB<F>, K, [&](int64_t b, const F* acc) {
-      store(out + b * ldo + j0, load(acc), n);
-    });
+[[gnu::flatten]] void product(const F* a, int64_t lda, bool at, int64_t M, const F* panels,
+                              int64_t K, int64_t N, F* out, int64_t ldo, bool add, int64_t jb0,
+                              int64_t jb1) {
+  constexpr int64_t RG = 64;
+  for (int64_t m0 = 0; m0 < M; m0 += RG) {
+    const int64_t nm = imin(RG, M - m0);
+    const F* am = at ? a + m0 : a + m0 * lda;
+    for (int64_t jb = jb0; jb < jb1; ++jb) {
+      const int64_t j0 = jb * NB<F>, n = imin(NB<F>, N - j0);
+      const F* panel = panels + jb * K * NB<F>;  // (K, NB)
+      auto put = [&](int64_t b, const F* acc) {
+        F* o = out + (m0 + b) * ldo + j0;
+        store(o, add ? load(o, n) + load(acc) : load(acc), n);
+      };
+      if (at) panel_rows<F, 1, true>(am, lda, nm, panel, K, put);
+      else panel_rows<F, 1>(am, lda, nm, panel, K, put);
+    }
   }
 }
 
@@ -665,32 +678,10 @@ template <class F>
   }
 }
 
-// out (M, N) (+)= a^T @ w in the columns of blocks [jb0, jb1): a (K, lda) read by columns (the
-// product's rows are a's first M columns), w (K, N) from its panels (nblk, K, NB): the
-// backward's weight gradients dW = dG^T X. Rows in groups of 64, so a group's columns of a stay
-// in L2 while the panels pass over them.
-template <class F>
-[[gnu::flatten]] void gradient(const F* a, int64_t lda, int64_t M, const F* panels, int64_t K,
-                               int64_t N, F* out, int64_t ldo, bool add, int64_t jb0,
-                               int64_t jb1) {
-  constexpr int64_t RG = 64;
-  for (int64_t m0 = 0; m0 < M; m0 += RG) {
-    const int64_t nm = imin(RG, M - m0);
-    for (int64_t jb = jb0; jb < jb1; ++jb) {
-      const int64_t j0 = jb * NB<F>, n = imin(NB<F>, N - j0);
-      panel_rows<F, 1, true>(a + m0, lda, nm, panels + jb * K * NB<F>, K,
-                             [&](int64_t b, const F* acc) {
-                               F* o = out + (m0 + b) * ldo + j0;
-                               store(o, add ? load(o, n) + load(acc) : load(acc), n);
-                             });
-    }
-  }
-}
-
 template <class F>
 const KernelTable<F> table = {
     RNNKERN_ISA_NAME, NB<F>, pack_forward<F>, pack_backward<F>, project<F>, forward_phase<F>,
-    backward_phase<F>, backward_final<F>, product<F>, gradient<F>,
+    backward_phase<F>, backward_final<F>, product<F>,
 };
 
 }  // namespace

@@ -235,12 +235,10 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
   if (lstm) copy_or_zero(dc.get(), dc_n, BH);
   // dW_hh = dgr^T h_{t-1}, but gru_rh's n rows multiply r * h_{t-1} (the cached aux).
   const int64_t split_row = cell == Cell::gru_rh ? 2 * H : GH;
-  // Whatever x holds at a padded step (NaN included) must not reach dW_ih, as 0 * NaN would: a
-  // chunk with padded steps (t >= the shortest length) multiplies a copy with those rows zeroed.
+  // Steps t >= the shortest length have padded rows.
   int64_t shortest = T;
   for (int64_t b = 0; lengths && b < B; ++b)
     if (lengths[b] < shortest) shortest = lengths[b];
-  Buffer<F> xm(shortest < T && I > 0 ? tc * B * I : 0);  // (tc, B, I)
   // The chunk's x, h_{t-1} (and gru_rh's r * h_{t-1}) as panels for the weight gradients: each
   // thread packs the column blocks of dW it computes. (blocks of I or H, tc*B, NB)
   const int64_t nblk_i = Packed<F>::blocks(I, kt), NBK = kt.nb;
@@ -278,34 +276,29 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
       // first chunk assigns, the others add) and of dx. The next chunk's steps write the other
       // buffer, and its first barrier waits for every thread to be done with this one.
       const bool add = c > 0;
-      const F* xc = x + t0 * B * I;      // (rows, I)
-      if (t1 > shortest && I > 0) {
-        for_blocks(rows, tid, nth, [&](int64_t q0, int64_t q1) {
-          for (int64_t q = q0; q < q1; ++q)
-            copy_or_zero(xm.get() + q * I, t0 + q / B < lengths[q % B] ? xc + q * I : nullptr, I);
-        });
-        bar.wait();
-        xc = xm.get();
-      }
-      const F* hc = cache.hs + t0 * BH;  // (rows, H) h_{t-1}
-      const F* ac = cache.aux ? cache.aux + t0 * BH : nullptr;
-      // This thread's column blocks of dW_ih and dW_hh, with the steps' register tiles.
-      kt.pack_backward(xpan.get(), xc, rows, I, I, 0, ib0, ib1);
-      kt.gradient(dgc, LDG, GH, xpan.get(), rows, I, g.dw_ih, I, add, ib0, ib1);
-      kt.pack_backward(hpan.get(), hc, rows, H, H, 0, jb0, jb1);
-      kt.gradient(dgr, LDG, split_row, hpan.get(), rows, H, g.dw_hh, H, add, jb0, jb1);
+      // This thread's column blocks of dW_ih and dW_hh, and of dx, with the steps' tiles.
+      F* xq = xpan.get();
+      kt.pack_backward(xq, x + t0 * B * I, rows, I, I, 0, ib0, ib1);
+      // Whatever x holds at a padded step (NaN included) must not reach dW_ih, as 0 * NaN would:
+      // its rows of the panels are zeroed.
+      for (int64_t q = 0; t1 > shortest && q < rows; ++q)
+        if (t0 + q / B >= lengths[q % B])
+          for (int64_t ib = ib0; ib < ib1; ++ib)
+            std::memset(xq + (ib * rows + q) * NBK, 0, NBK * sizeof(F));
+      kt.product(dgc, LDG, true, GH, xq, rows, I, g.dw_ih, I, add, ib0, ib1);
+      kt.pack_backward(hpan.get(), cache.hs + t0 * BH, rows, H, H, 0, jb0, jb1);  // h_{t-1}
+      kt.product(dgr, LDG, true, split_row, hpan.get(), rows, H, g.dw_hh, H, add, jb0, jb1);
       if (split_row < GH) {
-        kt.pack_backward(apan.get(), ac, rows, H, H, 0, jb0, jb1);
-        kt.gradient(dgr + split_row, LDG, GH - split_row, apan.get(), rows, H,
-                    g.dw_hh + split_row * H, H, add, jb0, jb1);
+        kt.pack_backward(apan.get(), cache.aux + t0 * BH, rows, H, H, 0, jb0, jb1);
+        kt.product(dgr + split_row, LDG, true, GH - split_row, apan.get(), rows, H,
+                   g.dw_hh + split_row * H, H, add, jb0, jb1);
       }
+      kt.product(dgc, LDG, false, rows, pk.c.wi, GH, I, g.dx + t0 * B * I, I, false, ib0, ib1);
       if (g.db_ih)
         for_blocks(GH, tid, nth, [&](int64_t r0, int64_t r1) {
           column_sums(dgc, rows, LDG, r0, r1, g.db_ih, add);
           column_sums(dgr, rows, LDG, r0, r1, g.db_hh, add);
         });
-      // This thread's columns of the chunk's dx = dG W_ih, with the steps' register tiles.
-      kt.product(dgc, LDG, rows, pk.c.wi, GH, I, g.dx + t0 * B * I, I, ib0, ib1);
     }
     s.dgh_next = next;
     kt.backward_final(pk.c, s, g.dh0, jb0, jb1);

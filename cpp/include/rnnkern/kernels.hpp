@@ -64,8 +64,8 @@ struct KernelTable {
                        int64_t jb0, int64_t jb1);
   void (*pack_backward)(F* dst, const F* w, int64_t rows, int64_t cols, int64_t ldw,
                         int64_t row0, int64_t jb0, int64_t jb1);
-  // xp (rows, G*HX) = x (rows, I) W_ih^T (gate v at columns v*HX) in the columns of hidden blocks [jb0, jb1), from the
-  // panels c.wi: each thread projects the columns that its own steps read.
+  // xp (rows, G*HX) = x (rows, I) W_ih^T (gate v at columns v*HX) in the columns of hidden
+  // blocks [jb0, jb1), from the panels c.wi: each thread projects the columns its steps read.
   void (*project)(const StepConst<F>& c, const F* x, int64_t rows, F* xp, int64_t jb0,
                   int64_t jb1);
   // One phase of a forward step for hidden blocks [jb0, jb1) (gru_rh has phases 0 and 1).
@@ -77,14 +77,11 @@ struct KernelTable {
   // After step 0: dh0 = dh + dgh_0 W_hh for blocks [jb0, jb1).
   void (*backward_final)(const StepConst<F>& c, const Step<F>& s, F* dh0, int64_t jb0,
                          int64_t jb1);
-  // out (rows, N) = a (rows, K) @ w (K, N) in the columns of blocks [jb0, jb1), from w's
-  // backward panels (nblk, K, nb): the backward's dx.
-  void (*product)(const F* a, int64_t lda, int64_t rows, const F* panels, int64_t K, int64_t N,
-                  F* out, int64_t ldo, int64_t jb0, int64_t jb1);
-  // out (M, N) (+)= a^T @ w in the columns of blocks [jb0, jb1); a (K, lda), of which the first M
-  // columns; w from its backward panels (nblk, K, nb): the backward's weight gradients.
-  void (*gradient)(const F* a, int64_t lda, int64_t M, const F* panels, int64_t K, int64_t N,
-                   F* out, int64_t ldo, bool add, int64_t jb0, int64_t jb1);
+  // out (M, N) (+)= A w in the columns of blocks [jb0, jb1), w from its backward panels
+  // (nblk, K, nb); A = a (M rows, lda apart) or, with `at`, a^T (a: (K, lda), its first M
+  // columns): the backward's dx = dG W_ih and weight gradients dW = dG^T X.
+  void (*product)(const F* a, int64_t lda, bool at, int64_t M, const F* panels, int64_t K,
+                  int64_t N, F* out, int64_t ldo, bool add, int64_t jb0, int64_t jb1);
 };
 
 template <class F>
