@@ -8,9 +8,9 @@
 # Nothing is installed and the source tree is not touched: the sanitized module goes into a temp
 # copy of python/rnnkern that is put first on PYTHONPATH. The interpreter is not instrumented, so
 # libasan is preloaded; leak detection is off (CPython keeps its objects alive at exit).
-# Needs g++ (with libasan/libubsan), cmake, pybind11 and scipy-openblas32 (pip installs the last
-# two if missing). Environment: RNNKERN_SANITIZE_DIR=dir keeps the build there (reused by the next
-# run) instead of a temporary directory; CXX=another g++.
+# Needs g++ (with libasan/libubsan), cmake and pybind11 (pip installs the last two if missing).
+# Environment: RNNKERN_SANITIZE_DIR=dir keeps the build there (reused by the next run) instead of
+# a temporary directory; CXX=another g++.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON:-python}"
@@ -21,8 +21,7 @@ if [ $# -eq 0 ]; then
 fi
 
 # Build requirements (normally in pip's isolated build env only).
-"$python" -c "import pybind11, scipy_openblas32" 2>/dev/null ||
-  "$python" -m pip install -q "pybind11>=2.12" "scipy-openblas32>=0.3.27"
+"$python" -c "import pybind11" 2>/dev/null || "$python" -m pip install -q "pybind11>=2.12"
 command -v cmake >/dev/null || "$python" -m pip install -q cmake ninja
 
 if [ -n "${RNNKERN_SANITIZE_DIR:-}" ]; then

@@ -262,11 +262,9 @@ def test_batch_independence(cell_kw: CellKw) -> None:
 # ============================================================================ determinism
 
 # Threaded shapes (B * G*H * H >= 2 * 16384 for every cell): (T, B, I, H). The last has I = 0: no
-# input projection, so every result comes from the fused recurrent kernels alone.
+# input projection and empty dx, dW_ih.
 THREAD_SHAPES = [(3, 16, 32, 64), (6, 9, 20, 70), (4, 9, 0, 70)]
 THREAD_COUNTS = [1, 2, 3]
-# Results of the fused kernels only (no BLAS GEMM) when I = 0: the same bits for any thread count.
-FUSED_ONLY = ("y", "h_n", "c_n", "dh0", "dc0", "db_ih", "db_hh")
 
 
 def thread_cases(shapes: list[tuple[int, int, int, int]] = THREAD_SHAPES) -> Iterator[
@@ -293,17 +291,15 @@ def thread_results(shapes: list[tuple[int, int, int, int]] = THREAD_SHAPES
     return results
 
 
-# Child: argv threads, output path[, "I0" for the shapes without input]. Sets the thread count
-# before the first kernel call (see test_changing_the_thread_count_between_calls), runs the sweep
-# twice (the same bits), saves it.
+# Child: argv threads, output path. Sets the thread count before the first kernel call (see
+# test_changing_the_thread_count_between_calls), runs the sweep twice (the same bits), saves it.
 THREADS_CHILD = """
     import sys
     import numpy as np
     import rnnkern
-    from test_reliability import THREAD_SHAPES, thread_results
+    from test_reliability import thread_results
     rnnkern.set_num_threads(int(sys.argv[1]))
-    shapes = [s for s in THREAD_SHAPES if s[2] == 0] if sys.argv[3:] == ["I0"] else THREAD_SHAPES
-    first, second = thread_results(shapes), thread_results(shapes)
+    first, second = thread_results(), thread_results()
     for key in first:
         np.testing.assert_array_equal(first[key], second[key], err_msg=key, strict=True)
     np.savez(sys.argv[2], **first)
@@ -337,19 +333,17 @@ def test_every_thread_count_matches_the_reference(
             compare(got, ref, case["x"].dtype, acc_len)
 
 
-def test_fused_kernels_give_the_same_bits_for_any_thread_count(
+def test_every_result_gives_the_same_bits_for_any_thread_count(
         by_thread_count: dict[int, dict[str, np.ndarray]]) -> None:
-    """Threads split hidden units, and every element is computed by the same instructions.
-
-    (The input projection and the weight/input gradients are BLAS GEMMs split by rows; OpenBLAS's
-    result for a row may depend on how many rows a call has, so with I > 0 the thread counts agree
-    within the tolerance only: test_every_thread_count_matches_the_reference.)
-    """
+    """Threads split blocks of hidden units (steps, bias sums) and of inputs (projection, dx,
+    dW_ih), never a sum: every element is computed by the same instructions in the same order for
+    any thread count, so every output and gradient has the same bits."""
     serial = by_thread_count[1]
-    fused = [k for k in serial if "x0x" in k.split("-")[0] and k.split("/")[1] in FUSED_ONLY]
-    assert fused
+    names = {key.split("/")[1] for key in serial}
+    assert {"y", "h_n", "c_n", "dx", "dh0", "dw_ih", "dw_hh", "db_ih"} <= names, names
     for n in THREAD_COUNTS[1:]:
-        for key in fused:
+        assert by_thread_count[n].keys() == serial.keys()
+        for key in serial:
             np.testing.assert_array_equal(by_thread_count[n][key], serial[key],
                                           err_msg=f"{key}: {n} threads vs 1", strict=True)
 
@@ -413,11 +407,11 @@ def test_changing_the_thread_count_between_calls() -> None:
 # ============================================================================ Python threads
 
 
-def _thread_jobs() -> list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any], bool]]:
-    """(cell, kw, case, grads, small): every cell form in float64, at a small shape (one kernel
-    thread: B * G*H * H < 2 * 16384) and at a threaded one; the weights are read-only arrays
-    shared by every Python thread."""
-    jobs: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any], bool]] = []
+def _thread_jobs() -> list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]]:
+    """(cell, kw, case, grads): every cell form in float64, at a small shape (one kernel thread:
+    B * G*H * H < 2 * 16384) and at a threaded one; the weights are read-only arrays shared by
+    every Python thread."""
+    jobs: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = []
     for shape in ((6, 3, 5, 16), (4, 8, 12, 64)):
         for cell, kw in CELLS:
             case = make_case(cell, *shape, np.float64, lengths="random", seed=len(jobs))
@@ -425,7 +419,7 @@ def _thread_jobs() -> list[tuple[str, dict[str, Any], dict[str, Any], dict[str, 
                 case[name].flags.writeable = False
             grads = make_output_grads(cell, shape[0], shape[1], shape[3], np.float64,
                                       seed=len(jobs))
-            jobs.append((cell, kw, case, grads, shape[3] == 16))
+            jobs.append((cell, kw, case, grads))
     return jobs
 
 
@@ -433,14 +427,13 @@ def test_python_threads_give_the_serial_results() -> None:
     """8 Python threads call forward and backward at once (every cell, shared read-only weights,
     each thread in its own order, one bad call in between): each result equals the serial one.
 
-    A call that finds the kernel pool busy runs on one kernel thread: bitwise the serial result
-    where that runs on one kernel thread too (the small shape), within the float64 tolerance where
-    the GEMM row splits differ (the threaded shape; see the thread-count tests).
+    A call that finds the kernel pool busy runs on one kernel thread, which gives the same bits
+    as the threaded call (see the thread-count tests): every result is bitwise the serial one.
     """
     jobs = _thread_jobs()
     weights_before = [{k: v.copy() for k, v in case.items() if k.startswith(("w", "b"))}
-                      for _, _, case, _, _ in jobs]
-    serial = [run(rnnkern, cell, case, grads, kw) for cell, kw, case, grads, _ in jobs]
+                      for _, _, case, _ in jobs]
+    serial = [run(rnnkern, cell, case, grads, kw) for cell, kw, case, grads in jobs]
     n_threads, rounds = 8, 3
     start = threading.Barrier(n_threads)
 
@@ -450,7 +443,7 @@ def test_python_threads_give_the_serial_results() -> None:
         for r in range(rounds):
             for k in range(len(jobs)):
                 j = (k + index * 5 + r) % len(jobs)
-                cell, kw, case, grads, _ = jobs[j]
+                cell, kw, case, grads = jobs[j]
                 if k == index:  # a bad argument: the next call must not notice
                     with pytest.raises(ValueError, match="^h0:"):
                         forward(cell)(**{**case, "h0": case["x"][0]}, **kw)
@@ -462,15 +455,9 @@ def test_python_threads_give_the_serial_results() -> None:
     for done in per_thread:
         assert len(done) == rounds * len(jobs)
         for j, out, g in done:
-            cell, _, case, _, small = jobs[j]
-            T, B, I = case["x"].shape
-            H = case["w_hh"].shape[1]
-            for got, expected in ((out, serial[j][0]), (g, serial[j][1])):
-                if small:
-                    assert_same(got, expected)
-                else:
-                    compare(got, expected, np.float64, rnn_acc_len(cell, T, B, I, H))
-    for (_, _, case, _, _), before in zip(jobs, weights_before):
+            assert_same(out, serial[j][0])
+            assert_same(g, serial[j][1])
+    for (_, _, case, _), before in zip(jobs, weights_before):
         for k, v in before.items():
             np.testing.assert_array_equal(case[k], v, err_msg=k, strict=True)
 
@@ -632,7 +619,7 @@ INFERENCE_MEMORY_CHILD = """
     T, B, I, H = 100_000, 2, 32, 32
     case = make_case(cell, T, B, I, H, np.float32, seed=1)
     short = {**case, "x": case["x"][:1000]}
-    forward(**short, training=False)  # warm up: pool, BLAS buffers, allocator
+    forward(**short, training=False)  # warm up: thread pool, allocator
 
     def grown(**kwargs):
         with open("/proc/self/clear_refs", "w") as f:

@@ -234,5 +234,4 @@ PYBIND11_MODULE(_core, m) {
   m.def("isa", &rnnkern::isa);
   m.def("set_isa", &rnnkern::set_isa);
   m.def("supported_isas", &rnnkern::supported_isas);
-  m.def("blas_info", &rnnkern::blas_info);
 }

@@ -12,7 +12,6 @@
 #include <new>
 #include <vector>
 
-#include "blas.hpp"
 #include "rnnkern/kernels.hpp"
 #include "threads.hpp"
 
@@ -218,7 +217,6 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
   // Rows of the dgates buffers LDG apart, not G*H: at G*H = 1024 or 2048 floats (4 or 8 KB) the
   // rows that one backward tile reads side by side would all fall in one L1 set.
   const int64_t LDG = (GH * sizeof(F)) % 1024 == 0 ? GH + 64 / sizeof(F) : GH;
-  check_blas_dims(T * B, LDG, I, H);
   const KernelTable<F>& kt = *kernels<F>();
   Packed<F> pk(cell, d, kt, p, lengths, true);
   pk.c.LDG = LDG;

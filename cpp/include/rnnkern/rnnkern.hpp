@@ -86,6 +86,5 @@ int get_num_threads();
 std::string isa();        // the ISA whose kernels run: "scalar", "avx2" or "avx512"
 std::string supported_isas();  // comma-separated list this CPU can run
 void set_isa(const std::string& name);  // throws std::invalid_argument if unknown/unsupported
-std::string blas_info();
 
 }  // namespace rnnkern
