@@ -8,33 +8,14 @@
 // in cache.
 #include <cstdlib>
 #include <cstring>
-#include <memory>
-#include <new>
 #include <vector>
 
 #include "rnnkern/kernels.hpp"
+#include "scratch.hpp"
 #include "threads.hpp"
 
 namespace rnnkern {
 namespace {
-
-template <class F>
-class Buffer {  // 64-byte aligned, uninitialized; empty when n == 0
- public:
-  explicit Buffer(int64_t n) {
-    if (n <= 0) return;
-    const size_t bytes = (static_cast<size_t>(n) * sizeof(F) + 63) / 64 * 64;
-    p_.reset(static_cast<F*>(std::aligned_alloc(64, bytes)));
-    if (!p_) throw std::bad_alloc();
-  }
-  F* get() const { return p_.get(); }
-
- private:
-  struct Free {
-    void operator()(F* p) const { std::free(p); }
-  };
-  std::unique_ptr<F, Free> p_;
-};
 
 // Gates of the main products; gru_rh's n gate multiplies r*h, so it has panels of its own.
 int main_gates(Cell cell) { return cell == Cell::gru_rh ? 2 : gates(cell); }
@@ -46,8 +27,7 @@ bool is_gru(Cell cell) { return cell == Cell::gru || cell == Cell::gru_rh; }
 // cache.
 template <class F>
 struct Packed {
-  // One allocation (fewer calls for the allocator to give back to the system and fault in
-  // again): the panels of the main gates (nblk, G'*H, NB); gru_rh: of W_hn (nblk, H, NB);
+  // One allocation: the panels of the main gates (nblk, G'*H, NB); gru_rh: of W_hn (nblk, H, NB);
   // W_ih: forward (nblk, I, G, NB), backward (blocks of I, G*H, NB) for dx = dG W_ih.
   int64_t main_size, n_size, wi_size;
   Buffer<F> panels;
