@@ -117,3 +117,44 @@ def test_python_dash_m() -> None:
     bad = subprocess.run([sys.executable, "-m", "rnnkern", "no-such-command"], env=env,
                          capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+
+def test_numpy_blas_threads_limits_and_restores() -> None:
+    """NumPy's BLAS runs on n threads inside the block and as before after it (also after an
+    exception); bad n raises naming it."""
+    before = _blas_threads()
+    assert before, "NumPy's BLAS is not visible to threadpoolctl"
+    with rnnkern.numpy_blas_threads():
+        assert _blas_threads() == [1] * len(before)
+        with rnnkern.numpy_blas_threads(2):
+            assert _blas_threads() == [2] * len(before)
+        assert _blas_threads() == [1] * len(before)
+    assert _blas_threads() == before
+    with pytest.raises(RuntimeError, match="inside"):
+        with rnnkern.numpy_blas_threads(1):
+            raise RuntimeError("inside")
+    assert _blas_threads() == before
+    with pytest.raises(TypeError, match="^n: expected an int"):
+        with rnnkern.numpy_blas_threads(1.0):  # type: ignore[arg-type]
+            pass
+    with pytest.raises(ValueError, match="^n: expected n >= 1"):
+        with rnnkern.numpy_blas_threads(0):
+            pass
+
+
+def test_the_command_line_runs_with_one_numpy_blas_thread(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command runs inside numpy_blas_threads(1): OpenBLAS workers spinning after a NumPy
+    product would take the kernels' cores."""
+    seen = []
+    monkeypatch.setattr("rnnkern.cli.cmd_dogs", lambda args: seen.append(_blas_threads()) or 0)
+    before = _blas_threads()
+    assert main(["dogs"]) == 0
+    assert seen and seen[0] == [1] * len(before)
+    assert _blas_threads() == before

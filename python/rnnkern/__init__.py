@@ -5,8 +5,9 @@ NumPy reference with the same signatures. ``rnnkern.nn`` has the layer modules.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+from typing import Any, Iterator
 
 from . import _core, data, diagnostics, models, nn, optim, reference
 from ._functional import (
@@ -33,6 +34,7 @@ __all__ = [
     "lstm_forward",
     "models",
     "nn",
+    "numpy_blas_threads",
     "optim",
     "reference",
     "rnn_backward",
@@ -56,6 +58,33 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """The number of threads the kernels use."""
     return int(_core.get_num_threads())
+
+
+_blas_controller: Any = None
+
+
+@contextlib.contextmanager
+def numpy_blas_threads(n: int = 1) -> Iterator[None]:
+    """Run NumPy's own BLAS (``@``, ``np.dot``: Linear layers, losses) on n threads in the block.
+
+    After a multi-threaded call, OpenBLAS keeps its workers spinning for about 0.1 s. In a
+    training loop that alternates NumPy products with rnnkern's kernels, those workers take
+    cores from the kernels' threads, which meet at a barrier every step: on 2 cores,
+    ``rnnkern train-char`` ran 1.8x slower. One BLAS thread (the default here) never wakes
+    them. The command line runs every command inside ``numpy_blas_threads(1)``; wrap your own
+    training loop the same way. Uses threadpoolctl; the previous setting comes back on exit.
+    """
+    global _blas_controller
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise TypeError(f"n: expected an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n: expected n >= 1, got {n}")
+    if _blas_controller is None:  # finding the loaded BLAS libraries takes milliseconds: once
+        from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped,unused-ignore]
+
+        _blas_controller = ThreadpoolController()
+    with _blas_controller.limit(limits=n, user_api="blas"):
+        yield
 
 
 def set_isa(name: str) -> None:

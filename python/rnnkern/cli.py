@@ -23,6 +23,7 @@ from . import (
     __version__,
     data,
     diagnostics,
+    numpy_blas_threads,
     optim,
     rnn_backward,
     rnn_forward,
@@ -454,7 +455,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        with numpy_blas_threads(1):  # NumPy's BLAS workers would spin on the kernels' cores
+            return func(args)
     except (ValueError, OSError) as err:
         print(f"rnnkern {args.command}: error: {err}", file=sys.stderr)
         return 2
