@@ -275,13 +275,15 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
       if (g.db_ih)
         for_blocks(GH, tid, nth, [&](int64_t r0, int64_t r1) {
           column_sums(dgc, rows, LDG, r0, r1, g.db_ih, add);
-          column_sums(dgr, rows, LDG, r0, r1, g.db_hh, add);
+          if (two) column_sums(dgr, rows, LDG, r0, r1, g.db_hh, add);
         });
     }
     s.dgh_next = next;
     kt.backward_final(pk.c, s, g.dh0, jb0, jb1);
   });
   if (lstm) std::memcpy(g.dc0, dc.get(), BH * sizeof(F));
+  // Without gru's recurrent-side dgates both biases have the same gradient: summed once.
+  if (g.db_ih && !two) std::memcpy(g.db_hh, g.db_ih, GH * sizeof(F));
 }
 
 #define RNNKERN_INSTANTIATE(F)                                                                  \

@@ -31,6 +31,17 @@ std::mutex pool_mutex;
 std::vector<Block> pool;  // free blocks, oldest first
 size_t kept = 0;          // bytes in pool
 
+// Under ASan every block handed out is NaN (fresh or reused alike): no kernel may read what it
+// has not written.
+void* fill(void* p, size_t bytes) {
+#if defined(__SANITIZE_ADDRESS__)
+  std::memset(p, 0xff, bytes);
+#else
+  (void)bytes;
+#endif
+  return p;
+}
+
 }  // namespace
 
 void* scratch_acquire(size_t bytes, size_t* capacity) {
@@ -47,16 +58,13 @@ void* scratch_acquire(size_t bytes, size_t* capacity) {
       kept -= b.size;
       *capacity = b.size;
       RNNKERN_UNPOISON(b.p, bytes);  // past `bytes` stays poisoned under ASan
-#if defined(__SANITIZE_ADDRESS__)
-      std::memset(b.p, 0xff, bytes);  // NaN: no kernel may read what it has not written
-#endif
-      return b.p;
+      return fill(b.p, bytes);
     }
   }
   void* p = std::aligned_alloc(64, bytes);
   if (!p) throw std::bad_alloc();
   *capacity = bytes;
-  return p;
+  return fill(p, bytes);
 }
 
 void scratch_release(void* p, size_t capacity) {

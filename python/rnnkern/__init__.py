@@ -46,12 +46,17 @@ __all__ = [
 ]
 
 
-def set_num_threads(n: int) -> None:
-    """Use n >= 1 threads in the kernels (default: the machine's cores)."""
+def _check_thread_count(n: object) -> None:
+    """TypeError unless n is an int (not a bool), ValueError unless n >= 1."""
     if not isinstance(n, int) or isinstance(n, bool):
         raise TypeError(f"n: expected an int, got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"n: expected n >= 1, got {n}")
+
+
+def set_num_threads(n: int) -> None:
+    """Use n >= 1 threads in the kernels (default: the machine's cores)."""
+    _check_thread_count(n)
     _core.set_num_threads(n)
 
 
@@ -75,10 +80,7 @@ def numpy_blas_threads(n: int = 1) -> Iterator[None]:
     training loop the same way. Uses threadpoolctl; the previous setting comes back on exit.
     """
     global _blas_controller
-    if not isinstance(n, int) or isinstance(n, bool):
-        raise TypeError(f"n: expected an int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"n: expected n >= 1, got {n}")
+    _check_thread_count(n)
     if _blas_controller is None:  # finding the loaded BLAS libraries takes milliseconds: once
         from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped,unused-ignore]
 
