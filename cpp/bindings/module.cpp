@@ -231,6 +231,15 @@ PYBIND11_MODULE(_core, m) {
   m.def("softmax_cross_entropy", &xent_any);
   m.def("set_num_threads", [](int n) { if (n < 1) throw py::value_error("n: must be >= 1"); rnnkern::set_num_threads(n); });
   m.def("get_num_threads", &rnnkern::get_num_threads);
+  m.def("set_thread_runtime", &rnnkern::set_thread_runtime);
+  m.def("thread_runtime", &rnnkern::thread_runtime);
+  m.def("thread_stats", [] {
+    const auto s = rnnkern::thread_stats();
+    py::dict d;
+    d["team_calls"] = s.team_calls, d["openmp_calls"] = s.openmp_calls;
+    d["taken_over"] = s.taken_over, d["shrunk"] = s.shrunk;
+    return d;
+  });
   m.def("isa", &rnnkern::isa);
   m.def("set_isa", &rnnkern::set_isa);
   m.def("supported_isas", &rnnkern::supported_isas);

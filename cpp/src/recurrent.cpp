@@ -150,15 +150,26 @@ void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> 
   copy_or_zero(hs, h0, BH);
   if (lstm) copy_or_zero(cs, c0, BH);
 
-  parallel(threads_for(d, GH, nblk), [&](int tid, int nth, Barrier& bar) {
-    int64_t jb0, jb1;
-    split(nblk, tid, nth, &jb0, &jb1);
-    pk.pack(jb0, jb1);  // only this thread's steps read these panels
+  parallel(threads_for(d, GH, nblk), [&](int tid, Team& team) {
+    // Start: each planned thread packs the panels of its share of the hidden blocks (so they
+    // land in its cache); the caller does the shares of workers that have not started yet.
+    auto pack_share = [&](int share) {
+      int64_t b0, b1;
+      split(nblk, share, team.planned(), &b0, &b1);
+      pk.pack(b0, b1);
+    };
+    pack_share(tid);
+    if (tid == 0)
+      for (int w; (w = team.take_over()) >= 0;) pack_share(w);
+    if (!team.begin(tid)) return;
+    int64_t jb0, jb1;  // this member's hidden blocks: they change only if the team does
+    auto mine = [&] { split(nblk, team.rank(tid), team.size(), &jb0, &jb1); };
+    mine();
     for (int64_t t0 = 0; t0 < T; t0 += tc) {
       const int64_t steps = tc < T - t0 ? tc : T - t0;
       const int64_t rows = steps * B;
-      // This thread's columns of the chunk's projections: only its own steps read them, so no
-      // barrier is needed, before or after.
+      // This member's columns of the chunk's projections: only its own steps read them (or,
+      // after the team shrank, the caller's, which come after a sync), so no sync is needed.
       kt.project(pk.c, x + t0 * B * I, rows, xp.get(), jb0, jb1);
       for (int64_t t = t0; t < t0 + steps; ++t) {
         Step<F> s{};
@@ -171,7 +182,8 @@ void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> 
         s.aux = cache ? (cache->aux ? cache->aux + t * BH : nullptr) : ascratch.get();
         for (int ph = 0; ph < phases(cell); ++ph) {
           kt.forward_phase(pk.c, s, ph, jb0, jb1);
-          bar.wait();
+          if (!team.sync(tid)) return;
+          mine();
         }
       }
     }
@@ -223,11 +235,25 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
   Buffer<F> xpan(nblk_i * NBK * tc * B), hpan(nblk * NBK * tc * B);
   Buffer<F> apan(cell == Cell::gru_rh ? nblk * NBK * tc * B : 0);
 
-  parallel(threads_for(d, GH, nblk), [&](int tid, int nth, Barrier& bar) {
-    int64_t jb0, jb1, ib0, ib1;  // this thread's hidden blocks; its column blocks of dx
-    split(nblk, tid, nth, &jb0, &jb1);
-    split(Packed<F>::blocks(I, kt), tid, nth, &ib0, &ib1);
-    pk.pack(jb0, jb1, ib0, ib1);  // only this thread reads these panels
+  parallel(threads_for(d, GH, nblk), [&](int tid, Team& team) {
+    // Start: the planned shares of the panels (hidden blocks; column blocks of W_ih for dx), as
+    // in the forward.
+    auto pack_share = [&](int share) {
+      int64_t b0, b1, c0, c1;
+      split(nblk, share, team.planned(), &b0, &b1);
+      split(nblk_i, share, team.planned(), &c0, &c1);
+      pk.pack(b0, b1, c0, c1);
+    };
+    pack_share(tid);
+    if (tid == 0)
+      for (int w; (w = team.take_over()) >= 0;) pack_share(w);
+    if (!team.begin(tid)) return;
+    int64_t jb0, jb1, ib0, ib1;  // this member's hidden blocks; its column blocks of dx, dW_ih
+    auto mine = [&] {
+      split(nblk, team.rank(tid), team.size(), &jb0, &jb1);
+      split(nblk_i, team.rank(tid), team.size(), &ib0, &ib1);
+    };
+    mine();
     Step<F> s{};
     s.dh = dh.get(), s.dc = dc.get();
     const F* next = nullptr;  // (B, LDG) recurrent-side dgates of step t+1
@@ -246,15 +272,17 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
         s.dgh_next = next;
         for (int ph = 0; ph < phases(cell); ++ph) {
           kt.backward_phase(pk.c, s, ph, jb0, jb1);
-          bar.wait();
+          if (!team.sync(tid)) return;
+          mine();
         }
         next = s.dgh;
       }
-      // The chunk's share of the weight gradients (each thread its column blocks of dW; the
+      // The chunk's share of the weight gradients (each member its column blocks of dW; the
       // first chunk assigns, the others add) and of dx. The next chunk's steps write the other
-      // buffer, and its first barrier waits for every thread to be done with this one.
+      // buffer, and its first sync waits for every member to be done with this one.
       const bool add = c > 0;
-      // This thread's column blocks of dW_ih and dW_hh, and of dx, with the steps' tiles.
+      const int nth = team.size(), rank = team.rank(tid);
+      // This member's column blocks of dW_ih and dW_hh, and of dx, with the steps' tiles.
       F* xq = xpan.get();
       kt.pack_backward(xq, x + t0 * B * I, rows, I, I, 0, ib0, ib1);
       // Whatever x holds at a padded step (NaN included) must not reach dW_ih, as 0 * NaN would:
@@ -273,7 +301,7 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
       }
       kt.product(dgc, LDG, false, rows, pk.c.wi, GH, I, g.dx + t0 * B * I, I, false, ib0, ib1);
       if (g.db_ih)
-        for_blocks(GH, tid, nth, [&](int64_t r0, int64_t r1) {
+        for_blocks(GH, rank, nth, [&](int64_t r0, int64_t r1) {
           column_sums(dgc, rows, LDG, r0, r1, g.db_ih, add);
           if (two) column_sums(dgr, rows, LDG, r0, r1, g.db_hh, add);
         });

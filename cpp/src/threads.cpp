@@ -1,14 +1,28 @@
 #include "threads.hpp"
 
+#include <algorithm>
 #include <chrono>
+#include <climits>
 #include <condition_variable>
 #include <exception>
 #include <mutex>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
+#if defined(__unix__)
+#include <dlfcn.h>
+#endif
+
 #include "rnnkern/rnnkern.hpp"
 
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define RNNKERN_PAUSE() _mm_pause()
@@ -17,27 +31,277 @@
 #endif
 
 namespace rnnkern {
+namespace {
 
-void Barrier::wait() {
-  if (n_ == 1) return;
-  const int ph = phase_.load(std::memory_order_acquire);
-  if (arrived_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
-    arrived_.store(0, std::memory_order_relaxed);
-    phase_.store(ph + 1, std::memory_order_release);
-    return;
-  }
-  for (int spin = 0; phase_.load(std::memory_order_acquire) == ph; ++spin) {
-    if (spin < 4000) {
+// A member waits for the others by spinning, keeping its core: sleeping would hand the core to
+// whatever else wants it (another process, another pool's spinning threads) for a whole
+// scheduler slice (0.75-3 ms) at every step. A member that has waited longer than this, or than
+// twice its own work on the step, has a partner that was descheduled: the team shrinks to the
+// caller for the rest of the call, and the waiter sleeps (futex) so that the late member can
+// have its core to finish its step.
+constexpr int64_t kLateNs = 100'000;
+// An idle worker spins this long for the next call (calls come back to back), then sleeps.
+constexpr int64_t kIdleSpinNs = 100'000;
+// A worker asleep between calls takes tens of us to wake; the caller waits for it this long
+// after the call started (doing its own share meanwhile) before it takes the worker's share over.
+constexpr int64_t kWakeNs = 150'000;
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Sleeps while *word == expected (futex on Linux; elsewhere a short sleep).
+void sleep_while(std::atomic<uint32_t>* word, uint32_t expected) {
+#if defined(__linux__)
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT_PRIVATE, expected, nullptr,
+          nullptr, 0);
+#else
+  if (word->load() == expected) std::this_thread::sleep_for(std::chrono::microseconds(50));
+#endif
+}
+void wake_all(std::atomic<uint32_t>* word) {
+#if defined(__linux__)
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr,
+          nullptr, 0);
+#else
+  (void)word;
+#endif
+}
+
+// Waits until *word != value: spins for `spin_ns`, then calls late() once and sleeps;
+// `sleepers` counts the sleepers so that the waker makes a system call only when somebody does.
+template <class Late>
+void wait_change(std::atomic<uint32_t>& word, uint32_t value, std::atomic<int>& sleepers,
+                 int64_t spin_ns, Late late) {
+  const int64_t t0 = now_ns();
+  bool told = false;
+  for (int i = 0; word.load(std::memory_order_acquire) == value; ++i) {
+    if (i < 32 || now_ns() - t0 < spin_ns) {
       RNNKERN_PAUSE();
-    } else {
-      std::this_thread::yield();  // the machine is oversubscribed: let the others run
+      continue;
+    }
+    if (!told) late(), told = true;
+    sleepers.fetch_add(1, std::memory_order_seq_cst);
+    if (word.load(std::memory_order_seq_cst) == value) sleep_while(&word, value);
+    sleepers.fetch_sub(1, std::memory_order_seq_cst);
+  }
+}
+
+void wait_change(std::atomic<uint32_t>& word, uint32_t value, std::atomic<int>& sleepers,
+                 int64_t spin_ns) {
+  wait_change(word, value, sleepers, spin_ns, [] {});
+}
+
+void bump_and_wake(std::atomic<uint32_t>& word, std::atomic<int>& sleepers) {
+  word.fetch_add(1, std::memory_order_seq_cst);
+  if (sleepers.load(std::memory_order_seq_cst) > 0) wake_all(&word);
+}
+
+int popcount(uint64_t v) { return __builtin_popcountll(v); }
+
+// What the pool did, for rnnkern.thread_stats() (relaxed counters).
+std::atomic<int64_t> stat_calls{0}, stat_taken{0}, stat_shrunk{0}, stat_openmp{0};
+
+// CPUs this process may run on.
+int available_cpus() {
+#if defined(__linux__)
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
+#endif
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw ? static_cast<int>(hw) : 1;
+}
+
+// Start word fields.
+constexpr int kArrivals = 0, kDecided = 16, kMembers = 32, kGeneration = 48;
+constexpr uint64_t kField = 0xffff;
+uint64_t field(uint64_t s, int at) { return (s >> at) & kField; }
+
+}  // namespace
+
+// ---- Team
+
+void Team::reset(int planned, uint32_t generation) {
+  planned_ = planned;
+  // Shares >= planned count as decided, so that no other thread can check in for them.
+  const uint64_t decided = (kField & ~((uint64_t(1) << planned) - 1)) | 1;
+  start_.store((uint64_t(generation & kField) << kGeneration) | (uint64_t(1) << kMembers) |
+                   (decided << kDecided),
+               std::memory_order_release);
+  arrived_.store(0, std::memory_order_relaxed);
+  late_.store(false, std::memory_order_relaxed);
+  started_ = now_ns();
+  taken_ = false;
+  size_.store(planned, std::memory_order_relaxed);
+  members_ = 1;
+  shrunk_ = false;
+}
+
+bool Team::check_in(int tid, uint32_t generation) {
+  const uint64_t decided = uint64_t(1) << (kDecided + tid);
+  uint64_t s = start_.load(std::memory_order_acquire);
+  do {
+    if (field(s, kGeneration) != (generation & kField) || (s & decided)) return false;
+  } while (!start_.compare_exchange_weak(s, s | decided | (uint64_t(1) << (kMembers + tid)),
+                                         std::memory_order_acq_rel, std::memory_order_acquire));
+  return true;
+}
+
+int Team::take_over() {
+  uint64_t s = start_.load(std::memory_order_acquire);
+  for (int i = 0;; ++i) {
+    const uint64_t decided = field(s, kDecided);
+    int w = 1;
+    while (w < planned_ && (decided >> w & 1)) ++w;
+    if (w >= planned_) return -1;
+    if (i < 32 || now_ns() < started_ + kWakeNs) {  // give a sleeping worker time to wake up
+      RNNKERN_PAUSE();
+      s = start_.load(std::memory_order_acquire);
+      continue;
+    }
+    if (start_.compare_exchange_weak(s, s | (uint64_t(1) << (kDecided + w)),
+                                     std::memory_order_acq_rel, std::memory_order_acquire)) {
+      stat_taken.fetch_add(1, std::memory_order_relaxed);
+      taken_ = true;
+      return w;
     }
   }
 }
 
+bool Team::begin(int tid) {
+  if (planned_ == 1) {
+    size_.store(1, std::memory_order_relaxed);
+    released_ = now_ns();
+    return true;
+  }
+  const uint32_t ph = phase_.load(std::memory_order_acquire);
+  const uint64_t s = start_.fetch_add(1, std::memory_order_acq_rel) + 1;
+  const uint64_t members = field(s, kMembers);
+  if (field(s, kDecided) == kField && field(s, kArrivals) == uint64_t(popcount(members))) {
+    members_ = static_cast<uint32_t>(members);
+    size_.store(late_.load(std::memory_order_relaxed) ? 1 : popcount(members),
+                std::memory_order_relaxed);
+    shrunk_ = late_.load(std::memory_order_relaxed);
+    late_.store(false, std::memory_order_relaxed);
+    released_ = now_ns();
+    bump_and_wake(phase_, sleepers_);
+  } else {
+    wait_change(phase_, ph, sleepers_, kLateNs, [&] { late_.store(true); });
+  }
+  return size_.load(std::memory_order_relaxed) > 1 || tid == 0;
+}
+
+int Team::rank(int tid) const {
+  return size() == 1 ? 0 : popcount(members_ & ((uint32_t(1) << tid) - 1));
+}
+
+bool Team::sync(int tid) {
+  const int n = size_.load(std::memory_order_relaxed);
+  if (n == 1) return tid == 0;
+  const int64_t now = now_ns();
+  const uint32_t ph = phase_.load(std::memory_order_acquire);
+  if (arrived_.fetch_add(1, std::memory_order_acq_rel) == n - 1) {
+    if (late_.load(std::memory_order_relaxed)) {
+      size_.store(1, std::memory_order_relaxed);
+      shrunk_ = true;
+      late_.store(false, std::memory_order_relaxed);
+    }
+    released_ = now;
+    arrived_.store(0, std::memory_order_relaxed);
+    bump_and_wake(phase_, sleepers_);
+  } else {
+    const int64_t work = now - released_;
+    wait_change(phase_, ph, sleepers_, std::max(kLateNs, 2 * work),
+                [&] { late_.store(true, std::memory_order_relaxed); });
+  }
+  return size_.load(std::memory_order_relaxed) > 1 || tid == 0;
+}
+
+// ---- the pool
+
 namespace {
 
-using Job = std::function<void(int, int, Barrier&)>;
+using Job = std::function<void(int, Team&)>;
+
+void call(const Job& fn, int tid, Team& team, std::exception_ptr* error) {
+  try {
+    fn(tid, team);
+  } catch (...) {
+    *error = std::current_exception();
+  }
+}
+
+using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+// The OpenMP runtime to run on: unset (look for one), none (rnnkern's own pool) or its
+// GOMP_parallel.
+enum class Runtime : int { unset, own, openmp };
+std::atomic<int> runtime_choice{static_cast<int>(Runtime::unset)};
+std::atomic<GompParallel> gomp_parallel{nullptr};
+
+// GOMP_parallel of a GNU-compatible OpenMP runtime already loaded in the process (torch's
+// libgomp, Intel's libiomp5, LLVM's libomp), or null. Never loads one.
+GompParallel loaded_openmp() {
+#if defined(__unix__) && defined(RTLD_NOLOAD)
+  for (const char* name : {"libgomp.so.1", "libiomp5.so", "libomp.so", "libomp.so.5"}) {
+    if (void* h = dlopen(name, RTLD_LAZY | RTLD_NOLOAD)) {
+      auto f = reinterpret_cast<GompParallel>(dlsym(h, "GOMP_parallel"));
+      dlclose(h);  // the library stays loaded: its user holds it
+      if (f) return f;
+    }
+  }
+#endif
+  return nullptr;
+}
+
+// Until when (ns) "auto" avoids the OpenMP runtime: set after a call on it whose team shrank
+// or started without a worker (something else wanted the cores).
+std::atomic<int64_t> openmp_avoided_until{0};
+constexpr int64_t kAvoidNs = 100'000'000;
+
+// The OpenMP runtime a call runs on, or null for rnnkern's pool. "auto": when the process has
+// loaded an OpenMP runtime, some library in it (PyTorch) keeps that runtime's threads spinning
+// for milliseconds after each of its parallel regions; rnnkern's threads would compete with
+// them for the cores, so rnnkern's steps run on them instead. But when another process wants
+// the cores, those threads' spinning after rnnkern's own calls costs more than it saves: after
+// a call on them that lost a member or started without one, the next calls run on rnnkern's
+// pool (whose workers sleep at once when they leave a call) for 100 ms, then try again.
+GompParallel openmp_for_call(int64_t t) {
+  switch (static_cast<Runtime>(runtime_choice.load(std::memory_order_relaxed))) {
+    case Runtime::own: return nullptr;
+    case Runtime::openmp: return gomp_parallel.load(std::memory_order_relaxed);
+    default: break;
+  }
+  static std::atomic<int64_t> looked{-1};  // ns of the last look for a runtime
+  GompParallel f = gomp_parallel.load(std::memory_order_relaxed);
+  const int64_t last = looked.load(std::memory_order_relaxed);
+  if (!f && (last < 0 || t - last > 100'000'000)) {  // look again at most every 100 ms
+    looked.store(t, std::memory_order_relaxed);
+    if ((f = loaded_openmp())) gomp_parallel.store(f);
+  }
+  return f && t >= openmp_avoided_until.load(std::memory_order_relaxed) ? f : nullptr;
+}
+
+// One call on an OpenMP runtime's threads. GOMP_parallel returns when every thread has run the
+// trampoline, so the context may live on the caller's stack.
+struct GompCall {
+  const Job* fn;
+  Team team;
+  std::thread::id caller;
+  std::atomic<int> ticket{0};
+  std::vector<std::exception_ptr> errors;
+};
+
+void gomp_trampoline(void* p) {
+  auto& g = *static_cast<GompCall*>(p);
+  const int tid = std::this_thread::get_id() == g.caller ? 0 : 1 + g.ticket.fetch_add(1);
+  if (tid >= g.team.planned()) return;
+  if (tid != 0 && !g.team.check_in(tid, 0)) return;
+  call(*g.fn, tid, g.team, &g.errors[tid]);
+}
+
+}  // namespace
 
 class Pool {
  public:
@@ -51,72 +315,85 @@ class Pool {
   void resize(int n) {
     std::lock_guard<std::mutex> busy(busy_);
     stop_workers();
-    size_ = n;
-    // A new worker has seen every job so far: it must not run the last one again.
-    const uint64_t seen = generation_.load();
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i, seen] { work(i, seen); });
+    size_ = std::min({n, available_cpus(), Team::kMaxThreads});
+    for (int i = 1; i < size_; ++i) workers_.emplace_back([this, i] { work(i); });
   }
 
   void run(int want, const Job& fn) {
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
-    int nth = want < size_ ? want : size_.load();
+    const int nth = std::min(want, size_.load());
     if (!busy.owns_lock() || nth <= 1) {
-      Barrier bar(1);
-      fn(0, 1, bar);
+      Team solo;
+      solo.reset(1, 0);
+      fn(0, solo);
       return;
     }
-    Barrier bar(nth);
+    if (GompParallel gomp = openmp_for_call(now_ns())) {
+      GompCall g{&fn, {}, std::this_thread::get_id(), {}, std::vector<std::exception_ptr>(nth)};
+      g.team.reset(nth, 0);
+      gomp(gomp_trampoline, &g, static_cast<unsigned>(nth), 0);
+      remember(g.team);
+      stat_openmp.fetch_add(1, std::memory_order_relaxed);
+      if (g.team.shrunk() || g.team.taken_)
+        openmp_avoided_until.store(now_ns() + kAvoidNs, std::memory_order_relaxed);
+      for (auto& e : g.errors)
+        if (e) std::rethrow_exception(e);
+      return;
+    }
     errors_.assign(nth, nullptr);
     {
       std::lock_guard<std::mutex> lk(m_);
-      job_ = &fn, bar_ = &bar, nth_ = nth, pending_ = nth - 1;
-      ++generation_;
+      job_ = &fn;
+      team_.reset(nth, static_cast<uint32_t>(generation_.load() + 1));
+      done_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_seq_cst);  // publishes job_ and team_
     }
-    cv_.notify_all();
-    call(fn, 0, nth, bar);
-    // Wait for the workers, spinning briefly since steps are short.
-    for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
-      if (spin < 4000) RNNKERN_PAUSE(); else std::this_thread::yield();
-    }
+    if (idle_.load(std::memory_order_seq_cst) > 0) cv_.notify_all();
+    call(fn, 0, team_, &errors_[0]);
+    // Wait for the workers that joined (the others never touch the call again).
+    const int joined = popcount(team_.members_) - 1;
+    const uint32_t target = static_cast<uint32_t>(joined);
+    for (uint32_t d; (d = done_.load(std::memory_order_acquire)) < target;)
+      wait_change(done_, d, done_sleepers_, kLateNs);
+    remember(team_);
     for (auto& e : errors_)
       if (e) std::rethrow_exception(e);
   }
 
  private:
-  Pool() {
-    unsigned hw = std::thread::hardware_concurrency();
-    resize(hw ? static_cast<int>(hw) : 1);
+  Pool() { resize(available_cpus()); }
+
+  void remember(const Team& team) {
+    stat_calls.fetch_add(1, std::memory_order_relaxed);
+    if (team.shrunk()) stat_shrunk.fetch_add(1, std::memory_order_relaxed);
   }
 
-  void call(const Job& fn, int tid, int nth, Barrier& bar) {
-    try {
-      fn(tid, nth, bar);
-    } catch (...) {
-      errors_[tid] = std::current_exception();
-    }
-  }
-
-  void work(int tid, uint64_t seen) {
+  void work(int tid) {
+    uint64_t seen = generation_.load();
+    bool left = false;  // this worker left its last call because it was descheduled
     for (;;) {
-      // Spin for a while after a job (calls come in quick succession), then sleep.
-      auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(100);
+      // Spin a little after a call (calls come in quick succession), then sleep; but not after
+      // leaving a call: then the cores are wanted by others, the caller among them.
+      const int64_t until = left ? 0 : now_ns() + kIdleSpinNs;
       while (generation_.load(std::memory_order_acquire) == seen && !stop_.load() &&
-             std::chrono::steady_clock::now() < until)
-        for (int i = 0; i < 64; ++i) RNNKERN_PAUSE();
-      const Job* job;
-      Barrier* bar;
-      int nth;
-      {
+             now_ns() < until)
+        for (int i = 0; i < 16; ++i) RNNKERN_PAUSE();
+      if (generation_.load(std::memory_order_acquire) == seen && !stop_.load()) {
         std::unique_lock<std::mutex> lk(m_);
+        idle_.fetch_add(1, std::memory_order_seq_cst);
         cv_.wait(lk, [&] { return generation_.load() != seen || stop_.load(); });
-        if (stop_) return;
-        seen = generation_.load();
-        job = job_, bar = bar_, nth = nth_;
+        idle_.fetch_sub(1, std::memory_order_seq_cst);
       }
-      if (tid < nth) {
-        call(*job, tid, nth, *bar);
-        pending_.fetch_sub(1, std::memory_order_acq_rel);
-      }
+      if (stop_) return;
+      seen = generation_.load(std::memory_order_acquire);
+      if (tid >= team_.planned()) continue;
+      // The call may be over already (the caller took this share over): then check_in fails
+      // and nothing of the call is touched.
+      if (!team_.check_in(tid, static_cast<uint32_t>(seen))) continue;
+      call(*job_, tid, team_, &errors_[tid]);
+      left = team_.shrunk();
+      done_.fetch_add(1, std::memory_order_acq_rel);
+      if (done_sleepers_.load(std::memory_order_seq_cst) > 0) wake_all(&done_);
     }
   }
 
@@ -131,23 +408,50 @@ class Pool {
     stop_ = false;
   }
 
-  std::mutex busy_;  // held by the running job
+  std::mutex busy_;  // held by the running call
   std::mutex m_;
   std::condition_variable cv_;
   std::vector<std::thread> workers_;
   std::vector<std::exception_ptr> errors_;
   std::atomic<int> size_{1};
   std::atomic<uint64_t> generation_{0};
-  std::atomic<int> pending_{0};
+  std::atomic<int> idle_{0};           // workers asleep on cv_
+  std::atomic<uint32_t> done_{0};      // workers that joined the call and are done
+  std::atomic<int> done_sleepers_{0};
   std::atomic<bool> stop_{false};
   const Job* job_ = nullptr;
-  Barrier* bar_ = nullptr;
-  int nth_ = 1;
+  Team team_;
 };
 
-}  // namespace
-
 void parallel(int want, const Job& fn) { Pool::get().run(want, fn); }
+
+void set_thread_runtime(const std::string& name) {
+  if (name == "auto") {
+    runtime_choice.store(static_cast<int>(Runtime::unset));
+  } else if (name == "rnnkern") {
+    runtime_choice.store(static_cast<int>(Runtime::own));
+  } else if (name == "openmp") {
+    GompParallel f = loaded_openmp();
+    if (!f) throw std::invalid_argument("name: no OpenMP runtime is loaded in this process");
+    gomp_parallel.store(f);
+    runtime_choice.store(static_cast<int>(Runtime::openmp));
+  } else {
+    throw std::invalid_argument("name: expected 'auto', 'rnnkern' or 'openmp', got '" + name +
+                                "'");
+  }
+}
+
+ThreadStats thread_stats() {
+  return ThreadStats{stat_calls.load(), stat_openmp.load(), stat_taken.load(), stat_shrunk.load()};
+}
+
+std::string thread_runtime() {
+  switch (static_cast<Runtime>(runtime_choice.load())) {
+    case Runtime::own: return "rnnkern";
+    case Runtime::openmp: return "openmp";
+    default: return "auto";
+  }
+}
 
 void set_num_threads(int n) { Pool::get().resize(n < 1 ? 1 : n); }
 int get_num_threads() { return Pool::get().size(); }

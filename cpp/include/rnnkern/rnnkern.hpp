@@ -81,8 +81,22 @@ template <class F>
 double softmax_cross_entropy(int64_t N, int64_t C, const F* logits, const int64_t* targets,
                              int64_t ignore_index, F* dlogits);
 
-void set_num_threads(int n);  // n >= 1
-int get_num_threads();
+void set_num_threads(int n);  // n >= 1; calls use at most min(n, CPUs available, 16) threads
+int get_num_threads();        // the threads a call may use
+// Whose threads run the parallel regions: "rnnkern" (its own pool), "openmp" (the threads of a
+// GNU-compatible OpenMP runtime already loaded in the process, e.g. PyTorch's: they keep spinning
+// after each of the library's parallel regions, and joining them beats competing with them for
+// the cores) or "auto" (the default: "openmp" once such a runtime is loaded, else "rnnkern").
+void set_thread_runtime(const std::string& name);  // throws std::invalid_argument
+std::string thread_runtime();                      // "rnnkern" or "openmp"
+// What the thread pool did since the process started.
+struct ThreadStats {
+  int64_t team_calls;  // calls run by a team of threads
+  int64_t openmp_calls;  // of which on an OpenMP runtime's threads
+  int64_t taken_over;  // workers' shares done by the caller (the worker had not started)
+  int64_t shrunk;      // team calls whose team shrank to the caller (a member was descheduled)
+};
+ThreadStats thread_stats();
 std::string isa();        // the ISA whose kernels run: "scalar", "avx2" or "avx512"
 std::string supported_isas();  // comma-separated list this CPU can run
 void set_isa(const std::string& name);  // throws std::invalid_argument if unknown/unsupported
