@@ -265,8 +265,10 @@ def measure_forward(cells: Sequence[str], shapes: Sequence[peers.Shape],
                                  repeat=repeat, min_time=min_time, pause=pause)
             b2b = [r.seconds["rnnkern"] for r in case if r.condition == "back-to-back"]
             rows += [replace(r, back_to_back=b2b[0] if b2b else None) for r in case]
-            if progress:
-                progress(f"measured {cell} {shape.name}")
+            if progress:  # the medians so far, in case the run is cut short
+                progress(f"measured {cell} {shape.name}, ms rnnkern/torch/ORT: " + "; ".join(
+                    f"{r.condition} " + "/".join(compare._ms(r.seconds[p] * 1e3)
+                                                 for p in FWD_PEERS) for r in case))
     return rows
 
 
@@ -286,7 +288,8 @@ def measure_dropin(cells: Sequence[str], cases: Sequence[DropinCase], *,
                                     min_time=min_time, check=True)
             rows.append(DropinRow(cell, case, med))
             if progress:
-                progress(f"measured drop-in {cell} {case.name}")
+                progress(f"measured drop-in {cell} {case.name}, ms torch/rnnkern: "
+                         f"{compare._ms(med['torch'] * 1e3)}/{compare._ms(med['rnnkern'] * 1e3)}")
     return rows
 
 
@@ -455,20 +458,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         peers.set_threads(args.threads)
     ort_threads = args.threads or 0
     how = "set by --threads" if args.threads else "its default"
+    threads = {"rnnkern": f"{rnnkern.get_num_threads()} ({how})",
+               "torch": f"{torch.get_num_threads()} ({how})",
+               "ort": (f"{ort_threads} (set by --threads)" if ort_threads else
+                       "intra_op_num_threads=0 (its default: one per physical core)")}
     head = {
         "machine": f"{timing.cpu_model()}, {timing.default_threads()} cores available",
         "versions": versions,
-        "threads": {"rnnkern": f"{rnnkern.get_num_threads()} ({how})",
-                    "torch": f"{torch.get_num_threads()} ({how})",
-                    "ort": (f"{ort_threads} (set by --threads)" if ort_threads else
-                            "intra_op_num_threads=0 (its default: one per physical core)")},
+        "threads": threads,
         "timing": (f"{args.repeat} interleaved samples per peer of >= {args.min_time} s, every "
                    "call timed on its own, median over all calls; drop-in: "
                    f"{args.repeat} interleaved samples of >= {args.dropin_min_time} s, median of "
                    "the samples' mean step"),
     }
     lines = [f"machine: {head['machine']}", f"versions: {versions}",
-             "threads: " + ", ".join(f"{k} {v}" for k, v in head["threads"].items()),
+             "threads: " + ", ".join(f"{k} {v}" for k, v in threads.items()),
              f"timing: {head['timing']}"]
     print("\n".join(("- " if args.markdown else "") + h for h in lines), flush=True)
 

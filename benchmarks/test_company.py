@@ -23,10 +23,10 @@ def _row(condition: str, rnnkern: float, torch: float, ort: float,
 def test_ratios_and_targets() -> None:
     after = _row("after-torch", 1.4e-3, 5e-3, 2e-3, 1e-3)
     assert after.own_ratio() == pytest.approx(1.4) and after.peer_ratio() == pytest.approx(0.7)
-    assert after.target() == (pytest.approx(1.4), 1.3) and after.met() is False
+    assert after.target() == pytest.approx((1.4, 1.3)) and after.met() is False
     assert _row("after-ort", 1.2e-3, 5e-3, 2e-3, 1e-3).met() is True
     busy = _row("busy", 2.3e-3, 4e-3, 2e-3, 1e-3)  # against the faster peer, not its own time
-    assert busy.target() == (pytest.approx(1.15), 1.2) and busy.met() is True
+    assert busy.target() == pytest.approx((1.15, 1.2)) and busy.met() is True
     assert _row("back-to-back", 1e-3, 5e-3, 2e-3, 1e-3).target() is None
     assert _row("after-ort", 1e-3, 5e-3, 2e-3, None).met() is None  # no back-to-back measured
     case = company.DROPIN_CASES[0]

@@ -106,6 +106,17 @@ def test_round_robin_samples_every_job() -> None:
         timing.round_robin({"a": lambda: None}, repeat=0, min_time=0.0)
 
 
+def test_round_robin_per_call_runs_before_every_call() -> None:
+    log: list[str] = []
+    samples = timing.round_robin({"a": lambda: log.append("a"), "b": lambda: log.append("b")},
+                                 repeat=2, min_time=0.0, pause=0.0,
+                                 before=lambda: log.append("op"), per_call=True)
+    assert {k: len(v) for k, v in samples.items()} == {"a": 2, "b": 2}  # one call per sample
+    assert log[0::2] == ["op"] * (len(log) // 2) and len(log) == 2 * 2 * (2 + 2 * 2)
+    with pytest.raises(ValueError, match="before"):
+        timing.round_robin({"a": lambda: None}, repeat=1, min_time=0.0, before=lambda: None)
+
+
 def test_relative_spread() -> None:
     assert timing.relative_spread([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(2.0 / 3.0)
     assert timing.relative_spread([2.0, 2.0, 2.0]) == 0.0
