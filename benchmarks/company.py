@@ -212,8 +212,12 @@ def busy_process(*, window: float = 0.1, min_share: float = 0.1,
 
 
 def _check(jobs: Mapping[str, Callable[[], peers.Result]], want: peers.Result,
-           problem: peers.Problem, when: str) -> None:
+           problem: peers.Problem, when: str, before: Callable[[], object] | None = None) -> None:
+    """AssertionError naming the first peer whose output (right after `before`, if given)
+    differs from the float64 reference `want`."""
     for name, fn in jobs.items():
+        if before is not None:
+            before()
         errors = peers.check_result(fn(), want, problem, grads=False)
         if errors:
             raise AssertionError(f"{name} {problem.cell} {problem.shape.label()} {when} disagrees "
@@ -236,7 +240,7 @@ def _measure_case(cell: str, shape: peers.Shape, conditions: Sequence[str],
                                          before=before.get(cond), per_call=True)
             share = ((cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0) if proc
                      else None)
-            _check(jobs, want, problem, f"after timing {cond}")
+            _check(jobs, want, problem, f"after timing {cond}", before.get(cond))
         rows.append(FwdRow(cond, cell, shape, timing.median_seconds(samples),
                            {k: len(v) for k, v in samples.items()},
                            max(timing.relative_spread(v) for v in samples.values()),
