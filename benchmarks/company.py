@@ -11,13 +11,14 @@ shape in four conditions (CONDITIONS), each library with its default thread coun
 rnnkern.torch.convert(model), at B=32 T=100 padded and packed (random lengths) and B=1 T=200,
 torch's default settings.
 
-Within a condition the peers' samples are interleaved (timing.round_robin) and every call is
-timed on its own, the preceding operator (if any) running untimed right before it; a peer's
-time is the median over all its calls. Each peer's output is checked against the float64
-reference before timing and again after each condition. The targets of issue 13 are marked met
-or missed: rnnkern right after a torch operator or an ORT run at most 1.3x its back-to-back time;
-under the busy process at most 1.2x the faster peer's time; the drop-in step at most 0.9x
-torch's (LSTM) and 0.7x (GRU).
+The samples of every peer in the conditions without the busy process are interleaved
+(timing.round_robin), then those under the busy process; every call is timed on its own, the
+preceding operator (if any) running untimed right before it, and a peer's time is the median
+over all its calls. Each peer's output is checked against the float64 reference before timing
+and again after each condition. The targets of issue 13 are marked met or missed: rnnkern
+right after a torch operator or an ORT run at most 1.3x its back-to-back time; under the busy
+process at most 1.2x the faster peer's time; the drop-in step at most 0.9x torch's (LSTM) and
+0.7x (GRU).
 
 A peer that fails to import is an error.
 """
@@ -232,20 +233,29 @@ def _measure_case(cell: str, shape: peers.Shape, conditions: Sequence[str],
     want = peers.oracle(problem, grads=False)
     _check(jobs, want, problem, "before timing")
     rows = []
-    for cond in conditions:
-        busy = busy_process() if cond == "busy" else contextlib.nullcontext(None)
+    # the conditions without the busy process are interleaved with each other, so that their
+    # ratios to the back-to-back time see the same machine; the busy one is timed on its own
+    for group in ([c for c in conditions if c != "busy"], [c for c in conditions if c == "busy"]):
+        if not group:
+            continue
+        busy = busy_process() if group == ["busy"] else contextlib.nullcontext(None)
         with busy as proc:
             cpu0, t0 = cpu_seconds(proc.pid) if proc else 0.0, time.monotonic()
-            samples = timing.round_robin(jobs, repeat=repeat, min_time=min_time, pause=pause,
-                                         before=before.get(cond), per_call=True)
+            samples = timing.round_robin(
+                {f"{c} {n}": fn for c in group for n, fn in jobs.items()}, repeat=repeat,
+                min_time=min_time, pause=pause, per_call=True,
+                before={f"{c} {n}": op for c in group if (op := before.get(c)) for n in jobs})
             share = ((cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0) if proc
                      else None)
-            _check(jobs, want, problem, f"after timing {cond}", before.get(cond))
-        rows.append(FwdRow(cond, cell, shape, timing.median_seconds(samples),
-                           {k: len(v) for k, v in samples.items()},
-                           max(timing.relative_spread(v) for v in samples.values()),
-                           busy_share=share))
-    return rows
+            for c in group:
+                _check(jobs, want, problem, f"after timing {c}", before.get(c))
+        for c in group:
+            calls = {n: samples[f"{c} {n}"] for n in jobs}
+            rows.append(FwdRow(c, cell, shape, timing.median_seconds(calls),
+                               {k: len(v) for k, v in calls.items()},
+                               max(timing.relative_spread(v) for v in calls.values()),
+                               busy_share=share))
+    return sorted(rows, key=lambda r: conditions.index(r.condition))
 
 
 def measure_forward(cells: Sequence[str], shapes: Sequence[peers.Shape],
@@ -253,9 +263,10 @@ def measure_forward(cells: Sequence[str], shapes: Sequence[peers.Shape],
                     min_time: float, pause: float = 0.1,
                     progress: Callable[[str], None] | None = None) -> list[FwdRow]:
     """Forward of rnnkern, torch and ORT (`ort_threads` intra-op threads, 0: ORT's default; the
-    others as set) for each cell and shape in each condition, the conditions of one cell and
-    shape measured one after the other. Outputs are checked against the float64 reference
-    (AssertionError naming the peer if one differs)."""
+    others as set) for each cell and shape in each condition: for one cell and shape, the
+    samples of every peer in every condition but "busy" are interleaved, then "busy" is timed.
+    Outputs are checked against the float64 reference (AssertionError naming the peer if one
+    differs)."""
     for c in conditions:
         if c not in CONDITIONS:
             raise ValueError(f"conditions: expected some of {tuple(CONDITIONS)}, got {c!r}")

@@ -39,7 +39,7 @@ def default_threads() -> int:
 
 
 def round_robin(jobs: Mapping[str, Callable[[], object]], *, repeat: int, min_time: float,
-                pause: float = 0.1, before: Callable[[], object] | None = None,
+                pause: float = 0.1, before: Mapping[str, Callable[[], object]] | None = None,
                 per_call: bool = False) -> dict[str, list[float]]:
     """Seconds per call of each job, `repeat` samples each, taken in turn so that machine noise
     hits every job alike.
@@ -50,20 +50,20 @@ def round_robin(jobs: Mapping[str, Callable[[], object]], *, repeat: int, min_ti
     job's spinning worker threads go idle. The garbage collector is off while timing.
 
     With `per_call`, each call of a sample is timed on its own and a job's list holds every
-    call's seconds (repeat * its calls per sample) instead of one mean per sample. `before`
-    (only with `per_call`) runs untimed right before every call of every job.
+    call's seconds (repeat * its calls per sample) instead of one mean per sample.
+    `before[k]` (only with `per_call`) runs untimed right before every call of job k.
     """
     if repeat < 1:
         raise ValueError(f"repeat: expected >= 1, got {repeat}")
-    if before is not None and not per_call:
+    if before and not per_call:
         raise ValueError("before: needs per_call=True (it must stay out of the timed calls)")
-    pre = before if before is not None else (lambda: None)
     keys = list(jobs)
+    pres = {k: (before or {}).get(k, lambda: None) for k in keys}
     number = {}
     for k in keys:
-        pre()
+        pres[k]()
         jobs[k]()  # warm-up
-        pre()
+        pres[k]()
         t0 = time.perf_counter()
         jobs[k]()
         number[k] = max(1, math.ceil(min_time / max(time.perf_counter() - t0, 1e-9)))
@@ -75,7 +75,7 @@ def round_robin(jobs: Mapping[str, Callable[[], object]], *, repeat: int, min_ti
         for r in range(repeat):
             s = r % len(keys)
             for k in keys[s:] + keys[:s]:
-                fn, n = jobs[k], number[k]
+                fn, n, pre = jobs[k], number[k], pres[k]
                 time.sleep(pause)
                 pre()
                 fn()  # untimed: wakes this job's threads, as in back-to-back use
