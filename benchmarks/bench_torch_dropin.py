@@ -102,16 +102,42 @@ def _check(ref: torch.nn.Module, ours: torch.nn.Module, tokens: torch.Tensor,
         torch.testing.assert_close(g_ours[name], g, rtol=1e-3, atol=1e-4 * scale, msg=name)
 
 
+def make_batch(batch: int, seq: int, *, vocab: int, classes: int, packed: bool,
+               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Random tokens (B, T), labels (B,) and, if `packed`, random lengths (B,) in [1, T]."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, vocab, (batch, seq), generator=gen)  # (B, T)
+    labels = torch.randint(0, classes, (batch,), generator=gen)  # (B,)
+    lengths = torch.randint(1, seq + 1, (batch,), generator=gen) if packed else None  # (B,)
+    return tokens, labels, lengths
+
+
+def time_steps(cell: str, tokens: torch.Tensor, labels: torch.Tensor,
+               lengths: torch.Tensor | None, *, vocab: int, emb: int, hidden: int, classes: int,
+               repeat: int, min_time: float, check: bool) -> dict[str, float]:
+    """Median seconds of one training step of the plain model ("torch") and of its
+    rnnkern.torch.convert() copy ("rnnkern"), same weights, samples taken in turn; with `check`
+    their first losses and gradients are compared first (AssertionError if they differ)."""
+    torch.manual_seed(0)
+    ref = TextClassifier(cell, vocab, emb, hidden, classes)
+    ours = rnnkern.torch.convert(copy.deepcopy(ref))
+    if check:
+        _check(ref, ours, tokens, labels, lengths)
+    jobs: dict[str, Callable[[], object]] = {}
+    for name, model in (("torch", ref), ("rnnkern", ours)):
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        jobs[name] = (lambda m=model, o=opt: _step(m, o, tokens, labels, lengths))
+    return median_seconds(round_robin(jobs, repeat=repeat, min_time=min_time))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     threads = args.threads or default_threads()
     torch.set_num_threads(threads)
     rnnkern.set_num_threads(threads)
-    gen = torch.Generator().manual_seed(0)
     B, T = args.batch, args.seq
-    tokens = torch.randint(0, args.vocab, (B, T), generator=gen)  # (B, T)
-    labels = torch.randint(0, args.classes, (B,), generator=gen)  # (B,)
-    lengths = torch.randint(1, T + 1, (B,), generator=gen) if args.packed else None  # (B,)
+    tokens, labels, lengths = make_batch(B, T, vocab=args.vocab, classes=args.classes,
+                                         packed=args.packed)
 
     cfg = rnnkern.config()
     print(f"# {cpu_model()}; threads {threads} (torch {torch.__version__}, rnnkern "
@@ -120,16 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{'packed, random lengths' if args.packed else 'padded'}; float32; SGD step")
     rows = []
     for cell in args.cells.split(","):
-        torch.manual_seed(0)
-        ref = TextClassifier(cell, args.vocab, args.emb, args.hidden, args.classes)
-        ours = rnnkern.torch.convert(copy.deepcopy(ref))
-        if not args.no_check:
-            _check(ref, ours, tokens, labels, lengths)
-        jobs: dict[str, Callable[[], object]] = {}
-        for name, model in (("torch", ref), ("rnnkern", ours)):
-            opt = torch.optim.SGD(model.parameters(), lr=0.01)
-            jobs[name] = (lambda m=model, o=opt: _step(m, o, tokens, labels, lengths))
-        med = median_seconds(round_robin(jobs, repeat=args.repeat, min_time=args.min_time))
+        med = time_steps(cell, tokens, labels, lengths, vocab=args.vocab, emb=args.emb,
+                         hidden=args.hidden, classes=args.classes, repeat=args.repeat,
+                         min_time=args.min_time, check=not args.no_check)
         rows.append((cell, med["torch"] * 1e3, med["rnnkern"] * 1e3, med["torch"] / med["rnnkern"]))
 
     if args.markdown:

@@ -462,11 +462,11 @@ def build_peer(name: str, problem: Problem, threads: int) -> Peer:
     raise ValueError(f"name: expected one of {PEERS}, got {name!r}")
 
 
-def oracle(problem: Problem) -> Result:
-    """The float64 reference's training pass (y, h_n, c_n and every gradient) on the problem
-    converted to float64."""
-    return FunctionalPeer("oracle", _import_rnnkern().reference,
-                          problem.astype(np.float64)).forward_backward()
+def oracle(problem: Problem, *, grads: bool = True) -> Result:
+    """The float64 reference's training pass (y, h_n, c_n and every gradient; without `grads`
+    the inference pass, no gradients) on the problem converted to float64."""
+    ref = FunctionalPeer("oracle", _import_rnnkern().reference, problem.astype(np.float64))
+    return ref.forward_backward() if grads else ref.forward()
 
 
 def _mismatch(key: str, got: np.ndarray, want: np.ndarray, problem: Problem,

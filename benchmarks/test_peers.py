@@ -106,6 +106,21 @@ def test_round_robin_samples_every_job() -> None:
         timing.round_robin({"a": lambda: None}, repeat=0, min_time=0.0)
 
 
+def test_round_robin_per_call_runs_before_every_call() -> None:
+    log: list[str] = []
+    samples = timing.round_robin({"a": lambda: log.append("a"), "b": lambda: log.append("b")},
+                                 repeat=2, min_time=0.0, pause=0.0,
+                                 before={"a": lambda: log.append("op")}, per_call=True)
+    assert {k: len(v) for k, v in samples.items()} == {"a": 2, "b": 2}  # one call per sample
+    # warm-up, calibration, then per sample an untimed call and one timed call; "op" before
+    # every call of "a", never before "b"
+    assert log.count("a") == log.count("b") == log.count("op") == 2 + 2 * 2
+    assert all(log[i + 1] == "a" for i, x in enumerate(log) if x == "op")
+    with pytest.raises(ValueError, match="before"):
+        timing.round_robin({"a": lambda: None}, repeat=1, min_time=0.0,
+                           before={"a": lambda: None})
+
+
 def test_relative_spread() -> None:
     assert timing.relative_spread([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(2.0 / 3.0)
     assert timing.relative_spread([2.0, 2.0, 2.0]) == 0.0

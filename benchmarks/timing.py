@@ -39,7 +39,8 @@ def default_threads() -> int:
 
 
 def round_robin(jobs: Mapping[str, Callable[[], object]], *, repeat: int, min_time: float,
-                pause: float = 0.1) -> dict[str, list[float]]:
+                pause: float = 0.1, before: Mapping[str, Callable[[], object]] | None = None,
+                per_call: bool = False) -> dict[str, list[float]]:
     """Seconds per call of each job, `repeat` samples each, taken in turn so that machine noise
     hits every job alike.
 
@@ -47,13 +48,22 @@ def round_robin(jobs: Mapping[str, Callable[[], object]], *, repeat: int, min_ti
     averages over (enough to last `min_time`). Round r starts at job r (mod the job count), so
     no job always follows the same one; `pause` seconds before each sample let the previous
     job's spinning worker threads go idle. The garbage collector is off while timing.
+
+    With `per_call`, each call of a sample is timed on its own and a job's list holds every
+    call's seconds (repeat * its calls per sample) instead of one mean per sample.
+    `before[k]` (only with `per_call`) runs untimed right before every call of job k.
     """
     if repeat < 1:
         raise ValueError(f"repeat: expected >= 1, got {repeat}")
+    if before and not per_call:
+        raise ValueError("before: needs per_call=True (it must stay out of the timed calls)")
     keys = list(jobs)
+    pres = {k: (before or {}).get(k, lambda: None) for k in keys}
     number = {}
     for k in keys:
+        pres[k]()
         jobs[k]()  # warm-up
+        pres[k]()
         t0 = time.perf_counter()
         jobs[k]()
         number[k] = max(1, math.ceil(min_time / max(time.perf_counter() - t0, 1e-9)))
@@ -65,9 +75,17 @@ def round_robin(jobs: Mapping[str, Callable[[], object]], *, repeat: int, min_ti
         for r in range(repeat):
             s = r % len(keys)
             for k in keys[s:] + keys[:s]:
-                fn, n = jobs[k], number[k]
+                fn, n, pre = jobs[k], number[k], pres[k]
                 time.sleep(pause)
+                pre()
                 fn()  # untimed: wakes this job's threads, as in back-to-back use
+                if per_call:
+                    for _ in range(n):
+                        pre()
+                        t0 = time.perf_counter()
+                        fn()
+                        samples[k].append(time.perf_counter() - t0)
+                    continue
                 t0 = time.perf_counter()
                 for _ in range(n):
                     fn()
