@@ -233,6 +233,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &rnnkern::get_num_threads);
   m.def("set_thread_runtime", &rnnkern::set_thread_runtime);
   m.def("thread_runtime", &rnnkern::thread_runtime);
+  m.def("_test_delays", [](int64_t start_us, int64_t sync_us, int sync_at) {
+    rnnkern::set_test_delays(start_us * 1000, sync_us * 1000, sync_at);
+  });
   m.def("thread_stats", [] {
     const auto s = rnnkern::thread_stats();
     py::dict d;

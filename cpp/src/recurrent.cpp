@@ -86,15 +86,15 @@ int threads_for(Dims d, int64_t GH, int64_t nblk) {
   return n < 1 ? 1 : static_cast<int>(n);
 }
 
-// Calls fn(c0, c1) for this thread's share of [0, n) cut into about 8 blocks (multiples of 16,
-// at least 64) that depend on n only, not on the thread count (so neither do the results, e.g.
-// the bias gradients' column sums); eight share evenly among 1, 2, 4 or 8 threads.
+// Calls fn(c0, c1) for this member's part of [0, n) cut into about 8 blocks (multiples of 16,
+// at least 64) that depend on n only, not on the team (so neither do the results, e.g. the bias
+// gradients' column sums); eight share evenly among 1, 2, 4 or 8 threads.
 template <class Fn>
-void for_blocks(int64_t n, int tid, int nth, Fn fn) {
+void for_blocks(int64_t n, const Team& team, int tid, Fn fn) {
   int64_t blk = ((n + 7) / 8 + 15) / 16 * 16;
   blk = blk < 64 ? 64 : blk;
   int64_t b0, b1;
-  split((n + blk - 1) / blk, tid, nth, &b0, &b1);
+  team.part(tid, (n + blk - 1) / blk, &b0, &b1);
   for (int64_t b = b0; b < b1; ++b) fn(b * blk, (b + 1) * blk < n ? (b + 1) * blk : n);
 }
 
@@ -161,15 +161,16 @@ void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> 
     pack_share(tid);
     if (tid == 0)
       for (int w; (w = team.take_over()) >= 0;) pack_share(w);
-    if (!team.begin(tid)) return;
-    int64_t jb0, jb1;  // this member's hidden blocks: they change only if the team does
-    auto mine = [&] { split(nblk, team.rank(tid), team.size(), &jb0, &jb1); };
+    team.begin(tid);
+    int64_t jb0, jb1;  // this member's hidden blocks (none while benched): they change only
+                       // when the team does
+    auto mine = [&] { team.part(tid, nblk, &jb0, &jb1); };
     mine();
     for (int64_t t0 = 0; t0 < T; t0 += tc) {
       const int64_t steps = tc < T - t0 ? tc : T - t0;
       const int64_t rows = steps * B;
-      // This member's columns of the chunk's projections: only its own steps read them (or,
-      // after the team shrank, the caller's, which come after a sync), so no sync is needed.
+      // This member's columns of the chunk's projections: only its own steps read them (or, when
+      // the team changes, the new owner's, which come after a sync), so no sync is needed.
       kt.project(pk.c, x + t0 * B * I, rows, xp.get(), jb0, jb1);
       for (int64_t t = t0; t < t0 + steps; ++t) {
         Step<F> s{};
@@ -182,7 +183,7 @@ void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> 
         s.aux = cache ? (cache->aux ? cache->aux + t * BH : nullptr) : ascratch.get();
         for (int ph = 0; ph < phases(cell); ++ph) {
           kt.forward_phase(pk.c, s, ph, jb0, jb1);
-          if (!team.sync(tid)) return;
+          team.sync(tid);
           mine();
         }
       }
@@ -247,11 +248,11 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
     pack_share(tid);
     if (tid == 0)
       for (int w; (w = team.take_over()) >= 0;) pack_share(w);
-    if (!team.begin(tid)) return;
+    team.begin(tid);
     int64_t jb0, jb1, ib0, ib1;  // this member's hidden blocks; its column blocks of dx, dW_ih
     auto mine = [&] {
-      split(nblk, team.rank(tid), team.size(), &jb0, &jb1);
-      split(nblk_i, team.rank(tid), team.size(), &ib0, &ib1);
+      team.part(tid, nblk, &jb0, &jb1);
+      team.part(tid, nblk_i, &ib0, &ib1);
     };
     mine();
     Step<F> s{};
@@ -272,7 +273,7 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
         s.dgh_next = next;
         for (int ph = 0; ph < phases(cell); ++ph) {
           kt.backward_phase(pk.c, s, ph, jb0, jb1);
-          if (!team.sync(tid)) return;
+          team.sync(tid);
           mine();
         }
         next = s.dgh;
@@ -281,7 +282,6 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
       // first chunk assigns, the others add) and of dx. The next chunk's steps write the other
       // buffer, and its first sync waits for every member to be done with this one.
       const bool add = c > 0;
-      const int nth = team.size(), rank = team.rank(tid);
       // This member's column blocks of dW_ih and dW_hh, and of dx, with the steps' tiles.
       F* xq = xpan.get();
       kt.pack_backward(xq, x + t0 * B * I, rows, I, I, 0, ib0, ib1);
@@ -301,7 +301,7 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
       }
       kt.product(dgc, LDG, false, rows, pk.c.wi, GH, I, g.dx + t0 * B * I, I, false, ib0, ib1);
       if (g.db_ih)
-        for_blocks(GH, rank, nth, [&](int64_t r0, int64_t r1) {
+        for_blocks(GH, team, tid, [&](int64_t r0, int64_t r1) {
           column_sums(dgc, rows, LDG, r0, r1, g.db_ih, add);
           if (two) column_sums(dgr, rows, LDG, r0, r1, g.db_hh, add);
         });

@@ -42,6 +42,9 @@ namespace {
 constexpr int64_t kLateNs = 100'000;
 // An idle worker spins this long for the next call (calls come back to back), then sleeps.
 constexpr int64_t kIdleSpinNs = 100'000;
+// A benched worker (the team shrank without it) sleeps this long before it asks to come back,
+// twice as long after each try that failed, up to kBenchMaxNs.
+constexpr int64_t kBenchNs = 1'000'000, kBenchMaxNs = 16'000'000;
 // A worker asleep between calls takes tens of us to wake; the caller waits for it this long
 // after the call started (doing its own share meanwhile) before it takes the worker's share over.
 constexpr int64_t kWakeNs = 150'000;
@@ -101,6 +104,19 @@ void bump_and_wake(std::atomic<uint32_t>& word, std::atomic<int>& sleepers) {
 
 int popcount(uint64_t v) { return __builtin_popcountll(v); }
 
+// Fault injection for the tests (rnnkern._core._test_delays): a worker sleeps this long before
+// it checks in (so the caller takes its share over), and at its `test_sync_at`-th sync of a call
+// (so the team shrinks).
+std::atomic<int64_t> test_start_delay_ns{0}, test_sync_delay_ns{0};
+std::atomic<int> test_sync_at{0};
+thread_local int syncs_in_call = 0;
+
+void test_delay_start() {
+  syncs_in_call = 0;
+  if (const int64_t d = test_start_delay_ns.load(std::memory_order_relaxed))
+    std::this_thread::sleep_for(std::chrono::nanoseconds(d));
+}
+
 // What the pool did, for rnnkern.thread_stats() (relaxed counters).
 std::atomic<int64_t> stat_calls{0}, stat_taken{0}, stat_shrunk{0}, stat_openmp{0};
 
@@ -132,11 +148,16 @@ void Team::reset(int planned, uint32_t generation) {
                std::memory_order_release);
   arrived_.store(0, std::memory_order_relaxed);
   late_.store(false, std::memory_order_relaxed);
+  over_.store(0, std::memory_order_relaxed);
+  base_ = phase_.load(std::memory_order_relaxed);
   started_ = now_ns();
   taken_ = false;
-  size_.store(planned, std::memory_order_relaxed);
-  members_ = 1;
+  active_.store(1, std::memory_order_relaxed);
   shrunk_ = false;
+  for (int i = 0; i < kMaxThreads; ++i) {
+    ready_[i].store(-1, std::memory_order_relaxed);
+    syncs_[i] = 0, bench_until_[i] = 0, backoff_[i] = kBenchNs;
+  }
 }
 
 bool Team::check_in(int tid, uint32_t generation) {
@@ -170,44 +191,115 @@ int Team::take_over() {
   }
 }
 
-bool Team::begin(int tid) {
+void Team::begin(int tid) {
+  (void)tid;
   if (planned_ == 1) {
-    size_.store(1, std::memory_order_relaxed);
     released_ = now_ns();
-    return true;
+    bump_and_wake(phase_, sleepers_);
+    return;
   }
   const uint32_t ph = phase_.load(std::memory_order_acquire);
   const uint64_t s = start_.fetch_add(1, std::memory_order_acq_rel) + 1;
   const uint64_t members = field(s, kMembers);
   if (field(s, kDecided) == kField && field(s, kArrivals) == uint64_t(popcount(members))) {
-    members_ = static_cast<uint32_t>(members);
-    size_.store(late_.load(std::memory_order_relaxed) ? 1 : popcount(members),
-                std::memory_order_relaxed);
-    shrunk_ = late_.load(std::memory_order_relaxed);
+    const bool late = late_.load(std::memory_order_relaxed);
+    active_.store(late ? 1 : static_cast<uint32_t>(members), std::memory_order_relaxed);
+    shrunk_ = late;
     late_.store(false, std::memory_order_relaxed);
     released_ = now_ns();
     bump_and_wake(phase_, sleepers_);
   } else {
     wait_change(phase_, ph, sleepers_, kLateNs, [&] { late_.store(true); });
   }
-  return size_.load(std::memory_order_relaxed) > 1 || tid == 0;
 }
 
-int Team::rank(int tid) const {
-  return size() == 1 ? 0 : popcount(members_ & ((uint32_t(1) << tid) - 1));
+bool Team::active(int tid) const {
+  return active_.load(std::memory_order_relaxed) >> tid & 1;
 }
 
-bool Team::sync(int tid) {
-  const int n = size_.load(std::memory_order_relaxed);
-  if (n == 1) return tid == 0;
+void Team::part(int tid, int64_t n, int64_t* begin, int64_t* end) const {
+  const uint32_t a = active_.load(std::memory_order_relaxed);
+  if (!(a >> tid & 1)) {
+    *begin = *end = 0;
+    return;
+  }
+  split(n, popcount(a & ((uint32_t(1) << tid) - 1)), popcount(a), begin, end);
+}
+
+// The caller's part of a sync while it is the only active member: lets in benched workers that
+// asked to come back at this sync, then completes the sync.
+void Team::sync_alone(int64_t k) {
+  uint32_t in = 0;
+  for (int w = 1; w < planned_; ++w) {
+    int64_t want = k;
+    if (ready_[w].load(std::memory_order_relaxed) == k &&
+        ready_[w].compare_exchange_strong(want, -1, std::memory_order_acq_rel))
+      in |= uint32_t(1) << w;
+  }
+  if (in) {
+    active_.store(1 | in, std::memory_order_relaxed);
+    arrived_.store(0, std::memory_order_relaxed);
+  }
+  const int64_t now = now_ns();
+  step_ns_.store(now - released_, std::memory_order_relaxed);
+  released_ = now;
+  bump_and_wake(phase_, sleepers_);
+}
+
+// A benched member at its k-th sync: returns at once while the active members are past it;
+// otherwise sleeps out its backoff (or until the call is over), then asks to be let in at this
+// sync and waits for the caller to get there; if the caller does not within kLateNs, it takes
+// the request back and sleeps twice as long.
+void Team::sync_benched(int tid, int64_t k) {
+  const uint32_t done = base_ + 1 + static_cast<uint32_t>(k);  // phase_ once sync k is complete
+  auto passed = [&] { return int32_t(phase_.load(std::memory_order_acquire) - done) >= 0; };
+  for (;;) {
+    if (passed() || over_.load(std::memory_order_acquire)) return;
+    const int64_t now = now_ns();
+    if (now < bench_until_[tid]) {
+      timespec ts{0, static_cast<long>(bench_until_[tid] - now)};
+#if defined(__linux__)
+      syscall(SYS_futex, reinterpret_cast<uint32_t*>(&over_), FUTEX_WAIT_PRIVATE, 0, &ts,
+              nullptr, 0);
+#else
+      std::this_thread::sleep_for(std::chrono::nanoseconds(ts.tv_nsec));
+#endif
+      continue;
+    }
+    ready_[tid].store(k, std::memory_order_release);
+    const int64_t t0 = now_ns();
+    const int64_t patience = std::max(kLateNs, 3 * step_ns_.load(std::memory_order_relaxed));
+    while (!passed() && now_ns() - t0 < patience) RNNKERN_PAUSE();
+    int64_t want = k;
+    if (!ready_[tid].compare_exchange_strong(want, -1, std::memory_order_acq_rel)) {
+      while (!passed()) RNNKERN_PAUSE();  // let in at sync k: the caller completes it now
+      return;
+    }
+    if (passed()) return;  // the caller went by before it saw the request: ask again later
+    backoff_[tid] = std::min(2 * backoff_[tid], kBenchMaxNs);
+    bench_until_[tid] = now_ns() + backoff_[tid];
+  }
+}
+
+void Team::sync(int tid) {
+  const int64_t k = ++syncs_[tid];  // this member's k-th sync of the call
+  const uint32_t a = active_.load(std::memory_order_relaxed);
+  if (!(a >> tid & 1)) return sync_benched(tid, k);
+  const int n = popcount(a);
+  if (n == 1) return sync_alone(k);
+  if (tid != 0 && test_sync_delay_ns.load(std::memory_order_relaxed) &&
+      ++syncs_in_call == test_sync_at.load(std::memory_order_relaxed))
+    std::this_thread::sleep_for(std::chrono::nanoseconds(test_sync_delay_ns.load()));
   const int64_t now = now_ns();
   const uint32_t ph = phase_.load(std::memory_order_acquire);
   if (arrived_.fetch_add(1, std::memory_order_acq_rel) == n - 1) {
-    if (late_.load(std::memory_order_relaxed)) {
-      size_.store(1, std::memory_order_relaxed);
+    if (late_.load(std::memory_order_relaxed)) {  // a member was descheduled: bench the workers
+      active_.store(1, std::memory_order_relaxed);
       shrunk_ = true;
       late_.store(false, std::memory_order_relaxed);
+      for (int w = 1; w < planned_; ++w) bench_until_[w] = now + backoff_[w];
     }
+    step_ns_.store(now - released_, std::memory_order_relaxed);
     released_ = now;
     arrived_.store(0, std::memory_order_relaxed);
     bump_and_wake(phase_, sleepers_);
@@ -216,7 +308,11 @@ bool Team::sync(int tid) {
     wait_change(phase_, ph, sleepers_, std::max(kLateNs, 2 * work),
                 [&] { late_.store(true, std::memory_order_relaxed); });
   }
-  return size_.load(std::memory_order_relaxed) > 1 || tid == 0;
+}
+
+void Team::finish() {
+  over_.store(1, std::memory_order_release);
+  if (shrunk_) wake_all(&over_);
 }
 
 // ---- the pool
@@ -297,8 +393,10 @@ void gomp_trampoline(void* p) {
   auto& g = *static_cast<GompCall*>(p);
   const int tid = std::this_thread::get_id() == g.caller ? 0 : 1 + g.ticket.fetch_add(1);
   if (tid >= g.team.planned()) return;
+  if (tid != 0) test_delay_start();
   if (tid != 0 && !g.team.check_in(tid, 0)) return;
   call(*g.fn, tid, g.team, &g.errors[tid]);
+  if (tid == 0) g.team.finish();  // benched workers stop waiting to come back
 }
 
 }  // namespace
@@ -350,8 +448,9 @@ class Pool {
     }
     if (idle_.load(std::memory_order_seq_cst) > 0) cv_.notify_all();
     call(fn, 0, team_, &errors_[0]);
+    team_.finish();  // benched workers stop waiting to come back
     // Wait for the workers that joined (the others never touch the call again).
-    const int joined = popcount(team_.members_) - 1;
+    const int joined = popcount(field(team_.start_.load(), kMembers)) - 1;
     const uint32_t target = static_cast<uint32_t>(joined);
     for (uint32_t d; (d = done_.load(std::memory_order_acquire)) < target;)
       wait_change(done_, d, done_sleepers_, kLateNs);
@@ -387,6 +486,7 @@ class Pool {
       if (stop_) return;
       seen = generation_.load(std::memory_order_acquire);
       if (tid >= team_.planned()) continue;
+      test_delay_start();
       // The call may be over already (the caller took this share over): then check_in fails
       // and nothing of the call is touched.
       if (!team_.check_in(tid, static_cast<uint32_t>(seen))) continue;
@@ -439,6 +539,12 @@ void set_thread_runtime(const std::string& name) {
     throw std::invalid_argument("name: expected 'auto', 'rnnkern' or 'openmp', got '" + name +
                                 "'");
   }
+}
+
+void set_test_delays(int64_t start_ns, int64_t sync_ns, int sync_at) {
+  test_start_delay_ns.store(start_ns);
+  test_sync_delay_ns.store(sync_ns);
+  test_sync_at.store(sync_at);
 }
 
 ThreadStats thread_stats() {

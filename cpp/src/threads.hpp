@@ -7,8 +7,9 @@
 // - at each step a member waits for the others by spinning briefly, then sleeping (futex), never
 //   by yielding its core to whoever is there;
 // - a member that arrives at a step so late that it was surely descheduled makes the team shrink
-//   to the caller alone for the rest of the call, so a preempted thread costs one wait, not one
-//   wait per step.
+//   to the caller alone, so a preempted thread costs one wait, not one wait per step; the
+//   benched workers follow the steps without work and come back after 1 ms (then 2, 4, .. 16 ms
+//   if the caller keeps missing them), so a short disturbance does not cost the whole call.
 // Every output element is computed by the same instructions whoever computes it, so results are
 // bitwise the same for any team and any change of team.
 #pragma once
@@ -32,31 +33,42 @@ class Team {
   // once every share is decided.
   int take_over();
   // Every member once, after its start work (and the caller after its take-overs): waits until
-  // the start work of every member is done. Then size() and rank() hold. Returns false for a
-  // member that must leave because the team shrank to the caller already.
-  bool begin(int tid);
-  // End of a step: waits for every member. Returns false for a member that must leave because
-  // the team shrank to the caller (it then does nothing more of the call).
-  bool sync(int tid);
-  int size() const { return size_.load(std::memory_order_relaxed); }  // members now
-  int rank(int tid) const;  // 0 .. size()-1 (the caller is 0)
+  // the start work of every member is done.
+  void begin(int tid);
+  // End of each step, by every member, active or benched: an active member waits for the other
+  // active ones; a benched one catches up (it has no work) and may be let in again here.
+  void sync(int tid);
+  // Whether member tid has work now, and its part [begin, end) of n items (empty if benched).
+  bool active(int tid) const;
+  void part(int tid, int64_t n, int64_t* begin, int64_t* end) const;
+  // The caller, when its work is done: benched members stop waiting to be let in.
+  void finish();
   int planned() const { return planned_; }
   bool shrunk() const { return shrunk_; }  // the team shrank during the call
 
  private:
   friend class Pool;
+  void sync_alone(int64_t k);
+  void sync_benched(int tid, int64_t k);
+
   // Start word: generation (16 bits) | members (16) | decided shares (16) | arrivals (16).
   std::atomic<uint64_t> start_{0};
-  std::atomic<uint32_t> phase_{0};  // futex word: bumped at each release
+  std::atomic<uint32_t> phase_{0};   // futex word: bumped when a sync (or the start) completes
+  std::atomic<uint32_t> over_{0};    // futex word: 1 once the caller's work is done
   std::atomic<int> sleepers_{0};
   std::atomic<int> arrived_{0};
-  std::atomic<bool> late_{false};   // a member waited so long that a partner was descheduled
-  std::atomic<int> size_{1};
+  std::atomic<bool> late_{false};    // a member waited so long that a partner was descheduled
+  std::atomic<uint32_t> active_{1};  // bit per member with work now (the caller always)
+  std::atomic<int64_t> ready_[kMaxThreads];  // sync at which benched member i asks to come back
+  int64_t syncs_[kMaxThreads] = {};        // syncs done by member i (its own)
+  int64_t bench_until_[kMaxThreads] = {};  // ns: benched member i sleeps until then
+  int64_t backoff_[kMaxThreads] = {};      // ns: its next sleep
   int planned_ = 1;
-  uint32_t members_ = 1;            // bit per tid, fixed at the start's release
-  int64_t released_ = 0;            // ns of the last release
-  int64_t started_ = 0;             // ns of reset()
-  bool taken_ = false;              // the caller took a worker's share over
+  uint32_t base_ = 0;                // phase_ at reset()
+  int64_t released_ = 0;             // ns of the last release
+  std::atomic<int64_t> step_ns_{0};  // ns between the last two releases
+  int64_t started_ = 0;              // ns of reset()
+  bool taken_ = false;               // the caller took a worker's share over
   bool shrunk_ = false;
 };
 

@@ -41,8 +41,11 @@ __all__ = [
     "rnn_forward",
     "set_isa",
     "set_num_threads",
+    "set_thread_runtime",
     "softmax",
     "softmax_cross_entropy",
+    "thread_runtime",
+    "thread_stats",
 ]
 
 
@@ -55,14 +58,51 @@ def _check_thread_count(n: object) -> None:
 
 
 def set_num_threads(n: int) -> None:
-    """Use n >= 1 threads in the kernels (default: the machine's cores)."""
+    """Let the kernels use up to n >= 1 threads (default: the CPUs this process may run on).
+
+    A call never uses more threads than the CPUs available to the process (os.sched_getaffinity)
+    nor more than 16: more threads than cores would only wait for each other, so
+    ``set_num_threads(1000)`` on 2 cores means 2. ``get_num_threads()`` tells the number in use.
+    """
     _check_thread_count(n)
     _core.set_num_threads(n)
 
 
 def get_num_threads() -> int:
-    """The number of threads the kernels use."""
+    """The number of threads a kernel call may use: min(n set, CPUs available, 16)."""
     return int(_core.get_num_threads())
+
+
+def set_thread_runtime(name: str) -> None:
+    """Whose threads run the kernels' parallel work: "auto" (the default), "rnnkern" or "openmp".
+
+    "rnnkern" is rnnkern's own pool. "openmp" runs on the threads of a GNU-compatible OpenMP
+    runtime already loaded in the process (PyTorch's libgomp, Intel's libiomp5, LLVM's libomp;
+    ValueError if there is none): PyTorch keeps those threads spinning for about 10 ms after each
+    operator, so rnnkern's threads would compete with them for the cores. "auto" takes "openmp"
+    once such a runtime is loaded, except for 100 ms after a call there lost a thread to another
+    process; else "rnnkern". Results are bitwise the same on either. See docs/design.md, "Threads
+    in company".
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a str, got {type(name).__name__}")
+    _core.set_thread_runtime(name)
+
+
+def thread_runtime() -> str:
+    """The runtime setting: "auto", "rnnkern" or "openmp" (see set_thread_runtime)."""
+    return str(_core.thread_runtime())
+
+
+def thread_stats() -> dict[str, int]:
+    """What the threads did since the process started, for diagnosing a slow program.
+
+    team_calls: calls run by more than one thread; openmp_calls: of which on an OpenMP runtime's
+    threads; taken_over: workers' shares that the caller did itself because the worker had not
+    started 150 us into the call; shrunk: team calls that finished on the caller alone because a
+    member was descheduled (it arrived at a step 100 us or more after the others).
+    """
+    return {str(k): int(v) for k, v in _core.thread_stats().items()}
 
 
 _blas_controller: Any = None
@@ -110,6 +150,7 @@ def config() -> dict[str, Any]:
         "isa": _core.isa(),
         "supported_isas": _core.supported_isas().split(","),
         "threads": get_num_threads(),
+        "thread_runtime": thread_runtime(),
         "blas": "none (every product runs on rnnkern's own packed kernels)",
     }
 

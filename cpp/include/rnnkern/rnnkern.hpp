@@ -97,6 +97,10 @@ struct ThreadStats {
   int64_t shrunk;      // team calls whose team shrank to the caller (a member was descheduled)
 };
 ThreadStats thread_stats();
+// For the tests only: every worker sleeps start_ns before it joins a call (so the caller takes
+// its share over) and sync_ns at its sync_at-th step of each call (so the team shrinks); zeros
+// turn it off.
+void set_test_delays(int64_t start_ns, int64_t sync_ns, int sync_at);
 std::string isa();        // the ISA whose kernels run: "scalar", "avx2" or "avx512"
 std::string supported_isas();  // comma-separated list this CPU can run
 void set_isa(const std::string& name);  // throws std::invalid_argument if unknown/unsupported

@@ -1,0 +1,215 @@
+"""The threads in company (issue 13): whatever the team does — a worker taken over because it had
+not started, a team shrunk because a member was descheduled, more threads asked for than cores,
+a busy process on the machine, PyTorch's OpenMP pool active, either thread runtime — every
+output and gradient has the bits of a run on one thread.
+
+Take-overs and shrinks are forced with the core's fault injection (`_core._test_delays`), so
+they happen on any machine, loaded or not; `thread_stats()` shows that they did.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from rnnkern_testing import CELLS, make_case, make_output_grads
+
+import rnnkern
+from rnnkern import _core
+
+CPUS = len(os.sched_getaffinity(0))
+# (cell, kw, case shape (T, B, I, H), dtype): every cell form at a shape run by a team (B * G*H *
+# H >= 2 * 16384 multiply-adds per step), and an LSTM whose backward has three chunks of steps.
+SHAPES = [(9, 4, 16, 128)]
+CHUNKED = ("lstm", {}, (40, 64, 32, 256), np.float32)
+CASES = [(cell, kw, shape, dtype) for cell, kw in CELLS for shape in SHAPES
+         for dtype in (np.float32, np.float64)] + [CHUNKED]
+
+
+def _id(case: tuple[str, dict[str, Any], tuple[int, ...], Any]) -> str:
+    cell, kw, shape, dtype = case
+    return "-".join([cell, *map(str, kw.values()), "x".join(map(str, shape)),
+                     np.dtype(dtype).name])
+
+
+def run_all(cell: str, kw: dict[str, Any], shape: tuple[int, ...], dtype: Any
+            ) -> dict[str, np.ndarray]:
+    """Every output and gradient of a training forward + backward, and of an inference forward."""
+    T, B, I, H = shape
+    case = make_case(cell, T, B, I, H, dtype, lengths="random", seed=3)
+    grads = make_output_grads(cell, T, B, H, dtype, seed=4)
+    fwd = getattr(rnnkern, f"{cell}_forward")
+    out = fwd(**case, **kw)
+    g = getattr(rnnkern, f"{cell}_backward")(out.cache, **grads)
+    inf = fwd(**case, **kw, training=False)
+    result = {f"fwd.{k}": v for k, v in out._asdict().items() if isinstance(v, np.ndarray)}
+    result.update({f"bwd.{k}": v for k, v in g._asdict().items() if isinstance(v, np.ndarray)})
+    result.update({f"inf.{k}": v for k, v in inf._asdict().items() if isinstance(v, np.ndarray)})
+    return result
+
+
+def assert_same_bits(got: dict[str, np.ndarray], want: dict[str, np.ndarray], what: str) -> None:
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=f"{k} {what}", strict=True)
+
+
+@pytest.fixture(scope="module")
+def serial() -> dict[str, dict[str, np.ndarray]]:
+    """The results of every case on one thread."""
+    before = rnnkern.get_num_threads()
+    rnnkern.set_num_threads(1)
+    try:
+        return {_id(c): run_all(*c) for c in CASES}
+    finally:
+        rnnkern.set_num_threads(before)
+
+
+@pytest.fixture
+def delays() -> Iterator[Any]:
+    """Sets the core's fault injection for one test, and turns it off after."""
+    def set_delays(start_us: int = 0, sync_us: int = 0, sync_at: int = 0) -> None:
+        _core._test_delays(start_us, sync_us, sync_at)
+    yield set_delays
+    _core._test_delays(0, 0, 0)
+
+
+needs_two = pytest.mark.skipif(CPUS < 2, reason="a team needs two CPUs")
+
+
+@needs_two
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_a_worker_taken_over_gives_the_same_bits(case: Any, serial: Any, delays: Any) -> None:
+    """Workers that start 2 ms late: the caller does their shares; same bits."""
+    delays(start_us=2000)
+    before = rnnkern.thread_stats()["taken_over"]
+    assert_same_bits(run_all(*case), serial[_id(case)], "with the worker's share taken over")
+    assert rnnkern.thread_stats()["taken_over"] > before
+
+
+@needs_two
+@pytest.mark.parametrize("sync_at", [1, 2, 5])
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_a_team_shrunk_mid_call_gives_the_same_bits(case: Any, sync_at: int, serial: Any,
+                                                    delays: Any) -> None:
+    """A worker descheduled for 2 ms at its 1st, 2nd or 5th step (forward and backward, within a
+    chunk or at a chunk's end): the caller finishes the call alone; same bits."""
+    delays(sync_us=2000, sync_at=sync_at)
+    before = rnnkern.thread_stats()["shrunk"]
+    assert_same_bits(run_all(*case), serial[_id(case)], f"with the team shrunk at step {sync_at}")
+    assert rnnkern.thread_stats()["shrunk"] > before
+
+
+def test_more_threads_than_cpus_means_the_cpus(serial: Any) -> None:
+    """set_num_threads(1000) on this machine: calls use min(CPUs, 16) threads, same bits."""
+    before = rnnkern.get_num_threads()
+    try:
+        rnnkern.set_num_threads(1000)
+        assert rnnkern.get_num_threads() == min(CPUS, 16)
+        assert rnnkern.config()["threads"] == min(CPUS, 16)
+        for case in CASES[:3]:
+            assert_same_bits(run_all(*case), serial[_id(case)], "with 1000 threads asked for")
+    finally:
+        rnnkern.set_num_threads(before)
+
+
+@pytest.fixture
+def busy_process() -> Iterator[subprocess.Popen[bytes]]:
+    """A process spinning on a core for the test's duration."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        assert proc.poll() is None
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("runtime", ["rnnkern", "auto"])
+def test_same_bits_beside_a_busy_process(runtime: str, serial: Any,
+                                         busy_process: Any) -> None:
+    """Every case, three times, with another process spinning on a core."""
+    rnnkern.set_thread_runtime(runtime)
+    try:
+        for _ in range(3):
+            for case in CASES:
+                assert_same_bits(run_all(*case), serial[_id(case)], "beside a busy process")
+    finally:
+        rnnkern.set_thread_runtime("auto")
+
+
+@pytest.mark.parametrize("runtime", ["rnnkern", "openmp", "auto"])
+def test_same_bits_with_torchs_pool_active(runtime: str, serial: Any) -> None:
+    """PyTorch's OpenMP threads busy with operators in another Python thread (and spinning after
+    each), rnnkern on its own pool, on PyTorch's threads, or choosing: same bits."""
+    import torch
+
+    torch.mm(torch.ones(64, 256), torch.ones(256, 256))  # loads and starts torch's OpenMP pool
+    stop = threading.Event()
+
+    def torch_ops() -> None:
+        a, b = torch.randn(64, 256), torch.randn(256, 256)
+        while not stop.is_set():
+            torch.mm(a, b)
+
+    worker = threading.Thread(target=torch_ops)
+    rnnkern.set_thread_runtime(runtime)
+    worker.start()
+    try:
+        for case in CASES:
+            assert_same_bits(run_all(*case), serial[_id(case)], f"with torch busy ({runtime})")
+    finally:
+        stop.set()
+        worker.join()
+        rnnkern.set_thread_runtime("auto")
+
+
+def test_thread_runtime_settings() -> None:
+    """The runtime names, the errors, and what config() reports."""
+    assert rnnkern.thread_runtime() == "auto"
+    assert rnnkern.config()["thread_runtime"] == "auto"
+    with pytest.raises(ValueError, match="name: expected 'auto', 'rnnkern' or 'openmp'"):
+        rnnkern.set_thread_runtime("tbb")
+    with pytest.raises(TypeError, match="name: expected a str"):
+        rnnkern.set_thread_runtime(1)  # type: ignore[arg-type]
+    rnnkern.set_thread_runtime("rnnkern")
+    assert rnnkern.thread_runtime() == "rnnkern"
+    rnnkern.set_thread_runtime("auto")
+    stats = rnnkern.thread_stats()
+    assert set(stats) == {"team_calls", "openmp_calls", "taken_over", "shrunk"}
+    assert all(isinstance(v, int) and v >= 0 for v in stats.values())
+
+
+def test_openmp_needs_a_loaded_runtime() -> None:
+    """In a process without an OpenMP runtime, "openmp" is refused and "auto" runs rnnkern's pool
+    (and never loads one)."""
+    code = """
+import sys
+import numpy as np
+import rnnkern
+from rnnkern_testing import make_case
+try:
+    rnnkern.set_thread_runtime("openmp")
+except ValueError as e:
+    assert "no OpenMP runtime is loaded" in str(e), e
+else:
+    raise AssertionError("no error")
+rnnkern.lstm_forward(**make_case("lstm", 9, 4, 16, 128, np.float32, seed=1))
+assert rnnkern.thread_stats()["openmp_calls"] == 0
+maps = open("/proc/self/maps").read()
+assert "libgomp" not in maps and "libiomp" not in maps, "an OpenMP runtime was loaded"
+print("ok")
+"""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(rnnkern.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([pkg, tests]))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
