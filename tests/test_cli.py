@@ -1,16 +1,21 @@
 """Every `rnnkern` command end to end on tiny settings, in process and once as `python -m`."""
 from __future__ import annotations
 
+import argparse
 import os
+import pickle
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import rnnkern
-from rnnkern.cli import main
+from rnnkern.cli import build_parser, main
 from rnnkern.models import CharLM, Seq2Seq, load_checkpoint
 
 TEXT = "the quick brown fox jumps over the lazy dog.\n" * 40
@@ -74,6 +79,127 @@ def test_sample_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
         main(["train-char", "--hidden", "0"])
 
 
+@pytest.mark.parametrize("content", [b"some notes\n", pickle.dumps({"w": [1.0]}), b""],
+                         ids=["text", "pickle", "empty"])
+def test_sample_of_a_file_that_is_not_a_checkpoint(tmp_path: Path, content: bytes,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """One line saying what the file is not, exit status 2; never numpy's allow_pickle advice."""
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    assert main(["sample", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and "allow_pickle" not in captured.err
+    assert captured.err.startswith(f"rnnkern sample: error: path: {str(path)!r} is not an "
+                                   f"rnnkern checkpoint")
+
+
+def _train_char_args(tmp_path: Path, ckpt: str, *more: str) -> list[str]:
+    """A tiny train-char run on TEXT (written to tmp_path)."""
+    text_file = tmp_path / "fox.txt"
+    text_file.write_text(TEXT)
+    return ["train-char", str(text_file), "--hidden", "8", "--embed", "4", "--seq-len", "8",
+            "--batch", "2", "--val-chars", "100", "--sample-every", "0", "--sample-length", "5",
+            "--out", ckpt, "--seed", "2", *more]
+
+
+def test_ctrl_c_in_train_char_saves_the_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """KeyboardInterrupt in the loop: the trained state is saved (the message says where), no
+    validation, exit status 130; without --out it says that nothing was saved."""
+    calls = []
+    step = CharLM.loss_and_backward
+
+    def interrupted_step(self: CharLM, *args: object) -> object:
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return step(self, *args)
+
+    monkeypatch.setattr(CharLM, "loss_and_backward", interrupted_step)
+    monkeypatch.chdir(tmp_path)
+    args = _train_char_args(tmp_path, "run.npz", "--steps", "100", "--no-progress")
+    assert main(args) == 130
+    out = capsys.readouterr().out
+    assert "\ninterrupted after 4 steps in " in out and "\nvalidation loss" not in out
+    assert f"checkpoint saved to {tmp_path / 'run.npz'}\n" in out
+    model, meta = load_checkpoint(tmp_path / "run.npz")
+    assert meta["steps"] == 4 and meta["interrupted"] and meta["val_loss"] is None
+    init = CharLM(**model.config)  # the config's seed: the initialization before training
+    assert any(not np.array_equal(p, init.params[k]) for k, p in model.params.items())
+
+    calls.clear()
+    args[args.index("--out") + 1] = ""
+    assert main(args) == 130
+    assert "no checkpoint saved (--out '')" in capsys.readouterr().out
+
+
+def _env_with_package() -> dict[str, str]:
+    """os.environ with PYTHONPATH leading to the rnnkern under test."""
+    package_root = str(Path(rnnkern.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    return env
+
+
+def test_sigint_to_train_char_saves_and_exits_130(tmp_path: Path) -> None:
+    """A real Ctrl-C (SIGINT) to `python -m rnnkern train-char`: status 130, no traceback, and
+    the checkpoint it names loads."""
+    args = _train_char_args(tmp_path, str(tmp_path / "run.npz"), "--steps", "100000000",
+                            "--no-progress")
+    proc = subprocess.Popen(  # SIGINT at its default (a background shell may have ignored it)
+        [sys.executable, "-m", "rnnkern", *args], env=_env_with_package(), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("corpus: ")  # the model exists: training
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert f"checkpoint saved to {tmp_path / 'run.npz'}" in out
+    steps = int(re.search(r"interrupted after (\d+) steps", out).group(1))  # type: ignore[union-attr]
+    model, meta = load_checkpoint(tmp_path / "run.npz")
+    assert isinstance(model, CharLM) and meta["steps"] == steps and meta["interrupted"]
+
+
+def test_progress_bar_under_minutes_in_a_log(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """--minutes: the bar counts seconds of the budget and shows the time left; stderr is not a
+    terminal here, so it is drawn a few times, not once per step."""
+    assert main(_train_char_args(tmp_path, "", "--minutes", "0.02")) == 0
+    captured = capsys.readouterr()
+    steps = int(re.search(r"trained (\d+) steps", captured.out).group(1))  # type: ignore[union-attr]
+    assert steps >= 5  # enough to tell a per-step bar from this one
+    draws = [d for d in re.split(r"[\r\n]", captured.err) if d.strip()]
+    assert len(draws) <= 3, draws
+    assert re.search(rf"100%\|.*\| 1/1 s \[00:00 left, step={steps}, loss=", draws[-1]), draws
+
+
+def test_help_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command's --help gives each option's default (unless None, False or '', where the
+    help says what happens)."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    checked = 0
+    for name, sub in commands.choices.items():
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        for action in sub._actions:
+            if action.default in (None, False, "", argparse.SUPPRESS) or not action.option_strings:
+                continue
+            entry = text[text.index(f" {action.option_strings[-1]} "):]
+            entry = re.split(r" --?[a-z]", entry[3:])[0]  # up to the next option
+            assert f"(default: {action.default})" in entry, (name, action.option_strings, entry)
+            checked += 1
+    assert checked > 40
+
+
 def test_train_seq2seq(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ckpt = tmp_path / "s2s.npz"
     rc = main(["train-seq2seq", "--max-value", "99", "--hidden", "16", "--embed", "8",
@@ -95,6 +221,17 @@ def test_gradflow(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for name in ("RNN (init)", "RNN (after 2 steps)", "LSTM (init)", "LSTM (after 2 steps)"):
         assert name in out
+
+
+def test_gradflow_without_matplotlib(monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """No matplotlib: one line naming the plot extra, exit status 2, before any computing."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    assert main(["gradflow", "--length", "8", "--train-steps", "2", "--hidden", "6"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ('rnnkern gradflow: error: this command needs matplotlib, which is '
+                            'not installed: pip install "rnnkern[plot]"\n')
 
 
 def test_longrange(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,6 +1,7 @@
 """nn.Linear / nn.Embedding against torch, the models' gradients, checkpoints, data helpers."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any, Callable
 
@@ -247,6 +248,78 @@ def test_checkpoint_seq2seq_and_errors(tmp_path: Path) -> None:
     np.savez(tmp_path / "other.npz", a=np.zeros(2))
     with pytest.raises(ValueError, match="^path:"):
         load_checkpoint(tmp_path / "other.npz")
+
+
+def _write_text(path: Path) -> None:
+    path.write_text("just some notes\n")
+
+
+def _write_pickle(path: Path) -> None:
+    with open(path, "wb") as f:
+        pickle.dump({"weights": [1, 2, 3]}, f)
+
+
+def _write_npy(path: Path) -> None:
+    with open(path, "wb") as f:
+        np.save(f, np.zeros(3))
+
+
+def _write_other_npz(path: Path) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, a=np.zeros(2), b=np.ones(3))
+
+
+def _write_pickled_header(path: Path) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, header=np.array([{"format": "x"}], dtype=object))
+
+
+def _write_json_list_header(path: Path) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, header=np.array("[1, 2]"))
+
+
+def _write_truncated(path: Path) -> None:
+    CharLM(5, hidden_size=4, embed_dim=2).save(path)
+    path.write_bytes(path.read_bytes()[:300])
+
+
+NOT_CHECKPOINTS = {
+    "text": _write_text, "pickle": _write_pickle, "npy": _write_npy, "empty": Path.touch,
+    "other npz": _write_other_npz, "pickled header": _write_pickled_header,
+    "json list header": _write_json_list_header, "truncated": _write_truncated,
+}
+
+
+@pytest.mark.parametrize("kind", NOT_CHECKPOINTS)
+def test_load_checkpoint_of_another_file_says_so(tmp_path: Path, kind: str) -> None:
+    """Text, a pickle, an .npy, an .npz of other arrays or a damaged file: a ValueError saying it
+    is not an rnnkern checkpoint, never numpy's allow_pickle advice (nothing is unpickled)."""
+    path = tmp_path / "file.npz"
+    NOT_CHECKPOINTS[kind](path)
+    with pytest.raises(ValueError, match=r"^path: '.*file\.npz' is not an rnnkern checkpoint \(")\
+            as info:
+        load_checkpoint(path)
+    assert "pickle" not in str(info.value)
+
+
+def test_load_checkpoint_with_parameters_that_do_not_fit(tmp_path: Path) -> None:
+    """A checkpoint whose arrays do not fit its config names the file and the parameter."""
+    path = tmp_path / "m.npz"
+    CharLM(5, hidden_size=4, embed_dim=2).save(path)
+    with np.load(path) as data:
+        arrays = dict(data)
+    arrays["param/rnn.weight_hh_l0"] = np.zeros((16, 3), np.float32)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(ValueError, match=r"^path: '.*m\.npz' is a damaged CharLM checkpoint: "
+                                         r"rnn\.weight_hh_l0: expected shape"):
+        load_checkpoint(path)
+    del arrays["param/rnn.weight_hh_l0"]
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(ValueError, match=r"damaged CharLM checkpoint: load_state_dict: missing"):
+        load_checkpoint(path)
 
 
 def test_model_state_dict_keys_and_errors() -> None:

@@ -801,3 +801,44 @@ def test_impossible_layer_sizes_raise_memory_or_overflow_error(make: Callable[[i
     ValueError "array is too big" / "Maximum allowed dimension exceeded")."""
     with pytest.raises((OverflowError, MemoryError)):
         make(size)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_memory_error_names_the_parameter_and_its_element_size(dtype: Any) -> None:
+    """A layer too large for memory names the parameter and the element size of its dtype."""
+    size = np.dtype(dtype).itemsize
+    with pytest.raises(MemoryError, match=f"^weight_hh_l0: a buffer of 400000 x 100000 "
+                                          f"elements of {size} bytes "):
+        nn.LSTM(4, 100_000, dtype=dtype)
+    with pytest.raises(MemoryError, match=f"^weight: a buffer of 1000000 x 100000 elements "
+                                          f"of {size} bytes "):
+        nn.Embedding(1_000_000, 100_000, dtype=dtype)
+
+
+def test_parameters_drawn_in_chunks_are_the_whole_draw(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Initialization draws float64 values a chunk at a time (no whole-size float64 copy): the
+    values are those of one draw of the whole array, rounded to the dtype."""
+    monkeypatch.setattr("rnnkern.nn.linear._DRAW_CHUNK", 7)
+    layer = nn.GRU(5, 6, seed=3)
+    rng = np.random.default_rng(3)
+    for name, p in layer.params.items():
+        expected = rng.uniform(-1 / np.sqrt(6), 1 / np.sqrt(6), p.shape).astype(np.float32)
+        np.testing.assert_array_equal(p, expected, err_msg=name)
+    emb = nn.Embedding(9, 5, seed=4)
+    expected = np.random.default_rng(4).standard_normal((9, 5)).astype(np.float32)
+    np.testing.assert_array_equal(emb.params["weight"], expected)
+
+
+@pytest.mark.parametrize("module", [rnnkern, reference], ids=["rnnkern", "reference"])
+@pytest.mark.parametrize("cell", sorted(GATES))
+def test_memory_error_names_the_training_cache(module: Any, cell: str) -> None:
+    """x, the weights fit, the (T+1, B, G*H+H) training cache does not: the error names it."""
+    G = GATES[cell]
+    zero = np.zeros((), np.float32)
+    x = np.broadcast_to(zero, (2**30, 1, 1))  # no memory behind it
+    w_ih, w_hh = np.zeros((G * 1024, 1), np.float32), np.zeros((G * 1024, 1024), np.float32)
+    args = [x, None, None, w_ih, w_hh, None, None] if cell == "lstm" else [
+        x, None, w_ih, w_hh, None, None]
+    with pytest.raises(MemoryError, match=rf"^cache \(training=True\): a buffer of "
+                                          rf"{2**30 + 1} x 1 x {G * 1024 + 1024} elements of 4 "):
+        getattr(module, f"{cell}_forward")(*args)

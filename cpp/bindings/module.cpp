@@ -1,5 +1,5 @@
 // pybind11 bindings: argument checks, output allocation, GIL release. No kernel code here.
-// The Python layer (python/rnnkern/_functional.py) validates arguments with friendly messages
+// The Python layer (python/rnnkern/_api.py) validates arguments with friendly messages
 // first; the checks here make sure that nothing reaching the core can crash it.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>

@@ -122,8 +122,8 @@ _MAX_BUFFER_BYTES = min(_ADDRESS_SPACE, _physical_memory())
 
 @dataclass(frozen=True)
 class Checked:
-    """Validated forward arguments: C-contiguous, aligned, writeable, native arrays of one float
-    dtype (never written to)."""
+    """Validated forward arguments: C-contiguous, aligned, native arrays of one float dtype
+    (possibly read-only; never written to)."""
 
     cell: str  # "rnn", "lstm" or "gru"
     T: int
@@ -227,9 +227,9 @@ def _check_shape(
 
 
 def _contiguous(a: Array, dtype: np.dtype[Any]) -> Array:
-    """``a`` as a C-contiguous, aligned, writeable, native array of ``dtype``; copies only when
-    needed (writeable because the compiled core's bindings refuse read-only arrays; nothing
-    writes to it)."""
+    """``a`` as a C-contiguous, aligned, native array of ``dtype``; copies only when needed
+    (read-only arrays pass as they are: the compiled core's bindings accept them and nothing
+    writes to them)."""
     if a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned:
         return a  # what np.require returns too, without its cost (a few us per array)
     return np.require(a, dtype=dtype, requirements=["C", "A"])
@@ -358,7 +358,7 @@ def check_forward(
     check_size("x", T, B, I, itemsize=itemsize)
     check_size("w_ih", G * H, I, itemsize=itemsize)
     check_size("w_hh", G * H, H, itemsize=itemsize)
-    check_size("x", T + 1, B, G * H + H, itemsize=itemsize)
+    check_size("cache (training=True)", T + 1, B, G * H + H, itemsize=itemsize)
 
     def contiguous(a: Array | None) -> Array | None:
         return None if a is None else _contiguous(a, dtype)

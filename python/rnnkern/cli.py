@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import sys
 import time
@@ -60,6 +61,19 @@ class _Clock:
 
 def _budget(steps: Optional[int], minutes: Optional[float], default_steps: int) -> _Clock:
     return _Clock(default_steps if steps is None and minutes is None else steps, minutes)
+
+
+class MissingDependency(ImportError):
+    """An optional dependency of a command is not installed (a one-line error, exit status 2)."""
+
+
+def _require(module: str, extra: str) -> None:
+    """Import ``module`` before any work is done; MissingDependency naming the extra if absent."""
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        raise MissingDependency(f"this command needs {module}, which is not installed: "
+                                f"pip install \"rnnkern[{extra}]\"") from err
 
 
 # -- dogs ------------------------------------------------------------------------------------------
@@ -167,41 +181,68 @@ def cmd_train_char(args: argparse.Namespace) -> int:
         tqdm.write(f"--- sample at step {step} ---\n{vocab.decode(out)}\n---", file=sys.stdout)
 
     clock = _budget(args.steps, args.minutes, 2000)
-    bar = tqdm(total=clock.steps, unit="step", disable=args.no_progress, dynamic_ncols=True,
-               file=sys.stderr)
+    bar = _progress_bar(tqdm, clock, args.no_progress)
     step, chars, recent = 0, 0, []  # recent: the training losses, for the bar's mean
     batches = data.bptt_batches(columns, args.seq_len)
-    state = None
-    while clock.running(step):
-        try:
-            x, y = next(batches)
-        except StopIteration:  # a new pass over the corpus starts from a zero state
-            batches, state = data.bptt_batches(columns, args.seq_len), None
-            continue
-        model.zero_grad()
-        loss, state = model.loss_and_backward(x, y, state)
-        optim.clip_grad_norm(model.grads, args.clip)
-        opt.step()
-        step += 1
-        chars += y.size
-        recent.append(loss)
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(recent[-50:]):.3f}",
-                        chars_s=f"{chars / clock.elapsed():,.0f}")
-        if args.sample_every and step % args.sample_every == 0:
-            show_sample(step)
-    bar.close()
-    val = model.evaluate(val_columns, args.seq_len)
+    state, val = None, None
+    try:  # Ctrl-C: keep what was trained, save it below and exit with status 130
+        while clock.running(step):
+            try:
+                x, y = next(batches)
+            except StopIteration:  # a new pass over the corpus starts from a zero state
+                batches, state = data.bptt_batches(columns, args.seq_len), None
+                continue
+            model.zero_grad()
+            loss, state = model.loss_and_backward(x, y, state)
+            optim.clip_grad_norm(model.grads, args.clip)
+            opt.step()
+            step += 1
+            chars += y.size
+            recent.append(loss)
+            postfix = {"loss": f"{np.mean(recent[-50:]):.3f}",
+                       "chars_s": f"{chars / clock.elapsed():,.0f}"}
+            if clock.deadline is None:
+                bar.update(1)
+            else:  # the bar counts seconds of the budget
+                postfix = {"step": f"{step}", **postfix}
+                bar.update(min(clock.elapsed(), bar.total) - bar.n)
+            bar.set_postfix(postfix, refresh=False)  # redrawn at tqdm's mininterval, not per step
+            if args.sample_every and step % args.sample_every == 0:
+                show_sample(step)
+        bar.close()
+        val = model.evaluate(val_columns, args.seq_len)
+    except KeyboardInterrupt:
+        bar.close()
     seconds = clock.elapsed()
-    _out(f"trained {step} steps in {seconds:.1f} s ({chars / seconds:,.0f} chars/s)")
-    _out(f"validation loss {val:.3f} nats/char ({val / math.log(2):.3f} bits/char); "
-         f"unigram baseline {unigram:.3f} nats/char ({unigram / math.log(2):.3f} bits/char)")
-    show_sample(step)
+    if val is None:
+        _out(f"interrupted after {step} steps in {seconds:.1f} s")
+    else:
+        _out(f"trained {step} steps in {seconds:.1f} s ({chars / seconds:,.0f} chars/s)")
+        _out(f"validation loss {val:.3f} nats/char ({val / math.log(2):.3f} bits/char); "
+             f"unigram baseline {unigram:.3f} nats/char ({unigram / math.log(2):.3f} bits/char)")
+        show_sample(step)
     if args.out:
         model.save(args.out, vocab="".join(vocab.tokens), steps=step, val_loss=val,
-                   unigram_loss=unigram, source=source)
-        _out(f"checkpoint saved to {args.out}")
-    return 0
+                   unigram_loss=unigram, source=source, interrupted=val is None)
+        _out(f"checkpoint saved to {Path(args.out).resolve()}")
+    elif val is None:
+        _out("no checkpoint saved (--out '')")
+    return 0 if val is not None else 130
+
+
+def _progress_bar(tqdm: Any, clock: _Clock, disable: bool) -> Any:
+    """train-char's bar: steps of --steps, or seconds of the --minutes budget with the time left.
+
+    On a terminal it is redrawn every 0.1 s at most; elsewhere (a log, a pipe) every 30 s.
+    """
+    tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    common = {"disable": disable, "dynamic_ncols": True, "file": sys.stderr,
+              "mininterval": 0.1 if tty else 30.0}
+    if clock.deadline is None:
+        return tqdm(total=clock.steps, unit="step", **common)
+    budget = clock.deadline - clock.start  # seconds
+    return tqdm(total=budget, unit="s", **common,
+                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{remaining} left{postfix}]")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -311,6 +352,7 @@ def cmd_longrange(args: argparse.Namespace) -> int:
 
 
 def cmd_gradflow(args: argparse.Namespace) -> int:
+    _require("matplotlib", "plot")  # before minutes of computing, not after
     length = args.length
     x, y = data.longrange_batch(np.random.default_rng(args.seed + 1), args.batch, length)
     curves: Dict[str, Array] = {}
@@ -352,6 +394,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" to each option's help, except where the default is None, False or
+    "" (the help says what happens then)."""
+
+    def _get_help_string(self, action: argparse.Action) -> Optional[str]:
+        if action.default is None or action.default is False or action.default == "":
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``rnnkern`` command."""
     parser = argparse.ArgumentParser(prog="rnnkern", description=__doc__.split("\n")[0],
@@ -361,92 +413,103 @@ def build_parser() -> argparse.ArgumentParser:
     cells = ("lstm", "gru", "rnn")
 
     p = sub.add_parser("dogs", help="the lecture's DOGS example (seconds)")
-    p.add_argument("--hidden", type=_positive_int, default=3, help="H (default 3)")
+    p.add_argument("--hidden", type=_positive_int, default=3, help="hidden size H")
     p.add_argument("--steps", type=_positive_int, default=2000, help="at most this many steps")
     p.add_argument("--lr", type=_positive_float, default=0.05, help="Adam learning rate")
     p.add_argument("--target-loss", type=_positive_float, default=0.05,
                    help="stop when every prediction is right and the loss is below this")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=cmd_dogs)
 
     p = sub.add_parser("train-char", help="train a character language model")
     p.add_argument("text_file", nargs="?", default=None,
                    help="UTF-8 text (default: the Python standard library's .py files)")
-    p.add_argument("--cell", choices=cells, default="lstm")
-    p.add_argument("--hidden", type=_positive_int, default=256)
-    p.add_argument("--layers", type=_positive_int, default=1)
+    p.add_argument("--cell", choices=cells, default="lstm", help="recurrent cell")
+    p.add_argument("--hidden", type=_positive_int, default=256, help="hidden size H")
+    p.add_argument("--layers", type=_positive_int, default=1, help="stacked layers")
     p.add_argument("--embed", type=_positive_int, default=64, help="embedding size")
     p.add_argument("--dropout", type=float, default=0.0, help="between layers")
     p.add_argument("--seq-len", type=_positive_int, default=100, help="truncated BPTT length")
-    p.add_argument("--batch", type=_positive_int, default=32)
+    p.add_argument("--batch", type=_positive_int, default=32, help="sequences per step")
     p.add_argument("--steps", type=_positive_int, default=None,
-                   help="training steps (default 2000 unless --minutes is given)")
-    p.add_argument("--minutes", type=_positive_float, default=None, help="time budget")
+                   help="training steps (default: 2000 unless --minutes is given)")
+    p.add_argument("--minutes", type=_positive_float, default=None,
+                   help="time budget in minutes (default: none)")
     p.add_argument("--lr", type=_positive_float, default=2e-3, help="Adam learning rate")
     p.add_argument("--clip", type=_positive_float, default=5.0, help="gradient norm clip")
     p.add_argument("--max-chars", type=_positive_int, default=2_000_000, help="corpus size cap")
-    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--val-fraction", type=float, default=0.05,
+                   help="the fraction of the corpus, at its end, kept for validation")
     p.add_argument("--val-chars", type=_positive_int, default=50_000,
                    help="validate on at most this many characters")
     p.add_argument("--sample-every", type=int, default=500, help="0: only at the end")
-    p.add_argument("--sample-length", type=_positive_int, default=300)
-    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--sample-length", type=_positive_int, default=300,
+                   help="characters per sample")
+    p.add_argument("--temperature", type=float, default=0.8, help="of the samples")
     p.add_argument("--out", default="charlm.npz", help="checkpoint file ('' to skip)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=cmd_train_char)
 
     p = sub.add_parser("sample", help="generate text from a character model checkpoint")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint saved by train-char")
     p.add_argument("--temperature", type=float, default=0.8, help="0: always the likeliest")
-    p.add_argument("--length", type=_positive_int, default=500)
-    p.add_argument("--prime", default="", help="text to start from")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--length", type=_positive_int, default=500, help="characters to generate")
+    p.add_argument("--prime", default="", help="text to start from (default: a newline)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("train-seq2seq", help="encoder-decoder: numbers in words -> digits")
-    p.add_argument("--cell", choices=cells, default="lstm")
-    p.add_argument("--hidden", type=_positive_int, default=128)
-    p.add_argument("--layers", type=_positive_int, default=1)
-    p.add_argument("--embed", type=_positive_int, default=32)
-    p.add_argument("--max-value", type=_positive_int, default=999_999)
-    p.add_argument("--batch", type=_positive_int, default=64)
+    p.add_argument("--cell", choices=cells, default="lstm", help="recurrent cell")
+    p.add_argument("--hidden", type=_positive_int, default=128, help="hidden size H")
+    p.add_argument("--layers", type=_positive_int, default=1, help="stacked layers")
+    p.add_argument("--embed", type=_positive_int, default=32, help="embedding size")
+    p.add_argument("--max-value", type=_positive_int, default=999_999,
+                   help="numbers from 0 to this")
+    p.add_argument("--batch", type=_positive_int, default=64, help="examples per step")
     p.add_argument("--steps", type=_positive_int, default=None,
-                   help="training steps (default 1000 unless --minutes is given)")
-    p.add_argument("--minutes", type=_positive_float, default=None)
-    p.add_argument("--lr", type=_positive_float, default=3e-3)
-    p.add_argument("--clip", type=_positive_float, default=5.0)
-    p.add_argument("--eval-every", type=_positive_int, default=250)
-    p.add_argument("--test-size", type=_positive_int, default=1000)
-    p.add_argument("--beam", type=_positive_int, default=4)
-    p.add_argument("--beam-test-size", type=_positive_int, default=200)
+                   help="training steps (default: 1000 unless --minutes is given)")
+    p.add_argument("--minutes", type=_positive_float, default=None,
+                   help="time budget in minutes (default: none)")
+    p.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam learning rate")
+    p.add_argument("--clip", type=_positive_float, default=5.0, help="gradient norm clip")
+    p.add_argument("--eval-every", type=_positive_int, default=250,
+                   help="held-out exact match every this many steps")
+    p.add_argument("--test-size", type=_positive_int, default=1000, help="held-out examples")
+    p.add_argument("--beam", type=_positive_int, default=4, help="beam width of the last test")
+    p.add_argument("--beam-test-size", type=_positive_int, default=200,
+                   help="held-out examples decoded by beam search")
     p.add_argument("--stop-at", type=float, default=None,
                    help="stop once the held-out exact match reaches this (e.g. 0.98)")
     p.add_argument("--out", default="", help="checkpoint file (default: none)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=cmd_train_seq2seq)
 
     for name, func, text in (("gradflow", cmd_gradflow, "plot ||dL_T/dh_t|| for RNN and LSTM"),
                              ("longrange", cmd_longrange, "accuracy against T: RNN vs LSTM")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--cells", default="rnn,lstm", help="comma-separated cells")
-        p.add_argument("--hidden", type=_positive_int, default=32)
-        p.add_argument("--batch", type=_positive_int, default=32)
+        p.add_argument("--hidden", type=_positive_int, default=32, help="hidden size H")
+        p.add_argument("--batch", type=_positive_int, default=32, help="sequences per step")
         p.add_argument("--lr", type=_positive_float, default=0.1, help="SGD (momentum 0.9)")
         p.add_argument("--forget-bias", type=float, default=5.0,
                        help="added to the LSTM's forget-gate bias at initialization")
         p.add_argument("--input-bias", type=float, default=-3.0,
                        help="added to the LSTM's input-gate bias at initialization")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0, help="random seed")
         p.set_defaults(func=func)
         if name == "gradflow":
-            p.add_argument("--out", default="gradflow.png")
+            p.add_argument("--out", default="gradflow.png", help="the plot (PNG)")
             p.add_argument("--length", type=_positive_int, default=100, help="T")
-            p.add_argument("--train-steps", type=int, default=200)
+            p.add_argument("--train-steps", type=int, default=200,
+                           help="the second curve of each cell is after this many steps")
         else:
             p.add_argument("--lengths", default="10,25,50,100", help="comma-separated T values")
             p.add_argument("--steps", type=_positive_int, default=800, help="training steps")
-            p.add_argument("--test-size", type=_positive_int, default=1000)
+            p.add_argument("--test-size", type=_positive_int, default=1000,
+                           help="held-out sequences per T")
+    for p in sub.choices.values():  # every command's --help shows the defaults
+        p.formatter_class = _DefaultsHelpFormatter
     return parser
 
 
@@ -457,6 +520,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         with numpy_blas_threads(1):  # NumPy's BLAS workers would spin on the kernels' cores
             return func(args)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, MissingDependency) as err:
         print(f"rnnkern {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: no traceback; 130 = 128 + SIGINT, the shells' convention
+        print(f"rnnkern {args.command}: interrupted", file=sys.stderr)
+        return 130

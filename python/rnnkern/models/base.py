@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from typing import Any, Dict, Mapping, Protocol, Tuple, Type, Union
 
 import numpy as np
@@ -143,20 +144,51 @@ def save_checkpoint(path: Union[str, os.PathLike[str]], model: Model, **meta: An
         np.savez(f, **arrays)
 
 
-def load_checkpoint(path: Union[str, os.PathLike[str]]) -> Tuple[Model, Dict[str, Any]]:
-    """Rebuild the model saved by `save_checkpoint`; returns (model, meta)."""
-    with np.load(path, allow_pickle=False) as data:
-        if "header" not in data.files:
-            raise ValueError(f"path: {os.fspath(path)!r} is not an rnnkern checkpoint")
-        header = json.loads(str(data["header"]))
-        if header.get("format") != _FORMAT:
-            raise ValueError(f"path: unknown checkpoint format {header.get('format')!r}")
-        cls = _REGISTRY.get(header["model"])
-        if cls is None:
-            raise ValueError(f"path: unknown model class {header['model']!r}")
-        model = cls(**header["config"])
-        model.load_state_dict({k[len("param/"):]: data[k] for k in data.files
-                               if k.startswith("param/")})
-    meta: Dict[str, Any] = header["meta"]
-    return model, meta
+def _not_a_checkpoint(name: str, why: str) -> ValueError:
+    return ValueError(f"path: {name!r} is not an rnnkern checkpoint ({why})")
 
+
+def load_checkpoint(path: Union[str, os.PathLike[str]]) -> Tuple[Model, Dict[str, Any]]:
+    """Rebuild the model saved by `save_checkpoint`; returns (model, meta).
+
+    A file that is not one (text, a pickle, an .npy, an .npz of other arrays, a damaged archive)
+    raises ValueError saying so; a missing file raises OSError. Nothing is unpickled.
+    """
+    name = os.fspath(path)
+    with open(path, "rb") as f:  # ours to close, also when np.load fails half-way
+        try:
+            data = np.load(f, allow_pickle=False)
+        except (ValueError, EOFError, zipfile.BadZipFile) as err:  # e.g. text or a pickle
+            raise _not_a_checkpoint(name, "not an .npz archive, or a damaged one") from err
+        if not isinstance(data, np.lib.npyio.NpzFile):  # an .npy holds one bare array
+            raise _not_a_checkpoint(name, "an .npy array, not an .npz archive")
+        with data:
+            return _read_checkpoint(data, name)
+
+
+def _read_checkpoint(data: np.lib.npyio.NpzFile, name: str) -> Tuple[Model, Dict[str, Any]]:
+    """`load_checkpoint` of an open .npz archive."""
+    try:
+        header = json.loads(str(data["header"])) if "header" in data.files else None
+    except (ValueError, zipfile.BadZipFile) as err:  # not JSON, pickled, a damaged member
+        raise _not_a_checkpoint(name, "its header is not rnnkern's") from err
+    if not isinstance(header, dict) or "format" not in header:
+        raise _not_a_checkpoint(name, f"no rnnkern header; it holds "
+                                      f"{', '.join(data.files) or 'nothing'}")
+    if header["format"] != _FORMAT:
+        raise ValueError(f"path: unknown checkpoint format {header['format']!r}")
+    cls = _REGISTRY.get(header.get("model", ""))
+    if cls is None:
+        raise ValueError(f"path: unknown model class {header.get('model')!r}")
+    try:
+        params = {k[len("param/"):]: data[k] for k in data.files if k.startswith("param/")}
+    except (ValueError, zipfile.BadZipFile) as err:  # pickled or damaged arrays
+        raise _not_a_checkpoint(name, "its parameters are not plain arrays") from err
+    try:
+        model = cls(**header.get("config", {}))
+        model.load_state_dict(params)
+    except (TypeError, ValueError, KeyError) as err:
+        why = err.args[0] if err.args else type(err).__name__
+        raise ValueError(f"path: {name!r} is a damaged {cls.__name__} checkpoint: {why}") from err
+    meta: Dict[str, Any] = header.get("meta", {})
+    return model, meta

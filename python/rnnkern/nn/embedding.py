@@ -6,8 +6,7 @@ from typing import Any, Optional
 import numpy as np
 import numpy.typing as npt
 
-from .._api import check_size
-from .linear import ParamModule, Seed, _check_dtype, _check_size
+from .linear import ParamModule, Seed, _check_dtype, _check_size, _random
 
 __all__ = ["Embedding"]
 
@@ -35,8 +34,8 @@ class Embedding(ParamModule):
             padding_idx = p % self.num_embeddings
         self.padding_idx = padding_idx
         rng = np.random.default_rng(seed)
-        check_size("weight", self.num_embeddings, self.embedding_dim, itemsize=8)
-        weight = rng.standard_normal((self.num_embeddings, self.embedding_dim)).astype(self.dtype)
+        weight = _random("weight", (self.num_embeddings, self.embedding_dim), self.dtype,
+                         rng.standard_normal)  # (N, D)
         if padding_idx is not None:
             weight[padding_idx] = 0  # (N, D)
         self._init_params({"weight": weight})

@@ -6,7 +6,7 @@ load_state_dict) that the feed-forward modules share.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -34,12 +34,26 @@ def _check_size(name: str, value: object, minimum: int = 1) -> int:
     return int(value)
 
 
+_DRAW_CHUNK = 1 << 20  # float64 values drawn at a time: the temporaries stay at 8 MB
+
+
+def _random(name: str, shape: tuple[int, ...], dtype: np.dtype[Any],
+            draw: Callable[[int], Array]) -> Array:
+    """A new (shape) array of ``dtype`` filled with ``draw(n)`` (n float64 values) in chunks:
+    the same values as ``draw(size).astype(dtype)`` without a float64 copy of the whole array.
+    OverflowError/MemoryError naming the parameter and its element size before allocating."""
+    check_size(name, *shape, itemsize=dtype.itemsize)
+    out = np.empty(shape, dtype)  # (shape)
+    flat = out.reshape(-1)  # (size,) view
+    for start in range(0, flat.size, _DRAW_CHUNK):
+        flat[start:start + _DRAW_CHUNK] = draw(min(_DRAW_CHUNK, flat.size - start))
+    return out
+
+
 def _uniform(rng: np.random.Generator, k: float, name: str, shape: tuple[int, ...],
              dtype: np.dtype[Any]) -> Array:
-    """Parameter ``name`` of ``shape`` drawn from U(-k, k) (PyTorch's init), in ``dtype``;
-    OverflowError/MemoryError naming it before allocating if it cannot exist."""
-    check_size(name, *shape, itemsize=8)
-    return rng.uniform(-k, k, shape).astype(dtype)
+    """Parameter ``name`` of ``shape`` drawn from U(-k, k) (PyTorch's init), in ``dtype``."""
+    return _random(name, shape, dtype, lambda n: rng.uniform(-k, k, n))
 
 
 class ParamModule:
