@@ -102,7 +102,11 @@ def test_a_team_shrunk_mid_call_gives_the_same_bits(case: Any, sync_at: int, ser
     chunk or at a chunk's end): the caller finishes the call alone; same bits."""
     delays(sync_us=2000, sync_at=sync_at)
     before = rnnkern.thread_stats()["shrunk"]
-    assert_same_bits(run_all(*case), serial[_id(case)], f"with the team shrunk at step {sync_at}")
+    for _ in range(5):  # on a loaded machine a worker may miss the start: then try again
+        assert_same_bits(run_all(*case), serial[_id(case)],
+                         f"with the team shrunk at step {sync_at}")
+        if rnnkern.thread_stats()["shrunk"] > before:
+            break
     assert rnnkern.thread_stats()["shrunk"] > before
 
 
