@@ -209,7 +209,9 @@ void Team::begin(int tid) {
     released_ = now_ns();
     bump_and_wake(phase_, sleepers_);
   } else {
-    wait_change(phase_, ph, sleepers_, kLateNs, [&] { late_.store(true); });
+    // Late: longer than the caller's own start (its share and the wait for check-ins) again.
+    const int64_t start = now_ns() - started_;
+    wait_change(phase_, ph, sleepers_, std::max(kLateNs, 2 * start), [&] { late_.store(true); });
   }
 }
 
