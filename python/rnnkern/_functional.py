@@ -67,21 +67,17 @@ class KernelCache:
         return f"<rnnkern {self.cell} cache T={T} B={B} H={H}>"
 
 
-def _own(a: Array | None, given: object) -> Array | None:
-    """``a`` (checked from the caller's ``given``) as memory that the caller cannot change."""
-    return a.copy() if a is not None and a is given else a
-
-
 def _run(cell: str, pack: Any, x: Array, h0: Array | None, c0: Array | None,
-         lengths: Array | None, train: bool, given_x: object, given_lengths: object
-         ) -> tuple[Array, Array, Array | None, KernelCache | None]:
-    """The packed forward on checked arguments; the cache keeps copies of x and lengths."""
+         lengths: Array | None, train: bool, copy_x: bool = False,
+         copy_lengths: bool = False) -> tuple[Array, Array, Array | None, KernelCache | None]:
+    """The packed forward on checked arguments. The cache keeps copies of x and lengths where
+    they are (or may be) the caller's memory (``copy_x``, ``copy_lengths``)."""
     y, h_n, c_n, buffers = _core.forward_packed(pack, x, h0, c0, lengths, train)
     if not train:
         return y, h_n, c_n, None
-    own_x = _own(x, given_x)
-    assert own_x is not None
-    return y, h_n, c_n, KernelCache(cell, pack, own_x, _own(lengths, given_lengths), buffers)
+    if copy_lengths and lengths is not None:
+        lengths = lengths.copy()
+    return y, h_n, c_n, KernelCache(cell, pack, x.copy() if copy_x else x, lengths, buffers)
 
 
 def _forward(cell: str, cell_id: int, x: object, h0: object, c0: object, w_ih: object,
@@ -95,7 +91,7 @@ def _forward(cell: str, cell_id: int, x: object, h0: object, c0: object, w_ih: o
         return y, h_n, c_n, None
     # The backward's panels too, now: the cache must not depend on the caller's weights.
     pack = _core.Pack(cell_id, c.w_ih, c.w_hh, c.b_ih, c.b_hh)
-    return _run(cell, pack, c.x, c.h0, c.c0, c.lengths, True, x, lengths)
+    return _run(cell, pack, c.x, c.h0, c.c0, c.lengths, True, c.x is x, c.lengths is lengths)
 
 
 def _backward(cell: str, cache: object, dy: object, dh_n: object,
@@ -145,7 +141,8 @@ class PackedWeights:
         xc, h0c, c0c, lens = _api.check_packed_forward(self.cell, self.dtype, self.input_size,
                                                        self.hidden_size, x, h0, c0, lengths)
         train = _api.check_flag("training", training)
-        y, h_n, c_n, cache = _run(self.cell, self._pack, xc, h0c, c0c, lens, train, x, lengths)
+        y, h_n, c_n, cache = _run(self.cell, self._pack, xc, h0c, c0c, lens, train, xc is x,
+                                  lens is lengths)
         if self.cell == "lstm":
             assert c_n is not None
             return LSTMOutput(y, h_n, c_n, cache)
