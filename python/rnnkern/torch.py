@@ -432,7 +432,7 @@ def _convert(module: torch.nn.Module, path: str) -> torch.nn.Module:
     return module
 
 
-# ----------------------------------------------------------------------------- cells: torch_cells.py
+# ---------------------------------------------------------------------------- cells: torch_cells.py
 
 from rnnkern.torch_cells import (  # noqa: E402  (they use _NoDoubleBackward above)
     CELL_DROP_INS,
