@@ -220,3 +220,27 @@ def test_set_isa_repacks_the_layers() -> None:
             assert cell._packs.get(0, cell._weights()).isa == isa
     finally:
         rnnkern.set_isa(default)
+
+
+def test_decoding_and_sampling_pack_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CharLM.sample (`rnnkern sample`) and Seq2Seq greedy / beam decoding step their layers one
+    token at a time: the weights are packed once per (layer, direction), not per step."""
+    from rnnkern import _functional
+    from rnnkern.models import CharLM, Seq2Seq
+
+    packs: list[str] = []
+    original = _functional.lstm_pack
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        packs.append("lstm")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_functional, "lstm_pack", spy)
+    lm = CharLM(11, hidden_size=8, num_layers=2, cell="lstm", embed_dim=4, seed=1)
+    lm.sample(20, np.array([1, 2]), rng=np.random.default_rng(0))
+    assert len(packs) == 2
+    s2s = Seq2Seq(7, 9, hidden_size=8, seed=2)
+    packs.clear()
+    s2s.greedy([[3, 4, 5]], max_len=10)
+    s2s.beam_search([[3, 4, 5]], beam_size=3, max_len=10)
+    assert len(packs) == 2  # encoder and decoder, once each
