@@ -111,6 +111,11 @@ class _Cell(ParamModule):
             c = None if c is None else c.reshape(self.hidden_size)
         return h if c is None else (h, c)
 
+    def __call__(self, x: Array, h: Array | None = None, training: bool = True) -> Array:
+        """One step: x (B, I) or (I,), h like the result h' or None (zeros)."""
+        out: Array = self._step(x, h, training)  # type: ignore[assignment]
+        return out
+
     def backward(self, dstate: State | None) -> tuple[Array, State]:
         """Back through the last recorded step (removing it); adds into `grads`.
 
@@ -170,10 +175,6 @@ class RNNCell(_Cell):
     def _make_pack(self, weights: Any) -> F.PackedWeights:
         return F.rnn_pack(*weights, nonlinearity=self.nonlinearity)
 
-    def __call__(self, x: Array, h: Array | None = None, training: bool = True) -> Array:
-        out: Array = self._step(x, h, training)  # type: ignore[assignment]
-        return out
-
     def _extra_repr(self) -> str:
         return "" if self.nonlinearity == "tanh" else f", nonlinearity='{self.nonlinearity}'"
 
@@ -189,7 +190,7 @@ class LSTMCell(_Cell):
     def _make_pack(self, weights: Any) -> F.PackedWeights:
         return F.lstm_pack(*weights)
 
-    def __call__(self, x: Array, state: tuple[Array, Array] | None = None,
+    def __call__(self, x: Array, state: tuple[Array, Array] | None = None,  # type: ignore[override]
                  training: bool = True) -> tuple[Array, Array]:
         out: tuple[Array, Array] = self._step(x, state, training)  # type: ignore[assignment]
         return out
@@ -210,10 +211,6 @@ class GRUCell(_Cell):
 
     def _make_pack(self, weights: Any) -> F.PackedWeights:
         return F.gru_pack(*weights, linear_before_reset=self.linear_before_reset)
-
-    def __call__(self, x: Array, h: Array | None = None, training: bool = True) -> Array:
-        out: Array = self._step(x, h, training)  # type: ignore[assignment]
-        return out
 
     def _extra_repr(self) -> str:
         return "" if self.linear_before_reset else ", linear_before_reset=False"
