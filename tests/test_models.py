@@ -118,10 +118,13 @@ def _fd_check(model: Model, loss_and_backward: Callable[[], float], loss: Callab
         for flat in rng.choice(p.size, size=min(per_param, p.size), replace=False):
             i = np.unravel_index(flat, p.shape)
             old = p[i]
+            p.flags.writeable = True  # the recurrent layers' parameters are read-only (packed)
             p[i] = old + eps
             up = loss()
+            p.flags.writeable = True
             p[i] = old - eps
             down = loss()
+            p.flags.writeable = True
             p[i] = old
             np.testing.assert_allclose(g[i], (up - down) / (2 * eps), rtol=1e-5, atol=1e-8,
                                        err_msg=f"{name}{i}")
@@ -225,6 +228,7 @@ def test_trains_with_optimizer_and_clipping() -> None:
 def test_checkpoint_round_trip(tmp_path: Path, cell: str) -> None:
     model = CharLM(13, hidden_size=8, num_layers=2, cell=cell, embed_dim=4, seed=1)
     for p in model.params.values():  # not the init the config would reproduce
+        p.flags.writeable = True  # the recurrent layers' parameters are read-only until then
         p += 0.5
     path = tmp_path / "m.ckpt.npz"
     save_checkpoint(path, model, vocab="abc\n\t\"x", step=7)

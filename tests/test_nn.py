@@ -140,11 +140,14 @@ def test_finite_differences(cell: str) -> None:
     eps = 1e-6
 
     def numeric(a: np.ndarray, index: tuple[int, ...]) -> float:
+        def at(value: float) -> float:  # parameters are read-only until made writeable
+            a.flags.writeable = True
+            a[index] = value
+            return objective(layer, p, lengths)
+
         saved = a[index]
-        a[index] = saved + eps
-        up = objective(layer, p, lengths)
-        a[index] = saved - eps
-        down = objective(layer, p, lengths)
+        up, down = at(saved + eps), at(saved - eps)
+        a.flags.writeable = True
         a[index] = saved
         return (up - down) / (2 * eps)
 
@@ -334,6 +337,7 @@ def test_dropout_backward_finite_differences() -> None:
         values = []
         for sign in (1, -1):
             fresh = make()
+            fresh.params[name].flags.writeable = True  # read-only until made writeable
             fresh.params[name][index] += sign * eps
             values.append(objective(fresh, p))
         np.testing.assert_allclose(layer.grads[name][index], (values[0] - values[1]) / (2 * eps),
@@ -352,9 +356,10 @@ def test_dropout_backward_finite_differences() -> None:
 
 
 def test_calls_the_functional_api(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The layers call rnnkern._functional at call time (so the compiled kernels are used)."""
+    """The layers call rnnkern._functional at call time (so the compiled kernels are used); they
+    pack each (layer, direction)'s weights once, and again only after a parameter changed."""
     calls: list[str] = []
-    for name in ("lstm_forward", "lstm_backward"):
+    for name in ("lstm_pack", "lstm_backward"):
         original = getattr(_functional, name)
 
         def spy(*args: Any, _f: Any = original, _n: str = name, **kwargs: Any) -> Any:
@@ -366,7 +371,12 @@ def test_calls_the_functional_api(monkeypatch: pytest.MonkeyPatch) -> None:
     p = random_problem(layer, 3, 2)
     layer(p["x"])
     layer.backward(p["dy"])
-    assert calls == ["lstm_forward"] * 4 + ["lstm_backward"] * 4
+    assert calls == ["lstm_pack"] * 4 + ["lstm_backward"] * 4
+    layer(p["x"])
+    assert calls == ["lstm_pack"] * 4 + ["lstm_backward"] * 4
+    rnnkern.optim.SGD(layer.params, layer.grads).step()
+    layer(p["x"])
+    assert calls == ["lstm_pack"] * 4 + ["lstm_backward"] * 4 + ["lstm_pack"] * 4
     assert rnnkern.nn.LSTM is LSTM
 
 

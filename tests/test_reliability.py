@@ -284,10 +284,14 @@ def thread_cases(shapes: list[tuple[int, int, int, int]] = THREAD_SHAPES) -> Ite
 def thread_results(shapes: list[tuple[int, int, int, int]] = THREAD_SHAPES
                    ) -> dict[str, np.ndarray]:
     """Every output and gradient of thread_cases(shapes), keyed "case/name"."""
+    from test_packed import run_packed
+
     results = {}
     for key, cell, kw, case, grads in thread_cases(shapes):
         out, g = run(rnnkern, cell, case, grads, kw)
         results.update({f"{key}/{k}": v for k, v in {**arrays(out), **arrays(g)}.items()})
+        out, g = run_packed(cell, case, grads, kw)  # weights packed once, outside the call
+        results.update({f"{key}-packed/{k}": v for k, v in {**arrays(out), **arrays(g)}.items()})
     return results
 
 
@@ -339,6 +343,11 @@ def test_every_result_gives_the_same_bits_for_any_thread_count(
     dW_ih), never a sum: every element is computed by the same instructions in the same order for
     any thread count, so every output and gradient has the same bits."""
     serial = by_thread_count[1]
+    for n, results in by_thread_count.items():  # packed once or per call: the same bits
+        for key, value in results.items():
+            if "-packed/" in key:
+                np.testing.assert_array_equal(value, results[key.replace("-packed/", "/")],
+                                              err_msg=f"{key}, {n} threads", strict=True)
     names = {key.split("/")[1] for key in serial}
     assert {"y", "h_n", "c_n", "dx", "dh0", "dw_ih", "dw_hh", "db_ih"} <= names, names
     for n in THREAD_COUNTS[1:]:

@@ -25,8 +25,9 @@ from rnnkern import _core
 
 CPUS = len(os.sched_getaffinity(0))
 # (cell, kw, case shape (T, B, I, H), dtype): every cell form at a shape run by a team (B * G*H *
-# H >= 2 * 16384 multiply-adds per step), and an LSTM whose backward has three chunks of steps.
-SHAPES = [(9, 4, 16, 128)]
+# H >= 2 * 16384 multiply-adds per step, T * B * G*H * (H + I) >= 2M in all), and an LSTM whose
+# backward has three chunks of steps.
+SHAPES = [(40, 4, 16, 128)]
 CHUNKED = ("lstm", {}, (40, 64, 32, 256), np.float32)
 CASES = [(cell, kw, shape, dtype) for cell, kw in CELLS for shape in SHAPES
          for dtype in (np.float32, np.float64)] + [CHUNKED]

@@ -4,7 +4,10 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <memory>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "rnnkern/rnnkern.hpp"
@@ -83,19 +86,22 @@ Sizes sizes(Cell cell, const py::object& x, const py::object& w_hh) {
   return {{xs[0], xs[1], xs[2], ws[1]}, rnnkern::gates(cell)};
 }
 
+// pk: run with these packed weights (w_ih ... b_hh unused), else pack w_ih ... b_hh per call.
 template <class F>
 py::tuple forward(Cell cell, Sizes z, const py::object& x, const py::object& h0,
-                  const py::object& c0, const py::object& w_ih, const py::object& w_hh,
-                  const py::object& b_ih, const py::object& b_hh, const py::object& lengths,
-                  bool training) {
+                  const py::object& c0, const rnnkern::Pack<F>* pk, const py::object& w_ih,
+                  const py::object& w_hh, const py::object& b_ih, const py::object& b_hh,
+                  const py::object& lengths, bool training) {
   const auto [T, B, I, H] = z.d;
   const int64_t GH = z.G * H;
   const bool lstm = cell == Cell::lstm;
   const F* xp = data<F>(x, "x", {T, B, I});
   const F* h0p = data<F>(h0, "h0", {B, H}, true);
   const F* c0p = lstm ? data<F>(c0, "c0", {B, H}, true) : nullptr;
-  rnnkern::Params<F> p{data<F>(w_ih, "w_ih", {GH, I}), data<F>(w_hh, "w_hh", {GH, H}),
-                       data<F>(b_ih, "b_ih", {GH}, true), data<F>(b_hh, "b_hh", {GH}, true)};
+  rnnkern::Params<F> p{};
+  if (!pk)
+    p = {data<F>(w_ih, "w_ih", {GH, I}), data<F>(w_hh, "w_hh", {GH, H}),
+         data<F>(b_ih, "b_ih", {GH}, true), data<F>(b_hh, "b_hh", {GH}, true)};
   const int64_t* len = data<int64_t>(lengths, "lengths", {B}, true);
   for (int64_t b = 0; len && b < B; ++b)
     if (len[b] < 1 || len[b] > T) throw py::value_error("lengths: every value must be in 1..T");
@@ -109,15 +115,20 @@ py::tuple forward(Cell cell, Sizes z, const py::object& x, const py::object& h0,
   rnnkern::Cache<F> cache{ptr<F>(hs), ptr<F>(cs), ptr<F>(gates), ptr<F>(aux)};
   {
     py::gil_scoped_release release;
-    rnnkern::forward<F>(cell, z.d, xp, h0p, c0p, p, len, y.mutable_data(), h_n.mutable_data(),
-                        ptr<F>(c_n), training ? &cache : nullptr);
+    if (pk)
+      rnnkern::forward<F>(*pk, z.d, xp, h0p, c0p, len, y.mutable_data(), h_n.mutable_data(),
+                          ptr<F>(c_n), training ? &cache : nullptr);
+    else
+      rnnkern::forward<F>(cell, z.d, xp, h0p, c0p, p, len, y.mutable_data(), h_n.mutable_data(),
+                          ptr<F>(c_n), training ? &cache : nullptr);
   }
   return py::make_tuple(y, h_n, c_n, py::make_tuple(hs, cs, gates, aux));
 }
 
 template <class F>
-py::tuple backward(Cell cell, Sizes z, const py::object& x, const py::object& w_ih,
-                   const py::object& w_hh, bool bias, const py::object& lengths,
+py::tuple backward(Cell cell, Sizes z, const py::object& x, const rnnkern::Pack<F>* pk,
+                   const py::object& w_ih, const py::object& w_hh, bool bias,
+                   const py::object& lengths,
                    const py::tuple& cache, const py::object& dy, const py::object& dh_n,
                    const py::object& dc_n) {
   const auto [T, B, I, H] = z.d;
@@ -132,8 +143,8 @@ py::tuple backward(Cell cell, Sizes z, const py::object& x, const py::object& w_
   rnnkern::Cache<F> c{buf(0, true, {T + 1, B, H}), buf(1, L.cs, {T + 1, B, H}),
                       buf(2, L.gates, {T, B, GH}), buf(3, L.aux, {T, B, H})};
   const F* xp = data<F>(x, "x", {T, B, I});
-  rnnkern::Params<F> p{data<F>(w_ih, "w_ih", {GH, I}), data<F>(w_hh, "w_hh", {GH, H}), nullptr,
-                       nullptr};
+  rnnkern::Params<F> p{};
+  if (!pk) p = {data<F>(w_ih, "w_ih", {GH, I}), data<F>(w_hh, "w_hh", {GH, H}), nullptr, nullptr};
   const int64_t* len = data<int64_t>(lengths, "lengths", {B}, true);
   for (int64_t b = 0; len && b < B; ++b)
     if (len[b] < 1 || len[b] > T) throw py::value_error("lengths: every value must be in 1..T");
@@ -147,7 +158,8 @@ py::tuple backward(Cell cell, Sizes z, const py::object& x, const py::object& w_
                       dw_hh.mutable_data(), ptr<F>(db_ih),     ptr<F>(db_hh)};
   {
     py::gil_scoped_release release;
-    rnnkern::backward<F>(cell, z.d, xp, p, len, c, dyp, dhp, dcp, g);
+    if (pk) rnnkern::backward<F>(*pk, z.d, xp, len, c, dyp, dhp, dcp, g);
+    else rnnkern::backward<F>(cell, z.d, xp, p, len, c, dyp, dhp, dcp, g);
   }
   return py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh);
 }
@@ -165,8 +177,8 @@ py::tuple forward_any(int cell_id, const py::object& x, const py::object& h0, co
                       const py::object& b_hh, const py::object& lengths, bool training) {
   Cell cell = to_cell(cell_id);
   Sizes z = sizes(cell, x, w_hh);
-  return is_f64(x, "x") ? forward<double>(cell, z, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, training)
-                        : forward<float>(cell, z, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, training);
+  return is_f64(x, "x") ? forward<double>(cell, z, x, h0, c0, nullptr, w_ih, w_hh, b_ih, b_hh, lengths, training)
+                        : forward<float>(cell, z, x, h0, c0, nullptr, w_ih, w_hh, b_ih, b_hh, lengths, training);
 }
 
 py::tuple backward_any(int cell_id, const py::object& x, const py::object& w_ih,
@@ -175,8 +187,85 @@ py::tuple backward_any(int cell_id, const py::object& x, const py::object& w_ih,
                        const py::object& dc_n) {
   Cell cell = to_cell(cell_id);
   Sizes z = sizes(cell, x, w_hh);
-  return is_f64(x, "x") ? backward<double>(cell, z, x, w_ih, w_hh, bias, lengths, cache, dy, dh_n, dc_n)
-                        : backward<float>(cell, z, x, w_ih, w_hh, bias, lengths, cache, dy, dh_n, dc_n);
+  return is_f64(x, "x") ? backward<double>(cell, z, x, nullptr, w_ih, w_hh, bias, lengths, cache, dy, dh_n, dc_n)
+                        : backward<float>(cell, z, x, nullptr, w_ih, w_hh, bias, lengths, cache, dy, dh_n, dc_n);
+}
+
+// One cell's weights packed once (rnnkern::Pack of the weights' dtype), for forward_packed and
+// backward_packed.
+struct PackHandle {
+  Cell cell;
+  int64_t I, H;
+  std::shared_ptr<const rnnkern::Pack<float>> f32;
+  std::shared_ptr<const rnnkern::Pack<double>> f64;
+  bool has_bias() const { return f32 ? f32->has_bias() : f64->has_bias(); }
+  std::string isa() const { return f32 ? f32->isa() : f64->isa(); }
+  template <class F>
+  const rnnkern::Pack<F>* get(const py::object& x) const {
+    if constexpr (std::is_same_v<F, float>) {
+      if (f32) return f32.get();
+    } else {
+      if (f64) return f64.get();
+    }
+    throw py::type_error("x: dtype " + py::str(py::reinterpret_borrow<py::array>(x).dtype()).cast<std::string>() +
+                         " is not the packed weights' dtype");
+  }
+};
+
+template <class F>
+std::shared_ptr<const rnnkern::Pack<F>> make_pack(Cell cell, int64_t I, int64_t H,
+                                                  const py::object& w_ih, const py::object& w_hh,
+                                                  const py::object& b_ih, const py::object& b_hh,
+                                                  bool fwd, bool bwd) {
+  const int64_t GH = rnnkern::gates(cell) * H;
+  rnnkern::Params<F> p{data<F>(w_ih, "w_ih", {GH, I}), data<F>(w_hh, "w_hh", {GH, H}),
+                       data<F>(b_ih, "b_ih", {GH}, true), data<F>(b_hh, "b_hh", {GH}, true)};
+  if ((p.b_ih == nullptr) != (p.b_hh == nullptr))
+    throw py::value_error("b_ih, b_hh: both arrays or both None");
+  py::gil_scoped_release release;
+  return std::make_shared<const rnnkern::Pack<F>>(cell, I, H, p, fwd, bwd);
+}
+
+PackHandle pack_any(int cell_id, const py::object& w_ih, const py::object& w_hh,
+                    const py::object& b_ih, const py::object& b_hh, bool fwd, bool bwd) {
+  Cell cell = to_cell(cell_id);
+  for (auto [o, name] : {std::pair{&w_ih, "w_ih"}, std::pair{&w_hh, "w_hh"}})
+    if (!py::isinstance<py::array>(*o) || py::reinterpret_borrow<py::array>(*o).ndim() != 2)
+      throw py::value_error(std::string(name) + ": expected a 2-D numpy.ndarray");
+  const int64_t I = py::reinterpret_borrow<py::array>(w_ih).shape(1);
+  const int64_t H = py::reinterpret_borrow<py::array>(w_hh).shape(1);
+  PackHandle h{cell, I, H, nullptr, nullptr};
+  if (is_f64(w_hh, "w_hh")) h.f64 = make_pack<double>(cell, I, H, w_ih, w_hh, b_ih, b_hh, fwd, bwd);
+  else h.f32 = make_pack<float>(cell, I, H, w_ih, w_hh, b_ih, b_hh, fwd, bwd);
+  return h;
+}
+
+Sizes packed_sizes(const PackHandle& pk, const py::object& x) {
+  if (!py::isinstance<py::array>(x) || py::reinterpret_borrow<py::array>(x).ndim() != 3)
+    throw py::value_error("x: expected a numpy.ndarray of shape (T, B, I)");
+  auto xs = py::reinterpret_borrow<py::array>(x).shape();
+  return {{xs[0], xs[1], pk.I, pk.H}, rnnkern::gates(pk.cell)};
+}
+
+py::tuple forward_packed(const PackHandle& pk, const py::object& x, const py::object& h0,
+                         const py::object& c0, const py::object& lengths, bool training) {
+  Sizes z = packed_sizes(pk, x);
+  const py::object none = py::none();
+  return is_f64(x, "x") ? forward<double>(pk.cell, z, x, h0, c0, pk.get<double>(x), none, none,
+                                          none, none, lengths, training)
+                        : forward<float>(pk.cell, z, x, h0, c0, pk.get<float>(x), none, none,
+                                         none, none, lengths, training);
+}
+
+py::tuple backward_packed(const PackHandle& pk, const py::object& x, const py::object& lengths,
+                          const py::tuple& cache, const py::object& dy, const py::object& dh_n,
+                          const py::object& dc_n) {
+  Sizes z = packed_sizes(pk, x);
+  const py::object none = py::none();
+  return is_f64(x, "x") ? backward<double>(pk.cell, z, x, pk.get<double>(x), none, none,
+                                           pk.has_bias(), lengths, cache, dy, dh_n, dc_n)
+                        : backward<float>(pk.cell, z, x, pk.get<float>(x), none, none,
+                                          pk.has_bias(), lengths, cache, dy, dh_n, dc_n);
 }
 
 template <class F>
@@ -227,6 +316,20 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "rnnkern's compiled core (use the functions of the rnnkern package instead)";
   m.def("forward", &forward_any);
   m.def("backward", &backward_any);
+  py::class_<PackHandle>(m, "Pack")
+      .def(py::init(&pack_any), py::arg("cell_id"), py::arg("w_ih"), py::arg("w_hh"),
+           py::arg("b_ih"), py::arg("b_hh"), py::arg("forward") = true,
+           py::arg("backward") = true)
+      .def_property_readonly("cell_id", [](const PackHandle& h) { return static_cast<int>(h.cell); })
+      .def_property_readonly("input_size", [](const PackHandle& h) { return h.I; })
+      .def_property_readonly("hidden_size", [](const PackHandle& h) { return h.H; })
+      .def_property_readonly("has_bias", &PackHandle::has_bias)
+      .def_property_readonly("isa", &PackHandle::isa)
+      .def_property_readonly("dtype", [](const PackHandle& h) {
+        return h.f64 ? py::dtype::of<double>() : py::dtype::of<float>();
+      });
+  m.def("forward_packed", &forward_packed);
+  m.def("backward_packed", &backward_packed);
   m.def("softmax", &softmax_any);
   m.def("softmax_cross_entropy", &xent_any);
   m.def("set_num_threads", [](int n) { if (n < 1) throw py::value_error("n: must be >= 1"); rnnkern::set_num_threads(n); });

@@ -6,8 +6,12 @@
 // one barrier per step (two for gru_rh). Backward: per step the fused dgates; per chunk of
 // steps, the weight gradients and dx with the same register tiles, while the chunk's dgates are
 // in cache.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "rnnkern/kernels.hpp"
@@ -22,53 +26,114 @@ int main_gates(Cell cell) { return cell == Cell::gru_rh ? 2 : gates(cell); }
 int phases(Cell cell) { return cell == Cell::gru_rh ? 2 : 1; }
 bool is_gru(Cell cell) { return cell == Cell::gru || cell == Cell::gru_rh; }
 
-// The weights packed once per call for one direction: W_hh, and W_ih for the forward's input
-// projection. Each thread packs the panels of its own hidden blocks (pack), so they start in its
-// cache.
 template <class F>
-struct Packed {
-  // One allocation: the panels of the main gates (nblk, G'*H, NB); gru_rh: of W_hn (nblk, H, NB);
-  // W_ih: forward (nblk, I, G, NB), backward (blocks of I, G*H, NB) for dx = dG W_ih.
-  int64_t main_size, n_size, wi_size;
-  Buffer<F> panels;
-  StepConst<F> c;
-  const KernelTable<F>& kt;
-  const F *w_ih, *w_hh;
-  bool backward;
+int64_t blocks(int64_t n, const KernelTable<F>& kt) { return (n + kt.nb - 1) / kt.nb; }
 
-  Packed(Cell cell, Dims d, const KernelTable<F>& kt_, Params<F> p, const int64_t* lengths,
-         bool backward_)
-      : main_size(blocks(d.H, kt_) * kt_.nb * main_gates(cell) * d.H),
-        n_size(cell == Cell::gru_rh ? blocks(d.H, kt_) * kt_.nb * d.H : 0),
-        wi_size((backward_ ? blocks(d.I, kt_) * kt_.nb * d.H : blocks(d.H, kt_) * kt_.nb * d.I) *
-                gates(cell)),
-        panels(main_size + n_size + wi_size),
-        kt(kt_), w_ih(p.w_ih), w_hh(p.w_hh), backward(backward_) {
-    F* main = panels.get();
-    F* n = n_size ? main + main_size : nullptr;
-    F* wi = wi_size ? main + main_size + n_size : nullptr;
-    c = StepConst<F>{cell,       d.B,     d.H,     backward ? nullptr : main,
-                     backward ? nullptr : n, backward ? main : nullptr,
-                     backward ? n : nullptr, d.I, wi, blocks(d.H, kt_) * kt_.nb,
-                     is_gru(cell) && p.b_hh ? p.b_hh + 2 * d.H : nullptr, nullptr, lengths, 0};
-  }
-  static int64_t blocks(int64_t H, const KernelTable<F>& kt) { return (H + kt.nb - 1) / kt.nb; }
+}  // namespace
 
-  // The panels of hidden blocks [jb0, jb1); backward: and of W_ih's column blocks [ib0, ib1).
-  void pack(int64_t jb0, int64_t jb1, int64_t ib0 = 0, int64_t ib1 = 0) {
-    F* main = panels.get();
-    const int64_t H = c.H, G = gates(c.cell), G2 = main_gates(c.cell);
-    if (backward) {
-      kt.pack_backward(main, w_hh, G2 * H, H, H, 0, jb0, jb1);
-      if (n_size) kt.pack_backward(main + main_size, w_hh, H, H, H, 2 * H, jb0, jb1);
-      if (wi_size) kt.pack_backward(main + main_size + n_size, w_ih, G * H, c.I, c.I, 0, ib0, ib1);
-    } else {
-      kt.pack_forward(main, w_hh, H, H, 0, G2, jb0, jb1);
-      if (n_size) kt.pack_forward(main + main_size, w_hh, H, H, 2, 1, jb0, jb1);
-      if (wi_size) kt.pack_forward(main + main_size + n_size, w_ih, H, c.I, 0, G, jb0, jb1);
+// The weights of one direction packed for the kernels kt: forward panels (W_hh, and W_ih for the
+// input projection) and backward panels (W_hh, and W_ih for dx = dG W_ih), and the biases. Each
+// thread packs the panels of the hidden blocks (and W_ih's column blocks) that it owns in a call
+// on `threads` threads, so they start in its cache.
+template <class F>
+struct Pack<F>::Impl {
+  Cell cell;
+  int64_t I, H;
+  const KernelTable<F>* kt;
+  bool fwd, bwd, bias;
+  // Each panels buffer: the main gates' (nblk, H, G', NB) forward, (nblk, G'*H, NB) backward;
+  // gru_rh: W_hn's (nblk, H, NB); then W_ih's: forward (nblk, I, G, NB), backward
+  // (blocks of I, G*H, NB).
+  int64_t main_size, n_size, wif_size, wib_size;
+  Buffer<F> fpanels, bpanels;
+  std::vector<F> xbias;  // (G*H,) b_ih + b_hh, but b_hn stays inside r * (W_hn h + b_hn)
+  std::vector<F> b_hn;   // (H,) gru, gru_rh with biases; else empty
+
+  Impl(Cell cell_, int64_t I_, int64_t H_, const KernelTable<F>& kt_, Params<F> p, bool fwd_,
+       bool bwd_, int threads)
+      : cell(cell_), I(I_), H(H_), kt(&kt_), fwd(fwd_), bwd(bwd_), bias(p.b_ih != nullptr),
+        main_size(blocks(H, kt_) * kt_.nb * main_gates(cell) * H),
+        n_size(cell == Cell::gru_rh ? blocks(H, kt_) * kt_.nb * H : 0),
+        wif_size(blocks(H, kt_) * kt_.nb * I * gates(cell)),
+        wib_size(blocks(I, kt_) * kt_.nb * H * gates(cell)),
+        fpanels(fwd ? main_size + n_size + wif_size : 0),
+        bpanels(bwd ? main_size + n_size + wib_size : 0),
+        xbias(gates(cell) * H, F(0)) {
+    const int64_t G = gates(cell), G2 = main_gates(cell), GH = G * H;
+    for (int64_t r = 0; r < GH; ++r) {
+      if (p.b_ih) xbias[r] += p.b_ih[r];
+      if (p.b_hh && !(is_gru(cell) && r >= 2 * H)) xbias[r] += p.b_hh[r];
     }
+    if (is_gru(cell) && p.b_hh) b_hn.assign(p.b_hh + 2 * H, p.b_hh + 3 * H);
+    F *fmain = fpanels.get(), *bmain = bpanels.get();
+    // Each planned thread packs its share; the caller packs the shares of workers that have not
+    // started yet (threads.hpp).
+    parallel(threads, [&](int tid, Team& team) {
+      auto pack_share = [&](int share) {
+        int64_t jb0, jb1, ib0, ib1;  // the share's hidden blocks; its column blocks of W_ih
+        split(blocks(H, *kt), share, team.planned(), &jb0, &jb1);
+        split(blocks(I, *kt), share, team.planned(), &ib0, &ib1);
+        if (fwd) {
+          kt->pack_forward(fmain, p.w_hh, H, H, 0, G2, jb0, jb1);
+          if (n_size) kt->pack_forward(fmain + main_size, p.w_hh, H, H, 2, 1, jb0, jb1);
+          if (wif_size)
+            kt->pack_forward(fmain + main_size + n_size, p.w_ih, H, I, 0, G, jb0, jb1);
+        }
+        if (bwd) {
+          kt->pack_backward(bmain, p.w_hh, G2 * H, H, H, 0, jb0, jb1);
+          if (n_size) kt->pack_backward(bmain + main_size, p.w_hh, H, H, H, 2 * H, jb0, jb1);
+          if (wib_size)
+            kt->pack_backward(bmain + main_size + n_size, p.w_ih, GH, I, I, 0, ib0, ib1);
+        }
+      };
+      pack_share(tid);
+      if (tid == 0)
+        for (int w; (w = team.take_over()) >= 0;) pack_share(w);
+    });
+  }
+
+  // What the kernels read of a call: the forward's panels, or the backward's.
+  StepConst<F> step_const(Dims d, const int64_t* lengths, bool backward) const {
+    const char* what = backward ? "backward" : "forward";
+    if (d.I != I || d.H != H)
+      throw std::invalid_argument(std::string(what) + ": the pack's sizes are I = " +
+                                  std::to_string(I) + ", H = " + std::to_string(H));
+    if (!(backward ? bwd : fwd))
+      throw std::invalid_argument(std::string(what) + ": the pack was not made for it");
+    F* main = backward ? bpanels.get() : fpanels.get();
+    F* n = n_size ? main + main_size : nullptr;
+    F* wi = (backward ? wib_size : wif_size) ? main + main_size + n_size : nullptr;
+    return StepConst<F>{cell, d.B, d.H, backward ? nullptr : main, backward ? nullptr : n,
+                        backward ? main : nullptr, backward ? n : nullptr, d.I, wi,
+                        blocks(H, *kt) * kt->nb, b_hn.empty() ? nullptr : b_hn.data(),
+                        xbias.data(), lengths, 0};
   }
 };
+
+template <class F>
+Pack<F>::Pack(Cell cell, int64_t I, int64_t H, Params<F> p, bool for_forward, bool for_backward)
+    : impl_(std::make_unique<Impl>(cell, I, H, *kernels<F>(), p, for_forward, for_backward,
+                                   std::max<int>(1, static_cast<int>(blocks(H > I ? H : I, *kernels<F>()))))) {}
+template <class F>
+Pack<F>::Pack(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+template <class F>
+Pack<F>::~Pack() = default;
+template <class F>
+Cell Pack<F>::cell() const { return impl_->cell; }
+template <class F>
+int64_t Pack<F>::input_size() const { return impl_->I; }
+template <class F>
+int64_t Pack<F>::hidden_size() const { return impl_->H; }
+template <class F>
+bool Pack<F>::has_bias() const { return impl_->bias; }
+template <class F>
+bool Pack<F>::for_forward() const { return impl_->fwd; }
+template <class F>
+bool Pack<F>::for_backward() const { return impl_->bwd; }
+template <class F>
+std::string Pack<F>::isa() const { return impl_->kt->isa; }
+
+namespace {
 
 // Steps per chunk: about 4 MB of (steps, B, G*H) buffer, but at least 256 rows (forward: the
 // input projection's; backward: the length of the weight gradients' products).
@@ -79,8 +144,10 @@ int64_t chunk_steps(int64_t T, int64_t B, int64_t GH) {
 }
 
 // Threads worth using: each should get at least ~16K multiply-adds per step, else the
-// per-step barrier costs more than it saves.
+// per-step barrier costs more than it saves, and the call at least ~2M in all (about 40 us),
+// else waking a worker costs more than it saves (a single step of a decoding loop).
 int threads_for(Dims d, int64_t GH, int64_t nblk) {
+  if (d.T * d.B * GH * (d.H + d.I) < (int64_t(1) << 21)) return 1;
   const int64_t per_step = d.B * GH * d.H / 16384;
   const int64_t n = per_step < nblk ? per_step : nblk;
   return n < 1 ? 1 : static_cast<int>(n);
@@ -124,20 +191,27 @@ CacheLayout cache_layout(Cell cell, Dims d) {
 template <class F>
 void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> p,
              const int64_t* lengths, F* y, F* h_n, F* c_n, const Cache<F>* cache) {
+  if (d.B == 0 || d.H == 0) return;
+  const KernelTable<F>& kt = *kernels<F>();
+  const int threads = threads_for(d, gates(cell) * d.H, blocks(d.H, kt));
+  const Pack<F> w(std::make_unique<typename Pack<F>::Impl>(cell, d.I, d.H, kt, p, true, false,
+                                                           threads));
+  forward(w, d, x, h0, c0, lengths, y, h_n, c_n, cache);
+}
+
+template <class F>
+void forward(const Pack<F>& w, Dims d, const F* x, const F* h0, const F* c0,
+             const int64_t* lengths, F* y, F* h_n, F* c_n, const Cache<F>* cache) {
+  const typename Pack<F>::Impl& pk = w.impl();
+  StepConst<F> sc = pk.step_const(d, lengths, false);
+  const Cell cell = pk.cell;
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H, GH = gates(cell) * H, BH = B * H;
   if (B == 0 || H == 0) return;
-  const KernelTable<F>& kt = *kernels<F>();
+  const KernelTable<F>& kt = *pk.kt;
   const bool lstm = cell == Cell::lstm;
-  Packed<F> pk(cell, d, kt, p, lengths, false);
-  const int64_t nblk = Packed<F>::blocks(H, kt);
+  const int64_t nblk = blocks(H, kt);
 
-  std::vector<F> xbias(GH, F(0));  // b_ih + b_hh, but b_hn stays inside r * (W_hn h + b_hn)
-  for (int64_t r = 0; r < GH; ++r) {
-    if (p.b_ih) xbias[r] += p.b_ih[r];
-    if (p.b_hh && !(is_gru(cell) && r >= 2 * H)) xbias[r] += p.b_hh[r];
-  }
-  pk.c.xbias = xbias.data();
-  const int64_t tc = chunk_steps(T, B, GH), GHX = gates(cell) * pk.c.HX;
+  const int64_t tc = chunk_steps(T, B, GH), GHX = gates(cell) * sc.HX;
   Buffer<F> xp(tc * B * GHX);  // (tc, B, G*HX) input projections of a chunk
   // States: the cache's rows (T+1, B, H) in training, else two alternating rows (2, B, H).
   Buffer<F> hbuf(cache ? 0 : 2 * BH), cbuf(!cache && lstm ? 2 * BH : 0);
@@ -151,16 +225,9 @@ void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> 
   if (lstm) copy_or_zero(cs, c0, BH);
 
   parallel(threads_for(d, GH, nblk), [&](int tid, Team& team) {
-    // Start: each planned thread packs the panels of its share of the hidden blocks (so they
-    // land in its cache); the caller does the shares of workers that have not started yet.
-    auto pack_share = [&](int share) {
-      int64_t b0, b1;
-      split(nblk, share, team.planned(), &b0, &b1);
-      pk.pack(b0, b1);
-    };
-    pack_share(tid);
-    if (tid == 0)
-      for (int w; (w = team.take_over()) >= 0;) pack_share(w);
+    if (tid == 0)  // the workers that have not started by now sit the call out
+      while (team.take_over() >= 0) {
+      }
     team.begin(tid);
     int64_t jb0, jb1;  // this member's hidden blocks (none while benched): they change only
                        // when the team does
@@ -171,7 +238,7 @@ void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> 
       const int64_t rows = steps * B;
       // This member's columns of the chunk's projections: only its own steps read them (or, when
       // the team changes, the new owner's, which come after a sync), so no sync is needed.
-      kt.project(pk.c, x + t0 * B * I, rows, xp.get(), jb0, jb1);
+      kt.project(sc, x + t0 * B * I, rows, xp.get(), jb0, jb1);
       for (int64_t t = t0; t < t0 + steps; ++t) {
         Step<F> s{};
         s.t = t;
@@ -182,7 +249,7 @@ void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> 
         s.gates = cache ? (cache->gates ? cache->gates + t * B * GH : nullptr) : gscratch.get();
         s.aux = cache ? (cache->aux ? cache->aux + t * BH : nullptr) : ascratch.get();
         for (int ph = 0; ph < phases(cell); ++ph) {
-          kt.forward_phase(pk.c, s, ph, jb0, jb1);
+          kt.forward_phase(sc, s, ph, jb0, jb1);
           team.sync(tid);
           mine();
         }
@@ -196,6 +263,19 @@ void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> 
 template <class F>
 void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths,
               const Cache<F>& cache, const F* dy, const F* dh_n, const F* dc_n, Grads<F> g) {
+  const KernelTable<F>& kt = *kernels<F>();
+  const int threads = threads_for(d, gates(cell) * d.H, blocks(d.H, kt));
+  const Pack<F> w(std::make_unique<typename Pack<F>::Impl>(cell, d.I, d.H, kt, p, false, true,
+                                                           threads));
+  backward(w, d, x, lengths, cache, dy, dh_n, dc_n, g);
+}
+
+template <class F>
+void backward(const Pack<F>& w, Dims d, const F* x, const int64_t* lengths,
+              const Cache<F>& cache, const F* dy, const F* dh_n, const F* dc_n, Grads<F> g) {
+  const typename Pack<F>::Impl& pk = w.impl();
+  StepConst<F> sc = pk.step_const(d, lengths, true);
+  const Cell cell = pk.cell;
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H, GH = gates(cell) * H, BH = B * H, TB = T * B;
   const bool lstm = cell == Cell::lstm;
   if (B == 0 || H == 0) {
@@ -210,10 +290,9 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
   // Rows of the dgates buffers LDG apart, not G*H: at G*H = 1024 or 2048 floats (4 or 8 KB) the
   // rows that one backward tile reads side by side would all fall in one L1 set.
   const int64_t LDG = (GH * sizeof(F)) % 1024 == 0 ? GH + 64 / sizeof(F) : GH;
-  const KernelTable<F>& kt = *kernels<F>();
-  Packed<F> pk(cell, d, kt, p, lengths, true);
-  pk.c.LDG = LDG;
-  const int64_t nblk = Packed<F>::blocks(H, kt);
+  const KernelTable<F>& kt = *pk.kt;
+  sc.LDG = LDG;
+  const int64_t nblk = blocks(H, kt);
 
   // The dgates of a chunk of steps, two chunks alternating: the weight gradients of a chunk are
   // products over its rows while they are still in cache.
@@ -232,22 +311,14 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
     if (lengths[b] < shortest) shortest = lengths[b];
   // The chunk's x, h_{t-1} (and gru_rh's r * h_{t-1}) as panels for the weight gradients: each
   // thread packs the column blocks of dW it computes. (blocks of I or H, tc*B, NB)
-  const int64_t nblk_i = Packed<F>::blocks(I, kt), NBK = kt.nb;
+  const int64_t nblk_i = blocks(I, kt), NBK = kt.nb;
   Buffer<F> xpan(nblk_i * NBK * tc * B), hpan(nblk * NBK * tc * B);
   Buffer<F> apan(cell == Cell::gru_rh ? nblk * NBK * tc * B : 0);
 
   parallel(threads_for(d, GH, nblk), [&](int tid, Team& team) {
-    // Start: the planned shares of the panels (hidden blocks; column blocks of W_ih for dx), as
-    // in the forward.
-    auto pack_share = [&](int share) {
-      int64_t b0, b1, c0, c1;
-      split(nblk, share, team.planned(), &b0, &b1);
-      split(nblk_i, share, team.planned(), &c0, &c1);
-      pk.pack(b0, b1, c0, c1);
-    };
-    pack_share(tid);
-    if (tid == 0)
-      for (int w; (w = team.take_over()) >= 0;) pack_share(w);
+    if (tid == 0)  // the workers that have not started by now sit the call out
+      while (team.take_over() >= 0) {
+      }
     team.begin(tid);
     int64_t jb0, jb1, ib0, ib1;  // this member's hidden blocks; its column blocks of dx, dW_ih
     auto mine = [&] {
@@ -272,17 +343,17 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
         s.dg = dgc + (t - t0) * B * LDG, s.dgh = dgr + (t - t0) * B * LDG;
         s.dgh_next = next;
         for (int ph = 0; ph < phases(cell); ++ph) {
-          kt.backward_phase(pk.c, s, ph, jb0, jb1);
+          kt.backward_phase(sc, s, ph, jb0, jb1);
           team.sync(tid);
           mine();
         }
         next = s.dgh;
       }
-      // The chunk's share of the weight gradients (each member its column blocks of dW; the
+      // The chunk's share of the weight gradients (each thread its column blocks of dW; the
       // first chunk assigns, the others add) and of dx. The next chunk's steps write the other
       // buffer, and its first sync waits for every member to be done with this one.
       const bool add = c > 0;
-      // This member's column blocks of dW_ih and dW_hh, and of dx, with the steps' tiles.
+      // This thread's column blocks of dW_ih and dW_hh, and of dx, with the steps' tiles.
       F* xq = xpan.get();
       kt.pack_backward(xq, x + t0 * B * I, rows, I, I, 0, ib0, ib1);
       // Whatever x holds at a padded step (NaN included) must not reach dW_ih, as 0 * NaN would:
@@ -299,7 +370,7 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
         kt.product(dgr + split_row, LDG, true, GH - split_row, apan.get(), rows, H,
                    g.dw_hh + split_row * H, H, add, jb0, jb1);
       }
-      kt.product(dgc, LDG, false, rows, pk.c.wi, GH, I, g.dx + t0 * B * I, I, false, ib0, ib1);
+      kt.product(dgc, LDG, false, rows, sc.wi, GH, I, g.dx + t0 * B * I, I, false, ib0, ib1);
       if (g.db_ih)
         for_blocks(GH, team, tid, [&](int64_t r0, int64_t r1) {
           column_sums(dgc, rows, LDG, r0, r1, g.db_ih, add);
@@ -307,7 +378,7 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
         });
     }
     s.dgh_next = next;
-    kt.backward_final(pk.c, s, g.dh0, jb0, jb1);
+    kt.backward_final(sc, s, g.dh0, jb0, jb1);
   });
   if (lstm) std::memcpy(g.dc0, dc.get(), BH * sizeof(F));
   // Without gru's recurrent-side dgates both biases have the same gradient: summed once.
@@ -319,6 +390,11 @@ void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths
                            F*, F*, F*, const Cache<F>*);                                        \
   template void backward<F>(Cell, Dims, const F*, Params<F>, const int64_t*,                    \
                             const Cache<F>&,                                            \
+                            const F*, const F*, const F*, Grads<F>);                    \
+  template class Pack<F>;                                                                       \
+  template void forward<F>(const Pack<F>&, Dims, const F*, const F*, const F*, const int64_t*,  \
+                           F*, F*, F*, const Cache<F>*);                                        \
+  template void backward<F>(const Pack<F>&, Dims, const F*, const int64_t*, const Cache<F>&,    \
                             const F*, const F*, const F*, Grads<F>);
 RNNKERN_INSTANTIATE(float)
 RNNKERN_INSTANTIATE(double)

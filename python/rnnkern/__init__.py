@@ -9,20 +9,25 @@ import contextlib
 import os
 from typing import Any, Iterator
 
-from . import _core, data, diagnostics, models, nn, optim, reference
+from . import _core, _functional, data, diagnostics, models, nn, optim, reference
 from ._functional import (
+    PackedWeights,
     gru_backward,
     gru_forward,
+    gru_pack,
     lstm_backward,
     lstm_forward,
+    lstm_pack,
     rnn_backward,
     rnn_forward,
+    rnn_pack,
     softmax,
     softmax_cross_entropy,
 )
 
 __version__ = "0.1.0"
 __all__ = [
+    "PackedWeights",
     "__version__",
     "config",
     "data",
@@ -30,8 +35,10 @@ __all__ = [
     "get_num_threads",
     "gru_backward",
     "gru_forward",
+    "gru_pack",
     "lstm_backward",
     "lstm_forward",
+    "lstm_pack",
     "models",
     "nn",
     "numpy_blas_threads",
@@ -39,6 +46,7 @@ __all__ = [
     "reference",
     "rnn_backward",
     "rnn_forward",
+    "rnn_pack",
     "set_isa",
     "set_num_threads",
     "set_thread_runtime",
@@ -133,10 +141,12 @@ def set_isa(name: str) -> None:
     """Run the kernels compiled for ``name`` ("scalar", "avx2" or "avx512"; the CPU must have it).
 
     The default is the best ISA of the CPU, or the environment variable RNNKERN_ISA at import.
+    Packed weights made before keep running on their own ISA's kernels; the layers repack theirs.
     """
     if not isinstance(name, str):
         raise TypeError(f"name: expected a str, got {type(name).__name__}")
     _core.set_isa(name)
+    _functional.isa_generation[0] += 1
 
 
 def config() -> dict[str, Any]:

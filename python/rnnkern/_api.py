@@ -28,8 +28,11 @@ __all__ = [
     "RNNGrads",
     "RNNOutput",
     "check_flag",
+    "check_backward",
     "check_forward",
     "check_grad",
+    "check_packed_forward",
+    "check_weights",
     "check_logits_targets",
     "check_nonlinearity",
     "check_size",
@@ -291,6 +294,56 @@ def _check_lengths(lengths: object, T: int, B: int) -> Array | None:
     return _contiguous(a, np.dtype(np.int64))
 
 
+def _check_weights(cell: str, dtype: np.dtype[Any] | None, owner: str, I: int | None,
+                   w_ih: object, w_hh: object, b_ih: object,
+                   b_hh: object) -> tuple[Array, Array, Array | None, Array | None]:
+    """w_ih (G*H, I), w_hh (G*H, H), b_ih/b_hh (G*H,) both arrays or both None, checked, as given.
+
+    ``dtype`` is the call's (fixed by ``owner``), None: w_hh's. ``I`` None: any input size.
+    """
+    G = GATES[cell]
+    whh = _require_ndarray("w_hh", w_hh)
+    if dtype is None:
+        dtype, owner = _check_float_dtype("w_hh", whh), "w_hh"
+
+    def array(name: str, value: object) -> Array:
+        a = _require_ndarray(name, value)
+        _check_same_dtype(name, a, dtype, owner)
+        return a
+
+    whh = array("w_hh", whh)
+    _check_shape("w_hh", whh, ("G*H", "H"), (None, None))
+    H = whh.shape[1]
+    _check_shape("w_hh", whh, ("G*H", "H"), (G * H, H), _gate_note(cell, whh, H))
+    wih = array("w_ih", w_ih)
+    _check_shape("w_ih", wih, ("G*H", "I"), (G * H, I), _gate_note(cell, wih, H))
+    if (b_ih is None) != (b_hh is None):
+        missing, given = ("b_ih", "b_hh") if b_ih is None else ("b_hh", "b_ih")
+        raise ValueError(f"{missing}: None, but {given} is given: the two biases must be given "
+                         f"together (both arrays or both None)")
+    biases: list[Array | None] = []
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b is not None:
+            b = array(name, b)
+            _check_shape(name, b, ("G*H",), (G * H,))
+        biases.append(b)
+    return wih, whh, biases[0], biases[1]
+
+
+def check_weights(cell: str, w_ih: object, w_hh: object, b_ih: object,
+                  b_hh: object) -> tuple[Array, Array, Array | None, Array | None]:
+    """Validate the weights of one cell for packing (w_hh fixes the dtype, w_ih the input size);
+    returns them as contiguous arrays, the same messages as :func:`check_forward`."""
+    wih, whh, bih, bhh = _check_weights(cell, None, "w_hh", None, w_ih, w_hh, b_ih, b_hh)
+    dtype = _native(whh.dtype)
+    G, H = GATES[cell], whh.shape[1]
+    check_size("w_ih", G * H, wih.shape[1], itemsize=dtype.itemsize)
+    check_size("w_hh", G * H, H, itemsize=dtype.itemsize)
+    return (_contiguous(wih, dtype), _contiguous(whh, dtype),
+            None if bih is None else _contiguous(bih, dtype),
+            None if bhh is None else _contiguous(bhh, dtype))
+
+
 def check_forward(
     cell: str,
     x: object,
@@ -311,64 +364,68 @@ def check_forward(
     """
     if cell not in GATES:
         raise ValueError(f"cell: expected one of {sorted(GATES)}, got {cell!r}")
-    G = GATES[cell]
-
     xa = _require_ndarray("x", x)
     dtype = _check_float_dtype("x", xa)
     _check_shape("x", xa, ("T", "B", "I"), (None, None, None))
+    _check_steps(xa)
+    wih, whh, bih, bhh = _check_weights(cell, dtype, "x", xa.shape[2], w_ih, w_hh, b_ih, b_hh)
     T, B, I = xa.shape
-    if T == 0:
-        raise ValueError(shape_message("x", ("T", "B", "I"), (None, B, I), xa.shape,
-                                       " with T >= 1"))
-
-    def array(name: str, value: object) -> Array:
-        a = _require_ndarray(name, value)
-        _check_same_dtype(name, a, dtype, "x")
-        return a
-
-    def optional(name: str, value: object, symbols: tuple[str, ...],
-                 expected: tuple[int, ...]) -> Array | None:
-        if value is None:
-            return None
-        a = array(name, value)
-        _check_shape(name, a, symbols, expected)
-        return a
-
-    whh = array("w_hh", w_hh)
-    _check_shape("w_hh", whh, ("G*H", "H"), (None, None))
     H = whh.shape[1]
-    _check_shape("w_hh", whh, ("G*H", "H"), (G * H, H), _gate_note(cell, whh, H))
-    wih = array("w_ih", w_ih)
-    _check_shape("w_ih", wih, ("G*H", "I"), (G * H, I), _gate_note(cell, wih, H))
-
-    if (b_ih is None) != (b_hh is None):
-        missing, given = ("b_ih", "b_hh") if b_ih is None else ("b_hh", "b_ih")
-        raise ValueError(f"{missing}: None, but {given} is given: the two biases must be given "
-                         f"together (both arrays or both None)")
-    bih = optional("b_ih", b_ih, ("G*H",), (G * H,))
-    bhh = optional("b_hh", b_hh, ("G*H",), (G * H,))
-    if c0 is not None and cell != "lstm":
-        raise ValueError(f"c0: only lstm has a cell state, {cell} takes none")
-    h0a = optional("h0", h0, ("B", "H"), (B, H))
-    c0a = optional("c0", c0, ("B", "H"), (B, H))
-    checked_lengths = _check_lengths(lengths, T, B)
-
-    # The largest buffers either backend makes: copies of x and the weights, per-step gates.
+    xc, h0c, c0c, lens = _check_run(cell, xa, dtype, H, h0, c0, lengths)
     itemsize = dtype.itemsize
-    check_size("x", T, B, I, itemsize=itemsize)
-    check_size("w_ih", G * H, I, itemsize=itemsize)
-    check_size("w_hh", G * H, H, itemsize=itemsize)
-    check_size("cache (training=True)", T + 1, B, G * H + H, itemsize=itemsize)
+    check_size("w_ih", GATES[cell] * H, I, itemsize=itemsize)
+    check_size("w_hh", GATES[cell] * H, H, itemsize=itemsize)
 
     def contiguous(a: Array | None) -> Array | None:
         return None if a is None else _contiguous(a, dtype)
 
     return Checked(
-        cell=cell, T=T, B=B, I=I, H=H, dtype=dtype,
-        x=_contiguous(xa, dtype), h0=contiguous(h0a), c0=contiguous(c0a),
+        cell=cell, T=T, B=B, I=I, H=H, dtype=dtype, x=xc, h0=h0c, c0=c0c,
         w_ih=_contiguous(wih, dtype), w_hh=_contiguous(whh, dtype),
-        b_ih=contiguous(bih), b_hh=contiguous(bhh), lengths=checked_lengths,
+        b_ih=contiguous(bih), b_hh=contiguous(bhh), lengths=lens,
     )
+
+
+def _check_steps(xa: Array) -> None:
+    """ValueError unless x (T, B, I) has T >= 1."""
+    if xa.shape[0] == 0:
+        raise ValueError(shape_message("x", ("T", "B", "I"), (None, *xa.shape[1:]), xa.shape,
+                                       " with T >= 1"))
+
+
+def _check_run(cell: str, xa: Array, dtype: np.dtype[Any], H: int, h0: object, c0: object,
+               lengths: object) -> tuple[Array, Array | None, Array | None, Array | None]:
+    """x (T, B, I) of ``dtype`` (its shape checked), h0/c0 (B, H) or None and lengths checked;
+    returned contiguous (lengths as int64)."""
+    T, B, I = xa.shape
+    if c0 is not None and cell != "lstm":
+        raise ValueError(f"c0: only lstm has a cell state, {cell} takes none")
+    states: list[Array | None] = []
+    for name, value in (("h0", h0), ("c0", c0)):
+        if value is not None:
+            value = _require_ndarray(name, value)
+            _check_same_dtype(name, value, dtype, "x")
+            _check_shape(name, value, ("B", "H"), (B, H))
+            value = _contiguous(value, dtype)
+        states.append(value)
+    checked_lengths = _check_lengths(lengths, T, B)
+    # The largest buffers either backend makes: copies of x, per-step gates.
+    check_size("x", T, B, I, itemsize=dtype.itemsize)
+    check_size("cache (training=True)", T + 1, B, GATES[cell] * H + H,
+               itemsize=dtype.itemsize)
+    return _contiguous(xa, dtype), states[0], states[1], checked_lengths
+
+
+def check_packed_forward(cell: str, dtype: np.dtype[Any], I: int, H: int, x: object,
+                         h0: object, c0: object,
+                         lengths: object) -> tuple[Array, Array | None, Array | None, Array | None]:
+    """Validate the arguments of a forward with packed weights of ``dtype`` and sizes I, H: x
+    (T, B, I), h0/c0 (B, H) or None, lengths; the messages of :func:`check_forward`."""
+    xa = _require_ndarray("x", x)
+    _check_same_dtype("x", xa, dtype, "the packed weights")
+    _check_shape("x", xa, ("T", "B", "I"), (None, None, I))
+    _check_steps(xa)
+    return _check_run(cell, xa, dtype, H, h0, c0, lengths)
 
 
 def check_nonlinearity(nonlinearity: object) -> str:
@@ -407,6 +464,32 @@ def check_grad(
     _check_same_dtype(name, a, dtype, "the forward")
     _check_shape(name, a, symbols, shape)
     return _contiguous(a, dtype)
+
+
+def check_backward(cell: str, cache: object, cache_type: type[Any], dy: object, dh_n: object,
+                   dc_n: object = None) -> tuple[Any, Array | None, Array | None, Array | None]:
+    """Validate the arguments of ``{cell}_backward`` (both backends, the same messages).
+
+    ``cache`` must be a ``cache_type`` (the backend's cache: attributes cell, shape (T, B, I, H)
+    and dtype) made by ``{cell}_forward``; dy (T, B, H), dh_n and dc_n (B, H) (dc_n: lstm only)
+    None or arrays of the forward's dtype. Returns (cache, dy, dh_n, dc_n), the gradients
+    contiguous or None.
+    """
+    function = f"{cell}_backward"
+    if cache is None:
+        raise ValueError(f"cache: None; {function} needs the cache of a {cell}_forward run with "
+                         f"training=True")
+    if not isinstance(cache, cache_type):
+        raise TypeError(f"cache: expected the cache of this module's {cell}_forward, got "
+                        f"{type(cache).__name__}")
+    if cache.cell != cell:
+        raise TypeError(f"cache: made by {cache.cell}_forward, {function} needs the cache of "
+                        f"{cell}_forward")
+    T, B, _, H = cache.shape
+    dtype = cache.dtype
+    return (cache, check_grad("dy", dy, (T, B, H), dtype, ("T", "B", "H")),
+            check_grad("dh_n", dh_n, (B, H), dtype, ("B", "H")),
+            check_grad("dc_n", dc_n, (B, H), dtype, ("B", "H")))
 
 
 # ----------------------------------------------------------------------------- softmax and loss

@@ -30,6 +30,49 @@ def backward(
     dh_n: _Array | None,
     dc_n: _Array | None,
 ) -> tuple[_Array, _Array, _Array | None, _Array, _Array, _Array | None, _Array | None]: ...
+class Pack:
+    """One cell's weights packed once (rnnkern::Pack of their dtype); immutable."""
+
+    def __init__(
+        self,
+        cell_id: int,
+        w_ih: _Array,
+        w_hh: _Array,
+        b_ih: _Array | None,
+        b_hh: _Array | None,
+        forward: bool = True,
+        backward: bool = True,
+    ) -> None: ...
+    @property
+    def cell_id(self) -> int: ...
+    @property
+    def input_size(self) -> int: ...
+    @property
+    def hidden_size(self) -> int: ...
+    @property
+    def has_bias(self) -> bool: ...
+    @property
+    def isa(self) -> str: ...
+    @property
+    def dtype(self) -> np.dtype[Any]: ...
+
+def forward_packed(
+    pack: Pack,
+    x: _Array,
+    h0: _Array | None,
+    c0: _Array | None,
+    lengths: npt.NDArray[np.int64] | None,
+    training: bool,
+) -> tuple[_Array, _Array, _Array | None, tuple[_Array | None, ...]]: ...
+def backward_packed(
+    pack: Pack,
+    x: _Array,
+    lengths: npt.NDArray[np.int64] | None,
+    cache: tuple[_Array | None, ...],
+    dy: _Array | None,
+    dh_n: _Array | None,
+    dc_n: _Array | None,
+) -> tuple[_Array, _Array, _Array | None, _Array, _Array, _Array | None, _Array | None]: ...
 def softmax(z: _Array) -> _Array: ...
 def softmax_cross_entropy(
     logits: _Array, targets: npt.NDArray[np.int64], ignore_index: int

@@ -7,11 +7,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from . import _api, _core
-from ._api import Array, Checked, CrossEntropy, LSTMGrads, LSTMOutput, RNNGrads, RNNOutput
+from ._api import Array, CrossEntropy, LSTMGrads, LSTMOutput, RNNGrads, RNNOutput
 
 __all__ = [
     "KernelCache",
+    "PackedWeights",
+    "gru_pack",
+    "lstm_pack",
+    "rnn_pack",
     "gru_backward",
     "gru_forward",
     "lstm_backward",
@@ -30,24 +36,48 @@ _LSTM, _GRU, _GRU_RH = 3, 4, 5
 class KernelCache:
     """What a training forward keeps for its backward. Opaque; backward does not change it.
 
-    It refers to the forward's x and weights (copies only where they had to be made contiguous):
-    changing those arrays in place before the backward changes the gradients.
+    It holds its own copies of what the backward reads: the weights packed at the forward (a
+    `_core.Pack`), x and lengths, so changing the caller's arrays in place before the backward
+    changes nothing (as in rnnkern.reference).
     """
 
-    __slots__ = ("cell", "cell_id", "x", "w_ih", "w_hh", "has_bias", "lengths", "buffers")
+    __slots__ = ("cell", "pack", "x", "lengths", "buffers")
 
-    def __init__(self, cell: str, cell_id: int, c: Checked, buffers: tuple[Any, ...]) -> None:
+    def __init__(self, cell: str, pack: Any, x: Array, lengths: Array | None,
+                 buffers: tuple[Any, ...]) -> None:
         self.cell = cell  # "rnn", "lstm" or "gru"
-        self.cell_id = cell_id
-        self.x, self.w_ih, self.w_hh = c.x, c.w_ih, c.w_hh  # (T, B, I), (G*H, I), (G*H, H)
-        self.has_bias = c.b_ih is not None
-        self.lengths = c.lengths  # (B,) int64 or None
+        self.pack = pack  # _core.Pack made for forward and backward
+        self.x = x  # (T, B, I), the cache's own
+        self.lengths = lengths  # (B,) int64, the cache's own, or None
         # hs (T+1, B, H); cs (T+1, B, H) lstm; gates (T, B, G*H) lstm/gru; aux (T, B, H) gru
         self.buffers = buffers
 
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(T, B, I, H)."""
+        T, B, I = self.x.shape
+        return T, B, I, self.pack.hidden_size
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.x.dtype
+
     def __repr__(self) -> str:
-        T, B, _ = self.x.shape
-        return f"<rnnkern {self.cell} cache T={T} B={B} H={self.w_hh.shape[1]}>"
+        T, B, _, H = self.shape
+        return f"<rnnkern {self.cell} cache T={T} B={B} H={H}>"
+
+
+def _run(cell: str, pack: Any, x: Array, h0: Array | None, c0: Array | None,
+         lengths: Array | None, train: bool, copy_x: bool = False,
+         copy_lengths: bool = False) -> tuple[Array, Array, Array | None, KernelCache | None]:
+    """The packed forward on checked arguments. The cache keeps copies of x and lengths where
+    they are (or may be) the caller's memory (``copy_x``, ``copy_lengths``)."""
+    y, h_n, c_n, buffers = _core.forward_packed(pack, x, h0, c0, lengths, train)
+    if not train:
+        return y, h_n, c_n, None
+    if copy_lengths and lengths is not None:
+        lengths = lengths.copy()
+    return y, h_n, c_n, KernelCache(cell, pack, x.copy() if copy_x else x, lengths, buffers)
 
 
 def _forward(cell: str, cell_id: int, x: object, h0: object, c0: object, w_ih: object,
@@ -55,26 +85,95 @@ def _forward(cell: str, cell_id: int, x: object, h0: object, c0: object, w_ih: o
              training: object) -> tuple[Array, Array, Array | None, KernelCache | None]:
     c = _api.check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     train = _api.check_flag("training", training)
-    y, h_n, c_n, buffers = _core.forward(cell_id, c.x, c.h0, c.c0, c.w_ih, c.w_hh, c.b_ih, c.b_hh,
-                                         c.lengths, train)
-    return y, h_n, c_n, KernelCache(cell, cell_id, c, buffers) if train else None
+    if not train:  # packs only the forward's panels, inside the call
+        y, h_n, c_n, _ = _core.forward(cell_id, c.x, c.h0, c.c0, c.w_ih, c.w_hh, c.b_ih, c.b_hh,
+                                       c.lengths, False)
+        return y, h_n, c_n, None
+    # The backward's panels too, now: the cache must not depend on the caller's weights.
+    pack = _core.Pack(cell_id, c.w_ih, c.w_hh, c.b_ih, c.b_hh)
+    return _run(cell, pack, c.x, c.h0, c.c0, c.lengths, True, c.x is x, c.lengths is lengths)
 
 
 def _backward(cell: str, cache: object, dy: object, dh_n: object,
               dc_n: object = None) -> tuple[Any, ...]:
-    if cache is None:
-        raise ValueError("cache: None: the forward ran with training=False and kept nothing")
-    if not isinstance(cache, KernelCache) or cache.cell != cell:
-        what = f"a {cache.cell} cache" if isinstance(cache, KernelCache) else type(cache).__name__
-        raise TypeError(f"cache: expected the cache of rnnkern.{cell}_forward, got {what}")
-    T, B, _ = cache.x.shape
-    H = cache.w_hh.shape[1]
-    dtype = cache.x.dtype
-    dy_ = _api.check_grad("dy", dy, (T, B, H), dtype, ("T", "B", "H"))
-    dh_ = _api.check_grad("dh_n", dh_n, (B, H), dtype, ("B", "H"))
-    dc_ = _api.check_grad("dc_n", dc_n, (B, H), dtype, ("B", "H"))
-    return tuple(_core.backward(cache.cell_id, cache.x, cache.w_ih, cache.w_hh, cache.has_bias,
-                                cache.lengths, cache.buffers, dy_, dh_, dc_))
+    k, dy_, dh_, dc_ = _api.check_backward(cell, cache, KernelCache, dy, dh_n, dc_n)
+    return tuple(_core.backward_packed(k.pack, k.x, k.lengths, k.buffers, dy_, dh_, dc_))
+
+
+# ----------------------------------------------------------------------------- packed weights
+
+# Bumped by rnnkern.set_isa: a pack made before runs on the kernels it was packed for, so the
+# layers repack theirs when this changed.
+isa_generation = [0]
+
+
+class PackedWeights:
+    """One cell's weights packed once for the kernels (``rnn_pack``, ``lstm_pack``, ``gru_pack``).
+
+    A snapshot: made from copies, so changing the arrays it was made from changes nothing here
+    (pack again after an optimizer step). Immutable; usable from several threads at once. Runs on
+    the kernels of the ISA in use when it was made (``isa``).
+    """
+
+    __slots__ = ("cell", "_pack", "dtype", "input_size", "hidden_size", "has_bias", "variant")
+
+    def __init__(self, cell: str, cell_id: int, variant: str, w_ih: object, w_hh: object,
+                 b_ih: object, b_hh: object) -> None:
+        wi, wh, bi, bh = _api.check_weights(cell, w_ih, w_hh, b_ih, b_hh)
+        self.cell = cell  # "rnn", "lstm" or "gru"
+        self.variant = variant  # rnn: the nonlinearity; gru: linear_before_reset or not; lstm: ""
+        self._pack = _core.Pack(cell_id, wi, wh, bi, bh)
+        self.dtype: np.dtype[Any] = wh.dtype
+        self.input_size: int = wi.shape[1]
+        self.hidden_size: int = wh.shape[1]
+        self.has_bias = bi is not None
+
+    @property
+    def isa(self) -> str:
+        """The ISA whose kernels these panels are for."""
+        return str(self._pack.isa)
+
+    def forward(self, x: Array, h0: Array | None = None, c0: Array | None = None, *,
+                lengths: Array | None = None, training: bool = True) -> Any:
+        """``{cell}_forward`` with these weights: x (T, B, I), h0 (and c0 for lstm) (B, H) or
+        None. Returns what ``{cell}_forward`` returns (LSTMOutput or RNNOutput); the cache goes
+        to ``{cell}_backward``."""
+        xc, h0c, c0c, lens = _api.check_packed_forward(self.cell, self.dtype, self.input_size,
+                                                       self.hidden_size, x, h0, c0, lengths)
+        train = _api.check_flag("training", training)
+        y, h_n, c_n, cache = _run(self.cell, self._pack, xc, h0c, c0c, lens, train, xc is x,
+                                  lens is lengths)
+        if self.cell == "lstm":
+            assert c_n is not None
+            return LSTMOutput(y, h_n, c_n, cache)
+        return RNNOutput(y, h_n, cache)
+
+    def __repr__(self) -> str:
+        variant = f" {self.variant}" if self.variant else ""
+        return (f"<rnnkern packed {self.cell}{variant} I={self.input_size} H={self.hidden_size} "
+                f"{self.dtype} {self.isa}>")
+
+
+def rnn_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, *,
+             nonlinearity: str = "tanh") -> PackedWeights:
+    """rnn_forward's weights packed once: ``pack.forward(x, h0, ...)`` is ``rnn_forward(x, h0,
+    w_ih, w_hh, b_ih, b_hh, nonlinearity=nonlinearity, ...)`` without packing them per call."""
+    f = _api.check_nonlinearity(nonlinearity)
+    return PackedWeights("rnn", _RNN_IDS[f], f, w_ih, w_hh, b_ih, b_hh)
+
+
+def lstm_pack(w_ih: Array, w_hh: Array, b_ih: Array | None,
+              b_hh: Array | None) -> PackedWeights:
+    """lstm_forward's weights packed once: ``pack.forward(x, h0, c0, ...)``."""
+    return PackedWeights("lstm", _LSTM, "", w_ih, w_hh, b_ih, b_hh)
+
+
+def gru_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, *,
+             linear_before_reset: bool = True) -> PackedWeights:
+    """gru_forward's weights packed once: ``pack.forward(x, h0, ...)``."""
+    lbr = _api.check_flag("linear_before_reset", linear_before_reset)
+    return PackedWeights("gru", _GRU if lbr else _GRU_RH,
+                         "linear_before_reset" if lbr else "reset_before", w_ih, w_hh, b_ih, b_hh)
 
 
 def rnn_forward(x: Array, h0: Array | None, w_ih: Array, w_hh: Array, b_ih: Array | None,

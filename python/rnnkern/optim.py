@@ -2,7 +2,9 @@
 
 ``params`` and ``grads`` are dicts with the same keys (a layer's or a model's ``params`` and
 ``grads``); ``step()`` updates the parameter arrays in place, so the arrays must be the ones the
-model computes with. Per-parameter state (momentum buffers, accumulators) has each parameter's
+model computes with. Read-only parameters (the recurrent layers' and cells', see docs/api.md) are
+made writeable first, which tells their layer to pack them again at its next call. Per-parameter
+state (momentum buffers, accumulators) has each parameter's
 shape and dtype.
 
     opt = rnnkern.optim.Adam(model.params, model.grads, lr=1e-3)
@@ -73,6 +75,9 @@ class Optimizer:
         """Apply one update to every parameter in place."""
         self.step_count += 1
         for name, p in self.params.items():
+            # A layer's read-only parameter: writeable tells the layer to pack it again.
+            if not p.flags.writeable:
+                p.flags.writeable = True
             self._update(p, self.grads[name], self.state[name])
 
     def _update(self, p: Array, g: Array, state: dict[str, Array]) -> None:

@@ -30,7 +30,7 @@ import rnnkern
 from rnnkern._api import Array
 from rnnkern.nn.rnn import _reverse, _reverse_index
 
-__all__ = ["GRU", "LSTM", "RNN", "convert"]
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "convert"]
 
 Tensor = torch.Tensor
 #: A recurrent state as the modules take and return it: h, or (h, c) for the LSTM.
@@ -401,7 +401,8 @@ def _drop_in(module: torch.nn.RNNBase) -> torch.nn.RNNBase:
 
 
 def convert(model: torch.nn.Module) -> torch.nn.Module:
-    """Replace every ``torch.nn.LSTM`` / ``GRU`` / ``RNN`` in ``model`` by rnnkern's, in place.
+    """Replace every ``torch.nn.LSTM`` / ``GRU`` / ``RNN`` in ``model`` by rnnkern's, in place
+    (and every ``LSTMCell`` / ``GRUCell`` / ``RNNCell``).
 
     Submodules are searched recursively; exact instances of the three torch classes are replaced
     (subclasses are left alone: they may have their own forward). The replacements hold the same
@@ -417,6 +418,8 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _convert(module: torch.nn.Module, path: str) -> torch.nn.Module:
+    if type(module) in CELL_DROP_INS:
+        return drop_in_cell(module)
     if type(module) in _DROP_INS:
         try:
             return _drop_in(module)  # type: ignore[arg-type]
@@ -427,3 +430,14 @@ def _convert(module: torch.nn.Module, path: str) -> torch.nn.Module:
         if new is not child:
             setattr(module, name, new)
     return module
+
+
+# ---------------------------------------------------------------------------- cells: torch_cells.py
+
+from rnnkern.torch_cells import (  # noqa: E402  (they use _NoDoubleBackward above)
+    CELL_DROP_INS,
+    GRUCell,
+    LSTMCell,
+    RNNCell,
+    drop_in_cell,
+)

@@ -5,6 +5,7 @@
 // All arrays are dense row-major; a null optional pointer means "absent" (zeros / no bias).
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace rnnkern {
@@ -69,6 +70,46 @@ void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> 
 // dy (T, B, H), dh_n, dc_n (B, H): each may be null (zero). Overwrites every non-null gradient.
 template <class F>
 void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths,
+              const Cache<F>& cache, const F* dy, const F* dh_n, const F* dc_n, Grads<F> g);
+
+// One (layer, direction)'s weights packed once for the kernels of the ISA in use, for many
+// forward and backward calls: forward panels of W_hh and W_ih, and (for training) backward
+// panels of W_hh and of W_ih (for dx), and the biases. A copy: later changes to the arrays it
+// was made from do not reach it. Immutable once made, so any number of threads may use it at
+// once. It runs on the kernels it was packed for, even after set_isa chose others.
+template <class F>
+class Pack {
+ public:
+  struct Impl;  // defined in cpp/src (panels, kernel table)
+  // w_ih (G*H, I), w_hh (G*H, H), biases (G*H,) or both null. I >= 0, H >= 0.
+  Pack(Cell cell, int64_t I, int64_t H, Params<F> p, bool for_forward = true,
+       bool for_backward = true);
+  explicit Pack(std::unique_ptr<Impl> impl);
+  ~Pack();
+  Pack(const Pack&) = delete;
+  Pack& operator=(const Pack&) = delete;
+  Cell cell() const;
+  int64_t input_size() const;
+  int64_t hidden_size() const;
+  bool has_bias() const;
+  bool for_forward() const;
+  bool for_backward() const;
+  std::string isa() const;  // the kernels it was packed for
+  const Impl& impl() const { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// As forward/backward below with the weights of `w` (d.I and d.H must be its sizes, and it must
+// have been made for_forward / for_backward; std::invalid_argument otherwise). The same bits as
+// the calls that take the weights' arrays, which pack them, then run these.
+template <class F>
+void forward(const Pack<F>& w, Dims d, const F* x, const F* h0, const F* c0,
+             const int64_t* lengths, F* y, F* h_n, F* c_n, const Cache<F>* cache);
+// g.db_ih and g.db_hh must be non-null exactly when w has biases.
+template <class F>
+void backward(const Pack<F>& w, Dims d, const F* x, const int64_t* lengths,
               const Cache<F>& cache, const F* dy, const F* dh_n, const F* dc_n, Grads<F> g);
 
 // softmax over the last axis of z (N, C) -> out (N, C).

@@ -6,14 +6,15 @@ load_state_dict) that the feed-forward modules share.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Optional, Union
+from collections.abc import Callable, Sequence
+from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 import numpy.typing as npt
 
 from .._api import check_size
 
-__all__ = ["Linear", "ParamModule"]
+__all__ = ["Linear", "ParamModule", "WeightPacks"]
 
 Array = npt.NDArray[Any]
 Seed = Union[None, int, np.random.Generator]
@@ -67,9 +68,11 @@ class ParamModule:
     params: dict[str, Array]
     grads: dict[str, Array]
 
-    def _init_params(self, params: dict[str, Array]) -> None:
+    def _init_params(self, params: dict[str, Array], read_only: bool = False) -> None:
         self.params = params
         self.grads = {n: np.zeros_like(p) for n, p in params.items()}
+        for p in params.values():
+            p.flags.writeable = not read_only
 
     def _check_input(self, name: str, a: object) -> Array:
         if not isinstance(a, np.ndarray):
@@ -112,7 +115,47 @@ class ParamModule:
                 raise ValueError(f"{name}: expected shape {p.shape}, got {arr.shape}")
             loaded[name] = arr
         for name, arr in loaded.items():
+            self.params[name].flags.writeable = True  # read-only ones: repacked at the next call
             self.params[name][...] = arr
+
+
+# id(parameter) -> how often it was found writeable and made read-only again. A pack records the
+# counts of its parameters, so a module whose parameters another module (sharing them) made
+# read-only again still sees the change.
+_relocked: dict[int, int] = {}
+
+
+class WeightPacks:
+    """The packed weights of a module's read-only parameters, one pack per key, made again when
+    one of its parameters was made writeable (the sign that it may have changed in place) or
+    `rnnkern.set_isa` chose other kernels; then the parameters are made read-only again.
+
+    Checking costs a flag and a count per parameter per call, not a look at the values: a write
+    through a view taken while a parameter was writeable, after the next call, goes unseen.
+    """
+
+    def __init__(self, module: ParamModule, make: Callable[[Any], Any]) -> None:
+        self._module = module
+        self._make = make  # (w_ih, w_hh, b_ih, b_hh) -> packed weights
+        # key -> (ISA generation, relock counts of the parameters, pack)
+        self._packs: dict[Any, tuple[int, tuple[int, ...], Any]] = {}
+
+    def get(self, key: Any, weights: Sequence[Array | None]) -> Any:
+        """The pack of ``weights`` (the module's parameter arrays for ``key``)."""
+        from .._functional import isa_generation
+
+        present = [w for w in weights if w is not None]
+        for w in present:
+            if w.flags.writeable:
+                w.flags.writeable = False
+                _relocked[id(w)] = _relocked.get(id(w), 0) + 1
+        counts = tuple(_relocked.get(id(w), 0) for w in present)
+        entry = self._packs.get(key)
+        if entry is not None and entry[0] == isa_generation[0] and entry[1] == counts:
+            return entry[2]
+        pack = self._make(weights)
+        self._packs[key] = (isa_generation[0], counts, pack)
+        return pack
 
 
 class Linear(ParamModule):

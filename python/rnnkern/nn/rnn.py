@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from .. import _functional as F
 from .._api import _check_lengths, check_flag, check_nonlinearity, shape_message
-from .linear import ParamModule, _check_dtype, _check_size, _uniform
+from .linear import ParamModule, WeightPacks, _check_dtype, _check_size, _uniform
 
 __all__ = ["GRU", "LSTM", "RNN"]
 
@@ -63,7 +63,12 @@ class _Recurrent(ParamModule):
     """A stacked, optionally bidirectional recurrent layer; subclasses supply the cell.
 
     A subclass sets `_gates` (G) and `_has_cell` (whether the state carries c) and implements
-    `_cell_forward` / `_cell_backward` with one functional call each.
+    `_make_pack` / `_cell_backward` with one functional call each.
+
+    The parameters are read-only arrays, packed for the kernels once and used until one of them
+    changes: to change one in place, make it writeable first (`rnnkern.optim` and
+    `load_state_dict` do); the next call sees the writeable flag, packs again and makes it
+    read-only again (`WeightPacks`). Writing to a read-only parameter raises NumPy's ValueError.
 
     Arguments as `torch.nn.RNN/LSTM/GRU`: input_size I, hidden_size H, num_layers L, bias,
     batch_first, dropout (probability, on each layer's output but the last's, training only),
@@ -112,21 +117,19 @@ class _Recurrent(ParamModule):
                     if name.startswith("bias") and not self.bias:
                         continue
                     params[name] = _uniform(self._rng, k, name, shape, self.dtype)
-        self._init_params(params)
+        self._init_params(params, read_only=True)
+        self._packs = WeightPacks(self, self._make_pack)
 
     # -- the cell, supplied by subclasses -------------------------------------------------------
 
-    def _cell_forward(
-        self, x: Array, h0: Array | None, c0: Array | None, weights: Weights,
-        lengths: Array | None, training: bool,
-    ) -> tuple[Array, Array, Array | None, Any]:
-        """One direction of one layer: x (T, B, I) -> y (T, B, H), h_n (B, H), c_n or None, cache"""
+    def _make_pack(self, weights: Weights) -> F.PackedWeights:
+        """One (layer, direction)'s weights packed (`rnnkern.{cell}_pack`)."""
         raise NotImplementedError
 
     def _cell_backward(
         self, cache: Any, dy: Array | None, dh_n: Array | None, dc_n: Array | None,
     ) -> tuple[Array, Array, Array | None, WeightGrads]:
-        """Backward of `_cell_forward`: dx (T, B, I), dh0 (B, H), dc0 or None, weight grads."""
+        """Backward of a packed forward: dx (T, B, I), dh0 (B, H), dc0 or None, weight grads."""
         raise NotImplementedError
 
     def _extra_repr(self) -> list[str]:
@@ -225,10 +228,11 @@ class _Recurrent(ParamModule):
             outs: list[Array] = []  # D arrays (T, B, H)
             for d in range(n_dir):
                 k = layer * n_dir + d
-                y, h, c, cache = self._cell_forward(
+                y, h, *c_cache = self._packs.get(k, self._weights(layer, d)).forward(
                     inp if d == 0 else _reverse(inp, rev),
                     None if h0 is None else h0[k], None if c0 is None else c0[k],
-                    self._weights(layer, d), lens, training)
+                    lengths=lens, training=training)
+                c, cache = c_cache if self._has_cell else (None, c_cache[0])
                 outs.append(y if d == 0 else _reverse(y, rev))
                 h_n[k] = h
                 if c_n is not None and c is not None:
@@ -254,8 +258,9 @@ class _Recurrent(ParamModule):
         dy: gradient of y, shaped like y, or None (only the final state receives a gradient).
         dstate: gradient of the final state, shaped like it (h or (h, c); None parts are zero).
         Returns dx shaped like x and the gradient of the initial state shaped like the state.
-        May be called more than once; every call adds into `grads` again. The parameters must not
-        be changed between the forward and its backward.
+        May be called more than once; every call adds into `grads` again. The gradients are those
+        of the forward that ran, even if the parameters changed since (its cache keeps its packed
+        weights and its own copy of x).
         """
         saved = self._saved
         if saved is None:
@@ -326,12 +331,8 @@ class RNN(_Recurrent):
         self.nonlinearity = check_nonlinearity(nonlinearity)
         super().__init__(input_size, hidden_size, num_layers, **kwargs)
 
-    def _cell_forward(self, x: Array, h0: Array | None, c0: Array | None,
-                      weights: Weights, lengths: Array | None, training: bool
-                      ) -> tuple[Array, Array, Array | None, Any]:
-        y, h, cache = F.rnn_forward(x, h0, *weights, nonlinearity=self.nonlinearity,
-                                    lengths=lengths, training=training)
-        return y, h, None, cache
+    def _make_pack(self, weights: Weights) -> F.PackedWeights:
+        return F.rnn_pack(*weights, nonlinearity=self.nonlinearity)
 
     def _cell_backward(self, cache: Any, dy: Array | None, dh_n: Array | None,
                        dc_n: Array | None) -> tuple[Array, Array, Array | None, WeightGrads]:
@@ -348,11 +349,8 @@ class LSTM(_Recurrent):
     _gates = 4
     _has_cell = True
 
-    def _cell_forward(self, x: Array, h0: Array | None, c0: Array | None,
-                      weights: Weights, lengths: Array | None, training: bool
-                      ) -> tuple[Array, Array, Array | None, Any]:
-        y, h, c, cache = F.lstm_forward(x, h0, c0, *weights, lengths=lengths, training=training)
-        return y, h, c, cache
+    def _make_pack(self, weights: Weights) -> F.PackedWeights:
+        return F.lstm_pack(*weights)
 
     def _cell_backward(self, cache: Any, dy: Array | None, dh_n: Array | None,
                        dc_n: Array | None) -> tuple[Array, Array, Array | None, WeightGrads]:
@@ -372,12 +370,8 @@ class GRU(_Recurrent):
         self.linear_before_reset = bool(linear_before_reset)
         super().__init__(*args, **kwargs)
 
-    def _cell_forward(self, x: Array, h0: Array | None, c0: Array | None,
-                      weights: Weights, lengths: Array | None, training: bool
-                      ) -> tuple[Array, Array, Array | None, Any]:
-        y, h, cache = F.gru_forward(x, h0, *weights, lengths=lengths, training=training,
-                                    linear_before_reset=self.linear_before_reset)
-        return y, h, None, cache
+    def _make_pack(self, weights: Weights) -> F.PackedWeights:
+        return F.gru_pack(*weights, linear_before_reset=self.linear_before_reset)
 
     def _cell_backward(self, cache: Any, dy: Array | None, dh_n: Array | None,
                        dc_n: Array | None) -> tuple[Array, Array, Array | None, WeightGrads]:

@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from .._api import Array, Checked, check_grad
+from .._api import Array, Checked, check_backward
 
 __all__ = [
-    "ACTIVATIONS", "Cache", "WeightGrads", "bias_or_zeros", "grad_or_zeros",
-    "make_cache", "sigmoid", "state_or_zeros", "take_cache", "valid_steps",
+    "ACTIVATIONS", "Cache", "WeightGrads", "bias_or_zeros", "make_cache", "sigmoid",
+    "state_or_zeros", "take_backward_args", "valid_steps",
 ]
 
 
@@ -109,27 +109,15 @@ def make_cache(cell: str, variant: str, c: Checked, valid: Array, hs: list[Array
     )
 
 
-def take_cache(cache: object, cell: str, function: str) -> Cache:
-    """``cache`` if it was made by the reference ``{cell}_forward``; ValueError for None
-    (a forward with training=False), TypeError for anything else."""
-    if cache is None:
-        raise ValueError(f"cache: is None; {function} needs the cache of a forward run with "
-                         f"training=True")
-    if not isinstance(cache, Cache):
-        raise TypeError(f"cache: expected the cache of rnnkern.reference.{cell}_forward, "
-                        f"got {type(cache).__name__}")
-    if cache.cell != cell:
-        raise TypeError(f"cache: made by {cache.cell}_forward, {function} needs the cache of "
-                        f"{cell}_forward")
-    return cache
-
-
-def grad_or_zeros(name: str, g: object, cache: Cache, symbols: tuple[str, ...]) -> Array:
-    """An incoming gradient (dy (T, B, H) or dh_n/dc_n (B, H)) checked, zeros when None."""
-    T, B, _, H = cache.shape
-    shape = tuple({"T": T, "B": B, "H": H}[s] for s in symbols)
-    checked = check_grad(name, g, shape, cache.dtype, symbols)
-    return np.zeros(shape, cache.dtype) if checked is None else checked
+def take_backward_args(cell: str, cache: object, dy: object, dh_n: object,
+                       dc_n: object = None) -> tuple[Cache, Array, Array, Array]:
+    """The arguments of ``{cell}_backward`` checked by _api.check_backward (the kernels' checks
+    and messages): the cache and dy (T, B, H), dh_n, dc_n (B, H), zeros where None."""
+    k, *grads = check_backward(cell, cache, Cache, dy, dh_n, dc_n)
+    T, B, _, H = k.shape
+    dy_, dh, dc = (np.zeros(shape, k.dtype) if g is None else g
+                   for g, shape in zip(grads, ((T, B, H), (B, H), (B, H))))
+    return k, dy_, dh, dc
 
 
 class WeightGrads:

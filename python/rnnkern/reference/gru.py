@@ -13,11 +13,10 @@ from .._api import Array, RNNGrads, RNNOutput, check_flag, check_forward
 from ._common import (
     WeightGrads,
     bias_or_zeros,
-    grad_or_zeros,
     make_cache,
     sigmoid,
     state_or_zeros,
-    take_cache,
+    take_backward_args,
     valid_steps,
 )
 
@@ -83,12 +82,10 @@ def gru_backward(cache: object, dy: Array | None, dh_n: Array | None = None) -> 
     dy (T, B, H) or None, dh_n (B, H) or None (zero). Returns RNNGrads(dx (T, B, I), dh0 (B, H),
     dw_ih (3H, I), dw_hh (3H, H), db_ih, db_hh (3H,) or None without biases).
     """
-    k = take_cache(cache, "gru", "gru_backward")
+    k, dy_, dh, _ = take_backward_args("gru", cache, dy, dh_n)  # (T, B, H), (B, H) dL/dh_t
     lbr = k.variant == _FORMS[True]
     T, _, _, H = k.shape
     w_rz, w_hn = k.w_hh[:2 * H], k.w_hh[2 * H:]  # (2H, H), (H, H)
-    dy_ = grad_or_zeros("dy", dy, k, ("T", "B", "H"))  # (T, B, H)
-    dh = grad_or_zeros("dh_n", dh_n, k, ("B", "H"))  # (B, H) dL/dh_t
     sums = WeightGrads(k)
     dx = np.zeros(k.x.shape, k.dtype)  # (T, B, I)
     for t in reversed(range(T)):

@@ -12,11 +12,10 @@ from .._api import Array, LSTMGrads, LSTMOutput, check_flag, check_forward
 from ._common import (
     WeightGrads,
     bias_or_zeros,
-    grad_or_zeros,
     make_cache,
     sigmoid,
     state_or_zeros,
-    take_cache,
+    take_backward_args,
     valid_steps,
 )
 
@@ -82,12 +81,10 @@ def lstm_backward(
     dy (T, B, H) or None, dh_n and dc_n (B, H) or None (zero). Returns LSTMGrads(dx (T, B, I),
     dh0, dc0 (B, H), dw_ih (4H, I), dw_hh (4H, H), db_ih, db_hh (4H,) or None without biases).
     """
-    k = take_cache(cache, "lstm", "lstm_backward")
+    # dy (T, B, H); dh, dc (B, H): dL/dh_t, dL/dc_t
+    k, dy_, dh, dc = take_backward_args("lstm", cache, dy, dh_n, dc_n)
     assert k.c is not None
     T, _, _, H = k.shape
-    dy_ = grad_or_zeros("dy", dy, k, ("T", "B", "H"))  # (T, B, H)
-    dh = grad_or_zeros("dh_n", dh_n, k, ("B", "H"))  # (B, H) dL/dh_t
-    dc = grad_or_zeros("dc_n", dc_n, k, ("B", "H"))  # (B, H) dL/dc_t
     sums = WeightGrads(k)
     dx = np.zeros(k.x.shape, k.dtype)  # (T, B, I)
     for t in reversed(range(T)):

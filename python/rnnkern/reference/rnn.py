@@ -15,10 +15,9 @@ from ._common import (
     ACTIVATIONS,
     WeightGrads,
     bias_or_zeros,
-    grad_or_zeros,
     make_cache,
     state_or_zeros,
-    take_cache,
+    take_backward_args,
     valid_steps,
 )
 
@@ -73,9 +72,8 @@ def rnn_backward(cache: object, dy: Array | None, dh_n: Array | None = None) -> 
     (zero). Returns RNNGrads(dx (T, B, I), dh0 (B, H), dw_ih (H, I), dw_hh (H, H), db_ih, db_hh
     (H,) or None without biases), the weight gradients summed over all steps.
     """
-    k = take_cache(cache, "rnn", "rnn_backward")
-    dy_ = grad_or_zeros("dy", dy, k, ("T", "B", "H"))  # (T, B, H)
-    dh = grad_or_zeros("dh_n", dh_n, k, ("B", "H"))  # (B, H) dL/dh_t, carried backwards
+    # dy (T, B, H); dh (B, H) dL/dh_t, carried backwards
+    k, dy_, dh, _ = take_backward_args("rnn", cache, dy, dh_n)
     _, fprime = ACTIVATIONS[k.variant]
     sums = WeightGrads(k)
     dx = np.zeros(k.x.shape, k.dtype)  # (T, B, I)

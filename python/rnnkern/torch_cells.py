@@ -1,0 +1,162 @@
+"""PyTorch drop-in cells on rnnkern's kernels: ``rnnkern.torch.RNNCell``, ``LSTMCell``, ``GRUCell``.
+
+They subclass torch's cells (same constructor, parameters, initialization, repr). ``forward`` runs
+one step on the kernels with the weights packed once: the pack is made again when a parameter's
+version counter (bumped by every in-place change: optimizer steps, ``load_state_dict``,
+``copy_``), its memory or the ISA changed. Autograd as torch's: the step's inputs are saved, so
+changing one in place before the backward raises torch's own error.
+
+What the kernels do not run goes to torch's own cell, unchanged: anything but CPU float32 /
+float64 tensors of the parameters' dtype with exactly the expected shapes (so a wrong shape gets
+torch's own error message), an empty batch or a zero hidden size.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _functional as F
+from .torch import _NoDoubleBackward
+
+__all__ = ["GRUCell", "LSTMCell", "RNNCell"]
+
+Tensor = torch.Tensor
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+class _CellFunction(torch.autograd.Function):
+    """apply(cell, pack, x (B, I), h0 (B, H) | None, c0 | None, w_ih, w_hh, b_ih, b_hh)
+    -> h (B, H), and c (B, H) for the LSTM. The weights are those of ``pack``; they are passed
+    so that autograd sees them (their gradients, and the in-place check)."""
+
+    @staticmethod
+    def forward(ctx: Any, cell: str, pack: F.PackedWeights, x: Tensor, h0: Tensor | None,
+                c0: Tensor | None, *weights: Tensor | None) -> Any:
+        train = any(ctx.needs_input_grad)
+        x3 = x.detach().numpy().reshape(1, *x.shape)  # (1, B, I)
+        h0a = None if h0 is None else np.ascontiguousarray(h0.detach().numpy())  # (B, H)
+        c0a = None if c0 is None else np.ascontiguousarray(c0.detach().numpy())  # (B, H)
+        _, h, c, cache = F._run(cell, pack._pack, np.ascontiguousarray(x3), h0a, c0a, None, train,
+                                copy_x=train)
+        ctx.cell, ctx.cache = cell, cache
+        ctx.save_for_backward(x, h0, c0, *weights)
+        ctx.set_materialize_grads(False)  # None stays None: the kernels take dh_n=None
+        if c is None:
+            return torch.from_numpy(h)
+        return torch.from_numpy(h), torch.from_numpy(c)
+
+    @staticmethod
+    def backward(ctx: Any, dh: Tensor | None, dc: Tensor | None = None) -> Any:
+        saved = ctx.saved_tensors  # raises if an input was changed in place since the forward
+        dha = None if dh is None else dh.detach().numpy()
+        dca = None if dc is None else dc.detach().numpy()
+        dx, dh0, dc0, *dws = F._backward(ctx.cell, ctx.cache, None, dha, dca)
+        grads = [None, None, dx[0], dh0, dc0, *dws]
+        out = [None if g is None or not need else torch.from_numpy(g)
+               for g, need in zip(grads, ctx.needs_input_grad)]
+        if torch.is_grad_enabled():  # create_graph=True: make differentiating them raise
+            anchors = [t for t in saved if t is not None and t.requires_grad]
+            out = [None if g is None else _NoDoubleBackward.apply(g, *anchors)  # type: ignore[no-untyped-call]
+                   for g in out]
+        return tuple(out)
+
+
+def _pack(module: Any, cell: str, weights: tuple[Tensor | None, ...]) -> F.PackedWeights:
+    """The module's weights packed, made again when one changed (version, memory) or the ISA."""
+    key = (F.isa_generation[0],
+           *((id(w), w._version, w.data_ptr()) for w in weights if w is not None))
+    cached = module.__dict__.get("_rnnkern_pack")
+    if cached is not None and cached[0] == key:
+        return cached[1]  # type: ignore[no-any-return]
+    arrays: list[Any] = [None if w is None else w.detach().numpy() for w in weights]
+    if cell == "lstm":
+        pack = F.lstm_pack(*arrays)
+    elif cell == "gru":
+        pack = F.gru_pack(*arrays)
+    else:
+        pack = F.rnn_pack(*arrays, nonlinearity=module.nonlinearity)
+    module.__dict__["_rnnkern_pack"] = (key, pack)
+    return pack
+
+
+def _fits(module: Any, x: object, states: tuple[object, ...]) -> bool:
+    """Whether the kernels run this call exactly as torch's cell would (else torch runs it)."""
+    if not isinstance(x, Tensor) or x.dim() not in (1, 2) or x.device.type != "cpu":
+        return False
+    dtype = module.weight_hh.dtype
+    if (x.dtype != dtype or dtype not in _FLOAT_DTYPES or x.shape[-1] != module.input_size
+            or module.hidden_size == 0 or x.numel() == 0 and module.input_size > 0
+            or x.dim() == 2 and x.shape[0] == 0 or module.weight_hh.device.type != "cpu"):
+        return False
+    want = (*x.shape[:-1], module.hidden_size)
+    return all(s is None or isinstance(s, Tensor) and s.dtype == dtype
+               and s.device.type == "cpu" and tuple(s.shape) == want for s in states)
+
+
+def _forward(module: Any, cell: str, input: Any, hx: Any) -> Any:
+    lstm = cell == "lstm"
+    if lstm:
+        states = (None, None) if hx is None else tuple(hx) if isinstance(
+            hx, (tuple, list)) and len(hx) == 2 else None
+    else:
+        states = (hx,)
+    if states is None or not _fits(module, input, states):
+        return super(type(module), module).forward(input, hx)  # torch's own checks and errors
+    weights = (module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh)
+    unbatched = input.dim() == 1
+    x = input.unsqueeze(0) if unbatched else input  # (B, I)
+    h0 = None if states[0] is None else (states[0].unsqueeze(0) if unbatched else states[0])
+    c0 = None
+    if lstm and states[1] is not None:
+        c0 = states[1].unsqueeze(0) if unbatched else states[1]
+    if lstm and (h0 is None) != (c0 is None):  # torch takes both or neither
+        return super(type(module), module).forward(input, hx)
+    out = _CellFunction.apply(cell, _pack(module, cell, weights), x, h0, c0,  # type: ignore[no-untyped-call]
+                              *weights)
+    if unbatched:
+        out = tuple(t.squeeze(0) for t in out) if lstm else out.squeeze(0)
+    return out
+
+
+class RNNCell(torch.nn.RNNCell):
+    """``torch.nn.RNNCell`` (tanh or relu) on rnnkern's kernels: input (B, I) or (I,), hx like
+    the result h' (B, H) or (H,), or None."""
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        return _forward(self, "rnn", input, hx)  # type: ignore[no-any-return]
+
+
+class LSTMCell(torch.nn.LSTMCell):
+    """``torch.nn.LSTMCell`` on rnnkern's kernels: input (B, I) or (I,), hx = (h, c) like the
+    result (h', c'), each (B, H) or (H,), or None."""
+
+    def forward(self, input: Tensor,
+                hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        return _forward(self, "lstm", input, hx)  # type: ignore[no-any-return]
+
+
+class GRUCell(torch.nn.GRUCell):
+    """``torch.nn.GRUCell`` on rnnkern's kernels: input (B, I) or (I,), hx like the result h'
+    (B, H) or (H,), or None."""
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        return _forward(self, "gru", input, hx)  # type: ignore[no-any-return]
+
+
+CELL_DROP_INS: dict[type[torch.nn.Module], type[torch.nn.Module]] = {
+    torch.nn.RNNCell: RNNCell, torch.nn.LSTMCell: LSTMCell, torch.nn.GRUCell: GRUCell}
+
+
+def drop_in_cell(module: torch.nn.Module) -> torch.nn.Module:
+    """The rnnkern cell configured like torch's ``module``, holding its very Parameter objects
+    (optimizers and tied weights keep referring to them) and its training mode."""
+    kwargs: dict[str, Any] = {"bias": module.bias, "device": "meta"}
+    if isinstance(module, torch.nn.RNNCell):
+        kwargs["nonlinearity"] = module.nonlinearity
+    new = CELL_DROP_INS[type(module)](module.input_size, module.hidden_size, **kwargs)
+    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        setattr(new, name, getattr(module, name))
+    new.train(module.training)
+    return new

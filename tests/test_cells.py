@@ -1,0 +1,246 @@
+"""rnnkern.nn.RNNCell / LSTMCell / GRUCell against torch's cells, and the layers' packed weights:
+never stale after an optimizer step, load_state_dict or set_isa."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import rnnkern
+from rnnkern import nn, optim
+
+torch = pytest.importorskip("torch")
+
+CELLS = {"rnn_tanh": (nn.RNNCell, torch.nn.RNNCell, {}),
+         "rnn_relu": (nn.RNNCell, torch.nn.RNNCell, {"nonlinearity": "relu"}),
+         "lstm": (nn.LSTMCell, torch.nn.LSTMCell, {}),
+         "gru": (nn.GRUCell, torch.nn.GRUCell, {})}
+
+
+def pair(name: str, I: int, H: int, bias: bool = True) -> tuple[Any, Any]:
+    ours, theirs, kw = CELLS[name]
+    t = theirs(I, H, bias=bias, **kw).double()
+    c = ours(I, H, bias=bias, dtype=np.float64, **kw)
+    c.load_state_dict(t.state_dict())
+    return c, t
+
+
+def as_np(s: Any) -> Any:
+    return tuple(as_np(p) for p in s) if isinstance(s, tuple) else s.detach().numpy()
+
+
+def assert_state(ours: Any, theirs: Any) -> None:
+    for a, b in zip(ours if isinstance(ours, tuple) else (ours,),
+                    theirs if isinstance(theirs, tuple) else (theirs,)):
+        np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("unbatched", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("name", CELLS)
+def test_steps_and_backward_match_torch(name: str, bias: bool, unbatched: bool) -> None:
+    """Five steps fed back, a loss on every output, backward through the steps in reverse:
+    outputs, dx of every step, d(initial state) and the parameter gradients equal torch's."""
+    T, B, I, H = 5, 3, 4, 6
+    cell, tcell = pair(name, I, H, bias)
+    lstm = name == "lstm"
+    rng = np.random.default_rng(0)
+    shape = (T, I) if unbatched else (T, B, I)
+    xs = rng.standard_normal(shape)
+    s_shape = (H,) if unbatched else (B, H)
+    h0 = rng.standard_normal(s_shape)
+    c0 = rng.standard_normal(s_shape)
+    weights = rng.standard_normal((T, *s_shape))  # the loss: sum_t <weights[t], h_t>
+    # torch
+    tx = torch.tensor(xs, requires_grad=True)
+    th0, tc0 = torch.tensor(h0, requires_grad=True), torch.tensor(c0, requires_grad=True)
+    state: Any = (th0, tc0) if lstm else th0
+    loss = 0
+    outs = []
+    for t in range(T):
+        state = tcell(tx[t], state)
+        h = state[0] if lstm else state
+        outs.append(state)
+        loss = loss + (h * torch.tensor(weights[t])).sum()
+    loss.backward()  # type: ignore[union-attr]
+    # ours
+    s: Any = (h0, c0) if lstm else h0
+    for t in range(T):
+        s = cell(xs[t], s)
+        assert_state(s, outs[t])
+    dstate: Any = (np.zeros(s_shape), np.zeros(s_shape)) if lstm else np.zeros(s_shape)
+    assert cell.steps_recorded == T
+    for t in reversed(range(T)):
+        dh = (dstate[0] if lstm else dstate) + weights[t]
+        dx, dstate = cell.backward((dh, dstate[1]) if lstm else dh)
+        np.testing.assert_allclose(dx, tx.grad[t].numpy(), rtol=1e-9, atol=1e-12)
+    assert cell.steps_recorded == 0
+    np.testing.assert_allclose(dstate[0] if lstm else dstate, th0.grad.numpy(), rtol=1e-9,
+                               atol=1e-12)
+    if lstm:
+        np.testing.assert_allclose(dstate[1], tc0.grad.numpy(), rtol=1e-9, atol=1e-12)
+    for pname, p in tcell.named_parameters():
+        np.testing.assert_allclose(cell.grads[pname], p.grad.numpy(), rtol=1e-9, atol=1e-12,
+                                   err_msg=pname)
+    with pytest.raises(RuntimeError, match="^backward: no recorded step left"):
+        cell.backward(dstate)
+
+
+def test_constructor_and_names_like_torch() -> None:
+    for ours, theirs, kw in CELLS.values():
+        c, t = ours(3, 5, **kw), theirs(3, 5, **kw)
+        assert list(c.params) == [n for n, _ in t.named_parameters()]
+        for n, p in t.named_parameters():
+            assert c.params[n].shape == tuple(p.shape) and c.params[n].dtype == np.float32
+            assert np.abs(c.params[n]).max() <= 1 / np.sqrt(5)
+        assert list(ours(3, 5, bias=False, **kw).params) == ["weight_ih", "weight_hh"]
+    assert repr(nn.RNNCell(3, 5, nonlinearity="relu")) == "RNNCell(3, 5, nonlinearity='relu')"
+    assert repr(nn.LSTMCell(3, 5, bias=False, dtype=np.float64)) == (
+        "LSTMCell(3, 5, bias=False, dtype=float64)")
+    # torch's edge cases: zero sizes
+    for ours, _, kw in CELLS.values():
+        h = ours(0, 4, **kw)(np.zeros((2, 0), np.float32))
+        assert (h[0] if isinstance(h, tuple) else h).shape == (2, 4)
+        h = ours(3, 0, **kw)(np.zeros((2, 3), np.float32))
+        assert (h[0] if isinstance(h, tuple) else h).shape == (2, 0)
+
+
+def test_bad_arguments() -> None:
+    cell = nn.LSTMCell(3, 4)
+    x = np.zeros((2, 3), np.float32)
+    with pytest.raises(TypeError, match="^x: dtype float64 does not match the layer's dtype"):
+        cell(x.astype(np.float64))
+    with pytest.raises(ValueError, match=r"^x: expected shape \(B, input_size\) = \(B, 3\)"):
+        cell(np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"^x: expected shape"):
+        cell(np.zeros((1, 2, 3), np.float32))
+    with pytest.raises(TypeError, match=r"^state: expected a tuple \(h, c\)"):
+        cell(x, np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"^state\[1\]: expected shape \(B, H\) = \(2, 4\)"):
+        cell(x, (np.zeros((2, 4), np.float32), np.zeros((3, 4), np.float32)))
+    with pytest.raises(ValueError, match=r"^state: expected shape \(H,\) = \(4,\)"):
+        nn.GRUCell(3, 4)(np.zeros(3, np.float32), np.zeros((1, 4), np.float32))
+    with pytest.raises(TypeError, match="^training:"):
+        cell(x, training=1)
+    with pytest.raises(ValueError, match="^nonlinearity:"):
+        nn.RNNCell(3, 4, nonlinearity="gelu")
+    with pytest.raises(TypeError, match="^hidden_size:"):
+        nn.GRUCell(3, 4.0)  # type: ignore[arg-type]
+    cell(x)
+    with pytest.raises(ValueError, match=r"^dstate\[0\]: expected shape \(B, H\) = \(2, 4\)"):
+        cell.backward((np.zeros((3, 4), np.float32), None))
+    assert cell.steps_recorded == 1  # a failed backward keeps the step
+    cell.clear_steps()
+    assert cell.steps_recorded == 0
+    cell(x, training=False)
+    assert cell.steps_recorded == 0
+
+
+# -- staleness: packs made again when the weights change ---------------------------------------
+
+
+def test_optimizer_steps_reach_the_next_call() -> None:
+    """A cell and a layer, each stepped by rnnkern.optim between calls: every call uses the new
+    weights (the same result as a fresh module loaded with them), never the old pack."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    for module, inputs in ((nn.GRUCell(4, 5, seed=2), (x,)),
+                           (nn.LSTM(4, 5, num_layers=2, bidirectional=True, seed=3), (x[None],))):
+        opt = optim.SGD(module.params, module.grads, lr=0.5)
+        for _ in range(3):
+            module(*inputs, training=False)  # packs
+            for g in module.grads.values():
+                g[...] = rng.standard_normal(g.shape)
+            opt.step()
+            fresh = type(module).__new__(type(module))
+            fresh.__dict__.update(module.__dict__)
+            fresh._packs = type(module._packs)(fresh, fresh._make_pack)  # packs nothing yet
+            expected = fresh(*inputs, training=False)
+            got = module(*inputs, training=False)
+            for a, b in zip(got if isinstance(got, tuple) else (got,),
+                            expected if isinstance(expected, tuple) else (expected,)):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b), strict=True)
+        before = module(*inputs, training=False)
+        module.load_state_dict({k: v * 0.5 for k, v in module.state_dict().items()})
+        after = module(*inputs, training=False)
+        assert not np.array_equal(np.asarray(before[0]), np.asarray(after[0]))
+
+
+def test_parameters_are_read_only_until_made_writeable() -> None:
+    """Writing to a parameter in place without the protocol raises (never silently stale);
+    making it writeable first works and the next call packs again."""
+    cell = nn.RNNCell(2, 3, seed=4)
+    x = np.ones((1, 2), np.float32)
+    y = cell(x, training=False)
+    w = cell.params["weight_ih"]
+    with pytest.raises(ValueError, match="read-only"):
+        w += 1.0
+    w.flags.writeable = True
+    w += 1.0
+    assert not np.array_equal(cell(x, training=False), y)
+    assert not w.flags.writeable
+
+
+def test_optimizer_step_between_forward_and_backward() -> None:
+    """Forward, optimizer step, backward: the gradients of the forward that ran (its cache keeps
+    its packed weights and its own x), for a layer and a cell."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 2, 3))
+    dy = rng.standard_normal((4, 2, 6))
+    for make in (lambda: nn.LSTM(3, 6, dtype=np.float64, seed=6),
+                 lambda: nn.GRU(3, 6, dtype=np.float64, seed=6)):
+        ref = make()
+        ref(x)
+        expected = ref.backward(dy)
+        layer = make()
+        xc = x.copy()
+        layer(xc)
+        opt = optim.Adam(layer.params, layer.grads, lr=0.1)
+        for g in layer.grads.values():
+            g[...] = 1.0
+        opt.step()
+        layer.zero_grad()
+        xc *= 3.0
+        got = layer.backward(dy)
+        np.testing.assert_allclose(got[0], expected[0], rtol=1e-12)
+        for k in ref.grads:
+            np.testing.assert_allclose(layer.grads[k], ref.grads[k], rtol=1e-12, err_msg=k)
+
+
+def test_set_isa_repacks_the_layers() -> None:
+    """After set_isa the layers pack again for the new kernels (a pack keeps its own ISA)."""
+    cell = nn.LSTMCell(5, 21, seed=7)
+    x = np.ones((2, 5), np.float32)
+    default = rnnkern.config()["isa"]
+    try:
+        for isa in rnnkern.config()["supported_isas"]:
+            rnnkern.set_isa(isa)
+            cell(x, training=False)
+            assert cell._packs.get(0, cell._weights()).isa == isa
+    finally:
+        rnnkern.set_isa(default)
+
+
+def test_decoding_and_sampling_pack_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CharLM.sample (`rnnkern sample`) and Seq2Seq greedy / beam decoding step their layers one
+    token at a time: the weights are packed once per (layer, direction), not per step."""
+    from rnnkern import _functional
+    from rnnkern.models import CharLM, Seq2Seq
+
+    packs: list[str] = []
+    original = _functional.lstm_pack
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        packs.append("lstm")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_functional, "lstm_pack", spy)
+    lm = CharLM(11, hidden_size=8, num_layers=2, cell="lstm", embed_dim=4, seed=1)
+    lm.sample(20, np.array([1, 2]), rng=np.random.default_rng(0))
+    assert len(packs) == 2
+    s2s = Seq2Seq(7, 9, hidden_size=8, seed=2)
+    packs.clear()
+    s2s.greedy([[3, 4, 5]], max_len=10)
+    s2s.beam_search([[3, 4, 5]], beam_size=3, max_len=10)
+    assert len(packs) == 2  # encoder and decoder, once each

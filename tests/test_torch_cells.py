@@ -1,0 +1,161 @@
+"""rnnkern.torch.RNNCell / LSTMCell / GRUCell against torch's cells: results, autograd, errors,
+edge cases, convert(), and packs that never go stale under torch optimizers."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import rnnkern.torch as rt  # noqa: E402
+
+PAIRS = {"rnn_tanh": (rt.RNNCell, torch.nn.RNNCell, {}),
+         "rnn_relu": (rt.RNNCell, torch.nn.RNNCell, {"nonlinearity": "relu"}),
+         "lstm": (rt.LSTMCell, torch.nn.LSTMCell, {}),
+         "gru": (rt.GRUCell, torch.nn.GRUCell, {})}
+
+
+def pair(name: str, I: int, H: int, dtype: Any = torch.float64, bias: bool = True
+         ) -> tuple[Any, Any]:
+    ours, theirs, kw = PAIRS[name]
+    torch.manual_seed(0)
+    t = theirs(I, H, bias=bias, dtype=dtype, **kw)
+    c = ours(I, H, bias=bias, dtype=dtype, **kw)
+    c.load_state_dict(t.state_dict())
+    return c, t
+
+
+def first(out: Any) -> Any:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def loop(cell: Any, xs: Any, hx: Any) -> tuple[Any, list[Any]]:
+    """Steps fed back; the loss uses h only (LSTM: c's gradient comes from the steps alone)."""
+    loss, outs = 0, []
+    for t in range(xs.shape[0]):
+        hx = cell(xs[t], hx)
+        outs.append(hx)
+        loss = loss + (first(hx) * (t + 1)).sin().sum()
+    return loss, outs
+
+
+@pytest.mark.parametrize("unbatched", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", PAIRS)
+def test_loop_and_autograd_match_torch(name: str, dtype: Any, unbatched: bool) -> None:
+    T, B, I, H = 4, 3, 5, 6
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 2e-4,
+                                                                         "atol": 2e-5}
+    grads = []
+    for module in pair(name, I, H, dtype):
+        torch.manual_seed(1)
+        xs = torch.randn((T, I) if unbatched else (T, B, I), dtype=dtype, requires_grad=True)
+        s = (H,) if unbatched else (B, H)
+        h0 = torch.randn(s, dtype=dtype, requires_grad=True)
+        c0 = torch.randn(s, dtype=dtype, requires_grad=True)
+        loss, outs = loop(module, xs, (h0, c0) if name == "lstm" else h0)
+        loss.backward()
+        grads.append([xs.grad, h0.grad, *(p.grad for p in module.parameters()),
+                      *(o for out in outs for o in (out if isinstance(out, tuple) else (out,)))])
+    assert grads[0][1] is not None and grads[1][1] is not None
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a.detach(), b.detach(), **tol)
+
+
+def test_one_output_gradient_and_no_state() -> None:
+    """LSTMCell with hx None and a loss on c only; GRU with hx None: torch's gradients."""
+    for name in ("lstm", "gru", "rnn_tanh"):
+        results = []
+        for module in pair(name, 3, 4):
+            torch.manual_seed(2)
+            x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+            out = module(x)
+            (out[1] if name == "lstm" else out).sum().backward()
+            results.append((x.grad, module.weight_hh.grad))
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b)
+
+
+ERRORS = [
+    ("input size", lambda I, H: (torch.randn(2, I + 1), None)),
+    ("3-D input", lambda I, H: (torch.randn(1, 2, I), None)),
+    ("hx batch", lambda I, H: (torch.randn(2, I), torch.randn(3, H))),
+    ("hx size", lambda I, H: (torch.randn(2, I), torch.randn(2, H + 1))),
+    ("hx 1-D with 2-D input", lambda I, H: (torch.randn(2, I), torch.randn(H))),
+    ("hx dtype", lambda I, H: (torch.randn(2, I), torch.randn(2, H, dtype=torch.float64))),
+]
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: e[0])
+@pytest.mark.parametrize("name", PAIRS)
+def test_errors_are_torch_s(name: str, error: Any) -> None:
+    ours, theirs = pair(name, 3, 4, torch.float32)
+    x, h = error[1](3, 4)
+    hx = None if h is None else ((h, h) if name == "lstm" else h)
+    messages = []
+    for module in (theirs, ours):
+        with pytest.raises(Exception) as info:
+            module(x, hx)
+        messages.append((type(info.value), str(info.value)))
+    assert messages[0] == messages[1]
+
+
+def test_zero_sizes_like_torch() -> None:
+    for name in PAIRS:
+        for I, H, B in ((3, 0, 2), (0, 4, 2), (3, 4, 0)):
+            ours, theirs = pair(name, I, H)
+            x = torch.randn(B, I, dtype=torch.float64)
+            torch.testing.assert_close(first(ours(x)), first(theirs(x)))
+
+
+def test_torch_optimizer_steps_reach_the_next_call() -> None:
+    """A torch optimizer changes the parameters in place between steps: every call uses the new
+    weights (as torch's own cell on the same Parameters), never the old pack."""
+    for name in PAIRS:
+        ours, theirs = pair(name, 5, 6)
+        for p_ours, p_theirs in zip(ours.parameters(), theirs.parameters()):
+            p_theirs.data = p_ours.data  # the same memory, torch's cell reads it
+        opt = torch.optim.Adam(ours.parameters(), lr=0.1)
+        x = torch.randn(3, 5, dtype=torch.float64)
+        for _ in range(3):
+            opt.zero_grad()
+            first(ours(x)).sum().backward()
+            opt.step()
+            with torch.no_grad():
+                torch.testing.assert_close(first(ours(x)), first(theirs(x)), rtol=1e-12, atol=1e-14)
+        with torch.no_grad():
+            ours.weight_hh.mul_(0.5)  # any in-place change bumps the version
+            torch.testing.assert_close(first(ours(x)), first(theirs(x)), rtol=1e-12, atol=1e-14)
+            ours.load_state_dict({k: v * 2 for k, v in ours.state_dict().items()})
+            torch.testing.assert_close(first(ours(x)), first(theirs(x)), rtol=1e-12, atol=1e-14)
+
+
+def test_in_place_change_before_backward_raises_torch_s_error() -> None:
+    ours, _ = pair("lstm", 3, 4)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    h, c = ours(x)
+    with torch.no_grad():
+        ours.weight_ih.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        h.sum().backward()
+
+
+def test_double_backward_raises() -> None:
+    ours, _ = pair("gru", 3, 4)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(ours(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        g.sum().backward()
+
+
+def test_convert_swaps_cells_and_keeps_the_parameters() -> None:
+    model = torch.nn.ModuleDict({"a": torch.nn.LSTMCell(3, 4), "b": torch.nn.GRUCell(4, 5),
+                                 "c": torch.nn.RNNCell(4, 5, nonlinearity="relu", bias=False)})
+    params = {k: id(v) for k, v in model.named_parameters()}
+    model.eval()
+    rt.convert(model)
+    assert type(model["a"]) is rt.LSTMCell and type(model["b"]) is rt.GRUCell
+    assert type(model["c"]) is rt.RNNCell and model["c"].nonlinearity == "relu"
+    assert {k: id(v) for k, v in model.named_parameters()} == params
+    assert not model["a"].training
+    assert model["c"].bias_ih is None
