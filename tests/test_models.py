@@ -106,6 +106,13 @@ def test_layer_errors() -> None:
 
 # -- gradients of whole models by finite differences ----------------------------------------------
 
+def at(p: np.ndarray, i: Any, value: float, loss: Callable[[], float]) -> float:
+    """loss() with p[i] = value; the layers' parameters are read-only until made writeable."""
+    p.flags.writeable = True
+    p[i] = value
+    return loss()
+
+
 def _fd_check(model: Model, loss_and_backward: Callable[[], float], loss: Callable[[], float],
               rng: np.random.Generator, per_param: int = 4) -> None:
     """Compare grads with central differences of loss() on a few entries of every parameter."""
@@ -117,10 +124,8 @@ def _fd_check(model: Model, loss_and_backward: Callable[[], float], loss: Callab
         for flat in rng.choice(p.size, size=min(per_param, p.size), replace=False):
             i = np.unravel_index(flat, p.shape)
             old = p[i]
-            p[i] = old + eps
-            up = loss()
-            p[i] = old - eps
-            down = loss()
+            up, down = at(p, i, old + eps, loss), at(p, i, old - eps, loss)
+            p.flags.writeable = True
             p[i] = old
             np.testing.assert_allclose(g[i], (up - down) / (2 * eps), rtol=1e-5, atol=1e-8,
                                        err_msg=f"{name}{i}")

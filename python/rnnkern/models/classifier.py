@@ -54,6 +54,7 @@ class SequenceClassifier(Model):
         for layer in range(num_layers):  # LSTM gate blocks i, f, g, o of H rows each
             bias = self.rnn.params.get(f"bias_hh_l{layer}")
             if bias is not None and cell == "lstm":
+                bias.flags.writeable = True  # read-only until then (docs/api.md, staleness)
                 bias[:hidden_size] += input_bias
                 bias[hidden_size:2 * hidden_size] += forget_bias
 
