@@ -34,18 +34,22 @@ class _CellFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, cell: str, pack: F.PackedWeights, x: Tensor, h0: Tensor | None,
                 c0: Tensor | None, *weights: Tensor | None) -> Any:
-        train = any(ctx.needs_input_grad)
+        h, c, cache = _CellFunction.run(cell, pack, x, h0, c0, any(ctx.needs_input_grad))
+        ctx.cell, ctx.cache = cell, cache
+        ctx.save_for_backward(x, h0, c0, *weights)
+        ctx.set_materialize_grads(False)  # None stays None: the kernels take dh_n=None
+        return h if c is None else (h, c)
+
+    @staticmethod
+    def run(cell: str, pack: F.PackedWeights, x: Tensor, h0: Tensor | None, c0: Tensor | None,
+            train: bool) -> tuple[Tensor, Tensor | None, Any]:
+        """The step on the kernels: (h (B, H), c (B, H) or None, cache or None)."""
         x3 = x.detach().numpy().reshape(1, *x.shape)  # (1, B, I)
         h0a = None if h0 is None else np.ascontiguousarray(h0.detach().numpy())  # (B, H)
         c0a = None if c0 is None else np.ascontiguousarray(c0.detach().numpy())  # (B, H)
         _, h, c, cache = F._run(cell, pack._pack, np.ascontiguousarray(x3), h0a, c0a, None, train,
                                 copy_x=train)
-        ctx.cell, ctx.cache = cell, cache
-        ctx.save_for_backward(x, h0, c0, *weights)
-        ctx.set_materialize_grads(False)  # None stays None: the kernels take dh_n=None
-        if c is None:
-            return torch.from_numpy(h)
-        return torch.from_numpy(h), torch.from_numpy(c)
+        return torch.from_numpy(h), None if c is None else torch.from_numpy(c), cache
 
     @staticmethod
     def backward(ctx: Any, dh: Tensor | None, dc: Tensor | None = None) -> Any:
@@ -113,8 +117,13 @@ def _forward(module: Any, cell: str, input: Any, hx: Any) -> Any:
         c0 = states[1].unsqueeze(0) if unbatched else states[1]
     if lstm and (h0 is None) != (c0 is None):  # torch takes both or neither
         return super(type(module), module).forward(input, hx)
-    out = _CellFunction.apply(cell, _pack(module, cell, weights), x, h0, c0,  # type: ignore[no-untyped-call]
-                              *weights)
+    pack = _pack(module, cell, weights)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (x, h0, c0, *weights)):
+        out = _CellFunction.apply(cell, pack, x, h0, c0, *weights)  # type: ignore[no-untyped-call]
+    else:  # nothing to differentiate: no autograd node (its cost is a third of a B=1 step)
+        out = _CellFunction.run(cell, pack, x, h0, c0, False)[:2 if lstm else 1]
+        out = out if lstm else out[0]
     if unbatched:
         out = tuple(t.squeeze(0) for t in out) if lstm else out.squeeze(0)
     return out

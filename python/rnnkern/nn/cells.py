@@ -56,13 +56,15 @@ class _Cell(ParamModule):
                            for name, shape in zip(_NAMES, shapes)
                            if self.bias or name.startswith("weight")}, read_only=True)
         self._packs = WeightPacks(self, self._make_pack)
+        # the parameter arrays (updated in place, never replaced), None where absent
+        self._weight_arrays = tuple(self.params.get(n) for n in _NAMES)
         self._steps: list[tuple[Any, bool]] = []  # per recorded step: (cache, unbatched)
 
     def _make_pack(self, weights: Any) -> F.PackedWeights:
         raise NotImplementedError
 
     def _weights(self) -> tuple[Array | None, ...]:
-        return tuple(self.params.get(n) for n in _NAMES)
+        return self._weight_arrays
 
     # -- checks ---------------------------------------------------------------------------------
 

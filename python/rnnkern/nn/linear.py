@@ -119,10 +119,12 @@ class ParamModule:
             self.params[name][...] = arr
 
 
-# id(parameter) -> how often it was found writeable and made read-only again. A pack records the
-# counts of its parameters, so a module whose parameters another module (sharing them) made
-# read-only again still sees the change.
+# id(parameter) -> how often it was found writeable and made read-only again, and the sum of all
+# counts. A pack records the counts of its parameters, so a module whose parameters another
+# module (sharing them) made read-only again still sees the change; while the sum is unchanged,
+# no count needs reading.
 _relocked: dict[int, int] = {}
+_relocked_total = [0]
 
 
 class WeightPacks:
@@ -130,31 +132,37 @@ class WeightPacks:
     one of its parameters was made writeable (the sign that it may have changed in place) or
     `rnnkern.set_isa` chose other kernels; then the parameters are made read-only again.
 
-    Checking costs a flag and a count per parameter per call, not a look at the values: a write
-    through a view taken while a parameter was writeable, after the next call, goes unseen.
+    Checking costs a flag per parameter and two counters per call, not a look at the values: a
+    write through a view taken while a parameter was writeable, after the next call, goes unseen.
     """
 
     def __init__(self, module: ParamModule, make: Callable[[Any], Any]) -> None:
         self._module = module
         self._make = make  # (w_ih, w_hh, b_ih, b_hh) -> packed weights
-        # key -> (ISA generation, relock counts of the parameters, pack)
-        self._packs: dict[Any, tuple[int, tuple[int, ...], Any]] = {}
+        # key -> [ISA generation, relock total seen, relock counts of the parameters, pack]
+        self._packs: dict[Any, list[Any]] = {}
 
     def get(self, key: Any, weights: Sequence[Array | None]) -> Any:
         """The pack of ``weights`` (the module's parameter arrays for ``key``)."""
         from .._functional import isa_generation
 
-        present = [w for w in weights if w is not None]
-        for w in present:
-            if w.flags.writeable:
-                w.flags.writeable = False
-                _relocked[id(w)] = _relocked.get(id(w), 0) + 1
-        counts = tuple(_relocked.get(id(w), 0) for w in present)
         entry = self._packs.get(key)
-        if entry is not None and entry[0] == isa_generation[0] and entry[1] == counts:
-            return entry[2]
+        present = [w for w in weights if w is not None]
+        if any(w.flags.writeable for w in present):
+            for w in present:
+                if w.flags.writeable:
+                    w.flags.writeable = False
+                    _relocked[id(w)] = _relocked.get(id(w), 0) + 1
+                    _relocked_total[0] += 1
+        elif (entry is not None and entry[0] == isa_generation[0]
+              and entry[1] == _relocked_total[0]):
+            return entry[3]  # the fast path: nothing was relocked anywhere since
+        counts = tuple(_relocked.get(id(w), 0) for w in present)
+        if entry is not None and entry[0] == isa_generation[0] and entry[2] == counts:
+            entry[1] = _relocked_total[0]  # others' parameters were relocked, not these
+            return entry[3]
         pack = self._make(weights)
-        self._packs[key] = (isa_generation[0], counts, pack)
+        self._packs[key] = [isa_generation[0], _relocked_total[0], counts, pack]
         return pack
 
 
