@@ -22,9 +22,15 @@ from dataclasses import dataclass
 from typing import Any, Union, overload
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+try:
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+except ImportError as e:  # torch missing, or a broken install (a leftover torch/ folder)
+    raise ModuleNotFoundError(
+        f"rnnkern.torch needs PyTorch, which could not be imported ({e}); install it with "
+        f'pip install "rnnkern[torch]"', name="torch") from e
 
 import rnnkern
 from rnnkern._api import Array
@@ -55,10 +61,12 @@ def _array(t: Tensor | None) -> Array | None:
 
 
 def _tensor(a: Array | None) -> Tensor | None:
-    """A tensor on ``a``'s memory, copied first only if it is not C-contiguous and writeable."""
+    """A tensor on ``a``'s memory, copied first only if it is not C-contiguous and writeable or
+    has a negative stride: NumPy flags a reversed view with one step, ``a[::-1]`` of shape
+    (1, B, H), C-contiguous, but torch.from_numpy refuses any negative stride."""
     if a is None:
         return None
-    if not (a.flags.c_contiguous and a.flags.writeable):
+    if not (a.flags.c_contiguous and a.flags.writeable) or any(s < 0 for s in a.strides):
         a = np.array(a, order="C")
     return torch.from_numpy(a)
 
@@ -295,8 +303,8 @@ def _forward(module: torch.nn.RNNBase, input: object,
         _check_args(module, x, hidden, None)
         if module.batch_first:
             x = x.transpose(0, 1)  # (T, B, I)
-        if x.shape[0] == 0:
-            raise ValueError("input: expected at least one time step, got 0")
+        if x.shape[0] == 0:  # torch's own error (raised by its kernels)
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
     for name, t in (("h_0", h0), ("c_0", c0)):
         if t is not None and t.dtype != x.dtype:
             raise TypeError(f"{name}: dtype {t.dtype} does not match the input's dtype {x.dtype}")
