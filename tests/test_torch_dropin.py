@@ -518,19 +518,23 @@ def test_convert_top_level_and_errors() -> None:
 # ----------------------------------------------------------------------------- optional torch
 
 
-def test_import_rnnkern_does_not_import_torch() -> None:
+def run_python(code: str, *path: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter importing this rnnkern (after the folders ``path``)."""
     package_dir = os.path.dirname(os.path.dirname(os.path.abspath(rnnkern.__file__)))
-    env = {**os.environ, "PYTHONPATH": package_dir}
-    code = ("import sys, numpy as np, rnnkern\n"
-            "rnnkern.gru_forward(np.ones((2, 1, 3)), None, np.ones((6, 3)), np.ones((6, 2)),"
-            " None, None)\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n"
-            "import rnnkern.torch\n"
-            "import torch\n"
-            "assert rnnkern.torch.torch is torch and hasattr(torch, 'autograd')\n"
-            "print('ok')\n")
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=False, timeout=120)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*path, package_dir])}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=False, timeout=120)
+
+
+def test_import_rnnkern_does_not_import_torch() -> None:
+    res = run_python("import sys, numpy as np, rnnkern\n"
+                     "rnnkern.gru_forward(np.ones((2, 1, 3)), None, np.ones((6, 3)),"
+                     " np.ones((6, 2)), None, None)\n"
+                     "assert 'torch' not in sys.modules, 'torch was imported'\n"
+                     "import rnnkern.torch\n"
+                     "import torch\n"
+                     "assert rnnkern.torch.torch is torch and hasattr(torch, 'autograd')\n"
+                     "print('ok')\n")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
 
@@ -547,15 +551,11 @@ def test_import_without_torch_says_how_to_install(tmp_path: Any, shadow: str) ->
     (tmp_path / "torch" / "__init__.py").write_text(
         "raise ImportError('torch is not installed (test stand-in)')\n" if shadow == "raises"
         else "")
-    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(rnnkern.__file__)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), package_dir])}
-    code = ("import rnnkern\n"
-            "try:\n"
-            "    import rnnkern.torch\n"
-            "except ModuleNotFoundError as e:\n"
-            "    print(type(e).__name__, e.name, '|', e)\n")
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=False, timeout=120)
+    res = run_python("import rnnkern\n"
+                     "try:\n"
+                     "    import rnnkern.torch\n"
+                     "except ModuleNotFoundError as e:\n"
+                     "    print(type(e).__name__, e.name, '|', e)\n", str(tmp_path))
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("ModuleNotFoundError torch |"), res.stdout
     assert 'pip install "rnnkern[torch]"' in res.stdout
