@@ -122,11 +122,10 @@ def layer(cell: int, reverse: bool, training: bool, x: Tensor, h0: Tensor | None
     (lstm); and, if ``training``, the buffers of the backward in the kernel's time order:
     hs (T+1, B, H), cs (T+1, B, H) (lstm), gates (T, B, G*H) (lstm, gru), aux (T, B, H) (gru).
     """
-    lens = _array(lengths)  # (B,) or None
-    c = _api.check_forward(_check_cell(cell), _kernel_order(_array(x), lens, reverse),
-                           _array(h0), _array(c0), _array(w_ih), _array(w_hh), _array(b_ih),
-                           _array(b_hh), lens)
-    y, h_n, c_n, buffers = _core.forward(cell, c.x, c.h0, c.c0, c.w_ih, c.w_hh, c.b_ih, c.b_hh,
+    c = _api.check_forward(_check_cell(cell), _array(x), _array(h0), _array(c0), _array(w_ih),
+                           _array(w_hh), _array(b_ih), _array(b_hh), _array(lengths))
+    xk = np.ascontiguousarray(_kernel_order(c.x, c.lengths, reverse))  # (T, B, I)
+    y, h_n, c_n, buffers = _core.forward(cell, xk, c.h0, c.c0, c.w_ih, c.w_hh, c.b_ih, c.b_hh,
                                          c.lengths, bool(training))
     if c.lengths is not None and training:
         # The kernels leave gates and aux unwritten past each length (the backward never reads
