@@ -126,8 +126,9 @@ def assert_same(got: dict[str, Any], want: dict[str, Any], cell: str, dtype: tor
 def compare(cell: str, dtype: torch.dtype, *, num_layers: int = 1, bias: bool = True,
             batch_first: bool = False, bidirectional: bool = False, packing: str = "none",
             with_h0: bool = True, dropout: float = 0.0, train: bool = False,
-            unbatched: bool = False) -> None:
-    """Run torch's module (float64) and rnnkern's (``dtype``) on the same data and compare."""
+            unbatched: bool = False, steps: int = T) -> None:
+    """Run torch's module (float64) and rnnkern's (``dtype``) on the same data and compare
+    (``steps`` time steps; packing needs steps = T)."""
     ref, ours = make_pair(cell, dtype, num_layers=num_layers, bias=bias, batch_first=batch_first,
                           bidirectional=bidirectional, dropout=dropout)
     ref.train(train)
@@ -135,7 +136,7 @@ def compare(cell: str, dtype: torch.dtype, *, num_layers: int = 1, bias: bool = 
     D = 2 if bidirectional else 1
     rng = np.random.default_rng(3)
     lengths = {"none": None, "unsorted": UNSORTED, "sorted": SORTED}[packing]
-    shape = (T, I) if unbatched else (B, T, I) if batch_first else (T, B, I)
+    shape = (steps, I) if unbatched else (B, steps, I) if batch_first else (steps, B, I)
     x = rng.uniform(-1, 1, shape)
     n_state = 2 if cell == "lstm" else 1
     sshape = (num_layers * D, H) if unbatched else (num_layers * D, B, H)
@@ -188,6 +189,29 @@ def test_matches_torch(cell: str, config: tuple[Any, ...], dtype: torch.dtype) -
 def test_unbatched_input(cell: str, dtype: torch.dtype, with_h0: bool) -> None:
     compare(cell, dtype, num_layers=2, bidirectional=True, batch_first=True, with_h0=with_h0,
             unbatched=True)
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("shape", ["batched", "batch_first", "unbatched"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_bidirectional_short_sequences(cell: str, shape: str, steps: int) -> None:
+    """One time step, bidirectional: the reverse direction of a (1, B, F) array is a view with a
+    negative stride that NumPy flags C-contiguous (issue 18); two steps alongside."""
+    compare(cell, torch.float64, num_layers=2, bidirectional=True, steps=steps,
+            batch_first=shape == "batch_first", unbatched=shape == "unbatched")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_zero_time_steps_raise_torchs_error(cell: str) -> None:
+    """torch raises RuntimeError("Expected sequence length to be larger than 0 in RNN")."""
+    for batch_first, shape in [(False, (0, B, I)), (False, (0, I)), (True, (B, 0, I))]:
+        ref, ours = make_pair(cell, torch.float64, batch_first=batch_first)
+        x = torch.rand(shape, dtype=torch.float64)
+        with pytest.raises(Exception) as want:
+            ref(x)
+        assert "sequence length" in str(want.value)  # the case is the one meant
+        with pytest.raises(type(want.value), match=re.escape(str(want.value))):
+            ours(x)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -494,18 +518,44 @@ def test_convert_top_level_and_errors() -> None:
 # ----------------------------------------------------------------------------- optional torch
 
 
-def test_import_rnnkern_does_not_import_torch() -> None:
+def run_python(code: str, *path: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter importing this rnnkern (after the folders ``path``)."""
     package_dir = os.path.dirname(os.path.dirname(os.path.abspath(rnnkern.__file__)))
-    env = {**os.environ, "PYTHONPATH": package_dir}
-    code = ("import sys, numpy as np, rnnkern\n"
-            "rnnkern.gru_forward(np.ones((2, 1, 3)), None, np.ones((6, 3)), np.ones((6, 2)),"
-            " None, None)\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n"
-            "import rnnkern.torch\n"
-            "import torch\n"
-            "assert rnnkern.torch.torch is torch and hasattr(torch, 'autograd')\n"
-            "print('ok')\n")
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=False, timeout=120)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*path, package_dir])}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=False, timeout=120)
+
+
+def test_import_rnnkern_does_not_import_torch() -> None:
+    res = run_python("import sys, numpy as np, rnnkern\n"
+                     "rnnkern.gru_forward(np.ones((2, 1, 3)), None, np.ones((6, 3)),"
+                     " np.ones((6, 2)), None, None)\n"
+                     "assert 'torch' not in sys.modules, 'torch was imported'\n"
+                     "import rnnkern.torch\n"
+                     "import torch\n"
+                     "assert rnnkern.torch.torch is torch and hasattr(torch, 'autograd')\n"
+                     "print('ok')\n")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("shadow", ["raises", "empty"])
+def test_import_without_torch_says_how_to_install(tmp_path: Any, shadow: str) -> None:
+    """Without a working torch, `import rnnkern.torch` names the extra to install.
+
+    A `torch` package earlier on the path stands in for a missing torch: one whose import raises
+    ImportError, or an empty one (as a half-removed install leaves: `import torch` works and
+    `torch.nn` is missing, the error issue 18 saw).
+    """
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(
+        "raise ImportError('torch is not installed (test stand-in)')\n" if shadow == "raises"
+        else "")
+    res = run_python("import rnnkern\n"
+                     "try:\n"
+                     "    import rnnkern.torch\n"
+                     "except ModuleNotFoundError as e:\n"
+                     "    print(type(e).__name__, e.name, '|', e)\n", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("ModuleNotFoundError torch |"), res.stdout
+    assert 'pip install "rnnkern[torch]"' in res.stdout

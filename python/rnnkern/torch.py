@@ -6,27 +6,36 @@ The modules subclass ``torch.nn.LSTM`` / ``GRU`` / ``RNN``: same constructor, pa
 shapes and initialization (torch's own ``__init__`` and ``reset_parameters`` run), same inputs
 (a tensor, batched or not, time-major or ``batch_first``, or a ``PackedSequence``; optional
 ``h0`` / ``(h0, c0)``) and outputs. Only ``forward`` differs: every (layer, direction) runs
-``rnnkern.{rnn,lstm,gru}_forward`` on NumPy views of the CPU tensors inside a
-``torch.autograd.Function`` whose backward is ``rnnkern.*_backward``. Between layers, in
-training mode, dropout is torch's own ``F.dropout`` drawn on the same tensor shape as PyTorch's
-native implementation, so a seeded run draws the same masks as ``torch.nn.LSTM`` & co.
+the torch operator ``torch.ops.rnnkern.layer`` (rnnkern._core.forward on NumPy views of the CPU
+tensors; its autograd formula calls ``torch.ops.rnnkern.layer_backward``), registered with
+torch.library together with fake (shape) functions, so ``torch.compile(fullgraph=True)`` and
+``torch.export`` trace a model whole. The code around the operators (layers, cat, dropout,
+packing) is plain torch. Between layers, in training mode, dropout is torch's own ``F.dropout``
+drawn on the same tensor shape as PyTorch's native implementation, so a seeded run draws the
+same masks as ``torch.nn.LSTM`` & co.
 
 Restrictions: CPU tensors, float32 or float64, no LSTM projections (``proj_size=0``), no double
-backward.
+backward, no TorchScript.
 """
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Union, overload
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-import rnnkern
+try:
+    import torch
+    import torch._dynamo
+    import torch.nn.functional as F
+    from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+except ImportError as e:  # torch missing, or a broken install (a leftover torch/ folder)
+    raise ModuleNotFoundError(
+        f"rnnkern.torch needs PyTorch, which could not be imported ({e}); install it with "
+        f'pip install "rnnkern[torch]"', name="torch") from e
+
+from rnnkern import _api, _core, _functional
 from rnnkern._api import Array
 from rnnkern.nn.rnn import _reverse, _reverse_index
 
@@ -37,9 +46,12 @@ Tensor = torch.Tensor
 State = Union[Tensor, tuple[Tensor, Tensor]]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
-# torch's RNNBase.mode -> (rnnkern cell, nonlinearity of rnn_forward)
-_CELLS = {"LSTM": ("lstm", ""), "GRU": ("gru", ""), "RNN_TANH": ("rnn", "tanh"),
-          "RNN_RELU": ("rnn", "relu")}
+
+# Dynamo refuses to trace any module that is a torch.nn.LSTM / GRU / RNN, subclasses included,
+# unless allow_rnn is set (torch.export sets it for its own tracing too). The drop-ins are such
+# subclasses, built for tracing (plain torch around registered operators), so
+# torch.compile(model, fullgraph=True) needs it. It also lets Dynamo trace torch's own modules.
+torch._dynamo.config.allow_rnn = True
 
 
 # ----------------------------------------------------------------------------- numpy <-> torch
@@ -54,102 +66,170 @@ def _array(t: Tensor | None) -> Array | None:
     return None if t is None else t.detach().numpy()
 
 
-def _tensor(a: Array | None) -> Tensor | None:
-    """A tensor on ``a``'s memory, copied first only if it is not C-contiguous and writeable."""
+def _tensor(a: Array | None, dtype: torch.dtype) -> Tensor:
+    """A tensor on ``a``'s memory, copied first only if it is not C-contiguous and writeable or
+    has a negative stride: NumPy flags a reversed view with one step, ``a[::-1]`` of shape
+    (1, B, H), C-contiguous, but torch.from_numpy refuses any negative stride.
+    None (a result the cell does not have) becomes an empty (0,) tensor of ``dtype``."""
     if a is None:
-        return None
-    if not (a.flags.c_contiguous and a.flags.writeable):
+        return torch.empty(0, dtype=dtype)
+    if not (a.flags.c_contiguous and a.flags.writeable) or any(s < 0 for s in a.strides):
         a = np.array(a, order="C")
     return torch.from_numpy(a)
 
 
-# ----------------------------------------------------------------------------- one layer-direction
+# ----------------------------------------------------------------------------- the operators
+#
+# torch.ops.rnnkern.layer runs one direction of one layer on rnnkern._core.forward and
+# torch.ops.rnnkern.layer_backward its gradients on rnnkern._core.backward. Registered with
+# torch.library (a fake function for the shapes, an autograd formula), torch.compile and
+# torch.export see each as one opaque node, and the Python code around them (layers, cat,
+# dropout, packing) is plain torch. Results a cell does not have are empty (0,) tensors.
+
+# rnnkern._core's cell ids (rnnkern::Cell) -> the cell name of rnnkern._api's checks
+_CELL_NAMES = {**dict.fromkeys(_functional._RNN_IDS.values(), "rnn"), _functional._LSTM: "lstm",
+               _functional._GRU: "gru", _functional._GRU_RH: "gru"}
+# torch's RNNBase.mode -> rnnkern._core's cell id
+_CELL_IDS = {"LSTM": _functional._LSTM, "GRU": _functional._GRU,
+             "RNN_TANH": _functional._RNN_IDS["tanh"], "RNN_RELU": _functional._RNN_IDS["relu"]}
+
+_Seven = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
-@dataclass(frozen=True)
-class _Spec:
-    """What one (layer, direction) run needs besides its tensors."""
-
-    cell: str  # "rnn", "lstm" or "gru"
-    nonlinearity: str  # "tanh" or "relu" for "rnn", unused ("") for "lstm" and "gru"
-    reverse: bool  # run each sequence backwards within its own length
-    lengths: Array | None  # (B,) int64 in 1..T, or None: every sequence has T steps
-    rev: Array | None  # (T, B) per-sequence reversal index (see _reverse_index), or None
-    keep: bool  # keep the kernel's cache for a backward
+def _check_cell(cell: int) -> str:
+    if cell not in _CELL_NAMES:
+        raise ValueError(f"cell: expected a cell id in 0..5 (rnnkern._core), got {cell}")
+    return _CELL_NAMES[cell]
 
 
-class _LayerFunction(torch.autograd.Function):
-    """One direction of one layer on rnnkern's kernels.
+def _kernel_order(a: Array, lengths: Array | None, reverse: bool) -> Array:
+    """``a`` (T, B, F) in the kernel's time order: reversed within each sequence's length for
+    the reverse direction (an involution: also the way back), else unchanged."""
+    if not reverse:
+        return a
+    return _reverse(a, _reverse_index(lengths, a.shape[0]))
 
-    apply(spec, x (T, B, I), h0 (B, H) | None, c0 (B, H) | None, w_ih (G*H, I), w_hh (G*H, H),
-    b_ih (G*H,) | None, b_hh (G*H,) | None) -> (y (T, B, H), h_n (B, H)) and c_n (B, H) for the
-    LSTM; y is zero past each sequence's length. Everything has x's dtype (float32 or float64).
+
+@torch.library.custom_op("rnnkern::layer", mutates_args=(), device_types="cpu")
+def layer(cell: int, reverse: bool, training: bool, x: Tensor, h0: Tensor | None,
+          c0: Tensor | None, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+          b_hh: Tensor | None, lengths: Tensor | None) -> _Seven:
+    """One direction of one layer: x (T, B, I), h0, c0 (B, H) or None, w_ih (G*H, I),
+    w_hh (G*H, H), b_ih, b_hh (G*H,) or None, lengths (B,) int64 in 1..T or None; ``reverse``
+    runs each sequence backwards within its length.
+
+    Returns y (T, B, H) in x's time order, zero past each length; h_n (B, H); c_n (B, H)
+    (lstm); and, if ``training``, the buffers of the backward in the kernel's time order:
+    hs (T+1, B, H), cs (T+1, B, H) (lstm), gates (T, B, G*H) (lstm, gru), aux (T, B, H) (gru).
     """
+    c = _api.check_forward(_check_cell(cell), _array(x), _array(h0), _array(c0), _array(w_ih),
+                           _array(w_hh), _array(b_ih), _array(b_hh), _array(lengths))
+    xk = np.ascontiguousarray(_kernel_order(c.x, c.lengths, reverse))  # (T, B, I)
+    y, h_n, c_n, buffers = _core.forward(cell, xk, c.h0, c.c0, c.w_ih, c.w_hh, c.b_ih, c.b_hh,
+                                         c.lengths, bool(training))
+    if c.lengths is not None and training:
+        # The kernels leave gates and aux unwritten past each length (the backward never reads
+        # them there); an operator's results must not depend on what memory held before.
+        padded = np.arange(c.T)[:, None] >= c.lengths[None, :]  # (T, B)
+        for a in buffers[2:]:  # gates (T, B, G*H), aux (T, B, H), or None
+            if a is not None:
+                a[padded] = 0
+    y = _kernel_order(y, c.lengths, reverse)  # (T, B, H) in x's time order
+    return tuple(_tensor(a, x.dtype) for a in (y, h_n, c_n, *buffers))  # type: ignore[return-value]
 
-    @staticmethod
-    def forward(ctx: Any, spec: _Spec, x: Tensor, h0: Tensor | None, c0: Tensor | None,
-                w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
-                b_hh: Tensor | None) -> tuple[Tensor, ...]:
-        xa = _array(x)  # (T, B, I)
-        if spec.reverse:
-            xa = _reverse(xa, spec.rev)  # (T, B, I) each sequence reversed within its length
-        h0a, wa_ih, wa_hh, ba_ih, ba_hh = (_array(h0), _array(w_ih), _array(w_hh), _array(b_ih),
-                                           _array(b_hh))
-        kw: dict[str, Any] = {"lengths": spec.lengths, "training": spec.keep}
-        finals: tuple[Array, ...]
-        if spec.cell == "lstm":
-            y, h_n, c_n, cache = rnnkern.lstm_forward(xa, h0a, _array(c0), wa_ih, wa_hh, ba_ih,
-                                                      ba_hh, **kw)
-            finals = (h_n, c_n)
-        elif spec.cell == "gru":
-            y, h_n, cache = rnnkern.gru_forward(xa, h0a, wa_ih, wa_hh, ba_ih, ba_hh, **kw)
-            finals = (h_n,)
-        else:
-            y, h_n, cache = rnnkern.rnn_forward(xa, h0a, wa_ih, wa_hh, ba_ih, ba_hh,
-                                                nonlinearity=spec.nonlinearity, **kw)
-            finals = (h_n,)
-        if spec.reverse:
-            y = _reverse(y, spec.rev)  # (T, B, H) back in input time order
-        ctx.spec, ctx.cache = spec, cache
-        # The cache refers to x's and the weights' memory: saving them makes autograd raise if
-        # they are changed in place before the backward (the others anchor _NoDoubleBackward).
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-        ctx.set_materialize_grads(False)  # None stays None: the kernels take dy=None, dh_n=None
-        return tuple(_tensor(a) for a in (y, *finals))  # type: ignore[misc]
 
-    @staticmethod
-    def backward(ctx: Any, dy: Tensor | None, dh_n: Tensor | None,
-                 dc_n: Tensor | None = None) -> tuple[Tensor | None, ...]:
-        saved = ctx.saved_tensors  # raises if x or a weight was modified in place
-        with torch.no_grad():
-            grads = _LayerFunction._grads(ctx, dy, dh_n, dc_n)
-        if torch.is_grad_enabled():  # create_graph=True: make differentiating them raise
-            anchors = [t for t in saved if t is not None and t.requires_grad]
-            wrap = _NoDoubleBackward.apply
-            grads = tuple(None if g is None else wrap(g, *anchors)  # type: ignore[no-untyped-call]
-                          for g in grads)
-        return grads
+@layer.register_fake
+def _layer_fake(cell: int, reverse: bool, training: bool, x: Tensor, h0: Tensor | None,
+                c0: Tensor | None, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+                b_hh: Tensor | None, lengths: Tensor | None) -> _Seven:
+    """layer's results as empty tensors of the right shapes (rnnkern::cache_layout's)."""
+    name = _check_cell(cell)
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    lstm, gru = name == "lstm", name == "gru"
 
-    @staticmethod
-    def _grads(ctx: Any, dy: Tensor | None, dh_n: Tensor | None,
-               dc_n: Tensor | None) -> tuple[Tensor | None, ...]:
-        """The gradients of apply's arguments (None for those that need none)."""
-        spec: _Spec = ctx.spec
-        dya = _array(dy)
-        if spec.reverse and dya is not None:
-            dya = _reverse(dya, spec.rev)  # (T, B, H) in the kernel's (reversed) time order
-        if spec.cell == "lstm":
-            dx, dh0, dc0, *dweights = rnnkern.lstm_backward(ctx.cache, dya, _array(dh_n),
-                                                            _array(dc_n))
-        else:
-            fn = rnnkern.gru_backward if spec.cell == "gru" else rnnkern.rnn_backward
-            dx, dh0, *dweights = fn(ctx.cache, dya, _array(dh_n))
-            dc0 = None
-        if spec.reverse:
-            dx = _reverse(dx, spec.rev)  # (T, B, I) back in input time order
-        grads = (None, dx, dh0, dc0, *dweights)
-        return tuple(_tensor(g) if need else None
-                     for g, need in zip(grads, ctx.needs_input_grad))
+    def new(present: bool, *shape: Any) -> Tensor:
+        return x.new_empty(shape if present else (0,))
+
+    GH = w_hh.shape[0]
+    return (new(True, T, B, H), new(True, B, H), new(lstm, B, H), new(training, T + 1, B, H),
+            new(training and lstm, T + 1, B, H), new(training and (lstm or gru), T, B, GH),
+            new(training and gru, T, B, H))
+
+
+@torch.library.custom_op("rnnkern::layer_backward", mutates_args=(), device_types="cpu")
+def layer_backward(cell: int, reverse: bool, x: Tensor, w_ih: Tensor, w_hh: Tensor,
+                   has_bias: bool, lengths: Tensor | None, hs: Tensor, cs: Tensor, gates: Tensor,
+                   aux: Tensor, dy: Tensor | None, dh_n: Tensor | None,
+                   dc_n: Tensor | None) -> _Seven:
+    """The gradients of a training ``layer`` call: its x, w_ih, w_hh, lengths and buffers
+    (hs, cs, gates, aux), dy (T, B, H) in x's time order, dh_n, dc_n (B, H) (None: zeros).
+
+    Returns dx (T, B, I), dh0 (B, H), dc0 (B, H) (lstm), dw_ih (G*H, I), dw_hh (G*H, H),
+    db_ih, db_hh (G*H,) (if has_bias).
+    """
+    _check_cell(cell)
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    lens = _api._check_lengths(_array(lengths), T, B)  # (B,) int64 or None
+    # x (T, B, I), w_ih, w_hh, cache buffers: the bindings check their shapes and dtypes
+    xa = np.ascontiguousarray(_kernel_order(_array(x), lens, reverse))
+    weights = (np.ascontiguousarray(_array(w_ih)), np.ascontiguousarray(_array(w_hh)))
+    grads = [_api.check_grad(name, a, shape, xa.dtype, symbols) for name, a, shape, symbols in (
+        ("dy", None if dy is None else _kernel_order(_array(dy), lens, reverse), (T, B, H),
+         ("T", "B", "H")),
+        ("dh_n", _array(dh_n), (B, H), ("B", "H")), ("dc_n", _array(dc_n), (B, H), ("B", "H")))]
+    dx, *rest = _core.backward(cell, xa, *weights, bool(has_bias), lens,
+                               tuple(_array(b) for b in (hs, cs, gates, aux)), *grads)
+    dx = _kernel_order(dx, lens, reverse)  # (T, B, I) in x's time order
+    return tuple(_tensor(a, x.dtype) for a in (dx, *rest))  # type: ignore[return-value]
+
+
+@layer_backward.register_fake
+def _layer_backward_fake(cell: int, reverse: bool, x: Tensor, w_ih: Tensor, w_hh: Tensor,
+                         has_bias: bool, lengths: Tensor | None, hs: Tensor, cs: Tensor,
+                         gates: Tensor, aux: Tensor, dy: Tensor | None, dh_n: Tensor | None,
+                         dc_n: Tensor | None) -> _Seven:
+    """layer_backward's results as empty tensors of the right shapes."""
+    lstm = _check_cell(cell) == "lstm"
+    B, H = x.shape[1], w_hh.shape[1]
+    bias = (w_hh.shape[0],) if has_bias else (0,)
+    return (x.new_empty(x.shape), x.new_empty(B, H), x.new_empty((B, H) if lstm else (0,)),
+            w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), x.new_empty(bias),
+            x.new_empty(bias))
+
+
+def _layer_setup_context(ctx: Any, inputs: tuple[Any, ...], output: _Seven) -> None:
+    cell, reverse, training, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths = inputs
+    buffers = output[3:]  # hs, cs, gates, aux: (0,) if training was False
+    ctx.mark_non_differentiable(*buffers, *(() if cell == _functional._LSTM else output[2:3]))
+    ctx.set_materialize_grads(False)  # None stays None: the kernels take dy=None, dh_n=None
+    ctx.cell, ctx.reverse, ctx.training, ctx.has_bias = cell, reverse, training, b_ih is not None
+    # Saving x and the weights makes autograd raise if they are changed in place before the
+    # backward; h0, c0 and the biases are saved as anchors for _NoDoubleBackward.
+    ctx.save_for_backward(x, w_ih, w_hh, lengths, *buffers, h0, c0, b_ih, b_hh)
+
+
+def _layer_backward_formula(ctx: Any, dy: Tensor | None, dh_n: Tensor | None,
+                            dc_n: Tensor | None, *buffers: Tensor | None) -> tuple[Any, ...]:
+    x, w_ih, w_hh, lengths, hs, cs, gates, aux, *anchors = ctx.saved_tensors
+    if not ctx.training:
+        raise RuntimeError("rnnkern::layer: the forward ran with training=False and kept "
+                           "nothing for a backward")
+    with torch.no_grad():
+        lstm = ctx.cell == _functional._LSTM  # else c_n is an empty (0,) result
+        grads = layer_backward(ctx.cell, ctx.reverse, x, w_ih, w_hh, ctx.has_bias, lengths, hs,
+                               cs, gates, aux, dy, dh_n, dc_n if lstm else None)
+    needed = ctx.needs_input_grad[3:10]  # x, h0, c0, w_ih, w_hh, b_ih, b_hh
+    out = [g if need else None for g, need in zip(grads, needed)]
+    if torch.is_grad_enabled():  # create_graph=True: make differentiating them raise
+        anchors = [t for t in (x, w_ih, w_hh, *anchors) if t is not None and t.requires_grad]
+        wrap = _NoDoubleBackward.apply
+        out = [None if g is None else wrap(g, *anchors) for g in out]  # type: ignore[no-untyped-call]
+    return (None, None, None, *out, None)
+
+
+layer.register_autograd(_layer_backward_formula, setup_context=_layer_setup_context)
 
 
 class _NoDoubleBackward(torch.autograd.Function):
@@ -213,43 +293,41 @@ def _packed_noise(like: Tensor, packed: PackedSequence, p: float) -> Tensor:
 
 
 def _run_stack(module: torch.nn.RNNBase, x: Tensor, h0: Tensor | None, c0: Tensor | None,
-               lengths: Array | None,
+               lengths: Tensor | None,
                packed: PackedSequence | None) -> tuple[Tensor, Tensor, Tensor | None]:
-    """All layers and directions on x (T, B, I); h0, c0 (L*D, B, H) or None.
+    """All layers and directions on x (T, B, I); h0, c0 (L*D, B, H) or None; lengths (B,)
+    int64 or None.
 
     Returns output (T, B, D*H) zero past each length, h_n (L*D, B, H), c_n (L*D, B, H) or None.
     """
-    cell, nonlinearity = _CELLS[module.mode]
+    cell = _CELL_IDS[module.mode]
     D = 2 if module.bidirectional else 1
-    steps = x.shape[0]
-    rev = _reverse_index(lengths, steps)  # (T, B) or None
     grad = torch.is_grad_enabled()
     dropout = module.dropout if module.training else 0.0
-    layer_in = x  # (T, B, I) then (T, B, D*H)
-    finals: list[list[Tensor]] = []  # [h_n] or [h_n, c_n] per (layer, direction)
-    for layer in range(module.num_layers):
+    layer_in = x.contiguous()  # (T, B, I) then (T, B, D*H); one copy, saved for the backward
+    h_n, c_n = [], []  # (B, H) per (layer, direction)
+    for k_layer in range(module.num_layers):
         outs = []
         for d in range(D):
-            k = layer * D + d
+            k = k_layer * D + d
             names = module._all_weights[k]
             w_ih, w_hh = getattr(module, names[0]), getattr(module, names[1])
             b_ih, b_hh = (getattr(module, n) for n in names[2:4]) if module.bias else (None, None)
             tensors = (layer_in, None if h0 is None else h0[k], None if c0 is None else c0[k],
                        w_ih, w_hh, b_ih, b_hh)
             keep = grad and any(t is not None and t.requires_grad for t in tensors)
-            spec = _Spec(cell, nonlinearity, d == 1, lengths, rev, keep)
-            y, *state = _LayerFunction.apply(spec, *tensors)  # type: ignore[no-untyped-call]
+            y, h, c, *_ = layer(cell, d == 1, keep, *tensors, lengths)
             outs.append(y)
-            finals.append(state)
+            h_n.append(h)
+            c_n.append(c)
         layer_in = outs[0] if D == 1 else torch.cat(outs, dim=2)
-        if dropout > 0 and layer < module.num_layers - 1:
+        if dropout > 0 and k_layer < module.num_layers - 1:
             if packed is None:
                 layer_in = F.dropout(layer_in, dropout, training=True)
             else:
                 layer_in = layer_in * _packed_noise(layer_in, packed, dropout)
-    h_n = torch.stack([s[0] for s in finals])  # (L*D, B, H)
-    c_n = torch.stack([s[1] for s in finals]) if cell == "lstm" else None  # (L*D, B, H)
-    return layer_in, h_n, c_n
+    return (layer_in, torch.stack(h_n),  # (L*D, B, H)
+            torch.stack(c_n) if module.mode == "LSTM" else None)
 
 
 def _check_args(module: torch.nn.RNNBase, x: Tensor, hidden: object,
@@ -271,7 +349,7 @@ def _forward(module: torch.nn.RNNBase, input: object,
     _check_module(module)  # parameters may have been moved or cast since __init__
     h0, c0 = _split_state(module, hx)
     packed: PackedSequence | None = None
-    lengths: Array | None = None
+    lengths: Tensor | None = None  # (B,) int64
     unbatched = False
     batch_dim = 0 if module.batch_first else 1
     hidden: object = None if h0 is None else (h0 if c0 is None else (h0, c0))
@@ -280,8 +358,7 @@ def _forward(module: torch.nn.RNNBase, input: object,
         _check_tensor("input", input.data)
         _check_args(module, input.data, hidden, input.batch_sizes)
         # padded (T, B, I) and lengths (B,), both in the caller's batch order, like hx
-        x, lengths_t = pad_packed_sequence(input)
-        lengths = lengths_t.numpy().astype(np.int64)
+        x, lengths = pad_packed_sequence(input)
     else:
         x = _check_tensor("input", input)
         if x.dim() not in (2, 3):
@@ -295,8 +372,8 @@ def _forward(module: torch.nn.RNNBase, input: object,
         _check_args(module, x, hidden, None)
         if module.batch_first:
             x = x.transpose(0, 1)  # (T, B, I)
-        if x.shape[0] == 0:
-            raise ValueError("input: expected at least one time step, got 0")
+        if x.shape[0] == 0:  # torch's own error (raised by its kernels)
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
     for name, t in (("h_0", h0), ("c_0", c0)):
         if t is not None and t.dtype != x.dtype:
             raise TypeError(f"{name}: dtype {t.dtype} does not match the input's dtype {x.dtype}")
@@ -307,9 +384,7 @@ def _forward(module: torch.nn.RNNBase, input: object,
         # back to the input's packing: same batch_sizes and permutations
         order = packed.sorted_indices
         ordered = out if order is None else out.index_select(1, order)  # (T, B, D*H) sorted
-        sorted_lengths = torch.as_tensor(lengths)
-        if order is not None:
-            sorted_lengths = sorted_lengths[order]
+        sorted_lengths = lengths if order is None else lengths[order]
         data = pack_padded_sequence(ordered, sorted_lengths, enforce_sorted=True).data
         output = PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
                                 packed.unsorted_indices)
@@ -344,6 +419,15 @@ class _OnRnnkern:
 
     def forward(self, input: Any, hx: Any = None) -> Any:
         return _forward(self, input, hx)  # type: ignore[arg-type]
+
+    def __prepare_scriptable__(self) -> None:
+        """torch.jit.script calls this first, on every submodule: say what works instead."""
+        name = type(self).__name__
+        raise RuntimeError(
+            f"rnnkern.torch.{name} does not support TorchScript (torch.jit.script): its forward "
+            f"is Python around rnnkern's operators. Use torch.compile(model) or "
+            f"torch.export.export(model, args) instead, or script a torch.nn.{name} (same "
+            f"parameters: load_state_dict(model.state_dict()))")
 
 
 class LSTM(_OnRnnkern, torch.nn.LSTM):
