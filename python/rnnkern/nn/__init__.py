@@ -1,6 +1,7 @@
 """Layer modules built on rnnkern's functional API, with PyTorch's parameter names."""
+from .attention import LuongAttention
 from .embedding import Embedding
 from .linear import Linear
 from .rnn import GRU, LSTM, RNN
 
-__all__ = ["GRU", "LSTM", "RNN", "Embedding", "Linear"]
+__all__ = ["GRU", "LSTM", "RNN", "Embedding", "Linear", "LuongAttention"]
