@@ -525,16 +525,20 @@ def test_jumbled_sentences() -> None:
     assert len(task.test) >= 500 and len(task.train) > 4 * len(task.test) - 200
     assert not {tuple(s) for s in task.train} & {tuple(s) for s in task.test}
     rng = np.random.default_rng(0)
-    ids, labels, words = task.examples(rng, task.test[:300])
-    assert 0.4 < labels.mean() < 0.6
-    for x, label, w, s in zip(ids, labels, words, task.test[:300]):
+    ids, kinds, words = task.examples(rng, task.test[:400])
+    assert 0.4 < (kinds == 0).mean() < 0.6 and 0.15 < (kinds == 2).mean() < 0.35
+    for x, kind, w, s in zip(ids, kinds, words, task.test[:400]):
         original = task.encode(s)
         assert sorted(x.tolist()) == sorted(original.tolist())  # the same words
         assert sorted(w) == sorted(s)
         np.testing.assert_array_equal(task.encode(w), x)
-        assert (not np.array_equal(x, original)) == bool(label)  # jumbled means changed
-    swapped = [data.jumble_order(np.arange(8), rng, shuffle_prob=0.0) for _ in range(20)]
+        assert (not np.array_equal(x, original)) == (kind > 0)  # jumbled means changed
+        if kind == 2:
+            assert (x != original).sum() == 2
+    swapped = [data.jumble_order(np.arange(8), rng, swap=True) for _ in range(20)]
     assert all((order != np.arange(8)).sum() == 2 for order in swapped)
+    batch_ids, labels = task.batch(rng, 50)
+    assert len(batch_ids) == 50 and set(labels.tolist()) == {0, 1}
     with pytest.raises(ValueError, match="^ids:"):
         data.jumble_order(np.array([3, 3, 3]), rng)
     assert data.tokenize_sentence("POLICY IS THE BEST, DON'T.") == [

@@ -369,7 +369,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
             attention=attention)
         opt = optim.Adam(model.params, model.grads, lr=args.lr)
         rng = np.random.default_rng(args.seed)
-        clock = _budget(args.steps, None if args.minutes is None else args.minutes / 2, 1000)
+        clock = _Clock(args.steps, args.minutes / 2)
         step, losses = 0, []
         while clock.running(step):
             src, tgt = task.sample(rng, args.batch, "train")
@@ -439,20 +439,20 @@ def _p_jumbled(model: Union[BagOfWords, SequenceClassifier], ids: List[Array]) -
 
 def cmd_jumble(args: argparse.Namespace) -> int:
     """The lecture's opening: is a sentence as written, or are its words jumbled?"""
-    task = data.JumbledSentences()
-    test_ids, test_labels, test_words = task.examples(np.random.default_rng(args.seed + 1),
-                                                      task.test)
+    task = data.JumbledSentences(shuffle_prob=args.shuffle_prob)
+    test_ids, test_kinds, test_words = task.examples(np.random.default_rng(args.seed + 1),
+                                                     task.test)
+    test_labels = test_kinds > 0  # (N,) True = jumbled
     models = _jumble_models(task, args)
     _out(f"sentences: {len(task.train):,} for training, {len(task.test):,} held out (never seen "
          f"in training), from Python's own documentation; vocabulary {len(task.vocab):,} words; "
          f"each shown as written or jumbled (shuffled or two words swapped), chance 50%")
-    accuracy: Dict[str, float] = {}
+    right: Dict[str, Array] = {}  # name -> (N,) bool: the held-out verdicts that are right
     shares = {"bag of words": 0.1, "RNN": 0.45, "LSTM": 0.45}  # of --minutes
     for name, model in models.items():
         rng = np.random.default_rng(args.seed)
         opt = optim.Adam(model.params, model.grads, lr=args.lr)
-        clock = _budget(args.steps, None if args.minutes is None else args.minutes * shares[name],
-                        1000)
+        clock = _Clock(args.steps, args.minutes * shares[name])
         step, losses = 0, []
         while clock.running(step):
             ids, labels = task.batch(rng, args.batch)
@@ -463,14 +463,20 @@ def cmd_jumble(args: argparse.Namespace) -> int:
             opt.step()
             step += 1
             if step % args.eval_every == 0:
-                acc = float(np.mean((_p_jumbled(model, test_ids) > 0.5) == test_labels))
+                acc = np.mean((_p_jumbled(model, test_ids) > 0.5) == test_labels)
                 _out(f"  {name:<12} step {step:5d}  loss {np.mean(losses[-args.eval_every:]):.3f}"
                      f"  held-out accuracy {acc:.1%}  ({clock.elapsed():.0f} s)")
-        accuracy[name] = float(np.mean((_p_jumbled(model, test_ids) > 0.5) == test_labels))
-        _out(f"{name}: {accuracy[name]:.1%} held-out accuracy after {step} steps, "
+        right[name] = (_p_jumbled(model, test_ids) > 0.5) == test_labels
+        _out(f"{name}: {right[name].mean():.1%} held-out accuracy after {step} steps, "
              f"{clock.elapsed():.0f} s")
-    _out(f"\nheld-out accuracy on {len(task.test):,} sentences: "
-         + ", ".join(f"{n} {a:.1%}" for n, a in accuracy.items()))
+    _out(f"\nheld-out accuracy on {len(task.test):,} sentences")
+    _out("  shown as          count  " + "  ".join(f"{n:>12}" for n in right))
+    for kind, shown_as in enumerate(("as written", "shuffled", "two swapped")):
+        sel = test_kinds == kind
+        _out(f"  {shown_as:<14} {sel.sum():>8}  "
+             + "  ".join(f"{r[sel].mean():12.1%}" for r in right.values()))
+    _out(f"  {'all':<14} {len(test_kinds):>8}  "
+         + "  ".join(f"{r.mean():12.1%}" for r in right.values()))
     lecture = data.LECTURE_JUMBLED + data.LECTURE_WRITTEN
     words = [data.tokenize_sentence(t) for t in lecture] + test_words[:args.show]
     truth = [1] * len(data.LECTURE_JUMBLED) + [0] * len(data.LECTURE_WRITTEN)
@@ -485,8 +491,9 @@ def cmd_jumble(args: argparse.Namespace) -> int:
         cols = "  ".join(f"{probs[n][i]:.2f}" for n in models)
         _out(f"  {'jumbled' if label else 'written':<8}  {cols}  {text}")
     if args.json:
-        _out(json.dumps({"bag_of_words_accuracy": accuracy["bag of words"],
-                         "rnn_accuracy": accuracy["RNN"], "lstm_accuracy": accuracy["LSTM"],
+        _out(json.dumps({"bag_of_words_accuracy": float(right["bag of words"].mean()),
+                         "rnn_accuracy": float(right["RNN"].mean()),
+                         "lstm_accuracy": float(right["LSTM"].mean()),
                          "test_sentences": len(task.test)}))
     return 0
 
@@ -639,6 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=_positive_float, default=5.0)
     p.add_argument("--eval-every", type=_positive_int, default=250)
     p.add_argument("--show", type=int, default=4, help="held-out sentences shown")
+    p.add_argument("--shuffle-prob", type=float, default=0.5,
+                   help="of the jumbled sentences, the fraction shuffled (the rest: two words "
+                        "swapped)")
     p.add_argument("--json", action="store_true",
                    help="print the accuracies as one JSON object on the last line")
     p.add_argument("--seed", type=int, default=0)

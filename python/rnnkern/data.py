@@ -384,24 +384,23 @@ def builtin_sentences(min_words: int = 5, max_words: int = 30,
     return out
 
 
-def jumble_order(ids: IntArray, rng: np.random.Generator, shuffle_prob: float = 0.5
-                 ) -> IntArray:
+def jumble_order(ids: IntArray, rng: np.random.Generator, swap: bool = False) -> IntArray:
     """A permutation (N,) of a sentence's positions that changes its ids (N,) (N >= 2).
 
-    With probability ``shuffle_prob`` all words are shuffled, otherwise two words are swapped;
-    either way ``ids[order]`` differs from ``ids`` (ValueError if every id is the same).
+    All words shuffled, or (``swap``) two different words swapped; either way ``ids[order]``
+    differs from ``ids`` (ValueError if every id is the same).
     """
     ids = np.asarray(ids)
     if len(ids) < 2 or (ids == ids[0]).all():
         raise ValueError(f"ids: need at least two different tokens to jumble, got {ids.tolist()}")
     order = np.arange(len(ids))  # (N,)
-    if rng.random() < shuffle_prob:
-        while (ids[order] == ids).all():
-            order = rng.permutation(len(ids))
-    else:
+    if swap:
         i = int(rng.integers(len(ids)))
         j = int(rng.choice(np.flatnonzero(ids != ids[i])))  # a different word
         order[i], order[j] = j, i
+    else:
+        while (ids[order] == ids).all():
+            order = rng.permutation(len(ids))
     return order
 
 
@@ -413,7 +412,8 @@ class JumbledSentences:
     sentence is ever seen in training. The vocabulary is the training words seen at least
     ``min_count`` times; other words are ``<unk>`` (id 1; ``<pad>`` is 0). Label 1 = jumbled
     (`jumble_order` on the ids, so a jumbled sentence always differs from its original), 0 = as
-    written, each with probability 1/2.
+    written, each with probability 1/2; of the jumbled ones, ``shuffle_prob`` are shuffled and
+    the others have two words swapped.
     """
 
     PAD, UNK = 0, 1
@@ -441,27 +441,29 @@ class JumbledSentences:
 
     def examples(self, rng: np.random.Generator, sentences: Sequence[Sequence[str]]
                  ) -> Tuple[List[IntArray], IntArray, List[List[str]]]:
-        """Each sentence's ids (jumbled with probability 1/2, when it can be), labels (B,) and
-        the words in the order shown.
+        """The sentences as shown: their ids, kinds (B,) and words in the order shown.
 
-        A sentence whose ids are all the same (e.g. all ``<unk>``) stays as written (label 0).
+        Kind 0: as written (probability 1/2), 1: all words shuffled (``shuffle_prob`` / 2),
+        2: two words swapped (the rest); a model learns label = kind > 0. A sentence whose
+        ids are all the same (e.g. all ``<unk>``) stays as written.
         """
         ids = [self.encode(s) for s in sentences]
         words = [list(s) for s in sentences]
-        labels = (rng.random(len(ids)) < 0.5).astype(np.int64)  # (B,) 1 = jumbled
+        u = rng.random(len(ids))  # (B,)
+        kinds = np.where(u < 0.5, 0, np.where(u < 0.5 + self.shuffle_prob / 2, 1, 2))  # (B,)
         for b, x in enumerate(ids):
-            if labels[b] and (x == x[0]).all():
-                labels[b] = 0
-            elif labels[b]:
-                order = jumble_order(x, rng, self.shuffle_prob)  # (N,)
+            if kinds[b] and (x == x[0]).all():
+                kinds[b] = 0
+            elif kinds[b]:
+                order = jumble_order(x, rng, swap=kinds[b] == 2)  # (N,)
                 ids[b], words[b] = x[order], [words[b][i] for i in order]
-        return ids, labels, words
+        return ids, kinds.astype(np.int64), words
 
     def batch(self, rng: np.random.Generator, size: int) -> Tuple[List[IntArray], IntArray]:
         """``size`` training sentences drawn at random and jumbled afresh: ids and labels."""
         picks = rng.integers(0, len(self.train), size=size)  # (size,)
-        ids, labels, _ = self.examples(rng, [self.train[i] for i in picks])
-        return ids, labels
+        ids, kinds, _ = self.examples(rng, [self.train[i] for i in picks])
+        return ids, (kinds > 0).astype(np.int64)
 
 
 # The lecture's opening slides: its jumbled sentences, then what it says about them.
