@@ -537,8 +537,11 @@ def test_jumbled_sentences() -> None:
             assert (x != original).sum() == 2
     swapped = [data.jumble_order(np.arange(8), rng, swap=True) for _ in range(20)]
     assert all((order != np.arange(8)).sum() == 2 for order in swapped)
-    batch_ids, labels = task.batch(rng, 50)
-    assert len(batch_ids) == 50 and set(labels.tolist()) == {0, 1}
+    batch_ids, labels = task.batch(rng, 51)  # 25 sentences, each as written and jumbled
+    assert labels.tolist() == [0] * 25 + [1] * 25
+    for written, jumbled in zip(batch_ids[:25], batch_ids[25:]):
+        assert sorted(written.tolist()) == sorted(jumbled.tolist())
+        assert not np.array_equal(written, jumbled) or (written == written[0]).all()
     with pytest.raises(ValueError, match="^ids:"):
         data.jumble_order(np.array([3, 3, 3]), rng)
     assert data.tokenize_sentence("POLICY IS THE BEST, DON'T.") == [

@@ -439,30 +439,41 @@ class JumbledSentences:
         """Words -> ids (N,), ``<unk>`` for words outside the vocabulary."""
         return np.array([self.vocab.index.get(w, self.UNK) for w in words], dtype=np.int64)
 
-    def examples(self, rng: np.random.Generator, sentences: Sequence[Sequence[str]]
+    def examples(self, rng: np.random.Generator, sentences: Sequence[Sequence[str]],
+                 jumbled: Optional[npt.NDArray[np.bool_]] = None
                  ) -> Tuple[List[IntArray], IntArray, List[List[str]]]:
         """The sentences as shown: their ids, kinds (B,) and words in the order shown.
 
-        Kind 0: as written (probability 1/2), 1: all words shuffled (``shuffle_prob`` / 2),
-        2: two words swapped (the rest); a model learns label = kind > 0. A sentence whose
-        ids are all the same (e.g. all ``<unk>``) stays as written.
+        Kind 0: as written, 1: all words shuffled, 2: two words swapped; a model learns label =
+        kind > 0. ``jumbled`` (B,) says which to jumble (default: each with probability 1/2);
+        of those, ``shuffle_prob`` are shuffled. A sentence whose ids are all the same (e.g. all
+        ``<unk>``) stays as written.
         """
         ids = [self.encode(s) for s in sentences]
         words = [list(s) for s in sentences]
-        u = rng.random(len(ids))  # (B,)
-        kinds = np.where(u < 0.5, 0, np.where(u < 0.5 + self.shuffle_prob / 2, 1, 2))  # (B,)
+        if jumbled is None:
+            jumbled = rng.random(len(ids)) < 0.5  # (B,)
+        shuffled = rng.random(len(ids)) < self.shuffle_prob  # (B,)
+        kinds = np.where(jumbled, np.where(shuffled, 1, 2), 0).astype(np.int64)  # (B,)
         for b, x in enumerate(ids):
             if kinds[b] and (x == x[0]).all():
                 kinds[b] = 0
             elif kinds[b]:
                 order = jumble_order(x, rng, swap=kinds[b] == 2)  # (N,)
                 ids[b], words[b] = x[order], [words[b][i] for i in order]
-        return ids, kinds.astype(np.int64), words
+        return ids, kinds, words
 
     def batch(self, rng: np.random.Generator, size: int) -> Tuple[List[IntArray], IntArray]:
-        """``size`` training sentences drawn at random and jumbled afresh: ids and labels."""
-        picks = rng.integers(0, len(self.train), size=size)  # (size,)
-        ids, kinds, _ = self.examples(rng, [self.train[i] for i in picks])
+        """``size`` // 2 training sentences drawn at random, each as written and jumbled afresh:
+        ids and labels (size // 2 * 2,).
+
+        Pairs leave the words themselves no clue: every sentence is in the batch once with each
+        label, so only the order of its words can tell them apart.
+        """
+        picks = rng.integers(0, len(self.train), size=size // 2)  # (n,)
+        pairs = [self.train[i] for i in picks] * 2
+        jumbled = np.arange(len(pairs)) >= len(picks)  # (2n,)
+        ids, kinds, _ = self.examples(rng, pairs, jumbled)
         return ids, (kinds > 0).astype(np.int64)
 
 
