@@ -108,23 +108,31 @@ def test_layer_errors() -> None:
 
 # -- gradients of whole models by finite differences ----------------------------------------------
 
+def _central_differences(a: np.ndarray, loss: Callable[[], float], rng: np.random.Generator,
+                         count: int) -> list[tuple[tuple[Any, ...], float]]:
+    """(index, d loss / d a[index]) by central differences at ``count`` random entries of a."""
+    eps = 1e-6
+    out = []
+    for flat in rng.choice(a.size, size=min(count, a.size), replace=False):
+        i = np.unravel_index(flat, a.shape)
+        old = a[i]
+        a[i] = old + eps
+        up = loss()
+        a[i] = old - eps
+        down = loss()
+        a[i] = old
+        out.append((i, (up - down) / (2 * eps)))
+    return out
+
+
 def _fd_check(model: Model, loss_and_backward: Callable[[], float], loss: Callable[[], float],
               rng: np.random.Generator, per_param: int = 4) -> None:
     """Compare grads with central differences of loss() on a few entries of every parameter."""
     model.zero_grad()
     loss_and_backward()
-    eps = 1e-6
     for name, p in model.params.items():
-        g = model.grads[name]
-        for flat in rng.choice(p.size, size=min(per_param, p.size), replace=False):
-            i = np.unravel_index(flat, p.shape)
-            old = p[i]
-            p[i] = old + eps
-            up = loss()
-            p[i] = old - eps
-            down = loss()
-            p[i] = old
-            np.testing.assert_allclose(g[i], (up - down) / (2 * eps), rtol=1e-5, atol=1e-8,
+        for i, numeric in _central_differences(p, loss, rng, per_param):
+            np.testing.assert_allclose(model.grads[name][i], numeric, rtol=1e-5, atol=1e-8,
                                        err_msg=f"{name}{i}")
 
 
@@ -405,18 +413,10 @@ def test_luong_attention_finite_differences_and_errors() -> None:
     att.zero_grad()
     att(query, values, mask)
     dq, dv = att.backward(dout)
-    eps = 1e-6
     for arr, grad in [(query, dq), (values, dv)] + [(p, att.grads[k])
                                                     for k, p in att.params.items()]:
-        for flat in rng.choice(arr.size, size=min(6, arr.size), replace=False):
-            i = np.unravel_index(flat, arr.shape)
-            old = arr[i]
-            arr[i] = old + eps
-            up = loss()
-            arr[i] = old - eps
-            down = loss()
-            arr[i] = old
-            assert grad[i] == pytest.approx((up - down) / (2 * eps), rel=1e-6, abs=1e-9)
+        for i, numeric in _central_differences(arr, loss, rng, 6):
+            assert grad[i] == pytest.approx(numeric, rel=1e-6, abs=1e-9)
     with pytest.raises(ValueError, match=r"^values: expected shape \(S, B, H\)"):
         att(query, values[:, :1])
     with pytest.raises(ValueError, match="^mask:"):

@@ -514,6 +514,24 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _training_args(p: argparse.ArgumentParser, minutes: float, hidden: int, embed: int,
+                   what: str) -> None:
+    """The options jumble and attention share: budget, sizes, Adam, progress, --json."""
+    p.add_argument("--minutes", type=_positive_float, default=minutes,
+                   help=f"time budget for all the models (default {minutes:g})")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="at most this many steps per model")
+    p.add_argument("--hidden", type=_positive_int, default=hidden)
+    p.add_argument("--embed", type=_positive_int, default=embed)
+    p.add_argument("--batch", type=_positive_int, default=64)
+    p.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam learning rate")
+    p.add_argument("--clip", type=_positive_float, default=5.0)
+    p.add_argument("--eval-every", type=_positive_int, default=250)
+    p.add_argument("--json", action="store_true",
+                   help=f"print {what} as one JSON object on the last line")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``rnnkern`` command."""
     parser = argparse.ArgumentParser(prog="rnnkern", description=__doc__.split("\n")[0],
@@ -610,48 +628,24 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--steps", type=_positive_int, default=800, help="training steps")
             p.add_argument("--test-size", type=_positive_int, default=1000)
     p = sub.add_parser("attention", help="encoder-decoder with and without attention")
-    p.add_argument("--minutes", type=_positive_float, default=3.0,
-                   help="time budget for both models (default 3)")
-    p.add_argument("--steps", type=_positive_int, default=None,
-                   help="at most this many steps per model")
+    _training_args(p, minutes=3.0, hidden=128, embed=32, what="the exact matches")
     p.add_argument("--cell", choices=cells, default="lstm")
-    p.add_argument("--hidden", type=_positive_int, default=128)
-    p.add_argument("--embed", type=_positive_int, default=32)
     p.add_argument("--min-len", type=_positive_int, default=30, help="shortest input")
     p.add_argument("--max-len", type=_positive_int, default=40, help="longest input")
     p.add_argument("--letters", type=int, default=20, help="alphabet size (2..26)")
-    p.add_argument("--batch", type=_positive_int, default=64)
-    p.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam learning rate")
-    p.add_argument("--clip", type=_positive_float, default=5.0)
-    p.add_argument("--eval-every", type=_positive_int, default=250)
     p.add_argument("--eval-size", type=_positive_int, default=200,
                    help="test examples decoded at each evaluation")
     p.add_argument("--test-size", type=_positive_int, default=1000)
     p.add_argument("--plot", default="", metavar="FILE.png",
                    help="draw the attention weights of one test example (needs matplotlib)")
-    p.add_argument("--json", action="store_true",
-                   help="print the exact matches as one JSON object on the last line")
-    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_attention)
 
     p = sub.add_parser("jumble", help="as written or jumbled? bag of words vs RNN vs LSTM")
-    p.add_argument("--minutes", type=_positive_float, default=2.0,
-                   help="time budget for all three models (default 2)")
-    p.add_argument("--steps", type=_positive_int, default=None,
-                   help="at most this many steps per model")
-    p.add_argument("--hidden", type=_positive_int, default=128)
-    p.add_argument("--embed", type=_positive_int, default=64)
-    p.add_argument("--batch", type=_positive_int, default=64)
-    p.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam learning rate")
-    p.add_argument("--clip", type=_positive_float, default=5.0)
-    p.add_argument("--eval-every", type=_positive_int, default=250)
+    _training_args(p, minutes=2.0, hidden=128, embed=64, what="the accuracies")
     p.add_argument("--show", type=int, default=4, help="held-out sentences shown")
     p.add_argument("--shuffle-prob", type=float, default=0.5,
                    help="of the jumbled sentences, the fraction shuffled (the rest: two words "
                         "swapped)")
-    p.add_argument("--json", action="store_true",
-                   help="print the accuracies as one JSON object on the last line")
-    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_jumble)
 
     return parser
