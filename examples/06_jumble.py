@@ -15,7 +15,7 @@ from rnnkern import data, optim
 from rnnkern.models import BagOfWords, SequenceClassifier
 
 task = data.JumbledSentences()
-test_ids, test_kinds, _ = task.examples(np.random.default_rng(1), task.test)  # 0 = as written
+test_ids, test_kinds, test_words = task.examples(np.random.default_rng(1), task.test)  # 0: written
 test_labels = (test_kinds > 0).astype(np.int64)
 test_x, test_lengths = data.pad_sequences(test_ids, task.PAD)  # (T, N), (N,)
 print(f"{len(task.train)} training sentences, {len(task.test)} held out, e.g. "
@@ -38,9 +38,10 @@ with rnnkern.numpy_blas_threads(1):
         print(f"{name}: held-out accuracy "
               f"{model.accuracy(test_x, test_labels, test_lengths):.1%} (chance 50%)")
 
-for text in ["POLICY IS THE BEST HONESTY", "HONESTY IS THE BEST POLICY",
-             "the value of the expression is returned", "the value of the returned is expression"]:
-    x, lengths = data.pad_sequences([task.encode(data.tokenize_sentence(text))], task.PAD)
-    logits, _ = models["LSTM"].forward(x, lengths=lengths)
-    p = rnnkern.softmax(logits.astype(np.float64))[0, 1]
-    print(f"  p(jumbled) = {p:.2f}  {text}")
+shown = [data.tokenize_sentence(t) for t in ("POLICY IS THE BEST HONESTY",
+                                              "HONESTY IS THE BEST POLICY")] + test_words[:4]
+truth = ["jumbled", "written"] + ["jumbled" if k else "written" for k in test_kinds[:4]]
+x, lengths = data.pad_sequences([task.encode(w) for w in shown], task.PAD)
+logits, _ = models["LSTM"].forward(x, lengths=lengths)
+for p, t, w in zip(rnnkern.softmax(logits.astype(np.float64))[:, 1], truth, shown):
+    print(f"  LSTM p(jumbled) = {p:.2f}  ({t})  {' '.join(w)}")
