@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import re
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 import rnnkern
+from rnnkern import data
 from rnnkern.cli import build_parser, main
 from rnnkern.models import CharLM, Seq2Seq, load_checkpoint
 
@@ -240,6 +242,56 @@ def test_longrange(capsys: pytest.CaptureFixture[str]) -> None:
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     assert [r[0] for r in rows] == ["3", "5"]
     assert all(len(r) == 4 and all(v.endswith("%") for v in r[1:]) for r in rows)
+
+
+def test_jumble(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["jumble", "--steps", "3", "--hidden", "8", "--embed", "8", "--batch", "8",
+                 "--eval-every", "2", "--show", "2", "--json"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    result = json.loads(lines[-1])
+    assert set(result) == {"bag_of_words_accuracy", "rnn_accuracy", "lstm_accuracy",
+                           "test_sentences"}
+    assert result["test_sentences"] >= 500
+    assert all(0.0 <= result[k] <= 1.0 for k in result if k.endswith("accuracy"))
+    assert "policy is the best honesty*" in out  # the lecture's, "honesty" never seen
+    assert "so you see a little jumble* in the words made the sentence* incoherent*" in out
+    assert out.count("step     2  loss") == 3  # one progress line per model
+    verdicts = [line for line in lines if line.startswith(("  jumbled ", "  written "))]
+    assert len(verdicts) == len(data.LECTURE_JUMBLED) + len(data.LECTURE_WRITTEN) + 2
+    assert all(len(re.findall(r" [01]\.\d\d ", v)) == 3 for v in verdicts)
+
+
+def test_attention(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_png = tmp_path / "attention.png"
+    assert main(["attention", "--steps", "2", "--hidden", "8", "--embed", "4", "--batch", "4",
+                 "--min-len", "5", "--max-len", "12", "--letters", "5", "--test-size", "12",
+                 "--eval-every", "1", "--eval-size", "3", "--plot", str(out_png),
+                 "--json"]) == 0
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    result = json.loads(out.splitlines()[-1])
+    assert set(result) == {"exact_match_without_attention", "exact_match_with_attention",
+                           "min_input_length"}
+    assert 5 <= result["min_input_length"] <= 12
+    assert "held-out exact match by input length" in out
+    rows = re.findall(r"^ +(\d+)-(\d+) +(\d+) ", out, re.M)
+    assert [(int(a), int(b)) for a, b, _ in rows] == [(5, 9), (10, 12)]
+    assert sum(int(n) for *_, n in rows) == 12
+
+
+def test_attention_plot_needs_matplotlib(monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Without matplotlib, --plot fails at once with one line, before any training."""
+    def missing(what: str) -> None:
+        raise ImportError(f"{what} needs matplotlib: pip install rnnkern[plot]")
+
+    monkeypatch.setattr("rnnkern.diagnostics.require_matplotlib", missing)
+    assert main(["attention", "--plot", "a.png", "--steps", "1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ("rnnkern attention: error: --plot needs matplotlib: "
+                            "pip install rnnkern[plot]\n")
 
 
 def test_python_dash_m() -> None:

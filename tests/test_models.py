@@ -1,4 +1,5 @@
-"""nn.Linear / nn.Embedding against torch, the models' gradients, checkpoints, data helpers."""
+"""nn.Linear / nn.Embedding / nn.LuongAttention against torch, the models' gradients,
+checkpoints, data helpers."""
 from __future__ import annotations
 
 import pickle
@@ -12,6 +13,7 @@ import torch
 import rnnkern
 from rnnkern import data, diagnostics, nn, optim
 from rnnkern.models import (
+    BagOfWords,
     CharLM,
     Model,
     Seq2Seq,
@@ -107,26 +109,34 @@ def test_layer_errors() -> None:
 
 # -- gradients of whole models by finite differences ----------------------------------------------
 
+def _central_differences(a: np.ndarray, loss: Callable[[], float], rng: np.random.Generator,
+                         count: int) -> list[tuple[tuple[Any, ...], float]]:
+    """(index, d loss / d a[index]) by central differences at ``count`` random entries of a."""
+    eps = 1e-6
+    out = []
+    for flat in rng.choice(a.size, size=min(count, a.size), replace=False):
+        i = np.unravel_index(flat, a.shape)
+        old = a[i]
+        a.flags.writeable = True  # the recurrent layers' parameters are read-only (packed)
+        a[i] = old + eps
+        up = loss()
+        a.flags.writeable = True  # (the call made it read-only again)
+        a[i] = old - eps
+        down = loss()
+        a.flags.writeable = True
+        a[i] = old
+        out.append((i, (up - down) / (2 * eps)))
+    return out
+
+
 def _fd_check(model: Model, loss_and_backward: Callable[[], float], loss: Callable[[], float],
               rng: np.random.Generator, per_param: int = 4) -> None:
     """Compare grads with central differences of loss() on a few entries of every parameter."""
     model.zero_grad()
     loss_and_backward()
-    eps = 1e-6
     for name, p in model.params.items():
-        g = model.grads[name]
-        for flat in rng.choice(p.size, size=min(per_param, p.size), replace=False):
-            i = np.unravel_index(flat, p.shape)
-            old = p[i]
-            p.flags.writeable = True  # the recurrent layers' parameters are read-only (packed)
-            p[i] = old + eps
-            up = loss()
-            p.flags.writeable = True
-            p[i] = old - eps
-            down = loss()
-            p.flags.writeable = True
-            p[i] = old
-            np.testing.assert_allclose(g[i], (up - down) / (2 * eps), rtol=1e-5, atol=1e-8,
+        for i, numeric in _central_differences(p, loss, rng, per_param):
+            np.testing.assert_allclose(model.grads[name][i], numeric, rtol=1e-5, atol=1e-8,
                                        err_msg=f"{name}{i}")
 
 
@@ -424,3 +434,206 @@ def test_data_helpers() -> None:
     assert tokens.shape == (12, 8)
     np.testing.assert_array_equal(tokens[0], labels)
     assert tokens[1:].min() >= 2
+
+
+# -- attention -----------------------------------------------------------------------------------
+
+def _torch_luong(att: nn.LuongAttention, query: np.ndarray, values: np.ndarray,
+                 mask: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """The same equations in PyTorch: (out (T, B, H), weights (B, T, S), leaf tensors)."""
+    p = {k: torch.tensor(v, requires_grad=True) for k, v in att.params.items()}
+    q = torch.tensor(query, requires_grad=True)
+    v = torch.tensor(values, requires_grad=True)
+    scores = torch.einsum("tbh,sbh->bts", q, v @ p["weight_a"].T)
+    scores = scores.masked_fill(~torch.tensor(mask).T[:, None, :], float("-inf"))
+    weights = scores.softmax(dim=-1)
+    context = torch.einsum("bts,sbh->tbh", weights, v)
+    out = torch.tanh(torch.cat([context, q], dim=-1) @ p["weight_c"].T + p["bias_c"])
+    return out, weights, q, v, p["weight_a"], p["weight_c"], p["bias_c"]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_luong_attention_matches_torch(dtype: type) -> None:
+    rng = np.random.default_rng(0)
+    steps, src_steps, batch, hid = 4, 6, 3, 5
+    att = nn.LuongAttention(hid, dtype=dtype, seed=1)
+    query = rng.standard_normal((steps, batch, hid)).astype(dtype)
+    values = rng.standard_normal((src_steps, batch, hid)).astype(dtype)
+    mask = np.arange(src_steps)[:, None] < np.array([6, 2, 4])[None, :]  # (S, B)
+    dout = rng.standard_normal((steps, batch, hid)).astype(dtype)
+    out, weights = att(query, values, mask)
+    dq, dv = att.backward(dout)
+    t_out, t_weights, *leaves = _torch_luong(att, query, values, mask)
+    (t_out * torch.tensor(dout)).sum().backward()
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == np.float64 else {"rtol": 1e-4, "atol": 1e-5}
+    np.testing.assert_allclose(out, t_out.detach().numpy(), **tol)
+    np.testing.assert_allclose(weights, t_weights.detach().numpy(), **tol)
+    assert (weights[1, :, 2:] == 0).all()  # padded source steps get no weight
+    np.testing.assert_allclose(weights.sum(axis=2), 1.0, rtol=1e-6)
+    for ours, leaf in zip([dq, dv, att.grads["weight_a"], att.grads["weight_c"],
+                           att.grads["bias_c"]], leaves):
+        assert leaf.grad is not None
+        np.testing.assert_allclose(ours, leaf.grad.numpy(), **tol)
+
+
+def test_luong_attention_finite_differences_and_errors() -> None:
+    rng = np.random.default_rng(3)
+    att = nn.LuongAttention(4, dtype=np.float64, seed=0)
+    query = rng.standard_normal((3, 2, 4))
+    values = rng.standard_normal((5, 2, 4))
+    mask = np.arange(5)[:, None] < np.array([5, 3])[None, :]
+    dout = rng.standard_normal((3, 2, 4))
+
+    def loss() -> float:
+        return float((att(query, values, mask, training=False)[0] * dout).sum())
+
+    att.zero_grad()
+    att(query, values, mask)
+    dq, dv = att.backward(dout)
+    for arr, grad in [(query, dq), (values, dv)] + [(p, att.grads[k])
+                                                    for k, p in att.params.items()]:
+        for i, numeric in _central_differences(arr, loss, rng, 6):
+            assert grad[i] == pytest.approx(numeric, rel=1e-6, abs=1e-9)
+    with pytest.raises(ValueError, match=r"^values: expected shape \(S, B, H\)"):
+        att(query, values[:, :1])
+    with pytest.raises(ValueError, match="^mask:"):
+        att(query, values, mask[:4])
+    with pytest.raises(ValueError, match="^mask: every sequence"):
+        att(query, values, np.zeros((5, 2), bool))
+    with pytest.raises(TypeError, match="^query: dtype"):
+        att(query.astype(np.float32), values)
+    att(query, values, mask)
+    with pytest.raises(ValueError, match=r"^dout: expected shape \(T, B, H\)"):
+        att.backward(dout[:2])
+    with pytest.raises(RuntimeError, match="^backward: no saved forward"):
+        nn.LuongAttention(4).backward(dout)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_seq2seq_attention_gradients(cell: str) -> None:
+    rng = np.random.default_rng(4)
+    model = Seq2Seq(9, 8, hidden_size=5, num_layers=2, cell=cell, embed_dim=4, dtype="float64",
+                    seed=0, attention="luong")
+    assert "attention.weight_a" in model.params
+    src = [[3, 4, 5, 6], [7], [8, 3]]
+    tgt = [[5], [3, 4, 7, 6, 5], [4, 4]]
+    _fd_check(model, lambda: model.loss_and_backward(src, tgt), lambda: model.loss(src, tgt), rng)
+
+
+def test_seq2seq_attention_decoding_and_weights() -> None:
+    model = Seq2Seq(9, 6, hidden_size=8, cell="lstm", dtype="float64", seed=5, attention="luong")
+    src = [[3, 4, 5], [6, 7, 8, 3, 4], [8]]
+    greedy = model.greedy(src, max_len=5)
+    assert model.beam_search(src, beam_size=1, max_len=5) == greedy
+    # a sequence decodes the same alone as in a padded batch
+    assert model.greedy(src[1:2], max_len=5)[0] == greedy[1]
+    # the batch loss is the token-weighted mean of the sequences' own (3 and 6 target tokens)
+    alone, other = model.loss(src[:1], [[3, 4]]), model.loss(src[1:2], [[3, 3, 3, 3, 3]])
+    assert model.loss(src[:2], [[3, 4], [3, 3, 3, 3, 3]]) == pytest.approx(
+        (3 * alone + 6 * other) / 9, rel=1e-12)
+    tgt = [g or [3] for g in greedy]
+    weights = model.attention_weights(src, tgt)
+    for w, s, t in zip(weights, src, tgt):
+        assert w.shape == (len(t) + 1, len(s))
+        np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=1e-12)
+    with pytest.raises(ValueError, match="^attention_weights:"):
+        Seq2Seq(9, 6, hidden_size=4).attention_weights(src, tgt)
+    with pytest.raises(ValueError, match="^attention:"):
+        Seq2Seq(9, 6, attention="bahdanau")
+
+
+def test_seq2seq_attention_checkpoints(tmp_path: Path) -> None:
+    """With attention the config and the parameters round-trip; a checkpoint saved without it
+    (no "attention" key in its config, as every earlier checkpoint) loads as before."""
+    model = Seq2Seq(9, 8, hidden_size=6, seed=0, attention="luong")
+    model.save(tmp_path / "a.npz")
+    loaded, _ = load_checkpoint(tmp_path / "a.npz")
+    assert isinstance(loaded, Seq2Seq) and loaded.config == model.config
+    assert loaded.greedy([[3, 4, 5]]) == model.greedy([[3, 4, 5]])
+    plain = Seq2Seq(9, 8, hidden_size=6, seed=0)
+    assert "attention" not in plain.config and plain.attention is None
+    assert not any(k.startswith("attention.") for k in plain.params)
+    plain.save(tmp_path / "p.npz")
+    old, _ = load_checkpoint(tmp_path / "p.npz")
+    assert isinstance(old, Seq2Seq) and old.attention is None
+    assert old.greedy([[3, 4]]) == plain.greedy([[3, 4]])
+
+
+# -- classifiers with lengths, bag of words --------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["lstm", "rnn", "bag"])
+def test_classifiers_with_lengths(kind: str) -> None:
+    """A padded batch with lengths gives each sequence its own logits; gradients check out."""
+    rng = np.random.default_rng(5)
+    if kind == "bag":
+        model: Any = BagOfWords(7, 2, embed_dim=4, dtype="float64", seed=0)
+    else:
+        model = SequenceClassifier(7, 2, hidden_size=4, cell=kind, embed_dim=3, dtype="float64",
+                                   seed=0)
+    ids = rng.integers(1, 7, size=(6, 3))
+    lengths = np.array([6, 2, 4])
+    logits, _ = model.forward(ids, lengths=lengths)
+    for b, n in enumerate(lengths):
+        alone, _ = model.forward(ids[:n, b:b + 1])
+        np.testing.assert_allclose(logits[b], alone[0], rtol=1e-12)
+    labels = np.array([0, 1, 1])
+
+    def loss() -> float:
+        out, _ = model.forward(ids, lengths=lengths)
+        return float(rnnkern.softmax_cross_entropy(out, labels).loss)
+
+    _fd_check(model, lambda: model.loss_and_backward(ids, labels, lengths)[0], loss, rng)
+    assert 0.0 <= model.accuracy(ids, labels, lengths) <= 1.0
+
+
+def test_bag_of_words_is_blind_to_order() -> None:
+    model = BagOfWords(20, 2, embed_dim=8, seed=0)
+    ids = np.random.default_rng(0).integers(0, 20, size=(9, 4))
+    logits, _ = model.forward(ids)
+    shuffled, _ = model.forward(ids[::-1])
+    np.testing.assert_allclose(logits, shuffled, rtol=1e-5)
+
+
+def test_jumbled_sentences() -> None:
+    sentences = data.builtin_sentences()
+    assert sentences == data.builtin_sentences()  # deterministic
+    assert len({tuple(s) for s in sentences}) == len(sentences)  # each sentence once
+    task = data.JumbledSentences()
+    assert len(task.test) >= 500 and len(task.train) > 4 * len(task.test) - 200
+    assert not {tuple(s) for s in task.train} & {tuple(s) for s in task.test}
+    rng = np.random.default_rng(0)
+    ids, kinds, words = task.examples(rng, task.test[:400])
+    assert 0.4 < (kinds == 0).mean() < 0.6 and 0.15 < (kinds == 2).mean() < 0.35
+    for x, kind, w, s in zip(ids, kinds, words, task.test[:400]):
+        original = task.encode(s)
+        assert sorted(x.tolist()) == sorted(original.tolist())  # the same words
+        assert sorted(w) == sorted(s)
+        np.testing.assert_array_equal(task.encode(w), x)
+        assert (not np.array_equal(x, original)) == (kind > 0)  # jumbled means changed
+        if kind == 2:
+            assert (x != original).sum() == 2
+    swapped = [data.jumble_order(np.arange(8), rng, swap=True) for _ in range(20)]
+    assert all((order != np.arange(8)).sum() == 2 for order in swapped)
+    batch_ids, labels = task.batch(rng, 51)  # 25 sentences, each as written and jumbled
+    assert labels.tolist() == [0] * 25 + [1] * 25
+    for written, jumbled in zip(batch_ids[:25], batch_ids[25:]):
+        assert sorted(written.tolist()) == sorted(jumbled.tolist())
+        assert not np.array_equal(written, jumbled) or (written == written[0]).all()
+    with pytest.raises(ValueError, match="^ids:"):
+        data.jumble_order(np.array([3, 3, 3]), rng)
+    assert data.tokenize_sentence("POLICY IS THE BEST, DON'T.") == [
+        "policy", "is", "the", "best", ",", "don't"]
+
+
+def test_reversal_task() -> None:
+    task = data.Reversal(30, 34, letters=6)
+    rng = np.random.default_rng(0)
+    src, tgt = task.sample(rng, 200, "train")
+    test_src, _ = task.sample(rng, 50, "test")
+    assert all(30 <= len(s) <= 34 for s in src + test_src)
+    for s, t in zip(src, tgt):
+        assert task.tgt_vocab.decode(t) == " ".join(reversed(task.src_vocab.decode(s).split()))
+    assert not {tuple(s) for s in src} & {tuple(s) for s in test_src}
+    assert all(task.held_out(s - 1) for s in test_src)
+    with pytest.raises(ValueError, match="^letters:"):
+        data.Reversal(letters=30)

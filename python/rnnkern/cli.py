@@ -6,16 +6,19 @@
     rnnkern train-seq2seq             encoder-decoder: "three hundred and twelve" -> "312"
     rnnkern gradflow --out FILE.png   ||dL_T/dh_t|| against t for a vanilla RNN and an LSTM
     rnnkern longrange                 accuracy against T on "brown ... german shepherd"
+    rnnkern jumble                    "POLICY IS THE BEST HONESTY": bag of words vs RNN vs LSTM
+    rnnkern attention                 encoder-decoder with and without attention, long inputs
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -31,7 +34,7 @@ from . import (
     softmax,
     softmax_cross_entropy,
 )
-from .models import CharLM, Seq2Seq, SequenceClassifier, load_checkpoint
+from .models import BagOfWords, CharLM, Seq2Seq, SequenceClassifier, load_checkpoint
 
 __all__ = ["main", "build_parser"]
 
@@ -378,6 +381,165 @@ def cmd_gradflow(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- attention -------------------------------------------------------------------------------------
+
+def _matches(model: Seq2Seq, src: List[Array], tgt: List[Array]) -> Array:
+    """Whether greedy decoding gets each target exactly (B,) bool."""
+    pred = model.greedy(src, max(len(t) for t in tgt) + 2)
+    return np.array([list(p) == list(t) for p, t in zip(pred, tgt)])
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    """The same encoder-decoder without and with attention on long sequences: reverse them."""
+    if args.plot:  # fail before training, not after it
+        try:
+            diagnostics.require_matplotlib("--plot")
+        except ImportError as err:
+            raise ValueError(str(err)) from None
+    task = data.Reversal(args.min_len, args.max_len, args.letters)
+    test_src, test_tgt = task.sample(np.random.default_rng(args.seed + 1), args.test_size, "test")
+    lengths = np.array([len(s) for s in test_src])  # (N,)
+    _out(f"task: reverse {args.min_len} to {args.max_len} letters (of {args.letters}); "
+         f"{args.cell}, H = {args.hidden}; held-out test set of {args.test_size} "
+         f"(inputs {lengths.min()} to {lengths.max()} tokens)")
+    exact: Dict[str, Array] = {}  # name -> (N,) bool
+    models: Dict[str, Seq2Seq] = {}
+    for name, attention in (("without attention", None), ("with attention", "luong")):
+        model = models[name] = Seq2Seq(
+            len(task.src_vocab), len(task.tgt_vocab), hidden_size=args.hidden, cell=args.cell,
+            embed_dim=args.embed, pad=task.PAD, bos=task.BOS, eos=task.EOS, seed=args.seed,
+            attention=attention)
+        opt = optim.Adam(model.params, model.grads, lr=args.lr)
+        rng = np.random.default_rng(args.seed)
+        clock = _Clock(args.steps, args.minutes / 2)
+        step, losses = 0, []
+        while clock.running(step):
+            src, tgt = task.sample(rng, args.batch, "train")
+            model.zero_grad()
+            losses.append(model.loss_and_backward(src, tgt))
+            optim.clip_grad_norm(model.grads, args.clip)
+            opt.step()
+            step += 1
+            if step % args.eval_every == 0:
+                acc = _matches(model, test_src[:args.eval_size], test_tgt[:args.eval_size])
+                _out(f"  {name:<17} step {step:5d}  loss {np.mean(losses[-args.eval_every:]):.4f}"
+                     f"  held-out exact match {acc.mean():.1%} (first {len(acc)})  "
+                     f"({clock.elapsed():.0f} s)")
+        exact[name] = _matches(model, test_src, test_tgt)
+        _out(f"{name}: {model.num_params():,} parameters, {step} steps, {clock.elapsed():.0f} s, "
+             f"held-out exact match {exact[name].mean():.1%}")
+    _out("\nheld-out exact match by input length")
+    _out("  length    count  " + "  ".join(f"{n:>17}" for n in exact))
+    for lo in range(args.min_len, args.max_len + 1, 5):
+        sel = (lengths >= lo) & (lengths < lo + 5)
+        if sel.any():
+            _out(f"  {lo:>2}-{min(lo + 4, args.max_len):<2}  {sel.sum():>7}  "
+                 + "  ".join(f"{e[sel].mean():17.1%}" for e in exact.values()))
+    _out("  all     " + f"{len(lengths):>7}  " + "  ".join(f"{e.mean():17.1%}"
+                                                          for e in exact.values()))
+    attn = models["with attention"]
+    example = test_src[0]
+    for name, model in models.items():
+        _out(f"  {name:<17} {task.tgt_vocab.decode(model.greedy([example], len(example) + 2)[0])}")
+    _out(f"  {'input':<17} {task.src_vocab.decode(example)}")
+    if args.plot:
+        pred = attn.greedy([example], len(example) + 2)[0]
+        weights = attn.attention_weights([example], [pred])[0]  # (len(pred) + 1, S)
+        diagnostics.plot_attention(
+            weights, task.src_vocab.decode(example).split(),
+            [*task.tgt_vocab.decode(pred).split(), "<eos>"], args.plot,
+            title=f"Where the decoder looks: reversing {len(example)} letters "
+                  f"(Luong attention, {args.cell}, H = {args.hidden})")
+        _out(f"attention weights of the first test example saved to {args.plot}")
+    if args.json:
+        _out(json.dumps({"exact_match_without_attention": float(exact["without attention"].mean()),
+                         "exact_match_with_attention": float(exact["with attention"].mean()),
+                         "min_input_length": int(lengths.min())}))
+    return 0
+
+
+# -- jumbled sentences -----------------------------------------------------------------------------
+
+def _jumble_models(task: data.JumbledSentences, args: argparse.Namespace
+                   ) -> Dict[str, Union[BagOfWords, SequenceClassifier]]:
+    vocab = len(task.vocab)
+    return {
+        "bag of words": BagOfWords(vocab, 2, embed_dim=args.embed, seed=args.seed),
+        "RNN": SequenceClassifier(vocab, 2, hidden_size=args.hidden, cell="rnn",
+                                  embed_dim=args.embed, seed=args.seed),
+        "LSTM": SequenceClassifier(vocab, 2, hidden_size=args.hidden, cell="lstm",
+                                   embed_dim=args.embed, seed=args.seed),
+    }
+
+
+def _p_jumbled(model: Union[BagOfWords, SequenceClassifier], ids: List[Array]) -> Array:
+    """p(jumbled) (B,) for id sequences of any lengths."""
+    padded, lengths = data.pad_sequences(ids, data.JumbledSentences.PAD)  # (T, B), (B,)
+    logits, _ = model.forward(padded, lengths=lengths)  # (B, 2)
+    return np.asarray(softmax(logits.astype(np.float64))[:, 1])
+
+
+def cmd_jumble(args: argparse.Namespace) -> int:
+    """The lecture's opening: is a sentence as written, or are its words jumbled?"""
+    task = data.JumbledSentences(shuffle_prob=args.shuffle_prob)
+    test_ids, test_kinds, test_words = task.examples(np.random.default_rng(args.seed + 1),
+                                                     task.test)
+    test_labels = test_kinds > 0  # (N,) True = jumbled
+    models = _jumble_models(task, args)
+    _out(f"sentences: {len(task.train):,} for training, {len(task.test):,} held out (never seen "
+         f"in training), from Python's own documentation; vocabulary {len(task.vocab):,} words; "
+         f"each shown as written or jumbled (shuffled or two words swapped), chance 50%")
+    right: Dict[str, Array] = {}  # name -> (N,) bool: the held-out verdicts that are right
+    shares = {"bag of words": 0.1, "RNN": 0.45, "LSTM": 0.45}  # of --minutes
+    for name, model in models.items():
+        rng = np.random.default_rng(args.seed)
+        opt = optim.Adam(model.params, model.grads, lr=args.lr)
+        clock = _Clock(args.steps, args.minutes * shares[name])
+        step, losses = 0, []
+        while clock.running(step):
+            ids, labels = task.batch(rng, args.batch)
+            padded, lengths = data.pad_sequences(ids, task.PAD)  # (T, B), (B,)
+            model.zero_grad()
+            losses.append(model.loss_and_backward(padded, labels, lengths)[0])
+            optim.clip_grad_norm(model.grads, args.clip)
+            opt.step()
+            step += 1
+            if step % args.eval_every == 0:
+                acc = np.mean((_p_jumbled(model, test_ids) > 0.5) == test_labels)
+                _out(f"  {name:<12} step {step:5d}  loss {np.mean(losses[-args.eval_every:]):.3f}"
+                     f"  held-out accuracy {acc:.1%}  ({clock.elapsed():.0f} s)")
+        right[name] = (_p_jumbled(model, test_ids) > 0.5) == test_labels
+        _out(f"{name}: {right[name].mean():.1%} held-out accuracy after {step} steps, "
+             f"{clock.elapsed():.0f} s")
+    _out(f"\nheld-out accuracy on {len(task.test):,} sentences")
+    _out("  shown as          count  " + "  ".join(f"{n:>12}" for n in right))
+    for kind, shown_as in enumerate(("as written", "shuffled", "two swapped")):
+        sel = test_kinds == kind
+        _out(f"  {shown_as:<14} {sel.sum():>8}  "
+             + "  ".join(f"{r[sel].mean():12.1%}" for r in right.values()))
+    _out(f"  {'all':<14} {len(test_kinds):>8}  "
+         + "  ".join(f"{r.mean():12.1%}" for r in right.values()))
+    lecture = data.LECTURE_JUMBLED + data.LECTURE_WRITTEN
+    words = [data.tokenize_sentence(t) for t in lecture] + test_words[:args.show]
+    truth = [1] * len(data.LECTURE_JUMBLED) + [0] * len(data.LECTURE_WRITTEN)
+    truth += [int(v) for v in test_labels[:args.show]]
+    shown = [task.encode(w) for w in words]
+    probs = {n: _p_jumbled(m, shown) for n, m in models.items()}  # name -> (N,)
+    _out("\np(jumbled) by each model (> 0.5: it says jumbled); * = a word it never saw; "
+         "the lecture's sentences first, then held-out ones")
+    _out("  truth     BoW   RNN   LSTM  sentence")
+    for i, (label, ws, x) in enumerate(zip(truth, words, shown)):
+        text = " ".join(w + ("*" if t == task.UNK else "") for w, t in zip(ws, x))
+        cols = "  ".join(f"{probs[n][i]:.2f}" for n in models)
+        _out(f"  {'jumbled' if label else 'written':<8}  {cols}  {text}")
+    if args.json:
+        _out(json.dumps({"bag_of_words_accuracy": float(right["bag of words"].mean()),
+                         "rnn_accuracy": float(right["RNN"].mean()),
+                         "lstm_accuracy": float(right["LSTM"].mean()),
+                         "test_sentences": len(task.test)}))
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------------------
 
 def _positive_int(text: str) -> int:
@@ -402,6 +564,26 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default is False or action.default == "":
             return action.help
         return super()._get_help_string(action)
+
+
+def _training_args(p: argparse.ArgumentParser, minutes: float, hidden: int, embed: int,
+                   what: str) -> None:
+    """The options jumble and attention share: budget, sizes, Adam, progress, --json."""
+    p.add_argument("--minutes", type=_positive_float, default=minutes,
+                   help="time budget for all the models, in minutes")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="at most this many steps per model")
+    p.add_argument("--hidden", type=_positive_int, default=hidden, help="hidden size H")
+    p.add_argument("--embed", type=_positive_int, default=embed, help="embedding size")
+    p.add_argument("--batch", type=_positive_int, default=64, help="examples per step")
+    p.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam learning rate")
+    p.add_argument("--clip", type=_positive_float, default=5.0,
+                   help="gradient norm clipping")
+    p.add_argument("--eval-every", type=_positive_int, default=250,
+                   help="steps between held-out evaluations")
+    p.add_argument("--json", action="store_true",
+                   help=f"print {what} as one JSON object on the last line")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -508,6 +690,28 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--steps", type=_positive_int, default=800, help="training steps")
             p.add_argument("--test-size", type=_positive_int, default=1000,
                            help="held-out sequences per T")
+    p = sub.add_parser("attention", help="encoder-decoder with and without attention")
+    _training_args(p, minutes=3.0, hidden=128, embed=32, what="the exact matches")
+    p.add_argument("--cell", choices=cells, default="lstm", help="recurrent cell")
+    p.add_argument("--min-len", type=_positive_int, default=30, help="shortest input")
+    p.add_argument("--max-len", type=_positive_int, default=40, help="longest input")
+    p.add_argument("--letters", type=int, default=20, help="alphabet size (2..26)")
+    p.add_argument("--eval-size", type=_positive_int, default=200,
+                   help="test examples decoded at each evaluation")
+    p.add_argument("--test-size", type=_positive_int, default=1000,
+                   help="held-out examples")
+    p.add_argument("--plot", default="", metavar="FILE.png",
+                   help="draw the attention weights of one test example (needs matplotlib)")
+    p.set_defaults(func=cmd_attention)
+
+    p = sub.add_parser("jumble", help="as written or jumbled? bag of words vs RNN vs LSTM")
+    _training_args(p, minutes=2.0, hidden=128, embed=64, what="the accuracies")
+    p.add_argument("--show", type=int, default=4, help="held-out sentences shown")
+    p.add_argument("--shuffle-prob", type=float, default=0.5,
+                   help="of the jumbled sentences, the fraction shuffled (the rest: two words "
+                        "swapped)")
+    p.set_defaults(func=cmd_jumble)
+
     for p in sub.choices.values():  # every command's --help shows the defaults
         p.formatter_class = _DefaultsHelpFormatter
     return parser

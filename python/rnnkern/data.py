@@ -8,13 +8,18 @@
 - `NumberWords`: the seq2seq task "three hundred and twelve" -> "312".
 - `longrange_batch`: the lecture's "brown and black dog ... german shepherd" task: the first
   token decides the answer at the end of a sequence of T tokens.
+- `Reversal`: the attention task: a sequence of 30 to 40 letters -> the same letters reversed.
+- `builtin_sentences` / `JumbledSentences`: the lecture's opening ("POLICY IS THE BEST
+  HONESTY"): English sentences from Python's own documentation, shown as written or jumbled.
 """
 from __future__ import annotations
 
 import os
+import re
 import sysconfig
+import zlib
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +27,8 @@ import numpy.typing as npt
 __all__ = [
     "stdlib_dir", "default_corpus", "Vocab", "split_ids", "batchify", "bptt_batches",
     "pad_sequences", "number_to_words", "NumberWords", "LONGRANGE_CUES", "LONGRANGE_FILLER",
-    "longrange_batch",
+    "longrange_batch", "Reversal", "builtin_sentences", "tokenize_sentence", "jumble_order",
+    "JumbledSentences", "LECTURE_JUMBLED", "LECTURE_WRITTEN",
 ]
 
 IntArray = npt.NDArray[np.int64]
@@ -251,6 +257,52 @@ class NumberWords:
         return src, tgt, numbers
 
 
+# -- attention task: reverse a long sequence -------------------------------------------------------
+
+class Reversal:
+    """Random letters -> the same letters reversed: "c a f ... b" -> "b ... f a c".
+
+    Lengths ``min_len``..``max_len`` (30..40 by default), letters from the first ``letters`` of
+    the alphabet. Every output token depends on one input token far away in the sequence, so an
+    encoder-decoder without attention must squeeze them all into its one encoded vector. Source
+    tokens: pad (0) and the letters; target tokens: pad, bos, eos (0, 1, 2) and the letters.
+    A fixed tenth of all sequences (by a CRC-32 of the letters) is held out: ``sample`` draws
+    training sequences only from the rest and test sequences only from the held-out ones.
+    """
+
+    PAD, BOS, EOS = 0, 1, 2
+
+    def __init__(self, min_len: int = 30, max_len: int = 40, letters: int = 20) -> None:
+        if not 1 <= min_len <= max_len:
+            raise ValueError(f"min_len, max_len: expected 1 <= min_len <= max_len, got "
+                             f"{min_len}, {max_len}")
+        if not 2 <= letters <= 26:
+            raise ValueError(f"letters: expected 2..26, got {letters}")
+        self.min_len, self.max_len = min_len, max_len
+        alphabet = [chr(ord("a") + i) for i in range(letters)]
+        self.src_vocab = Vocab(["<pad>", *alphabet], sep=" ")
+        self.tgt_vocab = Vocab(["<pad>", "<bos>", "<eos>", *alphabet], sep=" ")
+
+    @staticmethod
+    def held_out(letters: IntArray) -> bool:
+        """Whether a sequence of letter ids (N,) belongs to the test split."""
+        return zlib.crc32(np.ascontiguousarray(letters, dtype=np.int64).tobytes()) % 10 == 0
+
+    def sample(self, rng: np.random.Generator, count: int, split: str = "train"
+               ) -> Tuple[List[IntArray], List[IntArray]]:
+        """``count`` random pairs of the split: (source ids, target ids), each (N,) int64."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+        letters = len(self.src_vocab) - 1
+        src: List[IntArray] = []
+        while len(src) < count:
+            n = int(rng.integers(self.min_len, self.max_len + 1))
+            seq = rng.integers(0, letters, size=n)  # (n,) letter index
+            if self.held_out(seq) == (split == "test"):
+                src.append(seq + 1)  # source ids: 1.. (0 is pad)
+        return src, [s[::-1] + 2 for s in src]  # target ids: 3.. (after pad, bos, eos)
+
+
 # -- long-range task: the first token decides the answer -------------------------------------------
 
 LONGRANGE_CUES = ["brown", "golden"]  # token 0 -> "german shepherd", token 1 -> "retriever"
@@ -272,3 +324,168 @@ def longrange_batch(rng: np.random.Generator, batch: int, steps: int
                           size=(steps, batch))  # (T, B)
     tokens[0] = labels
     return tokens.astype(np.int64), labels.astype(np.int64)
+
+
+# -- jumbled sentences: does word order carry meaning? ---------------------------------------------
+
+_TOKEN = re.compile(r"[a-z0-9_]+(?:'[a-z]+)?|,")  # lowercase words (with 's, n't ...) and commas
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"])")
+_CODE_CHARS = re.compile(r"[=<>\[\]{}@#\\|]")  # a sentence with these is code, not prose
+
+
+def tokenize_sentence(text: str) -> List[str]:
+    """Lowercase word tokens and commas of a sentence (other punctuation dropped)."""
+    return _TOKEN.findall(text.lower())
+
+
+def _prose_sentences(text: str, min_words: int, max_words: int) -> Iterator[List[str]]:
+    """The tokenized sentences ending in "." of the prose paragraphs of reST-like text."""
+    for para in re.split(r"\n\s*\n", text):
+        lines = [line.strip() for line in para.split("\n")]
+        if any(line.startswith((">>>", "...")) or "::=" in line for line in lines):
+            continue  # an interactive example or a grammar rule
+        if len(lines) > 1 and set(lines[1]) <= set("*=-"):
+            continue  # a heading
+        for sentence in _SENTENCE_END.split(" ".join(lines)):
+            if not sentence.endswith(".") or _CODE_CHARS.search(sentence):
+                continue
+            tokens = tokenize_sentence(sentence)
+            if min_words <= len(tokens) <= max_words and len(set(tokens)) > 1:
+                yield tokens
+
+
+def builtin_sentences(min_words: int = 5, max_words: int = 30,
+                      directory: Optional[Path] = None) -> List[List[str]]:
+    """English sentences from the running Python's own documentation, tokenized, distinct.
+
+    Two sources, both part of every Python installation (nothing is downloaded): the language
+    reference's topics as plain text (``pydoc_data.topics``, what ``help("if")`` shows) and the
+    triple-quoted strings (docstrings) of the standard library's top-level pure-ASCII ``.py``
+    files, in sorted order. Only prose sentences ending in "." with ``min_words`` to
+    ``max_words`` tokens are kept; each token list appears once. Deterministic for a Python
+    version.
+    """
+    from pydoc_data.topics import topics
+
+    texts = [topics[name] for name in sorted(topics)]
+    root = stdlib_dir() if directory is None else Path(directory)
+    for path in sorted(root.glob("*.py")):
+        raw = path.read_bytes()
+        if raw.isascii() and not path.name.startswith("_sysconfigdata"):
+            texts += re.findall(r'"""(.*?)"""', raw.decode("ascii"), re.S)
+    seen: set[Tuple[str, ...]] = set()
+    out: List[List[str]] = []
+    for text in texts:
+        for tokens in _prose_sentences(text, min_words, max_words):
+            key = tuple(tokens)
+            if key not in seen:
+                seen.add(key)
+                out.append(tokens)
+    return out
+
+
+def jumble_order(ids: IntArray, rng: np.random.Generator, swap: bool = False) -> IntArray:
+    """A permutation (N,) of a sentence's positions that changes its ids (N,) (N >= 2).
+
+    All words shuffled, or (``swap``) two different words swapped; either way ``ids[order]``
+    differs from ``ids`` (ValueError if every id is the same).
+    """
+    ids = np.asarray(ids)
+    if len(ids) < 2 or (ids == ids[0]).all():
+        raise ValueError(f"ids: need at least two different tokens to jumble, got {ids.tolist()}")
+    order = np.arange(len(ids))  # (N,)
+    if swap:
+        i = int(rng.integers(len(ids)))
+        j = int(rng.choice(np.flatnonzero(ids != ids[i])))  # a different word
+        order[i], order[j] = j, i
+    else:
+        while (ids[order] == ids).all():
+            order = rng.permutation(len(ids))
+    return order
+
+
+class JumbledSentences:
+    """The lecture's opening as a task: is this sentence as written, or are its words jumbled?
+
+    Sentences are `builtin_sentences()`; a fixed fifth of them (by a CRC-32 of their text, the
+    same every run) is held out for testing, and as every sentence appears once, no test
+    sentence is ever seen in training. The vocabulary is the training words seen at least
+    ``min_count`` times; other words are ``<unk>`` (id 1; ``<pad>`` is 0). Label 1 = jumbled
+    (`jumble_order` on the ids, so a jumbled sentence always differs from its original), 0 = as
+    written, each with probability 1/2; of the jumbled ones, ``shuffle_prob`` are shuffled and
+    the others have two words swapped.
+    """
+
+    PAD, UNK = 0, 1
+
+    def __init__(self, min_count: int = 2, max_words: int = 30, test_fraction: float = 0.2,
+                 shuffle_prob: float = 0.5) -> None:
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction}")
+        self.shuffle_prob = shuffle_prob
+        sentences = builtin_sentences(max_words=max_words)
+        cut = int(round(test_fraction * 1000))
+        held = [zlib.crc32(" ".join(s).encode()) % 1000 < cut for s in sentences]
+        self.train = [s for s, h in zip(sentences, held) if not h]
+        self.test = [s for s, h in zip(sentences, held) if h]
+        counts: dict[str, int] = {}
+        for s in self.train:
+            for w in s:
+                counts[w] = counts.get(w, 0) + 1
+        words = sorted(w for w, c in counts.items() if c >= min_count)
+        self.vocab = Vocab(["<pad>", "<unk>", *words], sep=" ")
+
+    def encode(self, words: Sequence[str]) -> IntArray:
+        """Words -> ids (N,), ``<unk>`` for words outside the vocabulary."""
+        return np.array([self.vocab.index.get(w, self.UNK) for w in words], dtype=np.int64)
+
+    def examples(self, rng: np.random.Generator, sentences: Sequence[Sequence[str]],
+                 jumbled: Optional[npt.NDArray[np.bool_]] = None
+                 ) -> Tuple[List[IntArray], IntArray, List[List[str]]]:
+        """The sentences as shown: their ids, kinds (B,) and words in the order shown.
+
+        Kind 0: as written, 1: all words shuffled, 2: two words swapped; a model learns label =
+        kind > 0. ``jumbled`` (B,) says which to jumble (default: each with probability 1/2);
+        of those, ``shuffle_prob`` are shuffled. A sentence whose ids are all the same (e.g. all
+        ``<unk>``) stays as written.
+        """
+        ids = [self.encode(s) for s in sentences]
+        words = [list(s) for s in sentences]
+        if jumbled is None:
+            jumbled = rng.random(len(ids)) < 0.5  # (B,)
+        shuffled = rng.random(len(ids)) < self.shuffle_prob  # (B,)
+        kinds = np.where(jumbled, np.where(shuffled, 1, 2), 0).astype(np.int64)  # (B,)
+        for b, x in enumerate(ids):
+            if kinds[b] and (x == x[0]).all():
+                kinds[b] = 0
+            elif kinds[b]:
+                order = jumble_order(x, rng, swap=kinds[b] == 2)  # (N,)
+                ids[b], words[b] = x[order], [words[b][i] for i in order]
+        return ids, kinds, words
+
+    def batch(self, rng: np.random.Generator, size: int) -> Tuple[List[IntArray], IntArray]:
+        """``size`` // 2 training sentences drawn at random, each as written and jumbled afresh:
+        ids and labels (size // 2 * 2,).
+
+        Pairs leave the words themselves no clue: every sentence is in the batch once with each
+        label, so only the order of its words can tell them apart.
+        """
+        picks = rng.integers(0, len(self.train), size=size // 2)  # (n,)
+        pairs = [self.train[i] for i in picks] * 2
+        jumbled = np.arange(len(pairs)) >= len(picks)  # (2n,)
+        ids, kinds, _ = self.examples(rng, pairs, jumbled)
+        return ids, (kinds > 0).astype(np.int64)
+
+
+# The lecture's opening slides: its jumbled sentences, then what it says about them.
+LECTURE_JUMBLED = [
+    "YOU DON'T HAVE TO BE WELL TO TRAVEL RICH",
+    "IF I'M BAD , YOU'RE MY DAD",
+    "POLICY IS THE BEST HONESTY",
+    "HEALTH IS INJURIOUS TO SMOKING",
+    "IF OPPORTUNITY DOESN'T DOOR THEN BUILD A KNOCK",
+]
+LECTURE_WRITTEN = [
+    "SO YOU SEE A LITTLE JUMBLE IN THE WORDS MADE THE SENTENCE INCOHERENT .",
+    "HONESTY IS THE BEST POLICY",  # the proverb the slide jumbles
+]

@@ -16,12 +16,12 @@ suffix of the sequence. For an LSTM s_t = (h_t, c_t) and the reported norm is th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["gradient_flow", "plot_gradient_flow"]
+__all__ = ["gradient_flow", "plot_gradient_flow", "plot_attention", "require_matplotlib"]
 
 Array = npt.NDArray[Any]
 
@@ -85,12 +85,7 @@ def plot_gradient_flow(curves: Mapping[str, npt.ArrayLike], out: Union[str, Path
 
     Needs matplotlib (the ``plot`` extra). Zeros (an underflow) are left out of the plot.
     """
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:  # pragma: no cover - depends on the installation
-        raise ImportError("plot_gradient_flow needs matplotlib: pip install rnnkern[plot]") from err
+    plt = require_matplotlib("plot_gradient_flow")
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for label, norms in curves.items():
         arr = np.asarray(norms, dtype=np.float64)
@@ -100,6 +95,42 @@ def plot_gradient_flow(curves: Mapping[str, npt.ArrayLike], out: Union[str, Path
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def require_matplotlib(what: str) -> Any:
+    """matplotlib.pyplot on the Agg backend; ImportError naming ``what`` if it is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:  # pragma: no cover - depends on the installation
+        raise ImportError(f"{what} needs matplotlib: pip install rnnkern[plot]") from err
+    return plt
+
+
+def plot_attention(weights: npt.ArrayLike, src_tokens: Sequence[str], out_tokens: Sequence[str],
+                   out: Union[str, Path], title: str = "Attention weights") -> None:
+    """Draw attention weights (len(out_tokens), len(src_tokens)) as a heatmap; save to ``out``.
+
+    Row t: where the decoder looked (a distribution over the input tokens, on the x axis)
+    while it wrote output token t (on the y axis). Needs matplotlib.
+    """
+    arr = np.asarray(weights, dtype=np.float64)  # (T, S)
+    if arr.shape != (len(out_tokens), len(src_tokens)):
+        raise ValueError(f"weights: expected shape (len(out_tokens), len(src_tokens)) = "
+                         f"{(len(out_tokens), len(src_tokens))}, got {arr.shape}")
+    plt = require_matplotlib("plot_attention")
+    fig, ax = plt.subplots(figsize=(0.2 * len(src_tokens) + 2.5, 0.2 * len(out_tokens) + 1.8))
+    image = ax.imshow(arr, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(src_tokens)), list(src_tokens), fontsize=7)
+    ax.set_yticks(range(len(out_tokens)), list(out_tokens), fontsize=7)
+    ax.set_xlabel("input token (encoder step)")
+    ax.set_ylabel("output token (decoder step)")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

@@ -1,4 +1,5 @@
-"""`SequenceClassifier`: one label per sequence, read from the recurrent layer's last output."""
+"""One label per sequence: `SequenceClassifier` reads the recurrent layer's last output,
+`BagOfWords` the mean of the word vectors (blind to word order by construction)."""
 from __future__ import annotations
 
 from typing import Any, Optional, Tuple
@@ -10,14 +11,28 @@ from .. import nn
 from .._functional import softmax_cross_entropy
 from .base import Model, make_rnn, register_model
 
-__all__ = ["SequenceClassifier"]
+__all__ = ["SequenceClassifier", "BagOfWords"]
 
 Array = npt.NDArray[Any]
 IntArray = npt.NDArray[np.int64]
 
 
+class _Classifier(Model):
+    """What both classifiers share: `forward(ids, training, lengths)` -> (logits (B, C), ...)."""
+
+    def forward(self, ids: IntArray, training: bool = False, lengths: Optional[IntArray] = None
+                ) -> Tuple[Array, Array]:
+        raise NotImplementedError
+
+    def accuracy(self, ids: IntArray, labels: IntArray,
+                 lengths: Optional[IntArray] = None) -> float:
+        """The fraction of sequences whose most likely class is the label."""
+        logits, _ = self.forward(ids, lengths=lengths)
+        return float(np.mean(logits.argmax(axis=1) == labels))
+
+
 @register_model
-class SequenceClassifier(Model):
+class SequenceClassifier(_Classifier):
     """logits = head(h_T): ``embed`` -> ``rnn`` (cell "lstm", "gru" or "rnn") -> ``head``.
 
     h_T is the top layer's output at the last step, so the loss reaches the first tokens only
@@ -58,26 +73,78 @@ class SequenceClassifier(Model):
                 bias[:hidden_size] += input_bias
                 bias[hidden_size:2 * hidden_size] += forget_bias
 
-    def forward(self, ids: IntArray, training: bool = False) -> Tuple[Array, Array]:
-        """ids (T, B) -> (logits (B, C), the layer's outputs y (T, B, H))."""
-        y, _ = self.rnn(self.embed(ids, training), training=training)  # (T, B, H)
-        return self.head(y[-1], training), y
+    def forward(self, ids: IntArray, training: bool = False, lengths: Optional[IntArray] = None
+                ) -> Tuple[Array, Array]:
+        """ids (T, B) -> (logits (B, C), the layer's outputs y (T, B, H)).
 
-    def loss_and_backward(self, ids: IntArray, labels: IntArray) -> Tuple[float, Array]:
+        lengths (B,): sequence b is ids[:lengths[b], b] (padded after), read at its own last step.
+        """
+        y, _ = self.rnn(self.embed(ids, training), lengths=lengths,
+                        training=training)  # (T, B, H)
+        return self.head(y[_last_steps(y, lengths)], training), y
+
+    def loss_and_backward(self, ids: IntArray, labels: IntArray,
+                          lengths: Optional[IntArray] = None) -> Tuple[float, Array]:
         """Mean cross-entropy of labels (B,); adds gradients into `grads`.
 
         Returns (loss, dL/dh_T (B, H)), the gradient that reaches the last hidden state.
         """
-        logits, y = self.forward(ids, training=True)
+        logits, y = self.forward(ids, training=True, lengths=lengths)
         ce = softmax_cross_entropy(logits, labels)
         dh_last = self.head.backward(ce.dlogits)  # (B, H)
         dy = np.zeros_like(y)  # (T, B, H): only the last step has a loss
-        dy[-1] = dh_last
+        dy[_last_steps(y, lengths)] = dh_last
         dx, _ = self.rnn.backward(dy)  # (T, B, E)
         self.embed.backward(dx)
         return float(ce.loss), dh_last
 
-    def accuracy(self, ids: IntArray, labels: IntArray) -> float:
-        """The fraction of sequences whose most likely class is the label."""
-        logits, _ = self.forward(ids)
-        return float(np.mean(logits.argmax(axis=1) == labels))
+
+
+def _last_steps(y: Array, lengths: Optional[IntArray]) -> Any:
+    """The index of each sequence's last step in y (T, B, H): y[index] is (B, H)."""
+    if lengths is None:
+        return -1
+    return (np.asarray(lengths) - 1, np.arange(y.shape[1]))
+
+
+@register_model
+class BagOfWords(_Classifier):
+    """logits = head(mean of the word vectors): ``embed`` -> mean over the sequence -> ``head``.
+
+    The mean is the same for every order of the same words, so this model cannot tell a
+    sentence from its words jumbled: the order-blind baseline of the lecture's opening.
+    """
+
+    def __init__(self, vocab_size: int, num_classes: int, embed_dim: int = 32,
+                 dtype: str = "float32", seed: Optional[int] = None) -> None:
+        super().__init__()
+        self.config = {"vocab_size": vocab_size, "num_classes": num_classes,
+                       "embed_dim": embed_dim, "dtype": str(np.dtype(dtype)), "seed": seed}
+        rng = np.random.default_rng(seed)
+        self.embed: nn.Embedding = self._add(
+            "embed", nn.Embedding(vocab_size, embed_dim, dtype=dtype, seed=rng))
+        self.head: nn.Linear = self._add(
+            "head", nn.Linear(embed_dim, num_classes, dtype=dtype, seed=rng))
+
+    def _mask(self, ids: IntArray, lengths: Optional[IntArray]) -> Array:
+        """(T, B, 1): 1/length at each sequence's own steps, 0 on padding."""
+        steps, batch = ids.shape
+        n = np.full(batch, steps) if lengths is None else np.asarray(lengths)  # (B,)
+        keep = np.arange(steps)[:, None] < n[None, :]  # (T, B)
+        return (keep / n[None, :])[:, :, None].astype(self.embed.dtype)
+
+    def forward(self, ids: IntArray, training: bool = False, lengths: Optional[IntArray] = None
+                ) -> Tuple[Array, Array]:
+        """ids (T, B) (lengths (B,): padded after) -> (logits (B, C), the mean vectors (B, E))."""
+        mean = (self.embed(ids, training) * self._mask(ids, lengths)).sum(axis=0)  # (B, E)
+        return self.head(mean, training), mean
+
+    def loss_and_backward(self, ids: IntArray, labels: IntArray,
+                          lengths: Optional[IntArray] = None) -> Tuple[float, Array]:
+        """Mean cross-entropy of labels (B,); adds gradients into `grads`; (loss, dL/dmean)."""
+        logits, _ = self.forward(ids, training=True, lengths=lengths)
+        ce = softmax_cross_entropy(logits, labels)
+        dmean = self.head.backward(ce.dlogits)  # (B, E)
+        self.embed.backward(dmean[None] * self._mask(ids, lengths))  # (T, B, E)
+        return float(ce.loss), dmean
+
