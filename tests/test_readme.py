@@ -24,13 +24,17 @@ def test_the_readme_has_code() -> None:
     assert len(PYTHON_BLOCKS) >= 3 and BASH_BLOCKS
 
 
+# The directory holding the rnnkern under test (the installed one in CI, not the source tree's,
+# which has no compiled core there).
+_PACKAGE_ROOT = str(Path(rnnkern.__file__).resolve().parent.parent)
+
+
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
 def test_python_block_runs_alone(index: int, tmp_path: Path) -> None:
     """Copied into a fresh interpreter (in an empty directory), the block runs without error."""
     block = PYTHON_BLOCKS[index]
-    package_root = str(Path(rnnkern.__file__).resolve().parent.parent)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-c", block], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, f"README block {index + 1} failed:\n{block}\n{done.stderr}"
@@ -79,7 +83,7 @@ def test_readme_scripts_take_their_options() -> None:
             continue
         shown = subprocess.run([sys.executable, str(ROOT / words[1]), "--help"],
                                capture_output=True, text=True, timeout=120, check=False,
-                               env={**os.environ, "PYTHONPATH": str(ROOT / "python")})
+                               env={**os.environ, "PYTHONPATH": _PACKAGE_ROOT})
         assert shown.returncode == 0, shown.stderr
         for option in (w for w in words[2:] if w.startswith("--")):
             assert option in shown.stdout, f"{command!r}: {words[1]} has no {option}"
