@@ -17,8 +17,9 @@ import json
 import math
 import sys
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -34,11 +35,12 @@ from . import (
     softmax,
     softmax_cross_entropy,
 )
-from .models import BagOfWords, CharLM, Seq2Seq, SequenceClassifier, load_checkpoint
+from .models import BagOfWords, CharLM, Model, Seq2Seq, SequenceClassifier, load_checkpoint
 
 __all__ = ["main", "build_parser"]
 
 Array = npt.NDArray[Any]
+_R = TypeVar("_R")
 
 
 def _out(*parts: object) -> None:
@@ -80,6 +82,17 @@ def _require(module: str, extra: str) -> None:
 
 
 # -- dogs ------------------------------------------------------------------------------------------
+
+def _train_step(model: Model, opt: optim.Optimizer, clip: float,
+                backward: Callable[[], _R]) -> _R:
+    """One optimizer step: zero the gradients, ``backward()`` (a model's loss_and_backward on a
+    batch), clip the gradients' norm to ``clip``, step. Returns what ``backward`` returned."""
+    model.zero_grad()
+    result = backward()
+    optim.clip_grad_norm(model.grads, clip)
+    opt.step()
+    return result
+
 
 def cmd_dogs(args: argparse.Namespace) -> int:
     """The lecture's example: read d, o, g one-hot (I = 4), predict o, g, s, with H = 3.
@@ -195,10 +208,8 @@ def cmd_train_char(args: argparse.Namespace) -> int:
             except StopIteration:  # a new pass over the corpus starts from a zero state
                 batches, state = data.bptt_batches(columns, args.seq_len), None
                 continue
-            model.zero_grad()
-            loss, state = model.loss_and_backward(x, y, state)
-            optim.clip_grad_norm(model.grads, args.clip)
-            opt.step()
+            loss, state = _train_step(model, opt, args.clip,
+                                      partial(model.loss_and_backward, x, y, state))
             step += 1
             chars += y.size
             recent.append(loss)
@@ -284,10 +295,8 @@ def cmd_train_seq2seq(args: argparse.Namespace) -> int:
     step, losses, acc = 0, [], 0.0
     while clock.running(step):
         src, tgt, _ = task.sample(rng, args.batch, "train")
-        model.zero_grad()
-        losses.append(model.loss_and_backward(src, tgt))
-        optim.clip_grad_norm(model.grads, args.clip)
-        opt.step()
+        losses.append(_train_step(model, opt, args.clip,
+                                  partial(model.loss_and_backward, src, tgt)))
         step += 1
         if step % args.eval_every == 0:
             acc = _exact_match(model, test_src, test_tgt, beam=1)
@@ -328,10 +337,7 @@ def _train_longrange(model: SequenceClassifier, steps: int, length: int,
     loss = float("nan")
     for _ in range(steps):
         x, y = data.longrange_batch(rng, args.batch, length)
-        model.zero_grad()
-        loss, _ = model.loss_and_backward(x, y)
-        optim.clip_grad_norm(model.grads, 1.0)
-        opt.step()
+        loss, _ = _train_step(model, opt, 1.0, partial(model.loss_and_backward, x, y))
     return loss
 
 
@@ -415,10 +421,8 @@ def cmd_attention(args: argparse.Namespace) -> int:
         step, losses = 0, []
         while clock.running(step):
             src, tgt = task.sample(rng, args.batch, "train")
-            model.zero_grad()
-            losses.append(model.loss_and_backward(src, tgt))
-            optim.clip_grad_norm(model.grads, args.clip)
-            opt.step()
+            losses.append(_train_step(model, opt, args.clip,
+                                      partial(model.loss_and_backward, src, tgt)))
             step += 1
             if step % args.eval_every == 0:
                 acc = _matches(model, test_src[:args.eval_size], test_tgt[:args.eval_size])
@@ -499,10 +503,8 @@ def cmd_jumble(args: argparse.Namespace) -> int:
         while clock.running(step):
             ids, labels = task.batch(rng, args.batch)
             padded, lengths = data.pad_sequences(ids, task.PAD)  # (T, B), (B,)
-            model.zero_grad()
-            losses.append(model.loss_and_backward(padded, labels, lengths)[0])
-            optim.clip_grad_norm(model.grads, args.clip)
-            opt.step()
+            losses.append(_train_step(model, opt, args.clip,
+                                      partial(model.loss_and_backward, padded, labels, lengths))[0])
             step += 1
             if step % args.eval_every == 0:
                 acc = np.mean((_p_jumbled(model, test_ids) > 0.5) == test_labels)
