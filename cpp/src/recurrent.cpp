@@ -3,9 +3,9 @@
 //
 // Forward: per chunk of steps, each thread projects x W_ih^T for its own hidden blocks (the
 // kernels' packed product), then per step the fused recurrent product + gates for those blocks,
-// one barrier per step (two for gru_rh). Backward: per step the fused dgates; per chunk of
-// steps, the weight gradients and dx with the same register tiles, while the chunk's dgates are
-// in cache.
+// one sync of the team per step (two for gru_rh; cpp/src/threads.hpp). Backward: per step the
+// fused dgates; per chunk of steps, the weight gradients and dx with the same register tiles,
+// while the chunk's dgates are in cache.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
