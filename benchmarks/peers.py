@@ -37,7 +37,7 @@ from timing import default_threads
 
 # What "equal" means is written once, in tests/rnnkern_testing.py (docs/tolerances.md).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from rnnkern_testing import assert_close, rnn_acc_len  # noqa: E402
+from rnnkern_testing import GATES, assert_close, rnn_acc_len  # noqa: E402
 
 __all__ = [
     "BIG_FLOPS",
@@ -68,7 +68,6 @@ __all__ = [
 ]
 
 CELLS = ("lstm", "gru", "rnn")
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # G: gate blocks of H rows in w_ih, w_hh, b_ih, b_hh
 PASSES = ("fwd", "fwdbwd")
 PEERS = ("rnnkern", "reference", "torch", "ort")
 

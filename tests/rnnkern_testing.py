@@ -12,18 +12,24 @@ from typing import Any
 
 import numpy as np
 
-#: Gate blocks per cell (G in w_ih (G*H, I)).
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+from rnnkern import _cells
 
-#: (cell, forward keyword arguments): every cell, GRU form and RNN nonlinearity.
-CELLS: list[tuple[str, dict[str, Any]]] = [
-    ("rnn", {"nonlinearity": "tanh"}),
-    ("rnn", {"nonlinearity": "relu"}),
-    ("rnn", {"nonlinearity": "sigmoid"}),
-    ("lstm", {}),
-    ("gru", {"linear_before_reset": True}),
-    ("gru", {"linear_before_reset": False}),
-]
+#: Gate blocks per cell (G in w_ih (G*H, I)): the core's traits (cpp/kernels/cells).
+GATES = _cells.GATES
+
+
+def _forward_kwargs(cell: dict[str, Any]) -> dict[str, Any]:
+    """The functional API's keywords that select a core cell within its family."""
+    if cell["family"] == "rnn":
+        return {"nonlinearity": cell["activation"]}
+    if cell["family"] == "gru":
+        return {"linear_before_reset": cell["name"] == "gru"}
+    return {}
+
+
+#: (cell, forward keyword arguments): every cell of the core (each GRU form and RNN nonlinearity).
+CELLS: list[tuple[str, dict[str, Any]]] = [(c["family"], _forward_kwargs(c))
+                                           for c in _cells.CELLS.values()]
 
 #: float64 results must agree to this relative tolerance, whatever the accumulation length.
 RTOL_FLOAT64 = 1e-10

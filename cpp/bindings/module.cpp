@@ -67,8 +67,26 @@ T* ptr(const py::object& o) {
 }
 
 Cell to_cell(int id) {
-  if (id < 0 || id > 5) throw py::value_error("cell: unknown cell id " + std::to_string(id));
+  if (id < 0 || id >= rnnkern::num_cells)
+    throw py::value_error("cell: unknown cell id " + std::to_string(id));
   return static_cast<Cell>(id);
+}
+
+// Every cell's traits (rnnkern::CellTraits), in id order, as dicts.
+py::list cells() {
+  py::list out;
+  for (int id = 0; id < rnnkern::num_cells; ++id) {
+    const rnnkern::CellTraits& t = rnnkern::cell_traits(static_cast<Cell>(id));
+    py::dict d;
+    d["id"] = id, d["name"] = t.name, d["family"] = t.family;
+    d["gate_names"] = py::str(t.gate_names).attr("split")();
+    d["activation"] = t.activation, d["gates"] = t.gates, d["main_gates"] = t.main_gates;
+    d["phases"] = t.phases, d["cell_state"] = t.cell_state, d["cache_gates"] = t.cache_gates;
+    d["aux"] = t.aux, d["separate_b_hn"] = t.separate_b_hn;
+    d["recurrent_dgates"] = t.recurrent_dgates;
+    out.append(d);
+  }
+  return out;
 }
 
 struct Sizes {
@@ -94,7 +112,7 @@ py::tuple forward(Cell cell, Sizes z, const py::object& x, const py::object& h0,
                   const py::object& lengths, bool training) {
   const auto [T, B, I, H] = z.d;
   const int64_t GH = z.G * H;
-  const bool lstm = cell == Cell::lstm;
+  const bool lstm = rnnkern::cell_traits(cell).cell_state;
   const F* xp = data<F>(x, "x", {T, B, I});
   const F* h0p = data<F>(h0, "h0", {B, H}, true);
   const F* c0p = lstm ? data<F>(c0, "c0", {B, H}, true) : nullptr;
@@ -133,7 +151,7 @@ py::tuple backward(Cell cell, Sizes z, const py::object& x, const rnnkern::Pack<
                    const py::object& dc_n) {
   const auto [T, B, I, H] = z.d;
   const int64_t GH = z.G * H;
-  const bool lstm = cell == Cell::lstm;
+  const bool lstm = rnnkern::cell_traits(cell).cell_state;
   const auto L = rnnkern::cache_layout(cell, z.d);
   if (cache.size() != 4) throw py::type_error("cache: not a cache of this cell's forward");
   // The forward's own buffers; backward only reads them.
@@ -314,6 +332,7 @@ py::tuple xent_any(const py::object& logits, const py::object& targets, int64_t 
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "rnnkern's compiled core (use the functions of the rnnkern package instead)";
+  m.def("cells", &cells);
   m.def("forward", &forward_any);
   m.def("backward", &backward_any);
   py::class_<PackHandle>(m, "Pack")

@@ -5,6 +5,9 @@
 #include "kernels_impl.hpp"
 
 namespace rnnkern {
-const KernelTable<float>* kernels_avx2_f32() { return &avx2::table<float>; }
-const KernelTable<double>* kernels_avx2_f64() { return &avx2::table<double>; }
+template <class F>
+const KernelTable<F>* avx2_kernels() { return &avx2::table<F>; }
+#define RNNKERN_INSTANTIATE(F) template const KernelTable<F>* avx2_kernels<F>();
+RNNKERN_PRECISIONS(RNNKERN_INSTANTIATE)
+#undef RNNKERN_INSTANTIATE
 }  // namespace rnnkern

@@ -5,6 +5,9 @@
 #include "kernels_impl.hpp"
 
 namespace rnnkern {
-const KernelTable<float>* kernels_avx512_f32() { return &avx512::table<float>; }
-const KernelTable<double>* kernels_avx512_f64() { return &avx512::table<double>; }
+template <class F>
+const KernelTable<F>* avx512_kernels() { return &avx512::table<F>; }
+#define RNNKERN_INSTANTIATE(F) template const KernelTable<F>* avx512_kernels<F>();
+RNNKERN_PRECISIONS(RNNKERN_INSTANTIATE)
+#undef RNNKERN_INSTANTIATE
 }  // namespace rnnkern

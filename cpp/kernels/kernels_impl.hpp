@@ -14,7 +14,7 @@
 #include <immintrin.h>
 #endif
 
-#include "rnnkern/kernels.hpp"
+#include "kernels.hpp"
 
 #ifndef RNNKERN_ISA
 #error "define RNNKERN_ISA and RNNKERN_VBYTES before including kernels_impl.hpp"
@@ -449,7 +449,17 @@ template <class F>
   }
 }
 
-// ---- forward epilogues
+// ---- what the cells' epilogues share (cpp/kernels/cells)
+
+// Each cell's forward_phase and backward_phase (specialized in its file).
+template <class C, class F>
+struct Kernels;
+
+// fn(jb, j0, n) for hidden blocks [jb0, jb1): block jb has units [j0, j0 + n).
+template <class F, class Fn>
+inline void for_hidden_blocks(int64_t H, int64_t jb0, int64_t jb1, Fn&& fn) {
+  for (int64_t jb = jb0; jb < jb1; ++jb) fn(jb, jb * NB<F>, imin(NB<F>, H - jb * NB<F>));
+}
 
 inline bool padded(const int64_t* lengths, int64_t b, int64_t t) {
   return lengths != nullptr && t >= lengths[b];
@@ -469,90 +479,6 @@ inline void put_h(const Step<F>& s, int64_t H, int64_t b, int64_t j0, int64_t n,
   if (s.y) store(s.y + b * H + j0, h, n);
 }
 
-template <class F>
-[[gnu::flatten]] void forward_phase(const StepConst<F>& c, const Step<F>& s, int phase,
-                                    int64_t jb0, int64_t jb1) {
-  const int64_t B = c.B, H = c.H, GH = gates(c.cell) * H, HX = c.HX, GHX = gates(c.cell) * HX;
-  for (int64_t jb = jb0; jb < jb1; ++jb) {
-    const int64_t j0 = jb * NB<F>, n = imin(NB<F>, H - j0);
-    switch (c.cell) {
-      case Cell::lstm:
-        panel_rows<F, 4>(s.hp, H, B, c.wf + jb * H * 4 * NB<F>, H, [&](int64_t b, const F* acc) {
-          if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
-          const F* xp = s.xp + b * GHX + j0;
-          vec<F> i = vsigmoid(load(xp) + load(acc));
-          vec<F> f = vsigmoid(load(xp + HX) + load(acc + NB<F>));
-          vec<F> g = vtanh(load(xp + 2 * HX) + load(acc + 2 * NB<F>));
-          vec<F> o = vsigmoid(load(xp + 3 * HX) + load(acc + 3 * NB<F>));
-          vec<F> cn = f * load(s.cp + b * H + j0, n) + i * g;
-          store(s.cn + b * H + j0, cn, n);
-          put_h(s, H, b, j0, n, o * vtanh(cn));
-          if (s.gates) {
-            F* gp = s.gates + b * GH + j0;
-            store(gp, i, n), store(gp + H, f, n), store(gp + 2 * H, g, n), store(gp + 3 * H, o, n);
-          }
-        });
-        break;
-      case Cell::gru:
-        panel_rows<F, 3>(s.hp, H, B, c.wf + jb * H * 3 * NB<F>, H, [&](int64_t b, const F* acc) {
-          if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
-          const F* xp = s.xp + b * GHX + j0;
-          vec<F> r = vsigmoid(load(xp) + load(acc));
-          vec<F> z = vsigmoid(load(xp + HX) + load(acc + NB<F>));
-          vec<F> hn = load(acc + 2 * NB<F>);
-          if (c.b_hn) hn += load(c.b_hn + j0, n);
-          vec<F> nn = vtanh(load(xp + 2 * HX) + r * hn);
-          vec<F> hp = load(s.hp + b * H + j0, n);
-          put_h(s, H, b, j0, n, nn + z * (hp - nn));
-          if (s.gates) {
-            F* gp = s.gates + b * GH + j0;
-            store(gp, r, n), store(gp + H, z, n), store(gp + 2 * H, nn, n);
-            store(s.aux + b * H + j0, hn, n);
-          }
-        });
-        break;
-      case Cell::gru_rh:
-        if (phase == 0) {  // r, z and r * h_{t-1}
-          panel_rows<F, 2>(s.hp, H, B, c.wf + jb * H * 2 * NB<F>, H, [&](int64_t b, const F* acc) {
-            F* gp = s.gates + b * GH + j0;
-            if (padded(c.lengths, b, s.t)) {
-              zero(gp, n), zero(gp + H, n), zero(s.aux + b * H + j0, n);
-              return;
-            }
-            const F* xp = s.xp + b * GHX + j0;
-            vec<F> r = vsigmoid(load(xp) + load(acc));
-            vec<F> z = vsigmoid(load(xp + HX) + load(acc + NB<F>));
-            store(gp, r, n), store(gp + H, z, n);
-            store(s.aux + b * H + j0, r * load(s.hp + b * H + j0, n), n);
-          });
-        } else {  // n = tanh(W_in x + b_in + W_hn (r * h) + b_hn), h_t
-          panel_rows<F, 1>(s.aux, H, B, c.wf_n + jb * H * NB<F>, H, [&](int64_t b, const F* acc) {
-            if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
-            const F* xp = s.xp + b * GHX + j0;
-            F* gp = s.gates + b * GH + j0;
-            vec<F> a = load(xp + 2 * HX) + load(acc);
-            if (c.b_hn) a += load(c.b_hn + j0, n);
-            vec<F> nn = vtanh(a);
-            vec<F> z = load(gp + H, n), hp = load(s.hp + b * H + j0, n);
-            store(gp + 2 * H, nn, n);
-            put_h(s, H, b, j0, n, nn + z * (hp - nn));
-          });
-        }
-        break;
-      default:  // vanilla RNN
-        panel_rows<F, 1>(s.hp, H, B, c.wf + jb * H * NB<F>, H, [&](int64_t b, const F* acc) {
-          if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
-          vec<F> a = load(s.xp + b * GHX + j0) + load(acc);
-          vec<F> h = c.cell == Cell::rnn_tanh   ? vtanh(a)
-                     : c.cell == Cell::rnn_relu ? vrelu(a)
-                                                : vsigmoid(a);
-          put_h(s, H, b, j0, n, h);
-        });
-    }
-  }
-}
-
-// ---- backward epilogues
 // At step t (from T-1 down to 0) the gradient reaching h_t is s.dh (paths that skip W_hh, and
 // what padded steps carried) + dgh_{t+1} W_hh (the panel product) + dy_t.
 
@@ -589,87 +515,9 @@ inline auto rows_dh(const StepConst<F>& c, const Step<F>& s, int64_t j0, int64_t
 }
 
 template <class F>
-[[gnu::flatten]] void backward_phase(const StepConst<F>& c, const Step<F>& s, int phase,
-                                     int64_t jb0, int64_t jb1) {
-  const int64_t B = c.B, H = c.H, G = gates(c.cell), GH = G * H, LD = c.LDG;
-  // Rows of dgh_{t+1} that multiply the backward panels: every gate, or gru_rh's r and z.
-  const int64_t K = c.cell == Cell::gru_rh ? 2 * H : GH;
-  for (int64_t jb = jb0; jb < jb1; ++jb) {
-    const int64_t j0 = jb * NB<F>, n = imin(NB<F>, H - j0);
-    const F* wb = c.wb + jb * K * NB<F>;
-    switch (c.cell) {
-      case Cell::lstm:
-        panel_rows<F, 1>(s.dgh_next, LD, B, wb, K, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
-          const F* gp = s.gates + b * GH + j0;
-          vec<F> i = load(gp, n), f = load(gp + H, n), g = load(gp + 2 * H, n),
-                 og = load(gp + 3 * H, n);
-          vec<F> ct = load(s.cn + b * H + j0, n), tc = vtanh(ct);
-          vec<F> dc = load(s.dc + b * H + j0, n) + dh * og * (F(1) - tc * tc);
-          F* dg = s.dg + b * LD + j0;
-          store(dg, dc * g * i * (F(1) - i), n);
-          store(dg + H, dc * load(s.cp + b * H + j0, n) * f * (F(1) - f), n);
-          store(dg + 2 * H, dc * i * (F(1) - g * g), n);
-          store(dg + 3 * H, dh * tc * og * (F(1) - og), n);
-          store(s.dc + b * H + j0, dc * f, n);
-          zero(s.dh + b * H + j0, n);
-        }));
-        break;
-      case Cell::gru:
-        panel_rows<F, 1>(s.dgh_next, LD, B, wb, K, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
-          const F* gp = s.gates + b * GH + j0;
-          vec<F> r = load(gp, n), z = load(gp + H, n), nn = load(gp + 2 * H, n);
-          vec<F> hp = load(s.hp + b * H + j0, n), hn = load(s.aux + b * H + j0, n);
-          vec<F> dn = dh * (F(1) - z) * (F(1) - nn * nn);
-          vec<F> dr = dn * hn * r * (F(1) - r);
-          vec<F> dz = dh * (hp - nn) * z * (F(1) - z);
-          F* dg = s.dg + b * LD + j0;
-          F* dgh = s.dgh + b * LD + j0;
-          store(dg, dr, n), store(dg + H, dz, n), store(dg + 2 * H, dn, n);
-          store(dgh, dr, n), store(dgh + H, dz, n), store(dgh + 2 * H, dn * r, n);
-          store(s.dh + b * H + j0, dh * z, n);
-        }));
-        break;
-      case Cell::gru_rh:
-        if (phase == 0) {  // dz, dn from dh_t
-          panel_rows<F, 1>(s.dgh_next, LD, B, wb, K, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
-            const F* gp = s.gates + b * GH + j0;
-            vec<F> z = load(gp + H, n), nn = load(gp + 2 * H, n);
-            vec<F> hp = load(s.hp + b * H + j0, n);
-            F* dg = s.dg + b * LD + j0;
-            store(dg + H, dh * (hp - nn) * z * (F(1) - z), n);
-            store(dg + 2 * H, dh * (F(1) - z) * (F(1) - nn * nn), n);
-            store(s.dh + b * H + j0, dh * z, n);
-          }));
-        } else {  // d(r * h) = dn W_hn: dr and the path through r * h
-          panel_rows<F, 1>(s.dg + 2 * H, LD, B, c.wb_n + jb * H * NB<F>, H,
-                           [&](int64_t b, const F* acc) {
-                             if (padded(c.lengths, b, s.t)) return;
-                             const F* gp = s.gates + b * GH + j0;
-                             vec<F> r = load(gp, n), drh = load(acc);
-                             vec<F> hp = load(s.hp + b * H + j0, n);
-                             store(s.dg + b * LD + j0, drh * hp * r * (F(1) - r), n);
-                             store(s.dh + b * H + j0, load(s.dh + b * H + j0, n) + drh * r, n);
-                           });
-        }
-        break;
-      default:  // vanilla RNN: the derivative from the saved output h_t
-        panel_rows<F, 1>(s.dgh_next, LD, B, wb, K, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
-          vec<F> h = load(s.hn + b * H + j0, n);
-          vec<F> d = c.cell == Cell::rnn_tanh   ? dh * (F(1) - h * h)
-                     : c.cell == Cell::rnn_relu ? (h > 0 ? dh : vec<F>{})
-                                                : dh * h * (F(1) - h);
-          store(s.dg + b * LD + j0, d, n);
-          zero(s.dh + b * H + j0, n);
-        }));
-    }
-  }
-}
-
-template <class F>
 [[gnu::flatten]] void backward_final(const StepConst<F>& c, const Step<F>& s, F* dh0,
                                      int64_t jb0, int64_t jb1) {
-  const int64_t H = c.H, GH = gates(c.cell) * H;
-  const int64_t K = c.cell == Cell::gru_rh ? 2 * H : GH;
+  const int64_t H = c.H, K = cell_traits(c.cell).main_gates * H;  // rows of dgh in the panels
   for (int64_t jb = jb0; jb < jb1; ++jb) {
     const int64_t j0 = jb * NB<F>, n = imin(NB<F>, H - j0);
     panel_rows<F, 1>(s.dgh_next, c.LDG, c.B, c.wb + jb * K * NB<F>, K, [&](int64_t b, const F* acc) {
@@ -678,11 +526,29 @@ template <class F>
   }
 }
 
+}  // namespace
+}  // namespace RNNKERN_ISA
+}  // namespace rnnkern
+
+#include "cells/all.hpp"  // every cell's traits and epilogues
+
+namespace rnnkern {
+namespace RNNKERN_ISA {
+namespace {
+
+// The ISA's table of precision F: the shared kernels, and each cell's epilogues at its id.
 template <class F>
-const KernelTable<F> table = {
-    RNNKERN_ISA_NAME, NB<F>, pack_forward<F>, pack_backward<F>, project<F>, forward_phase<F>,
-    backward_phase<F>, backward_final<F>, product<F>,
-};
+constexpr KernelTable<F> make_table() {
+  KernelTable<F> t{RNNKERN_ISA_NAME, NB<F>, pack_forward<F>, pack_backward<F>, project<F>,
+                   backward_final<F>, product<F>, {}};
+#define RNNKERN_CELL_ENTRY(C) \
+  t.cells[static_cast<int>(C::id)] = {Kernels<C, F>::forward_phase, Kernels<C, F>::backward_phase};
+  RNNKERN_CELLS(RNNKERN_CELL_ENTRY)
+#undef RNNKERN_CELL_ENTRY
+  return t;
+}
+template <class F>
+const KernelTable<F> table = make_table<F>();
 
 }  // namespace
 }  // namespace RNNKERN_ISA

@@ -5,6 +5,9 @@
 #include "kernels_impl.hpp"
 
 namespace rnnkern {
-const KernelTable<float>* kernels_scalar_f32() { return &scalar::table<float>; }
-const KernelTable<double>* kernels_scalar_f64() { return &scalar::table<double>; }
+template <class F>
+const KernelTable<F>* scalar_kernels() { return &scalar::table<F>; }
+#define RNNKERN_INSTANTIATE(F) template const KernelTable<F>* scalar_kernels<F>();
+RNNKERN_PRECISIONS(RNNKERN_INSTANTIATE)
+#undef RNNKERN_INSTANTIATE
 }  // namespace rnnkern

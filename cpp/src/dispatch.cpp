@@ -4,7 +4,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "rnnkern/kernels.hpp"
+#include "kernels.hpp"
 
 namespace rnnkern {
 namespace {
@@ -62,29 +62,25 @@ std::atomic<int>& current() {
 }  // namespace
 
 #if !(defined(__x86_64__) && defined(__GNUC__))  // only the scalar kernels are built
-const KernelTable<float>* kernels_avx2_f32() { return nullptr; }
-const KernelTable<double>* kernels_avx2_f64() { return nullptr; }
-const KernelTable<float>* kernels_avx512_f32() { return nullptr; }
-const KernelTable<double>* kernels_avx512_f64() { return nullptr; }
+#define RNNKERN_NO_ISA(F)                                                \
+  template <>                                                            \
+  const KernelTable<F>* avx2_kernels<F>() { return nullptr; }           \
+  template <>                                                            \
+  const KernelTable<F>* avx512_kernels<F>() { return nullptr; }
+RNNKERN_PRECISIONS(RNNKERN_NO_ISA)
+#undef RNNKERN_NO_ISA
 #endif
 
-template <>
-const KernelTable<float>* kernels<float>() {
-  switch (current().load(std::memory_order_relaxed)) {
-    case AVX512: return kernels_avx512_f32();
-    case AVX2: return kernels_avx2_f32();
-    default: return kernels_scalar_f32();
-  }
+// One table per (precision, ISA), filled once; the ISA in use picks the row.
+template <class F>
+const KernelTable<F>* kernels() {
+  static const KernelTable<F>* const tables[] = {scalar_kernels<F>(), avx2_kernels<F>(),
+                                                 avx512_kernels<F>()};
+  return tables[current().load(std::memory_order_relaxed)];
 }
-
-template <>
-const KernelTable<double>* kernels<double>() {
-  switch (current().load(std::memory_order_relaxed)) {
-    case AVX512: return kernels_avx512_f64();
-    case AVX2: return kernels_avx2_f64();
-    default: return kernels_scalar_f64();
-  }
-}
+#define RNNKERN_INSTANTIATE(F) template const KernelTable<F>* kernels<F>();
+RNNKERN_PRECISIONS(RNNKERN_INSTANTIATE)
+#undef RNNKERN_INSTANTIATE
 
 std::string isa() { return NAMES[current().load()]; }
 void set_isa(const std::string& name) { current() = parse(name); }
@@ -95,15 +91,6 @@ std::string supported_isas() {
     if (cpu_has(static_cast<Isa>(i)))
       s += (s.empty() ? "" : ",") + std::string(NAMES[i]);
   return s;
-}
-
-int gates(Cell cell) {
-  switch (cell) {
-    case Cell::lstm: return 4;
-    case Cell::gru:
-    case Cell::gru_rh: return 3;
-    default: return 1;
-  }
 }
 
 }  // namespace rnnkern

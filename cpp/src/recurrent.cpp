@@ -1,5 +1,5 @@
-// Forward and backward through time for every cell: one driver, the cell-specific math lives in
-// the kernels' epilogues (cpp/kernels/kernels_impl.hpp).
+// Forward and backward through time for every cell: one driver, led by the cell's traits; the
+// cell-specific math lives in its epilogues (cpp/kernels/cells/<cell>.hpp).
 //
 // Forward: per chunk of steps, each thread projects x W_ih^T for its own hidden blocks (the
 // kernels' packed product), then per step the fused recurrent product + gates for those blocks,
@@ -14,17 +14,12 @@
 #include <string>
 #include <vector>
 
-#include "rnnkern/kernels.hpp"
+#include "kernels.hpp"
 #include "scratch.hpp"
 #include "threads.hpp"
 
 namespace rnnkern {
 namespace {
-
-// Gates of the main products; gru_rh's n gate multiplies r*h, so it has panels of its own.
-int main_gates(Cell cell) { return cell == Cell::gru_rh ? 2 : gates(cell); }
-int phases(Cell cell) { return cell == Cell::gru_rh ? 2 : 1; }
-bool is_gru(Cell cell) { return cell == Cell::gru || cell == Cell::gru_rh; }
 
 template <class F>
 int64_t blocks(int64_t n, const KernelTable<F>& kt) { return (n + kt.nb - 1) / kt.nb; }
@@ -52,19 +47,21 @@ struct Pack<F>::Impl {
   Impl(Cell cell_, int64_t I_, int64_t H_, const KernelTable<F>& kt_, Params<F> p, bool fwd_,
        bool bwd_, int threads)
       : cell(cell_), I(I_), H(H_), kt(&kt_), fwd(fwd_), bwd(bwd_), bias(p.b_ih != nullptr),
-        main_size(blocks(H, kt_) * kt_.nb * main_gates(cell) * H),
-        n_size(cell == Cell::gru_rh ? blocks(H, kt_) * kt_.nb * H : 0),
+        main_size(blocks(H, kt_) * kt_.nb * cell_traits(cell).main_gates * H),
+        n_size(blocks(H, kt_) * kt_.nb * H * (gates(cell) - cell_traits(cell).main_gates)),
         wif_size(blocks(H, kt_) * kt_.nb * I * gates(cell)),
         wib_size(blocks(I, kt_) * kt_.nb * H * gates(cell)),
         fpanels(fwd ? main_size + n_size + wif_size : 0),
         bpanels(bwd ? main_size + n_size + wib_size : 0),
         xbias(gates(cell) * H, F(0)) {
-    const int64_t G = gates(cell), G2 = main_gates(cell), GH = G * H;
+    const CellTraits& ct = cell_traits(cell);
+    const int64_t G = ct.gates, G2 = ct.main_gates, GH = G * H;
+    const int64_t folded = ct.separate_b_hn ? GH - H : GH;  // rows of b_hh in xbias
     for (int64_t r = 0; r < GH; ++r) {
       if (p.b_ih) xbias[r] += p.b_ih[r];
-      if (p.b_hh && !(is_gru(cell) && r >= 2 * H)) xbias[r] += p.b_hh[r];
+      if (p.b_hh && r < folded) xbias[r] += p.b_hh[r];
     }
-    if (is_gru(cell) && p.b_hh) b_hn.assign(p.b_hh + 2 * H, p.b_hh + 3 * H);
+    if (ct.separate_b_hn && p.b_hh) b_hn.assign(p.b_hh + folded, p.b_hh + GH);
     F *fmain = fpanels.get(), *bmain = bpanels.get();
     // Each planned thread packs its share; the caller packs the shares of workers that have not
     // started yet (threads.hpp).
@@ -75,13 +72,13 @@ struct Pack<F>::Impl {
         split(blocks(I, *kt), share, team.planned(), &ib0, &ib1);
         if (fwd) {
           kt->pack_forward(fmain, p.w_hh, H, H, 0, G2, jb0, jb1);
-          if (n_size) kt->pack_forward(fmain + main_size, p.w_hh, H, H, 2, 1, jb0, jb1);
+          if (n_size) kt->pack_forward(fmain + main_size, p.w_hh, H, H, G2, 1, jb0, jb1);
           if (wif_size)
             kt->pack_forward(fmain + main_size + n_size, p.w_ih, H, I, 0, G, jb0, jb1);
         }
         if (bwd) {
           kt->pack_backward(bmain, p.w_hh, G2 * H, H, H, 0, jb0, jb1);
-          if (n_size) kt->pack_backward(bmain + main_size, p.w_hh, H, H, H, 2 * H, jb0, jb1);
+          if (n_size) kt->pack_backward(bmain + main_size, p.w_hh, H, H, H, G2 * H, jb0, jb1);
           if (wib_size)
             kt->pack_backward(bmain + main_size + n_size, p.w_ih, GH, I, I, 0, ib0, ib1);
         }
@@ -183,9 +180,10 @@ void column_sums(const F* a, int64_t rows, int64_t ld, int64_t c0, int64_t c1, F
 }  // namespace
 
 CacheLayout cache_layout(Cell cell, Dims d) {
-  const int64_t BH = d.B * d.H, G = gates(cell);
-  return CacheLayout{(d.T + 1) * BH, cell == Cell::lstm ? (d.T + 1) * BH : 0,
-                     G > 1 ? d.T * G * BH : 0, is_gru(cell) ? d.T * BH : 0};
+  const CellTraits& ct = cell_traits(cell);
+  const int64_t BH = d.B * d.H;
+  return CacheLayout{(d.T + 1) * BH, ct.cell_state ? (d.T + 1) * BH : 0,
+                     ct.cache_gates ? d.T * ct.gates * BH : 0, *ct.aux ? d.T * BH : 0};
 }
 
 template <class F>
@@ -208,7 +206,9 @@ void forward(const Pack<F>& w, Dims d, const F* x, const F* h0, const F* c0,
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H, GH = gates(cell) * H, BH = B * H;
   if (B == 0 || H == 0) return;
   const KernelTable<F>& kt = *pk.kt;
-  const bool lstm = cell == Cell::lstm;
+  const CellTraits& ct = cell_traits(cell);
+  const CellKernels<F>& ck = kt.cells[static_cast<int>(cell)];
+  const bool lstm = ct.cell_state;
   const int64_t nblk = blocks(H, kt);
 
   const int64_t tc = chunk_steps(T, B, GH), GHX = gates(cell) * sc.HX;
@@ -218,8 +218,8 @@ void forward(const Pack<F>& w, Dims d, const F* x, const F* h0, const F* c0,
   F* hs = cache ? cache->hs : hbuf.get();
   F* cs = lstm ? (cache ? cache->cs : cbuf.get()) : nullptr;
   auto row = [&](F* base, int64_t t) { return base + (cache ? t : (t & 1)) * BH; };
-  // gru_rh's gates and r*h between its two phases when nothing is cached: (B, G*H), (B, H).
-  const bool scratch = !cache && cell == Cell::gru_rh;
+  // Gates and aux between the phases of a step when nothing is cached: (B, G*H), (B, H).
+  const bool scratch = !cache && ct.phases > 1;
   Buffer<F> gscratch(scratch ? B * GH : 0), ascratch(scratch ? BH : 0);
   copy_or_zero(hs, h0, BH);
   if (lstm) copy_or_zero(cs, c0, BH);
@@ -248,8 +248,8 @@ void forward(const Pack<F>& w, Dims d, const F* x, const F* h0, const F* c0,
         s.y = y + t * BH;
         s.gates = cache ? (cache->gates ? cache->gates + t * B * GH : nullptr) : gscratch.get();
         s.aux = cache ? (cache->aux ? cache->aux + t * BH : nullptr) : ascratch.get();
-        for (int ph = 0; ph < phases(cell); ++ph) {
-          kt.forward_phase(sc, s, ph, jb0, jb1);
+        for (int ph = 0; ph < ct.phases; ++ph) {
+          ck.forward_phase(sc, s, ph, jb0, jb1);
           team.sync(tid);
           mine();
         }
@@ -277,7 +277,8 @@ void backward(const Pack<F>& w, Dims d, const F* x, const int64_t* lengths,
   StepConst<F> sc = pk.step_const(d, lengths, true);
   const Cell cell = pk.cell;
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H, GH = gates(cell) * H, BH = B * H, TB = T * B;
-  const bool lstm = cell == Cell::lstm;
+  const CellTraits& ct = cell_traits(cell);
+  const bool lstm = ct.cell_state;
   if (B == 0 || H == 0) {
     std::memset(g.dx, 0, TB * I * sizeof(F));
     std::memset(g.dh0, 0, BH * sizeof(F));
@@ -291,20 +292,22 @@ void backward(const Pack<F>& w, Dims d, const F* x, const int64_t* lengths,
   // rows that one backward tile reads side by side would all fall in one L1 set.
   const int64_t LDG = (GH * sizeof(F)) % 1024 == 0 ? GH + 64 / sizeof(F) : GH;
   const KernelTable<F>& kt = *pk.kt;
+  const CellKernels<F>& ck = kt.cells[static_cast<int>(cell)];
   sc.LDG = LDG;
   const int64_t nblk = blocks(H, kt);
 
   // The dgates of a chunk of steps, two chunks alternating: the weight gradients of a chunk are
   // products over its rows while they are still in cache.
   const int64_t tc = chunk_steps(T, B, GH), chunk = tc * B * LDG;
-  const bool two = cell == Cell::gru;
+  const bool two = ct.recurrent_dgates;
   Buffer<F> dg(2 * chunk);               // (2, tc, B, LDG) dL/d(preactivations)
   Buffer<F> dgh(two ? 2 * chunk : 0);    // (2, tc, B, LDG) gru: recurrent side
   Buffer<F> dh(BH), dc(lstm ? BH : 0);   // (B, H) carried gradients
   copy_or_zero(dh.get(), dh_n, BH);
   if (lstm) copy_or_zero(dc.get(), dc_n, BH);
-  // dW_hh = dgr^T h_{t-1}, but gru_rh's n rows multiply r * h_{t-1} (the cached aux).
-  const int64_t split_row = cell == Cell::gru_rh ? 2 * H : GH;
+  // dW_hh = dgr^T h_{t-1} in the main gates' rows; the rest multiply the cached aux (gru_rh's
+  // n rows: r * h_{t-1}).
+  const int64_t split_row = ct.main_gates * H;
   // Steps t >= the shortest length have padded rows.
   int64_t shortest = T;
   for (int64_t b = 0; lengths && b < B; ++b)
@@ -313,7 +316,7 @@ void backward(const Pack<F>& w, Dims d, const F* x, const int64_t* lengths,
   // thread packs the column blocks of dW it computes. (blocks of I or H, tc*B, NB)
   const int64_t nblk_i = blocks(I, kt), NBK = kt.nb;
   Buffer<F> xpan(nblk_i * NBK * tc * B), hpan(nblk * NBK * tc * B);
-  Buffer<F> apan(cell == Cell::gru_rh ? nblk * NBK * tc * B : 0);
+  Buffer<F> apan(split_row < GH ? nblk * NBK * tc * B : 0);
 
   parallel(threads_for(d, GH, nblk), [&](int tid, Team& team) {
     if (tid == 0)  // the workers that have not started by now sit the call out
@@ -342,8 +345,8 @@ void backward(const Pack<F>& w, Dims d, const F* x, const int64_t* lengths,
         s.dy = dy ? dy + t * BH : nullptr;
         s.dg = dgc + (t - t0) * B * LDG, s.dgh = dgr + (t - t0) * B * LDG;
         s.dgh_next = next;
-        for (int ph = 0; ph < phases(cell); ++ph) {
-          kt.backward_phase(sc, s, ph, jb0, jb1);
+        for (int ph = 0; ph < ct.phases; ++ph) {
+          ck.backward_phase(sc, s, ph, jb0, jb1);
           team.sync(tid);
           mine();
         }

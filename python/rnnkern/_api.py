@@ -15,6 +15,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from . import _cells
+
 __all__ = [
     "FLOAT_DTYPES",
     "GATES",
@@ -95,12 +97,8 @@ class CrossEntropy(NamedTuple):
 
 # ----------------------------------------------------------------------------- constants
 
-#: Number of gate blocks (of H rows each) in w_ih / w_hh per cell.
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-#: Gate order within the G*H rows (PyTorch's).
-GATE_NAMES = {"rnn": ("h",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
-#: Activations accepted by ``rnn_forward``.
-NONLINEARITIES = ("tanh", "relu", "sigmoid")
+# The cells' gate counts, gate order and rnn_forward's activations: from the core's traits.
+GATES, GATE_NAMES, NONLINEARITIES = _cells.GATES, _cells.GATE_NAMES, _cells.NONLINEARITIES
 #: Floating dtypes accepted for the data of a call.
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 

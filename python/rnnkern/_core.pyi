@@ -6,6 +6,7 @@ import numpy.typing as npt
 
 _Array = npt.NDArray[Any]
 
+def cells() -> list[dict[str, Any]]: ...
 def forward(
     cell_id: int,
     x: _Array,

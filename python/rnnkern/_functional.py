@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _api, _core
+from . import _api, _cells, _core
 from ._api import Array, CrossEntropy, LSTMGrads, LSTMOutput, RNNGrads, RNNOutput
 
 __all__ = [
@@ -29,8 +29,7 @@ __all__ = [
 ]
 
 # Cell ids of the core (rnnkern::Cell).
-_RNN_IDS = {"tanh": 0, "relu": 1, "sigmoid": 2}
-_LSTM, _GRU, _GRU_RH = 3, 4, 5
+_RNN_IDS, _LSTM, _GRU, _GRU_RH = _cells.RNN_IDS, _cells.LSTM, _cells.GRU, _cells.GRU_RH
 
 
 class KernelCache:

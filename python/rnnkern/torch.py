@@ -35,7 +35,7 @@ except ImportError as e:  # torch missing, or a broken install (a leftover torch
         f"rnnkern.torch needs PyTorch, which could not be imported ({e}); install it with "
         f'pip install "rnnkern[torch]"', name="torch") from e
 
-from rnnkern import _api, _core, _functional
+from rnnkern import _api, _cells, _core, _functional
 from rnnkern._api import Array
 from rnnkern.nn.rnn import _reverse, _reverse_index
 
@@ -87,8 +87,7 @@ def _tensor(a: Array | None, dtype: torch.dtype) -> Tensor:
 # dropout, packing) is plain torch. Results a cell does not have are empty (0,) tensors.
 
 # rnnkern._core's cell ids (rnnkern::Cell) -> the cell name of rnnkern._api's checks
-_CELL_NAMES = {**dict.fromkeys(_functional._RNN_IDS.values(), "rnn"), _functional._LSTM: "lstm",
-               _functional._GRU: "gru", _functional._GRU_RH: "gru"}
+_CELL_NAMES = _cells.FAMILY
 # torch's RNNBase.mode -> rnnkern._core's cell id
 _CELL_IDS = {"LSTM": _functional._LSTM, "GRU": _functional._GRU,
              "RNN_TANH": _functional._RNN_IDS["tanh"], "RNN_RELU": _functional._RNN_IDS["relu"]}

@@ -19,7 +19,29 @@ enum class Cell : int {
   gru_rh = 5,  // n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)  (ONNX default, Keras reset_after=False)
 };
 
-int gates(Cell cell);  // G: 1, 4 or 3
+constexpr int num_cells = 6;
+
+// What the driver, the bindings and Python know about a cell: one record per cell, its values in
+// the cell's own file (cpp/kernels/cells/<cell>.hpp), bound to Python as rnnkern._core.cells().
+struct CellTraits {
+  const char* name;        // the id's name: "rnn_tanh", "lstm", "gru_rh", ...
+  const char* family;      // the functional API's cell: "rnn", "lstm" or "gru"
+  const char* gate_names;  // the gate blocks in row order, space-separated: "i f g o"
+  const char* activation;  // rnn: "tanh", "relu" or "sigmoid"; others: ""
+  int gates;               // G: blocks of H rows in w_ih, w_hh and the biases
+  int main_gates;          // of them, those whose W_hh rows multiply h_{t-1} in the fused
+                           // product; the rest multiply the cached aux (gru_rh: n, W_hn (r*h))
+  int phases;              // fused products (and team syncs) per step
+  bool cell_state;         // has c: c0, c_n, and the cache's cs (T+1, B, H)
+  bool cache_gates;        // the cache keeps the gate activations (T, B, G*H)
+  const char* aux;         // what the cache's aux (T, B, H) holds, "" when it has none
+  bool separate_b_hn;      // b_hh's last block stays inside r * (W_hn h + b_hn): it is not
+                           // folded into the input side's bias
+  bool recurrent_dgates;   // the backward's dgates that multiply W_hh differ from the input
+                           // side's (gru: the n block is dn * r), so they get their own buffer
+};
+const CellTraits& cell_traits(Cell cell);  // std::invalid_argument for an unknown cell
+int gates(Cell cell);                      // cell_traits(cell).gates
 
 struct Dims {
   int64_t T, B, I, H;

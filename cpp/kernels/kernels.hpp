@@ -1,5 +1,10 @@
-// The per-ISA kernel table: the hot loops of one time step, compiled once per ISA
-// (cpp/kernels/kernels_*.cpp) and chosen at run time (cpp/src/dispatch.cpp).
+// The kernel layer's three axes (internal header: cpp/src and cpp/kernels only).
+//   cell:      cpp/kernels/cells/<cell>.hpp, one file per cell: its traits (rnnkern::CellTraits)
+//              and its pointwise forward and backward side by side; cells/all.hpp lists them.
+//   ISA:       cpp/kernels/kernels_<isa>.cpp compiles kernels_impl.hpp (the packing, the panel
+//              product, the input projection; every cell's epilogues) with the ISA's flags.
+//   precision: the element type F of a table (float, double); dispatch.cpp keeps one table per
+//              (precision, ISA), filled once, and picks the row of the ISA in use.
 //
 // W_hh is packed once per call into panels, one panel per block of NB hidden units (NB = the
 // vector width): forward panel (K = H, NV gates, NB) so that one pass over a panel gives every
@@ -51,6 +56,17 @@ struct Step {
   F* dc;         // (B, H): LSTM: gradient reaching c_t
 };
 
+// One cell's part of a kernel table (cpp/kernels/cells/<cell>.hpp).
+template <class F>
+struct CellKernels {
+  // One phase of a forward step for hidden blocks [jb0, jb1) (CellTraits::phases of them).
+  void (*forward_phase)(const StepConst<F>& c, const Step<F>& s, int phase, int64_t jb0,
+                        int64_t jb1);
+  // One phase of a backward step.
+  void (*backward_phase)(const StepConst<F>& c, const Step<F>& s, int phase, int64_t jb0,
+                         int64_t jb1);
+};
+
 template <class F>
 struct KernelTable {
   const char* isa;
@@ -68,12 +84,6 @@ struct KernelTable {
   // blocks [jb0, jb1), from the panels c.wi: each thread projects the columns its steps read.
   void (*project)(const StepConst<F>& c, const F* x, int64_t rows, F* xp, int64_t jb0,
                   int64_t jb1);
-  // One phase of a forward step for hidden blocks [jb0, jb1) (gru_rh has phases 0 and 1).
-  void (*forward_phase)(const StepConst<F>& c, const Step<F>& s, int phase, int64_t jb0,
-                        int64_t jb1);
-  // One phase of a backward step (gru_rh has phases 0 and 1).
-  void (*backward_phase)(const StepConst<F>& c, const Step<F>& s, int phase, int64_t jb0,
-                         int64_t jb1);
   // After step 0: dh0 = dh + dgh_0 W_hh for blocks [jb0, jb1).
   void (*backward_final)(const StepConst<F>& c, const Step<F>& s, F* dh0, int64_t jb0,
                          int64_t jb1);
@@ -82,17 +92,21 @@ struct KernelTable {
   // columns): the backward's dx = dG W_ih and weight gradients dW = dG^T X.
   void (*product)(const F* a, int64_t lda, bool at, int64_t M, const F* panels, int64_t K,
                   int64_t N, F* out, int64_t ldo, bool add, int64_t jb0, int64_t jb1);
+  CellKernels<F> cells[num_cells];  // indexed by Cell
 };
 
 template <class F>
-const KernelTable<F>* kernels();  // the table in use (dispatch.cpp)
+const KernelTable<F>* kernels();  // the table of precision F for the ISA in use (dispatch.cpp)
 
-// Per-ISA tables (null when the ISA was not compiled).
-const KernelTable<float>* kernels_scalar_f32();
-const KernelTable<double>* kernels_scalar_f64();
-const KernelTable<float>* kernels_avx2_f32();
-const KernelTable<double>* kernels_avx2_f64();
-const KernelTable<float>* kernels_avx512_f32();
-const KernelTable<double>* kernels_avx512_f64();
+// The precisions: a kernel table per (precision, ISA).
+#define RNNKERN_PRECISIONS(X) X(float) X(double)
+
+// Each ISA's table of precision F (kernels_<isa>.cpp; null when the ISA was not compiled).
+template <class F>
+const KernelTable<F>* scalar_kernels();
+template <class F>
+const KernelTable<F>* avx2_kernels();
+template <class F>
+const KernelTable<F>* avx512_kernels();
 
 }  // namespace rnnkern
