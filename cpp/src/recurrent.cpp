@@ -179,6 +179,11 @@ void column_sums(const F* a, int64_t rows, int64_t ld, int64_t c0, int64_t c1, F
 
 }  // namespace
 
+template <class F>
+int call_threads(Cell cell, Dims d) {
+  return threads_for(d, gates(cell) * d.H, blocks(d.H, *kernels<F>()));
+}
+
 CacheLayout cache_layout(Cell cell, Dims d) {
   const CellTraits& ct = cell_traits(cell);
   const int64_t BH = d.B * d.H;
@@ -395,6 +400,7 @@ void backward(const Pack<F>& w, Dims d, const F* x, const int64_t* lengths,
                             const Cache<F>&,                                            \
                             const F*, const F*, const F*, Grads<F>);                    \
   template class Pack<F>;                                                                       \
+  template int call_threads<F>(Cell, Dims);                                                     \
   template void forward<F>(const Pack<F>&, Dims, const F*, const F*, const F*, const int64_t*,  \
                            F*, F*, F*, const Cache<F>*);                                        \
   template void backward<F>(const Pack<F>&, Dims, const F*, const int64_t*, const Cache<F>&,    \

@@ -527,6 +527,31 @@ class Pool {
 
 void parallel(int want, const Job& fn) { Pool::get().run(want, fn); }
 
+void concurrently(int n, const std::function<void(int i)>& job) {
+  if (n <= 0) return;
+  // No exception leaves the region: a member that threw before take_over() would leave the
+  // shares of workers that have not started undecided.
+  std::vector<std::exception_ptr> errors(n);
+  parallel(n, [&](int tid, Team& team) {
+    auto share = [&](int s) {  // jobs [b, e) of share s; the pool is held, so their regions run alone
+      int64_t b, e;
+      split(n, s, team.planned(), &b, &e);
+      for (int64_t i = b; i < e; ++i) {
+        try {
+          job(static_cast<int>(i));
+        } catch (...) {
+          errors[i] = std::current_exception();
+        }
+      }
+    };
+    share(tid);
+    if (tid == 0)
+      for (int w; (w = team.take_over()) >= 0;) share(w);
+  });
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
 void set_thread_runtime(const std::string& name) {
   if (name == "auto") {
     runtime_choice.store(static_cast<int>(Runtime::unset));

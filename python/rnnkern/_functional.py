@@ -15,6 +15,8 @@ from ._api import Array, CrossEntropy, LSTMGrads, LSTMOutput, RNNGrads, RNNOutpu
 __all__ = [
     "KernelCache",
     "PackedWeights",
+    "backward_many",
+    "forward_many",
     "gru_pack",
     "lstm_pack",
     "rnn_pack",
@@ -71,7 +73,15 @@ def _run(cell: str, pack: Any, x: Array, h0: Array | None, c0: Array | None,
          copy_lengths: bool = False) -> tuple[Array, Array, Array | None, KernelCache | None]:
     """The packed forward on checked arguments. The cache keeps copies of x and lengths where
     they are (or may be) the caller's memory (``copy_x``, ``copy_lengths``)."""
-    y, h_n, c_n, buffers = _core.forward_packed(pack, x, h0, c0, lengths, train)
+    return _with_cache(cell, pack, _core.forward_packed(pack, x, h0, c0, lengths, train), x,
+                       lengths, train, copy_x, copy_lengths)
+
+
+def _with_cache(cell: str, pack: Any, out: tuple[Any, ...], x: Array, lengths: Array | None,
+                train: bool, copy_x: bool, copy_lengths: bool
+                ) -> tuple[Array, Array, Array | None, KernelCache | None]:
+    """A packed forward's (y, h_n, c_n, buffers) with the KernelCache of a training call."""
+    y, h_n, c_n, buffers = out
     if not train:
         return y, h_n, c_n, None
     if copy_lengths and lengths is not None:
@@ -140,8 +150,10 @@ class PackedWeights:
         xc, h0c, c0c, lens = _api.check_packed_forward(self.cell, self.dtype, self.input_size,
                                                        self.hidden_size, x, h0, c0, lengths)
         train = _api.check_flag("training", training)
-        y, h_n, c_n, cache = _run(self.cell, self._pack, xc, h0c, c0c, lens, train, xc is x,
-                                  lens is lengths)
+        return self._output(*_run(self.cell, self._pack, xc, h0c, c0c, lens, train, xc is x,
+                                  lens is lengths))
+
+    def _output(self, y: Array, h_n: Array, c_n: Array | None, cache: KernelCache | None) -> Any:
         if self.cell == "lstm":
             assert c_n is not None
             return LSTMOutput(y, h_n, c_n, cache)
@@ -151,6 +163,49 @@ class PackedWeights:
         variant = f" {self.variant}" if self.variant else ""
         return (f"<rnnkern packed {self.cell}{variant} I={self.input_size} H={self.hidden_size} "
                 f"{self.dtype} {self.isa}>")
+
+
+def forward_many(calls: list[tuple[PackedWeights, Array, Array | None, Array | None,
+                                   Array | None]], training: bool = True) -> list[Any]:
+    """``pack.forward(x, h0, c0, lengths=lengths, training=training)`` for each (pack, x, h0, c0,
+    lengths) of independent calls, run side by side: each on a thread of its own while there are
+    threads (its steps then need no syncs), e.g. the two directions of a bidirectional layer.
+    The same results, to the bit, as the calls one by one; every call is checked before any
+    runs."""
+    train = _api.check_flag("training", training)
+    checked = [(pack, x, lengths, *_api.check_packed_forward(
+        pack.cell, pack.dtype, pack.input_size, pack.hidden_size, x, h0, c0, lengths))
+        for pack, x, h0, c0, lengths in calls]
+    outs = _core.forward_packed_many([(pack._pack, xc, h0c, c0c, lens, train)
+                                      for pack, _, _, xc, h0c, c0c, lens in checked])
+    return [pack._output(*_with_cache(pack.cell, pack._pack, out, xc, lens, train, xc is x,
+                                      lens is lengths))
+            for (pack, x, lengths, xc, _, _, lens), out in zip(checked, outs)]
+
+
+def backward_many(calls: list[tuple[KernelCache, Array | None, Array | None, Array | None]]
+                  ) -> list[Any]:
+    """``{cell}_backward(cache, dy, dh_n[, dc_n])`` for each (cache, dy, dh_n, dc_n) of
+    independent calls, side by side as in `forward_many` (dc_n: None for rnn and gru). Returns
+    LSTMGrads or RNNGrads in the calls' order."""
+    checked = []
+    for cache, dy, dh_n, dc_n in calls:
+        if not isinstance(cache, KernelCache):
+            raise TypeError("calls: expected the KernelCache of a training forward, got "
+                            f"{type(cache).__name__}")
+        checked.append(_api.check_backward(cache.cell, cache, KernelCache, dy, dh_n,
+                                           dc_n if cache.cell == "lstm" else None))
+    outs = _core.backward_packed_many([(k.pack, k.x, k.lengths, k.buffers, dy_, dh_, dc_)
+                                       for k, dy_, dh_, dc_ in checked])
+    return [_grads(k.cell, tuple(g)) for (k, *_), g in zip(checked, outs)]
+
+
+def _grads(cell: str, g: tuple[Any, ...]) -> LSTMGrads | RNNGrads:
+    """The core's (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh) as the cell's backward returns it."""
+    if cell == "lstm":
+        return LSTMGrads(*g)
+    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh = g
+    return RNNGrads(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
 
 
 def rnn_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, *,

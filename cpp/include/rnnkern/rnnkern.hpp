@@ -5,6 +5,7 @@
 // All arrays are dense row-major; a null optional pointer means "absent" (zeros / no bias).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -143,6 +144,18 @@ void softmax(int64_t N, int64_t C, const F* z, F* out);
 template <class F>
 double softmax_cross_entropy(int64_t N, int64_t C, const F* logits, const int64_t* targets,
                              int64_t ignore_index, F* dlogits);
+
+// The threads a forward or backward call of these sizes plans for (before get_num_threads()
+// caps it): 1 for calls too small to gain from a team.
+template <class F>
+int call_threads(Cell cell, Dims d);
+
+// Runs job(i) for every i in [0, n) with the jobs spread over the threads (up to n of them, the
+// caller's included); the parallel regions inside a job run on its thread alone. For independent
+// calls too small to use every thread each, e.g. the two directions of a bidirectional layer at
+// batch 1: each runs without per-step syncs, side by side. Results are the same bits as running
+// the jobs one by one. A job's exception reaches the caller (after every job has ended).
+void concurrently(int n, const std::function<void(int i)>& job);
 
 void set_num_threads(int n);  // n >= 1; calls use at most min(n, CPUs available, 16) threads
 int get_num_threads();        // the threads a call may use
