@@ -63,6 +63,24 @@ def rnn_acc_len(cell: str, T: int, B: int, I: int, H: int) -> int:
     return T * (I + GATES[cell] * H + B)
 
 
+#: precision="bf16" against the reference that rounds the same operands (docs/tolerances.md,
+#: "bf16"): within two bf16 ulps of the largest magnitude.
+BF16_RTOL = 2.0**-7
+
+
+def assert_close_bf16(actual: Any, expected: Any, name: str = "value") -> None:
+    """Assert a float32 result of precision="bf16" equals the bf16 reference's ``expected``:
+    |a - e| <= 2^-7 * max|e| for every element (NaN at the same places)."""
+    assert isinstance(actual, np.ndarray) and actual.dtype == np.float32, f"{name}: not float32"
+    a, e = actual.astype(np.float64), np.asarray(expected, dtype=np.float64)
+    assert a.shape == e.shape, f"{name}: shape {a.shape}, expected {e.shape}"
+    nan = np.isnan(e)
+    assert (np.isnan(a) == nan).all(), f"{name}: NaN at other places"
+    scale = max(float(np.abs(e[~nan]).max(initial=0.0)), 1e-30)
+    err = float(np.abs(a[~nan] - e[~nan]).max(initial=0.0))
+    assert err <= BF16_RTOL * scale, f"{name}: max error {err:.3g} > 2^-7 * {scale:.3g}"
+
+
 def assert_close(
     actual: Any,
     expected: Any,

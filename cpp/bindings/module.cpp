@@ -73,6 +73,11 @@ Cell to_cell(int id) {
   return static_cast<Cell>(id);
 }
 
+rnnkern::Precision to_precision(int id) {
+  if (id != 0 && id != 1) throw py::value_error("precision: unknown precision id " + std::to_string(id));
+  return static_cast<rnnkern::Precision>(id);
+}
+
 // Every cell's traits (rnnkern::CellTraits), in id order, as dicts.
 py::list cells() {
   py::list out;
@@ -117,7 +122,8 @@ template <class F>
 Prepared prepare_forward(Cell cell, Sizes z, const py::object& x, const py::object& h0,
                   const py::object& c0, const rnnkern::Pack<F>* pk, const py::object& w_ih,
                   const py::object& w_hh, const py::object& b_ih, const py::object& b_hh,
-                  const py::object& lengths, bool training) {
+                  const py::object& lengths, bool training,
+                  rnnkern::Precision prec = rnnkern::Precision::native) {
   const auto [T, B, I, H] = z.d;
   const int64_t GH = z.G * H;
   const bool lstm = rnnkern::cell_traits(cell).cell_state;
@@ -144,7 +150,7 @@ Prepared prepare_forward(Cell cell, Sizes z, const py::object& x, const py::obje
   return {py::make_tuple(y, h_n, c_n, py::make_tuple(hs, cs, gates, aux)), [=] {
             const rnnkern::Cache<F>* cp = training ? &cache : nullptr;
             if (pk) rnnkern::forward<F>(*pk, d, xp, h0p, c0p, len, yp, hnp, cnp, cp);
-            else rnnkern::forward<F>(cell, d, xp, h0p, c0p, p, len, yp, hnp, cnp, cp);
+            else rnnkern::forward<F>(cell, d, xp, h0p, c0p, p, len, yp, hnp, cnp, cp, prec);
           }, rnnkern::call_threads<F>(cell, d)};
 }
 
@@ -162,7 +168,8 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
                    const py::object& w_ih, const py::object& w_hh, bool bias,
                    const py::object& lengths,
                    const py::tuple& cache, const py::object& dy, const py::object& dh_n,
-                   const py::object& dc_n) {
+                   const py::object& dc_n,
+                   rnnkern::Precision prec = rnnkern::Precision::native) {
   const auto [T, B, I, H] = z.d;
   const int64_t GH = z.G * H;
   const bool lstm = rnnkern::cell_traits(cell).cell_state;
@@ -192,7 +199,7 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
   const rnnkern::Dims d = z.d;
   return {py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), [=] {
             if (pk) rnnkern::backward<F>(*pk, d, xp, len, c, dyp, dhp, dcp, g);
-            else rnnkern::backward<F>(cell, d, xp, p, len, c, dyp, dhp, dcp, g);
+            else rnnkern::backward<F>(cell, d, xp, p, len, c, dyp, dhp, dcp, g, prec);
           }, rnnkern::call_threads<F>(cell, d)};
 }
 
@@ -206,21 +213,24 @@ bool is_f64(const py::object& x, const char* name) {
 
 py::tuple forward_any(int cell_id, const py::object& x, const py::object& h0, const py::object& c0,
                       const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
-                      const py::object& b_hh, const py::object& lengths, bool training) {
+                      const py::object& b_hh, const py::object& lengths, bool training,
+                      int precision) {
   Cell cell = to_cell(cell_id);
   Sizes z = sizes(cell, x, w_hh);
-  return run(is_f64(x, "x") ? prepare_forward<double>(cell, z, x, h0, c0, nullptr, w_ih, w_hh, b_ih, b_hh, lengths, training)
-                            : prepare_forward<float>(cell, z, x, h0, c0, nullptr, w_ih, w_hh, b_ih, b_hh, lengths, training));
+  const auto prec = to_precision(precision);
+  return run(is_f64(x, "x") ? prepare_forward<double>(cell, z, x, h0, c0, nullptr, w_ih, w_hh, b_ih, b_hh, lengths, training, prec)
+                            : prepare_forward<float>(cell, z, x, h0, c0, nullptr, w_ih, w_hh, b_ih, b_hh, lengths, training, prec));
 }
 
 py::tuple backward_any(int cell_id, const py::object& x, const py::object& w_ih,
                        const py::object& w_hh, bool bias, const py::object& lengths,
                        const py::tuple& cache, const py::object& dy, const py::object& dh_n,
-                       const py::object& dc_n) {
+                       const py::object& dc_n, int precision) {
   Cell cell = to_cell(cell_id);
   Sizes z = sizes(cell, x, w_hh);
-  return run(is_f64(x, "x") ? prepare_backward<double>(cell, z, x, nullptr, w_ih, w_hh, bias, lengths, cache, dy, dh_n, dc_n)
-                            : prepare_backward<float>(cell, z, x, nullptr, w_ih, w_hh, bias, lengths, cache, dy, dh_n, dc_n));
+  const auto prec = to_precision(precision);
+  return run(is_f64(x, "x") ? prepare_backward<double>(cell, z, x, nullptr, w_ih, w_hh, bias, lengths, cache, dy, dh_n, dc_n, prec)
+                            : prepare_backward<float>(cell, z, x, nullptr, w_ih, w_hh, bias, lengths, cache, dy, dh_n, dc_n, prec));
 }
 
 // One cell's weights packed once (rnnkern::Pack of the weights' dtype), for forward_packed and
@@ -248,27 +258,29 @@ template <class F>
 std::shared_ptr<const rnnkern::Pack<F>> make_pack(Cell cell, int64_t I, int64_t H,
                                                   const py::object& w_ih, const py::object& w_hh,
                                                   const py::object& b_ih, const py::object& b_hh,
-                                                  bool fwd, bool bwd) {
+                                                  bool fwd, bool bwd, rnnkern::Precision prec) {
   const int64_t GH = rnnkern::gates(cell) * H;
   rnnkern::Params<F> p{data<F>(w_ih, "w_ih", {GH, I}), data<F>(w_hh, "w_hh", {GH, H}),
                        data<F>(b_ih, "b_ih", {GH}, true), data<F>(b_hh, "b_hh", {GH}, true)};
   if ((p.b_ih == nullptr) != (p.b_hh == nullptr))
     throw py::value_error("b_ih, b_hh: both arrays or both None");
   py::gil_scoped_release release;
-  return std::make_shared<const rnnkern::Pack<F>>(cell, I, H, p, fwd, bwd);
+  return std::make_shared<const rnnkern::Pack<F>>(cell, I, H, p, fwd, bwd, prec);
 }
 
 PackHandle pack_any(int cell_id, const py::object& w_ih, const py::object& w_hh,
-                    const py::object& b_ih, const py::object& b_hh, bool fwd, bool bwd) {
+                    const py::object& b_ih, const py::object& b_hh, bool fwd, bool bwd,
+                    int precision) {
   Cell cell = to_cell(cell_id);
+  const auto prec = to_precision(precision);
   for (auto [o, name] : {std::pair{&w_ih, "w_ih"}, std::pair{&w_hh, "w_hh"}})
     if (!py::isinstance<py::array>(*o) || py::reinterpret_borrow<py::array>(*o).ndim() != 2)
       throw py::value_error(std::string(name) + ": expected a 2-D numpy.ndarray");
   const int64_t I = py::reinterpret_borrow<py::array>(w_ih).shape(1);
   const int64_t H = py::reinterpret_borrow<py::array>(w_hh).shape(1);
   PackHandle h{cell, I, H, nullptr, nullptr};
-  if (is_f64(w_hh, "w_hh")) h.f64 = make_pack<double>(cell, I, H, w_ih, w_hh, b_ih, b_hh, fwd, bwd);
-  else h.f32 = make_pack<float>(cell, I, H, w_ih, w_hh, b_ih, b_hh, fwd, bwd);
+  if (is_f64(w_hh, "w_hh")) h.f64 = make_pack<double>(cell, I, H, w_ih, w_hh, b_ih, b_hh, fwd, bwd, prec);
+  else h.f32 = make_pack<float>(cell, I, H, w_ih, w_hh, b_ih, b_hh, fwd, bwd, prec);
   return h;
 }
 
@@ -404,12 +416,19 @@ py::tuple xent_any(const py::object& logits, const py::object& targets, int64_t 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "rnnkern's compiled core (use the functions of the rnnkern package instead)";
   m.def("cells", &cells);
-  m.def("forward", &forward_any);
-  m.def("backward", &backward_any);
+  m.def("forward", &forward_any, py::arg("cell_id"), py::arg("x"), py::arg("h0"), py::arg("c0"),
+        py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"),
+        py::arg("training"), py::arg("precision") = 0);
+  m.def("backward", &backward_any, py::arg("cell_id"), py::arg("x"), py::arg("w_ih"),
+        py::arg("w_hh"), py::arg("bias"), py::arg("lengths"), py::arg("cache"), py::arg("dy"),
+        py::arg("dh_n"), py::arg("dc_n"), py::arg("precision") = 0);
   py::class_<PackHandle>(m, "Pack")
       .def(py::init(&pack_any), py::arg("cell_id"), py::arg("w_ih"), py::arg("w_hh"),
            py::arg("b_ih"), py::arg("b_hh"), py::arg("forward") = true,
-           py::arg("backward") = true)
+           py::arg("backward") = true, py::arg("precision") = 0)
+      .def_property_readonly("precision", [](const PackHandle& h) {
+        return static_cast<int>(h.f32 ? h.f32->precision() : h.f64->precision());
+      })
       .def_property_readonly("cell_id", [](const PackHandle& h) { return static_cast<int>(h.cell); })
       .def_property_readonly("input_size", [](const PackHandle& h) { return h.I; })
       .def_property_readonly("hidden_size", [](const PackHandle& h) { return h.H; })

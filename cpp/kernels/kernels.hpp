@@ -3,8 +3,10 @@
 //              and its pointwise forward and backward side by side; cells/all.hpp lists them.
 //   ISA:       cpp/kernels/kernels_<isa>.cpp compiles kernels_impl.hpp (the packing, the panel
 //              product, the input projection; every cell's epilogues) with the ISA's flags.
-//   precision: the element type F of a table (float, double); dispatch.cpp keeps one table per
-//              (precision, ISA), filled once, and picks the row of the ISA in use.
+//   precision: a table's (F, W): F the activations' and the arithmetic's type, W the panels'
+//              (the weights' and the products' other operand): (float, float), (double,
+//              double), (float, bf16); dispatch.cpp keeps one table per (precision, ISA), filled
+//              once, and picks the row of the ISA in use.
 //
 // W_hh is packed once per call into panels, one panel per block of NB hidden units (NB = the
 // vector width): forward panel (K = H, NV gates, NB) so that one pass over a panel gives every
@@ -17,17 +19,21 @@
 
 namespace rnnkern {
 
+// bfloat16 bits (the high half of a float32): the panels' element of precision "bf16", whose
+// products take both operands rounded to bf16 (to nearest, ties to even) and sum in float.
+using bf16 = uint16_t;
+
 // Constant over a call.
-template <class F>
+template <class F, class W = F>
 struct StepConst {
   Cell cell;
   int64_t B, H;
-  const F* wf;      // forward panels, every gate except gru_rh's n (nblk, H, G', NB)
-  const F* wf_n;    // gru_rh: forward panels of W_hn (nblk, H, 1, NB)
-  const F* wb;      // backward panels, rows of the gates in wf (nblk, G'*H, 1, NB)
-  const F* wb_n;    // gru_rh: backward panels of W_hn (nblk, H, 1, NB)
+  const W* wf;      // forward panels, every gate except gru_rh's n (nblk, H, G', NB)
+  const W* wf_n;    // gru_rh: forward panels of W_hn (nblk, H, 1, NB)
+  const W* wb;      // backward panels, rows of the gates in wf (nblk, G'*H, 1, NB)
+  const W* wb_n;    // gru_rh: backward panels of W_hn (nblk, H, 1, NB)
   int64_t I;
-  const F* wi;      // panels of W_ih: forward (nblk, I, G, NB); backward, for dx (nblk_I, G*H, NB)
+  const W* wi;      // panels of W_ih: forward (nblk, I, G, NB); backward, for dx (nblk_I, G*H, NB)
   int64_t HX;       // forward: gate stride of xp, H rounded up to whole blocks (aligned loads)
   const F* b_hn;    // gru, gru_rh: (H,) or null
   const F* xbias;   // forward: (G*H,) b_ih + b_hh, without gru's b_hn; project adds it to xp
@@ -57,17 +63,17 @@ struct Step {
 };
 
 // One cell's part of a kernel table (cpp/kernels/cells/<cell>.hpp).
-template <class F>
+template <class F, class W = F>
 struct CellKernels {
   // One phase of a forward step for hidden blocks [jb0, jb1) (CellTraits::phases of them).
-  void (*forward_phase)(const StepConst<F>& c, const Step<F>& s, int phase, int64_t jb0,
+  void (*forward_phase)(const StepConst<F, W>& c, const Step<F>& s, int phase, int64_t jb0,
                         int64_t jb1);
   // One phase of a backward step.
-  void (*backward_phase)(const StepConst<F>& c, const Step<F>& s, int phase, int64_t jb0,
+  void (*backward_phase)(const StepConst<F, W>& c, const Step<F>& s, int phase, int64_t jb0,
                          int64_t jb1);
 };
 
-template <class F>
+template <class F, class W = F>
 struct KernelTable {
   const char* isa;
   int64_t nb;  // hidden units per block
@@ -76,37 +82,38 @@ struct KernelTable {
   // (K = ldw: every column of w, nv, nb) of H units, dst: nblk * (ldw*nv*nb). Backward: the
   // rows [row0, row0 + rows) of w (., ldw); panels (K = rows, nb) of `cols` columns, dst:
   // nblk * (rows*nb).
-  void (*pack_forward)(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv,
+  void (*pack_forward)(W* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv,
                        int64_t jb0, int64_t jb1);
-  void (*pack_backward)(F* dst, const F* w, int64_t rows, int64_t cols, int64_t ldw,
+  void (*pack_backward)(W* dst, const F* w, int64_t rows, int64_t cols, int64_t ldw,
                         int64_t row0, int64_t jb0, int64_t jb1);
   // xp (rows, G*HX) = x (rows, I) W_ih^T (gate v at columns v*HX) in the columns of hidden
   // blocks [jb0, jb1), from the panels c.wi: each thread projects the columns its steps read.
-  void (*project)(const StepConst<F>& c, const F* x, int64_t rows, F* xp, int64_t jb0,
+  void (*project)(const StepConst<F, W>& c, const F* x, int64_t rows, F* xp, int64_t jb0,
                   int64_t jb1);
   // After step 0: dh0 = dh + dgh_0 W_hh for blocks [jb0, jb1).
-  void (*backward_final)(const StepConst<F>& c, const Step<F>& s, F* dh0, int64_t jb0,
+  void (*backward_final)(const StepConst<F, W>& c, const Step<F>& s, F* dh0, int64_t jb0,
                          int64_t jb1);
   // out (M, N) (+)= A w in the columns of blocks [jb0, jb1), w from its backward panels
   // (nblk, K, nb); A = a (M rows, lda apart) or, with `at`, a^T (a: (K, lda), its first M
   // columns): the backward's dx = dG W_ih and weight gradients dW = dG^T X.
-  void (*product)(const F* a, int64_t lda, bool at, int64_t M, const F* panels, int64_t K,
+  void (*product)(const F* a, int64_t lda, bool at, int64_t M, const W* panels, int64_t K,
                   int64_t N, F* out, int64_t ldo, bool add, int64_t jb0, int64_t jb1);
-  CellKernels<F> cells[num_cells];  // indexed by Cell
+  CellKernels<F, W> cells[num_cells];  // indexed by Cell
 };
 
-template <class F>
-const KernelTable<F>* kernels();  // the table of precision F for the ISA in use (dispatch.cpp)
+// The table of precision (F, W) for the ISA in use (dispatch.cpp).
+template <class F, class W = F>
+const KernelTable<F, W>* kernels();
 
-// The precisions: a kernel table per (precision, ISA).
-#define RNNKERN_PRECISIONS(X) X(float) X(double)
+// The precisions (F, W): a kernel table per (precision, ISA).
+#define RNNKERN_PRECISIONS(X) X(float, float) X(double, double) X(float, bf16)
 
-// Each ISA's table of precision F (kernels_<isa>.cpp; null when the ISA was not compiled).
-template <class F>
-const KernelTable<F>* scalar_kernels();
-template <class F>
-const KernelTable<F>* avx2_kernels();
-template <class F>
-const KernelTable<F>* avx512_kernels();
+// Each ISA's table of precision (F, W) (kernels_<isa>.cpp; null when the ISA was not compiled).
+template <class F, class W>
+const KernelTable<F, W>* scalar_kernels();
+template <class F, class W>
+const KernelTable<F, W>* avx2_kernels();
+template <class F, class W>
+const KernelTable<F, W>* avx512_kernels();
 
 }  // namespace rnnkern

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -130,6 +131,55 @@ inline void store(F* p, vec<F> v, int64_t n) {
 template <class F>
 inline void zero(F* p, int64_t n) {
   std::memset(p, 0, n * sizeof(F));
+}
+
+// ---- bf16 panels (W = bf16): the high half of a float's bits, rounded to nearest, ties to
+// even; NaN stays NaN. Products read them widened to float (emulated: no bf16 arithmetic).
+
+template <class W>
+constexpr bool is_bf16 = std::is_same_v<W, bf16>;
+typedef bf16 hvec __attribute__((vector_size(VBYTES / 2)));     // NB<float> bf16 lanes
+typedef uint32_t uvec __attribute__((vector_size(VBYTES)));    // NB<float> bit patterns
+
+// A panel's vector as F.
+template <class F, class W>
+inline vec<F> load_w(const W* p) {
+  if constexpr (is_bf16<W>) {
+    hvec h;
+    std::memcpy(&h, p, sizeof h);
+    return (vec<F>)(__builtin_convertvector(h, uvec) << 16);
+  } else {
+    return load(p);
+  }
+}
+// v rounded to bf16, in the high half of each lane (NaN: quieted, its sign and top bits kept).
+inline uvec bf16_round(vec<float> v) {
+  const uvec u = (uvec)v;
+  const uvec nan = (uvec)(v != v);  // all ones where NaN
+  const uvec r = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+  return (r & ~nan) | ((u | 0x00400000u) & 0xFFFF0000u & nan);
+}
+// The first n lanes of v into a panel.
+template <class F, class W>
+inline void store_w(W* p, vec<F> v, int64_t n) {
+  if constexpr (is_bf16<W>) {
+    const hvec h = __builtin_convertvector(bf16_round(v) >> 16, hvec);
+    std::memcpy(p, &h, n * sizeof(W));
+  } else {
+    store(p, v, n);
+  }
+}
+// A scalar operand of a product as the precision takes it: with bf16 panels, rounded to bf16.
+template <class W, class F>
+inline F operand(F s) {
+  if constexpr (is_bf16<W>) {
+    if (s != s) return s;
+    uint32_t u;
+    std::memcpy(&u, &s, sizeof u);
+    u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+    std::memcpy(&s, &u, sizeof s);
+  }
+  return s;
 }
 
 // ---- vector math: exp, tanh, sigmoid (Cephes-style polynomials; no overflow, NaN propagates)
@@ -255,10 +305,10 @@ constexpr int k_unroll(int chains) {  // independent accumulator sets to hide FM
 
 // out (MB, NV*NB) = a (MB rows of stride lda, K) @ panel (K, NV, NB)
 // AT: a is read transposed, a[k * lda + m] (rows of the product are columns of a).
-template <class F, int MB, int NV, bool AT = false>
-inline void tile(const F* a, int64_t lda, const F* panel, int64_t K, F* out) {
+template <class F, int MB, int NV, bool AT = false, class W>
+inline void tile(const F* a, int64_t lda, const W* panel, int64_t K, F* out) {
   constexpr int KU = k_unroll(MB * NV);
-  constexpr int64_t W = NV * NB<F>;
+  constexpr int64_t WS = NV * NB<F>;  // panel elements per k
   vec<F> acc[KU][MB][NV];
 #pragma GCC unroll 8
   for (int u = 0; u < KU; ++u)
@@ -270,10 +320,10 @@ inline void tile(const F* a, int64_t lda, const F* panel, int64_t K, F* out) {
   for (; k + KU <= K; k += KU) {
 #pragma GCC unroll 8
     for (int u = 0; u < KU; ++u) {
-      const F* wk = panel + (k + u) * W;
+      const W* wk = panel + (k + u) * WS;
       vec<F> w[NV];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) w[v] = load(wk + v * NB<F>);
+      for (int v = 0; v < NV; ++v) w[v] = load_w<F>(wk + v * NB<F>);
 #pragma GCC unroll 8
       for (int m = 0; m < MB; ++m) {
         const F s = AT ? a[(k + u) * lda + m] : a[m * lda + k + u];
@@ -283,12 +333,12 @@ inline void tile(const F* a, int64_t lda, const F* panel, int64_t K, F* out) {
     }
   }
   for (; k < K; ++k) {
-    const F* wk = panel + k * W;
+    const W* wk = panel + k * WS;
 #pragma GCC unroll 8
     for (int m = 0; m < MB; ++m) {
       const F s = AT ? a[k * lda + m] : a[m * lda + k];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[0][m][v] += load(wk + v * NB<F>) * s;
+      for (int v = 0; v < NV; ++v) acc[0][m][v] += load_w<F>(wk + v * NB<F>) * s;
     }
   }
 #pragma GCC unroll 8
@@ -298,17 +348,44 @@ inline void tile(const F* a, int64_t lda, const F* panel, int64_t K, F* out) {
       vec<F> sum = acc[0][m][v];
 #pragma GCC unroll 8
       for (int u = 1; u < KU; ++u) sum += acc[u][m][v];
-      store(out + m * W + v * NB<F>, sum);
+      store(out + m * WS + v * NB<F>, sum);
     }
 }
 
+// Rows [b, b + M) of a (K columns; with AT, columns of a (K, lda)) rounded to bf16, as a (M, K)
+// block in this thread's scratch.
+template <int M, bool AT>
+inline const float* bf16_rows(const float* a, int64_t lda, int64_t b, int64_t K) {
+  thread_local std::vector<float> q;  // (M, K)
+  if (q.size() < static_cast<size_t>(M * K)) q.resize(M * K);
+  float* out = q.data();
+  for (int m = 0; m < M; ++m) {
+    float* o = out + m * K;
+    if constexpr (AT) {
+      for (int64_t k = 0; k < K; ++k) o[k] = operand<bf16>(a[k * lda + b + m]);
+    } else {
+      const float* r = a + (b + m) * lda;
+      int64_t k = 0;
+      for (; k + NB<float> <= K; k += NB<float>) store(o + k, (vec<float>)bf16_round(load(r + k)));
+      for (; k < K; ++k) o[k] = operand<bf16>(r[k]);
+    }
+  }
+  return out;
+}
+template <int M, bool AT>
+inline const double* bf16_rows(const double*, int64_t, int64_t, int64_t);  // never: bf16 is float
+
 // One tile of `rows` (1..M) rows from b: the product, then the epilogue of each row.
-template <class F, int NV, int M, bool AT, class Epi>
-inline void rows_tile(const F* a, int64_t lda, int64_t b, int64_t rows, const F* panel, int64_t K,
+template <class F, int NV, int M, bool AT, class W, class Epi>
+inline void rows_tile(const F* a, int64_t lda, int64_t b, int64_t rows, const W* panel, int64_t K,
                       F* buf, Epi& epi) {
   if constexpr (M > 0) {
     if (rows == M) {
-      tile<F, M, NV, AT>(AT ? a + b : a + b * lda, lda, panel, K, buf);
+      if constexpr (is_bf16<W>) {  // the tile's rows rounded once, not at every broadcast
+        tile<F, M, NV, false>(bf16_rows<M, AT>(a, lda, b, K), K, panel, K, buf);
+      } else {
+        tile<F, M, NV, AT>(AT ? a + b : a + b * lda, lda, panel, K, buf);
+      }
       for (int m = 0; m < M; ++m) epi(b + m, static_cast<const F*>(buf + m * NV * NB<F>));
     } else {
       rows_tile<F, NV, M - 1, AT>(a, lda, b, rows, panel, K, buf, epi);
@@ -317,8 +394,8 @@ inline void rows_tile(const F* a, int64_t lda, int64_t b, int64_t rows, const F*
 }
 
 // For every row b < B: epi(b, acc) with acc (NV*NB) = a[b, :K] @ panel; a null = zero product.
-template <class F, int NV, bool AT = false, class Epi>
-inline void panel_rows(const F* a, int64_t lda, int64_t B, const F* panel, int64_t K, Epi&& epi) {
+template <class F, int NV, bool AT = false, class W, class Epi>
+inline void panel_rows(const F* a, int64_t lda, int64_t B, const W* panel, int64_t K, Epi&& epi) {
   constexpr int MB = mb_max<F, NV>();
   alignas(64) F buf[MB * NV * NB<F>];
   if (a == nullptr) {
@@ -361,14 +438,14 @@ inline void transpose(vec<F> (&r)[NB<F>]) {
   }
 }
 
-template <class F>
-void pack_forward(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv, int64_t jb0,
+template <class F, class W>
+void pack_forward(W* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv, int64_t jb0,
                   int64_t jb1) {
   // NB x NB tiles transposed in registers; the NB rows of one gate are read side by side, so
   // the loads form NB streams that the hardware prefetches.
   const int64_t K = ldw;
   for (int64_t jb = jb0; jb < jb1; ++jb) {
-    F* panel = dst + jb * nv * K * NB<F>;  // (K, nv, NB)
+    W* panel = dst + jb * nv * K * NB<F>;  // (K, nv, NB)
     const int64_t nj = imin(NB<F>, H - jb * NB<F>);
     for (int v = 0; v < nv; ++v) {
       const F* rows = w + ((gate0 + v) * H + jb * NB<F>) * ldw;  // (nj, ldw)
@@ -378,20 +455,21 @@ void pack_forward(F* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv,
 #pragma GCC unroll 16
         for (int64_t l = 0; l < NB<F>; ++l) r[l] = l < nj ? load(rows + l * ldw + k0, nk) : vec<F>{};
         transpose<F>(r);
-        for (int64_t kk = 0; kk < nk; ++kk) store(panel + ((k0 + kk) * nv + v) * NB<F>, r[kk]);
+        for (int64_t kk = 0; kk < nk; ++kk)
+          store_w<F>(panel + ((k0 + kk) * nv + v) * NB<F>, r[kk], NB<F>);
       }
     }
   }
 }
 
-template <class F>
-void pack_backward(F* dst, const F* w, int64_t rows, int64_t cols, int64_t ldw, int64_t row0,
+template <class F, class W>
+void pack_backward(W* dst, const F* w, int64_t rows, int64_t cols, int64_t ldw, int64_t row0,
                    int64_t jb0, int64_t jb1) {
   for (int64_t jb = jb0; jb < jb1; ++jb) {
-    F* panel = dst + jb * rows * NB<F>;  // (rows, NB)
+    W* panel = dst + jb * rows * NB<F>;  // (rows, NB)
     const int64_t nj = imin(NB<F>, cols - jb * NB<F>);
     for (int64_t r = 0; r < rows; ++r)
-      store(panel + r * NB<F>, load(w + (row0 + r) * ldw + jb * NB<F>, nj));
+      store_w<F>(panel + r * NB<F>, load(w + (row0 + r) * ldw + jb * NB<F>, nj), NB<F>);
   }
 }
 
@@ -400,8 +478,8 @@ void pack_backward(F* dst, const F* w, int64_t rows, int64_t cols, int64_t ldw, 
 // first M columns): the backward's dx = dG W_ih and weight gradients dW = dG^T X, with the
 // steps' register tiles. Rows in groups of 64, so a group's rows of A stay in L2 while the
 // panels pass over them.
-template <class F>
-[[gnu::flatten]] void product(const F* a, int64_t lda, bool at, int64_t M, const F* panels,
+template <class F, class W>
+[[gnu::flatten]] void product(const F* a, int64_t lda, bool at, int64_t M, const W* panels,
                               int64_t K, int64_t N, F* out, int64_t ldo, bool add, int64_t jb0,
                               int64_t jb1) {
   constexpr int64_t RG = 64;
@@ -410,7 +488,7 @@ template <class F>
     const F* am = at ? a + m0 : a + m0 * lda;
     for (int64_t jb = jb0; jb < jb1; ++jb) {
       const int64_t j0 = jb * NB<F>, n = imin(NB<F>, N - j0);
-      const F* panel = panels + jb * K * NB<F>;  // (K, NB)
+      const W* panel = panels + jb * K * NB<F>;  // (K, NB)
       auto put = [&](int64_t b, const F* acc) {
         F* o = out + (m0 + b) * ldo + j0;
         store(o, add ? load(o, n) + load(acc) : load(acc), n);
@@ -423,8 +501,8 @@ template <class F>
 
 // ---- the input projection
 
-template <class F>
-[[gnu::flatten]] void project(const StepConst<F>& c, const F* x, int64_t rows, F* xp,
+template <class F, class W>
+[[gnu::flatten]] void project(const StepConst<F, W>& c, const F* x, int64_t rows, F* xp,
                               int64_t jb0, int64_t jb1) {
   const int64_t H = c.H, I = c.I, G = gates(c.cell), HX = c.HX, GHX = G * HX;
   constexpr int64_t RG = 64;  // rows per group: they stay in cache while every panel passes
@@ -434,7 +512,7 @@ template <class F>
     F* out = xp + r0 * GHX;                     // (nr, G*HX)
     for (int64_t jb = jb0; jb < jb1; ++jb) {
       const int64_t j0 = jb * NB<F>, n = imin(NB<F>, H - j0);
-      const F* panel = c.wi + jb * I * G * NB<F>;  // (I, G, NB)
+      const W* panel = c.wi + jb * I * G * NB<F>;  // (I, G, NB)
       const F* xb = c.xbias + j0;  // (G*H,) biases from unit j0
       auto put = [&](int64_t b, const F* acc) {  // whole blocks: units past H get 0
         for (int64_t v = 0; v < G; ++v)
@@ -452,7 +530,7 @@ template <class F>
 // ---- what the cells' epilogues share (cpp/kernels/cells)
 
 // Each cell's forward_phase and backward_phase (specialized in its file).
-template <class C, class F>
+template <class C, class F, class W>
 struct Kernels;
 
 // fn(jb, j0, n) for hidden blocks [jb0, jb1): block jb has units [j0, j0 + n).
@@ -482,8 +560,8 @@ inline void put_h(const Step<F>& s, int64_t H, int64_t b, int64_t j0, int64_t n,
 // At step t (from T-1 down to 0) the gradient reaching h_t is s.dh (paths that skip W_hh, and
 // what padded steps carried) + dgh_{t+1} W_hh (the panel product) + dy_t.
 
-template <class F>
-inline vec<F> grad_h(const StepConst<F>& c, const Step<F>& s, int64_t b, int64_t j0, int64_t n,
+template <class F, class W>
+inline vec<F> grad_h(const StepConst<F, W>& c, const Step<F>& s, int64_t b, int64_t j0, int64_t n,
                      const F* acc, bool valid) {
   vec<F> dh = load(s.dh + b * c.H + j0, n) + load(acc);
   if (valid && s.dy) dh += load(s.dy + b * c.H + j0, n);
@@ -491,8 +569,8 @@ inline vec<F> grad_h(const StepConst<F>& c, const Step<F>& s, int64_t b, int64_t
 }
 
 // A padded step passes the gradient of h_t (and c_t) to h_{t-1} and has zero dgates.
-template <class F>
-inline void pass_through(const StepConst<F>& c, const Step<F>& s, int64_t b, int64_t j0,
+template <class F, class W>
+inline void pass_through(const StepConst<F, W>& c, const Step<F>& s, int64_t b, int64_t j0,
                          int64_t n, vec<F> dh) {
   const int64_t H = c.H, G = gates(c.cell);
   store(s.dh + b * H + j0, dh, n);
@@ -504,8 +582,8 @@ inline void pass_through(const StepConst<F>& c, const Step<F>& s, int64_t b, int
 
 // The epilogue of a backward product: padded rows pass their gradient through, the others get
 // body(b, dh) with dh the whole gradient reaching h_t.
-template <class F, class Body>
-inline auto rows_dh(const StepConst<F>& c, const Step<F>& s, int64_t j0, int64_t n, Body&& body) {
+template <class F, class W, class Body>
+inline auto rows_dh(const StepConst<F, W>& c, const Step<F>& s, int64_t j0, int64_t n, Body&& body) {
   return [&c, &s, j0, n, body](int64_t b, const F* acc) {
     const bool valid = !padded(c.lengths, b, s.t);
     vec<F> dh = grad_h(c, s, b, j0, n, acc, valid);
@@ -514,8 +592,8 @@ inline auto rows_dh(const StepConst<F>& c, const Step<F>& s, int64_t j0, int64_t
   };
 }
 
-template <class F>
-[[gnu::flatten]] void backward_final(const StepConst<F>& c, const Step<F>& s, F* dh0,
+template <class F, class W>
+[[gnu::flatten]] void backward_final(const StepConst<F, W>& c, const Step<F>& s, F* dh0,
                                      int64_t jb0, int64_t jb1) {
   const int64_t H = c.H, K = cell_traits(c.cell).main_gates * H;  // rows of dgh in the panels
   for (int64_t jb = jb0; jb < jb1; ++jb) {
@@ -536,19 +614,20 @@ namespace rnnkern {
 namespace RNNKERN_ISA {
 namespace {
 
-// The ISA's table of precision F: the shared kernels, and each cell's epilogues at its id.
-template <class F>
-constexpr KernelTable<F> make_table() {
-  KernelTable<F> t{RNNKERN_ISA_NAME, NB<F>, pack_forward<F>, pack_backward<F>, project<F>,
-                   backward_final<F>, product<F>, {}};
-#define RNNKERN_CELL_ENTRY(C) \
-  t.cells[static_cast<int>(C::id)] = {Kernels<C, F>::forward_phase, Kernels<C, F>::backward_phase};
+// The ISA's table of precision (F, W): the shared kernels, and each cell's epilogues at its id.
+template <class F, class W>
+constexpr KernelTable<F, W> make_table() {
+  KernelTable<F, W> t{RNNKERN_ISA_NAME, NB<F>, pack_forward<F, W>, pack_backward<F, W>,
+                      project<F, W>, backward_final<F, W>, product<F, W>, {}};
+#define RNNKERN_CELL_ENTRY(C)                                    \
+  t.cells[static_cast<int>(C::id)] = {Kernels<C, F, W>::forward_phase, \
+                                      Kernels<C, F, W>::backward_phase};
   RNNKERN_CELLS(RNNKERN_CELL_ENTRY)
 #undef RNNKERN_CELL_ENTRY
   return t;
 }
-template <class F>
-const KernelTable<F> table = make_table<F>();
+template <class F, class W>
+const KernelTable<F, W> table = make_table<F, W>();
 
 }  // namespace
 }  // namespace RNNKERN_ISA

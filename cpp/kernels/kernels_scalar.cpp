@@ -5,9 +5,9 @@
 #include "kernels_impl.hpp"
 
 namespace rnnkern {
-template <class F>
-const KernelTable<F>* scalar_kernels() { return &scalar::table<F>; }
-#define RNNKERN_INSTANTIATE(F) template const KernelTable<F>* scalar_kernels<F>();
+template <class F, class W>
+const KernelTable<F, W>* scalar_kernels() { return &scalar::table<F, W>; }
+#define RNNKERN_INSTANTIATE(F, W) template const KernelTable<F, W>* scalar_kernels<F, W>();
 RNNKERN_PRECISIONS(RNNKERN_INSTANTIATE)
 #undef RNNKERN_INSTANTIATE
 }  // namespace rnnkern

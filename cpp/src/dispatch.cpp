@@ -62,23 +62,23 @@ std::atomic<int>& current() {
 }  // namespace
 
 #if !(defined(__x86_64__) && defined(__GNUC__))  // only the scalar kernels are built
-#define RNNKERN_NO_ISA(F)                                                \
-  template <>                                                            \
-  const KernelTable<F>* avx2_kernels<F>() { return nullptr; }           \
-  template <>                                                            \
-  const KernelTable<F>* avx512_kernels<F>() { return nullptr; }
+#define RNNKERN_NO_ISA(F, W)                                                   \
+  template <>                                                                  \
+  const KernelTable<F, W>* avx2_kernels<F, W>() { return nullptr; }           \
+  template <>                                                                  \
+  const KernelTable<F, W>* avx512_kernels<F, W>() { return nullptr; }
 RNNKERN_PRECISIONS(RNNKERN_NO_ISA)
 #undef RNNKERN_NO_ISA
 #endif
 
 // One table per (precision, ISA), filled once; the ISA in use picks the row.
-template <class F>
-const KernelTable<F>* kernels() {
-  static const KernelTable<F>* const tables[] = {scalar_kernels<F>(), avx2_kernels<F>(),
-                                                 avx512_kernels<F>()};
+template <class F, class W>
+const KernelTable<F, W>* kernels() {
+  static const KernelTable<F, W>* const tables[] = {
+      scalar_kernels<F, W>(), avx2_kernels<F, W>(), avx512_kernels<F, W>()};
   return tables[current().load(std::memory_order_relaxed)];
 }
-#define RNNKERN_INSTANTIATE(F) template const KernelTable<F>* kernels<F>();
+#define RNNKERN_INSTANTIATE(F, W) template const KernelTable<F, W>* kernels<F, W>();
 RNNKERN_PRECISIONS(RNNKERN_INSTANTIATE)
 #undef RNNKERN_INSTANTIATE
 

@@ -12,6 +12,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kernels.hpp"
@@ -21,31 +22,31 @@
 namespace rnnkern {
 namespace {
 
-template <class F>
-int64_t blocks(int64_t n, const KernelTable<F>& kt) { return (n + kt.nb - 1) / kt.nb; }
+template <class F, class W>
+int64_t blocks(int64_t n, const KernelTable<F, W>& kt) { return (n + kt.nb - 1) / kt.nb; }
 
 }  // namespace
 
-// The weights of one direction packed for the kernels kt: forward panels (W_hh, and W_ih for the
-// input projection) and backward panels (W_hh, and W_ih for dx = dG W_ih), and the biases. Each
-// thread packs the panels of the hidden blocks (and W_ih's column blocks) that it owns in a call
-// on `threads` threads, so they start in its cache.
-template <class F>
-struct Pack<F>::Impl {
+// The weights of one direction packed for the kernels kt of precision (F, W): forward panels
+// (W_hh, and W_ih for the input projection) and backward panels (W_hh, and W_ih for dx = dG
+// W_ih), and the biases (F). Each thread packs the panels of the hidden blocks (and W_ih's column
+// blocks) that it owns in a call on `threads` threads, so they start in its cache.
+template <class F, class W>
+struct Panels {
   Cell cell;
   int64_t I, H;
-  const KernelTable<F>* kt;
+  const KernelTable<F, W>* kt;
   bool fwd, bwd, bias;
   // Each panels buffer: the main gates' (nblk, H, G', NB) forward, (nblk, G'*H, NB) backward;
   // gru_rh: W_hn's (nblk, H, NB); then W_ih's: forward (nblk, I, G, NB), backward
   // (blocks of I, G*H, NB).
   int64_t main_size, n_size, wif_size, wib_size;
-  Buffer<F> fpanels, bpanels;
+  Buffer<W> fpanels, bpanels;
   std::vector<F> xbias;  // (G*H,) b_ih + b_hh, but b_hn stays inside r * (W_hn h + b_hn)
   std::vector<F> b_hn;   // (H,) gru, gru_rh with biases; else empty
 
-  Impl(Cell cell_, int64_t I_, int64_t H_, const KernelTable<F>& kt_, Params<F> p, bool fwd_,
-       bool bwd_, int threads)
+  Panels(Cell cell_, int64_t I_, int64_t H_, const KernelTable<F, W>& kt_, Params<F> p,
+         bool fwd_, bool bwd_, int threads)
       : cell(cell_), I(I_), H(H_), kt(&kt_), fwd(fwd_), bwd(bwd_), bias(p.b_ih != nullptr),
         main_size(blocks(H, kt_) * kt_.nb * cell_traits(cell).main_gates * H),
         n_size(blocks(H, kt_) * kt_.nb * H * (gates(cell) - cell_traits(cell).main_gates)),
@@ -62,7 +63,7 @@ struct Pack<F>::Impl {
       if (p.b_hh && r < folded) xbias[r] += p.b_hh[r];
     }
     if (ct.separate_b_hn && p.b_hh) b_hn.assign(p.b_hh + folded, p.b_hh + GH);
-    F *fmain = fpanels.get(), *bmain = bpanels.get();
+    W *fmain = fpanels.get(), *bmain = bpanels.get();
     // Each planned thread packs its share; the caller packs the shares of workers that have not
     // started yet (threads.hpp).
     parallel(threads, [&](int tid, Team& team) {
@@ -90,45 +91,82 @@ struct Pack<F>::Impl {
   }
 
   // What the kernels read of a call: the forward's panels, or the backward's.
-  StepConst<F> step_const(Dims d, const int64_t* lengths, bool backward) const {
+  StepConst<F, W> step_const(Dims d, const int64_t* lengths, bool backward) const {
     const char* what = backward ? "backward" : "forward";
     if (d.I != I || d.H != H)
       throw std::invalid_argument(std::string(what) + ": the pack's sizes are I = " +
                                   std::to_string(I) + ", H = " + std::to_string(H));
     if (!(backward ? bwd : fwd))
       throw std::invalid_argument(std::string(what) + ": the pack was not made for it");
-    F* main = backward ? bpanels.get() : fpanels.get();
-    F* n = n_size ? main + main_size : nullptr;
-    F* wi = (backward ? wib_size : wif_size) ? main + main_size + n_size : nullptr;
-    return StepConst<F>{cell, d.B, d.H, backward ? nullptr : main, backward ? nullptr : n,
+    W* main = backward ? bpanels.get() : fpanels.get();
+    W* n = n_size ? main + main_size : nullptr;
+    W* wi = (backward ? wib_size : wif_size) ? main + main_size + n_size : nullptr;
+    return StepConst<F, W>{cell, d.B, d.H, backward ? nullptr : main, backward ? nullptr : n,
                         backward ? main : nullptr, backward ? n : nullptr, d.I, wi,
                         blocks(H, *kt) * kt->nb, b_hn.empty() ? nullptr : b_hn.data(),
                         xbias.data(), lengths, 0};
   }
 };
 
+// A Pack's panels: of its precision's W (native: F).
 template <class F>
-Pack<F>::Pack(Cell cell, int64_t I, int64_t H, Params<F> p, bool for_forward, bool for_backward)
-    : impl_(std::make_unique<Impl>(cell, I, H, *kernels<F>(), p, for_forward, for_backward,
-                                   std::max<int>(1, static_cast<int>(blocks(H > I ? H : I, *kernels<F>()))))) {}
+struct Pack<F>::Impl {
+  // Precision bf16 has float arrays only (for double, `half` is never made).
+  using Half = std::conditional_t<std::is_same_v<F, float>, Panels<F, bf16>, Panels<F, F>>;
+  std::unique_ptr<Panels<F, F>> native;
+  std::unique_ptr<Half> half;
+
+  Impl(Cell cell, int64_t I, int64_t H, Params<F> p, bool fwd, bool bwd, Precision prec,
+       int threads) {
+    if (prec == Precision::bf16) {
+      if constexpr (std::is_same_v<F, float>)
+        half = std::make_unique<Half>(cell, I, H, *kernels<F, bf16>(), p, fwd, bwd, threads);
+      else
+        throw std::invalid_argument("precision: bf16 needs float32 arrays");
+    } else {
+      native = std::make_unique<Panels<F, F>>(cell, I, H, *kernels<F>(), p, fwd, bwd, threads);
+    }
+  }
+  // The fields every precision has.
+  template <class Fn>
+  auto with(Fn fn) const {
+    return half ? fn(*half) : fn(*native);
+  }
+};
+
+// Threads to pack with, when the calls to come are unknown: one per block of H (or I).
+int pack_threads(int64_t I, int64_t H, int64_t nb) {
+  const int64_t n = ((H > I ? H : I) + nb - 1) / nb;
+  return n < 1 ? 1 : (n > 16 ? 16 : static_cast<int>(n));
+}
+
+template <class F>
+Pack<F>::Pack(Cell cell, int64_t I, int64_t H, Params<F> p, bool for_forward, bool for_backward,
+              Precision prec)
+    : impl_(std::make_unique<Impl>(cell, I, H, p, for_forward, for_backward, prec,
+                                   pack_threads(I, H, kernels<F>()->nb))) {}
 template <class F>
 Pack<F>::Pack(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 template <class F>
 Pack<F>::~Pack() = default;
 template <class F>
-Cell Pack<F>::cell() const { return impl_->cell; }
+Cell Pack<F>::cell() const { return impl_->with([](auto& p) { return p.cell; }); }
 template <class F>
-int64_t Pack<F>::input_size() const { return impl_->I; }
+int64_t Pack<F>::input_size() const { return impl_->with([](auto& p) { return p.I; }); }
 template <class F>
-int64_t Pack<F>::hidden_size() const { return impl_->H; }
+int64_t Pack<F>::hidden_size() const { return impl_->with([](auto& p) { return p.H; }); }
 template <class F>
-bool Pack<F>::has_bias() const { return impl_->bias; }
+bool Pack<F>::has_bias() const { return impl_->with([](auto& p) { return p.bias; }); }
 template <class F>
-bool Pack<F>::for_forward() const { return impl_->fwd; }
+bool Pack<F>::for_forward() const { return impl_->with([](auto& p) { return p.fwd; }); }
 template <class F>
-bool Pack<F>::for_backward() const { return impl_->bwd; }
+bool Pack<F>::for_backward() const { return impl_->with([](auto& p) { return p.bwd; }); }
 template <class F>
-std::string Pack<F>::isa() const { return impl_->kt->isa; }
+std::string Pack<F>::isa() const { return impl_->with([](auto& p) { return p.kt->isa; }); }
+template <class F>
+Precision Pack<F>::precision() const {
+  return impl_->half ? Precision::bf16 : Precision::native;
+}
 
 namespace {
 
@@ -193,26 +231,27 @@ CacheLayout cache_layout(Cell cell, Dims d) {
 
 template <class F>
 void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> p,
-             const int64_t* lengths, F* y, F* h_n, F* c_n, const Cache<F>* cache) {
+             const int64_t* lengths, F* y, F* h_n, F* c_n, const Cache<F>* cache,
+             Precision prec) {
   if (d.B == 0 || d.H == 0) return;
-  const KernelTable<F>& kt = *kernels<F>();
-  const int threads = threads_for(d, gates(cell) * d.H, blocks(d.H, kt));
-  const Pack<F> w(std::make_unique<typename Pack<F>::Impl>(cell, d.I, d.H, kt, p, true, false,
+  const int threads = threads_for(d, gates(cell) * d.H, blocks(d.H, *kernels<F>()));
+  const Pack<F> w(std::make_unique<typename Pack<F>::Impl>(cell, d.I, d.H, p, true, false, prec,
                                                            threads));
   forward(w, d, x, h0, c0, lengths, y, h_n, c_n, cache);
 }
 
-template <class F>
-void forward(const Pack<F>& w, Dims d, const F* x, const F* h0, const F* c0,
-             const int64_t* lengths, F* y, F* h_n, F* c_n, const Cache<F>* cache) {
-  const typename Pack<F>::Impl& pk = w.impl();
-  StepConst<F> sc = pk.step_const(d, lengths, false);
+namespace {
+
+template <class F, class W>
+void run_forward(const Panels<F, W>& pk, Dims d, const F* x, const F* h0, const F* c0,
+                 const int64_t* lengths, F* y, F* h_n, F* c_n, const Cache<F>* cache) {
+  StepConst<F, W> sc = pk.step_const(d, lengths, false);
   const Cell cell = pk.cell;
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H, GH = gates(cell) * H, BH = B * H;
   if (B == 0 || H == 0) return;
-  const KernelTable<F>& kt = *pk.kt;
+  const KernelTable<F, W>& kt = *pk.kt;
   const CellTraits& ct = cell_traits(cell);
-  const CellKernels<F>& ck = kt.cells[static_cast<int>(cell)];
+  const CellKernels<F, W>& ck = kt.cells[static_cast<int>(cell)];
   const bool lstm = ct.cell_state;
   const int64_t nblk = blocks(H, kt);
 
@@ -265,21 +304,30 @@ void forward(const Pack<F>& w, Dims d, const F* x, const F* h0, const F* c0,
   if (lstm) std::memcpy(c_n, row(cs, T), BH * sizeof(F));
 }
 
+}  // namespace
+
+template <class F>
+void forward(const Pack<F>& w, Dims d, const F* x, const F* h0, const F* c0,
+             const int64_t* lengths, F* y, F* h_n, F* c_n, const Cache<F>* cache) {
+  w.impl().with([&](auto& pk) { run_forward(pk, d, x, h0, c0, lengths, y, h_n, c_n, cache); });
+}
+
 template <class F>
 void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths,
-              const Cache<F>& cache, const F* dy, const F* dh_n, const F* dc_n, Grads<F> g) {
-  const KernelTable<F>& kt = *kernels<F>();
-  const int threads = threads_for(d, gates(cell) * d.H, blocks(d.H, kt));
-  const Pack<F> w(std::make_unique<typename Pack<F>::Impl>(cell, d.I, d.H, kt, p, false, true,
+              const Cache<F>& cache, const F* dy, const F* dh_n, const F* dc_n, Grads<F> g,
+              Precision prec) {
+  const int threads = threads_for(d, gates(cell) * d.H, blocks(d.H, *kernels<F>()));
+  const Pack<F> w(std::make_unique<typename Pack<F>::Impl>(cell, d.I, d.H, p, false, true, prec,
                                                            threads));
   backward(w, d, x, lengths, cache, dy, dh_n, dc_n, g);
 }
 
-template <class F>
-void backward(const Pack<F>& w, Dims d, const F* x, const int64_t* lengths,
-              const Cache<F>& cache, const F* dy, const F* dh_n, const F* dc_n, Grads<F> g) {
-  const typename Pack<F>::Impl& pk = w.impl();
-  StepConst<F> sc = pk.step_const(d, lengths, true);
+namespace {
+
+template <class F, class W>
+void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* lengths,
+                  const Cache<F>& cache, const F* dy, const F* dh_n, const F* dc_n, Grads<F> g) {
+  StepConst<F, W> sc = pk.step_const(d, lengths, true);
   const Cell cell = pk.cell;
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H, GH = gates(cell) * H, BH = B * H, TB = T * B;
   const CellTraits& ct = cell_traits(cell);
@@ -296,8 +344,8 @@ void backward(const Pack<F>& w, Dims d, const F* x, const int64_t* lengths,
   // Rows of the dgates buffers LDG apart, not G*H: at G*H = 1024 or 2048 floats (4 or 8 KB) the
   // rows that one backward tile reads side by side would all fall in one L1 set.
   const int64_t LDG = (GH * sizeof(F)) % 1024 == 0 ? GH + 64 / sizeof(F) : GH;
-  const KernelTable<F>& kt = *pk.kt;
-  const CellKernels<F>& ck = kt.cells[static_cast<int>(cell)];
+  const KernelTable<F, W>& kt = *pk.kt;
+  const CellKernels<F, W>& ck = kt.cells[static_cast<int>(cell)];
   sc.LDG = LDG;
   const int64_t nblk = blocks(H, kt);
 
@@ -320,8 +368,8 @@ void backward(const Pack<F>& w, Dims d, const F* x, const int64_t* lengths,
   // The chunk's x, h_{t-1} (and gru_rh's r * h_{t-1}) as panels for the weight gradients: each
   // thread packs the column blocks of dW it computes. (blocks of I or H, tc*B, NB)
   const int64_t nblk_i = blocks(I, kt), NBK = kt.nb;
-  Buffer<F> xpan(nblk_i * NBK * tc * B), hpan(nblk * NBK * tc * B);
-  Buffer<F> apan(split_row < GH ? nblk * NBK * tc * B : 0);
+  Buffer<W> xpan(nblk_i * NBK * tc * B), hpan(nblk * NBK * tc * B);
+  Buffer<W> apan(split_row < GH ? nblk * NBK * tc * B : 0);
 
   parallel(threads_for(d, GH, nblk), [&](int tid, Team& team) {
     if (tid == 0)  // the workers that have not started by now sit the call out
@@ -362,14 +410,14 @@ void backward(const Pack<F>& w, Dims d, const F* x, const int64_t* lengths,
       // buffer, and its first sync waits for every member to be done with this one.
       const bool add = c > 0;
       // This thread's column blocks of dW_ih and dW_hh, and of dx, with the steps' tiles.
-      F* xq = xpan.get();
+      W* xq = xpan.get();
       kt.pack_backward(xq, x + t0 * B * I, rows, I, I, 0, ib0, ib1);
       // Whatever x holds at a padded step (NaN included) must not reach dW_ih, as 0 * NaN would:
       // its rows of the panels are zeroed.
       for (int64_t q = 0; t1 > shortest && q < rows; ++q)
         if (t0 + q / B >= lengths[q % B])
           for (int64_t ib = ib0; ib < ib1; ++ib)
-            std::memset(xq + (ib * rows + q) * NBK, 0, NBK * sizeof(F));
+            std::memset(xq + (ib * rows + q) * NBK, 0, NBK * sizeof(W));
       kt.product(dgc, LDG, true, GH, xq, rows, I, g.dw_ih, I, add, ib0, ib1);
       kt.pack_backward(hpan.get(), cache.hs + t0 * BH, rows, H, H, 0, jb0, jb1);  // h_{t-1}
       kt.product(dgr, LDG, true, split_row, hpan.get(), rows, H, g.dw_hh, H, add, jb0, jb1);
@@ -393,12 +441,20 @@ void backward(const Pack<F>& w, Dims d, const F* x, const int64_t* lengths,
   if (g.db_ih && !two) std::memcpy(g.db_hh, g.db_ih, GH * sizeof(F));
 }
 
+}  // namespace
+
+template <class F>
+void backward(const Pack<F>& w, Dims d, const F* x, const int64_t* lengths,
+              const Cache<F>& cache, const F* dy, const F* dh_n, const F* dc_n, Grads<F> g) {
+  w.impl().with([&](auto& pk) { run_backward(pk, d, x, lengths, cache, dy, dh_n, dc_n, g); });
+}
+
 #define RNNKERN_INSTANTIATE(F)                                                                  \
   template void forward<F>(Cell, Dims, const F*, const F*, const F*, Params<F>, const int64_t*, \
-                           F*, F*, F*, const Cache<F>*);                                        \
+                           F*, F*, F*, const Cache<F>*, Precision);                             \
   template void backward<F>(Cell, Dims, const F*, Params<F>, const int64_t*,                    \
                             const Cache<F>&,                                            \
-                            const F*, const F*, const F*, Grads<F>);                    \
+                            const F*, const F*, const F*, Grads<F>, Precision);         \
   template class Pack<F>;                                                                       \
   template int call_threads<F>(Cell, Dims);                                                     \
   template void forward<F>(const Pack<F>&, Dims, const F*, const F*, const F*, const int64_t*,  \

@@ -150,7 +150,8 @@ def set_isa(name: str) -> None:
 
 
 def config() -> dict[str, Any]:
-    """What runs: version, ISA in use, ISAs this CPU supports, threads, BLAS.
+    """What runs: version, ISA in use, ISAs this CPU supports, threads, BLAS, and the path each
+    precision (``precision=`` of the forwards) takes.
 
     rnnkern links no BLAS: every matrix product (input projection, recurrent steps, dx, dW) runs
     on its own packed, register-tiled kernels, so "blas" says so.
@@ -162,6 +163,12 @@ def config() -> dict[str, Any]:
         "threads": get_num_threads(),
         "thread_runtime": thread_runtime(),
         "blas": "none (every product runs on rnnkern's own packed kernels)",
+        "precisions": {
+            "float": f"{_core.isa()} float32/float64 products",
+            # No native bf16 path ships yet (none could be tested: see docs/precision.md).
+            "bf16": f"{_core.isa()} emulated: bf16 weights widened to float32, operands rounded "
+                    "to bf16, float32 sums",
+        },
     }
 
 

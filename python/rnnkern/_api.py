@@ -22,6 +22,7 @@ __all__ = [
     "GATES",
     "GATE_NAMES",
     "NONLINEARITIES",
+    "PRECISIONS",
     "Array",
     "Checked",
     "CrossEntropy",
@@ -434,6 +435,36 @@ def check_nonlinearity(nonlinearity: object) -> str:
         raise ValueError(f"nonlinearity: expected one of {', '.join(NONLINEARITIES)}, "
                          f"got {nonlinearity!r}")
     return nonlinearity
+
+
+#: The products' precisions (``precision=`` of the forwards): "float" computes in the arrays'
+#: own dtype; "bf16" (float32 arrays) rounds both operands of every product to bfloat16 and sums
+#: in float32 (docs/precision.md).
+PRECISIONS = ("float", "bf16")
+#: Their ids in the compiled core (rnnkern::Precision).
+PRECISION_IDS = {"float": 0, "bf16": 1}
+
+
+def check_precision(precision: object, dtype: np.dtype[Any]) -> str:
+    """``precision`` if it is one of PRECISIONS and fits the arrays' ``dtype`` (TypeError if not a
+    str or bf16 with float64 arrays, ValueError if unknown)."""
+    if not isinstance(precision, str):
+        raise TypeError(f"precision: expected a str, got {_type_name(precision)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(map(repr, PRECISIONS))}, got "
+                         f"{precision!r} (int8 is not built yet)")
+    if precision == "bf16" and dtype != np.float32:
+        raise TypeError(f"precision: 'bf16' takes float32 arrays, got dtype {dtype}")
+    return precision
+
+
+def round_bf16(a: Array) -> Array:
+    """float32 ``a`` rounded to bfloat16 (to nearest, ties to even; NaN stays NaN), as float32:
+    what a bf16 product takes of each operand."""
+    a = np.asarray(a, dtype=np.float32)
+    u = a.view(np.uint32).astype(np.uint64)  # (...) bit patterns, room for the carry
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).astype(np.uint32).view(np.float32)
+    return np.where(np.isnan(a), a, r)
 
 
 def check_flag(name: str, value: object) -> bool:

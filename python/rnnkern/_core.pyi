@@ -18,6 +18,7 @@ def forward(
     b_hh: _Array | None,
     lengths: npt.NDArray[np.int64] | None,
     training: bool,
+    precision: int = 0,
 ) -> tuple[_Array, _Array, _Array | None, tuple[_Array | None, ...]]: ...
 def backward(
     cell_id: int,
@@ -30,6 +31,7 @@ def backward(
     dy: _Array | None,
     dh_n: _Array | None,
     dc_n: _Array | None,
+    precision: int = 0,
 ) -> tuple[_Array, _Array, _Array | None, _Array, _Array, _Array | None, _Array | None]: ...
 class Pack:
     """One cell's weights packed once (rnnkern::Pack of their dtype); immutable."""
@@ -43,6 +45,7 @@ class Pack:
         b_hh: _Array | None,
         forward: bool = True,
         backward: bool = True,
+        precision: int = 0,
     ) -> None: ...
     @property
     def cell_id(self) -> int: ...
@@ -56,6 +59,8 @@ class Pack:
     def isa(self) -> str: ...
     @property
     def dtype(self) -> np.dtype[Any]: ...
+    @property
+    def precision(self) -> int: ...
 
 def forward_packed(
     pack: Pack,

@@ -63,9 +63,14 @@ class KernelCache:
     def dtype(self) -> np.dtype[Any]:
         return self.x.dtype
 
+    @property
+    def precision(self) -> str:
+        """The forward's precision, which the backward follows."""
+        return _api.PRECISIONS[self.pack.precision]
+
     def __repr__(self) -> str:
         T, B, _, H = self.shape
-        return f"<rnnkern {self.cell} cache T={T} B={B} H={H}>"
+        return f"<rnnkern {self.cell} cache T={T} B={B} H={H} {self.precision}>"
 
 
 def _run(cell: str, pack: Any, x: Array, h0: Array | None, c0: Array | None,
@@ -90,16 +95,17 @@ def _with_cache(cell: str, pack: Any, out: tuple[Any, ...], x: Array, lengths: A
 
 
 def _forward(cell: str, cell_id: int, x: object, h0: object, c0: object, w_ih: object,
-             w_hh: object, b_ih: object, b_hh: object, lengths: object,
-             training: object) -> tuple[Array, Array, Array | None, KernelCache | None]:
+             w_hh: object, b_ih: object, b_hh: object, lengths: object, training: object,
+             precision: object) -> tuple[Array, Array, Array | None, KernelCache | None]:
     c = _api.check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     train = _api.check_flag("training", training)
+    prec = _api.PRECISION_IDS[_api.check_precision(precision, c.dtype)]
     if not train:  # packs only the forward's panels, inside the call
         y, h_n, c_n, _ = _core.forward(cell_id, c.x, c.h0, c.c0, c.w_ih, c.w_hh, c.b_ih, c.b_hh,
-                                       c.lengths, False)
+                                       c.lengths, False, precision=prec)
         return y, h_n, c_n, None
     # The backward's panels too, now: the cache must not depend on the caller's weights.
-    pack = _core.Pack(cell_id, c.w_ih, c.w_hh, c.b_ih, c.b_hh)
+    pack = _core.Pack(cell_id, c.w_ih, c.w_hh, c.b_ih, c.b_hh, precision=prec)
     return _run(cell, pack, c.x, c.h0, c.c0, c.lengths, True, c.x is x, c.lengths is lengths)
 
 
@@ -124,14 +130,17 @@ class PackedWeights:
     the kernels of the ISA in use when it was made (``isa``).
     """
 
-    __slots__ = ("cell", "_pack", "dtype", "input_size", "hidden_size", "has_bias", "variant")
+    __slots__ = ("cell", "_pack", "dtype", "input_size", "hidden_size", "has_bias", "variant",
+                 "precision")
 
     def __init__(self, cell: str, cell_id: int, variant: str, w_ih: object, w_hh: object,
-                 b_ih: object, b_hh: object) -> None:
+                 b_ih: object, b_hh: object, precision: object = "float") -> None:
         wi, wh, bi, bh = _api.check_weights(cell, w_ih, w_hh, b_ih, b_hh)
         self.cell = cell  # "rnn", "lstm" or "gru"
         self.variant = variant  # rnn: the nonlinearity; gru: linear_before_reset or not; lstm: ""
-        self._pack = _core.Pack(cell_id, wi, wh, bi, bh)
+        self.precision = _api.check_precision(precision, wh.dtype)  # "float" or "bf16"
+        self._pack = _core.Pack(cell_id, wi, wh, bi, bh,
+                                precision=_api.PRECISION_IDS[self.precision])
         self.dtype: np.dtype[Any] = wh.dtype
         self.input_size: int = wi.shape[1]
         self.hidden_size: int = wh.shape[1]
@@ -162,7 +171,7 @@ class PackedWeights:
     def __repr__(self) -> str:
         variant = f" {self.variant}" if self.variant else ""
         return (f"<rnnkern packed {self.cell}{variant} I={self.input_size} H={self.hidden_size} "
-                f"{self.dtype} {self.isa}>")
+                f"{self.dtype} {self.precision} {self.isa}>")
 
 
 def forward_many(calls: list[tuple[PackedWeights, Array, Array | None, Array | None,
@@ -209,39 +218,43 @@ def _grads(cell: str, g: tuple[Any, ...]) -> LSTMGrads | RNNGrads:
 
 
 def rnn_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, *,
-             nonlinearity: str = "tanh") -> PackedWeights:
+             nonlinearity: str = "tanh", precision: str = "float") -> PackedWeights:
     """rnn_forward's weights packed once: ``pack.forward(x, h0, ...)`` is ``rnn_forward(x, h0,
-    w_ih, w_hh, b_ih, b_hh, nonlinearity=nonlinearity, ...)`` without packing them per call."""
+    w_ih, w_hh, b_ih, b_hh, nonlinearity=nonlinearity, precision=precision, ...)`` without
+    packing them per call."""
     f = _api.check_nonlinearity(nonlinearity)
-    return PackedWeights("rnn", _RNN_IDS[f], f, w_ih, w_hh, b_ih, b_hh)
+    return PackedWeights("rnn", _RNN_IDS[f], f, w_ih, w_hh, b_ih, b_hh, precision)
 
 
-def lstm_pack(w_ih: Array, w_hh: Array, b_ih: Array | None,
-              b_hh: Array | None) -> PackedWeights:
+def lstm_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, *,
+              precision: str = "float") -> PackedWeights:
     """lstm_forward's weights packed once: ``pack.forward(x, h0, c0, ...)``."""
-    return PackedWeights("lstm", _LSTM, "", w_ih, w_hh, b_ih, b_hh)
+    return PackedWeights("lstm", _LSTM, "", w_ih, w_hh, b_ih, b_hh, precision)
 
 
 def gru_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, *,
-             linear_before_reset: bool = True) -> PackedWeights:
+             linear_before_reset: bool = True, precision: str = "float") -> PackedWeights:
     """gru_forward's weights packed once: ``pack.forward(x, h0, ...)``."""
     lbr = _api.check_flag("linear_before_reset", linear_before_reset)
     return PackedWeights("gru", _GRU if lbr else _GRU_RH,
-                         "linear_before_reset" if lbr else "reset_before", w_ih, w_hh, b_ih, b_hh)
+                         "linear_before_reset" if lbr else "reset_before", w_ih, w_hh, b_ih, b_hh,
+                         precision)
 
 
 def rnn_forward(x: Array, h0: Array | None, w_ih: Array, w_hh: Array, b_ih: Array | None,
                 b_hh: Array | None, *, nonlinearity: str = "tanh", lengths: Array | None = None,
-                training: bool = True) -> RNNOutput:
+                training: bool = True, precision: str = "float") -> RNNOutput:
     """Vanilla RNN over x (T, B, I): h_t = f(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh).
 
     h0 (B, H) or None; w_ih (H, I), w_hh (H, H), b_ih/b_hh (H,) or both None; nonlinearity
     "tanh", "relu" or "sigmoid"; lengths None or int (B,) in 1..T. Returns RNNOutput(y (T, B, H)
-    zero past each length, h_n (B, H), cache or None when training=False).
+    zero past each length, h_n (B, H), cache or None when training=False). precision "float"
+    (the arrays' dtype) or "bf16" (float32 arrays; products of bf16-rounded operands summed in
+    float32, docs/precision.md); the backward follows the forward's.
     """
     f = _api.check_nonlinearity(nonlinearity)
     y, h_n, _, cache = _forward("rnn", _RNN_IDS[f], x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths,
-                                training)
+                                training, precision)
     return RNNOutput(y, h_n, cache)
 
 
@@ -256,13 +269,14 @@ def rnn_backward(cache: KernelCache, dy: Array | None, dh_n: Array | None = None
 
 def lstm_forward(x: Array, h0: Array | None, c0: Array | None, w_ih: Array, w_hh: Array,
                  b_ih: Array | None, b_hh: Array | None, *, lengths: Array | None = None,
-                 training: bool = True) -> LSTMOutput:
+                 training: bool = True, precision: str = "float") -> LSTMOutput:
     """LSTM over x (T, B, I), gates i, f, g, o as in PyTorch: w_ih (4H, I), w_hh (4H, H).
 
-    h0, c0 (B, H) or None. Returns LSTMOutput(y (T, B, H), h_n, c_n (B, H), cache or None).
+    h0, c0 (B, H) or None; precision as for rnn_forward. Returns LSTMOutput(y (T, B, H), h_n,
+    c_n (B, H), cache or None).
     """
     y, h_n, c_n, cache = _forward("lstm", _LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
-                                  training)
+                                  training, precision)
     assert c_n is not None
     return LSTMOutput(y, h_n, c_n, cache)
 
@@ -275,15 +289,16 @@ def lstm_backward(cache: KernelCache, dy: Array | None, dh_n: Array | None = Non
 
 def gru_forward(x: Array, h0: Array | None, w_ih: Array, w_hh: Array, b_ih: Array | None,
                 b_hh: Array | None, *, lengths: Array | None = None, training: bool = True,
-                linear_before_reset: bool = True) -> RNNOutput:
+                linear_before_reset: bool = True, precision: str = "float") -> RNNOutput:
     """GRU over x (T, B, I), gates r, z, n as in PyTorch: w_ih (3H, I), w_hh (3H, H).
 
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn)) (linear_before_reset=True, PyTorch's form) or
-    tanh(W_in x + b_in + W_hn (r * h) + b_hn) (False); h_t = (1 - z) * n + z * h_{t-1}.
+    tanh(W_in x + b_in + W_hn (r * h) + b_hn) (False); h_t = (1 - z) * n + z * h_{t-1};
+    precision as for rnn_forward.
     """
     lbr = _api.check_flag("linear_before_reset", linear_before_reset)
     y, h_n, _, cache = _forward("gru", _GRU if lbr else _GRU_RH, x, h0, None, w_ih, w_hh, b_ih,
-                                b_hh, lengths, training)
+                                b_hh, lengths, training, precision)
     return RNNOutput(y, h_n, cache)
 
 

@@ -178,8 +178,9 @@ def layer_backward(cell: int, reverse: bool, x: Tensor, w_ih: Tensor, w_hh: Tens
         ("dy", None if dy is None else _kernel_order(_array(dy), lens, reverse), (T, B, H),
          ("T", "B", "H")),
         ("dh_n", _array(dh_n), (B, H), ("B", "H")), ("dc_n", _array(dc_n), (B, H), ("B", "H")))]
+    dy_, dh_, dc_ = grads
     dx, *rest = _core.backward(cell, xa, *weights, bool(has_bias), lens,
-                               tuple(_array(b) for b in (hs, cs, gates, aux)), *grads)
+                               tuple(_array(b) for b in (hs, cs, gates, aux)), dy_, dh_, dc_)
     dx = _kernel_order(dx, lens, reverse)  # (T, B, I) in x's time order
     return tuple(_tensor(a, x.dtype) for a in (dx, *rest))  # type: ignore[return-value]
 

@@ -48,6 +48,12 @@ struct Dims {
   int64_t T, B, I, H;
 };
 
+// The products' precision. native: the arrays' own type (float or double). bf16 (float arrays
+// only): both operands of every product (weights; x, h_{t-1}, gru_rh's r * h_{t-1}; in the
+// backward the dgates, x and h_{t-1}) rounded to bfloat16 (to nearest, ties to even), summed in
+// float; biases, states, the gate math and gradients stay float. The weights are stored as bf16.
+enum class Precision : int { native = 0, bf16 = 1 };
+
 // What forward(training) keeps for backward; element counts, 0 when a buffer is not used.
 struct CacheLayout {
   int64_t hs;     // (T+1, B, H): h0 then the state after each step
@@ -88,12 +94,14 @@ struct Grads {
 // null. cache null = inference (O(B*H) workspace, nothing per step); else filled for backward.
 template <class F>
 void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> p,
-             const int64_t* lengths, F* y, F* h_n, F* c_n, const Cache<F>* cache);
+             const int64_t* lengths, F* y, F* h_n, F* c_n, const Cache<F>* cache,
+             Precision prec = Precision::native);
 
 // dy (T, B, H), dh_n, dc_n (B, H): each may be null (zero). Overwrites every non-null gradient.
 template <class F>
 void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths,
-              const Cache<F>& cache, const F* dy, const F* dh_n, const F* dc_n, Grads<F> g);
+              const Cache<F>& cache, const F* dy, const F* dh_n, const F* dc_n, Grads<F> g,
+              Precision prec = Precision::native);
 
 // One (layer, direction)'s weights packed once for the kernels of the ISA in use, for many
 // forward and backward calls: forward panels of W_hh and W_ih, and (for training) backward
@@ -105,8 +113,9 @@ class Pack {
  public:
   struct Impl;  // defined in cpp/src (panels, kernel table)
   // w_ih (G*H, I), w_hh (G*H, H), biases (G*H,) or both null. I >= 0, H >= 0.
+  // prec bf16 with F = double: std::invalid_argument.
   Pack(Cell cell, int64_t I, int64_t H, Params<F> p, bool for_forward = true,
-       bool for_backward = true);
+       bool for_backward = true, Precision prec = Precision::native);
   explicit Pack(std::unique_ptr<Impl> impl);
   ~Pack();
   Pack(const Pack&) = delete;
@@ -118,6 +127,7 @@ class Pack {
   bool for_forward() const;
   bool for_backward() const;
   std::string isa() const;  // the kernels it was packed for
+  Precision precision() const;
   const Impl& impl() const { return *impl_; }
 
  private:

@@ -19,9 +19,9 @@ struct Lstm {
 #ifdef RNNKERN_ISA  // the kernels, in a kernels_<isa>.cpp (kernels_impl.hpp)
 namespace RNNKERN_ISA {
 namespace {
-template <class F>
-struct Kernels<cells::Lstm, F> {
-  [[gnu::flatten]] static void forward_phase(const StepConst<F>& c, const Step<F>& s, int, int64_t jb0,
+template <class F, class W>
+struct Kernels<cells::Lstm, F, W> {
+  [[gnu::flatten]] static void forward_phase(const StepConst<F, W>& c, const Step<F>& s, int, int64_t jb0,
                             int64_t jb1) {
     const int64_t B = c.B, H = c.H, GH = 4 * H, HX = c.HX, GHX = 4 * HX;
     for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
@@ -43,11 +43,11 @@ struct Kernels<cells::Lstm, F> {
     });
   }
 
-  [[gnu::flatten]] static void backward_phase(const StepConst<F>& c, const Step<F>& s, int, int64_t jb0,
+  [[gnu::flatten]] static void backward_phase(const StepConst<F, W>& c, const Step<F>& s, int, int64_t jb0,
                              int64_t jb1) {
     const int64_t B = c.B, H = c.H, GH = 4 * H, LD = c.LDG;
     for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
-      const F* wb = c.wb + jb * GH * NB<F>;
+      const W* wb = c.wb + jb * GH * NB<F>;
       panel_rows<F, 1>(s.dgh_next, LD, B, wb, GH, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
         const F* gp = s.gates + b * GH + j0;
         vec<F> i = load(gp, n), f = load(gp + H, n), g = load(gp + 2 * H, n),

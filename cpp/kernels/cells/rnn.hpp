@@ -25,9 +25,9 @@ using RnnSigmoid = Rnn<Cell::rnn_sigmoid, Act::sigmoid>;
 #ifdef RNNKERN_ISA
 namespace RNNKERN_ISA {
 namespace {
-template <Cell C, cells::Act A, class F>
-struct Kernels<cells::Rnn<C, A>, F> {
-  [[gnu::flatten]] static void forward_phase(const StepConst<F>& c, const Step<F>& s, int, int64_t jb0,
+template <Cell C, cells::Act A, class F, class W>
+struct Kernels<cells::Rnn<C, A>, F, W> {
+  [[gnu::flatten]] static void forward_phase(const StepConst<F, W>& c, const Step<F>& s, int, int64_t jb0,
                             int64_t jb1) {
     const int64_t B = c.B, H = c.H;
     for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
@@ -40,11 +40,11 @@ struct Kernels<cells::Rnn<C, A>, F> {
     });
   }
 
-  [[gnu::flatten]] static void backward_phase(const StepConst<F>& c, const Step<F>& s, int, int64_t jb0,
+  [[gnu::flatten]] static void backward_phase(const StepConst<F, W>& c, const Step<F>& s, int, int64_t jb0,
                              int64_t jb1) {
     const int64_t B = c.B, H = c.H, LD = c.LDG;
     for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
-      const F* wb = c.wb + jb * H * NB<F>;
+      const W* wb = c.wb + jb * H * NB<F>;
       panel_rows<F, 1>(s.dgh_next, LD, B, wb, H, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
         vec<F> h = load(s.hn + b * H + j0, n);
         vec<F> d = A == cells::Act::tanh   ? dh * (F(1) - h * h)

@@ -7,12 +7,18 @@ from typing import Any
 
 import numpy as np
 
-from .._api import Array, Checked, check_backward
+from .._api import Array, Checked, check_backward, round_bf16
 
 __all__ = [
-    "ACTIVATIONS", "Cache", "WeightGrads", "bias_or_zeros", "make_cache", "sigmoid",
+    "ACTIVATIONS", "Cache", "WeightGrads", "bias_or_zeros", "make_cache", "operand", "sigmoid",
     "state_or_zeros", "take_backward_args", "valid_steps",
 ]
+
+
+def operand(a: Array, precision: str) -> Array:
+    """``a`` as a product takes it: rounded to bfloat16 with precision "bf16" (both operands of
+    every product, as the kernels do), else unchanged."""
+    return round_bf16(a) if precision == "bf16" else a
 
 
 def sigmoid(a: Array) -> Array:
@@ -82,6 +88,7 @@ class Cache:
     gates: Array  # (T, B, G*H) activated gates: rnn f(a); lstm i, f, g, o; gru r, z, n
     c: Array | None = None  # lstm: (T+1, B, H) cell states like h
     hn: Array | None = None  # gru linear_before_reset: (T, B, H) W_hn h + b_hn
+    precision: str = "float"  # the forward's products' (see operand); the backward's too
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -96,7 +103,7 @@ class Cache:
 
 def make_cache(cell: str, variant: str, c: Checked, valid: Array, hs: list[Array],
                gates: list[Array], cs: list[Array] | None = None,
-               hns: list[Array] | None = None) -> Cache:
+               hns: list[Array] | None = None, precision: str = "float") -> Cache:
     """The read-only Cache of a forward: the per-step lists stacked, x and the gates of padded
     steps zeroed (see valid_only)."""
     return Cache(
@@ -105,7 +112,7 @@ def make_cache(cell: str, variant: str, c: Checked, valid: Array, hs: list[Array
         w_hh=frozen_copy(c.w_hh), valid=frozen_copy(valid), h=frozen_copy(np.stack(hs)),
         gates=frozen_copy(valid_only(np.stack(gates), valid)),
         c=None if cs is None else frozen_copy(np.stack(cs)),
-        hn=None if hns is None else frozen_copy(np.stack(hns)),
+        hn=None if hns is None else frozen_copy(np.stack(hns)), precision=precision,
     )
 
 
@@ -125,6 +132,7 @@ class WeightGrads:
 
     def __init__(self, cache: Cache) -> None:
         dtype = cache.dtype
+        self.precision = cache.precision  # of the products (the bias sums are not products)
         self.has_bias = cache.has_bias
         self.dw_ih = np.zeros(cache.w_ih.shape, dtype)  # (G*H, I)
         self.dw_hh = np.zeros(cache.w_hh.shape, dtype)  # (G*H, H)
@@ -133,13 +141,13 @@ class WeightGrads:
 
     def add_ih(self, d: Array, x_t: Array) -> None:
         """Add step t's share: d (B, G*H) gradient of W_ih x_t + b_ih, x_t (B, I)."""
-        self.dw_ih += d.T @ x_t
+        self.dw_ih += operand(d, self.precision).T @ operand(x_t, self.precision)
         self.db_ih += d.sum(axis=0)
 
     def add_hh(self, d: Array, h_t: Array, rows: slice = slice(None)) -> None:
         """Add step t's share for the gate ``rows`` of W_hh: d (B, rows) gradient of
         W_hh[rows] h_t + b_hh[rows], h_t (B, H) the vector W_hh[rows] multiplies."""
-        self.dw_hh[rows] += d.T @ h_t
+        self.dw_hh[rows] += operand(d, self.precision).T @ operand(h_t, self.precision)
         self.db_hh[rows] += d.sum(axis=0)
 
     def result(self) -> tuple[Array, Array, Array | None, Array | None]:

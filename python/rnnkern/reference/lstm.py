@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._api import Array, LSTMGrads, LSTMOutput, check_flag, check_forward
+from .._api import Array, LSTMGrads, LSTMOutput, check_flag, check_forward, check_precision
 from ._common import (
     WeightGrads,
     bias_or_zeros,
     make_cache,
+    operand,
     sigmoid,
     state_or_zeros,
     take_backward_args,
@@ -38,15 +39,19 @@ def lstm_forward(
     *,
     lengths: Array | None = None,
     training: bool = True,
+    precision: str = "float",
 ) -> LSTMOutput:
     """Run an LSTM over x (T, B, I).
 
     h0, c0 (B, H) or None (zeros); w_ih (4H, I), w_hh (4H, H), b_ih/b_hh (4H,) or both None;
     lengths None or int (B,) in 1..T. Returns LSTMOutput(y (T, B, H) zero past each length,
     h_n, c_n (B, H) after each sequence's last step, cache or None when training=False).
+    precision "bf16" rounds both operands of every product to bfloat16 (see operand).
     """
     c = check_forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     training = check_flag("training", training)
+    prec = check_precision(precision, c.dtype)
+    w_ih_, w_hh_ = operand(c.w_ih, prec), operand(c.w_hh, prec)  # (4H, I), (4H, H)
     H = c.H
     b_ih_, b_hh_ = bias_or_zeros(c.b_ih, c), bias_or_zeros(c.b_hh, c)  # (4H,) each
     valid = valid_steps(c)  # (T, B, 1)
@@ -55,7 +60,7 @@ def lstm_forward(
     cell = state_or_zeros(c.c0, c)  # (B, H)
     hs, cs, gates = [h], [cell], []  # per step (B, H), (B, H), (B, 4H); training only
     for t in range(c.T):
-        a = c.x[t] @ c.w_ih.T + b_ih_ + h @ c.w_hh.T + b_hh_  # (B, 4H)
+        a = operand(c.x[t], prec) @ w_ih_.T + b_ih_ + operand(h, prec) @ w_hh_.T + b_hh_  # (B, 4H)
         a_i, a_f, a_g, a_o = _split(a, H)
         i, f, g, o = sigmoid(a_i), sigmoid(a_f), np.tanh(a_g), sigmoid(a_o)  # (B, H) each
         c_new = f * cell + i * g  # (B, H)
@@ -69,7 +74,7 @@ def lstm_forward(
             gates.append(np.concatenate([i, f, g, o], axis=1))
     cache = None
     if training:
-        cache = make_cache("lstm", "", c, valid, hs, gates, cs=cs)
+        cache = make_cache("lstm", "", c, valid, hs, gates, cs=cs, precision=prec)
     return LSTMOutput(y, h.copy(), cell.copy(), cache)
 
 
@@ -85,6 +90,7 @@ def lstm_backward(
     k, dy_, dh, dc = take_backward_args("lstm", cache, dy, dh_n, dc_n)
     assert k.c is not None
     T, _, _, H = k.shape
+    w_ih_, w_hh_ = operand(k.w_ih, k.precision), operand(k.w_hh, k.precision)
     sums = WeightGrads(k)
     dx = np.zeros(k.x.shape, k.dtype)  # (T, B, I)
     for t in reversed(range(T)):
@@ -99,9 +105,10 @@ def lstm_backward(
             g_c * i * (1 - g * g),  # d a_g
             g_h * tanh_c * o * (1 - o),  # d a_o
         ], axis=1)  # (B, 4H)
-        dx[t] = da @ k.w_ih
+        da_ = operand(da, k.precision)  # (B, 4H) as the products take it
+        dx[t] = da_ @ w_ih_
         sums.add_ih(da, k.x[t])
         sums.add_hh(da, k.h[t])
-        dh = np.where(v, da @ k.w_hh, dh)
+        dh = np.where(v, da_ @ w_hh_, dh)
         dc = np.where(v, g_c * f, dc)
     return LSTMGrads(dx, dh, dc, *sums.result())

@@ -10,12 +10,14 @@ from .._api import (
     check_flag,
     check_forward,
     check_nonlinearity,
+    check_precision,
 )
 from ._common import (
     ACTIVATIONS,
     WeightGrads,
     bias_or_zeros,
     make_cache,
+    operand,
     state_or_zeros,
     take_backward_args,
     valid_steps,
@@ -35,6 +37,7 @@ def rnn_forward(
     nonlinearity: str = "tanh",
     lengths: Array | None = None,
     training: bool = True,
+    precision: str = "float",
 ) -> RNNOutput:
     """Run a vanilla RNN over x (T, B, I).
 
@@ -46,13 +49,15 @@ def rnn_forward(
     c = check_forward("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths)
     f, _ = ACTIVATIONS[check_nonlinearity(nonlinearity)]
     training = check_flag("training", training)
+    prec = check_precision(precision, c.dtype)  # "bf16": operands rounded (see operand)
+    w_ih_, w_hh_ = operand(c.w_ih, prec), operand(c.w_hh, prec)  # (H, I), (H, H)
     b_ih_, b_hh_ = bias_or_zeros(c.b_ih, c), bias_or_zeros(c.b_hh, c)  # (H,) each
     valid = valid_steps(c)  # (T, B, 1)
     y = np.zeros((c.T, c.B, c.H), c.dtype)  # (T, B, H)
     h = state_or_zeros(c.h0, c)  # (B, H) state h_{t-1}
     hs, gates = [h], []  # per step (B, H) each, kept only for training
     for t in range(c.T):
-        a = c.x[t] @ c.w_ih.T + b_ih_ + h @ c.w_hh.T + b_hh_  # (B, H) pre-activation
+        a = operand(c.x[t], prec) @ w_ih_.T + b_ih_ + operand(h, prec) @ w_hh_.T + b_hh_  # (B, H)
         h_new = f(a)  # (B, H)
         y[t] = np.where(valid[t], h_new, 0)
         h = np.where(valid[t], h_new, h)  # frozen past the length
@@ -61,7 +66,7 @@ def rnn_forward(
             gates.append(h_new)
     cache = None
     if training:
-        cache = make_cache("rnn", nonlinearity, c, valid, hs, gates)
+        cache = make_cache("rnn", nonlinearity, c, valid, hs, gates, precision=prec)
     return RNNOutput(y, h.copy(), cache)
 
 
@@ -75,14 +80,16 @@ def rnn_backward(cache: object, dy: Array | None, dh_n: Array | None = None) -> 
     # dy (T, B, H); dh (B, H) dL/dh_t, carried backwards
     k, dy_, dh, _ = take_backward_args("rnn", cache, dy, dh_n)
     _, fprime = ACTIVATIONS[k.variant]
+    w_ih_, w_hh_ = operand(k.w_ih, k.precision), operand(k.w_hh, k.precision)
     sums = WeightGrads(k)
     dx = np.zeros(k.x.shape, k.dtype)  # (T, B, I)
     for t in reversed(range(k.shape[0])):
         v = k.valid[t]  # (B, 1)
         g = np.where(v, dh + dy_[t], 0)  # (B, H) gradient entering step t's cell, 0 if padded
         da = g * fprime(k.gates[t])  # (B, H) dL/d pre-activation
-        dx[t] = da @ k.w_ih
+        da_ = operand(da, k.precision)  # (B, H) as the products take it
+        dx[t] = da_ @ w_ih_
         sums.add_ih(da, k.x[t])
         sums.add_hh(da, k.h[t])
-        dh = np.where(v, da @ k.w_hh, dh)  # padded steps pass dh through unchanged
+        dh = np.where(v, da_ @ w_hh_, dh)  # padded steps pass dh through unchanged
     return RNNGrads(dx, dh, *sums.result())

@@ -1,0 +1,120 @@
+"""rnnkern's precisions against the peers': forward inference (and forward + backward with
+--train), median ms in one run, each job timed in turn (timing.round_robin).
+
+Peers on the same weights (torch's default initialization): torch float32, torch bf16
+(`module.to(torch.bfloat16)`), rnnkern float and rnnkern precision="bf16" (packed weights, as
+a model holds them). Also the error of y against the float64 reference for both bf16 paths.
+
+    PYTHONPATH=python python benchmarks/precision.py --markdown
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from timing import default_threads, median_seconds, round_robin
+
+import rnnkern
+from rnnkern import reference
+
+SHAPES = {"S1": (1, 100, 256, 256), "S2": (8, 100, 256, 256), "S3": (32, 50, 256, 256)}
+
+
+def run(cell: str, B: int, T: int, I: int, H: int, train: bool, repeat: int,
+        min_time: float) -> dict[str, Any]:
+    """Median seconds of each job and the bf16 paths' errors, for one (cell, shape)."""
+    torch.manual_seed(0)
+    m = getattr(torch.nn, cell.upper())(I, H)
+    mb = getattr(torch.nn, cell.upper())(I, H)
+    mb.load_state_dict(m.state_dict())
+    mb = mb.to(torch.bfloat16)
+    x = torch.randn(T, B, I)  # (T, B, I)
+    xb = x.to(torch.bfloat16).requires_grad_(train)
+    ws = [p.detach().numpy() for p in (m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0,
+                                       m.bias_hh_l0)]
+    packs = {p: getattr(rnnkern, f"{cell}_pack")(*ws, precision=p) for p in ("float", "bf16")}
+    xn = x.numpy()
+    backward = getattr(rnnkern, f"{cell}_backward")
+    dy = np.ones((T, B, H), np.float32)  # (T, B, H)
+
+    def ours(p: str) -> Callable[[], object]:
+        if not train:
+            return lambda: packs[p].forward(xn, training=False)
+
+        def f() -> object:
+            out = packs[p].forward(xn, training=True)
+            return backward(out.cache, dy, None)
+        return f
+
+    def theirs(module: torch.nn.Module, inp: torch.Tensor) -> Callable[[], object]:
+        if not train:
+            def f() -> object:
+                with torch.no_grad():
+                    return module(inp)
+            return f
+        return lambda: module(inp)[0].sum().backward()
+
+    jobs = {"torch float32": theirs(m, x.requires_grad_(train)), "torch bf16": theirs(mb, xb),
+            "rnnkern float": ours("float"), "rnnkern bf16": ours("bf16")}
+    med = median_seconds(round_robin(jobs, repeat=repeat, min_time=min_time))
+    states = (None, None) if cell == "lstm" else (None,)
+    y64 = getattr(reference, f"{cell}_forward")(
+        xn.astype(np.float64), *states, *(w.astype(np.float64) for w in ws), training=False).y
+    with torch.no_grad():
+        yt = mb(x.to(torch.bfloat16))[0].float().numpy()
+    yb = packs["bf16"].forward(xn, training=False).y
+    scale = float(np.abs(y64).max())
+    return {"ms": {k: v * 1e3 for k, v in med.items()},
+            "error": {"rnnkern bf16": float(np.abs(yb - y64).max()) / scale,
+                      "torch bf16": float(np.abs(yt - y64).max()) / scale}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cells", default="lstm,gru", help="comma-separated: lstm, gru, rnn")
+    ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated of S1, S2, S3")
+    ap.add_argument("--train", action="store_true", help="forward + backward instead of forward")
+    ap.add_argument("--repeat", type=int, default=7, help="samples per job")
+    ap.add_argument("--min-time", type=float, default=0.05, help="seconds per sample")
+    ap.add_argument("--threads", type=int, default=default_threads())
+    ap.add_argument("--size", type=int, default=0, help="override I = H (a quick run)")
+    ap.add_argument("--markdown", action="store_true", help="print a markdown table")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(argv)
+    rnnkern.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    rows = []
+    for cell in args.cells.split(","):
+        for name in args.shapes.split(","):
+            B, T, I, H = SHAPES[name]
+            if args.size:
+                I = H = args.size
+            r = run(cell, B, T, I, H, args.train, args.repeat, args.min_time)
+            rows.append({"cell": cell, "shape": name, "B": B, "T": T, "I": I, "H": H, **r})
+    if args.json:
+        print(json.dumps({"threads": args.threads, "train": args.train, "isa": rnnkern.config()["isa"],
+                          "rows": rows}))
+        return
+    what = "forward + backward" if args.train else "forward"
+    print(f"{what}, median ms, {args.threads} threads, rnnkern on {rnnkern.config()['isa']}")
+    head = ("| cell | shape | torch float32 | torch bf16 | rnnkern float | rnnkern bf16 | "
+            "bf16 / torch bf16 | bf16 / rnnkern float | y error: rnnkern bf16 / torch bf16 |")
+    print(head if args.markdown else head.replace("|", " "))
+    if args.markdown:
+        print("|---|---|" + "---:|" * 7)
+    for r in rows:
+        ms, e = r["ms"], r["error"]
+        cols = [r["cell"], r["shape"]] + [f"{ms[k]:.2f}" for k in
+                                          ("torch float32", "torch bf16", "rnnkern float",
+                                           "rnnkern bf16")]
+        cols += [f"{ms['rnnkern bf16'] / ms['torch bf16']:.2f}",
+                 f"{ms['rnnkern bf16'] / ms['rnnkern float']:.2f}",
+                 f"{e['rnnkern bf16']:.1e} / {e['torch bf16']:.1e}"]
+        print("| " + " | ".join(cols) + " |" if args.markdown else "  ".join(cols))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""precision="bf16": products of bf16-rounded operands summed in float32 (docs/precision.md).
+
+What "equal" means here (docs/tolerances.md): the kernels round exactly the operands the
+reference rounds (weights; x, h_{t-1}, gru_rh's r*h; in the backward the dgates, x, h_{t-1}), so
+they differ only by the float32 summation order, and through it by an operand that rounds to the
+neighbouring bf16 value: every result within 2^-7 (two bf16 ulps) of the largest magnitude of
+the reference's. Against float64, rnnkern's bf16 y must be within 1.5x torch bf16's own error on
+the same weights (issue 14).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from rnnkern_testing import CELLS, assert_close_bf16, make_case, make_output_grads
+
+import rnnkern
+from rnnkern import _api, reference
+
+ISAS = rnnkern.config()["supported_isas"]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request: pytest.FixtureRequest) -> Any:
+    before = rnnkern.config()["isa"]
+    rnnkern.set_isa(request.param)
+    yield request.param
+    rnnkern.set_isa(before)
+
+
+SHAPES = [  # (T, B, I, H, lengths): odd H (partial blocks), T = 1, B = 1, lengths
+    (9, 3, 13, 21, None),
+    (1, 1, 5, 7, None),
+    (12, 4, 8, 17, "random"),
+    (40, 2, 24, 40, None),
+]
+
+
+@pytest.mark.parametrize("cell,kw", CELLS, ids=lambda v: str(v))
+@pytest.mark.parametrize("T,B,I,H,lengths", SHAPES)
+def test_kernels_equal_the_reference(isa: str, cell: str, kw: dict[str, Any], T: int, B: int,
+                                     I: int, H: int, lengths: Any) -> None:
+    case = make_case(cell, T=T, B=B, I=I, H=H, dtype=np.float32, seed=T * H, lengths=lengths)
+    f, fr = getattr(rnnkern, f"{cell}_forward"), getattr(reference, f"{cell}_forward")
+    got = f(**case, **kw, precision="bf16")
+    want = fr(**case, **kw, precision="bf16")
+    for name, a, b in zip(got._fields[:-1], got[:-1], want[:-1]):
+        assert_close_bf16(a, b, name)
+    assert got.cache.precision == "bf16"
+    grads = make_output_grads(cell, T, B, H, np.float32)
+    g = getattr(rnnkern, f"{cell}_backward")(got.cache, **grads)
+    gw = getattr(reference, f"{cell}_backward")(want.cache, **grads)
+    for name, a, b in zip(g._fields, g, gw):
+        if b is None:
+            assert a is None, name
+        else:
+            assert_close_bf16(a, b, name)
+
+
+@pytest.mark.parametrize("cell,kw", CELLS[3:5], ids=["lstm", "gru"])
+def test_bf16_is_not_float32(cell: str, kw: dict[str, Any]) -> None:
+    """The rounding happens: bf16 results differ from float32's by about bf16's precision, and a
+    packed bf16 pack gives the same bits as the per-call path."""
+    case = make_case(cell, T=20, B=2, I=32, H=32, dtype=np.float32, seed=1)
+    f = getattr(rnnkern, f"{cell}_forward")
+    y32, yb = f(**case, **kw, training=False).y, f(**case, **kw, training=False, precision="bf16").y
+    diff = np.abs(y32 - yb).max() / np.abs(y32).max()
+    assert 2.0**-14 < diff < 2.0**-5, diff
+    pack = getattr(rnnkern, f"{cell}_pack")(case["w_ih"], case["w_hh"], case["b_ih"],
+                                            case["b_hh"], precision="bf16", **kw)
+    assert pack.precision == "bf16" and "bf16" in repr(pack)
+    np.testing.assert_array_equal(pack.forward(case["x"], case["h0"], case.get("c0"),
+                                               training=False).y, yb)
+
+
+def test_round_bf16_ties_to_even_and_specials() -> None:
+    one = np.float32(1.0)
+    ulp = np.float32(2.0**-7)  # bf16's spacing at 1
+    a = np.array([one + ulp / 2, one + 3 * ulp / 2, one + ulp / 4, -(one + ulp * 0.75),
+                  np.inf, -np.inf, np.nan, np.finfo(np.float32).max, 0.0, -0.0], dtype=np.float32)
+    r = _api.round_bf16(a)
+    assert r[0] == one  # tie: to even
+    assert r[1] == one + 2 * ulp  # tie: to even (up)
+    assert r[2] == one
+    assert r[3] == -(one + ulp)
+    assert r[4] == np.inf and r[5] == -np.inf and np.isnan(r[6])
+    assert r[7] == np.inf  # above bf16's largest finite: rounds to inf
+    assert r[8] == 0 and np.signbit(r[9])
+
+
+def test_nan_propagates(isa: str) -> None:
+    case = make_case("lstm", T=3, B=2, I=4, H=8, dtype=np.float32)
+    case["x"][1, 0, 0] = np.nan
+    y = rnnkern.lstm_forward(**case, precision="bf16").y
+    assert np.isnan(y[1:, 0]).all() and np.isfinite(y[:, 1]).all()
+
+
+def test_bad_precision_errors() -> None:
+    case = make_case("gru", T=2, B=1, I=3, H=4, dtype=np.float32)
+    with pytest.raises(ValueError, match="precision: expected one of 'float', 'bf16'"):
+        rnnkern.gru_forward(**case, precision="fp8")
+    with pytest.raises(ValueError, match="int8 is not built yet"):
+        rnnkern.gru_forward(**case, precision="int8")
+    with pytest.raises(TypeError, match="precision: expected a str"):
+        rnnkern.gru_forward(**case, precision=16)  # type: ignore[arg-type]
+    case64 = make_case("gru", T=2, B=1, I=3, H=4, dtype=np.float64)
+    for f in (rnnkern.gru_forward, reference.gru_forward):
+        with pytest.raises(TypeError, match="precision: 'bf16' takes float32 arrays, got dtype "
+                                            "float64"):
+            f(**case64, precision="bf16")
+    with pytest.raises(TypeError, match="float64"):
+        rnnkern.gru_pack(case64["w_ih"], case64["w_hh"], None, None, precision="bf16")
+
+
+def test_config_names_each_precisions_path() -> None:
+    paths = rnnkern.config()["precisions"]
+    assert set(paths) == set(_api.PRECISIONS)
+    assert "emulated" in paths["bf16"]
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_error_within_torch_bf16s(cell: str) -> None:
+    """y's error against float64 at most 1.5x torch bf16's on the same weights and input."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    T, B, I, H = 60, 4, 64, 64
+    m = getattr(torch.nn, cell)(I, H)
+    x = torch.randn(T, B, I)
+    ws = [p.detach().numpy() for p in (m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0,
+                                       m.bias_hh_l0)]
+    name = cell.lower()
+    states: tuple[None, ...] = (None, None) if name == "lstm" else (None,)
+    y64 = getattr(reference, f"{name}_forward")(
+        x.numpy().astype(np.float64), *states, *(w.astype(np.float64) for w in ws),
+        training=False).y
+    yb = getattr(rnnkern, f"{name}_forward")(x.numpy(), *states, *ws, training=False,
+                                             precision="bf16").y
+    with torch.no_grad():
+        yt = m.to(torch.bfloat16)(x.to(torch.bfloat16))[0].float().numpy()
+    scale = np.abs(y64).max()
+    ours, theirs = np.abs(yb - y64).max() / scale, np.abs(yt - y64).max() / scale
+    assert ours <= 1.5 * theirs, (ours, theirs)
