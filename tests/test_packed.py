@@ -216,3 +216,35 @@ def test_a_pack_is_shared_by_python_threads() -> None:
         for out, g in pool.map(job, range(12)):
             assert_same(out, serial[0])
             assert_same(g, serial[1])
+
+
+@pytest.mark.parametrize("cell_kw", CELLS, ids=_id)
+@pytest.mark.parametrize("precision", ["float", "bf16"])
+def test_the_reference_has_packed_weights_too(cell_kw: tuple[str, dict[str, Any]],
+                                              precision: str) -> None:
+    """reference.{cell}_pack: the same API as rnnkern's, the reference's results (and caches for
+    the reference's backward), on copies of the weights."""
+    cell, kw = cell_kw
+    case = make_case(cell, T=6, B=3, I=5, H=7, dtype=np.float32, lengths="random")
+    weights = [case[k] for k in ("w_ih", "w_hh", "b_ih", "b_hh")]
+    pack = getattr(reference, f"{cell}_pack")(*weights, **kw, precision=precision)
+    ours = getattr(rnnkern, f"{cell}_pack")(*weights, **kw, precision=precision)
+    for attr in ("cell", "variant", "dtype", "input_size", "hidden_size", "has_bias", "precision"):
+        assert getattr(pack, attr) == getattr(ours, attr), attr
+    states = (case["h0"], case["c0"]) if cell == "lstm" else (case["h0"],)
+    want = getattr(reference, f"{cell}_forward")(case["x"], *states, *weights, **kw,
+                                                  lengths=case["lengths"], precision=precision)
+    case["w_hh"][:] = 0  # the pack holds copies
+    got = pack.forward(case["x"], *states, lengths=case["lengths"])
+    for a, b in zip(got[:-1], want[:-1]):
+        np.testing.assert_array_equal(a, b)
+    grads = make_output_grads(cell, 6, 3, 7, np.float32)
+    backward = getattr(reference, f"{cell}_backward")
+    for a, b in zip(backward(got.cache, **grads), backward(want.cache, **grads)):
+        if b is None:
+            assert a is None
+        else:
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="x"):
+        pack.forward(case["x"][:, :, :-1], *states)
+    assert pack.isa == "reference" and "reference" in repr(pack)
