@@ -86,6 +86,8 @@ struct KernelTable {
                        int64_t jb0, int64_t jb1);
   void (*pack_backward)(W* dst, const F* w, int64_t rows, int64_t cols, int64_t ldw,
                         int64_t row0, int64_t jb0, int64_t jb1);
+  // Zeroes row q of the backward panels (nblk, rows, nb) of blocks [jb0, jb1).
+  void (*zero_row)(W* panels, int64_t rows, int64_t q, int64_t jb0, int64_t jb1);
   // xp (rows, G*HX) = x (rows, I) W_ih^T (gate v at columns v*HX) in the columns of hidden
   // blocks [jb0, jb1), from the panels c.wi: each thread projects the columns its steps read.
   void (*project)(const StepConst<F, W>& c, const F* x, int64_t rows, F* xp, int64_t jb0,

@@ -169,6 +169,16 @@ inline void store_w(W* p, vec<F> v, int64_t n) {
     store(p, v, n);
   }
 }
+// bf16 panels hold consecutive k in pairs: element (k, v, l) of a (K, nv, NB) panel sits at
+// ((k / 2) * nv + v) * 2NB + 2l + k % 2 for k < K & ~1, so one vector load holds k and k + 1 of
+// NB units (the pairs AVX512_BF16's dot products take), and the last k of an odd K at
+// (K - 1) * nv * NB + v * NB + l. With nv = 1 a pair starts where the plain layout's k does.
+// Stores k (even) and k + 1 of NB units: one 32-bit lane per unit, k in the low half.
+inline void store_pair(bf16* p, vec<float> even, vec<float> odd) {
+  const uvec u = (bf16_round(even) >> 16) | bf16_round(odd);
+  std::memcpy(p, &u, sizeof u);
+}
+
 // A scalar operand of a product as the precision takes it: with bf16 panels, rounded to bf16.
 template <class W, class F>
 inline F operand(F s) {
@@ -352,6 +362,64 @@ inline void tile(const F* a, int64_t lda, const W* panel, int64_t K, F* out) {
     }
 }
 
+// out (MB, NV*NB) = a (MB rows of stride lda, K; bf16 values) @ a bf16 panel (K, NV, NB) in
+// pairs of k (see store_pair): one load gives k and k + 1 (a shift and a mask widen them), so
+// the panel's bytes are half of float's and the widening costs one ALU operation per vector.
+template <int MB, int NV>
+inline void tile_bf16(const float* a, int64_t lda, const bf16* panel, int64_t K, float* out) {
+  constexpr int KU = k_unroll(MB * NV);  // accumulator sets: k goes to set k % KU
+  constexpr int PU = KU >= 2 ? KU / 2 : 1;  // pairs per iteration
+  constexpr int64_t NBF = NB<float>;
+  const uvec high = uvec{} + 0xFFFF0000u;
+  vec<float> acc[KU][MB][NV];
+#pragma GCC unroll 8
+  for (int u = 0; u < KU; ++u)
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[u][m][v] = vec<float>{};
+  const int64_t Kp = K & ~int64_t(1);
+  auto pair = [&](int64_t k, int se, int so) {  // k even: k into set se, k + 1 into so
+    const bf16* pk = panel + (k / 2) * NV * 2 * NBF;  // (NV, 2NB)
+    float s0[MB], s1[MB];
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) s0[m] = a[m * lda + k], s1[m] = a[m * lda + k + 1];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      uvec u;
+      std::memcpy(&u, pk + v * 2 * NBF, sizeof u);
+      const vec<float> we = (vec<float>)(u << 16), wo = (vec<float>)(u & high);
+#pragma GCC unroll 8
+      for (int m = 0; m < MB; ++m) {
+        acc[se][m][v] += we * s0[m];
+        acc[so][m][v] += wo * s1[m];
+      }
+    }
+  };
+  int64_t k = 0;
+  for (; k + 2 * PU <= Kp; k += 2 * PU)
+#pragma GCC unroll 4
+    for (int q = 0; q < PU; ++q) pair(k + 2 * q, (2 * q) % KU, (2 * q + 1) % KU);
+  for (; k < Kp; k += 2) pair(k, 0, 1 % KU);
+  if (K & 1) {  // the last k, stored plain
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) {
+      const float s = a[m * lda + K - 1];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[0][m][v] += load_w<float>(panel + (Kp * NV + v) * NBF) * s;
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      vec<float> sum = acc[0][m][v];
+#pragma GCC unroll 8
+      for (int u = 1; u < KU; ++u) sum += acc[u][m][v];
+      store(out + m * NV * NBF + v * NBF, sum);
+    }
+}
+
 // Rows [b, b + M) of a (K columns; with AT, columns of a (K, lda)) rounded to bf16, as a (M, K)
 // block in this thread's scratch.
 template <int M, bool AT>
@@ -382,7 +450,7 @@ inline void rows_tile(const F* a, int64_t lda, int64_t b, int64_t rows, const W*
   if constexpr (M > 0) {
     if (rows == M) {
       if constexpr (is_bf16<W>) {  // the tile's rows rounded once, not at every broadcast
-        tile<F, M, NV, false>(bf16_rows<M, AT>(a, lda, b, K), K, panel, K, buf);
+        tile_bf16<M, NV>(bf16_rows<M, AT>(a, lda, b, K), K, panel, K, buf);
       } else {
         tile<F, M, NV, AT>(AT ? a + b : a + b * lda, lda, panel, K, buf);
       }
@@ -455,8 +523,16 @@ void pack_forward(W* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv,
 #pragma GCC unroll 16
         for (int64_t l = 0; l < NB<F>; ++l) r[l] = l < nj ? load(rows + l * ldw + k0, nk) : vec<F>{};
         transpose<F>(r);
-        for (int64_t kk = 0; kk < nk; ++kk)
-          store_w<F>(panel + ((k0 + kk) * nv + v) * NB<F>, r[kk], NB<F>);
+        if constexpr (is_bf16<W>) {
+          for (int64_t kk = 0; kk < nk; kk += 2) {  // k0 is even: pairs stay in the chunk
+            const int64_t k = k0 + kk;
+            if (kk + 1 < nk) store_pair(panel + ((k / 2) * nv + v) * 2 * NB<F>, r[kk], r[kk + 1]);
+            else store_w<F>(panel + (k * nv + v) * NB<F>, r[kk], NB<F>);  // the last k, K odd
+          }
+        } else {
+          for (int64_t kk = 0; kk < nk; ++kk)
+            store_w<F>(panel + ((k0 + kk) * nv + v) * NB<F>, r[kk], NB<F>);
+        }
       }
     }
   }
@@ -468,8 +544,26 @@ void pack_backward(W* dst, const F* w, int64_t rows, int64_t cols, int64_t ldw, 
   for (int64_t jb = jb0; jb < jb1; ++jb) {
     W* panel = dst + jb * rows * NB<F>;  // (rows, NB)
     const int64_t nj = imin(NB<F>, cols - jb * NB<F>);
-    for (int64_t r = 0; r < rows; ++r)
-      store_w<F>(panel + r * NB<F>, load(w + (row0 + r) * ldw + jb * NB<F>, nj), NB<F>);
+    auto row = [&](int64_t r) { return load(w + (row0 + r) * ldw + jb * NB<F>, nj); };
+    if constexpr (is_bf16<W>) {
+      int64_t r = 0;
+      for (; r + 1 < rows; r += 2) store_pair(panel + r * NB<F>, row(r), row(r + 1));
+      if (r < rows) store_w<F>(panel + r * NB<F>, row(r), NB<F>);
+    } else {
+      for (int64_t r = 0; r < rows; ++r) store_w<F>(panel + r * NB<F>, row(r), NB<F>);
+    }
+  }
+}
+
+template <class F, class W>
+void zero_row(W* panels, int64_t rows, int64_t q, int64_t jb0, int64_t jb1) {
+  for (int64_t jb = jb0; jb < jb1; ++jb) {
+    W* panel = panels + jb * rows * NB<F>;  // (rows, NB)
+    if (is_bf16<W> && (q | 1) < rows) {  // in a pair: every other element of two rows
+      for (int64_t l = 0; l < NB<F>; ++l) panel[(q & ~int64_t(1)) * NB<F> + 2 * l + (q & 1)] = 0;
+    } else {
+      std::memset(panel + q * NB<F>, 0, NB<F> * sizeof(W));
+    }
   }
 }
 
@@ -618,7 +712,7 @@ namespace {
 template <class F, class W>
 constexpr KernelTable<F, W> make_table() {
   KernelTable<F, W> t{RNNKERN_ISA_NAME, NB<F>, pack_forward<F, W>, pack_backward<F, W>,
-                      project<F, W>, backward_final<F, W>, product<F, W>, {}};
+                      zero_row<F, W>, project<F, W>, backward_final<F, W>, product<F, W>, {}};
 #define RNNKERN_CELL_ENTRY(C)                                    \
   t.cells[static_cast<int>(C::id)] = {Kernels<C, F, W>::forward_phase, \
                                       Kernels<C, F, W>::backward_phase};

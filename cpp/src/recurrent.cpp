@@ -415,9 +415,7 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
       // Whatever x holds at a padded step (NaN included) must not reach dW_ih, as 0 * NaN would:
       // its rows of the panels are zeroed.
       for (int64_t q = 0; t1 > shortest && q < rows; ++q)
-        if (t0 + q / B >= lengths[q % B])
-          for (int64_t ib = ib0; ib < ib1; ++ib)
-            std::memset(xq + (ib * rows + q) * NBK, 0, NBK * sizeof(W));
+        if (t0 + q / B >= lengths[q % B]) kt.zero_row(xq, rows, q, ib0, ib1);
       kt.product(dgc, LDG, true, GH, xq, rows, I, g.dw_ih, I, add, ib0, ib1);
       kt.pack_backward(hpan.get(), cache.hs + t0 * BH, rows, H, H, 0, jb0, jb1);  // h_{t-1}
       kt.product(dgr, LDG, true, split_row, hpan.get(), rows, H, g.dw_hh, H, add, jb0, jb1);
