@@ -55,6 +55,9 @@ class Pack:
     def isa(self) -> str: ...
     @property
     def dtype(self) -> np.dtype[Any]: ...
+    def step(
+        self, x: object, h0: object, c0: object, training: bool
+    ) -> tuple[Any, ...] | None: ...
 
 def forward_packed(
     pack: Pack,

@@ -92,6 +92,24 @@ class _Cell(ParamModule):
     # -- one step -------------------------------------------------------------------------------
 
     def _step(self, x: object, state: object, training: bool) -> State:
+        if training is True or training is False:  # the fast path, on exact arguments
+            h0, c0 = None, None
+            if state is not None and self._cell != "lstm":
+                h0 = state
+            elif isinstance(state, tuple) and len(state) == 2:
+                h0, c0 = state
+            elif state is not None:  # not an LSTM state: the checks below say why
+                return self._step_checked(x, state, training)
+            out = self._packs.get(0, self._weight_arrays)._step(x, h0, c0, training)
+            if out is not None:
+                h, c, cache = out
+                if cache is not None:
+                    self._steps.append((cache, x.ndim == 1))  # type: ignore[attr-defined]
+                return h if c is None else (h, c)
+        return self._step_checked(x, state, training)
+
+    def _step_checked(self, x: object, state: object, training: bool) -> State:
+        """The step with every argument checked (clear errors) and converted to exact arrays."""
         xa = self._check_input("x", x)
         if xa.ndim not in (1, 2) or xa.shape[-1] != self.input_size:
             raise ValueError(f"x: expected shape (B, input_size) = (B, {self.input_size}) or "
