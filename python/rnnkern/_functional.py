@@ -100,6 +100,13 @@ def _backward(cell: str, cache: object, dy: object, dh_n: object,
     return tuple(_core.backward_packed(k.pack, k.x, k.lengths, k.buffers, dy_, dh_, dc_))
 
 
+def _step_backward(cache: KernelCache, dh: Array | None, dc: Array | None) -> tuple[Any, ...]:
+    """The backward of a one-step cache (``PackedWeights._step``) on gradients already checked:
+    dh, dc (B, H) C-contiguous of its dtype or None. Returns (dx (1, B, I), dh0, dc0 or None,
+    dw_ih, dw_hh, db_ih, db_hh (None without bias))."""
+    return tuple(_core.backward_packed(cache.pack, cache.x, None, cache.buffers, None, dh, dc))
+
+
 # ----------------------------------------------------------------------------- packed weights
 
 # Bumped by rnnkern.set_isa: a pack made before runs on the kernels it was packed for, so the

@@ -64,9 +64,10 @@ class _CellFunction(torch.autograd.Function):
         cache = ctx.cache
         x_shape = saved[0].shape
         _, B, _, H = cache.shape
-        dha = None if dh is None else _np(dh).reshape(B, H)
-        dca = None if dc is None else _np(dc).reshape(B, H)
-        dx, dh0, dc0, *dws = F._backward(cache.cell, cache, None, dha, dca)
+        # autograd gives them the outputs' shape and dtype
+        dha = None if dh is None else np.ascontiguousarray(_np(dh).reshape(B, H))
+        dca = None if dc is None else np.ascontiguousarray(_np(dc).reshape(B, H))
+        dx, dh0, dc0, *dws = F._step_backward(cache, dha, dca)
         h_shape = (*x_shape[:-1], H)
         grads = [None, dx.reshape(x_shape), dh0.reshape(h_shape),
                  None if dc0 is None else dc0.reshape(h_shape), *dws]

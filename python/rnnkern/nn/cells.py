@@ -149,7 +149,7 @@ class _Cell(ParamModule):
         B = cache.shape[1]
         parts = 2 if self._cell == "lstm" else 1
         dh, *dc = self._states("dstate", dstate, None if unbatched else B, parts)
-        dx, dh0, dc0, *dws = F._backward(self._cell, cache, None, dh, dc[0] if dc else None)
+        dx, dh0, dc0, *dws = F._step_backward(cache, dh, dc[0] if dc else None)
         self._steps.pop()
         for name, g in zip(_NAMES, dws):
             if g is not None:
