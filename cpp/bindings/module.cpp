@@ -4,11 +4,11 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-#include <cstring>
 #include <memory>
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <cstring>
 #include <vector>
 
 #include "rnnkern/rnnkern.hpp"
@@ -241,34 +241,6 @@ PackHandle pack_any(int cell_id, const py::object& w_ih, const py::object& w_hh,
   return h;
 }
 
-Sizes packed_sizes(const PackHandle& pk, const py::object& x) {
-  if (!py::isinstance<py::array>(x) || py::reinterpret_borrow<py::array>(x).ndim() != 3)
-    throw py::value_error("x: expected a numpy.ndarray of shape (T, B, I)");
-  auto xs = py::reinterpret_borrow<py::array>(x).shape();
-  return {{xs[0], xs[1], pk.I, pk.H}, rnnkern::gates(pk.cell)};
-}
-
-py::tuple forward_packed(const PackHandle& pk, const py::object& x, const py::object& h0,
-                         const py::object& c0, const py::object& lengths, bool training) {
-  Sizes z = packed_sizes(pk, x);
-  const py::object none = py::none();
-  return is_f64(x, "x") ? forward<double>(pk.cell, z, x, h0, c0, pk.get<double>(x), none, none,
-                                          none, none, lengths, training)
-                        : forward<float>(pk.cell, z, x, h0, c0, pk.get<float>(x), none, none,
-                                         none, none, lengths, training);
-}
-
-py::tuple backward_packed(const PackHandle& pk, const py::object& x, const py::object& lengths,
-                          const py::tuple& cache, const py::object& dy, const py::object& dh_n,
-                          const py::object& dc_n) {
-  Sizes z = packed_sizes(pk, x);
-  const py::object none = py::none();
-  return is_f64(x, "x") ? backward<double>(pk.cell, z, x, pk.get<double>(x), none, none,
-                                           pk.has_bias(), lengths, cache, dy, dh_n, dc_n)
-                        : backward<float>(pk.cell, z, x, pk.get<float>(x), none, none,
-                                          pk.has_bias(), lengths, cache, dy, dh_n, dc_n);
-}
-
 // The data of `o` if it is exactly a C-contiguous aligned array of T with `ndim` dims of sizes
 // `dims` (None: `none_ok`), else null and `ok` false. For the one-step fast path: no errors, the
 // caller's general path converts odd arguments or raises its clear message.
@@ -333,6 +305,34 @@ py::object step_any(const PackHandle& pk, const py::handle& x, const py::handle&
   return step<double>(pk, pk.f64.get(), x, h0, c0, training);
 }
 
+Sizes packed_sizes(const PackHandle& pk, const py::object& x) {
+  if (!py::isinstance<py::array>(x) || py::reinterpret_borrow<py::array>(x).ndim() != 3)
+    throw py::value_error("x: expected a numpy.ndarray of shape (T, B, I)");
+  auto xs = py::reinterpret_borrow<py::array>(x).shape();
+  return {{xs[0], xs[1], pk.I, pk.H}, rnnkern::gates(pk.cell)};
+}
+
+py::tuple forward_packed(const PackHandle& pk, const py::object& x, const py::object& h0,
+                         const py::object& c0, const py::object& lengths, bool training) {
+  Sizes z = packed_sizes(pk, x);
+  const py::object none = py::none();
+  return is_f64(x, "x") ? forward<double>(pk.cell, z, x, h0, c0, pk.get<double>(x), none, none,
+                                          none, none, lengths, training)
+                        : forward<float>(pk.cell, z, x, h0, c0, pk.get<float>(x), none, none,
+                                         none, none, lengths, training);
+}
+
+py::tuple backward_packed(const PackHandle& pk, const py::object& x, const py::object& lengths,
+                          const py::tuple& cache, const py::object& dy, const py::object& dh_n,
+                          const py::object& dc_n) {
+  Sizes z = packed_sizes(pk, x);
+  const py::object none = py::none();
+  return is_f64(x, "x") ? backward<double>(pk.cell, z, x, pk.get<double>(x), none, none,
+                                           pk.has_bias(), lengths, cache, dy, dh_n, dc_n)
+                        : backward<float>(pk.cell, z, x, pk.get<float>(x), none, none,
+                                          pk.has_bias(), lengths, cache, dy, dh_n, dc_n);
+}
+
 template <class F>
 py::array softmax(const py::object& z) {
   auto a = py::reinterpret_borrow<py::array>(z);
@@ -385,6 +385,7 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init(&pack_any), py::arg("cell_id"), py::arg("w_ih"), py::arg("w_hh"),
            py::arg("b_ih"), py::arg("b_hh"), py::arg("forward") = true,
            py::arg("backward") = true)
+      .def("step", &step_any, py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("training"))
       .def_property_readonly("cell_id", [](const PackHandle& h) { return static_cast<int>(h.cell); })
       .def_property_readonly("input_size", [](const PackHandle& h) { return h.I; })
       .def_property_readonly("hidden_size", [](const PackHandle& h) { return h.H; })
@@ -392,8 +393,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("isa", &PackHandle::isa)
       .def_property_readonly("dtype", [](const PackHandle& h) {
         return h.f64 ? py::dtype::of<double>() : py::dtype::of<float>();
-      })
-      .def("step", &step_any, py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("training"));
+      });
   m.def("forward_packed", &forward_packed);
   m.def("backward_packed", &backward_packed);
   m.def("softmax", &softmax_any);
