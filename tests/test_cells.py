@@ -244,3 +244,22 @@ def test_decoding_and_sampling_pack_once(monkeypatch: pytest.MonkeyPatch) -> Non
     s2s.greedy([[3, 4, 5]], max_len=10)
     s2s.beam_search([[3, 4, 5]], beam_size=3, max_len=10)
     assert len(packs) == 2  # encoder and decoder, once each
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_strided_arguments_take_the_general_path(name: str) -> None:
+    """Arguments the one-step fast path declines (not C-contiguous, a state list) give the
+    results and gradients of contiguous ones."""
+    cell, _ = pair(name, 3, 4)
+    rng = np.random.default_rng(3)
+    x, h = rng.standard_normal((2, 6))[:, ::2], rng.standard_normal((4, 2)).T
+    state: Any = [h, h] if name == "lstm" else h
+    got = cell(x, state)
+    got_grads = cell.backward(got)
+    want = cell(x.copy(), (h.copy(), h.copy()) if name == "lstm" else h.copy())
+    want_grads = cell.backward(want)
+    assert_state(got, tuple(torch.from_numpy(w) for w in want) if name == "lstm"
+                 else torch.from_numpy(want))
+    for a, b in zip(got_grads, want_grads):
+        assert_state(a, tuple(torch.from_numpy(w) for w in b) if isinstance(b, tuple)
+                     else torch.from_numpy(b))

@@ -248,3 +248,52 @@ def test_the_reference_has_packed_weights_too(cell_kw: tuple[str, dict[str, Any]
     with pytest.raises(ValueError, match="x"):
         pack.forward(case["x"][:, :, :-1], *states)
     assert pack.isa == "reference" and "reference" in repr(pack)
+
+
+@pytest.mark.parametrize("unbatched", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=str)
+@pytest.mark.parametrize("cell_kw", CELLS, ids=_id)
+def test_one_step_gives_the_bits_of_a_one_step_forward(cell_kw: tuple[str, dict[str, Any]],
+                                                       dtype: Any, unbatched: bool) -> None:
+    """PackedWeights._step (the cells' fast path): the outputs and backward of pack.forward with
+    T = 1, in training and inference, with and without a state, x (B, I) or unbatched (I,); the
+    cache keeps its own x."""
+    cell, kw = cell_kw
+    for h0 in (True, False):
+        case = make_case(cell, 1, 1 if unbatched else 3, 5, 7, dtype, h0=h0)
+        p = pack(cell, case, kw)
+        state = [case.get(k) for k in ("h0", "c0")]
+        ref = p.forward(case["x"], *state)
+        shape = (lambda a: a.reshape(a.shape[1:])) if unbatched else (lambda a: a)
+        args = [None if a is None else shape(a) for a in (case["x"][0], *state)]
+        for train in (False, True):
+            h, c, cache = p._step(*args[:2], args[2] if cell == "lstm" else None, train)
+            np.testing.assert_array_equal(h, shape(ref.h_n))
+            if cell == "lstm":
+                np.testing.assert_array_equal(c, shape(ref.c_n))
+            else:
+                assert c is None
+            assert (cache is None) != train
+        assert cache is not None
+        args[0][...] = 7  # the cache's x is its own
+        dh = np.ones_like(ref.h_n)
+        bw = getattr(rnnkern, f"{cell}_backward")
+        for a, b in zip(bw(cache, None, dh), bw(ref.cache, None, dh)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_one_step_declines_what_is_not_exact() -> None:
+    """_step returns None (the callers' general path converts or raises) for anything but
+    C-contiguous arrays of the pack's dtype and exact shapes."""
+    case = make_case("lstm", 1, 2, 3, 4, np.float32)
+    p = pack("lstm", case, {})
+    x, h, c = case["x"][0], case["h0"], case["c0"]
+    assert p._step(x, h, c, False) is not None
+    wide = np.zeros((2, 6), np.float32)
+    for args in [(x.astype(np.float64), h, c), (x.tolist(), h, c), (wide[:, ::2], h, c),
+                 (x, h[:1], c), (x, h, c[:, :3]), (x[None], h, c), (x[0], h, c),
+                 (x, h.T.copy().T, c.astype(np.float64)), (x, (h, c), None), (x, h, 1.0)]:
+        assert p._step(*args, True) is None
+    q = pack("gru", make_case("gru", 1, 2, 3, 4, np.float32), {})
+    assert q._step(x, h, None, False) is not None
+    assert q._step(x, h, c, False) is None  # a GRU has no c

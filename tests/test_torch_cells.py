@@ -159,3 +159,24 @@ def test_convert_swaps_cells_and_keeps_the_parameters() -> None:
     assert {k: id(v) for k, v in model.named_parameters()} == params
     assert not model["a"].training
     assert model["c"].bias_ih is None
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_strided_and_unbatched_arguments_match_torch(name: str) -> None:
+    """Inputs that are not C-contiguous (copied for the kernels) and unbatched ones, with and
+    without autograd: torch's results and gradients."""
+    results = []
+    for module in pair(name, 3, 4):
+        torch.manual_seed(4)
+        x = torch.randn(3, 2, dtype=torch.float64).t().requires_grad_()  # (2, 3), strided
+        h = torch.randn(4, 2, dtype=torch.float64).t()  # (2, 4), strided
+        hx = (h, h) if name == "lstm" else h
+        with torch.no_grad():
+            inference = module(x, hx)
+        out = first(module(x, hx))
+        out.sum().backward()
+        xu = torch.randn(3, dtype=torch.float64)
+        unbatched = module(xu, (h[0], h[1]) if name == "lstm" else h[0])
+        results.append((first(inference), out, x.grad, module.weight_ih.grad, first(unbatched)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a.detach(), b.detach())

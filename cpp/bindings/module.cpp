@@ -9,6 +9,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <cstring>
 #include <vector>
 
 #include "rnnkern/rnnkern.hpp"
@@ -284,6 +285,70 @@ PackHandle pack_any(int cell_id, const py::object& w_ih, const py::object& w_hh,
   return h;
 }
 
+// The data of `o` if it is exactly a C-contiguous aligned array of T with `ndim` dims of sizes
+// `dims` (None: `none_ok`), else null and `ok` false. For the one-step fast path: no errors, the
+// caller's general path converts odd arguments or raises its clear message.
+template <class T>
+const T* exact(const py::handle& o, int ndim, const int64_t* dims, bool none_ok, bool& ok) {
+  if (o.is_none()) {
+    ok = ok && none_ok;
+    return nullptr;
+  }
+  if (!ok || !py::isinstance<py::array>(o)) return ok = false, nullptr;
+  auto a = py::reinterpret_borrow<py::array>(o);
+  const int flags = a.flags();
+  ok = is_dtype<T>(a.dtype()) && a.ndim() == ndim &&
+       (flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_) &&
+       (flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_);
+  for (int i = 0; ok && i < ndim; ++i) ok = a.shape(i) == dims[i];
+  return ok ? static_cast<const T*>(a.data()) : nullptr;
+}
+
+// One step with a pack: x (B, I) or unbatched (I,), h0 and c0 (lstm) shaped like x with H, or
+// None. Returns (h, c or None) shaped like h0, and in training (x (1, B, I) copied, hs, cs,
+// gates, aux: backward_packed's cache), or None when an argument is not exactly that.
+template <class F>
+py::object step(const PackHandle& pk, const rnnkern::Pack<F>* w, const py::handle& x,
+                const py::handle& h0, const py::handle& c0, bool training) {
+  const bool lstm = rnnkern::cell_traits(pk.cell).cell_state;
+  const auto xa = py::reinterpret_borrow<py::array>(x);
+  const int nd = static_cast<int>(xa.ndim());
+  if (nd != 1 && nd != 2) return py::none();
+  const int64_t B = nd == 2 ? xa.shape(0) : 1, I = pk.I, H = pk.H;
+  const int64_t xd[2] = {B, I}, sd[2] = {B, H};
+  bool ok = true;
+  const F* xp = exact<F>(x, nd, xd + 2 - nd, false, ok);
+  const F* h0p = exact<F>(h0, nd, sd + 2 - nd, true, ok);
+  const F* c0p = exact<F>(c0, nd, sd + 2 - nd, true, ok);
+  if (!ok || (!lstm && !c0.is_none())) return py::none();
+  const std::vector<py::ssize_t> shape(sd + 2 - nd, sd + 2);
+  py::array_t<F> h(shape), h_n(shape);
+  py::object c = lstm ? py::object(py::array_t<F>(shape)) : py::none();
+  const rnnkern::Dims d{1, B, I, H};
+  const auto L = rnnkern::cache_layout(pk.cell, d);
+  py::object xc = array_or_none<F>(training, {1, B, I});
+  py::object hs = array_or_none<F>(training, {2, B, H});
+  py::object cs = array_or_none<F>(training && L.cs, {2, B, H});
+  py::object gates = array_or_none<F>(training && L.gates, {1, B, rnnkern::gates(pk.cell) * H});
+  py::object aux = array_or_none<F>(training && L.aux, {1, B, H});
+  rnnkern::Cache<F> cache{ptr<F>(hs), ptr<F>(cs), ptr<F>(gates), ptr<F>(aux)};
+  {
+    py::gil_scoped_release release;
+    if (training) std::memcpy(ptr<F>(xc), xp, B * I * sizeof(F));
+    rnnkern::forward<F>(*w, d, xp, h0p, c0p, nullptr, h.mutable_data(), h_n.mutable_data(),
+                        ptr<F>(c), training ? &cache : nullptr);
+  }
+  if (!training) return py::make_tuple(h, c);
+  return py::make_tuple(h, c, xc, py::make_tuple(hs, cs, gates, aux));
+}
+
+py::object step_any(const PackHandle& pk, const py::handle& x, const py::handle& h0,
+                    const py::handle& c0, bool training) {
+  if (!py::isinstance<py::array>(x)) return py::none();
+  if (pk.f32) return step<float>(pk, pk.f32.get(), x, h0, c0, training);
+  return step<double>(pk, pk.f64.get(), x, h0, c0, training);
+}
+
 Sizes packed_sizes(const PackHandle& pk, const py::object& x) {
   if (!py::isinstance<py::array>(x) || py::reinterpret_borrow<py::array>(x).ndim() != 3)
     throw py::value_error("x: expected a numpy.ndarray of shape (T, B, I)");
@@ -429,6 +494,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("precision", [](const PackHandle& h) {
         return static_cast<int>(h.f32 ? h.f32->precision() : h.f64->precision());
       })
+      .def("step", &step_any, py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("training"))
       .def_property_readonly("cell_id", [](const PackHandle& h) { return static_cast<int>(h.cell); })
       .def_property_readonly("input_size", [](const PackHandle& h) { return h.I; })
       .def_property_readonly("hidden_size", [](const PackHandle& h) { return h.H; })

@@ -61,6 +61,9 @@ class Pack:
     def dtype(self) -> np.dtype[Any]: ...
     @property
     def precision(self) -> int: ...
+    def step(
+        self, x: object, h0: object, c0: object, training: bool
+    ) -> tuple[Any, ...] | None: ...
 
 def forward_packed(
     pack: Pack,

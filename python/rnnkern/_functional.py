@@ -115,6 +115,13 @@ def _backward(cell: str, cache: object, dy: object, dh_n: object,
     return tuple(_core.backward_packed(k.pack, k.x, k.lengths, k.buffers, dy_, dh_, dc_))
 
 
+def _step_backward(cache: KernelCache, dh: Array | None, dc: Array | None) -> tuple[Any, ...]:
+    """The backward of a one-step cache (``PackedWeights._step``) on gradients already checked:
+    dh, dc (B, H) C-contiguous of its dtype or None. Returns (dx (1, B, I), dh0, dc0 or None,
+    dw_ih, dw_hh, db_ih, db_hh (None without bias))."""
+    return tuple(_core.backward_packed(cache.pack, cache.x, None, cache.buffers, None, dh, dc))
+
+
 # ----------------------------------------------------------------------------- packed weights
 
 # Bumped by rnnkern.set_isa: a pack made before runs on the kernels it was packed for, so the
@@ -167,6 +174,18 @@ class PackedWeights:
             assert c_n is not None
             return LSTMOutput(y, h_n, c_n, cache)
         return RNNOutput(y, h_n, cache)
+
+    def _step(self, x: object, h0: object, c0: object,
+              train: bool) -> tuple[Array, Array | None, KernelCache | None] | None:
+        """One step on exact arguments, checked once in the core's binding: x (B, I) or (I,),
+        h0 and c0 (lstm) shaped like x with H or None, all C-contiguous arrays of the pack's
+        dtype. Returns (h, c or None, cache or None), h and c shaped like h0; None when an
+        argument is not exactly that (the caller's general path converts it or raises)."""
+        out = self._pack.step(x, h0, c0, train)
+        if out is None or not train:
+            return None if out is None else (out[0], out[1], None)
+        h, c, x3, buffers = out  # x3 (1, B, I): the core's copy of x
+        return h, c, KernelCache(self.cell, self._pack, x3, None, buffers)
 
     def __repr__(self) -> str:
         variant = f" {self.variant}" if self.variant else ""

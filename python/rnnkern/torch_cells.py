@@ -26,38 +26,51 @@ Tensor = torch.Tensor
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
+def _np(t: Tensor | None) -> Any:
+    """The NumPy view of a CPU tensor (None stays None)."""
+    return None if t is None else (t.detach() if t.requires_grad else t).numpy()
+
+
+def _step(pack: F.PackedWeights, x: Tensor, h0: Tensor | None, c0: Tensor | None,
+          train: bool) -> tuple[Tensor, Tensor | None, Any]:
+    """One step on the kernels, arguments of the right dtypes and shapes (``_fits``): (h, c or
+    None, cache or None), h and c shaped like h0."""
+    xa, h0a, c0a = _np(x), _np(h0), _np(c0)
+    out = pack._step(xa, h0a, c0a, train)
+    if out is None:  # not C-contiguous: contiguous copies
+        xa, h0a, c0a = (None if a is None else np.ascontiguousarray(a) for a in (xa, h0a, c0a))
+        out = pack._step(xa, h0a, c0a, train)
+        assert out is not None
+    h, c, cache = out
+    return torch.from_numpy(h), None if c is None else torch.from_numpy(c), cache
+
+
 class _CellFunction(torch.autograd.Function):
-    """apply(cell, pack, x (B, I), h0 (B, H) | None, c0 | None, w_ih, w_hh, b_ih, b_hh)
-    -> h (B, H), and c (B, H) for the LSTM. The weights are those of ``pack``; they are passed
-    so that autograd sees them (their gradients, and the in-place check)."""
+    """apply(pack, x (B, I) or (I,), h0 | None, c0 | None, w_ih, w_hh, b_ih, b_hh) -> h shaped
+    like h0, and c for the LSTM. The weights are those of ``pack``; they are passed so that
+    autograd sees them (their gradients, and the in-place check)."""
 
     @staticmethod
-    def forward(ctx: Any, cell: str, pack: F.PackedWeights, x: Tensor, h0: Tensor | None,
+    def forward(ctx: Any, pack: F.PackedWeights, x: Tensor, h0: Tensor | None,
                 c0: Tensor | None, *weights: Tensor | None) -> Any:
-        h, c, cache = _CellFunction.run(cell, pack, x, h0, c0, any(ctx.needs_input_grad))
-        ctx.cell, ctx.cache = cell, cache
+        h, c, ctx.cache = _step(pack, x, h0, c0, True)
         ctx.save_for_backward(x, h0, c0, *weights)
         ctx.set_materialize_grads(False)  # None stays None: the kernels take dh_n=None
         return h if c is None else (h, c)
 
     @staticmethod
-    def run(cell: str, pack: F.PackedWeights, x: Tensor, h0: Tensor | None, c0: Tensor | None,
-            train: bool) -> tuple[Tensor, Tensor | None, Any]:
-        """The step on the kernels: (h (B, H), c (B, H) or None, cache or None)."""
-        x3 = x.detach().numpy().reshape(1, *x.shape)  # (1, B, I)
-        h0a = None if h0 is None else np.ascontiguousarray(h0.detach().numpy())  # (B, H)
-        c0a = None if c0 is None else np.ascontiguousarray(c0.detach().numpy())  # (B, H)
-        _, h, c, cache = F._run(cell, pack._pack, np.ascontiguousarray(x3), h0a, c0a, None, train,
-                                copy_x=train)
-        return torch.from_numpy(h), None if c is None else torch.from_numpy(c), cache
-
-    @staticmethod
     def backward(ctx: Any, dh: Tensor | None, dc: Tensor | None = None) -> Any:
         saved = ctx.saved_tensors  # raises if an input was changed in place since the forward
-        dha = None if dh is None else dh.detach().numpy()
-        dca = None if dc is None else dc.detach().numpy()
-        dx, dh0, dc0, *dws = F._backward(ctx.cell, ctx.cache, None, dha, dca)
-        grads = [None, None, dx[0], dh0, dc0, *dws]
+        cache = ctx.cache
+        x_shape = saved[0].shape
+        _, B, _, H = cache.shape
+        # autograd gives them the outputs' shape and dtype
+        dha = None if dh is None else np.ascontiguousarray(_np(dh).reshape(B, H))
+        dca = None if dc is None else np.ascontiguousarray(_np(dc).reshape(B, H))
+        dx, dh0, dc0, *dws = F._step_backward(cache, dha, dca)
+        h_shape = (*x_shape[:-1], H)
+        grads = [None, dx.reshape(x_shape), dh0.reshape(h_shape),
+                 None if dc0 is None else dc0.reshape(h_shape), *dws]
         out = [None if g is None or not need else torch.from_numpy(g)
                for g, need in zip(grads, ctx.needs_input_grad)]
         if torch.is_grad_enabled():  # create_graph=True: make differentiating them raise
@@ -69,8 +82,10 @@ class _CellFunction(torch.autograd.Function):
 
 def _pack(module: Any, cell: str, weights: tuple[Tensor | None, ...]) -> F.PackedWeights:
     """The module's weights packed, made again when one changed (version, memory) or the ISA."""
-    key = (F.isa_generation[0],
-           *((id(w), w._version, w.data_ptr()) for w in weights if w is not None))
+    key = [F.isa_generation[0]]
+    for w in weights:
+        if w is not None:
+            key += (id(w), w._version, w.data_ptr())
     cached = module.__dict__.get("_rnnkern_pack")
     if cached is not None and cached[0] == key:
         return cached[1]  # type: ignore[no-any-return]
@@ -85,48 +100,41 @@ def _pack(module: Any, cell: str, weights: tuple[Tensor | None, ...]) -> F.Packe
     return pack
 
 
-def _fits(module: Any, x: object, states: tuple[object, ...]) -> bool:
+def _fits(module: Any, x: object, states: tuple[object, ...], w_hh: Tensor) -> bool:
     """Whether the kernels run this call exactly as torch's cell would (else torch runs it)."""
-    if not isinstance(x, Tensor) or x.dim() not in (1, 2) or x.device.type != "cpu":
+    if not isinstance(x, Tensor) or not x.is_cpu or not w_hh.is_cpu:
         return False
-    dtype = module.weight_hh.dtype
-    if (x.dtype != dtype or dtype not in _FLOAT_DTYPES or x.shape[-1] != module.input_size
-            or module.hidden_size == 0 or x.numel() == 0 and module.input_size > 0
-            or x.dim() == 2 and x.shape[0] == 0 or module.weight_hh.device.type != "cpu"):
+    dtype, shape, nd = w_hh.dtype, x.shape, x.dim()
+    if (nd not in (1, 2) or x.dtype != dtype or dtype not in _FLOAT_DTYPES
+            or shape[-1] != module.input_size or module.hidden_size == 0
+            or nd == 2 and shape[0] == 0 or module.input_size > 0 and x.numel() == 0):
         return False
-    want = (*x.shape[:-1], module.hidden_size)
-    return all(s is None or isinstance(s, Tensor) and s.dtype == dtype
-               and s.device.type == "cpu" and tuple(s.shape) == want for s in states)
+    want = (*shape[:-1], module.hidden_size)
+    return all(s is None or isinstance(s, Tensor) and s.dtype == dtype and s.is_cpu
+               and s.shape == want for s in states)
 
 
 def _forward(module: Any, cell: str, input: Any, hx: Any) -> Any:
     lstm = cell == "lstm"
-    if lstm:
-        states = (None, None) if hx is None else tuple(hx) if isinstance(
-            hx, (tuple, list)) and len(hx) == 2 else None
-    else:
-        states = (hx,)
-    if states is None or not _fits(module, input, states):
-        return super(type(module), module).forward(input, hx)  # torch's own checks and errors
-    weights = (module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh)
-    unbatched = input.dim() == 1
-    x = input.unsqueeze(0) if unbatched else input  # (B, I)
-    h0 = None if states[0] is None else (states[0].unsqueeze(0) if unbatched else states[0])
-    c0 = None
-    if lstm and states[1] is not None:
-        c0 = states[1].unsqueeze(0) if unbatched else states[1]
-    if lstm and (h0 is None) != (c0 is None):  # torch takes both or neither
+    h0, c0 = None, None
+    if hx is not None and not lstm:
+        h0 = hx
+    elif isinstance(hx, (tuple, list)) and len(hx) == 2:
+        h0, c0 = hx
+    elif hx is not None:  # not an LSTM state: torch's error
         return super(type(module), module).forward(input, hx)
+    p = module._parameters
+    weights = (p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
+    if (not _fits(module, input, (h0, c0), weights[1])
+            or lstm and (h0 is None) != (c0 is None)):  # torch takes both or neither
+        return super(type(module), module).forward(input, hx)  # torch's own checks and errors
     pack = _pack(module, cell, weights)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                       for t in (x, h0, c0, *weights)):
-        out = _CellFunction.apply(cell, pack, x, h0, c0, *weights)  # type: ignore[no-untyped-call]
-    else:  # nothing to differentiate: no autograd node (its cost is a third of a B=1 step)
-        out = _CellFunction.run(cell, pack, x, h0, c0, False)[:2 if lstm else 1]
-        out = out if lstm else out[0]
-    if unbatched:
-        out = tuple(t.squeeze(0) for t in out) if lstm else out.squeeze(0)
-    return out
+                                       for t in (input, h0, c0, *weights)):
+        return _CellFunction.apply(pack, input, h0, c0, *weights)  # type: ignore[no-untyped-call]
+    # nothing to differentiate: no autograd node (its cost is a third of a B=1 step)
+    h, c, _ = _step(pack, input, h0, c0, False)
+    return h if c is None else (h, c)
 
 
 class RNNCell(torch.nn.RNNCell):

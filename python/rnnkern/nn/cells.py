@@ -92,6 +92,24 @@ class _Cell(ParamModule):
     # -- one step -------------------------------------------------------------------------------
 
     def _step(self, x: object, state: object, training: bool) -> State:
+        if training is True or training is False:  # the fast path, on exact arguments
+            h0, c0 = None, None
+            if state is not None and self._cell != "lstm":
+                h0 = state
+            elif isinstance(state, tuple) and len(state) == 2:
+                h0, c0 = state
+            elif state is not None:  # not an LSTM state: the checks below say why
+                return self._step_checked(x, state, training)
+            out = self._packs.get(0, self._weight_arrays)._step(x, h0, c0, training)
+            if out is not None:
+                h, c, cache = out
+                if cache is not None:
+                    self._steps.append((cache, x.ndim == 1))  # type: ignore[attr-defined]
+                return h if c is None else (h, c)
+        return self._step_checked(x, state, training)
+
+    def _step_checked(self, x: object, state: object, training: bool) -> State:
+        """The step with every argument checked (clear errors) and converted to exact arrays."""
         xa = self._check_input("x", x)
         if xa.ndim not in (1, 2) or xa.shape[-1] != self.input_size:
             raise ValueError(f"x: expected shape (B, input_size) = (B, {self.input_size}) or "
@@ -131,7 +149,7 @@ class _Cell(ParamModule):
         B = cache.shape[1]
         parts = 2 if self._cell == "lstm" else 1
         dh, *dc = self._states("dstate", dstate, None if unbatched else B, parts)
-        dx, dh0, dc0, *dws = F._backward(self._cell, cache, None, dh, dc[0] if dc else None)
+        dx, dh0, dc0, *dws = F._step_backward(cache, dh, dc[0] if dc else None)
         self._steps.pop()
         for name, g in zip(_NAMES, dws):
             if g is not None:

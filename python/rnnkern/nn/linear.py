@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .._api import check_size
+from .._functional import isa_generation
 
 __all__ = ["Linear", "ParamModule", "WeightPacks"]
 
@@ -144,9 +145,10 @@ class WeightPacks:
 
     def get(self, key: Any, weights: Sequence[Array | None]) -> Any:
         """The pack of ``weights`` (the module's parameter arrays for ``key``)."""
-        from .._functional import isa_generation
-
         entry = self._packs.get(key)
+        if (entry is not None and entry[1] == _relocked_total[0] and entry[0] == isa_generation[0]
+                and not any(w is not None and w.flags.writeable for w in weights)):
+            return entry[3]  # the fast path: nothing was relocked anywhere since
         present = [w for w in weights if w is not None]
         if any(w.flags.writeable for w in present):
             for w in present:
@@ -154,9 +156,6 @@ class WeightPacks:
                     w.flags.writeable = False
                     _relocked[id(w)] = _relocked.get(id(w), 0) + 1
                     _relocked_total[0] += 1
-        elif (entry is not None and entry[0] == isa_generation[0]
-              and entry[1] == _relocked_total[0]):
-            return entry[3]  # the fast path: nothing was relocked anywhere since
         counts = tuple(_relocked.get(id(w), 0) for w in present)
         if entry is not None and entry[0] == isa_generation[0] and entry[2] == counts:
             entry[1] = _relocked_total[0]  # others' parameters were relocked, not these
