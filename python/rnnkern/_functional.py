@@ -58,6 +58,11 @@ class KernelCache:
         return T, B, I, self.pack.hidden_size
 
     @property
+    def output_size(self) -> int:
+        """P, the size of h and y (H: the kernels have no projection)."""
+        return int(self.pack.hidden_size)
+
+    @property
     def dtype(self) -> np.dtype[Any]:
         return self.x.dtype
 
