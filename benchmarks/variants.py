@@ -12,6 +12,7 @@ reference in float64 on a small problem.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -62,6 +63,48 @@ def check_kernels(rnnkern: Any, np: Any) -> None:
                 raise AssertionError(f"{name}: {field} differs from the reference")
 
 
+def jobs_for(T: int, B: int, I: int, H: int, np: Any, torch: Any,
+             rnnkern: Any) -> dict[str, Callable[[], object]]:
+    """"{library} {variant} {fwd|fwdbwd}" -> one call, float32, random weights; torch's proj
+    variant has proj_size = H // 2."""
+    rng = np.random.default_rng(1)
+    k = 1 / np.sqrt(H)
+    x = rng.uniform(-1, 1, (T, B, I)).astype(np.float32)  # (T, B, I)
+    dy = rng.uniform(-1, 1, (T, B, H)).astype(np.float32)  # (T, B, H)
+    w = [rng.uniform(-k, k, sh).astype(np.float32)
+         for sh in ((4 * H, I), (4 * H, H), (4 * H,), (4 * H,))]
+    extras: dict[str, dict[str, Any]] = {"plain": {}}  # variant -> lstm_forward keywords
+    for v, (kw, shape) in KERNEL_VARIANTS.items():
+        extras[v] = {kw: rng.uniform(-k, k, shape(H)).astype(np.float32)}
+    jobs: dict[str, Callable[[], object]] = {}
+    for variant, extra in extras.items():
+        jobs[f"rnnkern {variant} fwd"] = functools.partial(
+            rnnkern.lstm_forward, x, None, None, *w, training=False, **extra)
+        jobs[f"rnnkern {variant} fwdbwd"] = functools.partial(
+            lambda e: rnnkern.lstm_backward(rnnkern.lstm_forward(x, None, None, *w, **e).cache,
+                                            dy), extra)
+    xt = torch.from_numpy(x)
+    for variant, proj in (("plain", 0), ("proj", H // 2)):
+        m = torch.nn.LSTM(I, H, proj_size=proj)
+        gy = torch.from_numpy(np.ascontiguousarray(dy[:, :, :proj] if proj else dy))
+        jobs[f"torch {variant} fwd"] = functools.partial(_torch_forward, torch, m, xt)
+        jobs[f"torch {variant} fwdbwd"] = functools.partial(_torch_training, m, xt, gy)
+    return jobs
+
+
+def _torch_forward(torch: Any, m: Any, x: Any) -> object:
+    with torch.no_grad():
+        return m(x)
+
+
+def _torch_training(m: Any, x: Any, gy: Any) -> object:
+    m.zero_grad(set_to_none=True)
+    xg = x.clone().requires_grad_(True)
+    y, _ = m(xg)
+    y.backward(gy)
+    return y
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(argv)
     threads = args.threads or timing.default_threads()
@@ -73,55 +116,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     peers.set_threads(threads)
     check_kernels(rnnkern, np)
     print(f"# {timing.cpu_model()}, {threads} threads; rnnkern {rnnkern.config()['isa']}, "
-          f"torch {torch.__version__}")
-    print("shape       job               fwd ms  (x plain, x MACs)   fwd+bwd ms  (x plain, x MACs)")
+          f"torch {torch.__version__}; P = H/2")
+    print("shape  job                fwd ms (x plain, x MACs)   fwd+bwd ms (x plain, x MACs)")
     for name in args.shapes.split(","):
         s = peers.SHAPES[name]
         T, B, I, H, P = s.T, s.B, s.I, s.H, s.H // 2
-        rng = np.random.default_rng(1)
-        k = 1 / np.sqrt(H)
-        x = rng.uniform(-1, 1, (T, B, I)).astype(np.float32)  # (T, B, I)
-        dy = rng.uniform(-1, 1, (T, B, H)).astype(np.float32)  # (T, B, H)
-        w = [rng.uniform(-k, k, sh).astype(np.float32)
-             for sh in ((4 * H, I), (4 * H, H), (4 * H,), (4 * H,))]
-        jobs: dict[str, Callable[[], object]] = {}
-        extras: dict[str, dict[str, Any]] = {"plain": {}}  # variant -> lstm_forward keywords
-        for v, (kw, shape) in KERNEL_VARIANTS.items():
-            extras[v] = {kw: rng.uniform(-k, k, shape(H)).astype(np.float32)}
-        for variant, extra in extras.items():
-            jobs[f"rnnkern {variant} fwd"] = lambda e=extra: rnnkern.lstm_forward(
-                x, None, None, *w, training=False, **e)
-            jobs[f"rnnkern {variant} fwdbwd"] = lambda e=extra: rnnkern.lstm_backward(
-                rnnkern.lstm_forward(x, None, None, *w, **e).cache, dy)
-        xt = torch.from_numpy(x)
-        for variant, proj in (("plain", 0), ("proj", P)):
-            m = torch.nn.LSTM(I, H, proj_size=proj)
-            gy = torch.from_numpy(dy[:, :, :P] if proj else dy)
-
-            def fwd(m: Any = m) -> object:
-                with torch.no_grad():
-                    return m(xt)
-
-            def fwdbwd(m: Any = m, gy: Any = gy) -> object:
-                m.zero_grad(set_to_none=True)
-                xg = xt.clone().requires_grad_(True)
-                y, _ = m(xg)
-                y.backward(gy)
-                return y
-
-            jobs[f"torch {variant} fwd"] = fwd
-            jobs[f"torch {variant} fwdbwd"] = fwdbwd
-        med = timing.median_seconds(timing.round_robin(jobs, repeat=args.repeat,
-                                                       min_time=args.min_time))
+        med = timing.median_seconds(timing.round_robin(
+            jobs_for(T, B, I, H, np, torch, rnnkern), repeat=args.repeat,
+            min_time=args.min_time))
         for lib in ("rnnkern", "torch"):
-            variants = [v for v in ("plain", *KERNEL_VARIANTS, "proj") if f"{lib} {v} fwd" in med]
-            for v in variants:
+            for v in ("plain", *KERNEL_VARIANTS, "proj"):
+                if f"{lib} {v} fwd" not in med:
+                    continue
                 cols = []
                 for p, bw in (("fwd", False), ("fwdbwd", True)):
                     t, t0 = med[f"{lib} {v} {p}"], med[f"{lib} plain {p}"]
                     ratio = macs(v, T, B, I, H, P, bw) / macs("plain", T, B, I, H, P, bw)
-                    cols.append(f"{1e3 * t:8.2f}  ({t / t0:4.2f}, {ratio:4.2f})")
-                print(f"{name:<11} {lib + ' ' + v:<16} {cols[0]:>24}   {cols[1]:>24}")
+                    cols.append(f"{1e3 * t:7.2f} ({t / t0:4.2f}, {ratio:4.2f})")
+                print(f"{name:<6} {lib + ' ' + v:<16} {cols[0]:>24}   {cols[1]:>24}")
 
 
 if __name__ == "__main__":

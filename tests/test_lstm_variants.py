@@ -1,12 +1,14 @@
 """The LSTM variants (projection w_hr, peepholes w_peep, layer norm ln_gates/ln_cell) against
 their peers: torch.nn.LSTM(proj_size=P), ONNX Runtime's LSTM with peepholes P (and ONNX's own
-conformance case), and the equations of docs/lstm_variants.md written with torch autograd.
+conformance case), and the equations of docs/lstm_variants.md written with torch autograd; the
+compiled kernels' peepholes against the reference on every ISA the machine runs.
 
 Finite differences of every variant's gradients: tests/test_reference_gradcheck.py. torch,
 onnx and onnxruntime are imported at module level on purpose: missing is a failure, not a skip.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -15,9 +17,11 @@ import onnxruntime
 import pytest
 import torch
 from onnx import helper
-from rnnkern_testing import LSTM_VARIANTS, make_lstm_variant_case, make_output_grads
+from rnnkern_testing import LSTM_VARIANTS, make_lstm_variant_case, make_output_grads, rnn_acc_len
+from test_kernels_vs_reference import OPTIONS, _id, check_vs_reference, compare
 from test_torch_functional import torch_run
 
+import rnnkern
 import rnnkern.reference
 from rnnkern._api import LSTM_EXTRAS, LSTMGrads
 
@@ -273,3 +277,102 @@ def test_backward_checks_projected_shapes() -> None:
         rnnkern.reference.lstm_backward(cache, np.zeros((T, B, H)))
     with pytest.raises(ValueError, match=r"dc_n: expected shape \(B, H\) = \(4, 6\)"):
         rnnkern.reference.lstm_backward(cache, None, None, np.zeros((B, P)))
+
+
+# ----------------------------------------------------------------------------- the kernels
+
+
+SUPPORTED = rnnkern.config()["supported_isas"]
+DEFAULT_ISA = rnnkern.config()["isa"]
+# (T, B, I, H): T = 1, B = 1, odd H below, between and above every ISA's block of 4..16 lanes
+KERNEL_SHAPES = [(1, 1, 1, 1), (1, 3, 5, 7), (7, 1, 3, 8), (3, 4, 17, 33), (13, 3, 7, 17)]
+
+
+@pytest.fixture(params=SUPPORTED)
+def isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each ISA this machine runs, in turn; the default one back afterwards."""
+    rnnkern.set_isa(request.param)
+    yield request.param
+    rnnkern.set_isa(DEFAULT_ISA)
+
+
+@pytest.mark.parametrize("options", OPTIONS[:2], ids=_id)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=_id)
+@pytest.mark.parametrize("shape", KERNEL_SHAPES, ids=_id)
+def test_peephole_kernels_match_reference(isa: str, shape: tuple[int, int, int, int], dtype: Any,
+                                          options: dict[str, Any]) -> None:
+    """Forward, backward (dw_peep included) and inference of the fused peephole kernels against
+    the float64 reference, within docs/tolerances.md, on every ISA; padded steps exactly zero."""
+    T, B, I, H = shape
+    seed = KERNEL_SHAPES.index(shape)
+    case = make_lstm_variant_case("peep", T, B, I, H, dtype, bias=options["bias"],
+                                  h0=options["h0"], lengths=options["lengths"], seed=seed)
+    grads = make_output_grads("lstm", T, B, H, dtype, seed=seed + 1)
+    for name in grads:
+        if not options[name]:
+            grads[name] = None
+    out, g, ref_out, _ = check_vs_reference("lstm", case, grads, {})
+    assert g._fields[7:] == ("dw_peep",)
+    if case["lengths"] is not None:
+        padded = np.arange(T)[:, None] >= case["lengths"][None, :]  # (T, B)
+        assert np.all(out.y[padded] == 0) and np.all(g.dx[padded] == 0)
+    inference = rnnkern.lstm_forward(**case, training=False)
+    compare(inference, ref_out, dtype, rnn_acc_len("lstm", T, B, I, H))
+
+
+def test_peephole_kernels_same_bits_on_any_thread_count() -> None:
+    """dw_peep is summed by each hidden block's owner: the same bits on 1 and 2 threads."""
+    case = make_lstm_variant_case("peep", 20, 8, 64, 64, np.float32, lengths="random", seed=4)
+    grads = make_output_grads("lstm", 20, 8, 64, np.float32, seed=5)
+    before = rnnkern.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            rnnkern.set_num_threads(n)
+            results.append(run(rnnkern, case, grads))
+    finally:
+        rnnkern.set_num_threads(before)
+    (out1, g1), (out2, g2) = results
+    for name in ("y", "h_n", "c_n"):
+        np.testing.assert_array_equal(getattr(out1, name), getattr(out2, name), err_msg=name)
+    for field in g1._fields:
+        np.testing.assert_array_equal(getattr(g1, field), getattr(g2, field), err_msg=field)
+
+
+def test_packed_peepholes_equal_the_call() -> None:
+    """lstm_pack(..., w_peep=) gives the bits of lstm_forward(..., w_peep=), dw_peep too; the pack
+    is a snapshot (changing w_peep afterwards changes nothing)."""
+    case = make_lstm_variant_case("peep", 4, 3, 5, 9, np.float64, lengths="random", seed=6)
+    grads = make_output_grads("lstm", 4, 3, 9, np.float64, seed=7)
+    out, g = run(rnnkern, case, grads)
+    w_peep = case["w_peep"].copy()
+    pack = rnnkern.lstm_pack(case["w_ih"], case["w_hh"], case["b_ih"], case["b_hh"],
+                             w_peep=w_peep)
+    w_peep[:] = 0
+    p_out = pack.forward(case["x"], case["h0"], case["c0"], lengths=case["lengths"])
+    p_g = rnnkern.lstm_backward(p_out.cache, **grads)
+    np.testing.assert_array_equal(p_out.y, out.y)
+    assert p_g._fields == g._fields
+    for field in g._fields:
+        np.testing.assert_array_equal(getattr(p_g, field), getattr(g, field), err_msg=field)
+    assert "peepholes" in repr(pack)
+
+
+def test_kernels_refuse_what_they_do_not_run() -> None:
+    """Projection and layer norm: checked like the reference, then a NotImplementedError that
+    names the argument; bad peepholes: the reference's messages (the checks are shared)."""
+    proj = make_lstm_variant_case("proj", T, B, I, H, np.float64, P=P, seed=1)
+    with pytest.raises(NotImplementedError, match="w_hr: the compiled kernels"):
+        rnnkern.lstm_forward(**proj)
+    with pytest.raises(ValueError, match=r"w_hr: expected shape \(P, H\)"):
+        rnnkern.lstm_forward(**{**proj, "w_hr": np.zeros((P, H + 1))})
+    ln = make_lstm_variant_case("ln", T, B, I, H, np.float64, seed=1)
+    with pytest.raises(NotImplementedError, match="ln_gates: the compiled kernels"):
+        rnnkern.lstm_forward(**ln)
+    peep = make_lstm_variant_case("peep", T, B, I, H, np.float64, seed=1)
+    with pytest.raises(ValueError, match=r"w_peep: expected shape \(3, H\) = \(3, 6\)"):
+        rnnkern.lstm_forward(**{**peep, "w_peep": np.zeros((H, 3))})
+    with pytest.raises(TypeError, match="w_peep: dtype float32 does not match"):
+        rnnkern.lstm_forward(**{**peep, "w_peep": peep["w_peep"].astype(np.float32)})
+    with pytest.raises(ValueError, match=r"w_peep: expected shape \(3, H\) = \(3, 6\)"):
+        rnnkern.lstm_pack(peep["w_ih"], peep["w_hh"], None, None, w_peep=np.zeros(3 * H))

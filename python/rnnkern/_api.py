@@ -38,6 +38,7 @@ __all__ = [
     "check_grad",
     "lstm_grads",
     "check_packed_forward",
+    "check_peepholes",
     "check_weights",
     "check_logits_targets",
     "check_nonlinearity",
@@ -439,6 +440,12 @@ def check_forward(
         w_ih=_contiguous(wih, dtype), w_hh=_contiguous(whh, dtype),
         b_ih=contiguous(bih), b_hh=contiguous(bhh), lengths=lens, **checked,
     )
+
+
+def check_peepholes(w_peep: object, dtype: np.dtype[Any], H: int) -> Array | None:
+    """None, or w_peep (3, H) of ``dtype`` checked as :func:`check_forward` does, contiguous."""
+    return _check_lstm_variants(dtype, H, H, (4 * H, H), {
+        "w_hr": None, "w_peep": w_peep, "ln_gates": None, "ln_cell": None})["w_peep"]
 
 
 def _check_lstm_variants(dtype: np.dtype[Any], H: int, P: int, w_hh_shape: tuple[int, ...],

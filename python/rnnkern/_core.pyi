@@ -3,6 +3,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Unpack
 
 _Array = npt.NDArray[Any]
 
@@ -18,6 +19,7 @@ def forward(
     b_hh: _Array | None,
     lengths: npt.NDArray[np.int64] | None,
     training: bool,
+    w_peep: _Array | None = None,
 ) -> tuple[_Array, _Array, _Array | None, tuple[_Array | None, ...]]: ...
 def backward(
     cell_id: int,
@@ -30,7 +32,9 @@ def backward(
     dy: _Array | None,
     dh_n: _Array | None,
     dc_n: _Array | None,
-) -> tuple[_Array, _Array, _Array | None, _Array, _Array, _Array | None, _Array | None]: ...
+    w_peep: _Array | None = None,
+) -> tuple[_Array, _Array, _Array | None, _Array, _Array, _Array | None, _Array | None,
+           Unpack[tuple[_Array, ...]]]: ...  # the seven, then dw_peep with w_peep
 class Pack:
     """One cell's weights packed once (rnnkern::Pack of their dtype); immutable."""
 
@@ -43,6 +47,7 @@ class Pack:
         b_hh: _Array | None,
         forward: bool = True,
         backward: bool = True,
+        w_peep: _Array | None = None,
     ) -> None: ...
     @property
     def cell_id(self) -> int: ...
@@ -52,6 +57,8 @@ class Pack:
     def hidden_size(self) -> int: ...
     @property
     def has_bias(self) -> bool: ...
+    @property
+    def has_peepholes(self) -> bool: ...
     @property
     def isa(self) -> str: ...
     @property
@@ -73,7 +80,7 @@ def backward_packed(
     dy: _Array | None,
     dh_n: _Array | None,
     dc_n: _Array | None,
-) -> tuple[_Array, _Array, _Array | None, _Array, _Array, _Array | None, _Array | None]: ...
+) -> tuple[_Array | None, ...]: ...  # the seven gradients, then dw_peep if the pack has peepholes
 def softmax(z: _Array) -> _Array: ...
 def softmax_cross_entropy(
     logits: _Array, targets: npt.NDArray[np.int64], ignore_index: int

@@ -85,16 +85,21 @@ def _run(cell: str, pack: Any, x: Array, h0: Array | None, c0: Array | None,
 
 
 def _forward(cell: str, cell_id: int, x: object, h0: object, c0: object, w_ih: object,
-             w_hh: object, b_ih: object, b_hh: object, lengths: object,
-             training: object) -> tuple[Array, Array, Array | None, KernelCache | None]:
-    c = _api.check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+             w_hh: object, b_ih: object, b_hh: object, lengths: object, training: object,
+             **variants: object) -> tuple[Array, Array, Array | None, KernelCache | None]:
+    c = _api.check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, **variants)
+    for name in ("w_hr", "ln_gates"):
+        if getattr(c, name) is not None:
+            raise NotImplementedError(f"{name}: the compiled kernels do not have this LSTM "
+                                      f"variant yet; rnnkern.reference.lstm_forward has it "
+                                      f"(docs/lstm_variants.md)")
     train = _api.check_flag("training", training)
     if not train:  # packs only the forward's panels, inside the call
         y, h_n, c_n, _ = _core.forward(cell_id, c.x, c.h0, c.c0, c.w_ih, c.w_hh, c.b_ih, c.b_hh,
-                                       c.lengths, False)
+                                       c.lengths, False, c.w_peep)
         return y, h_n, c_n, None
     # The backward's panels too, now: the cache must not depend on the caller's weights.
-    pack = _core.Pack(cell_id, c.w_ih, c.w_hh, c.b_ih, c.b_hh)
+    pack = _core.Pack(cell_id, c.w_ih, c.w_hh, c.b_ih, c.b_hh, w_peep=c.w_peep)
     return _run(cell, pack, c.x, c.h0, c.c0, c.lengths, True, c.x is x, c.lengths is lengths)
 
 
@@ -122,11 +127,13 @@ class PackedWeights:
     __slots__ = ("cell", "_pack", "dtype", "input_size", "hidden_size", "has_bias", "variant")
 
     def __init__(self, cell: str, cell_id: int, variant: str, w_ih: object, w_hh: object,
-                 b_ih: object, b_hh: object) -> None:
+                 b_ih: object, b_hh: object, w_peep: object = None) -> None:
         wi, wh, bi, bh = _api.check_weights(cell, w_ih, w_hh, b_ih, b_hh)
+        peep = _api.check_peepholes(w_peep, wh.dtype, wh.shape[1])
         self.cell = cell  # "rnn", "lstm" or "gru"
-        self.variant = variant  # rnn: the nonlinearity; gru: linear_before_reset or not; lstm: ""
-        self._pack = _core.Pack(cell_id, wi, wh, bi, bh)
+        # rnn: the nonlinearity; gru: linear_before_reset or not; lstm: "" or "peepholes"
+        self.variant = variant
+        self._pack = _core.Pack(cell_id, wi, wh, bi, bh, w_peep=peep)
         self.dtype: np.dtype[Any] = wh.dtype
         self.input_size: int = wi.shape[1]
         self.hidden_size: int = wh.shape[1]
@@ -166,10 +173,12 @@ def rnn_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, *
     return PackedWeights("rnn", _RNN_IDS[f], f, w_ih, w_hh, b_ih, b_hh)
 
 
-def lstm_pack(w_ih: Array, w_hh: Array, b_ih: Array | None,
-              b_hh: Array | None) -> PackedWeights:
-    """lstm_forward's weights packed once: ``pack.forward(x, h0, c0, ...)``."""
-    return PackedWeights("lstm", _LSTM, "", w_ih, w_hh, b_ih, b_hh)
+def lstm_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, *,
+              w_peep: Array | None = None) -> PackedWeights:
+    """lstm_forward's weights packed once: ``pack.forward(x, h0, c0, ...)``; with peepholes
+    w_peep (3, H) (docs/lstm_variants.md) lstm_backward appends dw_peep."""
+    return PackedWeights("lstm", _LSTM, "" if w_peep is None else "peepholes", w_ih, w_hh, b_ih,
+                         b_hh, w_peep)
 
 
 def gru_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, *,
@@ -206,21 +215,28 @@ def rnn_backward(cache: KernelCache, dy: Array | None, dh_n: Array | None = None
 
 def lstm_forward(x: Array, h0: Array | None, c0: Array | None, w_ih: Array, w_hh: Array,
                  b_ih: Array | None, b_hh: Array | None, *, lengths: Array | None = None,
-                 training: bool = True) -> LSTMOutput:
+                 training: bool = True, w_hr: Array | None = None, w_peep: Array | None = None,
+                 ln_gates: Array | None = None, ln_cell: Array | None = None) -> LSTMOutput:
     """LSTM over x (T, B, I), gates i, f, g, o as in PyTorch: w_ih (4H, I), w_hh (4H, H).
 
     h0, c0 (B, H) or None. Returns LSTMOutput(y (T, B, H), h_n, c_n (B, H), cache or None).
+    Peepholes w_peep (3, H) (docs/lstm_variants.md); w_hr, ln_gates and ln_cell are checked
+    but only rnnkern.reference runs them (NotImplementedError here).
     """
     y, h_n, c_n, cache = _forward("lstm", _LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
-                                  training)
+                                  training, w_hr=w_hr, w_peep=w_peep, ln_gates=ln_gates,
+                                  ln_cell=ln_cell)
     assert c_n is not None
     return LSTMOutput(y, h_n, c_n, cache)
 
 
 def lstm_backward(cache: KernelCache, dy: Array | None, dh_n: Array | None = None,
                   dc_n: Array | None = None) -> LSTMGrads:
-    """Gradients of lstm_forward: LSTMGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)."""
-    return LSTMGrads(*_backward("lstm", cache, dy, dh_n, dc_n))
+    """Gradients of lstm_forward: LSTMGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), then
+    dw_peep (3, H) when the forward had peepholes."""
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *extras = _backward("lstm", cache, dy, dh_n, dc_n)
+    return _api.lstm_grads((dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh),
+                           dict(zip(("dw_peep",), extras)))
 
 
 def gru_forward(x: Array, h0: Array | None, w_ih: Array, w_hh: Array, b_ih: Array | None,
