@@ -5,7 +5,8 @@
 // reaching c_t from step t+1, da_o = dh tanh(c_t) o (1 - o), dc += dh o (1 - tanh(c_t)^2)
 // (+ da_o p_o); da_i = dc g i (1 - i), da_f = dc c_{t-1} f (1 - f), da_g = dc i (1 - g^2);
 // dc_{t-1} = dc f (+ da_i p_i + da_f p_f); dp += (da_i c_{t-1}, da_f c_{t-1}, da_o c_t), summed
-// into c.dpeep by each hidden block's owner (docs/lstm_variants.md).
+// over a step's rows in registers, then into c.dpeep by the hidden block's owner
+// (docs/lstm_variants.md).
 #pragma once
 #include "rnnkern/rnnkern.hpp"
 
@@ -72,6 +73,7 @@ struct Kernels<cells::Lstm, F> {
     for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
       const F* wb = c.wb + jb * GH * NB<F>;
       vec<F> p_i{}, p_f{}, p_o{};
+      vec<F> dp_i{}, dp_f{}, dp_o{};  // this step's dw_peep of the block, over its rows
       if constexpr (PEEP)
         p_i = load(c.peep + j0, n), p_f = load(c.peep + H + j0, n),
         p_o = load(c.peep + 2 * H + j0, n);
@@ -92,14 +94,17 @@ struct Kernels<cells::Lstm, F> {
         vec<F> dc_prev = dc * f;
         if constexpr (PEEP) {
           dc_prev += da_i * p_i + da_f * p_f;
-          F* dp = c.dpeep + j0;  // this block's columns: only its owner writes them
-          store(dp, load(dp, n) + da_i * cp, n);
-          store(dp + H, load(dp + H, n) + da_f * cp, n);
-          store(dp + 2 * H, load(dp + 2 * H, n) + da_o * ct, n);
+          dp_i += da_i * cp, dp_f += da_f * cp, dp_o += da_o * ct;
         }
         store(s.dc + b * H + j0, dc_prev, n);
         zero(s.dh + b * H + j0, n);
       }));
+      if constexpr (PEEP) {  // this block's columns: only its owner writes them
+        F* dp = c.dpeep + j0;
+        store(dp, load(dp, n) + dp_i, n);
+        store(dp + H, load(dp + H, n) + dp_f, n);
+        store(dp + 2 * H, load(dp + 2 * H, n) + dp_o, n);
+      }
     });
   }
 };
