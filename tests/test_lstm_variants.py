@@ -8,6 +8,7 @@ onnx and onnxruntime are imported at module level on purpose: missing is a failu
 """
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 from typing import Any
 
@@ -220,6 +221,17 @@ def test_variants_against_torch_autograd(variant: str, lengths: str | None) -> N
     for field in grads._fields:
         np.testing.assert_allclose(getattr(grads, field), want[field],
                                    **TOL64, err_msg=field)
+
+
+def test_variant_gradients_pickle() -> None:
+    """The result with appended gradients survives pickle (multiprocessing returns it)."""
+    case = make_lstm_variant_case("all", 2, 2, 3, 4, np.float64, seed=1)
+    _, grads = run(rnnkern.reference, case, make_output_grads("lstm", 2, 2, 4, np.float64,
+                                                                P=case["w_hh"].shape[1]))
+    again = pickle.loads(pickle.dumps(grads))
+    assert type(again) is type(grads) and again._fields == grads._fields
+    for a, b in zip(again, grads):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_neutral_variants_are_the_plain_lstm() -> None:

@@ -100,12 +100,18 @@ LSTM_EXTRAS = ("w_hr", "w_peep", "ln_gates", "ln_cell")
 
 @functools.cache
 def _lstm_grads_type(extras: tuple[str, ...]) -> type[LSTMGrads]:
-    """A named tuple of LSTMGrads' seven fields and then ``extras``; an LSTMGrads subclass."""
+    """A named tuple of LSTMGrads' seven fields and then ``extras``; an LSTMGrads subclass that
+    pickles as a call of lstm_grads (the class itself is made here, not importable by name)."""
     if not extras:
         return LSTMGrads
     fields = LSTMGrads._fields + extras
     base = collections.namedtuple("LSTMGrads", fields)  # type: ignore[misc]
-    cls: type[LSTMGrads] = type("LSTMGrads", (base, LSTMGrads), {"__slots__": ()})
+
+    def reduce(self: LSTMGrads) -> tuple[Any, ...]:
+        return lstm_grads, (tuple(self[:7]), dict(zip(self._fields[7:], self[7:])))
+
+    cls: type[LSTMGrads] = type("LSTMGrads", (base, LSTMGrads),
+                                {"__slots__": (), "__reduce__": reduce})
     return cls
 
 
