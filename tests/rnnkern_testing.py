@@ -187,12 +187,50 @@ def make_case(
     return case
 
 
+#: LSTM variants (rnnkern._api.LSTM_EXTRAS), as the names of lstm_forward's arguments each
+#: needs; "all" combines them.
+LSTM_VARIANTS: dict[str, tuple[str, ...]] = {
+    "proj": ("w_hr",),
+    "peep": ("w_peep",),
+    "ln": ("ln_gates", "ln_cell"),
+    "all": ("w_hr", "w_peep", "ln_gates", "ln_cell"),
+}
+
+
+def make_lstm_variant_case(variant: str, T: int, B: int, I: int, H: int, dtype: Any,
+                           P: int | None = None, seed: int = 0,
+                           **kw: Any) -> dict[str, Any]:
+    """make_case("lstm", ...) (``kw``: its bias, h0, lengths) with the arguments of an
+    LSTM_VARIANTS ``variant``: w_hr (P, H) (P = max(H // 2, 1) unless given; then w_hh is
+    (4H, P) and h0 (B, P)) uniform in +-1/sqrt(H); w_peep (3, H) uniform in +-0.5; ln_gates
+    (2, 4H) and the gain row of ln_cell (2, H) uniform in 1 +- 0.3, its shift row in +-0.3."""
+    case = make_case("lstm", T, B, I, H, dtype, seed=seed, **kw)
+    rng = np.random.default_rng(seed + 1000)
+    names = LSTM_VARIANTS[variant]
+    k = 1.0 / math.sqrt(max(H, 1))
+    if "w_hr" in names:
+        P = max(H // 2, 1) if P is None else P
+        case["w_hr"] = _uniform(rng, (P, H), k, dtype)
+        case["w_hh"] = _uniform(rng, (4 * H, P), k, dtype)
+        if case["h0"] is not None:
+            case["h0"] = _uniform(rng, (B, P), 0.5, dtype)
+    if "w_peep" in names:
+        case["w_peep"] = _uniform(rng, (3, H), 0.5, dtype)
+    if "ln_gates" in names:
+        case["ln_gates"] = (1 + _uniform(rng, (2, 4 * H), 0.3, np.float64)).astype(dtype)
+        case["ln_cell"] = np.stack([1 + _uniform(rng, (H,), 0.3, np.float64),
+                                    _uniform(rng, (H,), 0.3, np.float64)]).astype(dtype)
+    return case
+
+
 def make_output_grads(
-    cell: str, T: int, B: int, H: int, dtype: Any, seed: int = 1
+    cell: str, T: int, B: int, H: int, dtype: Any, seed: int = 1, P: int | None = None
 ) -> dict[str, np.ndarray]:
-    """Random incoming gradients: dy (T, B, H), dh_n (B, H) and, for lstm, dc_n (B, H)."""
+    """Random incoming gradients: dy (T, B, P), dh_n (B, P) and, for lstm, dc_n (B, H); P = H
+    unless given (an LSTM's projection size)."""
     rng = np.random.default_rng(seed)
-    grads = {"dy": _uniform(rng, (T, B, H), 1.0, dtype), "dh_n": _uniform(rng, (B, H), 1.0, dtype)}
+    P = H if P is None else P
+    grads = {"dy": _uniform(rng, (T, B, P), 1.0, dtype), "dh_n": _uniform(rng, (B, P), 1.0, dtype)}
     if cell == "lstm":
         grads["dc_n"] = _uniform(rng, (B, H), 1.0, dtype)
     return grads

@@ -74,6 +74,23 @@ def test_bf16_is_not_float32(cell: str, kw: dict[str, Any]) -> None:
                                                training=False).y, yb)
 
 
+@pytest.mark.parametrize("T,B,I,H,lengths", SHAPES[:3])
+def test_peepholes_in_bf16_equal_the_reference(isa: str, T: int, B: int, I: int, H: int,
+                                               lengths: Any) -> None:
+    case = make_case("lstm", T=T, B=B, I=I, H=H, dtype=np.float32, seed=H, lengths=lengths)
+    peep = np.random.default_rng(H).uniform(-0.5, 0.5, (3, H)).astype(np.float32)  # (3, H)
+    got = rnnkern.lstm_forward(**case, w_peep=peep, precision="bf16")
+    want = reference.lstm_forward(**case, w_peep=peep, precision="bf16")
+    assert_close_bf16(got.y, want.y, "y")
+    grads = make_output_grads("lstm", T, B, H, np.float32)
+    g = rnnkern.lstm_backward(got.cache, **grads)
+    gw = reference.lstm_backward(want.cache, **grads)
+    assert len(g) == len(gw) == 8  # the seven, then dw_peep
+    for name, a, b in zip(g._fields, g, gw):
+        if b is not None:
+            assert_close_bf16(a, b, name)
+
+
 def test_round_bf16_ties_to_even_and_specials() -> None:
     one = np.float32(1.0)
     ulp = np.float32(2.0**-7)  # bf16's spacing at 1

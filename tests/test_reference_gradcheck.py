@@ -2,7 +2,8 @@
 
 For a random linear loss L = sum(dy * y) + sum(dh_n * h_n) + sum(dc_n * c_n) (terms dropped when the
 incoming gradient is None), every gradient the backward returns must equal the finite-difference
-derivative of L with respect to that argument: x, h0, c0, w_ih, w_hh, b_ih, b_hh. Tiny sizes.
+derivative of L with respect to that argument: x, h0, c0, w_ih, w_hh, b_ih, b_hh and the LSTM
+variants' w_hr, w_peep, ln_gates, ln_cell. Tiny sizes.
 """
 from __future__ import annotations
 
@@ -10,9 +11,17 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-from rnnkern_testing import CELLS, make_case, make_output_grads
+from rnnkern_testing import (
+    CELLS,
+    GATES,
+    LSTM_VARIANTS,
+    make_case,
+    make_lstm_variant_case,
+    make_output_grads,
+)
 
 from rnnkern import reference
+from rnnkern._api import LSTM_EXTRAS
 
 STEP = 1e-6  # finite-difference step
 RTOL, ATOL = 1e-6, 1e-8  # central differences in float64 are accurate to ~1e-9 here
@@ -65,16 +74,50 @@ def test_backward_matches_finite_differences(
     cell, kw = cell_kw
     lengths, bias, h0, given = variant
     case = make_case(cell, T, B, I, H, np.float64, bias=bias, h0=h0, lengths=lengths, seed=7)
-    weights = make_output_grads(cell, T, B, H, np.float64, seed=8)  # dy, dh_n (, dc_n)
-    grads_in = {k: (v if k in given else None) for k, v in weights.items()}
+    out_grads = make_output_grads(cell, T, B, H, np.float64, seed=8)  # dy, dh_n (, dc_n)
+    if kw.get("nonlinearity") == "relu":  # finite differences are valid away from the kink
+        out = reference.rnn_forward(**case, **kw)
+        a = rnn_preactivations(case, out.y)
+        n = case["lengths"] if lengths is not None else np.full(B, T)  # (B,)
+        valid = np.arange(T)[:, None] < n  # (T, B)
+        assert np.min(np.abs(a[valid])) > 1e3 * STEP, "a pre-activation sits at relu's kink"
+    check_gradients(cell, case, kw, {k: (v if k in given else None)
+                                     for k, v in out_grads.items()}, GRAD_OF)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"len{v[0]}-bias{v[1]}-h0{v[2]}-"
+                         + "+".join(v[3]))
+@pytest.mark.parametrize("lstm_variant", sorted(LSTM_VARIANTS))
+def test_lstm_variant_backward_matches_finite_differences(lstm_variant: str,
+                                                          variant: tuple[Any, ...]) -> None:
+    """Projection, peepholes, layer norm and all three: every gradient, the variants' own
+    (appended in LSTM_EXTRAS' order) included."""
+    lengths, bias, h0, given = variant
+    case = make_lstm_variant_case(lstm_variant, T, B, I, H, np.float64, P=2, bias=bias, h0=h0,
+                                  lengths=lengths, seed=7)
+    P = case["w_hh"].shape[1]
+    out_grads = make_output_grads("lstm", T, B, H, np.float64, seed=8, P=P)
+    extras = [n for n in LSTM_EXTRAS if n in case]
+    grads = check_gradients("lstm", case, {}, {k: (v if k in given else None)
+                                              for k, v in out_grads.items()},
+                            {**GRAD_OF, **{n: "d" + n for n in extras}})
+    assert len(grads) == 7 + len(extras)
+    assert grads._fields[7:] == tuple("d" + n for n in extras)
+
+
+def check_gradients(cell: str, case: dict[str, Any], kw: dict[str, Any],
+                    grads_in: dict[str, Any], grad_of: dict[str, str]) -> Any:
+    """Assert ``{cell}_backward``'s gradients equal central differences of the linear loss of
+    ``grads_in`` (dy, dh_n, dc_n or None) for every forward argument in ``grad_of`` (argument ->
+    gradient field); returns the backward's result."""
     forward = getattr(reference, f"{cell}_forward")
     backward = getattr(reference, f"{cell}_backward")
-
     # States passed as None are differentiated at zero: the gradient must be returned anyway.
     args = dict(case)
-    for s in ("h0", "c0"):
+    rows, P = case["w_hh"].shape  # (G*H, P)
+    for s, size in (("h0", P), ("c0", rows // GATES[cell])):
         if s in args and args[s] is None:
-            args[s] = np.zeros((B, H))
+            args[s] = np.zeros((case["x"].shape[1], size))
 
     def loss() -> float:
         out = forward(**args, **kw)
@@ -84,15 +127,8 @@ def test_backward_matches_finite_differences(
                 total += float(np.sum(grads_in[name] * getattr(out, field)))
         return total
 
-    out = forward(**case, **kw)
-    if kw.get("nonlinearity") == "relu":  # finite differences are valid away from the kink
-        a = rnn_preactivations(case, out.y)
-        n = case["lengths"] if lengths is not None else np.full(B, T)  # (B,)
-        valid = np.arange(T)[:, None] < n  # (T, B)
-        assert np.min(np.abs(a[valid])) > 1e3 * STEP, "a pre-activation sits at relu's kink"
-    grads = backward(out.cache, **grads_in)
-
-    for name, field in GRAD_OF.items():
+    grads = backward(forward(**case, **kw).cache, **grads_in)
+    for name, field in grad_of.items():
         if name not in args:
             continue
         analytic = getattr(grads, field)
@@ -101,6 +137,7 @@ def test_backward_matches_finite_differences(
             continue
         numeric = numeric_grad(loss, args[name])
         np.testing.assert_allclose(analytic, numeric, rtol=RTOL, atol=ATOL, err_msg=field)
+    return grads
 
 
 def test_relu_preactivation_rebuild_is_exact() -> None:

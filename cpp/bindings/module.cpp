@@ -91,6 +91,7 @@ py::list cells() {
     d["phases"] = t.phases, d["cell_state"] = t.cell_state, d["cache_gates"] = t.cache_gates;
     d["aux"] = t.aux, d["separate_b_hn"] = t.separate_b_hn;
     d["recurrent_dgates"] = t.recurrent_dgates;
+    d["peepholes"] = t.peepholes;
     out.append(d);
   }
   return out;
@@ -123,7 +124,7 @@ template <class F>
 Prepared prepare_forward(Cell cell, Sizes z, const py::object& x, const py::object& h0,
                   const py::object& c0, const rnnkern::Pack<F>* pk, const py::object& w_ih,
                   const py::object& w_hh, const py::object& b_ih, const py::object& b_hh,
-                  const py::object& lengths, bool training,
+                  const py::object& lengths, bool training, const py::object& w_peep,
                   rnnkern::Precision prec = rnnkern::Precision::native) {
   const auto [T, B, I, H] = z.d;
   const int64_t GH = z.G * H;
@@ -134,7 +135,8 @@ Prepared prepare_forward(Cell cell, Sizes z, const py::object& x, const py::obje
   rnnkern::Params<F> p{};
   if (!pk)
     p = {data<F>(w_ih, "w_ih", {GH, I}), data<F>(w_hh, "w_hh", {GH, H}),
-         data<F>(b_ih, "b_ih", {GH}, true), data<F>(b_hh, "b_hh", {GH}, true)};
+         data<F>(b_ih, "b_ih", {GH}, true), data<F>(b_hh, "b_hh", {GH}, true),
+         data<F>(w_peep, "w_peep", {3, H}, true)};
   const int64_t* len = data<int64_t>(lengths, "lengths", {B}, true);
   for (int64_t b = 0; len && b < B; ++b)
     if (len[b] < 1 || len[b] > T) throw py::value_error("lengths: every value must be in 1..T");
@@ -169,7 +171,7 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
                    const py::object& w_ih, const py::object& w_hh, bool bias,
                    const py::object& lengths,
                    const py::tuple& cache, const py::object& dy, const py::object& dh_n,
-                   const py::object& dc_n,
+                   const py::object& dc_n, const py::object& w_peep,
                    rnnkern::Precision prec = rnnkern::Precision::native) {
   const auto [T, B, I, H] = z.d;
   const int64_t GH = z.G * H;
@@ -184,7 +186,10 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
                       buf(2, L.gates, {T, B, GH}), buf(3, L.aux, {T, B, H})};
   const F* xp = data<F>(x, "x", {T, B, I});
   rnnkern::Params<F> p{};
-  if (!pk) p = {data<F>(w_ih, "w_ih", {GH, I}), data<F>(w_hh, "w_hh", {GH, H}), nullptr, nullptr};
+  if (!pk)
+    p = {data<F>(w_ih, "w_ih", {GH, I}), data<F>(w_hh, "w_hh", {GH, H}), nullptr, nullptr,
+         data<F>(w_peep, "w_peep", {3, H}, true)};
+  const bool peep = pk ? pk->has_peepholes() : p.w_peep != nullptr;
   const int64_t* len = data<int64_t>(lengths, "lengths", {B}, true);
   for (int64_t b = 0; len && b < B; ++b)
     if (len[b] < 1 || len[b] > T) throw py::value_error("lengths: every value must be in 1..T");
@@ -194,11 +199,16 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
   py::array_t<F> dx({T, B, I}), dh0({B, H}), dw_ih({GH, I}), dw_hh({GH, H});
   py::object dc0 = array_or_none<F>(lstm, {B, H});
   py::object db_ih = array_or_none<F>(bias, {GH}), db_hh = array_or_none<F>(bias, {GH});
+  py::object dw_peep = array_or_none<F>(peep, {3, H});
   const rnnkern::Grads<F> g{dx.mutable_data(), dh0.mutable_data(), ptr<F>(dc0),
                             dw_ih.mutable_data(), dw_hh.mutable_data(), ptr<F>(db_ih),
-                            ptr<F>(db_hh)};
+                            ptr<F>(db_hh), ptr<F>(dw_peep)};
   const rnnkern::Dims d = z.d;
-  return {py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), [=] {
+  // The seven, then the variants' gradients the weights call for (rnnkern._api.LSTM_EXTRAS).
+  py::tuple result = peep ? py::tuple(py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh,
+                                                     dw_peep))
+                          : py::tuple(py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh));
+  return {result, [=] {
             if (pk) rnnkern::backward<F>(*pk, d, xp, len, c, dyp, dhp, dcp, g);
             else rnnkern::backward<F>(cell, d, xp, p, len, c, dyp, dhp, dcp, g, prec);
           }, rnnkern::call_threads<F>(cell, d)};
@@ -215,23 +225,23 @@ bool is_f64(const py::object& x, const char* name) {
 py::tuple forward_any(int cell_id, const py::object& x, const py::object& h0, const py::object& c0,
                       const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
                       const py::object& b_hh, const py::object& lengths, bool training,
-                      int precision) {
+                      const py::object& w_peep, int precision) {
   Cell cell = to_cell(cell_id);
   Sizes z = sizes(cell, x, w_hh);
   const auto prec = to_precision(precision);
-  return run(is_f64(x, "x") ? prepare_forward<double>(cell, z, x, h0, c0, nullptr, w_ih, w_hh, b_ih, b_hh, lengths, training, prec)
-                            : prepare_forward<float>(cell, z, x, h0, c0, nullptr, w_ih, w_hh, b_ih, b_hh, lengths, training, prec));
+  return run(is_f64(x, "x") ? prepare_forward<double>(cell, z, x, h0, c0, nullptr, w_ih, w_hh, b_ih, b_hh, lengths, training, w_peep, prec)
+                            : prepare_forward<float>(cell, z, x, h0, c0, nullptr, w_ih, w_hh, b_ih, b_hh, lengths, training, w_peep, prec));
 }
 
 py::tuple backward_any(int cell_id, const py::object& x, const py::object& w_ih,
                        const py::object& w_hh, bool bias, const py::object& lengths,
                        const py::tuple& cache, const py::object& dy, const py::object& dh_n,
-                       const py::object& dc_n, int precision) {
+                       const py::object& dc_n, const py::object& w_peep, int precision) {
   Cell cell = to_cell(cell_id);
   Sizes z = sizes(cell, x, w_hh);
   const auto prec = to_precision(precision);
-  return run(is_f64(x, "x") ? prepare_backward<double>(cell, z, x, nullptr, w_ih, w_hh, bias, lengths, cache, dy, dh_n, dc_n, prec)
-                            : prepare_backward<float>(cell, z, x, nullptr, w_ih, w_hh, bias, lengths, cache, dy, dh_n, dc_n, prec));
+  return run(is_f64(x, "x") ? prepare_backward<double>(cell, z, x, nullptr, w_ih, w_hh, bias, lengths, cache, dy, dh_n, dc_n, w_peep, prec)
+                            : prepare_backward<float>(cell, z, x, nullptr, w_ih, w_hh, bias, lengths, cache, dy, dh_n, dc_n, w_peep, prec));
 }
 
 // One cell's weights packed once (rnnkern::Pack of the weights' dtype), for forward_packed and
@@ -242,6 +252,7 @@ struct PackHandle {
   std::shared_ptr<const rnnkern::Pack<float>> f32;
   std::shared_ptr<const rnnkern::Pack<double>> f64;
   bool has_bias() const { return f32 ? f32->has_bias() : f64->has_bias(); }
+  bool has_peepholes() const { return f32 ? f32->has_peepholes() : f64->has_peepholes(); }
   std::string isa() const { return f32 ? f32->isa() : f64->isa(); }
   template <class F>
   const rnnkern::Pack<F>* get(const py::object& x) const {
@@ -259,10 +270,14 @@ template <class F>
 std::shared_ptr<const rnnkern::Pack<F>> make_pack(Cell cell, int64_t I, int64_t H,
                                                   const py::object& w_ih, const py::object& w_hh,
                                                   const py::object& b_ih, const py::object& b_hh,
-                                                  bool fwd, bool bwd, rnnkern::Precision prec) {
+                                                  bool fwd, bool bwd, const py::object& w_peep,
+                                                  rnnkern::Precision prec) {
   const int64_t GH = rnnkern::gates(cell) * H;
   rnnkern::Params<F> p{data<F>(w_ih, "w_ih", {GH, I}), data<F>(w_hh, "w_hh", {GH, H}),
-                       data<F>(b_ih, "b_ih", {GH}, true), data<F>(b_hh, "b_hh", {GH}, true)};
+                       data<F>(b_ih, "b_ih", {GH}, true), data<F>(b_hh, "b_hh", {GH}, true),
+                       data<F>(w_peep, "w_peep", {3, H}, true)};
+  if (p.w_peep && !rnnkern::cell_traits(cell).peepholes)
+    throw py::value_error("w_peep: only lstm has peepholes");
   if ((p.b_ih == nullptr) != (p.b_hh == nullptr))
     throw py::value_error("b_ih, b_hh: both arrays or both None");
   py::gil_scoped_release release;
@@ -271,7 +286,7 @@ std::shared_ptr<const rnnkern::Pack<F>> make_pack(Cell cell, int64_t I, int64_t 
 
 PackHandle pack_any(int cell_id, const py::object& w_ih, const py::object& w_hh,
                     const py::object& b_ih, const py::object& b_hh, bool fwd, bool bwd,
-                    int precision) {
+                    const py::object& w_peep, int precision) {
   Cell cell = to_cell(cell_id);
   const auto prec = to_precision(precision);
   for (auto [o, name] : {std::pair{&w_ih, "w_ih"}, std::pair{&w_hh, "w_hh"}})
@@ -280,8 +295,9 @@ PackHandle pack_any(int cell_id, const py::object& w_ih, const py::object& w_hh,
   const int64_t I = py::reinterpret_borrow<py::array>(w_ih).shape(1);
   const int64_t H = py::reinterpret_borrow<py::array>(w_hh).shape(1);
   PackHandle h{cell, I, H, nullptr, nullptr};
-  if (is_f64(w_hh, "w_hh")) h.f64 = make_pack<double>(cell, I, H, w_ih, w_hh, b_ih, b_hh, fwd, bwd, prec);
-  else h.f32 = make_pack<float>(cell, I, H, w_ih, w_hh, b_ih, b_hh, fwd, bwd, prec);
+  if (is_f64(w_hh, "w_hh"))
+    h.f64 = make_pack<double>(cell, I, H, w_ih, w_hh, b_ih, b_hh, fwd, bwd, w_peep, prec);
+  else h.f32 = make_pack<float>(cell, I, H, w_ih, w_hh, b_ih, b_hh, fwd, bwd, w_peep, prec);
   return h;
 }
 
@@ -361,9 +377,9 @@ Prepared prepare_forward_packed(const PackHandle& pk, const py::object& x, const
   Sizes z = packed_sizes(pk, x);
   const py::object none = py::none();
   return is_f64(x, "x") ? prepare_forward<double>(pk.cell, z, x, h0, c0, pk.get<double>(x), none,
-                                                  none, none, none, lengths, training)
+                                                  none, none, none, lengths, training, none)
                         : prepare_forward<float>(pk.cell, z, x, h0, c0, pk.get<float>(x), none,
-                                                 none, none, none, lengths, training);
+                                                 none, none, none, lengths, training, none);
 }
 
 Prepared prepare_backward_packed(const PackHandle& pk, const py::object& x,
@@ -373,9 +389,11 @@ Prepared prepare_backward_packed(const PackHandle& pk, const py::object& x,
   Sizes z = packed_sizes(pk, x);
   const py::object none = py::none();
   return is_f64(x, "x") ? prepare_backward<double>(pk.cell, z, x, pk.get<double>(x), none, none,
-                                                   pk.has_bias(), lengths, cache, dy, dh_n, dc_n)
+                                                   pk.has_bias(), lengths, cache, dy, dh_n, dc_n,
+                                                   none)
                         : prepare_backward<float>(pk.cell, z, x, pk.get<float>(x), none, none,
-                                                  pk.has_bias(), lengths, cache, dy, dh_n, dc_n);
+                                                  pk.has_bias(), lengths, cache, dy, dh_n, dc_n,
+                                                  none);
 }
 
 py::tuple forward_packed(const PackHandle& pk, const py::object& x, const py::object& h0,
@@ -483,14 +501,15 @@ PYBIND11_MODULE(_core, m) {
   m.def("cells", &cells);
   m.def("forward", &forward_any, py::arg("cell_id"), py::arg("x"), py::arg("h0"), py::arg("c0"),
         py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"),
-        py::arg("training"), py::arg("precision") = 0);
+        py::arg("training"), py::arg("w_peep") = py::none(), py::arg("precision") = 0);
   m.def("backward", &backward_any, py::arg("cell_id"), py::arg("x"), py::arg("w_ih"),
         py::arg("w_hh"), py::arg("bias"), py::arg("lengths"), py::arg("cache"), py::arg("dy"),
-        py::arg("dh_n"), py::arg("dc_n"), py::arg("precision") = 0);
+        py::arg("dh_n"), py::arg("dc_n"), py::arg("w_peep") = py::none(),
+        py::arg("precision") = 0);
   py::class_<PackHandle>(m, "Pack")
       .def(py::init(&pack_any), py::arg("cell_id"), py::arg("w_ih"), py::arg("w_hh"),
            py::arg("b_ih"), py::arg("b_hh"), py::arg("forward") = true,
-           py::arg("backward") = true, py::arg("precision") = 0)
+           py::arg("backward") = true, py::arg("w_peep") = py::none(), py::arg("precision") = 0)
       .def_property_readonly("precision", [](const PackHandle& h) {
         return static_cast<int>(h.f32 ? h.f32->precision() : h.f64->precision());
       })
@@ -499,6 +518,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("input_size", [](const PackHandle& h) { return h.I; })
       .def_property_readonly("hidden_size", [](const PackHandle& h) { return h.H; })
       .def_property_readonly("has_bias", &PackHandle::has_bias)
+      .def_property_readonly("has_peepholes", &PackHandle::has_peepholes)
       .def_property_readonly("isa", &PackHandle::isa)
       .def_property_readonly("dtype", [](const PackHandle& h) {
         return h.f64 ? py::dtype::of<double>() : py::dtype::of<float>();

@@ -39,6 +39,9 @@ struct StepConst {
   const F* xbias;   // forward: (G*H,) b_ih + b_hh, without gru's b_hn; project adds it to xp
   const int64_t* lengths;  // (B,) or null
   int64_t LDG;      // backward: row stride of dg, dgh, dgh_next (>= G*H; see the driver)
+  const F* peep = nullptr;  // lstm: (3, H) peepholes p_i, p_f, p_o, or null
+  F* dpeep = nullptr;  // backward with peep: (3, H) their gradients, summed over steps and batch
+                       // rows by the owner of each hidden block (zeroed by the driver)
 };
 
 // Pointers of one time step t (each thread builds its own).

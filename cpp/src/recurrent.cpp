@@ -44,6 +44,7 @@ struct Panels {
   Buffer<W> fpanels, bpanels;
   std::vector<F> xbias;  // (G*H,) b_ih + b_hh, but b_hn stays inside r * (W_hn h + b_hn)
   std::vector<F> b_hn;   // (H,) gru, gru_rh with biases; else empty
+  std::vector<F> peep;   // (3, H) peepholes p_i, p_f, p_o; empty without
 
   Panels(Cell cell_, int64_t I_, int64_t H_, const KernelTable<F, W>& kt_, Params<F> p,
          bool fwd_, bool bwd_, int threads)
@@ -56,6 +57,9 @@ struct Panels {
         bpanels(bwd ? main_size + n_size + wib_size : 0),
         xbias(gates(cell) * H, F(0)) {
     const CellTraits& ct = cell_traits(cell);
+    if (p.w_peep && !ct.peepholes)
+      throw std::invalid_argument(std::string("w_peep: ") + ct.name + " has no peepholes");
+    if (p.w_peep) peep.assign(p.w_peep, p.w_peep + 3 * H);
     const int64_t G = ct.gates, G2 = ct.main_gates, GH = G * H;
     const int64_t folded = ct.separate_b_hn ? GH - H : GH;  // rows of b_hh in xbias
     for (int64_t r = 0; r < GH; ++r) {
@@ -104,7 +108,8 @@ struct Panels {
     return StepConst<F, W>{cell, d.B, d.H, backward ? nullptr : main, backward ? nullptr : n,
                         backward ? main : nullptr, backward ? n : nullptr, d.I, wi,
                         blocks(H, *kt) * kt->nb, b_hn.empty() ? nullptr : b_hn.data(),
-                        xbias.data(), lengths, 0};
+                        xbias.data(), lengths, 0, peep.empty() ? nullptr : peep.data(),
+                        nullptr};
   }
 };
 
@@ -157,6 +162,8 @@ template <class F>
 int64_t Pack<F>::hidden_size() const { return impl_->with([](auto& p) { return p.H; }); }
 template <class F>
 bool Pack<F>::has_bias() const { return impl_->with([](auto& p) { return p.bias; }); }
+template <class F>
+bool Pack<F>::has_peepholes() const { return impl_->with([](auto& p) { return !p.peep.empty(); }); }
 template <class F>
 bool Pack<F>::for_forward() const { return impl_->with([](auto& p) { return p.fwd; }); }
 template <class F>
@@ -332,6 +339,11 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H, GH = gates(cell) * H, BH = B * H, TB = T * B;
   const CellTraits& ct = cell_traits(cell);
   const bool lstm = ct.cell_state;
+  if ((g.dw_peep != nullptr) != !pk.peep.empty())
+    throw std::invalid_argument("backward: dw_peep must be given exactly when the pack has "
+                                "peepholes");
+  if (g.dw_peep) std::memset(g.dw_peep, 0, 3 * H * sizeof(F));  // the epilogues add to it
+  sc.dpeep = g.dw_peep;
   if (B == 0 || H == 0) {
     std::memset(g.dx, 0, TB * I * sizeof(F));
     std::memset(g.dh0, 0, BH * sizeof(F));

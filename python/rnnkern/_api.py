@@ -7,6 +7,8 @@ Nothing large is allocated before the sizes have been checked (:func:`check_size
 """
 from __future__ import annotations
 
+import collections
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,13 +30,16 @@ __all__ = [
     "CrossEntropy",
     "LSTMGrads",
     "LSTMOutput",
+    "LSTM_EXTRAS",
     "RNNGrads",
     "RNNOutput",
     "check_flag",
     "check_backward",
     "check_forward",
     "check_grad",
+    "lstm_grads",
     "check_packed_forward",
+    "check_peepholes",
     "check_weights",
     "check_logits_targets",
     "check_nonlinearity",
@@ -58,10 +63,10 @@ class RNNOutput(NamedTuple):
 
 
 class LSTMOutput(NamedTuple):
-    """Result of ``lstm_forward``."""
+    """Result of ``lstm_forward`` (P = H without a projection w_hr)."""
 
-    y: Array  # (T, B, H)
-    h_n: Array  # (B, H)
+    y: Array  # (T, B, P)
+    h_n: Array  # (B, P)
     c_n: Array  # (B, H)
     cache: Any  # opaque; None when training=False
 
@@ -78,15 +83,46 @@ class RNNGrads(NamedTuple):
 
 
 class LSTMGrads(NamedTuple):
-    """Result of ``lstm_backward``."""
+    """Result of ``lstm_backward``; with the LSTM variants' gradients appended (lstm_grads)."""
 
     dx: Array  # (T, B, I)
-    dh0: Array  # (B, H)
+    dh0: Array  # (B, P)
     dc0: Array  # (B, H)
     dw_ih: Array  # (4H, I)
-    dw_hh: Array  # (4H, H)
+    dw_hh: Array  # (4H, P)
     db_ih: Array | None  # (4H,) or None
     db_hh: Array | None  # (4H,) or None
+
+
+#: The LSTM variants' arguments of ``lstm_forward`` in the order ``lstm_backward`` appends their
+#: gradients (named "d" + argument), each only when the forward had it (docs/lstm_variants.md).
+LSTM_EXTRAS = ("w_hr", "w_peep", "ln_gates", "ln_cell")
+
+
+@functools.cache
+def _lstm_grads_type(extras: tuple[str, ...]) -> type[LSTMGrads]:
+    """A named tuple of LSTMGrads' seven fields and then ``extras``; an LSTMGrads subclass that
+    pickles as a call of lstm_grads (the class itself is made here, not importable by name)."""
+    if not extras:
+        return LSTMGrads
+    fields = LSTMGrads._fields + extras
+    base = collections.namedtuple("LSTMGrads", fields)  # type: ignore[misc]
+
+    def reduce(self: LSTMGrads) -> tuple[Any, ...]:
+        return lstm_grads, (tuple(self[:7]), dict(zip(self._fields[7:], self[7:])))
+
+    cls: type[LSTMGrads] = type("LSTMGrads", (base, LSTMGrads),
+                                {"__slots__": (), "__reduce__": reduce})
+    return cls
+
+
+def lstm_grads(grads: tuple[Array, Array, Array, Array, Array, Array | None, Array | None],
+               extras: dict[str, Array]) -> LSTMGrads:
+    """``lstm_backward``'s result: the seven ``grads`` followed by ``extras`` (gradients named
+    "d" + a LSTM_EXTRAS name, appended in LSTM_EXTRAS' order); a plain LSTMGrads without extras."""
+    names = tuple(f"d{n}" for n in LSTM_EXTRAS if f"d{n}" in extras)
+    assert len(names) == len(extras), sorted(extras)
+    return _lstm_grads_type(names)(*grads, *(extras[n] for n in names))
 
 
 class CrossEntropy(NamedTuple):
@@ -132,15 +168,21 @@ class Checked:
     B: int
     I: int
     H: int
+    P: int  # size of h and y: w_hr's rows, else H
     dtype: np.dtype[Any]  # float32 or float64
     x: Array  # (T, B, I)
-    h0: Array | None  # (B, H) or None
+    h0: Array | None  # (B, P) or None
     c0: Array | None  # (B, H) or None (always None for rnn/gru)
     w_ih: Array  # (G*H, I)
-    w_hh: Array  # (G*H, H)
+    w_hh: Array  # (G*H, P)
     b_ih: Array | None  # (G*H,) or None
     b_hh: Array | None  # (G*H,) or None
     lengths: Array | None  # (B,) int64 with values in 1..T, or None
+    # The LSTM variants (docs/lstm_variants.md), each None when not used:
+    w_hr: Array | None = None  # (P, H) projection
+    w_peep: Array | None = None  # (3, H) peepholes p_i, p_f, p_o
+    ln_gates: Array | None = None  # (2, 4H) layer-norm gains of W_ih x and of W_hh h
+    ln_cell: Array | None = None  # (2, H) layer-norm gain and shift of c
 
     @property
     def G(self) -> int:
@@ -294,11 +336,12 @@ def _check_lengths(lengths: object, T: int, B: int) -> Array | None:
 
 
 def _check_weights(cell: str, dtype: np.dtype[Any] | None, owner: str, I: int | None,
-                   w_ih: object, w_hh: object, b_ih: object,
-                   b_hh: object) -> tuple[Array, Array, Array | None, Array | None]:
+                   w_ih: object, w_hh: object, b_ih: object, b_hh: object,
+                   projected: bool = False) -> tuple[Array, Array, Array | None, Array | None]:
     """w_ih (G*H, I), w_hh (G*H, H), b_ih/b_hh (G*H,) both arrays or both None, checked, as given.
 
     ``dtype`` is the call's (fixed by ``owner``), None: w_hh's. ``I`` None: any input size.
+    ``projected`` (an LSTM with w_hr): w_hh is (G*H, P), H taken from its rows.
     """
     G = GATES[cell]
     whh = _require_ndarray("w_hh", w_hh)
@@ -311,9 +354,16 @@ def _check_weights(cell: str, dtype: np.dtype[Any] | None, owner: str, I: int | 
         return a
 
     whh = array("w_hh", whh)
-    _check_shape("w_hh", whh, ("G*H", "H"), (None, None))
-    H = whh.shape[1]
-    _check_shape("w_hh", whh, ("G*H", "H"), (G * H, H), _gate_note(cell, whh, H))
+    if projected:
+        _check_shape("w_hh", whh, ("G*H", "P"), (None, None))
+        if whh.shape[0] % G:
+            raise ValueError(shape_message("w_hh", ("G*H", "P"), (None, None), whh.shape,
+                                           f" with G*H a multiple of G = {G} ({cell})"))
+        H = whh.shape[0] // G
+    else:
+        _check_shape("w_hh", whh, ("G*H", "H"), (None, None))
+        H = whh.shape[1]
+        _check_shape("w_hh", whh, ("G*H", "H"), (G * H, H), _gate_note(cell, whh, H))
     wih = array("w_ih", w_ih)
     _check_shape("w_ih", wih, ("G*H", "I"), (G * H, I), _gate_note(cell, wih, H))
     if (b_ih is None) != (b_hh is None):
@@ -353,36 +403,80 @@ def check_forward(
     b_ih: object,
     b_hh: object,
     lengths: object,
+    *,
+    w_hr: object = None,
+    w_peep: object = None,
+    ln_gates: object = None,
+    ln_cell: object = None,
 ) -> Checked:
     """Validate the arguments of ``{cell}_forward`` (pass c0=None for rnn and gru).
 
     x (T, B, I) float32/float64 fixes the dtype; H is w_hh's second dimension; w_ih (G*H, I),
     w_hh (G*H, H), b_ih/b_hh (G*H,) both arrays or both None, h0/c0 (B, H) or None, lengths
-    None or an integer (B,) array with values in 1..T. Raises TypeError/ValueError naming the
-    argument, OverflowError/MemoryError for impossible sizes; returns contiguous arrays.
+    None or an integer (B,) array with values in 1..T. The LSTM variants (None: not used):
+    w_hr (P, H), which makes w_hh (4H, P) and h0 (B, P); w_peep (3, H); ln_gates (2, 4H) and
+    ln_cell (2, H), both or neither. Raises TypeError/ValueError naming the argument,
+    OverflowError/MemoryError for impossible sizes; returns contiguous arrays.
     """
     if cell not in GATES:
         raise ValueError(f"cell: expected one of {sorted(GATES)}, got {cell!r}")
+    variants = {"w_hr": w_hr, "w_peep": w_peep, "ln_gates": ln_gates, "ln_cell": ln_cell}
+    for name, value in variants.items():
+        if value is not None and cell != "lstm":
+            raise ValueError(f"{name}: an LSTM variant, {cell} takes none")
     xa = _require_ndarray("x", x)
     dtype = _check_float_dtype("x", xa)
     _check_shape("x", xa, ("T", "B", "I"), (None, None, None))
     _check_steps(xa)
-    wih, whh, bih, bhh = _check_weights(cell, dtype, "x", xa.shape[2], w_ih, w_hh, b_ih, b_hh)
+    wih, whh, bih, bhh = _check_weights(cell, dtype, "x", xa.shape[2], w_ih, w_hh, b_ih, b_hh,
+                                        projected=w_hr is not None)
     T, B, I = xa.shape
-    H = whh.shape[1]
-    xc, h0c, c0c, lens = _check_run(cell, xa, dtype, H, h0, c0, lengths)
+    G = GATES[cell]
+    H, P = (whh.shape[0] // G, whh.shape[1]) if w_hr is not None else (whh.shape[1],) * 2
+    checked = _check_lstm_variants(dtype, H, P, whh.shape, variants)
+    xc, h0c, c0c, lens = _check_run(cell, xa, dtype, H, h0, c0, lengths, P)
     itemsize = dtype.itemsize
-    check_size("w_ih", GATES[cell] * H, I, itemsize=itemsize)
-    check_size("w_hh", GATES[cell] * H, H, itemsize=itemsize)
+    check_size("w_ih", G * H, I, itemsize=itemsize)
+    check_size("w_hh", G * H, P, itemsize=itemsize)
 
     def contiguous(a: Array | None) -> Array | None:
         return None if a is None else _contiguous(a, dtype)
 
     return Checked(
-        cell=cell, T=T, B=B, I=I, H=H, dtype=dtype, x=xc, h0=h0c, c0=c0c,
+        cell=cell, T=T, B=B, I=I, H=H, P=P, dtype=dtype, x=xc, h0=h0c, c0=c0c,
         w_ih=_contiguous(wih, dtype), w_hh=_contiguous(whh, dtype),
-        b_ih=contiguous(bih), b_hh=contiguous(bhh), lengths=lens,
+        b_ih=contiguous(bih), b_hh=contiguous(bhh), lengths=lens, **checked,
     )
+
+
+def check_peepholes(w_peep: object, dtype: np.dtype[Any], H: int) -> Array | None:
+    """None, or w_peep (3, H) of ``dtype`` checked as :func:`check_forward` does, contiguous."""
+    return _check_lstm_variants(dtype, H, H, (4 * H, H), {
+        "w_hr": None, "w_peep": w_peep, "ln_gates": None, "ln_cell": None})["w_peep"]
+
+
+def _check_lstm_variants(dtype: np.dtype[Any], H: int, P: int, w_hh_shape: tuple[int, ...],
+                         variants: dict[str, object]) -> dict[str, Array | None]:
+    """The LSTM variants' arguments (``variants``: name -> value or None) checked against the
+    hidden size H and output size P, as contiguous arrays of ``dtype`` or None."""
+    shapes = {"w_hr": (("P", "H"), (P, H)), "w_peep": (("3", "H"), (3, H)),
+              "ln_gates": (("2", "4H"), (2, 4 * H)), "ln_cell": (("2", "H"), (2, H))}
+    note = f" (H and P from w_hh's shape (4H, P) = {_fmt_dims(w_hh_shape)})"
+    if (variants["ln_gates"] is None) != (variants["ln_cell"] is None):
+        missing, given = (("ln_gates", "ln_cell") if variants["ln_gates"] is None
+                          else ("ln_cell", "ln_gates"))
+        raise ValueError(f"{missing}: None, but {given} is given: layer normalization needs "
+                         f"both (both arrays or both None)")
+    checked: dict[str, Array | None] = {}
+    for name, value in variants.items():
+        if value is not None:
+            a = _require_ndarray(name, value)
+            _check_same_dtype(name, a, dtype, "x")
+            symbols, expected = shapes[name]
+            _check_shape(name, a, symbols, expected, note if name == "w_hr" else "")
+            value = _contiguous(a, dtype)
+        checked[name] = value
+    return checked
 
 
 def _check_steps(xa: Array) -> None:
@@ -393,18 +487,21 @@ def _check_steps(xa: Array) -> None:
 
 
 def _check_run(cell: str, xa: Array, dtype: np.dtype[Any], H: int, h0: object, c0: object,
-               lengths: object) -> tuple[Array, Array | None, Array | None, Array | None]:
-    """x (T, B, I) of ``dtype`` (its shape checked), h0/c0 (B, H) or None and lengths checked;
-    returned contiguous (lengths as int64)."""
+               lengths: object,
+               P: int | None = None) -> tuple[Array, Array | None, Array | None, Array | None]:
+    """x (T, B, I) of ``dtype`` (its shape checked), h0 (B, P) (P = H unless given), c0 (B, H)
+    or None and lengths checked; returned contiguous (lengths as int64)."""
     T, B, I = xa.shape
     if c0 is not None and cell != "lstm":
         raise ValueError(f"c0: only lstm has a cell state, {cell} takes none")
+    P = H if P is None else P
     states: list[Array | None] = []
-    for name, value in (("h0", h0), ("c0", c0)):
+    for name, value, symbols, size in (("h0", h0, ("B", "H" if P == H else "P"), P),
+                                       ("c0", c0, ("B", "H"), H)):
         if value is not None:
             value = _require_ndarray(name, value)
             _check_same_dtype(name, value, dtype, "x")
-            _check_shape(name, value, ("B", "H"), (B, H))
+            _check_shape(name, value, symbols, (B, size))
             value = _contiguous(value, dtype)
         states.append(value)
     checked_lengths = _check_lengths(lengths, T, B)
@@ -499,8 +596,9 @@ def check_backward(cell: str, cache: object, cache_type: type[Any], dy: object, 
                    dc_n: object = None) -> tuple[Any, Array | None, Array | None, Array | None]:
     """Validate the arguments of ``{cell}_backward`` (both backends, the same messages).
 
-    ``cache`` must be a ``cache_type`` (the backend's cache: attributes cell, shape (T, B, I, H)
-    and dtype) made by ``{cell}_forward``; dy (T, B, H), dh_n and dc_n (B, H) (dc_n: lstm only)
+    ``cache`` must be a ``cache_type`` (the backend's cache: attributes cell, shape (T, B, I, H),
+    output_size P (H unless projected) and dtype) made by ``{cell}_forward``; dy (T, B, P), dh_n
+    (B, P) and dc_n (B, H) (dc_n: lstm only)
     None or arrays of the forward's dtype. Returns (cache, dy, dh_n, dc_n), the gradients
     contiguous or None.
     """
@@ -515,9 +613,11 @@ def check_backward(cell: str, cache: object, cache_type: type[Any], dy: object, 
         raise TypeError(f"cache: made by {cache.cell}_forward, {function} needs the cache of "
                         f"{cell}_forward")
     T, B, _, H = cache.shape
+    P = cache.output_size  # H unless projected
     dtype = cache.dtype
-    return (cache, check_grad("dy", dy, (T, B, H), dtype, ("T", "B", "H")),
-            check_grad("dh_n", dh_n, (B, H), dtype, ("B", "H")),
+    p = "H" if P == H else "P"
+    return (cache, check_grad("dy", dy, (T, B, P), dtype, ("T", "B", p)),
+            check_grad("dh_n", dh_n, (B, P), dtype, ("B", p)),
             check_grad("dc_n", dc_n, (B, H), dtype, ("B", "H")))
 
 

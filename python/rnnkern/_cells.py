@@ -8,7 +8,7 @@ from . import _core
 
 #: Every cell of the core by name ("rnn_tanh", ..., "lstm", "gru", "gru_rh"): its traits
 #: (id, family, gate_names, activation, gates, main_gates, phases, cell_state, cache_gates, aux,
-#: separate_b_hn, recurrent_dgates).
+#: separate_b_hn, recurrent_dgates, peepholes).
 CELLS: dict[str, dict[str, Any]] = {c["name"]: c for c in _core.cells()}
 #: Number of gate blocks (of H rows each) in w_ih / w_hh per cell family.
 GATES: dict[str, int] = {c["family"]: c["gates"] for c in CELLS.values()}

@@ -3,6 +3,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Unpack
 
 _Array = npt.NDArray[Any]
 
@@ -18,6 +19,7 @@ def forward(
     b_hh: _Array | None,
     lengths: npt.NDArray[np.int64] | None,
     training: bool,
+    w_peep: _Array | None = None,
     precision: int = 0,
 ) -> tuple[_Array, _Array, _Array | None, tuple[_Array | None, ...]]: ...
 def backward(
@@ -31,8 +33,10 @@ def backward(
     dy: _Array | None,
     dh_n: _Array | None,
     dc_n: _Array | None,
+    w_peep: _Array | None = None,
     precision: int = 0,
-) -> tuple[_Array, _Array, _Array | None, _Array, _Array, _Array | None, _Array | None]: ...
+) -> tuple[_Array, _Array, _Array | None, _Array, _Array, _Array | None, _Array | None,
+           Unpack[tuple[_Array, ...]]]: ...  # the seven, then dw_peep with w_peep
 class Pack:
     """One cell's weights packed once (rnnkern::Pack of their dtype); immutable."""
 
@@ -45,6 +49,7 @@ class Pack:
         b_hh: _Array | None,
         forward: bool = True,
         backward: bool = True,
+        w_peep: _Array | None = None,
         precision: int = 0,
     ) -> None: ...
     @property
@@ -55,6 +60,8 @@ class Pack:
     def hidden_size(self) -> int: ...
     @property
     def has_bias(self) -> bool: ...
+    @property
+    def has_peepholes(self) -> bool: ...
     @property
     def isa(self) -> str: ...
     @property
@@ -81,7 +88,7 @@ def backward_packed(
     dy: _Array | None,
     dh_n: _Array | None,
     dc_n: _Array | None,
-) -> tuple[_Array, _Array, _Array | None, _Array, _Array, _Array | None, _Array | None]: ...
+) -> tuple[_Array | None, ...]: ...  # the seven gradients, then dw_peep if the pack has peepholes
 def forward_packed_many(
     calls: list[tuple[Pack, _Array, _Array | None, _Array | None, Any, bool]],
 ) -> list[tuple[_Array, _Array, _Array | None, tuple[_Array | None, ...]]]: ...

@@ -60,6 +60,11 @@ class KernelCache:
         return T, B, I, self.pack.hidden_size
 
     @property
+    def output_size(self) -> int:
+        """P, the size of h and y (H: the kernels have no projection)."""
+        return int(self.pack.hidden_size)
+
+    @property
     def dtype(self) -> np.dtype[Any]:
         return self.x.dtype
 
@@ -96,16 +101,22 @@ def _with_cache(cell: str, pack: Any, out: tuple[Any, ...], x: Array, lengths: A
 
 def _forward(cell: str, cell_id: int, x: object, h0: object, c0: object, w_ih: object,
              w_hh: object, b_ih: object, b_hh: object, lengths: object, training: object,
-             precision: object) -> tuple[Array, Array, Array | None, KernelCache | None]:
-    c = _api.check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+             precision: object, **variants: object
+             ) -> tuple[Array, Array, Array | None, KernelCache | None]:
+    c = _api.check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, **variants)
+    for name in ("w_hr", "ln_gates"):
+        if getattr(c, name) is not None:
+            raise NotImplementedError(f"{name}: the compiled kernels do not have this LSTM "
+                                      f"variant yet; rnnkern.reference.lstm_forward has it "
+                                      f"(docs/lstm_variants.md)")
     train = _api.check_flag("training", training)
     prec = _api.PRECISION_IDS[_api.check_precision(precision, c.dtype)]
     if not train:  # packs only the forward's panels, inside the call
         y, h_n, c_n, _ = _core.forward(cell_id, c.x, c.h0, c.c0, c.w_ih, c.w_hh, c.b_ih, c.b_hh,
-                                       c.lengths, False, precision=prec)
+                                       c.lengths, False, c.w_peep, precision=prec)
         return y, h_n, c_n, None
     # The backward's panels too, now: the cache must not depend on the caller's weights.
-    pack = _core.Pack(cell_id, c.w_ih, c.w_hh, c.b_ih, c.b_hh, precision=prec)
+    pack = _core.Pack(cell_id, c.w_ih, c.w_hh, c.b_ih, c.b_hh, w_peep=c.w_peep, precision=prec)
     return _run(cell, pack, c.x, c.h0, c.c0, c.lengths, True, c.x is x, c.lengths is lengths)
 
 
@@ -141,12 +152,15 @@ class PackedWeights:
                  "precision")
 
     def __init__(self, cell: str, cell_id: int, variant: str, w_ih: object, w_hh: object,
-                 b_ih: object, b_hh: object, precision: object = "float") -> None:
+                 b_ih: object, b_hh: object, precision: object = "float",
+                 w_peep: object = None) -> None:
         wi, wh, bi, bh = _api.check_weights(cell, w_ih, w_hh, b_ih, b_hh)
+        peep = _api.check_peepholes(w_peep, wh.dtype, wh.shape[1])
         self.cell = cell  # "rnn", "lstm" or "gru"
-        self.variant = variant  # rnn: the nonlinearity; gru: linear_before_reset or not; lstm: ""
+        # rnn: the nonlinearity; gru: linear_before_reset or not; lstm: "" or "peepholes"
+        self.variant = variant
         self.precision = _api.check_precision(precision, wh.dtype)  # "float" or "bf16"
-        self._pack = _core.Pack(cell_id, wi, wh, bi, bh,
+        self._pack = _core.Pack(cell_id, wi, wh, bi, bh, w_peep=peep,
                                 precision=_api.PRECISION_IDS[self.precision])
         self.dtype: np.dtype[Any] = wh.dtype
         self.input_size: int = wi.shape[1]
@@ -246,9 +260,11 @@ def rnn_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, *
 
 
 def lstm_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, *,
-              precision: str = "float") -> PackedWeights:
-    """lstm_forward's weights packed once: ``pack.forward(x, h0, c0, ...)``."""
-    return PackedWeights("lstm", _LSTM, "", w_ih, w_hh, b_ih, b_hh, precision)
+              precision: str = "float", w_peep: Array | None = None) -> PackedWeights:
+    """lstm_forward's weights packed once: ``pack.forward(x, h0, c0, ...)``; with peepholes
+    w_peep (3, H) (docs/lstm_variants.md) lstm_backward appends dw_peep."""
+    return PackedWeights("lstm", _LSTM, "" if w_peep is None else "peepholes", w_ih, w_hh, b_ih,
+                         b_hh, precision, w_peep)
 
 
 def gru_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, *,
@@ -288,22 +304,29 @@ def rnn_backward(cache: KernelCache, dy: Array | None, dh_n: Array | None = None
 
 def lstm_forward(x: Array, h0: Array | None, c0: Array | None, w_ih: Array, w_hh: Array,
                  b_ih: Array | None, b_hh: Array | None, *, lengths: Array | None = None,
-                 training: bool = True, precision: str = "float") -> LSTMOutput:
+                 training: bool = True, precision: str = "float", w_hr: Array | None = None,
+                 w_peep: Array | None = None, ln_gates: Array | None = None,
+                 ln_cell: Array | None = None) -> LSTMOutput:
     """LSTM over x (T, B, I), gates i, f, g, o as in PyTorch: w_ih (4H, I), w_hh (4H, H).
 
     h0, c0 (B, H) or None; precision as for rnn_forward. Returns LSTMOutput(y (T, B, H), h_n,
-    c_n (B, H), cache or None).
+    c_n (B, H), cache or None). Peepholes w_peep (3, H) (docs/lstm_variants.md); w_hr, ln_gates
+    and ln_cell are checked but only rnnkern.reference runs them (NotImplementedError here).
     """
     y, h_n, c_n, cache = _forward("lstm", _LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
-                                  training, precision)
+                                  training, precision, w_hr=w_hr, w_peep=w_peep,
+                                  ln_gates=ln_gates, ln_cell=ln_cell)
     assert c_n is not None
     return LSTMOutput(y, h_n, c_n, cache)
 
 
 def lstm_backward(cache: KernelCache, dy: Array | None, dh_n: Array | None = None,
                   dc_n: Array | None = None) -> LSTMGrads:
-    """Gradients of lstm_forward: LSTMGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)."""
-    return LSTMGrads(*_backward("lstm", cache, dy, dh_n, dc_n))
+    """Gradients of lstm_forward: LSTMGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), then
+    dw_peep (3, H) when the forward had peepholes."""
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *extras = _backward("lstm", cache, dy, dh_n, dc_n)
+    return _api.lstm_grads((dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh),
+                           dict(zip(("dw_peep",), extras)))
 
 
 def gru_forward(x: Array, h0: Array | None, w_ih: Array, w_hh: Array, b_ih: Array | None,

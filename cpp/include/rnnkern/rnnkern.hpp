@@ -40,6 +40,7 @@ struct CellTraits {
                            // folded into the input side's bias
   bool recurrent_dgates;   // the backward's dgates that multiply W_hh differ from the input
                            // side's (gru: the n block is dn * r), so they get their own buffer
+  bool peepholes = false;  // takes peephole weights Params::w_peep (3, H) (lstm)
 };
 const CellTraits& cell_traits(Cell cell);  // std::invalid_argument for an unknown cell
 int gates(Cell cell);                      // cell_traits(cell).gates
@@ -69,6 +70,8 @@ struct Params {
   const F* w_hh;  // (G*H, H)
   const F* b_ih;  // (G*H,) or null
   const F* b_hh;  // (G*H,) or null
+  const F* w_peep = nullptr;  // LSTM only: (3, H) peepholes p_i, p_f, p_o, or null (none):
+                              // i, f see p_i c_{t-1}, p_f c_{t-1}; o sees p_o c_t (ONNX's P)
 };
 
 template <class F>
@@ -88,6 +91,7 @@ struct Grads {
   F* dw_hh;  // (G*H, H)
   F* db_ih;  // (G*H,) or null
   F* db_hh;  // (G*H,) or null
+  F* dw_peep = nullptr;  // (3, H): non-null exactly when the weights have peepholes
 };
 
 // y (T, B, H), h_n (B, H), c_n (B, H) for LSTM; h0, c0 (B, H) or null; lengths (B,) in 1..T or
@@ -124,6 +128,7 @@ class Pack {
   int64_t input_size() const;
   int64_t hidden_size() const;
   bool has_bias() const;
+  bool has_peepholes() const;
   bool for_forward() const;
   bool for_backward() const;
   std::string isa() const;  // the kernels it was packed for
@@ -140,7 +145,8 @@ class Pack {
 template <class F>
 void forward(const Pack<F>& w, Dims d, const F* x, const F* h0, const F* c0,
              const int64_t* lengths, F* y, F* h_n, F* c_n, const Cache<F>* cache);
-// g.db_ih and g.db_hh must be non-null exactly when w has biases.
+// g.db_ih and g.db_hh must be non-null exactly when w has biases, g.dw_peep when it has
+// peepholes.
 template <class F>
 void backward(const Pack<F>& w, Dims d, const F* x, const int64_t* lengths,
               const Cache<F>& cache, const F* dy, const F* dh_n, const F* dc_n, Grads<F> g);

@@ -1,9 +1,12 @@
 // LSTM (PyTorch's): gates i, f, g, o of a = x W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh,
 //   i, f, o = sigmoid(a_i, a_f, a_o), g = tanh(a_g), c_t = f c_{t-1} + i g, h_t = o tanh(c_t).
+// With peepholes p (3, H) (c.peep): a_i += p_i c_{t-1}, a_f += p_f c_{t-1}, a_o += p_o c_t.
 // Backward from the cached gates and c: with dh the gradient reaching h_t and dc the one
-// reaching c_t from step t+1, dc += dh o (1 - tanh(c_t)^2); da_i = dc g i (1 - i),
-// da_f = dc c_{t-1} f (1 - f), da_g = dc i (1 - g^2), da_o = dh tanh(c_t) o (1 - o);
-// dc_{t-1} = dc f.
+// reaching c_t from step t+1, da_o = dh tanh(c_t) o (1 - o), dc += dh o (1 - tanh(c_t)^2)
+// (+ da_o p_o); da_i = dc g i (1 - i), da_f = dc c_{t-1} f (1 - f), da_g = dc i (1 - g^2);
+// dc_{t-1} = dc f (+ da_i p_i + da_f p_f); dp += (da_i c_{t-1}, da_f c_{t-1}, da_o c_t), summed
+// over a step's rows in registers, then into c.dpeep by the hidden block's owner
+// (docs/lstm_variants.md).
 #pragma once
 #include "rnnkern/rnnkern.hpp"
 
@@ -12,7 +15,7 @@ namespace cells {
 struct Lstm {
   static constexpr Cell id = Cell::lstm;
   static constexpr CellTraits traits{"lstm", "lstm", "i f g o", "", 4, 4, 1, true, true, "",
-                                     false, false};
+                                     false, false, true};
 };
 }  // namespace cells
 
@@ -21,18 +24,39 @@ namespace RNNKERN_ISA {
 namespace {
 template <class F, class W>
 struct Kernels<cells::Lstm, F, W> {
-  [[gnu::flatten]] static void forward_phase(const StepConst<F, W>& c, const Step<F>& s, int, int64_t jb0,
-                            int64_t jb1) {
+  // Both phases once per call with and without peepholes, so the plain LSTM's epilogue has no
+  // peephole terms at all.
+  [[gnu::flatten]] static void forward_phase(const StepConst<F, W>& c, const Step<F>& s, int,
+                                             int64_t jb0, int64_t jb1) {
+    if (c.peep) forward<true>(c, s, jb0, jb1);
+    else forward<false>(c, s, jb0, jb1);
+  }
+  [[gnu::flatten]] static void backward_phase(const StepConst<F, W>& c, const Step<F>& s, int,
+                                              int64_t jb0, int64_t jb1) {
+    if (c.peep) backward<true>(c, s, jb0, jb1);
+    else backward<false>(c, s, jb0, jb1);
+  }
+
+  template <bool PEEP>
+  static void forward(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0, int64_t jb1) {
     const int64_t B = c.B, H = c.H, GH = 4 * H, HX = c.HX, GHX = 4 * HX;
     for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
+      vec<F> p_i{}, p_f{}, p_o{};
+      if constexpr (PEEP)
+        p_i = load(c.peep + j0, n), p_f = load(c.peep + H + j0, n),
+        p_o = load(c.peep + 2 * H + j0, n);
       panel_rows<F, 4>(s.hp, H, B, c.wf + jb * H * 4 * NB<F>, H, [&](int64_t b, const F* acc) {
         if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
         const F* xp = s.xp + b * GHX + j0;
-        vec<F> i = vsigmoid(load(xp) + load(acc));
-        vec<F> f = vsigmoid(load(xp + HX) + load(acc + NB<F>));
+        vec<F> cp = load(s.cp + b * H + j0, n);
+        vec<F> a_i = load(xp) + load(acc), a_f = load(xp + HX) + load(acc + NB<F>);
+        if constexpr (PEEP) a_i += p_i * cp, a_f += p_f * cp;
+        vec<F> i = vsigmoid(a_i), f = vsigmoid(a_f);
         vec<F> g = vtanh(load(xp + 2 * HX) + load(acc + 2 * NB<F>));
-        vec<F> o = vsigmoid(load(xp + 3 * HX) + load(acc + 3 * NB<F>));
-        vec<F> cn = f * load(s.cp + b * H + j0, n) + i * g;
+        vec<F> cn = f * cp + i * g;
+        vec<F> a_o = load(xp + 3 * HX) + load(acc + 3 * NB<F>);
+        if constexpr (PEEP) a_o += p_o * cn;
+        vec<F> o = vsigmoid(a_o);
         store(s.cn + b * H + j0, cn, n);
         put_h(s, H, b, j0, n, o * vtanh(cn));
         if (s.gates) {
@@ -43,25 +67,44 @@ struct Kernels<cells::Lstm, F, W> {
     });
   }
 
-  [[gnu::flatten]] static void backward_phase(const StepConst<F, W>& c, const Step<F>& s, int, int64_t jb0,
-                             int64_t jb1) {
+  template <bool PEEP>
+  static void backward(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0, int64_t jb1) {
     const int64_t B = c.B, H = c.H, GH = 4 * H, LD = c.LDG;
     for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
       const W* wb = c.wb + jb * GH * NB<F>;
+      vec<F> p_i{}, p_f{}, p_o{};
+      vec<F> dp_i{}, dp_f{}, dp_o{};  // this step's dw_peep of the block, over its rows
+      if constexpr (PEEP)
+        p_i = load(c.peep + j0, n), p_f = load(c.peep + H + j0, n),
+        p_o = load(c.peep + 2 * H + j0, n);
       panel_rows<F, 1>(s.dgh_next, LD, B, wb, GH, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
         const F* gp = s.gates + b * GH + j0;
         vec<F> i = load(gp, n), f = load(gp + H, n), g = load(gp + 2 * H, n),
                og = load(gp + 3 * H, n);
-        vec<F> ct = load(s.cn + b * H + j0, n), tc = vtanh(ct);
+        vec<F> ct = load(s.cn + b * H + j0, n), tc = vtanh(ct), cp = load(s.cp + b * H + j0, n);
+        vec<F> da_o = dh * tc * og * (F(1) - og);
         vec<F> dc = load(s.dc + b * H + j0, n) + dh * og * (F(1) - tc * tc);
+        if constexpr (PEEP) dc += da_o * p_o;
+        vec<F> da_i = dc * g * i * (F(1) - i), da_f = dc * cp * f * (F(1) - f);
         F* dg = s.dg + b * LD + j0;
-        store(dg, dc * g * i * (F(1) - i), n);
-        store(dg + H, dc * load(s.cp + b * H + j0, n) * f * (F(1) - f), n);
+        store(dg, da_i, n);
+        store(dg + H, da_f, n);
         store(dg + 2 * H, dc * i * (F(1) - g * g), n);
-        store(dg + 3 * H, dh * tc * og * (F(1) - og), n);
-        store(s.dc + b * H + j0, dc * f, n);
+        store(dg + 3 * H, da_o, n);
+        vec<F> dc_prev = dc * f;
+        if constexpr (PEEP) {
+          dc_prev += da_i * p_i + da_f * p_f;
+          dp_i += da_i * cp, dp_f += da_f * cp, dp_o += da_o * ct;
+        }
+        store(s.dc + b * H + j0, dc_prev, n);
         zero(s.dh + b * H + j0, n);
       }));
+      if constexpr (PEEP) {  // this block's columns: only its owner writes them
+        F* dp = c.dpeep + j0;
+        store(dp, load(dp, n) + dp_i, n);
+        store(dp + H, load(dp + H, n) + dp_f, n);
+        store(dp + 2 * H, load(dp + 2 * H, n) + dp_o, n);
+      }
     });
   }
 };

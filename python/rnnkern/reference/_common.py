@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .._api import Array, Checked, check_backward, round_bf16
+from .._api import GATES, Array, Checked, check_backward, round_bf16
 
 __all__ = [
     "ACTIVATIONS", "Cache", "WeightGrads", "bias_or_zeros", "make_cache", "operand", "sigmoid",
@@ -47,9 +47,9 @@ def valid_steps(c: Checked) -> Array:
     return t < c.lengths.reshape(1, c.B, 1)
 
 
-def state_or_zeros(s: Array | None, c: Checked) -> Array:
-    """The initial state (B, H), zeros when None."""
-    return np.zeros((c.B, c.H), c.dtype) if s is None else s
+def state_or_zeros(s: Array | None, c: Checked, size: int | None = None) -> Array:
+    """The initial state (B, size) (size H unless given), zeros when None."""
+    return np.zeros((c.B, c.H if size is None else size), c.dtype) if s is None else s
 
 
 def bias_or_zeros(b: Array | None, c: Checked) -> Array:
@@ -82,12 +82,18 @@ class Cache:
     has_bias: bool
     x: Array  # (T, B, I)
     w_ih: Array  # (G*H, I)
-    w_hh: Array  # (G*H, H)
+    w_hh: Array  # (G*H, P)
     valid: Array  # (T, B, 1) bool, see valid_steps
-    h: Array  # (T+1, B, H): h[0] = h0, h[t+1] the state after step t
+    h: Array  # (T+1, B, P): h[0] = h0, h[t+1] the state after step t (P = H but for lstm w_hr)
     gates: Array  # (T, B, G*H) activated gates: rnn f(a); lstm i, f, g, o; gru r, z, n
     c: Array | None = None  # lstm: (T+1, B, H) cell states like h
     hn: Array | None = None  # gru linear_before_reset: (T, B, H) W_hn h + b_hn
+    b: Array | None = None  # lstm: (4H,) b_ih + b_hh, for the backward's recomputed steps
+    # lstm variants as Checked has them, None when not used
+    w_hr: Array | None = None  # (P, H)
+    w_peep: Array | None = None  # (3, H)
+    ln_gates: Array | None = None  # (2, 4H)
+    ln_cell: Array | None = None  # (2, H)
     precision: str = "float"  # the forward's products' (see operand); the backward's too
 
     @property
@@ -98,12 +104,18 @@ class Cache:
     def shape(self) -> tuple[int, int, int, int]:
         """(T, B, I, H)."""
         T, B, I = self.x.shape
-        return T, B, I, self.h.shape[2]
+        return T, B, I, self.w_hh.shape[0] // GATES[self.cell]
+
+    @property
+    def output_size(self) -> int:
+        """P, the size of h and y (H unless projected)."""
+        return int(self.h.shape[2])
 
 
 def make_cache(cell: str, variant: str, c: Checked, valid: Array, hs: list[Array],
                gates: list[Array], cs: list[Array] | None = None,
-               hns: list[Array] | None = None, precision: str = "float") -> Cache:
+               hns: list[Array] | None = None, b: Array | None = None,
+               precision: str = "float") -> Cache:
     """The read-only Cache of a forward: the per-step lists stacked, x and the gates of padded
     steps zeroed (see valid_only)."""
     return Cache(
@@ -112,18 +124,24 @@ def make_cache(cell: str, variant: str, c: Checked, valid: Array, hs: list[Array
         w_hh=frozen_copy(c.w_hh), valid=frozen_copy(valid), h=frozen_copy(np.stack(hs)),
         gates=frozen_copy(valid_only(np.stack(gates), valid)),
         c=None if cs is None else frozen_copy(np.stack(cs)),
-        hn=None if hns is None else frozen_copy(np.stack(hns)), precision=precision,
+        hn=None if hns is None else frozen_copy(np.stack(hns)),
+        b=None if b is None else frozen_copy(b),
+        **{name: None if a is None else frozen_copy(a)
+           for name, a in (("w_hr", c.w_hr), ("w_peep", c.w_peep), ("ln_gates", c.ln_gates),
+                           ("ln_cell", c.ln_cell))},
+        precision=precision,
     )
 
 
 def take_backward_args(cell: str, cache: object, dy: object, dh_n: object,
                        dc_n: object = None) -> tuple[Cache, Array, Array, Array]:
     """The arguments of ``{cell}_backward`` checked by _api.check_backward (the kernels' checks
-    and messages): the cache and dy (T, B, H), dh_n, dc_n (B, H), zeros where None."""
+    and messages): the cache and dy (T, B, P), dh_n (B, P), dc_n (B, H), zeros where None."""
     k, *grads = check_backward(cell, cache, Cache, dy, dh_n, dc_n)
     T, B, _, H = k.shape
+    P = k.output_size
     dy_, dh, dc = (np.zeros(shape, k.dtype) if g is None else g
-                   for g, shape in zip(grads, ((T, B, H), (B, H), (B, H))))
+                   for g, shape in zip(grads, ((T, B, P), (B, P), (B, H))))
     return k, dy_, dh, dc
 
 
@@ -139,16 +157,19 @@ class WeightGrads:
         self.db_ih = np.zeros(cache.w_ih.shape[0], dtype)  # (G*H,)
         self.db_hh = np.zeros(cache.w_hh.shape[0], dtype)  # (G*H,)
 
-    def add_ih(self, d: Array, x_t: Array) -> None:
-        """Add step t's share: d (B, G*H) gradient of W_ih x_t + b_ih, x_t (B, I)."""
+    def add_ih(self, d: Array, x_t: Array, d_bias: Array | None = None) -> None:
+        """Add step t's share: d (B, G*H) gradient of W_ih x_t + b_ih, x_t (B, I); ``d_bias``
+        (B, G*H) that of b_ih where it differs from d (a layer norm in between)."""
         self.dw_ih += operand(d, self.precision).T @ operand(x_t, self.precision)
-        self.db_ih += d.sum(axis=0)
+        self.db_ih += (d if d_bias is None else d_bias).sum(axis=0)
 
-    def add_hh(self, d: Array, h_t: Array, rows: slice = slice(None)) -> None:
+    def add_hh(self, d: Array, h_t: Array, rows: slice = slice(None),
+               d_bias: Array | None = None) -> None:
         """Add step t's share for the gate ``rows`` of W_hh: d (B, rows) gradient of
-        W_hh[rows] h_t + b_hh[rows], h_t (B, H) the vector W_hh[rows] multiplies."""
+        W_hh[rows] h_t + b_hh[rows], h_t (B, P) the vector W_hh[rows] multiplies; ``d_bias``
+        as in add_ih."""
         self.dw_hh[rows] += operand(d, self.precision).T @ operand(h_t, self.precision)
-        self.db_hh[rows] += d.sum(axis=0)
+        self.db_hh[rows] += (d if d_bias is None else d_bias).sum(axis=0)
 
     def result(self) -> tuple[Array, Array, Array | None, Array | None]:
         """(dw_ih, dw_hh, db_ih, db_hh); the bias gradients are None without biases."""

@@ -1,0 +1,141 @@
+"""The LSTM variants' cost over the plain LSTM (docs/lstm_variants.md), from one run.
+
+    python benchmarks/variants.py [--shapes S2,S3] [--threads N] [--repeat R]
+
+For each shape, the median milliseconds of forward (inference) and forward+backward of
+rnnkern's plain LSTM and of each variant its kernels run (rnnkern.lstm_forward's keywords), and
+of torch.nn.LSTM plain and with proj_size = H/2. Next to each time: its ratio to the same
+library's plain LSTM, and the ratio of multiply-adds (the variant's extra FLOPs). Repetitions
+are interleaved (round robin); every rnnkern variant is first checked against the NumPy
+reference in float64 on a small problem.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import timing  # does not import NumPy
+
+#: rnnkern's variants timed: name -> (lstm_forward keyword, its shape from H) (the kernels' own).
+KERNEL_VARIANTS: dict[str, tuple[str, Callable[[int], tuple[int, ...]]]] = {
+    "peep": ("w_peep", lambda H: (3, H)),
+}
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shapes", default="S2,S3", help="comma-separated names of peers.SHAPES")
+    ap.add_argument("--threads", type=int, default=None, help="threads (default: the cores)")
+    ap.add_argument("--repeat", type=int, default=7, help="samples per job (median taken)")
+    ap.add_argument("--min-time", type=float, default=0.05, help="seconds per sample at least")
+    return ap.parse_args(argv)
+
+
+def macs(variant: str, T: int, B: int, I: int, H: int, P: int, backward: bool) -> int:
+    """Multiply-adds of the forward (or forward+backward) products and the variant's pointwise
+    extras (docs/lstm_variants.md: "Cost over the plain LSTM")."""
+    k = 3 if backward else 1  # forward + backward: three times the products
+    per_row = {
+        "plain": 4 * H * (I + H) * k,
+        "peep": 4 * H * (I + H) * k + (3 * H if not backward else 9 * H),
+        "proj": (4 * H * (I + P) + P * H) * k,
+    }[variant]
+    return T * B * per_row
+
+
+def check_kernels(rnnkern: Any, np: Any) -> None:
+    """Every timed variant equals the float64 reference on a small case (forward and grads)."""
+    rng = np.random.default_rng(0)
+    T, B, I, H = 3, 2, 5, 7
+    args = [rng.uniform(-0.5, 0.5, s) for s in ((T, B, I), (B, H), (B, H), (4 * H, I),
+                                                (4 * H, H), (4 * H,), (4 * H,))]
+    for name, (keyword, shape) in KERNEL_VARIANTS.items():
+        extra = {keyword: rng.uniform(-0.5, 0.5, shape(H))}
+        dy = rng.uniform(-1, 1, (T, B, H))
+        got = rnnkern.lstm_backward(rnnkern.lstm_forward(*args, **extra).cache, dy)
+        want = rnnkern.reference.lstm_backward(
+            rnnkern.reference.lstm_forward(*args, **extra).cache, dy)
+        for field, a, b in zip(want._fields, got, want):
+            if b is not None and not np.allclose(a, b, rtol=1e-9, atol=1e-12):
+                raise AssertionError(f"{name}: {field} differs from the reference")
+
+
+def jobs_for(T: int, B: int, I: int, H: int, np: Any, torch: Any,
+             rnnkern: Any) -> dict[str, Callable[[], object]]:
+    """"{library} {variant} {fwd|fwdbwd}" -> one call, float32, random weights; torch's proj
+    variant has proj_size = H // 2."""
+    rng = np.random.default_rng(1)
+    k = 1 / np.sqrt(H)
+    x = rng.uniform(-1, 1, (T, B, I)).astype(np.float32)  # (T, B, I)
+    dy = rng.uniform(-1, 1, (T, B, H)).astype(np.float32)  # (T, B, H)
+    w = [rng.uniform(-k, k, sh).astype(np.float32)
+         for sh in ((4 * H, I), (4 * H, H), (4 * H,), (4 * H,))]
+    extras: dict[str, dict[str, Any]] = {"plain": {}}  # variant -> lstm_forward keywords
+    for v, (kw, shape) in KERNEL_VARIANTS.items():
+        extras[v] = {kw: rng.uniform(-k, k, shape(H)).astype(np.float32)}
+    jobs: dict[str, Callable[[], object]] = {}
+    for variant, extra in extras.items():
+        jobs[f"rnnkern {variant} fwd"] = functools.partial(
+            rnnkern.lstm_forward, x, None, None, *w, training=False, **extra)
+        jobs[f"rnnkern {variant} fwdbwd"] = functools.partial(
+            lambda e: rnnkern.lstm_backward(rnnkern.lstm_forward(x, None, None, *w, **e).cache,
+                                            dy), extra)
+    xt = torch.from_numpy(x)
+    for variant, proj in (("plain", 0), ("proj", H // 2)):
+        m = torch.nn.LSTM(I, H, proj_size=proj)
+        gy = torch.from_numpy(np.ascontiguousarray(dy[:, :, :proj] if proj else dy))
+        jobs[f"torch {variant} fwd"] = functools.partial(_torch_forward, torch, m, xt)
+        jobs[f"torch {variant} fwdbwd"] = functools.partial(_torch_training, m, xt, gy)
+    return jobs
+
+
+def _torch_forward(torch: Any, m: Any, x: Any) -> object:
+    with torch.no_grad():
+        return m(x)
+
+
+def _torch_training(m: Any, x: Any, gy: Any) -> object:
+    m.zero_grad(set_to_none=True)
+    xg = x.clone().requires_grad_(True)
+    y, _ = m(xg)
+    y.backward(gy)
+    return y
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parse(argv)
+    threads = args.threads or timing.default_threads()
+    import numpy as np
+    import peers
+    import torch
+
+    import rnnkern
+    peers.set_threads(threads)
+    check_kernels(rnnkern, np)
+    print(f"# {timing.cpu_model()}, {threads} threads; rnnkern {rnnkern.config()['isa']}, "
+          f"torch {torch.__version__}; P = H/2")
+    print("shape  job                fwd ms (x plain, x MACs)   fwd+bwd ms (x plain, x MACs)")
+    for name in args.shapes.split(","):
+        s = peers.SHAPES[name]
+        T, B, I, H, P = s.T, s.B, s.I, s.H, s.H // 2
+        med = timing.median_seconds(timing.round_robin(
+            jobs_for(T, B, I, H, np, torch, rnnkern), repeat=args.repeat,
+            min_time=args.min_time))
+        for lib in ("rnnkern", "torch"):
+            for v in ("plain", *KERNEL_VARIANTS, "proj"):
+                if f"{lib} {v} fwd" not in med:
+                    continue
+                cols = []
+                for p, bw in (("fwd", False), ("fwdbwd", True)):
+                    t, t0 = med[f"{lib} {v} {p}"], med[f"{lib} plain {p}"]
+                    ratio = macs(v, T, B, I, H, P, bw) / macs("plain", T, B, I, H, P, bw)
+                    cols.append(f"{1e3 * t:7.2f} ({t / t0:4.2f}, {ratio:4.2f})")
+                print(f"{name:<6} {lib + ' ' + v:<16} {cols[0]:>24}   {cols[1]:>24}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", str(timing.default_threads()))
+    main()
