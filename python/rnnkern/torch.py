@@ -146,7 +146,10 @@ def _pack(cell: int, weights: tuple[Tensor | None, ...]) -> Any:
         return entry[2]
     checked = _api.check_weights(_check_cell(cell), *(_array(w) for w in weights))
     pack = _core.Pack(cell, *checked)
-    refs = [weakref.ref(w, lambda _, key=key: _PACKS.pop(key, None)) for w in present]
+    def drop(_: Any) -> None:
+        _PACKS.pop(key, None)
+
+    refs = [weakref.ref(w, drop) for w in present]
     _PACKS[key] = (_functional.isa_generation[0], [a.copy() for a in arrays], pack, refs)
     return pack
 
