@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import rnnkern
-from rnnkern import _functional
+from rnnkern import _core, _functional
 from rnnkern.nn import GRU, LSTM, RNN
 
 LAYERS: dict[str, Callable[..., Any]] = {
@@ -356,27 +356,29 @@ def test_dropout_backward_finite_differences() -> None:
 
 
 def test_calls_the_functional_api(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The layers call rnnkern._functional at call time (so the compiled kernels are used); they
-    pack each (layer, direction)'s weights once, and again only after a parameter changed."""
+    """The layers run the compiled kernels at call time (rnnkern._core, through the stack of
+    rnnkern._stack); they pack each (layer, direction)'s weights once (rnnkern._functional), and
+    again only after a parameter changed."""
     calls: list[str] = []
-    for name in ("lstm_pack", "lstm_backward"):
-        original = getattr(_functional, name)
+    for module, name in ((_functional, "lstm_pack"), (_core, "backward_packed_many")):
+        original = getattr(module, name)
 
         def spy(*args: Any, _f: Any = original, _n: str = name, **kwargs: Any) -> Any:
             calls.append(_n)
             return _f(*args, **kwargs)
 
-        monkeypatch.setattr(_functional, name, spy)
+        monkeypatch.setattr(module, name, spy)
     layer = LSTM(2, 3, num_layers=2, bidirectional=True, seed=0)
     p = random_problem(layer, 3, 2)
     layer(p["x"])
     layer.backward(p["dy"])
-    assert calls == ["lstm_pack"] * 4 + ["lstm_backward"] * 4
+    # one backward call per layer: its two directions together
+    assert calls == ["lstm_pack"] * 4 + ["backward_packed_many"] * 2
     layer(p["x"])
-    assert calls == ["lstm_pack"] * 4 + ["lstm_backward"] * 4
+    assert calls == ["lstm_pack"] * 4 + ["backward_packed_many"] * 2
     rnnkern.optim.SGD(layer.params, layer.grads).step()
     layer(p["x"])
-    assert calls == ["lstm_pack"] * 4 + ["lstm_backward"] * 4 + ["lstm_pack"] * 4
+    assert calls == ["lstm_pack"] * 4 + ["backward_packed_many"] * 2 + ["lstm_pack"] * 4
     assert rnnkern.nn.LSTM is LSTM
 
 

@@ -1,7 +1,8 @@
 """torch.compile, torch.export and TorchScript with rnnkern.torch's modules (issue 18).
 
-Each (layer, direction) runs as the registered operator torch.ops.rnnkern.layer (its backward:
-rnnkern.layer_backward), so Dynamo traces a converted model whole. Compiling is slow, so each
+A whole stack (every layer and direction) runs as the registered operator
+torch.ops.rnnkern.stack (its backward: rnnkern.stack_backward), so Dynamo traces a converted model
+whole. Compiling is slow, so each
 configuration is compiled once (a module-scoped fixture) and its results are shared by the
 tests; the fullgraph compiles use AOTAutograd without Inductor (forward and backward graphs
 recorded and run as traced), one test uses torch.compile's defaults (Inductor). Results are
@@ -145,18 +146,17 @@ def test_fullgraph_compile_matches_eager_and_torch(case: Case) -> None:
 
 
 def test_compiled_graphs_hold_the_operators(case: Case) -> None:
-    """One forward graph calling rnnkern.layer per (layer, direction), one backward graph
-    calling rnnkern.layer_backward as often: the kernels, not a fallback, in both."""
+    """One forward graph calling rnnkern.stack once, one backward graph calling
+    rnnkern.stack_backward once: the kernels, not a fallback, in both."""
     def calls(gm: torch.fx.GraphModule, op: Any) -> int:
         return sum(1 for n in gm.graph.nodes if n.target is op)
 
     kinds = [k for k, _ in case.graphs]
     assert kinds == ["forward", "backward"]
     fw, bw = (gm for _, gm in case.graphs)
-    n = 2 * (2 if case.ours.rnn.bidirectional else 1)
-    assert calls(fw, torch.ops.rnnkern.layer.default) == n
-    assert calls(bw, torch.ops.rnnkern.layer_backward.default) == n
-    assert calls(bw, torch.ops.rnnkern.layer.default) == 0
+    assert calls(fw, torch.ops.rnnkern.stack.default) == 1
+    assert calls(bw, torch.ops.rnnkern.stack_backward.default) == 1
+    assert calls(bw, torch.ops.rnnkern.stack.default) == 0
 
 
 def test_no_graph_break(case: Case) -> None:
@@ -178,21 +178,21 @@ def test_export_runs_and_matches(case: Case) -> None:
     program = torch.export.export(case.ours, case.args)
     exported = program.module()
     targets = [n.target for n in program.graph.nodes]
-    assert torch.ops.rnnkern.layer.default in targets
+    assert torch.ops.rnnkern.stack.default in targets
     got = run(exported, exported, case.args)
     assert_same(got, case.eager)
 
 
 def test_export_without_grad_keeps_no_buffers() -> None:
-    """Exported under torch.no_grad(), the operators are told to keep nothing for a backward."""
+    """Exported under torch.no_grad(), the operator is told to keep nothing for a backward."""
     torch.manual_seed(0)
     model = rt.convert(Model(torch.nn.GRU, {"bidirectional": True}))
     x = torch.rand(T, B, I, dtype=F64)
     with torch.no_grad():
         program = torch.export.export(model, (x,))
         want = model(x)
-    layers = [n for n in program.graph.nodes if n.target is torch.ops.rnnkern.layer.default]
-    assert len(layers) == 4 and all(n.args[2] is False for n in layers)  # training=False
+    stacks = [n for n in program.graph.nodes if n.target is torch.ops.rnnkern.stack.default]
+    assert len(stacks) == 1 and stacks[0].args[3] is False  # training=False
     for g, w in zip(program.module()(x), want):
         assert torch.equal(g, w)
 
@@ -258,36 +258,49 @@ def test_torchscript_says_what_to_use_instead() -> None:
 
 # (cell id of rnnkern._core, G): rnn tanh, lstm, gru, gru with the reset gate before W_hn
 OP_CELLS = [(0, 1), (3, 4), (4, 3), (5, 3)]
+#: name: (num_layers, bidirectional, lengths, dropout masks)
+OP_STACKS = {"one-layer": (1, False, None, False),
+             "two-bi-lengths-dropout": (2, True, [4, 1, 3], True)}
 
 
-@pytest.mark.parametrize("reverse,lengths", [(False, None), (True, [4, 1, 3])],
-                         ids=["forward", "reverse-lengths"])
-@pytest.mark.parametrize("cell,G", OP_CELLS, ids=["rnn", "lstm", "gru", "gru_rh"])
-def test_opcheck(cell: int, G: int, reverse: bool, lengths: list[int] | None) -> None:
-    """torch.library.opcheck on both operators: schema, fake (shape) functions, autograd
-    registration and AOTAutograd tracing with dynamic shapes."""
+def stack_args(cell: int, G: int, num_layers: int, bidirectional: bool,
+               lengths: list[int] | None, dropout: bool, training: bool = True,
+               steps: int = 4, batch: int = 3) -> tuple[Any, ...]:
+    """Arguments of torch.ops.rnnkern.stack, random float64 tensors that require grad."""
     gen = torch.Generator().manual_seed(cell)
 
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.rand(shape, generator=gen, dtype=F64, requires_grad=True)
+    def rand(*shape: int, grad: bool = True) -> torch.Tensor:
+        return torch.rand(shape, generator=gen, dtype=F64, requires_grad=grad)
 
-    steps, batch = 4, 3
-    lens = None if lengths is None else torch.tensor(lengths)
-    args = (cell, reverse, True, rand(steps, batch, I), rand(batch, H),
-            rand(batch, H) if cell == 3 else None, rand(G * H, I), rand(G * H, H), rand(G * H),
-            rand(G * H), lens)
-    torch.library.opcheck(torch.ops.rnnkern.layer.default, args)
+    D = 2 if bidirectional else 1
+    weights = [w for layer in range(num_layers) for _ in range(D)
+               for w in (rand(G * H, I if layer == 0 else D * H), rand(G * H, H), rand(G * H),
+                         rand(G * H))]
+    masks = [rand(steps, batch, D * H, grad=False).round() * 2
+             for _ in range(num_layers - 1)] if dropout else []
+    return (cell, num_layers, bidirectional, training, rand(steps, batch, I),
+            rand(num_layers * D, batch, H), rand(num_layers * D, batch, H) if cell == 3 else None,
+            weights, None if lengths is None else torch.tensor(lengths), masks)
+
+
+@pytest.mark.parametrize("stack", OP_STACKS)
+@pytest.mark.parametrize("cell,G", OP_CELLS, ids=["rnn", "lstm", "gru", "gru_rh"])
+def test_opcheck(cell: int, G: int, stack: str) -> None:
+    """torch.library.opcheck on both operators: schema, fake (shape) functions, autograd
+    registration and AOTAutograd tracing with dynamic shapes."""
+    args = stack_args(cell, G, *OP_STACKS[stack])
+    torch.library.opcheck(torch.ops.rnnkern.stack.default, args)
     with torch.no_grad():
-        y, h_n, _, *buffers = torch.ops.rnnkern.layer(*args)
-    x, w_ih, w_hh = (t.detach() for t in (args[3], args[6], args[7]))
-    back = (cell, reverse, x, w_ih, w_hh, True, lens, *buffers, torch.rand_like(y),
-            torch.rand_like(h_n), torch.rand_like(h_n) if cell == 3 else None)
-    torch.library.opcheck(torch.ops.rnnkern.layer_backward.default, back)
+        y, h_n, _, *saved = torch.ops.rnnkern.stack(*args)
+    _, num_layers, bidirectional, _, x, _, _, weights, lens, masks = args
+    back = (cell, num_layers, bidirectional, x.detach(), [w.detach() for w in weights], lens,
+            masks, saved, torch.rand_like(y), torch.rand_like(h_n),
+            torch.rand_like(h_n) if cell == 3 else None)
+    torch.library.opcheck(torch.ops.rnnkern.stack_backward.default, back)
 
 
 def test_operator_without_training_buffers_refuses_backward() -> None:
-    x = torch.rand(T, B, I, dtype=F64, requires_grad=True)
-    w_ih, w_hh = torch.rand(3 * H, I, dtype=F64), torch.rand(3 * H, H, dtype=F64)
-    y, *_ = torch.ops.rnnkern.layer(4, False, False, x, None, None, w_ih, w_hh, None, None, None)
+    args = stack_args(4, 3, 2, True, None, False, training=False)
+    y, *_ = torch.ops.rnnkern.stack(*args)
     with pytest.raises(RuntimeError, match="training=False"):
         y.sum().backward()

@@ -24,3 +24,5 @@ GRU: int = CELLS["gru"]["id"]  # linear before reset (PyTorch's)
 GRU_RH: int = CELLS["gru_rh"]["id"]  # reset gate on h (ONNX's default)
 #: Cell family of each id.
 FAMILY: dict[int, str] = {c["id"]: c["family"] for c in CELLS.values()}
+#: Every cell's traits by id.
+BY_ID: dict[int, dict[str, Any]] = {c["id"]: c for c in CELLS.values()}

@@ -20,6 +20,7 @@ backward, no TorchScript.
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any, Union, overload
 
@@ -35,9 +36,8 @@ except ImportError as e:  # torch missing, or a broken install (a leftover torch
         f"rnnkern.torch needs PyTorch, which could not be imported ({e}); install it with "
         f'pip install "rnnkern[torch]"', name="torch") from e
 
-from rnnkern import _api, _cells, _core, _functional
+from rnnkern import _api, _cells, _core, _functional, _stack
 from rnnkern._api import Array
-from rnnkern.nn.rnn import _reverse, _reverse_index
 
 __all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "convert"]
 
@@ -80,19 +80,19 @@ def _tensor(a: Array | None, dtype: torch.dtype) -> Tensor:
 
 # ----------------------------------------------------------------------------- the operators
 #
-# torch.ops.rnnkern.layer runs one direction of one layer on rnnkern._core.forward and
-# torch.ops.rnnkern.layer_backward its gradients on rnnkern._core.backward. Registered with
-# torch.library (a fake function for the shapes, an autograd formula), torch.compile and
-# torch.export see each as one opaque node, and the Python code around them (layers, cat,
-# dropout, packing) is plain torch. Results a cell does not have are empty (0,) tensors.
+# torch.ops.rnnkern.stack runs a whole stack (L layers x D directions, rnnkern._stack.forward)
+# and torch.ops.rnnkern.stack_backward its gradients (rnnkern._stack.backward). Registered with
+# torch.library (fake functions for the shapes, an autograd formula), torch.compile and
+# torch.export see each as one opaque node, and the Python code around them (dropout masks,
+# batch_first, packing) is plain torch. Results a cell does not have are empty (0,) tensors.
 
 # rnnkern._core's cell ids (rnnkern::Cell) -> the cell name of rnnkern._api's checks
 _CELL_NAMES = _cells.FAMILY
 # torch's RNNBase.mode -> rnnkern._core's cell id
 _CELL_IDS = {"LSTM": _functional._LSTM, "GRU": _functional._GRU,
              "RNN_TANH": _functional._RNN_IDS["tanh"], "RNN_RELU": _functional._RNN_IDS["relu"]}
-
-_Seven = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+_BUFFERS = 4  # kernel buffers per (layer, direction): hs, cs, gates, aux
+_SAVED = 1 + _BUFFERS  # saved results per (layer, direction): its input, its buffers
 
 
 def _check_cell(cell: int) -> str:
@@ -101,135 +101,227 @@ def _check_cell(cell: int) -> str:
     return _CELL_NAMES[cell]
 
 
-def _kernel_order(a: Array, lengths: Array | None, reverse: bool) -> Array:
-    """``a`` (T, B, F) in the kernel's time order: reversed within each sequence's length for
-    the reverse direction (an involution: also the way back), else unchanged."""
-    if not reverse:
-        return a
-    return _reverse(a, _reverse_index(lengths, a.shape[0]))
+def _per_direction(weights: list[Tensor], num_layers: int, directions: int
+                   ) -> list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]]:
+    """The flat weights (torch's _flat_weights order: per (layer, direction) w_ih, w_hh and, with
+    bias, b_ih, b_hh) as L*D tuples (w_ih, w_hh, b_ih, b_hh)."""
+    n = num_layers * directions
+    if num_layers < 1 or len(weights) not in (2 * n, 4 * n):
+        raise ValueError(f"weights: expected 2 or 4 tensors per layer and direction "
+                         f"({2 * n} or {4 * n} for num_layers={num_layers}, D={directions}), "
+                         f"got {len(weights)}")
+    per = len(weights) // n
+    return [(weights[per * k], weights[per * k + 1], *((weights[per * k + 2],
+             weights[per * k + 3]) if per == 4 else (None, None))) for k in range(n)]
 
 
-@torch.library.custom_op("rnnkern::layer", mutates_args=(), device_types="cpu")
-def layer(cell: int, reverse: bool, training: bool, x: Tensor, h0: Tensor | None,
-          c0: Tensor | None, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
-          b_hh: Tensor | None, lengths: Tensor | None) -> _Seven:
-    """One direction of one layer: x (T, B, I), h0, c0 (B, H) or None, w_ih (G*H, I),
-    w_hh (G*H, H), b_ih, b_hh (G*H,) or None, lengths (B,) int64 in 1..T or None; ``reverse``
-    runs each sequence backwards within its length.
+# (cell, ids of a direction's weights) -> (the ISA generation and copies of the weights' bits
+# at packing, the _core.Pack, weak references whose callbacks drop the entry)
+_PACKS: dict[tuple[int, ...], tuple[int, list[Array], Any, list[Any]]] = {}
 
-    Returns y (T, B, H) in x's time order, zero past each length; h_n (B, H); c_n (B, H)
-    (lstm); and, if ``training``, the buffers of the backward in the kernel's time order:
-    hs (T+1, B, H), cs (T+1, B, H) (lstm), gates (T, B, G*H) (lstm, gru), aux (T, B, H) (gru).
+
+def _bits(a: Array) -> Array:
+    """A C-contiguous array's bits as integers (compared bitwise, NaN and -0.0 included)."""
+    flat = a.reshape(-1)
+    return flat.view(np.int64 if flat.nbytes % 8 == 0 else np.int32)
+
+
+def _pack(cell: int, weights: tuple[Tensor | None, ...]) -> Any:
+    """A direction's weights packed (forward and backward panels), kept while the weights live
+    and made again when their values or the ISA changed.
+
+    The values are compared with a copy, bit for bit, at every call: version counters miss
+    changes made through ``.data`` or a NumPy view (torch.autograd.gradcheck makes such), and
+    the comparison costs a fraction of packing.
     """
-    c = _api.check_forward(_check_cell(cell), _array(x), _array(h0), _array(c0), _array(w_ih),
-                           _array(w_hh), _array(b_ih), _array(b_hh), _array(lengths))
-    xk = np.ascontiguousarray(_kernel_order(c.x, c.lengths, reverse))  # (T, B, I)
-    y, h_n, c_n, buffers = _core.forward(cell, xk, c.h0, c.c0, c.w_ih, c.w_hh, c.b_ih, c.b_hh,
-                                         c.lengths, bool(training))
-    if c.lengths is not None and training:
-        # The kernels leave gates and aux unwritten past each length (the backward never reads
-        # them there); an operator's results must not depend on what memory held before.
-        padded = np.arange(c.T)[:, None] >= c.lengths[None, :]  # (T, B)
-        for a in buffers[2:]:  # gates (T, B, G*H), aux (T, B, H), or None
-            if a is not None:
-                a[padded] = 0
-    y = _kernel_order(y, c.lengths, reverse)  # (T, B, H) in x's time order
-    return tuple(_tensor(a, x.dtype) for a in (y, h_n, c_n, *buffers))  # type: ignore[return-value]
+    present = [w for w in weights if w is not None]
+    key = (cell, *(id(w) for w in present))
+    arrays = [np.ascontiguousarray(_array(w)) for w in present]
+    entry = _PACKS.get(key)
+    if (entry is not None and entry[0] == _functional.isa_generation[0]
+            and all(old.shape == new.shape and old.dtype == new.dtype
+                    and np.array_equal(_bits(old), _bits(new))
+                    for old, new in zip(entry[1], arrays))):
+        return entry[2]
+    checked = _api.check_weights(_check_cell(cell), *(_array(w) for w in weights))
+    pack = _core.Pack(cell, *checked)
+    def drop(_: Any) -> None:
+        _PACKS.pop(key, None)
+
+    refs = [weakref.ref(w, drop) for w in present]
+    _PACKS[key] = (_functional.isa_generation[0], [a.copy() for a in arrays], pack, refs)
+    return pack
 
 
-@layer.register_fake
-def _layer_fake(cell: int, reverse: bool, training: bool, x: Tensor, h0: Tensor | None,
-                c0: Tensor | None, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
-                b_hh: Tensor | None, lengths: Tensor | None) -> _Seven:
-    """layer's results as empty tensors of the right shapes (rnnkern::cache_layout's)."""
+def _stack_args(cell: int, num_layers: int, bidirectional: bool, x: Tensor,
+                weights: list[Tensor], lengths: Tensor | None, masks: list[Tensor]
+                ) -> tuple[list[Any], int, Array, Array | None, list[Array]]:
+    """The packs, D, x (T, B, I) as a C-contiguous array, lengths (B,) int64 or None and the
+    masks (T, B, D*H) of a stack call, checked."""
+    D = 2 if bidirectional else 1
+    packs = [_pack(cell, w) for w in _per_direction(weights, num_layers, D)]
+    xa = _array(x)
+    first = packs[0]
+    if xa.ndim != 3 or xa.shape[2] != first.input_size or xa.dtype != first.dtype:
+        raise ValueError(f"x: expected a (T, B, {first.input_size}) tensor of the weights' dtype "
+                         f"{first.dtype}, got {tuple(xa.shape)} {xa.dtype}")
+    T, B, _ = xa.shape
+    lens = _api._check_lengths(_array(lengths), T, B)  # (B,) int64 or None
+    want = (T, B, D * first.hidden_size)
+    if len(masks) not in (0, num_layers - 1) or any(tuple(m.shape) != want for m in masks):
+        raise ValueError(f"masks: expected none or num_layers - 1 = {num_layers - 1} tensors "
+                         f"(T, B, D*H) = {want}")
+    return (packs, D, np.ascontiguousarray(xa), lens,
+            [np.ascontiguousarray(_array(m)) for m in masks])
+
+
+def _check_states(names: tuple[str, str], states: tuple[Tensor | None, Tensor | None],
+                  shape: tuple[int, ...], dtype: np.dtype[Any]) -> list[Array | None]:
+    """States or their gradients (L*D, B, H) or None as C-contiguous arrays, checked."""
+    return [None if t is None else _api.check_grad(name, _array(t), shape, dtype,
+                                                   ("L*D", "B", "H"))
+            for name, t in zip(names, states)]
+
+
+@torch.library.custom_op("rnnkern::stack", mutates_args=(), device_types="cpu")
+def stack(cell: int, num_layers: int, bidirectional: bool, training: bool, x: Tensor,
+          h0: Tensor | None, c0: Tensor | None, weights: list[Tensor], lengths: Tensor | None,
+          masks: list[Tensor]) -> list[Tensor]:
+    """A whole stack: x (T, B, I), h0, c0 (L*D, B, H) or None, weights as torch's
+    _flat_weights (per (layer, direction) w_ih (G*H, F), w_hh (G*H, H) and, with bias, b_ih,
+    b_hh (G*H,)), lengths (B,) int64 in 1..T or None, masks: none or L-1 dropout masks
+    (T, B, D*H) multiplying each layer's output but the last's.
+
+    Returns [y (T, B, D*H) zero past each length, h_n (L*D, B, H), c_n (L*D, B, H) (lstm),
+    then if ``training`` per (layer, direction): its input in its kernel's time order (empty
+    for the first: x), hs (T+1, B, H), cs (T+1, B, H) (lstm), gates (T, B, G*H) (lstm, gru),
+    aux (T, B, H) (gru)].
+    """
+    packs, D, xa, lens, mask_arrays = _stack_args(cell, num_layers, bidirectional, x, weights,
+                                                  lengths, masks)
+    shape = (num_layers * D, xa.shape[1], packs[0].hidden_size)
+    h0a, c0a = _check_states(("h0", "c0"), (h0, c0), shape, xa.dtype)
+    y, h_n, c_n, saved = _stack.forward(packs, D, xa, h0a, c0a, lens, mask_arrays,
+                                        bool(training))
+    results: list[Array | None] = [y, h_n, c_n]
+    if saved is not None:
+        padded = None if lens is None else np.arange(xa.shape[0])[:, None] >= lens[None, :]
+        for k, (xk, buffers) in enumerate(zip(saved.xs, saved.buffers)):
+            if padded is not None:
+                # The kernels leave gates and aux unwritten past each length (the backward never
+                # reads them there); an operator's results must not depend on old memory.
+                for a in buffers[2:]:  # gates (T, B, G*H), aux (T, B, H), or None
+                    if a is not None:
+                        a[padded] = 0
+            results += [None if k == 0 else xk, *buffers]
+    return [_tensor(a, x.dtype) for a in results]
+
+
+@stack.register_fake
+def _stack_fake(cell: int, num_layers: int, bidirectional: bool, training: bool, x: Tensor,
+                h0: Tensor | None, c0: Tensor | None, weights: list[Tensor],
+                lengths: Tensor | None, masks: list[Tensor]) -> list[Tensor]:
+    """stack's results as empty tensors of the right shapes (rnnkern::cache_layout's)."""
     name = _check_cell(cell)
+    D = 2 if bidirectional else 1
     T, B, _ = x.shape
-    H = w_hh.shape[1]
+    w_hh = weights[1]
+    GH, H = w_hh.shape
     lstm, gru = name == "lstm", name == "gru"
 
     def new(present: bool, *shape: Any) -> Tensor:
         return x.new_empty(shape if present else (0,))
 
-    GH = w_hh.shape[0]
-    return (new(True, T, B, H), new(True, B, H), new(lstm, B, H), new(training, T + 1, B, H),
-            new(training and lstm, T + 1, B, H), new(training and (lstm or gru), T, B, GH),
-            new(training and gru, T, B, H))
+    out = [new(True, T, B, D * H), new(True, num_layers * D, B, H),
+           new(lstm, num_layers * D, B, H)]
+    if training:
+        for k in range(num_layers * D):
+            features = x.shape[2] if k < D else D * H  # the input of layer k // D
+            out += [new(k > 0, T, B, features), new(True, T + 1, B, H),
+                    new(lstm, T + 1, B, H), new(lstm or gru, T, B, GH), new(gru, T, B, H)]
+    return out
 
 
-@torch.library.custom_op("rnnkern::layer_backward", mutates_args=(), device_types="cpu")
-def layer_backward(cell: int, reverse: bool, x: Tensor, w_ih: Tensor, w_hh: Tensor,
-                   has_bias: bool, lengths: Tensor | None, hs: Tensor, cs: Tensor, gates: Tensor,
-                   aux: Tensor, dy: Tensor | None, dh_n: Tensor | None,
-                   dc_n: Tensor | None) -> _Seven:
-    """The gradients of a training ``layer`` call: its x, w_ih, w_hh, lengths and buffers
-    (hs, cs, gates, aux), dy (T, B, H) in x's time order, dh_n, dc_n (B, H) (None: zeros).
+@torch.library.custom_op("rnnkern::stack_backward", mutates_args=(), device_types="cpu")
+def stack_backward(cell: int, num_layers: int, bidirectional: bool, x: Tensor,
+                   weights: list[Tensor], lengths: Tensor | None, masks: list[Tensor],
+                   saved: list[Tensor], dy: Tensor | None, dh_n: Tensor | None,
+                   dc_n: Tensor | None) -> list[Tensor]:
+    """The gradients of a training ``stack`` call: its x, weights, lengths, masks and saved
+    results (those after y, h_n, c_n), dy (T, B, D*H), dh_n, dc_n (L*D, B, H) (None: zeros).
 
-    Returns dx (T, B, I), dh0 (B, H), dc0 (B, H) (lstm), dw_ih (G*H, I), dw_hh (G*H, H),
-    db_ih, db_hh (G*H,) (if has_bias).
+    Returns [dx (T, B, I), dh0 (L*D, B, H), dc0 (L*D, B, H) (lstm), then the gradients of the
+    weights, in their order].
     """
-    _check_cell(cell)
-    T, B, _ = x.shape
-    H = w_hh.shape[1]
-    lens = _api._check_lengths(_array(lengths), T, B)  # (B,) int64 or None
-    # x (T, B, I), w_ih, w_hh, cache buffers: the bindings check their shapes and dtypes
-    xa = np.ascontiguousarray(_kernel_order(_array(x), lens, reverse))
-    weights = (np.ascontiguousarray(_array(w_ih)), np.ascontiguousarray(_array(w_hh)))
-    grads = [_api.check_grad(name, a, shape, xa.dtype, symbols) for name, a, shape, symbols in (
-        ("dy", None if dy is None else _kernel_order(_array(dy), lens, reverse), (T, B, H),
-         ("T", "B", "H")),
-        ("dh_n", _array(dh_n), (B, H), ("B", "H")), ("dc_n", _array(dc_n), (B, H), ("B", "H")))]
-    dy_, dh_, dc_ = grads
-    dx, *rest = _core.backward(cell, xa, *weights, bool(has_bias), lens,
-                               tuple(_array(b) for b in (hs, cs, gates, aux)), dy_, dh_, dc_)
-    dx = _kernel_order(dx, lens, reverse)  # (T, B, I) in x's time order
-    return tuple(_tensor(a, x.dtype) for a in (dx, *rest))  # type: ignore[return-value]
+    packs, D, xa, lens, mask_arrays = _stack_args(cell, num_layers, bidirectional, x, weights,
+                                                  lengths, masks)
+    n = num_layers * D
+    if len(saved) != _SAVED * n:
+        raise ValueError(f"saved: expected the {_SAVED * n} saved results of a training stack "
+                         f"call, got {len(saved)}")
+    arrays = [_array(t) for t in saved]
+    xs = [xa, *arrays[_SAVED::_SAVED]]
+    buffers = [tuple(arrays[_SAVED * k + 1:_SAVED * (k + 1)]) for k in range(n)]
+    T, B, _ = xa.shape
+    H = packs[0].hidden_size
+    dya = _api.check_grad("dy", _array(dy), (T, B, D * H), xa.dtype, ("T", "B", "D*H"))
+    dh, dc = _check_states(("dh_n", "dc_n"), (dh_n, dc_n), (n, B, H), xa.dtype)
+    dx, dh0, dc0, weight_grads = _stack.backward(
+        _stack.Saved(tuple(packs), xs, buffers, mask_arrays, lens, D), dya, dh, dc)
+    flat = [g for grads in weight_grads for g in grads if g is not None]
+    return [_tensor(a, x.dtype) for a in (dx, dh0, dc0, *flat)]
 
 
-@layer_backward.register_fake
-def _layer_backward_fake(cell: int, reverse: bool, x: Tensor, w_ih: Tensor, w_hh: Tensor,
-                         has_bias: bool, lengths: Tensor | None, hs: Tensor, cs: Tensor,
-                         gates: Tensor, aux: Tensor, dy: Tensor | None, dh_n: Tensor | None,
-                         dc_n: Tensor | None) -> _Seven:
-    """layer_backward's results as empty tensors of the right shapes."""
+@stack_backward.register_fake
+def _stack_backward_fake(cell: int, num_layers: int, bidirectional: bool, x: Tensor,
+                         weights: list[Tensor], lengths: Tensor | None, masks: list[Tensor],
+                         saved: list[Tensor], dy: Tensor | None, dh_n: Tensor | None,
+                         dc_n: Tensor | None) -> list[Tensor]:
+    """stack_backward's results as empty tensors of the right shapes."""
     lstm = _check_cell(cell) == "lstm"
-    B, H = x.shape[1], w_hh.shape[1]
-    bias = (w_hh.shape[0],) if has_bias else (0,)
-    return (x.new_empty(x.shape), x.new_empty(B, H), x.new_empty((B, H) if lstm else (0,)),
-            w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), x.new_empty(bias),
-            x.new_empty(bias))
+    n = num_layers * (2 if bidirectional else 1)
+    B, H = x.shape[1], weights[1].shape[1]
+    return [x.new_empty(x.shape), x.new_empty(n, B, H), x.new_empty((n, B, H) if lstm else (0,)),
+            *(w.new_empty(w.shape) for w in weights)]
 
 
-def _layer_setup_context(ctx: Any, inputs: tuple[Any, ...], output: _Seven) -> None:
-    cell, reverse, training, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths = inputs
-    buffers = output[3:]  # hs, cs, gates, aux: (0,) if training was False
-    ctx.mark_non_differentiable(*buffers, *(() if cell == _functional._LSTM else output[2:3]))
+def _stack_setup_context(ctx: Any, inputs: tuple[Any, ...], output: list[Tensor]) -> None:
+    cell, num_layers, bidirectional, training, x, h0, c0, weights, lengths, masks = inputs
+    saved = output[3:]  # empty if training was False
+    ctx.mark_non_differentiable(*saved, *(() if cell == _functional._LSTM else output[2:3]))
     ctx.set_materialize_grads(False)  # None stays None: the kernels take dy=None, dh_n=None
-    ctx.cell, ctx.reverse, ctx.training, ctx.has_bias = cell, reverse, training, b_ih is not None
+    ctx.args = cell, num_layers, bidirectional
+    ctx.training, ctx.counts = training, (len(weights), len(masks), len(saved))
+    ctx.states = h0 is not None, c0 is not None
     # Saving x and the weights makes autograd raise if they are changed in place before the
-    # backward; h0, c0 and the biases are saved as anchors for _NoDoubleBackward.
-    ctx.save_for_backward(x, w_ih, w_hh, lengths, *buffers, h0, c0, b_ih, b_hh)
+    # backward; h0 and c0 are saved as anchors for _NoDoubleBackward.
+    ctx.save_for_backward(x, lengths, *weights, *masks, *saved, h0, c0)
 
 
-def _layer_backward_formula(ctx: Any, dy: Tensor | None, dh_n: Tensor | None,
-                            dc_n: Tensor | None, *buffers: Tensor | None) -> tuple[Any, ...]:
-    x, w_ih, w_hh, lengths, hs, cs, gates, aux, *anchors = ctx.saved_tensors
+def _stack_backward_formula(ctx: Any, grads: list[Tensor | None]) -> tuple[Any, ...]:
     if not ctx.training:
-        raise RuntimeError("rnnkern::layer: the forward ran with training=False and kept "
+        raise RuntimeError("rnnkern::stack: the forward ran with training=False and kept "
                            "nothing for a backward")
+    x, lengths, *rest = ctx.saved_tensors
+    n_w, n_m, n_s = ctx.counts
+    weights, masks, saved = rest[:n_w], rest[n_w:n_w + n_m], rest[n_w + n_m:n_w + n_m + n_s]
+    anchors = rest[n_w + n_m + n_s:]  # h0, c0
+    dy, dh_n, dc_n = grads[:3]
     with torch.no_grad():
-        lstm = ctx.cell == _functional._LSTM  # else c_n is an empty (0,) result
-        grads = layer_backward(ctx.cell, ctx.reverse, x, w_ih, w_hh, ctx.has_bias, lengths, hs,
-                               cs, gates, aux, dy, dh_n, dc_n if lstm else None)
-    needed = ctx.needs_input_grad[3:10]  # x, h0, c0, w_ih, w_hh, b_ih, b_hh
-    out = [g if need else None for g, need in zip(grads, needed)]
+        lstm = ctx.args[0] == _functional._LSTM  # else c_n is an empty (0,) result
+        out = stack_backward(*ctx.args, x, weights, lengths, masks, saved, dy, dh_n,
+                             dc_n if lstm else None)
+    dx, dh0, dc0 = out[0], *(g if given else None for g, given in zip(out[1:3], ctx.states))
+    dws: list[Tensor | None] = list(out[3:])
     if torch.is_grad_enabled():  # create_graph=True: make differentiating them raise
-        anchors = [t for t in (x, w_ih, w_hh, *anchors) if t is not None and t.requires_grad]
+        live = [t for t in (x, *weights, *anchors) if t is not None and t.requires_grad]
         wrap = _NoDoubleBackward.apply
-        out = [None if g is None else wrap(g, *anchors) for g in out]  # type: ignore[no-untyped-call]
-    return (None, None, None, *out, None)
+        dx, dh0, dc0 = (None if g is None else wrap(g, *live) for g in (dx, dh0, dc0))  # type: ignore[no-untyped-call]
+        dws = [wrap(g, *live) for g in dws]  # type: ignore[no-untyped-call]
+    return (None, None, None, None, dx, dh0, dc0, dws, None, [None] * n_m)
 
 
-layer.register_autograd(_layer_backward_formula, setup_context=_layer_setup_context)
+stack.register_autograd(_stack_backward_formula, setup_context=_stack_setup_context)
 
 
 class _NoDoubleBackward(torch.autograd.Function):
@@ -278,56 +370,47 @@ def _split_state(module: torch.nn.RNNBase, hx: object) -> tuple[Tensor | None, T
     return _check_tensor("hx", hx), None
 
 
-def _packed_noise(like: Tensor, packed: PackedSequence, p: float) -> Tensor:
+def _packed_noise(shape: tuple[int, ...], dtype: torch.dtype, packed: PackedSequence,
+                  p: float) -> Tensor:
     """Dropout noise (T, B, F) for a padded layer output, drawn as torch draws it for packed input.
 
     PyTorch applies dropout to the packed data (N, F); drawing on that shape keeps a seeded run
     identical to torch's. Padded steps get zeros (the outputs there are zero anyway).
     """
-    data = torch.ones((packed.data.shape[0], like.shape[2]), dtype=like.dtype)  # (N, F)
+    data = torch.ones((packed.data.shape[0], shape[2]), dtype=dtype)  # (N, F)
     noise = F.dropout(data, p, training=True)  # (N, F) 0 or 1/(1-p)
     padded, _ = pad_packed_sequence(
         PackedSequence(noise, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices),
-        total_length=like.shape[0])
+        total_length=shape[0])
     return padded  # (T, B, F)
 
 
 def _run_stack(module: torch.nn.RNNBase, x: Tensor, h0: Tensor | None, c0: Tensor | None,
                lengths: Tensor | None,
                packed: PackedSequence | None) -> tuple[Tensor, Tensor, Tensor | None]:
-    """All layers and directions on x (T, B, I); h0, c0 (L*D, B, H) or None; lengths (B,)
-    int64 or None.
+    """All layers and directions on x (T, B, I) in one ``stack`` call; h0, c0 (L*D, B, H) or
+    None; lengths (B,) int64 or None.
 
     Returns output (T, B, D*H) zero past each length, h_n (L*D, B, H), c_n (L*D, B, H) or None.
     """
-    cell = _CELL_IDS[module.mode]
     D = 2 if module.bidirectional else 1
-    grad = torch.is_grad_enabled()
-    dropout = module.dropout if module.training else 0.0
-    layer_in = x.contiguous()  # (T, B, I) then (T, B, D*H); one copy, saved for the backward
-    h_n, c_n = [], []  # (B, H) per (layer, direction)
-    for k_layer in range(module.num_layers):
-        outs = []
-        for d in range(D):
-            k = k_layer * D + d
-            names = module._all_weights[k]
-            w_ih, w_hh = getattr(module, names[0]), getattr(module, names[1])
-            b_ih, b_hh = (getattr(module, n) for n in names[2:4]) if module.bias else (None, None)
-            tensors = (layer_in, None if h0 is None else h0[k], None if c0 is None else c0[k],
-                       w_ih, w_hh, b_ih, b_hh)
-            keep = grad and any(t is not None and t.requires_grad for t in tensors)
-            y, h, c, *_ = layer(cell, d == 1, keep, *tensors, lengths)
-            outs.append(y)
-            h_n.append(h)
-            c_n.append(c)
-        layer_in = outs[0] if D == 1 else torch.cat(outs, dim=2)
-        if dropout > 0 and k_layer < module.num_layers - 1:
-            if packed is None:
-                layer_in = F.dropout(layer_in, dropout, training=True)
-            else:
-                layer_in = layer_in * _packed_noise(layer_in, packed, dropout)
-    return (layer_in, torch.stack(h_n),  # (L*D, B, H)
-            torch.stack(c_n) if module.mode == "LSTM" else None)
+    x = x.contiguous()  # (T, B, I): one copy if batch_first, saved for the backward
+    # the parameters by name: torch.export lifts module._flat_weights' tensors as constants
+    weights = [getattr(module, name) for name in module._flat_weights_names]
+    # Dropout noise for each layer's output but the last's, drawn up front in layer order: the
+    # kernels draw nothing, so torch's generator gives the masks it gives torch.nn's modules.
+    masks: list[Tensor] = []
+    if module.training and module.dropout > 0:
+        shape = (x.shape[0], x.shape[1], D * module.hidden_size)
+        for _ in range(module.num_layers - 1):
+            masks.append(F.dropout(torch.ones(shape, dtype=x.dtype), module.dropout,
+                                   training=True) if packed is None
+                         else _packed_noise(shape, x.dtype, packed, module.dropout))
+    keep = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, h0, c0, *weights))
+    y, h_n, c_n, *_ = stack(_CELL_IDS[module.mode], module.num_layers, module.bidirectional,
+                            keep, x, h0, c0, weights, lengths, masks)
+    return y, h_n, (c_n if module.mode == "LSTM" else None)
 
 
 def _check_args(module: torch.nn.RNNBase, x: Tensor, hidden: object,

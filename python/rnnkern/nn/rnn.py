@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import numpy.typing as npt
 
 from .. import _functional as F
+from .. import _stack
 from .._api import _check_lengths, check_flag, check_nonlinearity, shape_message
 from .linear import ParamModule, WeightPacks, _check_dtype, _check_size, _uniform
 
@@ -25,45 +26,15 @@ Array = npt.NDArray[Any]  # any numpy array (the dtype is checked at run time)
 State = Union[Array, tuple[Array, Array]]
 # The four parameters of one layer and direction: w_ih, w_hh, b_ih, b_hh (biases None without bias).
 Weights = tuple[Array, Array, Optional[Array], Optional[Array]]
-# Their gradients as a cell backward returns them.
-WeightGrads = tuple[Array, Array, Optional[Array], Optional[Array]]
 
 _PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-
-
-class _Saved(NamedTuple):
-    """What a training forward keeps for backward."""
-
-    caches: list[Any]  # one functional cache per (layer, direction), index l*D + d
-    masks: list[Array | None]  # dropout mask (T, B, D*H) on each layer's output, None if none
-    rev: Array | None  # (T, B) time index of the per-sequence reversal, None: plain reversal
-    shape: tuple[int, int]  # (T, B)
-
-
-def _reverse_index(lengths: Array | None, steps: int) -> Array | None:
-    """Time index (T, B) reversing each sequence within its own length (padded steps stay put).
-
-    None when every sequence has the full length (then the reversal is `a[::-1]`).
-    """
-    if lengths is None:
-        return None
-    t = np.arange(steps)[:, None]  # (T, 1)
-    n = lengths[None, :].astype(np.intp)  # (1, B)
-    return np.where(t < n, n - 1 - t, t)  # (T, B)
-
-
-def _reverse(a: Array, rev: Array | None) -> Array:
-    """Reverse a time-major array (T, B, F) per sequence; an involution, so also its own inverse."""
-    if rev is None:
-        return a[::-1]
-    return a[rev, np.arange(a.shape[1])[None, :]]  # (T, B, F)
 
 
 class _Recurrent(ParamModule):
     """A stacked, optionally bidirectional recurrent layer; subclasses supply the cell.
 
     A subclass sets `_gates` (G) and `_has_cell` (whether the state carries c) and implements
-    `_make_pack` / `_cell_backward` with one functional call each.
+    `_make_pack` with one functional call.
 
     The parameters are read-only arrays, packed for the kernels once and used until one of them
     changes: to change one in place, make it writeable first (`rnnkern.optim` and
@@ -107,7 +78,7 @@ class _Recurrent(ParamModule):
         self.dropout = float(dropout)
         self.bidirectional = bool(bidirectional)
         self._rng = np.random.default_rng(seed)  # initialization, then dropout masks
-        self._saved: _Saved | None = None
+        self._saved: _stack.Saved | None = None
         # PyTorch's order and init: per layer and direction w_ih, w_hh, b_ih, b_hh ~ U(-k, k).
         k = 1.0 / math.sqrt(self.hidden_size)
         params: dict[str, Array] = {}
@@ -124,12 +95,6 @@ class _Recurrent(ParamModule):
 
     def _make_pack(self, weights: Weights) -> F.PackedWeights:
         """One (layer, direction)'s weights packed (`rnnkern.{cell}_pack`)."""
-        raise NotImplementedError
-
-    def _cell_backward(
-        self, cache: Any, dy: Array | None, dh_n: Array | None, dc_n: Array | None,
-    ) -> tuple[Array, Array, Array | None, WeightGrads]:
-        """Backward of a packed forward: dx (T, B, I), dh0 (B, H), dc0 or None, weight grads."""
         raise NotImplementedError
 
     def _extra_repr(self) -> list[str]:
@@ -217,37 +182,19 @@ class _Recurrent(ParamModule):
         if isinstance(lengths, (list, tuple)):  # a list of ints is accepted as well
             lengths = np.asarray(lengths, dtype=np.int64 if len(lengths) == 0 else None)
         lens = _check_lengths(lengths, steps, batch)  # (B,) int64 or None
-        rev = _reverse_index(lens, steps) if self.bidirectional else None
-        n_dir, hid = self._directions, self.hidden_size
-        h_n = np.zeros((self.num_layers * n_dir, batch, hid), self.dtype)  # (L*D, B, H)
-        c_n = np.zeros_like(h_n) if self._has_cell else None  # (L*D, B, H)
-        caches: list[Any] = []
-        masks: list[Array | None] = []
-        inp = xt  # (T, B, F): input of the current layer
-        for layer in range(self.num_layers):
-            outs: list[Array] = []  # D arrays (T, B, H)
-            for d in range(n_dir):
-                k = layer * n_dir + d
-                y, h, *c_cache = self._packs.get(k, self._weights(layer, d)).forward(
-                    inp if d == 0 else _reverse(inp, rev),
-                    None if h0 is None else h0[k], None if c0 is None else c0[k],
-                    lengths=lens, training=training)
-                c, cache = c_cache if self._has_cell else (None, c_cache[0])
-                outs.append(y if d == 0 else _reverse(y, rev))
-                h_n[k] = h
-                if c_n is not None and c is not None:
-                    c_n[k] = c
-                caches.append(cache)
-            inp = outs[0] if n_dir == 1 else np.concatenate(outs, axis=2)  # (T, B, D*H)
-            mask = None
-            if training and self.dropout > 0.0 and layer < self.num_layers - 1:
-                keep = self._rng.random(inp.shape) >= self.dropout  # (T, B, D*H)
-                scale = 1.0 / (1.0 - self.dropout) if self.dropout < 1.0 else 0.0
-                mask = (keep * scale).astype(self.dtype)  # (T, B, D*H)
-                inp = inp * mask
-            masks.append(mask)
-        self._saved = _Saved(caches, masks, rev, (steps, batch)) if training else None
-        y_out = np.ascontiguousarray(inp.transpose(1, 0, 2)) if self.batch_first else inp
+        xc = np.ascontiguousarray(xt)  # (T, B, I)
+        if training and xc is x:  # the saved forward keeps its own x
+            xc = xc.copy()
+        n_dir, n_layers = self._directions, self.num_layers
+        packs = [self._packs.get(k, self._weights(*divmod(k, n_dir)))._pack
+                 for k in range(n_layers * n_dir)]
+        masks: list[Array] = []  # L-1 (T, B, D*H)
+        if training and self.dropout > 0.0:
+            masks = _stack.dropout_masks(self._rng, self.dropout, n_layers,
+                                         (steps, batch, n_dir * self.hidden_size), self.dtype)
+        y, h_n, c_n, self._saved = _stack.forward(packs, n_dir, xc, h0, c0, lens, masks,
+                                                  training)
+        y_out = np.ascontiguousarray(y.transpose(1, 0, 2)) if self.batch_first else y
         final: State = (h_n, c_n) if c_n is not None else h_n
         return y_out, final
 
@@ -266,36 +213,17 @@ class _Recurrent(ParamModule):
         if saved is None:
             raise RuntimeError(
                 "backward: no saved forward; call the layer with training=True first")
-        steps, batch = saved.shape
-        n_dir, hid = self._directions, self.hidden_size
+        steps, batch = saved.xs[0].shape[:2]
+        n_dir = self._directions
         d_out = None if dy is None else self._time_major(
-            "dy", dy, n_dir * hid, "D*H", (steps, batch))  # (T, B, D*H)
+            "dy", dy, n_dir * self.hidden_size, "D*H", (steps, batch))  # (T, B, D*H)
         dh_n, dc_n = self._check_state("dstate", dstate, batch)
-        dh0 = np.zeros((self.num_layers * n_dir, batch, hid), self.dtype)  # (L*D, B, H)
-        dc0 = np.zeros_like(dh0) if self._has_cell else None  # (L*D, B, H)
-        d_in = d_out  # (T, B, F): gradient of the current layer's input, set in the loop
-        for layer in reversed(range(self.num_layers)):
-            dxs: list[Array] = []  # D arrays (T, B, F)
-            for d in range(n_dir):
-                k = layer * n_dir + d
-                dy_d = None if d_out is None else d_out[:, :, d * hid:(d + 1) * hid]  # (T, B, H)
-                if d == 1 and dy_d is not None:
-                    dy_d = _reverse(dy_d, saved.rev)
-                dx, dh, dc, dws = self._cell_backward(
-                    saved.caches[k], dy_d, None if dh_n is None else dh_n[k],
-                    None if dc_n is None else dc_n[k])
-                for name, g in zip(self._names(layer, d), dws):
-                    if g is not None:
-                        self.grads[name] += g
-                dh0[k] = dh
-                if dc0 is not None and dc is not None:
-                    dc0[k] = dc
-                dxs.append(dx if d == 0 else _reverse(dx, saved.rev))
-            d_in = dxs[0] if n_dir == 1 else dxs[0] + dxs[1]
-            mask = saved.masks[layer - 1] if layer > 0 else None
-            d_out = d_in if mask is None else d_in * mask
-        assert d_in is not None
-        dx_out = np.ascontiguousarray(d_in.transpose(1, 0, 2)) if self.batch_first else d_in
+        dx, dh0, dc0, weight_grads = _stack.backward(saved, d_out, dh_n, dc_n)
+        for k, dws in enumerate(weight_grads):
+            for name, g in zip(self._names(*divmod(k, n_dir)), dws):
+                if g is not None:
+                    self.grads[name] += g
+        dx_out = np.ascontiguousarray(dx.transpose(1, 0, 2)) if self.batch_first else dx
         dstate0: State = (dh0, dc0) if dc0 is not None else dh0
         return dx_out, dstate0
 
@@ -334,11 +262,6 @@ class RNN(_Recurrent):
     def _make_pack(self, weights: Weights) -> F.PackedWeights:
         return F.rnn_pack(*weights, nonlinearity=self.nonlinearity)
 
-    def _cell_backward(self, cache: Any, dy: Array | None, dh_n: Array | None,
-                       dc_n: Array | None) -> tuple[Array, Array, Array | None, WeightGrads]:
-        dx, dh0, dw_ih, dw_hh, db_ih, db_hh = F.rnn_backward(cache, dy, dh_n)
-        return dx, dh0, None, (dw_ih, dw_hh, db_ih, db_hh)
-
     def _extra_repr(self) -> list[str]:
         return [] if self.nonlinearity == "tanh" else [f"nonlinearity='{self.nonlinearity}'"]
 
@@ -351,11 +274,6 @@ class LSTM(_Recurrent):
 
     def _make_pack(self, weights: Weights) -> F.PackedWeights:
         return F.lstm_pack(*weights)
-
-    def _cell_backward(self, cache: Any, dy: Array | None, dh_n: Array | None,
-                       dc_n: Array | None) -> tuple[Array, Array, Array | None, WeightGrads]:
-        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = F.lstm_backward(cache, dy, dh_n, dc_n)
-        return dx, dh0, dc0, (dw_ih, dw_hh, db_ih, db_hh)
 
 
 class GRU(_Recurrent):
@@ -372,11 +290,6 @@ class GRU(_Recurrent):
 
     def _make_pack(self, weights: Weights) -> F.PackedWeights:
         return F.gru_pack(*weights, linear_before_reset=self.linear_before_reset)
-
-    def _cell_backward(self, cache: Any, dy: Array | None, dh_n: Array | None,
-                       dc_n: Array | None) -> tuple[Array, Array, Array | None, WeightGrads]:
-        dx, dh0, dw_ih, dw_hh, db_ih, db_hh = F.gru_backward(cache, dy, dh_n)
-        return dx, dh0, None, (dw_ih, dw_hh, db_ih, db_hh)
 
     def _extra_repr(self) -> list[str]:
         return [] if self.linear_before_reset else ["linear_before_reset=False"]

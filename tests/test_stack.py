@@ -1,0 +1,261 @@
+"""The layer stack (rnnkern._stack, run by rnnkern.nn and rnnkern.torch) against its NumPy
+reference (rnnkern.reference.stack), and the reference against torch.nn's modules (issue 15).
+
+Layers 1-3, one or two directions, lengths or none, h0 given or zeros, dropout masks or none,
+float32 and float64; outputs, final states and every gradient. Sizes are tiny: seconds.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+from rnnkern_testing import CELLS, GATES, assert_close, rnn_acc_len
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import rnnkern.torch as rt
+from rnnkern import _functional, _stack
+from rnnkern import nn as rnn_nn
+from rnnkern.reference.stack import stack_backward, stack_forward
+
+I, H, T, B = 3, 4, 5, 3
+LENGTHS = [5, 2, 4]  # unsorted, with T
+F64 = np.float64
+PACKS = {"rnn": _functional.rnn_pack, "lstm": _functional.lstm_pack, "gru": _functional.gru_pack}
+TORCH = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
+
+
+def acc_len(cell: str, layers: int, D: int) -> int:
+    return layers * rnn_acc_len(cell, T, B, max(I, D * H), H)
+
+
+def problem(cell: str, layers: int, D: int, full: bool, seed: int = 0) -> dict[str, Any]:
+    """A random float64 stack problem; ``full``: lengths, h0 (c0), dropout masks, dh_n (dc_n)."""
+    rng = np.random.default_rng(seed)
+    G, k = GATES[cell], 0.5
+
+    def u(*shape: int, scale: float = 1.0) -> np.ndarray:
+        return rng.uniform(-scale, scale, shape)
+
+    weights = [(u(G * H, I if k_ < D else D * H, scale=k), u(G * H, H, scale=k),
+                u(G * H, scale=k), u(G * H, scale=k)) for k_ in range(layers * D)]
+    lstm = cell == "lstm"
+    return {
+        "weights": weights, "x": u(T, B, I),
+        "h0": u(layers * D, B, H, scale=0.5) if full else None,
+        "c0": u(layers * D, B, H, scale=0.5) if full and lstm else None,
+        "lengths": np.array(LENGTHS, np.int64) if full else None,
+        # inverted dropout p = 0.5: 0 or 2, exact in float32
+        "masks": [(rng.random((T, B, D * H)) >= 0.5) * 2.0 for _ in range(layers - 1)] if full
+        else [],
+        "dy": u(T, B, D * H), "dh_n": u(layers * D, B, H) if full else None,
+        "dc_n": u(layers * D, B, H) if full and lstm else None,
+    }
+
+
+def reference(cell: str, options: dict[str, Any], D: int, p: dict[str, Any]) -> dict[str, Any]:
+    """The reference's outputs and gradients of problem ``p``, by name."""
+    y, h_n, c_n, cache = stack_forward(cell, p["x"], p["h0"], p["c0"], p["weights"],
+                                       directions=D, lengths=p["lengths"], masks=p["masks"],
+                                       **options)
+    dx, dh0, dc0, grads = stack_backward(cache, p["dy"], p["dh_n"], p["dc_n"])
+    return {"y": y, "h_n": h_n, "c_n": c_n, "dx": dx, "dh0": dh0, "dc0": dc0,
+            **{f"d{name}{k}": g for k, gs in enumerate(grads)
+               for name, g in zip(("w_ih", "w_hh", "b_ih", "b_hh"), gs)}}
+
+
+def assert_all_close(got: dict[str, Any], want: dict[str, Any], dtype: Any, n: int) -> None:
+    assert got.keys() == want.keys()
+    for name, w in want.items():
+        if w is None:
+            assert got[name] is None, name
+        else:
+            assert_close(got[name], w, dtype=dtype, acc_len=n, name=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("full", [False, True], ids=["plain", "lengths-h0-dropout"])
+@pytest.mark.parametrize("D", [1, 2], ids=["uni", "bi"])
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("cell,options", CELLS,
+                         ids=["rnn_tanh", "rnn_relu", "rnn_sigmoid", "lstm", "gru", "gru_rh"])
+def test_stack_matches_reference(cell: str, options: dict[str, Any], layers: int, D: int,
+                                 full: bool, dtype: Any) -> None:
+    p = problem(cell, layers, D, full)
+    want = reference(cell, options, D, p)
+
+    def cast(a: Any) -> Any:
+        return None if a is None else a.astype(dtype)
+
+    packs = [PACKS[cell](*(cast(w) for w in ws), **options)._pack for ws in p["weights"]]
+    y, h_n, c_n, saved = _stack.forward(packs, D, cast(p["x"]), cast(p["h0"]), cast(p["c0"]),
+                                        p["lengths"], [cast(m) for m in p["masks"]], True)
+    assert saved is not None
+    dx, dh0, dc0, grads = _stack.backward(saved, cast(p["dy"]), cast(p["dh_n"]),
+                                          cast(p["dc_n"]))
+    got = {"y": y, "h_n": h_n, "c_n": c_n, "dx": dx, "dh0": dh0, "dc0": dc0,
+           **{f"d{name}{k}": g for k, gs in enumerate(grads)
+              for name, g in zip(("w_ih", "w_hh", "b_ih", "b_hh"), gs)}}
+    assert_all_close(got, want, dtype, acc_len(cell, layers, D))
+    # inference: the same outputs, nothing saved
+    y2, h2, c2, none = _stack.forward(packs, D, cast(p["x"]), cast(p["h0"]), cast(p["c0"]),
+                                      p["lengths"], [cast(m) for m in p["masks"]], False)
+    assert none is None
+    np.testing.assert_array_equal(y2, y)
+    np.testing.assert_array_equal(h2, h_n)
+
+
+def torch_module(cell: str, layers: int, D: int, p: dict[str, Any], **kwargs: Any) -> Any:
+    """torch.nn's module (float64) holding problem p's weights."""
+    module = TORCH[cell](I, H, num_layers=layers, bidirectional=D == 2, dtype=torch.float64,
+                         **kwargs)
+    with torch.no_grad():
+        for names, ws in zip(module._all_weights, p["weights"]):
+            for name, w in zip(names, ws):
+                getattr(module, name).copy_(torch.from_numpy(w))
+    return module
+
+
+def run_torch(module: Any, cell: str, p: dict[str, Any], batch_first: bool = False
+              ) -> dict[str, Any]:
+    """A torch module's outputs and gradients on problem p (padded or packed by lengths)."""
+    x = torch.from_numpy(p["x"].transpose(1, 0, 2) if batch_first else p["x"]).requires_grad_()
+    states = [None if p[n] is None else torch.from_numpy(p[n]).requires_grad_()
+              for n in ("h0", "c0")]
+    hx = (None if states[0] is None else
+          (states[0], states[1]) if cell == "lstm" else states[0])
+    inp: Any = x
+    if p["lengths"] is not None:
+        inp = pack_padded_sequence(x, torch.from_numpy(p["lengths"]), batch_first=batch_first,
+                                   enforce_sorted=False)
+    out, state = module(inp, hx)
+    if p["lengths"] is not None:
+        out, _ = pad_packed_sequence(out, batch_first=batch_first, total_length=T)
+    h_n, c_n = state if cell == "lstm" else (state, None)
+    dy = p["dy"].transpose(1, 0, 2) if batch_first else p["dy"]
+    loss = (out * torch.from_numpy(np.ascontiguousarray(dy))).sum()
+    for s, g in ((h_n, p["dh_n"]), (c_n, p["dc_n"])):
+        if s is not None and g is not None:
+            loss = loss + (s * torch.from_numpy(g)).sum()
+    loss.backward()
+    y = out.detach().numpy()
+    res = {"y": y.transpose(1, 0, 2) if batch_first else y, "h_n": h_n.detach().numpy(),
+           "c_n": None if c_n is None else c_n.detach().numpy(),
+           "dx": x.grad.numpy().transpose(1, 0, 2) if batch_first else x.grad.numpy(),
+           "dh0": None if states[0] is None else states[0].grad.numpy(),
+           "dc0": None if states[1] is None else states[1].grad.numpy()}
+    for k, names in enumerate(module._all_weights):
+        for kind, name in zip(("w_ih", "w_hh", "b_ih", "b_hh"), names):
+            res[f"d{kind}{k}"] = getattr(module, name).grad.numpy()
+    return res
+
+
+def without_unset_states(want: dict[str, Any], p: dict[str, Any]) -> dict[str, Any]:
+    """The reference's results without dh0/dc0 where the problem has no h0/c0 (torch has no
+    gradient for a state it made itself)."""
+    return {k: (None if (k == "dh0" and p["h0"] is None) or (k == "dc0" and p["c0"] is None)
+                else v) for k, v in want.items()}
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["plain", "lengths-h0"])
+@pytest.mark.parametrize("D", [1, 2], ids=["uni", "bi"])
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_reference_matches_torch(cell: str, layers: int, D: int, full: bool) -> None:
+    """The reference is torch.nn's stack (dropout apart: torch draws its own masks)."""
+    p = {**problem(cell, layers, D, full), "masks": []}
+    want = without_unset_states(reference(cell, {}, D, p), p)
+    got = run_torch(torch_module(cell, layers, D, p), cell, p)
+    assert_all_close(got, want, np.float64, acc_len(cell, layers, D))
+
+
+def torch_masks(seed: int, shape: tuple[int, ...], count: int, dtype: torch.dtype,
+                lengths: np.ndarray | None) -> list[Any]:
+    """The masks (T, B, F) torch.nn's modules (and rnnkern.torch's) draw after
+    torch.manual_seed(seed): F.dropout's noise on each layer's output (on the packed data for
+    packed input), layer after layer."""
+    torch.manual_seed(seed)
+    if lengths is None:
+        return [TF.dropout(torch.ones(shape, dtype=dtype), 0.5, training=True).numpy()
+                .astype(F64) for _ in range(count)]
+    packed = pack_padded_sequence(torch.zeros(shape[:2]), torch.from_numpy(lengths),
+                                  enforce_sorted=False)
+    return [rt._packed_noise(shape, dtype, packed, 0.5).numpy().astype(F64) for _ in range(count)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_drop_in_dropout_batch_first_matches_reference_and_torch(cell: str,
+                                                                 dtype: torch.dtype) -> None:
+    """rnnkern.torch, 3 bidirectional layers, batch_first, lengths, h0 and training-mode dropout:
+    the masks torch draws fed to the reference; torch.nn itself gives the same numbers."""
+    layers, D = 3, 2
+    p = problem(cell, layers, D, True, seed=1)
+    p["masks"] = torch_masks(7, (T, B, D * H), layers - 1, dtype, p["lengths"])
+    want = reference(cell, {}, D, p)
+    native = torch_module(cell, layers, D, p, batch_first=True, dropout=0.5)
+    ours = rt.convert(copy.deepcopy(native)).to(dtype)
+    np_dtype = np.float32 if dtype == torch.float32 else F64
+    cast = {k: (v.astype(np_dtype) if isinstance(v, np.ndarray) and v.dtype == F64 else v)
+            for k, v in p.items()}
+    cast["weights"] = p["weights"]
+    torch.manual_seed(7)
+    got = run_torch(ours, cell, cast, batch_first=True)
+    assert_all_close(got, want, np_dtype, acc_len(cell, layers, D))
+    torch.manual_seed(7)
+    assert_all_close(run_torch(native, cell, p, batch_first=True), want, F64,
+                     acc_len(cell, layers, D))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_nn_dropout_batch_first_matches_reference(cell: str, dtype: Any) -> None:
+    """rnnkern.nn, 3 bidirectional layers, batch_first, lengths, h0 and dropout: its masks (drawn
+    from its seed) fed to the reference."""
+    layers, D = 3, 2
+    layer = {"rnn": rnn_nn.RNN, "lstm": rnn_nn.LSTM, "gru": rnn_nn.GRU}[cell](
+        I, H, num_layers=layers, bidirectional=True, batch_first=True, dropout=0.5, dtype=dtype,
+        seed=3)
+    p = problem(cell, layers, D, True, seed=2)
+    layer.load_state_dict({f"{kind}_l{k // D}{'_reverse' if k % D else ''}": w
+                           for k, ws in enumerate(p["weights"])
+                           for kind, w in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"),
+                                              ws)})
+    masks = _stack.dropout_masks(copy.deepcopy(layer._rng), 0.5, layers, (T, B, D * H),
+                                 np.dtype(dtype))
+    p["masks"] = [m.astype(F64) for m in masks]
+    want = reference(cell, {}, D, p)
+
+    def c(a: Any) -> Any:
+        return None if a is None else a.astype(dtype)
+
+    state = (c(p["h0"]), c(p["c0"])) if cell == "lstm" else c(p["h0"])
+    dstate = (c(p["dh_n"]), c(p["dc_n"])) if cell == "lstm" else c(p["dh_n"])
+    y, final = layer(c(p["x"]).transpose(1, 0, 2), state, lengths=p["lengths"])
+    dx, d0 = layer.backward(c(p["dy"]).transpose(1, 0, 2), dstate)
+    h_n, c_n = final if cell == "lstm" else (final, None)
+    dh0, dc0 = d0 if cell == "lstm" else (d0, None)
+    got = {"y": y.transpose(1, 0, 2), "h_n": h_n, "c_n": c_n, "dx": dx.transpose(1, 0, 2),
+           "dh0": dh0, "dc0": dc0}
+    for k in range(layers * D):
+        suffix = f"_l{k // D}{'_reverse' if k % D else ''}"
+        for kind, name in zip(("w_ih", "w_hh", "b_ih", "b_hh"),
+                              ("weight_ih", "weight_hh", "bias_ih", "bias_hh")):
+            got[f"d{kind}{k}"] = layer.grads[name + suffix]
+    assert_all_close(got, want, dtype, acc_len(cell, layers, D))
+
+
+def test_dropout_masks_are_reproducible() -> None:
+    shape = (T, B, 2 * H)
+    a = _stack.dropout_masks(np.random.default_rng(5), 0.25, 3, shape, np.dtype(np.float32))
+    b = _stack.dropout_masks(np.random.default_rng(5), 0.25, 3, shape, np.dtype(np.float32))
+    assert len(a) == 2 and all(m.shape == shape and m.dtype == np.float32 for m in a)
+    for m, n in zip(a, b):
+        np.testing.assert_array_equal(m, n)
+        assert set(np.unique(m)) <= {0.0, np.float32(1 / 0.75)}
+    assert not np.array_equal(a[0], a[1])
+    assert all(not m.any() for m in _stack.dropout_masks(np.random.default_rng(0), 1.0, 2,
+                                                          shape, np.dtype(np.float64)))
