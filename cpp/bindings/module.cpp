@@ -544,6 +544,7 @@ PYBIND11_MODULE(_core, m) {
     return d;
   });
   m.def("isa", &rnnkern::isa);
+  m.def("kernel_isa", [](int precision) { return rnnkern::kernel_isa(to_precision(precision)); });
   m.def("set_isa", &rnnkern::set_isa);
   m.def("supported_isas", &rnnkern::supported_isas);
 }

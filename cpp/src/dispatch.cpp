@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels.hpp"
 
@@ -71,12 +72,20 @@ RNNKERN_PRECISIONS(RNNKERN_NO_ISA)
 #undef RNNKERN_NO_ISA
 #endif
 
-// One table per (precision, ISA), filled once; the ISA in use picks the row.
+// One table per (precision, ISA), filled once; the ISA in use picks the row. bf16 on an
+// AVX-512 CPU runs the AVX2 bf16 kernels: no AVX-512 machine has run the AVX-512 ones yet, and
+// a path no machine ran does not ship.
 template <class F, class W>
 const KernelTable<F, W>* kernels() {
+  constexpr bool untested512 = std::is_same_v<W, bf16>;
   static const KernelTable<F, W>* const tables[] = {
-      scalar_kernels<F, W>(), avx2_kernels<F, W>(), avx512_kernels<F, W>()};
+      scalar_kernels<F, W>(), avx2_kernels<F, W>(),
+      untested512 ? avx2_kernels<F, W>() : avx512_kernels<F, W>()};
   return tables[current().load(std::memory_order_relaxed)];
+}
+
+std::string kernel_isa(Precision prec) {
+  return prec == Precision::bf16 ? kernels<float, bf16>()->isa : kernels<float>()->isa;
 }
 #define RNNKERN_INSTANTIATE(F, W) template const KernelTable<F, W>* kernels<F, W>();
 RNNKERN_PRECISIONS(RNNKERN_INSTANTIATE)

@@ -166,8 +166,8 @@ def config() -> dict[str, Any]:
         "precisions": {
             "float": f"{_core.isa()} float32/float64 products",
             # No native bf16 path ships yet (none could be tested: see docs/precision.md).
-            "bf16": f"{_core.isa()} emulated: bf16 weights widened to float32, operands rounded "
-                    "to bf16, float32 sums",
+            "bf16": f"{_core.kernel_isa(1)} emulated: bf16 weights widened to float32, operands "
+                    "rounded to bf16, float32 sums",
         },
     }
 

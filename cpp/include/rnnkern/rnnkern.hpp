@@ -194,6 +194,7 @@ ThreadStats thread_stats();
 // turn it off.
 void set_test_delays(int64_t start_ns, int64_t sync_ns, int sync_at);
 std::string isa();        // the ISA whose kernels run: "scalar", "avx2" or "avx512"
+std::string kernel_isa(Precision prec);  // the ISA whose kernels run that precision's products
 std::string supported_isas();  // comma-separated list this CPU can run
 void set_isa(const std::string& name);  // throws std::invalid_argument if unknown/unsupported
 
