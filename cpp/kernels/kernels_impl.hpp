@@ -253,24 +253,26 @@ constexpr int k_unroll(int chains) {  // independent accumulator sets to hide FM
   return chains >= 5 ? 1 : (chains >= 3 ? 2 : (chains == 2 ? 4 : 8));
 }
 
-// out (MB, NV*NB) = a (MB rows of stride lda, K) @ panel (K, NV, NB)
-// AT: a is read transposed, a[k * lda + m] (rows of the product are columns of a).
+// out (MB, NV*NB; rows ldo apart) (+)= a (MB rows of stride lda, K) @ panel (K, NV, NB; rows
+// ldp apart), from zero or, with `add`, from out. AT: a is read transposed, a[k * lda + m] (rows
+// of the product are columns of a).
 template <class F, int MB, int NV, bool AT = false>
-inline void tile(const F* a, int64_t lda, const F* panel, int64_t K, F* out) {
+inline void tile(const F* a, int64_t lda, const F* panel, int64_t ldp, int64_t K, F* out,
+                 int64_t ldo, bool add) {
   constexpr int KU = k_unroll(MB * NV);
-  constexpr int64_t W = NV * NB<F>;
   vec<F> acc[KU][MB][NV];
 #pragma GCC unroll 8
   for (int u = 0; u < KU; ++u)
 #pragma GCC unroll 8
     for (int m = 0; m < MB; ++m)
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[u][m][v] = vec<F>{};
+      for (int v = 0; v < NV; ++v)
+        acc[u][m][v] = u == 0 && add ? load(out + m * ldo + v * NB<F>) : vec<F>{};
   int64_t k = 0;
   for (; k + KU <= K; k += KU) {
 #pragma GCC unroll 8
     for (int u = 0; u < KU; ++u) {
-      const F* wk = panel + (k + u) * W;
+      const F* wk = panel + (k + u) * ldp;
       vec<F> w[NV];
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) w[v] = load(wk + v * NB<F>);
@@ -283,7 +285,7 @@ inline void tile(const F* a, int64_t lda, const F* panel, int64_t K, F* out) {
     }
   }
   for (; k < K; ++k) {
-    const F* wk = panel + k * W;
+    const F* wk = panel + k * ldp;
 #pragma GCC unroll 8
     for (int m = 0; m < MB; ++m) {
       const F s = AT ? a[k * lda + m] : a[m * lda + k];
@@ -298,21 +300,65 @@ inline void tile(const F* a, int64_t lda, const F* panel, int64_t K, F* out) {
       vec<F> sum = acc[0][m][v];
 #pragma GCC unroll 8
       for (int u = 1; u < KU; ++u) sum += acc[u][m][v];
-      store(out + m * W + v * NB<F>, sum);
+      store(out + m * ldo + v * NB<F>, sum);
     }
 }
 
-// One tile of `rows` (1..M) rows from b: the product, then the epilogue of each row.
-template <class F, int NV, int M, bool AT, class Epi>
-inline void rows_tile(const F* a, int64_t lda, int64_t b, int64_t rows, const F* panel, int64_t K,
-                      F* buf, Epi& epi) {
+// fn(std::integral_constant<int, rows>) for a runtime rows in 1..M: a tile's rows at compile time.
+template <int M, class Fn>
+inline void with_rows(int64_t rows, Fn&& fn) {
   if constexpr (M > 0) {
-    if (rows == M) {
-      tile<F, M, NV, AT>(AT ? a + b : a + b * lda, lda, panel, K, buf);
-      for (int m = 0; m < M; ++m) epi(b + m, static_cast<const F*>(buf + m * NV * NB<F>));
-    } else {
-      rows_tile<F, NV, M - 1, AT>(a, lda, b, rows, panel, K, buf, epi);
+    if (rows == M) fn(std::integral_constant<int, M>{});
+    else with_rows<M - 1>(rows, fn);
+  }
+}
+
+// fn(b, rows) for B rows cut in as few tiles as MB allows, of near-equal rows (8 rows: 4 + 4,
+// not 6 + 2), so no tile is too thin to keep the FMA units busy.
+template <int MB, class Fn>
+inline void row_tiles(int64_t B, Fn&& fn) {
+  const int64_t tiles = (B + MB - 1) / MB;
+  for (int64_t i = 0, b = 0; i < tiles; ++i) {
+    const int64_t rows = B / tiles + (i < B % tiles ? 1 : 0);
+    fn(b, rows);
+    b += rows;
+  }
+}
+
+// Whether panel_rows cuts an NV-gate panel into sub-panels of SUB gates and slices of K: with 16
+// vector registers (AVX2) a 4-gate tile holds 2 rows, so each further 2 rows would stream the
+// whole panel (32 KB of float at H = 256: all of L1) from L2 again; 2-gate tiles hold 6 rows and
+// a slice of the panel stays in L1 while every row tile passes over it.
+template <class F, int NV>
+constexpr bool sliced() {
+  return VBYTES == 32 && NV == 4;
+}
+constexpr int SUB = 2;
+
+// panel_rows' sliced product for more rows than one NV-gate tile holds: per group of RB rows,
+// per slice of KC of K (8 KB of the panel), per sub-panel, every row tile adds its part to buf;
+// then the epilogue of each row.
+template <class F, int NV, bool AT, class Epi>
+inline void panel_rows_sliced(const F* a, int64_t lda, int64_t B, const F* panel, int64_t K,
+                              Epi& epi) {
+  constexpr int MB = mb_max<F, SUB>();
+  constexpr int64_t W = NV * NB<F>, RB = 64, KC = 8192 / (W * sizeof(F));
+  alignas(64) F buf[RB * W];  // (RB, NV*NB) the group's products
+  for (int64_t r0 = 0; r0 < B; r0 += RB) {
+    const int64_t nr = imin(RB, B - r0);
+    for (int64_t k0 = 0; k0 < K; k0 += KC) {
+      const int64_t kc = imin(KC, K - k0);
+      const F* ak = AT ? a + k0 * lda + r0 : a + r0 * lda + k0;  // (nr, kc) of a
+      for (int v0 = 0; v0 < NV; v0 += SUB)
+        row_tiles<MB>(nr, [&](int64_t b, int64_t rows) {
+          with_rows<MB>(rows, [&](auto m) {
+            tile<F, decltype(m)::value, SUB, AT>(AT ? ak + b : ak + b * lda, lda,
+                                                 panel + k0 * W + v0 * NB<F>, W, kc,
+                                                 buf + b * W + v0 * NB<F>, W, k0 > 0);
+          });
+        });
     }
+    for (int64_t b = 0; b < nr; ++b) epi(r0 + b, static_cast<const F*>(buf + b * W));
   }
 }
 
@@ -320,20 +366,22 @@ inline void rows_tile(const F* a, int64_t lda, int64_t b, int64_t rows, const F*
 template <class F, int NV, bool AT = false, class Epi>
 inline void panel_rows(const F* a, int64_t lda, int64_t B, const F* panel, int64_t K, Epi&& epi) {
   constexpr int MB = mb_max<F, NV>();
-  alignas(64) F buf[MB * NV * NB<F>];
+  constexpr int64_t W = NV * NB<F>;
+  alignas(64) F buf[MB * W];  // (MB, NV*NB) a tile's products
   if (a == nullptr) {
-    zero(buf, NV * NB<F>);
+    zero(buf, W);
     for (int64_t b = 0; b < B; ++b) epi(b, static_cast<const F*>(buf));
     return;
   }
-  // As few tiles as MB allows, of near-equal rows (8 rows: 4 + 4, not 6 + 2), so no tile is
-  // too thin to keep the FMA units busy.
-  const int64_t tiles = (B + MB - 1) / MB;
-  for (int64_t i = 0, b = 0; i < tiles; ++i) {
-    const int64_t rows = B / tiles + (i < B % tiles ? 1 : 0);
-    rows_tile<F, NV, MB, AT>(a, lda, b, rows, panel, K, buf, epi);
-    b += rows;
-  }
+  if constexpr (sliced<F, NV>())
+    if (B > MB) return panel_rows_sliced<F, NV, AT>(a, lda, B, panel, K, epi);
+  row_tiles<MB>(B, [&](int64_t b, int64_t rows) {
+    with_rows<MB>(rows, [&](auto m) {
+      constexpr int M = decltype(m)::value;
+      tile<F, M, NV, AT>(AT ? a + b : a + b * lda, lda, panel, W, K, buf, W, false);
+      for (int i = 0; i < M; ++i) epi(b + i, static_cast<const F*>(buf + i * W));
+    });
+  });
 }
 
 // ---- packing
