@@ -304,24 +304,24 @@ inline void tile(const F* a, int64_t lda, const F* panel, int64_t ldp, int64_t K
     }
 }
 
-// fn(std::integral_constant<int, rows>) for a runtime rows in 1..M: a tile's rows at compile time.
-template <int M, class Fn>
-inline void with_rows(int64_t rows, Fn&& fn) {
-  if constexpr (M > 0) {
-    if (rows == M) fn(std::integral_constant<int, M>{});
-    else with_rows<M - 1>(rows, fn);
-  }
+// Rows of tile i when B rows are cut into `tiles` tiles of near-equal rows (8 rows in 2 tiles:
+// 4 + 4, not 6 + 2), so no tile is too thin to keep the FMA units busy.
+inline int64_t tile_rows(int64_t B, int64_t tiles, int64_t i) {
+  return B / tiles + (i < B % tiles ? 1 : 0);
 }
 
-// fn(b, rows) for B rows cut in as few tiles as MB allows, of near-equal rows (8 rows: 4 + 4,
-// not 6 + 2), so no tile is too thin to keep the FMA units busy.
-template <int MB, class Fn>
-inline void row_tiles(int64_t B, Fn&& fn) {
-  const int64_t tiles = (B + MB - 1) / MB;
-  for (int64_t i = 0, b = 0; i < tiles; ++i) {
-    const int64_t rows = B / tiles + (i < B % tiles ? 1 : 0);
-    fn(b, rows);
-    b += rows;
+// One tile of `rows` (1..M) rows from b: the product, then the epilogue of each row.
+template <class F, int NV, int M, bool AT, class Epi>
+inline void rows_tile(const F* a, int64_t lda, int64_t b, int64_t rows, const F* panel, int64_t K,
+                      F* buf, Epi& epi) {
+  constexpr int64_t W = NV * NB<F>;
+  if constexpr (M > 0) {
+    if (rows == M) {
+      tile<F, M, NV, AT>(AT ? a + b : a + b * lda, lda, panel, W, K, buf, W, false);
+      for (int m = 0; m < M; ++m) epi(b + m, static_cast<const F*>(buf + m * W));
+    } else {
+      rows_tile<F, NV, M - 1, AT>(a, lda, b, rows, panel, K, buf, epi);
+    }
   }
 }
 
@@ -335,28 +335,36 @@ constexpr bool sliced() {
 }
 constexpr int SUB = 2;
 
+// One SUB-gate tile of `rows` (1..M) rows: out (rows, SUB*NB; ldp apart) (+)= a @ the sub-panel.
+template <class F, int M, bool AT>
+inline void sub_tile(const F* a, int64_t lda, int64_t rows, const F* panel, int64_t ldp,
+                     int64_t K, F* out, bool add) {
+  if constexpr (M > 0) {
+    if (rows == M) tile<F, M, SUB, AT>(a, lda, panel, ldp, K, out, ldp, add);
+    else sub_tile<F, M - 1, AT>(a, lda, rows, panel, ldp, K, out, add);
+  }
+}
+
 // panel_rows' sliced product for more rows than one NV-gate tile holds: per group of RB rows,
 // per slice of KC of K (8 KB of the panel), per sub-panel, every row tile adds its part to buf;
-// then the epilogue of each row.
+// then the epilogue of each row. Not inlined: its loops keep their registers to themselves.
 template <class F, int NV, bool AT, class Epi>
-inline void panel_rows_sliced(const F* a, int64_t lda, int64_t B, const F* panel, int64_t K,
-                              Epi& epi) {
+[[gnu::noinline]] void panel_rows_sliced(const F* a, int64_t lda, int64_t B, const F* panel,
+                                         int64_t K, Epi& epi) {
   constexpr int MB = mb_max<F, SUB>();
   constexpr int64_t W = NV * NB<F>, RB = 64, KC = 8192 / (W * sizeof(F));
   alignas(64) F buf[RB * W];  // (RB, NV*NB) the group's products
   for (int64_t r0 = 0; r0 < B; r0 += RB) {
-    const int64_t nr = imin(RB, B - r0);
+    const int64_t nr = imin(RB, B - r0), tiles = (nr + MB - 1) / MB;
     for (int64_t k0 = 0; k0 < K; k0 += KC) {
       const int64_t kc = imin(KC, K - k0);
       const F* ak = AT ? a + k0 * lda + r0 : a + r0 * lda + k0;  // (nr, kc) of a
       for (int v0 = 0; v0 < NV; v0 += SUB)
-        row_tiles<MB>(nr, [&](int64_t b, int64_t rows) {
-          with_rows<MB>(rows, [&](auto m) {
-            tile<F, decltype(m)::value, SUB, AT>(AT ? ak + b : ak + b * lda, lda,
-                                                 panel + k0 * W + v0 * NB<F>, W, kc,
-                                                 buf + b * W + v0 * NB<F>, W, k0 > 0);
-          });
-        });
+        for (int64_t i = 0, b = 0, rows; i < tiles; ++i, b += rows) {
+          rows = tile_rows(nr, tiles, i);
+          sub_tile<F, MB, AT>(AT ? ak + b : ak + b * lda, lda, rows, panel + k0 * W + v0 * NB<F>,
+                              W, kc, buf + b * W + v0 * NB<F>, k0 > 0);
+        }
     }
     for (int64_t b = 0; b < nr; ++b) epi(r0 + b, static_cast<const F*>(buf + b * W));
   }
@@ -366,22 +374,19 @@ inline void panel_rows_sliced(const F* a, int64_t lda, int64_t B, const F* panel
 template <class F, int NV, bool AT = false, class Epi>
 inline void panel_rows(const F* a, int64_t lda, int64_t B, const F* panel, int64_t K, Epi&& epi) {
   constexpr int MB = mb_max<F, NV>();
-  constexpr int64_t W = NV * NB<F>;
-  alignas(64) F buf[MB * W];  // (MB, NV*NB) a tile's products
+  alignas(64) F buf[MB * NV * NB<F>];
   if (a == nullptr) {
-    zero(buf, W);
+    zero(buf, NV * NB<F>);
     for (int64_t b = 0; b < B; ++b) epi(b, static_cast<const F*>(buf));
     return;
   }
   if constexpr (sliced<F, NV>())
     if (B > MB) return panel_rows_sliced<F, NV, AT>(a, lda, B, panel, K, epi);
-  row_tiles<MB>(B, [&](int64_t b, int64_t rows) {
-    with_rows<MB>(rows, [&](auto m) {
-      constexpr int M = decltype(m)::value;
-      tile<F, M, NV, AT>(AT ? a + b : a + b * lda, lda, panel, W, K, buf, W, false);
-      for (int i = 0; i < M; ++i) epi(b + i, static_cast<const F*>(buf + i * W));
-    });
-  });
+  const int64_t tiles = (B + MB - 1) / MB;
+  for (int64_t i = 0, b = 0, rows; i < tiles; ++i, b += rows) {
+    rows = tile_rows(B, tiles, i);
+    rows_tile<F, NV, MB, AT>(a, lda, b, rows, panel, K, buf, epi);
+  }
 }
 
 // ---- packing
