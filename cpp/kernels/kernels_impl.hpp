@@ -313,24 +313,26 @@ constexpr int k_unroll(int chains) {  // independent accumulator sets to hide FM
   return chains >= 5 ? 1 : (chains >= 3 ? 2 : (chains == 2 ? 4 : 8));
 }
 
-// out (MB, NV*NB) = a (MB rows of stride lda, K) @ panel (K, NV, NB)
-// AT: a is read transposed, a[k * lda + m] (rows of the product are columns of a).
+// out (MB, NV*NB; rows ldo apart) (+)= a (MB rows of stride lda, K) @ panel (K, NV, NB; rows
+// ldp apart), from zero or, with `add`, from out. AT: a is read transposed, a[k * lda + m] (rows
+// of the product are columns of a).
 template <class F, int MB, int NV, bool AT = false, class W>
-inline void tile(const F* a, int64_t lda, const W* panel, int64_t K, F* out) {
+inline void tile(const F* a, int64_t lda, const W* panel, int64_t ldp, int64_t K, F* out,
+                 int64_t ldo, bool add) {
   constexpr int KU = k_unroll(MB * NV);
-  constexpr int64_t WS = NV * NB<F>;  // panel elements per k
   vec<F> acc[KU][MB][NV];
 #pragma GCC unroll 8
   for (int u = 0; u < KU; ++u)
 #pragma GCC unroll 8
     for (int m = 0; m < MB; ++m)
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[u][m][v] = vec<F>{};
+      for (int v = 0; v < NV; ++v)
+        acc[u][m][v] = u == 0 && add ? load(out + m * ldo + v * NB<F>) : vec<F>{};
   int64_t k = 0;
   for (; k + KU <= K; k += KU) {
 #pragma GCC unroll 8
     for (int u = 0; u < KU; ++u) {
-      const W* wk = panel + (k + u) * WS;
+      const W* wk = panel + (k + u) * ldp;
       vec<F> w[NV];
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) w[v] = load_w<F>(wk + v * NB<F>);
@@ -343,7 +345,7 @@ inline void tile(const F* a, int64_t lda, const W* panel, int64_t K, F* out) {
     }
   }
   for (; k < K; ++k) {
-    const W* wk = panel + k * WS;
+    const W* wk = panel + k * ldp;
 #pragma GCC unroll 8
     for (int m = 0; m < MB; ++m) {
       const F s = AT ? a[k * lda + m] : a[m * lda + k];
@@ -358,7 +360,7 @@ inline void tile(const F* a, int64_t lda, const W* panel, int64_t K, F* out) {
       vec<F> sum = acc[0][m][v];
 #pragma GCC unroll 8
       for (int u = 1; u < KU; ++u) sum += acc[u][m][v];
-      store(out + m * WS + v * NB<F>, sum);
+      store(out + m * ldo + v * NB<F>, sum);
     }
 }
 
@@ -443,6 +445,12 @@ inline const float* bf16_rows(const float* a, int64_t lda, int64_t b, int64_t K)
 template <int M, bool AT>
 inline const double* bf16_rows(const double*, int64_t, int64_t, int64_t);  // never: bf16 is float
 
+// Rows of tile i when B rows are cut into `tiles` tiles of near-equal rows (8 rows in 2 tiles:
+// 4 + 4, not 6 + 2), so no tile is too thin to keep the FMA units busy.
+inline int64_t tile_rows(int64_t B, int64_t tiles, int64_t i) {
+  return B / tiles + (i < B % tiles ? 1 : 0);
+}
+
 // One tile of `rows` (1..M) rows from b: the product, then the epilogue of each row.
 template <class F, int NV, int M, bool AT, class W, class Epi>
 inline void rows_tile(const F* a, int64_t lda, int64_t b, int64_t rows, const W* panel, int64_t K,
@@ -452,12 +460,58 @@ inline void rows_tile(const F* a, int64_t lda, int64_t b, int64_t rows, const W*
       if constexpr (is_bf16<W>) {  // the tile's rows rounded once, not at every broadcast
         tile_bf16<M, NV>(bf16_rows<M, AT>(a, lda, b, K), K, panel, K, buf);
       } else {
-        tile<F, M, NV, AT>(AT ? a + b : a + b * lda, lda, panel, K, buf);
+        constexpr int64_t WS = NV * NB<F>;
+        tile<F, M, NV, AT>(AT ? a + b : a + b * lda, lda, panel, WS, K, buf, WS, false);
       }
       for (int m = 0; m < M; ++m) epi(b + m, static_cast<const F*>(buf + m * NV * NB<F>));
     } else {
       rows_tile<F, NV, M - 1, AT>(a, lda, b, rows, panel, K, buf, epi);
     }
+  }
+}
+
+// Whether panel_rows cuts an NV-gate panel into sub-panels of SUB gates and slices of K: with 16
+// vector registers (AVX2) a 4-gate tile holds 2 rows, so each further 2 rows would stream the
+// whole panel (32 KB of float at H = 256: all of L1) from L2 again; 2-gate tiles hold 6 rows and
+// a slice of the panel stays in L1 while every row tile passes over it.
+template <class F, int NV, class W>
+constexpr bool sliced() {  // float panels (bf16 ones are in pairs of k)
+  return VBYTES == 32 && NV == 4 && std::is_same_v<W, F>;
+}
+constexpr int SUB = 2;
+
+// One SUB-gate tile of `rows` (1..M) rows: out (rows, SUB*NB; ldp apart) (+)= a @ the sub-panel.
+template <class F, int M, bool AT, class W>
+inline void sub_tile(const F* a, int64_t lda, int64_t rows, const W* panel, int64_t ldp,
+                     int64_t K, F* out, bool add) {
+  if constexpr (M > 0) {
+    if (rows == M) tile<F, M, SUB, AT>(a, lda, panel, ldp, K, out, ldp, add);
+    else sub_tile<F, M - 1, AT>(a, lda, rows, panel, ldp, K, out, add);
+  }
+}
+
+// panel_rows' sliced product for more rows than one NV-gate tile holds: per group of RB rows,
+// per slice of KC of K (8 KB of the panel), per sub-panel, every row tile adds its part to buf;
+// then the epilogue of each row. Not inlined: its loops keep their registers to themselves.
+template <class F, int NV, bool AT, class W, class Epi>
+[[gnu::noinline]] void panel_rows_sliced(const F* a, int64_t lda, int64_t B, const W* panel,
+                                         int64_t K, Epi& epi) {
+  constexpr int MB = mb_max<F, SUB>();
+  constexpr int64_t WS = NV * NB<F>, RB = 64, KC = 8192 / (WS * sizeof(F));
+  alignas(64) F buf[RB * WS];  // (RB, NV*NB) the group's products
+  for (int64_t r0 = 0; r0 < B; r0 += RB) {
+    const int64_t nr = imin(RB, B - r0), tiles = (nr + MB - 1) / MB;
+    for (int64_t k0 = 0; k0 < K; k0 += KC) {
+      const int64_t kc = imin(KC, K - k0);
+      const F* ak = AT ? a + k0 * lda + r0 : a + r0 * lda + k0;  // (nr, kc) of a
+      for (int v0 = 0; v0 < NV; v0 += SUB)
+        for (int64_t i = 0, b = 0, rows; i < tiles; ++i, b += rows) {
+          rows = tile_rows(nr, tiles, i);
+          sub_tile<F, MB, AT>(AT ? ak + b : ak + b * lda, lda, rows, panel + k0 * WS + v0 * NB<F>,
+                              WS, kc, buf + b * WS + v0 * NB<F>, k0 > 0);
+        }
+    }
+    for (int64_t b = 0; b < nr; ++b) epi(r0 + b, static_cast<const F*>(buf + b * WS));
   }
 }
 
@@ -471,13 +525,12 @@ inline void panel_rows(const F* a, int64_t lda, int64_t B, const W* panel, int64
     for (int64_t b = 0; b < B; ++b) epi(b, static_cast<const F*>(buf));
     return;
   }
-  // As few tiles as MB allows, of near-equal rows (8 rows: 4 + 4, not 6 + 2), so no tile is
-  // too thin to keep the FMA units busy.
+  if constexpr (sliced<F, NV, W>())
+    if (B > MB) return panel_rows_sliced<F, NV, AT>(a, lda, B, panel, K, epi);
   const int64_t tiles = (B + MB - 1) / MB;
-  for (int64_t i = 0, b = 0; i < tiles; ++i) {
-    const int64_t rows = B / tiles + (i < B % tiles ? 1 : 0);
+  for (int64_t i = 0, b = 0, rows; i < tiles; ++i, b += rows) {
+    rows = tile_rows(B, tiles, i);
     rows_tile<F, NV, MB, AT>(a, lda, b, rows, panel, K, buf, epi);
-    b += rows;
   }
 }
 
