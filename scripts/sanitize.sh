@@ -17,7 +17,7 @@ python="${PYTHON:-python}"
 export CXX="${CXX:-g++}"
 
 if [ $# -eq 0 ]; then
-  set -- tests/test_kernels_vs_reference.py tests/test_errors.py tests/test_isa.py tests/test_threads.py -x -q
+  set -- tests/test_kernels_vs_reference.py tests/test_errors.py tests/test_isa.py tests/test_threads.py tests/test_bf16.py tests/test_concurrent.py tests/test_lstm_variants.py -x -q
 fi
 
 # Build requirements (normally in pip's isolated build env only).
