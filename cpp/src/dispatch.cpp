@@ -20,6 +20,9 @@ bool cpu_has(Isa isa) {
     case AVX2:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case AVX512:
+#if defined(RNNKERN_NO_AVX512)  // this build has no AVX-512 kernels (CMake RNNKERN_AVX512=OFF)
+      return false;
+#endif
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
              __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
              __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -67,6 +70,12 @@ std::atomic<int>& current() {
   template <>                                                                  \
   const KernelTable<F, W>* avx2_kernels<F, W>() { return nullptr; }           \
   template <>                                                                  \
+  const KernelTable<F, W>* avx512_kernels<F, W>() { return nullptr; }
+RNNKERN_PRECISIONS(RNNKERN_NO_ISA)
+#undef RNNKERN_NO_ISA
+#elif defined(RNNKERN_NO_AVX512)
+#define RNNKERN_NO_ISA(F, W) \
+  template <>               \
   const KernelTable<F, W>* avx512_kernels<F, W>() { return nullptr; }
 RNNKERN_PRECISIONS(RNNKERN_NO_ISA)
 #undef RNNKERN_NO_ISA
