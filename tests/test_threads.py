@@ -95,6 +95,24 @@ def test_a_worker_taken_over_gives_the_same_bits(case: Any, serial: Any, delays:
 
 
 @needs_two
+@pytest.mark.parametrize("case", [CHUNKED], ids=_id)
+def test_a_worker_taken_over_joins_later_with_the_same_bits(case: Any, serial: Any,
+                                                            delays: Any) -> None:
+    """Workers that start 0.5 ms late, past the caller's 150 us wait but long before a call of
+    40 steps at B = 64 ends: the caller takes their shares over, and they join the call benched
+    and are let in at a step; same bits."""
+    delays(start_us=500)
+    before = rnnkern.thread_stats()
+    for _ in range(5):  # on a loaded machine a late worker may miss the call's end: try again
+        assert_same_bits(run_all(*case), serial[_id(case)], "with a worker joining late")
+        if rnnkern.thread_stats()["joined_late"] > before["joined_late"]:
+            break
+    after = rnnkern.thread_stats()
+    assert after["taken_over"] > before["taken_over"]
+    assert after["joined_late"] > before["joined_late"]
+
+
+@needs_two
 @pytest.mark.parametrize("sync_at", [1, 2, 5])
 @pytest.mark.parametrize("case", CASES, ids=_id)
 def test_a_team_shrunk_mid_call_gives_the_same_bits(case: Any, sync_at: int, serial: Any,
@@ -190,7 +208,7 @@ def test_thread_runtime_settings() -> None:
     assert rnnkern.thread_runtime() == "rnnkern"
     rnnkern.set_thread_runtime("auto")
     stats = rnnkern.thread_stats()
-    assert set(stats) == {"team_calls", "openmp_calls", "taken_over", "shrunk"}
+    assert set(stats) == {"team_calls", "openmp_calls", "taken_over", "shrunk", "joined_late"}
     assert all(isinstance(v, int) and v >= 0 for v in stats.values())
 
 

@@ -540,7 +540,7 @@ PYBIND11_MODULE(_core, m) {
     const auto s = rnnkern::thread_stats();
     py::dict d;
     d["team_calls"] = s.team_calls, d["openmp_calls"] = s.openmp_calls;
-    d["taken_over"] = s.taken_over, d["shrunk"] = s.shrunk;
+    d["taken_over"] = s.taken_over, d["shrunk"] = s.shrunk, d["joined_late"] = s.joined_late;
     return d;
   });
   m.def("isa", &rnnkern::isa);

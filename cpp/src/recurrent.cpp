@@ -276,7 +276,7 @@ void run_forward(const Panels<F, W>& pk, Dims d, const F* x, const F* h0, const 
   if (lstm) copy_or_zero(cs, c0, BH);
 
   parallel(threads_for(d, GH, nblk), [&](int tid, Team& team) {
-    if (tid == 0)  // the workers that have not started by now sit the call out
+    if (tid == 0)  // the workers that have not started by now join later, benched
       while (team.take_over() >= 0) {
       }
     team.begin(tid);
@@ -306,7 +306,7 @@ void run_forward(const Panels<F, W>& pk, Dims d, const F* x, const F* h0, const 
         }
       }
     }
-  });
+  }, /*late_join=*/true);
   std::memcpy(h_n, row(hs, T), BH * sizeof(F));
   if (lstm) std::memcpy(c_n, row(cs, T), BH * sizeof(F));
 }
@@ -384,7 +384,7 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
   Buffer<W> apan(split_row < GH ? nblk * NBK * tc * B : 0);
 
   parallel(threads_for(d, GH, nblk), [&](int tid, Team& team) {
-    if (tid == 0)  // the workers that have not started by now sit the call out
+    if (tid == 0)  // the workers that have not started by now join later, benched
       while (team.take_over() >= 0) {
       }
     team.begin(tid);
@@ -445,7 +445,7 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
     }
     s.dgh_next = next;
     kt.backward_final(sc, s, g.dh0, jb0, jb1);
-  });
+  }, /*late_join=*/true);
   if (lstm) std::memcpy(g.dc0, dc.get(), BH * sizeof(F));
   // Without gru's recurrent-side dgates both biases have the same gradient: summed once.
   if (g.db_ih && !two) std::memcpy(g.db_hh, g.db_ih, GH * sizeof(F));

@@ -118,7 +118,7 @@ void test_delay_start() {
 }
 
 // What the pool did, for rnnkern.thread_stats() (relaxed counters).
-std::atomic<int64_t> stat_calls{0}, stat_taken{0}, stat_shrunk{0}, stat_openmp{0};
+std::atomic<int64_t> stat_calls{0}, stat_taken{0}, stat_shrunk{0}, stat_openmp{0}, stat_late{0};
 
 // CPUs this process may run on.
 int available_cpus() {
@@ -134,13 +134,17 @@ int available_cpus() {
 constexpr int kArrivals = 0, kDecided = 16, kMembers = 32, kGeneration = 48;
 constexpr uint64_t kField = 0xffff;
 uint64_t field(uint64_t s, int at) { return (s >> at) & kField; }
+// Late-join word: the call's generation above bit 32; kClosed once nobody may join late.
+constexpr uint64_t kClosed = uint64_t(1) << 31;
 
 }  // namespace
 
 // ---- Team
 
-void Team::reset(int planned, uint32_t generation) {
+void Team::reset(int planned, uint32_t generation, bool late_join) {
   planned_ = planned;
+  late_in_.store((uint64_t(generation & kField) << 32) | (late_join ? 0 : kClosed),
+                 std::memory_order_relaxed);
   // Shares >= planned count as decided, so that no other thread can check in for them.
   const uint64_t decided = (kField & ~((uint64_t(1) << planned) - 1)) | 1;
   start_.store((uint64_t(generation & kField) << kGeneration) | (uint64_t(1) << kMembers) |
@@ -170,6 +174,16 @@ bool Team::check_in(int tid, uint32_t generation) {
   return true;
 }
 
+bool Team::join_late(int tid, uint32_t generation) {
+  uint64_t s = late_in_.load(std::memory_order_acquire);
+  do {
+    if ((s >> 32) != (generation & kField) || (s & kClosed)) return false;
+  } while (!late_in_.compare_exchange_weak(s, s | (uint64_t(1) << tid),
+                                           std::memory_order_acq_rel, std::memory_order_acquire));
+  stat_late.fetch_add(1, std::memory_order_relaxed);
+  return true;  // benched from the start: bench_until_[tid] is 0, so it asks in at once
+}
+
 int Team::take_over() {
   uint64_t s = start_.load(std::memory_order_acquire);
   for (int i = 0;; ++i) {
@@ -192,7 +206,7 @@ int Team::take_over() {
 }
 
 void Team::begin(int tid) {
-  (void)tid;
+  if (late_in_.load(std::memory_order_relaxed) >> tid & 1) return;  // joined late: benched
   if (planned_ == 1) {
     released_ = now_ns();
     bump_and_wake(phase_, sleepers_);
@@ -228,9 +242,8 @@ void Team::part(int tid, int64_t n, int64_t* begin, int64_t* end) const {
   split(n, popcount(a & ((uint32_t(1) << tid) - 1)), popcount(a), begin, end);
 }
 
-// The caller's part of a sync while it is the only active member: lets in benched workers that
-// asked to come back at this sync, then completes the sync.
-void Team::sync_alone(int64_t k) {
+// By the member completing sync k: the benched members that asked to come back at it (bits).
+uint32_t Team::admit(int64_t k) {
   uint32_t in = 0;
   for (int w = 1; w < planned_; ++w) {
     int64_t want = k;
@@ -238,7 +251,13 @@ void Team::sync_alone(int64_t k) {
         ready_[w].compare_exchange_strong(want, -1, std::memory_order_acq_rel))
       in |= uint32_t(1) << w;
   }
-  if (in) {
+  return in;
+}
+
+// The caller's part of a sync while it is the only active member: lets in benched workers that
+// asked to come back at this sync, then completes the sync.
+void Team::sync_alone(int64_t k) {
+  if (const uint32_t in = admit(k)) {
     active_.store(1 | in, std::memory_order_relaxed);
     arrived_.store(0, std::memory_order_relaxed);
   }
@@ -300,6 +319,8 @@ void Team::sync(int tid) {
       shrunk_ = true;
       late_.store(false, std::memory_order_relaxed);
       for (int w = 1; w < planned_; ++w) bench_until_[w] = now + backoff_[w];
+    } else if (const uint32_t in = admit(k)) {  // benched members that asked in (joined late)
+      active_.store(a | in, std::memory_order_relaxed);
     }
     step_ns_.store(now - released_, std::memory_order_relaxed);
     released_ = now;
@@ -312,9 +333,11 @@ void Team::sync(int tid) {
   }
 }
 
-void Team::finish() {
+int Team::finish() {
+  const int late = popcount(late_in_.fetch_or(kClosed, std::memory_order_acq_rel) & kField);
   over_.store(1, std::memory_order_release);
-  if (shrunk_) wake_all(&over_);
+  if (shrunk_ || late) wake_all(&over_);
+  return late;
 }
 
 // ---- the pool
@@ -396,7 +419,7 @@ void gomp_trampoline(void* p) {
   const int tid = std::this_thread::get_id() == g.caller ? 0 : 1 + g.ticket.fetch_add(1);
   if (tid >= g.team.planned()) return;
   if (tid != 0) test_delay_start();
-  if (tid != 0 && !g.team.check_in(tid, 0)) return;
+  if (tid != 0 && !g.team.check_in(tid, 0) && !g.team.join_late(tid, 0)) return;
   call(*g.fn, tid, g.team, &g.errors[tid]);
   if (tid == 0) g.team.finish();  // benched workers stop waiting to come back
 }
@@ -419,7 +442,7 @@ class Pool {
     for (int i = 1; i < size_; ++i) workers_.emplace_back([this, i] { work(i); });
   }
 
-  void run(int want, const Job& fn) {
+  void run(int want, const Job& fn, bool late_join) {
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
     const int nth = std::min(want, size_.load());
     if (!busy.owns_lock() || nth <= 1) {
@@ -430,7 +453,7 @@ class Pool {
     }
     if (GompParallel gomp = openmp_for_call(now_ns())) {
       GompCall g{&fn, {}, std::this_thread::get_id(), {}, std::vector<std::exception_ptr>(nth)};
-      g.team.reset(nth, 0);
+      g.team.reset(nth, 0, late_join);
       gomp(gomp_trampoline, &g, static_cast<unsigned>(nth), 0);
       remember(g.team);
       stat_openmp.fetch_add(1, std::memory_order_relaxed);
@@ -444,15 +467,15 @@ class Pool {
     {
       std::lock_guard<std::mutex> lk(m_);
       job_ = &fn;
-      team_.reset(nth, static_cast<uint32_t>(generation_.load() + 1));
+      team_.reset(nth, static_cast<uint32_t>(generation_.load() + 1), late_join);
       done_.store(0, std::memory_order_relaxed);
       generation_.fetch_add(1, std::memory_order_seq_cst);  // publishes job_ and team_
     }
     if (idle_.load(std::memory_order_seq_cst) > 0) cv_.notify_all();
     call(fn, 0, team_, &errors_[0]);
-    team_.finish();  // benched workers stop waiting to come back
+    const int late = team_.finish();  // benched workers stop waiting to come back
     // Wait for the workers that joined (the others never touch the call again).
-    const int joined = popcount(field(team_.start_.load(), kMembers)) - 1;
+    const int joined = popcount(field(team_.start_.load(), kMembers)) - 1 + late;
     const uint32_t target = static_cast<uint32_t>(joined);
     for (uint32_t d; (d = done_.load(std::memory_order_acquire)) < target;)
       wait_change(done_, d, done_sleepers_, kLateNs);
@@ -489,9 +512,11 @@ class Pool {
       seen = generation_.load(std::memory_order_acquire);
       if (tid >= team_.planned()) continue;
       test_delay_start();
-      // The call may be over already (the caller took this share over): then check_in fails
-      // and nothing of the call is touched.
-      if (!team_.check_in(tid, static_cast<uint32_t>(seen))) continue;
+      // The call may be over already (the caller took this share over): then check_in and
+      // join_late fail and nothing of the call is touched.
+      if (!team_.check_in(tid, static_cast<uint32_t>(seen)) &&
+          !team_.join_late(tid, static_cast<uint32_t>(seen)))
+        continue;
       call(*job_, tid, team_, &errors_[tid]);
       left = team_.shrunk();
       done_.fetch_add(1, std::memory_order_acq_rel);
@@ -525,7 +550,7 @@ class Pool {
   Team team_;
 };
 
-void parallel(int want, const Job& fn) { Pool::get().run(want, fn); }
+void parallel(int want, const Job& fn, bool late_join) { Pool::get().run(want, fn, late_join); }
 
 void concurrently(int n, const std::function<void(int i)>& job) {
   if (n <= 0) return;
@@ -575,7 +600,8 @@ void set_test_delays(int64_t start_ns, int64_t sync_ns, int sync_at) {
 }
 
 ThreadStats thread_stats() {
-  return ThreadStats{stat_calls.load(), stat_openmp.load(), stat_taken.load(), stat_shrunk.load()};
+  return ThreadStats{stat_calls.load(), stat_openmp.load(), stat_taken.load(), stat_shrunk.load(),
+                     stat_late.load()};
 }
 
 std::string thread_runtime() {

@@ -2,8 +2,8 @@
 // on the cores). A call is planned for `planned()` threads and each plans its own share of the
 // work (hidden blocks), but:
 // - nobody waits for a thread the OS has not run yet: a worker that has not started when the
-//   caller is done with its own start share is taken over (the caller does its share) and sits the
-//   call out;
+//   caller is done with its own start share is taken over (the caller does its share); in a call
+//   that allows it (`late_join`) it then joins benched, as below, else it sits the call out;
 // - at each step a member waits for the others by spinning briefly, then sleeping (futex), never
 //   by yielding its core to whoever is there;
 // - a member that arrives at a step so late that it was surely descheduled makes the team shrink
@@ -23,11 +23,16 @@ class Team {
  public:
   static constexpr int kMaxThreads = 16;
 
-  // Makes the team of a new call of `planned` threads (the caller is member 0).
-  void reset(int planned, uint32_t generation);
+  // Makes the team of a new call of `planned` threads (the caller is member 0). `late_join`: a
+  // worker whose start share was taken over may still join, benched (its job must have no start
+  // work of its own: it skips to begin()).
+  void reset(int planned, uint32_t generation, bool late_join = false);
   // A worker's first act: true if it keeps its share of call `generation`, false if that share
   // was taken over or the call is another one (then it must not touch the call's data).
   bool check_in(int tid, uint32_t generation);
+  // After a failed check_in: true if the worker joins call `generation` late, benched (then it
+  // runs the job, whose begin() returns at once); false if it must not touch the call.
+  bool join_late(int tid, uint32_t generation);
   // The caller, after doing its own start share: the share of a worker that has not checked in
   // (waiting until 150 us into the call for one asleep to wake), now the caller's to do; -1
   // once every share is decided.
@@ -41,8 +46,9 @@ class Team {
   // Whether member tid has work now, and its part [begin, end) of n items (empty if benched).
   bool active(int tid) const;
   void part(int tid, int64_t n, int64_t* begin, int64_t* end) const;
-  // The caller, when its work is done: benched members stop waiting to be let in.
-  void finish();
+  // The caller, when its work is done: benched members stop waiting to be let in and no worker
+  // joins late any more. Returns the number of workers that joined late.
+  int finish();
   int planned() const { return planned_; }
   bool shrunk() const { return shrunk_; }  // the team shrank during the call
 
@@ -50,6 +56,7 @@ class Team {
   friend class Pool;
   void sync_alone(int64_t k);
   void sync_benched(int tid, int64_t k);
+  uint32_t admit(int64_t k);
 
   // Start word: generation (16 bits) | members (16) | decided shares (16) | arrivals (16).
   std::atomic<uint64_t> start_{0};
@@ -59,6 +66,9 @@ class Team {
   std::atomic<int> arrived_{0};
   std::atomic<bool> late_{false};    // a member waited so long that a partner was descheduled
   std::atomic<uint32_t> active_{1};  // bit per member with work now (the caller always)
+  // Late joiners: generation (16 bits) << 32 | closed (bit 31: no more) | bit per late member.
+  std::atomic<uint64_t> late_in_{0};
+  bool late_join_ = false;
   std::atomic<int64_t> ready_[kMaxThreads];  // sync at which benched member i asks to come back
   int64_t syncs_[kMaxThreads] = {};        // syncs done by member i (its own)
   int64_t bench_until_[kMaxThreads] = {};  // ns: benched member i sleeps until then
@@ -76,7 +86,9 @@ class Team {
 // returns when every member is done. If another call holds the pool, runs on the caller alone.
 // An exception thrown by fn reaches the caller (other members must not be left waiting at a
 // sync: throw only before the first sync or after the last).
-void parallel(int want, const std::function<void(int tid, Team& team)>& fn);
+// `late_join`: see Team::reset.
+void parallel(int want, const std::function<void(int tid, Team& team)>& fn,
+              bool late_join = false);
 
 // [begin, end) of part `tid` of `n` items split into `nth` near-equal contiguous parts.
 inline void split(int64_t n, int tid, int nth, int64_t* begin, int64_t* end) {
