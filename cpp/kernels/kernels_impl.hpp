@@ -314,11 +314,11 @@ constexpr int k_unroll(int chains) {  // independent accumulator sets to hide FM
 }
 
 // out (MB, NV*NB; rows ldo apart) (+)= a (MB rows of stride lda, K) @ panel (K, NV, NB; rows
-// ldp apart), from zero or, with `add`, from out. AT: a is read transposed, a[k * lda + m] (rows
-// of the product are columns of a).
+// ldp apart, vectors ldv apart), from zero or, with `add`, from out. AT: a is read transposed,
+// a[k * lda + m] (rows of the product are columns of a).
 template <class F, int MB, int NV, bool AT = false, class W>
 inline void tile(const F* a, int64_t lda, const W* panel, int64_t ldp, int64_t K, F* out,
-                 int64_t ldo, bool add) {
+                 int64_t ldo, bool add, int64_t ldv = NB<F>) {
   constexpr int KU = k_unroll(MB * NV);
   vec<F> acc[KU][MB][NV];
 #pragma GCC unroll 8
@@ -335,7 +335,7 @@ inline void tile(const F* a, int64_t lda, const W* panel, int64_t ldp, int64_t K
       const W* wk = panel + (k + u) * ldp;
       vec<F> w[NV];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) w[v] = load_w<F>(wk + v * NB<F>);
+      for (int v = 0; v < NV; ++v) w[v] = load_w<F>(wk + v * ldv);
 #pragma GCC unroll 8
       for (int m = 0; m < MB; ++m) {
         const F s = AT ? a[(k + u) * lda + m] : a[m * lda + k + u];
@@ -350,7 +350,7 @@ inline void tile(const F* a, int64_t lda, const W* panel, int64_t ldp, int64_t K
     for (int m = 0; m < MB; ++m) {
       const F s = AT ? a[k * lda + m] : a[m * lda + k];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[0][m][v] += load_w<F>(wk + v * NB<F>) * s;
+      for (int v = 0; v < NV; ++v) acc[0][m][v] += load_w<F>(wk + v * ldv) * s;
     }
   }
 #pragma GCC unroll 8
@@ -620,6 +620,24 @@ void zero_row(W* panels, int64_t rows, int64_t q, int64_t jb0, int64_t jb1) {
   }
 }
 
+// Whether product() takes two column blocks per tile: with 16 vector registers (AVX2) a
+// one-block tile holds 8 rows (8 accumulators: 9 loads per 8 FMAs), a two-block one 6 rows (12
+// accumulators: 8 loads per 12 FMAs). Float panels only (bf16 ones are in pairs of k). Each
+// output is the same chain of FMAs over k either way, so the bits do not change.
+template <class F, class W>
+constexpr bool paired() {
+  return VBYTES == 32 && std::is_same_v<W, F>;
+}
+
+// buf (rows, 2NB) = `rows` (1..M) rows of a @ two adjacent (K, NB) panels (K*NB apart).
+template <class F, int M, bool AT>
+inline void pair_tile(const F* a, int64_t lda, int64_t rows, const F* panel, int64_t K, F* buf) {
+  if constexpr (M > 0) {
+    if (rows == M) tile<F, M, 2, AT>(a, lda, panel, NB<F>, K, buf, 2 * NB<F>, false, K * NB<F>);
+    else pair_tile<F, M - 1, AT>(a, lda, rows, panel, K, buf);
+  }
+}
+
 // out (M, N) (+)= A w in the columns of blocks [jb0, jb1), w (K, N) from its pack_backward
 // panels (nblk, K, NB); A = a (M rows, lda apart) or, with `at`, a^T (a: (K, lda), of which the
 // first M columns): the backward's dx = dG W_ih and weight gradients dW = dG^T X, with the
@@ -633,15 +651,34 @@ template <class F, class W>
   for (int64_t m0 = 0; m0 < M; m0 += RG) {
     const int64_t nm = imin(RG, M - m0);
     const F* am = at ? a + m0 : a + m0 * lda;
-    for (int64_t jb = jb0; jb < jb1; ++jb) {
+    auto put = [&](int64_t jb, int64_t b, const F* acc) {  // row b of block jb's product
       const int64_t j0 = jb * NB<F>, n = imin(NB<F>, N - j0);
+      F* o = out + (m0 + b) * ldo + j0;
+      store(o, add ? load(o, n) + load(acc) : load(acc), n);
+    };
+    int64_t jb = jb0;
+    if constexpr (paired<F, W>()) {
+      constexpr int MB = mb_max<F, 2>();
+      alignas(64) F buf[MB * 2 * NB<F>];  // (MB, 2NB) a tile's products
+      const int64_t tiles = (nm + MB - 1) / MB;
+      for (; jb + 1 < jb1; jb += 2) {
+        const W* panel = panels + jb * K * NB<F>;  // (2, K, NB)
+        for (int64_t i = 0, b = 0, rows; i < tiles; ++i, b += rows) {
+          rows = tile_rows(nm, tiles, i);
+          if (at) pair_tile<F, MB, true>(am + b, lda, rows, panel, K, buf);
+          else pair_tile<F, MB, false>(am + b * lda, lda, rows, panel, K, buf);
+          for (int64_t r = 0; r < rows; ++r) {
+            put(jb, b + r, buf + r * 2 * NB<F>);
+            put(jb + 1, b + r, buf + r * 2 * NB<F> + NB<F>);
+          }
+        }
+      }
+    }
+    for (; jb < jb1; ++jb) {
       const W* panel = panels + jb * K * NB<F>;  // (K, NB)
-      auto put = [&](int64_t b, const F* acc) {
-        F* o = out + (m0 + b) * ldo + j0;
-        store(o, add ? load(o, n) + load(acc) : load(acc), n);
-      };
-      if (at) panel_rows<F, 1, true>(am, lda, nm, panel, K, put);
-      else panel_rows<F, 1>(am, lda, nm, panel, K, put);
+      auto put1 = [&](int64_t b, const F* acc) { put(jb, b, acc); };
+      if (at) panel_rows<F, 1, true>(am, lda, nm, panel, K, put1);
+      else panel_rows<F, 1>(am, lda, nm, panel, K, put1);
     }
   }
 }

@@ -380,6 +380,12 @@ GompParallel loaded_openmp() {
 // or started without a worker (something else wanted the cores).
 std::atomic<int64_t> openmp_avoided_until{0};
 constexpr int64_t kAvoidNs = 100'000'000;
+// Calls on the OpenMP runtime in a row that lost a member or started without one; kAvoidAfter of
+// them make "auto" avoid it. One such call is no evidence: in a PyTorch training step a member is
+// sometimes late, and rnnkern's own pool would then compete with PyTorch's spinning threads for
+// 100 ms (the drop-in step at B = 1 took 1.7x as long as on the OpenMP threads throughout).
+std::atomic<int> openmp_troubled{0};
+constexpr int kAvoidAfter = 3;
 
 // The OpenMP runtime a call runs on, or null for rnnkern's pool. "auto": when the process has
 // loaded an OpenMP runtime, some library in it (PyTorch) keeps that runtime's threads spinning
@@ -457,8 +463,12 @@ class Pool {
       gomp(gomp_trampoline, &g, static_cast<unsigned>(nth), 0);
       remember(g.team);
       stat_openmp.fetch_add(1, std::memory_order_relaxed);
-      if (g.team.shrunk() || g.team.taken_)
+      if (!(g.team.shrunk() || g.team.taken_)) {
+        openmp_troubled.store(0, std::memory_order_relaxed);
+      } else if (openmp_troubled.fetch_add(1, std::memory_order_relaxed) + 1 >= kAvoidAfter) {
+        openmp_troubled.store(0, std::memory_order_relaxed);
         openmp_avoided_until.store(now_ns() + kAvoidNs, std::memory_order_relaxed);
+      }
       for (auto& e : g.errors)
         if (e) std::rethrow_exception(e);
       return;
