@@ -376,8 +376,8 @@ GompParallel loaded_openmp() {
   return nullptr;
 }
 
-// Until when (ns) "auto" avoids the OpenMP runtime: set after a call on it whose team shrank
-// or started without a worker (something else wanted the cores).
+// Until when (ns) "auto" avoids the OpenMP runtime: set after kAvoidAfter calls on it in a row
+// whose team shrank or started without a worker (something else wanted the cores).
 std::atomic<int64_t> openmp_avoided_until{0};
 constexpr int64_t kAvoidNs = 100'000'000;
 // Calls on the OpenMP runtime in a row that lost a member or started without one; kAvoidAfter of
@@ -392,8 +392,9 @@ constexpr int kAvoidAfter = 3;
 // for milliseconds after each of its parallel regions; rnnkern's threads would compete with
 // them for the cores, so rnnkern's steps run on them instead. But when another process wants
 // the cores, those threads' spinning after rnnkern's own calls costs more than it saves: after
-// a call on them that lost a member or started without one, the next calls run on rnnkern's
-// pool (whose workers sleep at once when they leave a call) for 100 ms, then try again.
+// kAvoidAfter calls on them in a row that lost a member or started without one, the next calls
+// run on rnnkern's pool (whose workers sleep at once when they leave a call) for 100 ms, then
+// try again.
 GompParallel openmp_for_call(int64_t t) {
   switch (static_cast<Runtime>(runtime_choice.load(std::memory_order_relaxed))) {
     case Runtime::own: return nullptr;
