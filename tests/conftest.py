@@ -1,6 +1,7 @@
 """Fixtures of the shared test helpers (tests/rnnkern_testing.py, imported by name there)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
@@ -15,3 +16,12 @@ def _assert_close_fixture() -> Callable[..., None]:
 @pytest.fixture(name="make_case")
 def _make_case_fixture() -> Callable[..., dict[str, Any]]:
     return make_case
+
+
+@pytest.fixture
+def num_threads() -> Iterator[Callable[[int], None]]:
+    """rnnkern.set_num_threads for one test; the thread count before it is restored after."""
+    import rnnkern
+    before = rnnkern.get_num_threads()
+    yield rnnkern.set_num_threads
+    rnnkern.set_num_threads(before)

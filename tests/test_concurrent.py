@@ -34,15 +34,12 @@ def _one_by_one(calls: list[tuple[Any, ...]], training: bool) -> list[Any]:
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("training", [False, True])
-def test_forward_many_equals_one_by_one(dtype: Any, threads: int, training: bool) -> None:
+def test_forward_many_equals_one_by_one(dtype: Any, threads: int, training: bool,
+                                        num_threads: Any) -> None:
     calls = _calls(dtype)
     want = _one_by_one(calls, training)
-    before = rnnkern.get_num_threads()
-    rnnkern.set_num_threads(threads)
-    try:
-        got = _functional.forward_many(calls, training=training)
-    finally:
-        rnnkern.set_num_threads(before)
+    num_threads(threads)
+    got = _functional.forward_many(calls, training=training)
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert type(g) is type(w)
@@ -70,7 +67,8 @@ def test_backward_many_equals_one_by_one(dtype: Any) -> None:
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_calls_big_enough_for_a_team_run_one_by_one_with_the_same_bits(threads: int) -> None:
+def test_calls_big_enough_for_a_team_run_one_by_one_with_the_same_bits(threads: int,
+                                                                       num_threads: Any) -> None:
     """Calls that plan a team of threads run one after another (each with the team), not side
     by side; the results are the same either way."""
     rng = np.random.default_rng(7)
@@ -81,12 +79,8 @@ def test_calls_big_enough_for_a_team_run_one_by_one_with_the_same_bits(threads: 
         calls.append((rnnkern.lstm_pack(*w, None, None),
                       rng.uniform(-1, 1, (T, B, I)).astype(np.float32), None, None, None))
     want = _one_by_one(calls, True)
-    before = rnnkern.get_num_threads()
-    rnnkern.set_num_threads(threads)
-    try:
-        got = _functional.forward_many(calls, training=True)
-    finally:
-        rnnkern.set_num_threads(before)
+    num_threads(threads)
+    got = _functional.forward_many(calls, training=True)
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g.y, w.y)
         np.testing.assert_array_equal(g.c_n, w.c_n)

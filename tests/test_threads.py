@@ -131,17 +131,13 @@ def test_a_team_shrunk_mid_call_gives_the_same_bits(case: Any, sync_at: int, ser
     assert rnnkern.thread_stats()["shrunk"] > before
 
 
-def test_more_threads_than_cpus_means_the_cpus(serial: Any) -> None:
-    """set_num_threads(1000) on this machine: calls use min(CPUs, 16) threads, same bits."""
-    before = rnnkern.get_num_threads()
-    try:
-        rnnkern.set_num_threads(1000)
-        assert rnnkern.get_num_threads() == min(CPUS, 16)
-        assert rnnkern.config()["threads"] == min(CPUS, 16)
-        for case in CASES[:3]:
-            assert_same_bits(run_all(*case), serial[_id(case)], "with 1000 threads asked for")
-    finally:
-        rnnkern.set_num_threads(before)
+def test_more_threads_than_cpus_means_the_cpus(serial: Any, num_threads: Any) -> None:
+    """set_num_threads(1000) on this machine: calls use min(CPUS, 16) threads, same bits."""
+    num_threads(1000)
+    assert rnnkern.get_num_threads() == min(CPUS, 16)
+    assert rnnkern.config()["threads"] == min(CPUS, 16)
+    for case in CASES[:3]:
+        assert_same_bits(run_all(*case), serial[_id(case)], "with 1000 threads asked for")
 
 
 @pytest.fixture
