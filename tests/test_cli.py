@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pickle
@@ -9,7 +10,9 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -337,13 +340,45 @@ def test_numpy_blas_threads_limits_and_restores() -> None:
             pass
 
 
-def test_the_command_line_runs_with_one_numpy_blas_thread(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every command runs inside numpy_blas_threads(1): OpenBLAS workers spinning after a NumPy
-    product would take the kernels' cores."""
-    seen = []
-    monkeypatch.setattr("rnnkern.cli.cmd_dogs", lambda args: seen.append(_blas_threads()) or 0)
+def test_linear_runs_its_products_on_one_blas_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rnnkern.nn.Linear's NumPy products (forward; weight gradient and dx) run on one BLAS
+    thread, so OpenBLAS's workers never spin on the kernels' cores; the count comes back."""
+    seen: list[list[int]] = []
+    real = rnnkern._blas.one_thread
+
+    @contextlib.contextmanager
+    def spy() -> Iterator[None]:
+        with real():
+            seen.append(_blas_threads())
+            yield
+
+    monkeypatch.setattr(rnnkern._blas, "one_thread", spy)
     before = _blas_threads()
-    assert main(["dogs"]) == 0
-    assert seen and seen[0] == [1] * len(before)
+    lin = rnnkern.nn.Linear(8, 4, seed=0)
+    y = lin(np.ones((3, 8), np.float32))
+    lin.backward(np.ones_like(y))
+    assert seen == [[1] * len(before)] * 2
+    assert _blas_threads() == before
+
+
+def test_one_blas_thread_from_many_python_threads() -> None:
+    """Blocks open in 8 Python threads at once, overlapping: the count from before comes back
+    once all have closed (the setting is global to the process), and a block opened after them
+    still gives one thread."""
+    before = _blas_threads()
+
+    def work(i: int) -> None:
+        for k in range(20):
+            with rnnkern._blas.one_thread():
+                time.sleep(0.0002 * ((i + k) % 3))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert rnnkern._blas._depth == 0
+    assert _blas_threads() == before
+    with rnnkern._blas.one_thread():
+        assert _blas_threads() == [1] * len(before)
     assert _blas_threads() == before

@@ -9,7 +9,7 @@ import contextlib
 import os
 from typing import Any, Iterator
 
-from . import _core, _functional, data, diagnostics, models, nn, optim, reference
+from . import _blas, _core, _functional, data, diagnostics, models, nn, optim, reference
 from ._functional import (
     PackedWeights,
     gru_backward,
@@ -114,27 +114,20 @@ def thread_stats() -> dict[str, int]:
     return {str(k): int(v) for k, v in _core.thread_stats().items()}
 
 
-_blas_controller: Any = None
 
 
 @contextlib.contextmanager
 def numpy_blas_threads(n: int = 1) -> Iterator[None]:
-    """Run NumPy's own BLAS (``@``, ``np.dot``: Linear layers, losses) on n threads in the block.
+    """Run NumPy's own BLAS (``@``, ``np.dot``) on n threads in the block.
 
-    After a multi-threaded call, OpenBLAS keeps its workers spinning for about 0.1 s. In a
-    training loop that alternates NumPy products with rnnkern's kernels, those workers take
-    cores from the kernels' threads, which meet at a barrier every step: on 2 cores,
-    ``rnnkern train-char`` ran 1.8x slower. One BLAS thread (the default here) never wakes
-    them. The command line runs every command inside ``numpy_blas_threads(1)``; wrap your own
-    training loop the same way. Uses threadpoolctl; the previous setting comes back on exit.
+    After a multi-threaded call, OpenBLAS keeps its workers spinning for about 0.1 s, on the
+    cores that rnnkern's kernels want next. rnnkern's own layers already run their products on
+    one BLAS thread (``rnnkern.nn.Linear``), so a loop of rnnkern layers needs nothing; wrap a
+    loop in ``numpy_blas_threads(1)`` when your own code does large NumPy products between
+    kernel calls. Uses threadpoolctl; the previous setting comes back on exit.
     """
-    global _blas_controller
     _check_thread_count(n)
-    if _blas_controller is None:  # finding the loaded BLAS libraries takes milliseconds: once
-        from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped,unused-ignore]
-
-        _blas_controller = ThreadpoolController()
-    with _blas_controller.limit(limits=n, user_api="blas"):
+    with _blas.controller().limit(limits=n, user_api="blas"):
         yield
 
 

@@ -28,7 +28,6 @@ from . import (
     __version__,
     data,
     diagnostics,
-    numpy_blas_threads,
     optim,
     rnn_backward,
     rnn_forward,
@@ -724,8 +723,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        with numpy_blas_threads(1):  # NumPy's BLAS workers would spin on the kernels' cores
-            return func(args)
+        return func(args)
     except (ValueError, OSError, MissingDependency) as err:
         print(f"rnnkern {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 import numpy.typing as npt
 
+from .. import _blas
 from .._api import check_size
 from .._functional import isa_generation
 
@@ -195,7 +196,8 @@ class Linear(ParamModule):
             raise ValueError(
                 f"x: expected shape (..., in_features) = (..., {self.in_features}), got {x.shape}")
         x2 = x.reshape(-1, self.in_features)  # (N, I)
-        y = x2 @ self.params["weight"].T  # (N, O)
+        with _blas.one_thread():  # OpenBLAS's spinning workers would slow the kernels after
+            y = x2 @ self.params["weight"].T  # (N, O)
         if "bias" in self.params:
             y += self.params["bias"]
         self._x = x2 if training else None
@@ -215,10 +217,11 @@ class Linear(ParamModule):
             raise ValueError(f"dy: expected shape (..., out_features) with {n} rows of "
                              f"{self.out_features}, got {dy.shape}")
         dy2 = dy.reshape(n, self.out_features)  # (N, O)
-        self.grads["weight"] += dy2.T @ self._x
+        with _blas.one_thread():
+            self.grads["weight"] += dy2.T @ self._x
+            dx = dy2 @ self.params["weight"]  # (N, I)
         if "bias" in self.grads:
             self.grads["bias"] += dy2.sum(axis=0)
-        dx = dy2 @ self.params["weight"]  # (N, I)
         return dx.reshape(*dy.shape[:-1], self.in_features)
 
     def __repr__(self) -> str:
