@@ -4,34 +4,24 @@ The lecture's encoder-decoder squeezes the whole input into its final state. Rev
 sequence of 20 to 25 letters needs every letter at a different output step; without attention
 they must all fit in that one vector. With Luong attention (`Seq2Seq(attention="luong")`) the
 decoder scores every encoder output at every step and reads their weighted mean. Both are
-trained the same way here for a few hundred steps (`rnnkern attention` does 30 to 40 letters
-and draws the weights as a heatmap).
+trained the same way here by `data.train_reversal` for a few hundred steps (`rnnkern attention`
+does 30 to 40 letters for a time budget and draws the weights as a heatmap).
 
     python examples/07_attention.py
 """
 import numpy as np
 
 import rnnkern
-from rnnkern import data, optim
-from rnnkern.models import Seq2Seq
+from rnnkern import data
 
 task = data.Reversal(min_len=20, max_len=25, letters=20)
 test_src, test_tgt = task.sample(np.random.default_rng(1), 200, "test")
 with rnnkern.numpy_blas_threads(1):
     for attention in (None, "luong"):
-        model = Seq2Seq(len(task.src_vocab), len(task.tgt_vocab), hidden_size=64, embed_dim=32,
-                        pad=task.PAD, bos=task.BOS, eos=task.EOS, seed=0, attention=attention)
-        opt = optim.Adam(model.params, model.grads, lr=5e-3)
-        rng = np.random.default_rng(0)
-        for _ in range(300):
-            src, tgt = task.sample(rng, 64, "train")
-            model.zero_grad()
-            loss = model.loss_and_backward(src, tgt)
-            optim.clip_grad_norm(model.grads, 5.0)
-            opt.step()
+        model, _ = data.train_reversal(task, attention, hidden_size=64, steps=300)
         pred = model.greedy(test_src, max_len=30)
         exact = np.mean([p == list(t) for p, t in zip(pred, test_tgt)])
-        print(f"attention={attention}: loss {loss:.3f}, held-out exact match {exact:.1%}")
+        print(f"attention={attention}: held-out exact match {exact:.1%}")
         print(f"  {task.src_vocab.decode(test_src[0])}  ->  {task.tgt_vocab.decode(pred[0])}")
 
 weights = model.attention_weights(test_src[:1], [pred[0]])[0]  # (len(out) + 1, len(in))

@@ -249,20 +249,26 @@ def test_longrange(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_jumble(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["jumble", "--steps", "3", "--hidden", "8", "--embed", "8", "--batch", "8",
-                 "--eval-every", "2", "--show", "2", "--json"]) == 0
+                 "--eval-every", "2", "--show", "2", "--test-size", "40", "--json"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     result = json.loads(lines[-1])
     assert set(result) == {"bag_of_words_accuracy", "rnn_accuracy", "lstm_accuracy",
                            "test_sentences"}
-    assert result["test_sentences"] >= 500
+    assert result["test_sentences"] == 40
     assert all(0.0 <= result[k] <= 1.0 for k in result if k.endswith("accuracy"))
-    assert "policy is the best honesty*" in out  # the lecture's, "honesty" never seen
-    assert "so you see a little jumble* in the words made the sentence* incoherent*" in out
+    assert result["bag_of_words_accuracy"] == 0.5  # each sentence as written and jumbled
     assert out.count("step     2  loss") == 3  # one progress line per model
-    verdicts = [line for line in lines if line.startswith(("  jumbled ", "  written "))]
-    assert len(verdicts) == len(data.LECTURE_JUMBLED) + len(data.LECTURE_WRITTEN) + 2
-    assert all(len(re.findall(r" [01]\.\d\d ", v)) == 3 for v in verdicts)
+    verdicts = [line.split() for line in lines if line.startswith(("  jumbled ", "  written "))]
+    assert len(verdicts) == len(data.LECTURE_JUMBLED) + len(data.LECTURE_WRITTEN) + 2 * 2
+    shown = {" ".join(v[4:]): v[:4] for v in verdicts}
+    assert shown["policy is the best honesty"][0] == "jumbled"
+    assert shown["honesty is the best policy"][0] == "written"
+    assert all(re.fullmatch(r"[01]\.\d\d", p) for v in verdicts for p in v[1:4])
+    written, jumbled = verdicts[-4], verdicts[-3]  # a held-out sentence and its jumble
+    assert (written[0], jumbled[0]) == ("written", "jumbled")
+    assert sorted(written[4:]) == sorted(jumbled[4:]) and written[1] == jumbled[1]  # BoW
+    assert re.search(r"^wall time \d+ s \(budget 120 s\)$", out, re.M)
 
 
 def test_attention(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import rnnkern
-from rnnkern import data, diagnostics, nn, optim
+from rnnkern import data, diagnostics, nn, optim, sentences
 from rnnkern.models import (
     BagOfWords,
     CharLM,
@@ -587,42 +587,91 @@ def test_classifiers_with_lengths(kind: str) -> None:
 
 
 def test_bag_of_words_is_blind_to_order() -> None:
+    """The same logits, to the bit, for every order of the same words (lengths too)."""
     model = BagOfWords(20, 2, embed_dim=8, seed=0)
-    ids = np.random.default_rng(0).integers(0, 20, size=(9, 4))
-    logits, _ = model.forward(ids)
-    shuffled, _ = model.forward(ids[::-1])
-    np.testing.assert_allclose(logits, shuffled, rtol=1e-5)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 20, size=(9, 4))
+    lengths = np.array([9, 3, 7, 1])
+    logits, _ = model.forward(ids, lengths=lengths)
+    jumbled = ids.copy()
+    for b, n in enumerate(lengths):
+        jumbled[:n, b] = rng.permutation(ids[:n, b])
+    assert not np.array_equal(jumbled, ids)
+    again, _ = model.forward(jumbled, lengths=lengths)
+    np.testing.assert_array_equal(logits, again)
+    reversed_all, _ = model.forward(ids[::-1])
+    np.testing.assert_array_equal(model.forward(ids)[0], reversed_all)
+
+
+def test_grammar() -> None:
+    grammar = sentences.Grammar()
+    rng = np.random.default_rng(0)
+    drawn = [grammar.sample(rng) for _ in range(2000)]
+    assert all(grammar.is_sentence(s) for s in drawn)
+    assert len({tuple(s) for s in drawn}) > 1500  # mostly distinct
+    assert all(w in grammar.words for s in drawn for w in s)
+    for written, jumbled in zip(data.LECTURE_WRITTEN, data.LECTURE_JUMBLED):
+        assert grammar.is_sentence(data.tokenize_sentence(written)), written
+        assert not grammar.is_sentence(data.tokenize_sentence(jumbled)), jumbled
+    for words in ("the key found the farmer", "the red farmer found the old key",
+                  "the old farmer found the red key the", "found the old farmer the red key"):
+        assert not grammar.is_sentence(words.split()), words
+    assert grammar.is_sentence("the old farmer found the red key".split())
+    assert grammar.is_sentence("the farmer slept".split())  # optional slots left out
+    with pytest.raises(ValueError, match="^frames: unknown category 'COLOUR'"):
+        sentences.Grammar(frames=[(1.0, "the COLOUR key")])
 
 
 def test_jumbled_sentences() -> None:
-    sentences = data.builtin_sentences()
-    assert sentences == data.builtin_sentences()  # deterministic
-    assert len({tuple(s) for s in sentences}) == len(sentences)  # each sentence once
-    task = data.JumbledSentences()
-    assert len(task.test) >= 500 and len(task.train) > 4 * len(task.test) - 200
-    assert not {tuple(s) for s in task.train} & {tuple(s) for s in task.test}
+    task = data.JumbledSentences(test_size=600)
+    assert task.test == data.JumbledSentences(test_size=600).test  # the same every run
+    tests = {tuple(s) for s in task.test}
+    assert len(tests) == 600  # distinct
+    assert [" ".join(s) for s in task.test[:5]] == [
+        " ".join(data.tokenize_sentence(t)) for t in data.LECTURE_WRITTEN]
+    assert all(task.held_out(s) and task.grammar.is_sentence(s) for s in task.test)
     rng = np.random.default_rng(0)
-    ids, kinds, words = task.examples(rng, task.test[:400])
-    assert 0.4 < (kinds == 0).mean() < 0.6 and 0.15 < (kinds == 2).mean() < 0.35
-    for x, kind, w, s in zip(ids, kinds, words, task.test[:400]):
-        original = task.encode(s)
-        assert sorted(x.tolist()) == sorted(original.tolist())  # the same words
-        assert sorted(w) == sorted(s)
+    train = [tuple(task.sentence(rng)) for _ in range(3000)]
+    assert not set(train) & tests  # never a held-out sentence in training
+    ids, kinds, words = task.pairs(rng, task.test)
+    assert kinds[:600].tolist() == [0] * 600 and (kinds[600:] > 0).all()
+    assert 0.4 < (kinds[600:] == 1).mean() < 0.6
+    for x, kind, w, s in zip(ids[600:], kinds[600:], words[600:], task.test):
+        assert sorted(w) == sorted(s) and w != s  # the same words, in another order
         np.testing.assert_array_equal(task.encode(w), x)
-        assert (not np.array_equal(x, original)) == (kind > 0)  # jumbled means changed
+        assert not task.grammar.is_sentence(w)  # a jumble is never a sentence
         if kind == 2:
-            assert (x != original).sum() == 2
+            assert sum(a != b for a, b in zip(w, s)) == 2
+    np.testing.assert_array_equal(np.concatenate(ids[:600]),
+                                  np.concatenate([task.encode(s) for s in task.test]))
     swapped = [data.jumble_order(np.arange(8), rng, swap=True) for _ in range(20)]
     assert all((order != np.arange(8)).sum() == 2 for order in swapped)
     batch_ids, labels = task.batch(rng, 51)  # 25 sentences, each as written and jumbled
     assert labels.tolist() == [0] * 25 + [1] * 25
     for written, jumbled in zip(batch_ids[:25], batch_ids[25:]):
         assert sorted(written.tolist()) == sorted(jumbled.tolist())
-        assert not np.array_equal(written, jumbled) or (written == written[0]).all()
+        assert not np.array_equal(written, jumbled)
+    assert task.encode(["honesty", "zebra"]).tolist() == [task.vocab.index["honesty"], task.UNK]
     with pytest.raises(ValueError, match="^ids:"):
         data.jumble_order(np.array([3, 3, 3]), rng)
+    with pytest.raises(ValueError, match="^test_size:"):
+        data.JumbledSentences(test_size=4)
+    with pytest.raises(ValueError, match="^shuffle_prob:"):
+        data.JumbledSentences(shuffle_prob=1.5)
     assert data.tokenize_sentence("POLICY IS THE BEST, DON'T.") == [
         "policy", "is", "the", "best", ",", "don't"]
+
+
+def test_bag_of_words_at_chance_on_pairs() -> None:
+    """Every sentence shown as written and jumbled: a bag of words, trained or not, gets
+    exactly half right (the same p(jumbled) for both)."""
+    task = data.JumbledSentences(test_size=50)
+    ids, kinds, _ = task.pairs(np.random.default_rng(1), task.test)
+    model = BagOfWords(len(task.vocab), 2, embed_dim=6, seed=3)
+    x, lengths = data.pad_sequences(ids, task.PAD)
+    logits, _ = model.forward(x, lengths=lengths)
+    np.testing.assert_array_equal(logits[:50], logits[50:])
+    assert model.accuracy(x, (kinds > 0).astype(np.int64), lengths) == 0.5
 
 
 def test_reversal_task() -> None:
@@ -637,3 +686,19 @@ def test_reversal_task() -> None:
     assert all(task.held_out(s - 1) for s in test_src)
     with pytest.raises(ValueError, match="^letters:"):
         data.Reversal(letters=30)
+
+
+def test_train_reversal() -> None:
+    """The attention task's trainer: the model asked for, the steps asked for, a report each."""
+    task = data.Reversal(4, 6, letters=5)
+    seen: list[tuple[int, float]] = []
+    model, steps = data.train_reversal(task, "luong", hidden_size=6, embed_dim=4, batch=3,
+                                       steps=4, on_step=lambda m, k, loss: seen.append((k, loss)))
+    assert isinstance(model, Seq2Seq) and model.attention is not None and steps == 4
+    assert [k for k, _ in seen] == [1, 2, 3, 4] and all(loss > 0 for _, loss in seen)
+    plain, steps = data.train_reversal(task, hidden_size=6, embed_dim=4, steps=10,
+                                       progress=lambda k: k / 2)
+    assert plain.attention is None and steps == 2  # whichever is further along
+    assert len(plain.src_embed.params["weight"]) == len(task.src_vocab)
+    with pytest.raises(ValueError, match="^steps, progress:"):
+        data.train_reversal(task)

@@ -54,10 +54,18 @@ class _Clock:
         self.deadline = None if minutes is None else time.perf_counter() + 60.0 * minutes
         self.start = time.perf_counter()
 
+    def progress(self, step: int) -> float:
+        """The fraction of the budget used after ``step`` steps: of the steps or of the time,
+        whichever is further along (0 without a budget)."""
+        done = 0.0 if self.steps is None else step / self.steps
+        if self.deadline is not None:
+            budget = self.deadline - self.start
+            used = time.perf_counter() - self.start
+            done = max(done, used / budget if budget > 0 else 1.0)
+        return done
+
     def running(self, step: int) -> bool:
-        if self.steps is not None and step >= self.steps:
-            return False
-        return self.deadline is None or time.perf_counter() < self.deadline
+        return self.progress(step) < 1.0
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -388,6 +396,40 @@ def cmd_gradflow(args: argparse.Namespace) -> int:
 
 # -- attention -------------------------------------------------------------------------------------
 
+class _Split:
+    """A wall-clock budget of ``minutes`` split between models by their shares: each gets its
+    share of what is left when it starts (time one did not use goes to the next), and the last
+    ``reserve`` (a fraction of the budget) is kept for the final evaluation and report."""
+
+    def __init__(self, minutes: float, steps: Optional[int], shares: Dict[str, float],
+                 reserve: float) -> None:
+        self.start = time.perf_counter()
+        self.deadline = self.start + 60.0 * minutes * (1.0 - reserve)
+        self.steps, self.left = steps, dict(shares)
+
+    def clock(self, name: str) -> _Clock:
+        share = self.left.pop(name)
+        seconds = max(0.0, self.deadline - time.perf_counter())
+        return _Clock(self.steps, seconds * share / (share + sum(self.left.values())) / 60.0)
+
+    def report(self) -> str:
+        return f"wall time {time.perf_counter() - self.start:.0f} s"
+
+
+def _reporter(name: str, what: str, evaluate: Callable[[Any], float], clock: _Clock,
+              every: int) -> Callable[[Any, int, float], None]:
+    """A training loop's ``on_step(model, step, loss)``: every ``every`` steps it prints the
+    mean loss since the last report and the held-out ``what``, ``evaluate(model)``."""
+    losses: List[float] = []
+
+    def on_step(model: Any, step: int, loss: float) -> None:
+        losses.append(loss)
+        if step % every == 0:
+            _out(f"  {name:<17} step {step:5d}  loss {np.mean(losses[-every:]):.4f}  "
+                 f"held-out {what} {evaluate(model):.1%}  ({clock.elapsed():.0f} s)")
+    return on_step
+
+
 def _matches(model: Seq2Seq, src: List[Array], tgt: List[Array]) -> Array:
     """Whether greedy decoding gets each target exactly (B,) bool."""
     pred = model.greedy(src, max(len(t) for t in tgt) + 2)
@@ -396,6 +438,8 @@ def _matches(model: Seq2Seq, src: List[Array], tgt: List[Array]) -> Array:
 
 def cmd_attention(args: argparse.Namespace) -> int:
     """The same encoder-decoder without and with attention on long sequences: reverse them."""
+    split = _Split(args.minutes, args.steps, {"without attention": 1.0, "with attention": 1.0},
+                   reserve=0.05)
     if args.plot:  # fail before training, not after it
         try:
             diagnostics.require_matplotlib("--plot")
@@ -406,31 +450,21 @@ def cmd_attention(args: argparse.Namespace) -> int:
     lengths = np.array([len(s) for s in test_src])  # (N,)
     _out(f"task: reverse {args.min_len} to {args.max_len} letters (of {args.letters}); "
          f"{args.cell}, H = {args.hidden}; held-out test set of {args.test_size} "
-         f"(inputs {lengths.min()} to {lengths.max()} tokens)")
+         f"(inputs {lengths.min()} to {lengths.max()} tokens); {args.minutes:g} minutes")
     exact: Dict[str, Array] = {}  # name -> (N,) bool
     models: Dict[str, Seq2Seq] = {}
     for name, attention in (("without attention", None), ("with attention", "luong")):
-        model = models[name] = Seq2Seq(
-            len(task.src_vocab), len(task.tgt_vocab), hidden_size=args.hidden, cell=args.cell,
-            embed_dim=args.embed, pad=task.PAD, bos=task.BOS, eos=task.EOS, seed=args.seed,
-            attention=attention)
-        opt = optim.Adam(model.params, model.grads, lr=args.lr)
-        rng = np.random.default_rng(args.seed)
-        clock = _Clock(args.steps, args.minutes / 2)
-        step, losses = 0, []
-        while clock.running(step):
-            src, tgt = task.sample(rng, args.batch, "train")
-            losses.append(_train_step(model, opt, args.clip,
-                                      partial(model.loss_and_backward, src, tgt)))
-            step += 1
-            if step % args.eval_every == 0:
-                acc = _matches(model, test_src[:args.eval_size], test_tgt[:args.eval_size])
-                _out(f"  {name:<17} step {step:5d}  loss {np.mean(losses[-args.eval_every:]):.4f}"
-                     f"  held-out exact match {acc.mean():.1%} (first {len(acc)})  "
-                     f"({clock.elapsed():.0f} s)")
-        exact[name] = _matches(model, test_src, test_tgt)
-        _out(f"{name}: {model.num_params():,} parameters, {step} steps, {clock.elapsed():.0f} s, "
-             f"held-out exact match {exact[name].mean():.1%}")
+        clock = split.clock(name)
+        model, steps = data.train_reversal(
+            task, attention, hidden_size=args.hidden, embed_dim=args.embed, cell=args.cell,
+            batch=args.batch, lr=args.lr, clip=args.clip, seed=args.seed, progress=clock.progress,
+            on_step=_reporter(name, f"exact match (first {args.eval_size})",
+                              lambda m: float(_matches(m, test_src[:args.eval_size],
+                                                       test_tgt[:args.eval_size]).mean()),
+                              clock, args.eval_every))
+        models[name], exact[name] = model, _matches(model, test_src, test_tgt)
+        _out(f"{name}: {model.num_params():,} parameters, {steps} steps, {clock.elapsed():.0f} s,"
+             f" held-out exact match {exact[name].mean():.1%}")
     _out("\nheld-out exact match by input length")
     _out("  length    count  " + "  ".join(f"{n:>17}" for n in exact))
     for lo in range(args.min_len, args.max_len + 1, 5):
@@ -454,6 +488,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
             title=f"Where the decoder looks: reversing {len(example)} letters "
                   f"(Luong attention, {args.cell}, H = {args.hidden})")
         _out(f"attention weights of the first test example saved to {args.plot}")
+    _out(f"{split.report()} (budget {60 * args.minutes:.0f} s)")
     if args.json:
         _out(json.dumps({"exact_match_without_attention": float(exact["without attention"].mean()),
                          "exact_match_with_attention": float(exact["with attention"].mean()),
@@ -463,18 +498,6 @@ def cmd_attention(args: argparse.Namespace) -> int:
 
 # -- jumbled sentences -----------------------------------------------------------------------------
 
-def _jumble_models(task: data.JumbledSentences, args: argparse.Namespace
-                   ) -> Dict[str, Union[BagOfWords, SequenceClassifier]]:
-    vocab = len(task.vocab)
-    return {
-        "bag of words": BagOfWords(vocab, 2, embed_dim=args.embed, seed=args.seed),
-        "RNN": SequenceClassifier(vocab, 2, hidden_size=args.hidden, cell="rnn",
-                                  embed_dim=args.embed, seed=args.seed),
-        "LSTM": SequenceClassifier(vocab, 2, hidden_size=args.hidden, cell="lstm",
-                                   embed_dim=args.embed, seed=args.seed),
-    }
-
-
 def _p_jumbled(model: Union[BagOfWords, SequenceClassifier], ids: List[Array]) -> Array:
     """p(jumbled) (B,) for id sequences of any lengths."""
     padded, lengths = data.pad_sequences(ids, data.JumbledSentences.PAD)  # (T, B), (B,)
@@ -482,37 +505,58 @@ def _p_jumbled(model: Union[BagOfWords, SequenceClassifier], ids: List[Array]) -
     return np.asarray(softmax(logits.astype(np.float64))[:, 1])
 
 
+def _right(model: Union[BagOfWords, SequenceClassifier], ids: List[Array], jumbled: Array
+           ) -> Array:
+    """Whether the model's verdict (p(jumbled) > 0.5) on each sentence is right (B,) bool."""
+    return np.asarray((_p_jumbled(model, ids) > 0.5) == jumbled)
+
+
+def _classifier_loss(task: data.JumbledSentences, model: Union[BagOfWords, SequenceClassifier],
+                     batch: int, rng: np.random.Generator) -> float:
+    """A fresh training batch of sentences, each as written and jumbled: loss and backward."""
+    ids, labels = task.batch(rng, batch)
+    padded, lengths = data.pad_sequences(ids, task.PAD)  # (T, B), (B,)
+    return model.loss_and_backward(padded, labels, lengths)[0]
+
+
 def cmd_jumble(args: argparse.Namespace) -> int:
     """The lecture's opening: is a sentence as written, or are its words jumbled?"""
-    task = data.JumbledSentences(shuffle_prob=args.shuffle_prob)
-    test_ids, test_kinds, test_words = task.examples(np.random.default_rng(args.seed + 1),
-                                                     task.test)
-    test_labels = test_kinds > 0  # (N,) True = jumbled
-    models = _jumble_models(task, args)
-    _out(f"sentences: {len(task.train):,} for training, {len(task.test):,} held out (never seen "
-         f"in training), from Python's own documentation; vocabulary {len(task.vocab):,} words; "
-         f"each shown as written or jumbled (shuffled or two words swapped), chance 50%")
-    right: Dict[str, Array] = {}  # name -> (N,) bool: the held-out verdicts that are right
-    shares = {"bag of words": 0.1, "RNN": 0.45, "LSTM": 0.45}  # of --minutes
+    split = _Split(args.minutes, args.steps, {"bag of words": 0.1, "RNN": 0.45, "LSTM": 0.45},
+                   reserve=0.02)
+    task = data.JumbledSentences(test_size=args.test_size, shuffle_prob=args.shuffle_prob)
+    test_ids, test_kinds, test_words = task.pairs(np.random.default_rng(args.seed + 1), task.test)
+    test_labels = test_kinds > 0  # (2N,) True = jumbled
+    vocab = len(task.vocab)
+    models: Dict[str, Union[BagOfWords, SequenceClassifier]] = {
+        "bag of words": BagOfWords(vocab, 2, embed_dim=args.embed, seed=args.seed),
+        "RNN": SequenceClassifier(vocab, 2, hidden_size=args.hidden, cell="rnn",
+                                  embed_dim=args.embed, seed=args.seed),
+        "LSTM": SequenceClassifier(vocab, 2, hidden_size=args.hidden, cell="lstm",
+                                   embed_dim=args.embed, seed=args.seed),
+    }
+    _out(f"sentences of a built-in English grammar ({vocab - 2} words): fresh ones for every "
+         f"training step, and {len(task.test):,} held out (never seen in training), each shown "
+         f"as written and jumbled (shuffled or two words swapped); chance 50%; "
+         f"{args.minutes:g} minutes")
+    right: Dict[str, Array] = {}  # name -> (2N,) bool: the held-out verdicts that are right
     for name, model in models.items():
-        rng = np.random.default_rng(args.seed)
+        clock = split.clock(name)
+        report = _reporter(name, "accuracy",
+                           lambda m: float(_right(m, test_ids, test_labels).mean()), clock,
+                           args.eval_every)
         opt = optim.Adam(model.params, model.grads, lr=args.lr)
-        clock = _Clock(args.steps, args.minutes * shares[name])
-        step, losses = 0, []
-        while clock.running(step):
-            ids, labels = task.batch(rng, args.batch)
-            padded, lengths = data.pad_sequences(ids, task.PAD)  # (T, B), (B,)
-            losses.append(_train_step(model, opt, args.clip,
-                                      partial(model.loss_and_backward, padded, labels, lengths))[0])
-            step += 1
-            if step % args.eval_every == 0:
-                acc = np.mean((_p_jumbled(model, test_ids) > 0.5) == test_labels)
-                _out(f"  {name:<12} step {step:5d}  loss {np.mean(losses[-args.eval_every:]):.3f}"
-                     f"  held-out accuracy {acc:.1%}  ({clock.elapsed():.0f} s)")
-        right[name] = (_p_jumbled(model, test_ids) > 0.5) == test_labels
-        _out(f"{name}: {right[name].mean():.1%} held-out accuracy after {step} steps, "
+        rng = np.random.default_rng(args.seed)
+        steps = 0
+        while clock.running(steps):
+            opt.lr = args.lr * (1.0 - clock.progress(steps))  # down to 0 at the budget's end
+            loss = _train_step(model, opt, args.clip,
+                               partial(_classifier_loss, task, model, args.batch, rng))
+            steps += 1
+            report(model, steps, loss)
+        right[name] = _right(model, test_ids, test_labels)
+        _out(f"{name}: {right[name].mean():.1%} held-out accuracy after {steps} steps, "
              f"{clock.elapsed():.0f} s")
-    _out(f"\nheld-out accuracy on {len(task.test):,} sentences")
+    _out(f"\nheld-out accuracy on {len(task.test):,} sentences, each as written and jumbled")
     _out("  shown as          count  " + "  ".join(f"{n:>12}" for n in right))
     for kind, shown_as in enumerate(("as written", "shuffled", "two swapped")):
         sel = test_kinds == kind
@@ -520,19 +564,19 @@ def cmd_jumble(args: argparse.Namespace) -> int:
              + "  ".join(f"{r[sel].mean():12.1%}" for r in right.values()))
     _out(f"  {'all':<14} {len(test_kinds):>8}  "
          + "  ".join(f"{r.mean():12.1%}" for r in right.values()))
-    lecture = data.LECTURE_JUMBLED + data.LECTURE_WRITTEN
-    words = [data.tokenize_sentence(t) for t in lecture] + test_words[:args.show]
-    truth = [1] * len(data.LECTURE_JUMBLED) + [0] * len(data.LECTURE_WRITTEN)
-    truth += [int(v) for v in test_labels[:args.show]]
-    shown = [task.encode(w) for w in words]
-    probs = {n: _p_jumbled(m, shown) for n, m in models.items()}  # name -> (N,)
-    _out("\np(jumbled) by each model (> 0.5: it says jumbled); * = a word it never saw; "
-         "the lecture's sentences first, then held-out ones")
+    n = len(task.test)
+    shown = [(1, data.tokenize_sentence(t)) for t in data.LECTURE_JUMBLED]
+    shown += [(0, data.tokenize_sentence(t)) for t in data.LECTURE_WRITTEN]
+    for i in range(len(data.LECTURE_WRITTEN), len(data.LECTURE_WRITTEN) + args.show):
+        shown += [(0, test_words[i]), (1, test_words[n + i])] if i < n else []
+    probs = {name: _p_jumbled(m, [task.encode(w) for _, w in shown]) for name, m in models.items()}
+    _out("\np(jumbled) by each model (> 0.5: it says jumbled): the lecture's sentences as it "
+         "jumbles them and put right (held out), then other held-out ones")
     _out("  truth     BoW   RNN   LSTM  sentence")
-    for i, (label, ws, x) in enumerate(zip(truth, words, shown)):
-        text = " ".join(w + ("*" if t == task.UNK else "") for w, t in zip(ws, x))
-        cols = "  ".join(f"{probs[n][i]:.2f}" for n in models)
-        _out(f"  {'jumbled' if label else 'written':<8}  {cols}  {text}")
+    for i, (label, words) in enumerate(shown):
+        cols = "  ".join(f"{probs[name][i]:.2f}" for name in models)
+        _out(f"  {'jumbled' if label else 'written':<8}  {cols}  {' '.join(words)}")
+    _out(f"{split.report()} (budget {60 * args.minutes:.0f} s)")
     if args.json:
         _out(json.dumps({"bag_of_words_accuracy": float(right["bag of words"].mean()),
                          "rnn_accuracy": float(right["RNN"].mean()),
@@ -567,24 +611,38 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _training_args(p: argparse.ArgumentParser, minutes: float, hidden: int, embed: int,
-                   what: str) -> None:
-    """The options jumble and attention share: budget, sizes, Adam, progress, --json."""
-    p.add_argument("--minutes", type=_positive_float, default=minutes,
-                   help="time budget for all the models, in minutes")
-    p.add_argument("--steps", type=_positive_int, default=None,
-                   help="at most this many steps per model")
-    p.add_argument("--hidden", type=_positive_int, default=hidden, help="hidden size H")
-    p.add_argument("--embed", type=_positive_int, default=embed, help="embedding size")
-    p.add_argument("--batch", type=_positive_int, default=64, help="examples per step")
-    p.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam learning rate")
-    p.add_argument("--clip", type=_positive_float, default=5.0,
-                   help="gradient norm clipping")
-    p.add_argument("--eval-every", type=_positive_int, default=250,
-                   help="steps between held-out evaluations")
-    p.add_argument("--json", action="store_true",
-                   help=f"print {what} as one JSON object on the last line")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+# The options several commands share, each defined once here; a command takes the ones it needs
+# from `_shared`, with its own defaults (and its own help where that differs).
+_OPTIONS: Dict[str, Dict[str, Any]] = {
+    "cell": {"choices": ("lstm", "gru", "rnn"), "help": "recurrent cell"},
+    "hidden": {"type": _positive_int, "help": "hidden size H"},
+    "layers": {"type": _positive_int, "help": "stacked layers"},
+    "embed": {"type": _positive_int, "help": "embedding size"},
+    "batch": {"type": _positive_int, "help": "examples per step"},
+    "steps": {"type": _positive_int, "help": "at most this many steps"},
+    "minutes": {"type": _positive_float, "help": "time budget in minutes (default: none)"},
+    "lr": {"type": _positive_float, "help": "Adam learning rate"},
+    "clip": {"type": _positive_float, "help": "gradient norm clip"},
+    "eval-every": {"type": _positive_int, "help": "steps between held-out evaluations"},
+    "test-size": {"type": _positive_int, "help": "held-out examples"},
+    "json": {"action": "store_true",
+             "help": "print the results as one JSON object on the last line"},
+    "seed": {"type": int, "help": "random seed"},
+}
+
+
+def _shared(**defaults: Any) -> argparse.ArgumentParser:
+    """A parent parser with the `_OPTIONS` named (``eval_every`` for --eval-every), each with
+    the default given, or a (default, help) pair where the command's help differs."""
+    parent = argparse.ArgumentParser(add_help=False)
+    for name, value in defaults.items():
+        flag = name.replace("_", "-")
+        default, text = value if isinstance(value, tuple) else (value, None)
+        options = {**_OPTIONS[flag], "default": default}
+        if text is not None:
+            options["help"] = text
+        parent.add_argument(f"--{flag}", **options)
+    return parent
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -593,33 +651,21 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"rnnkern {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    cells = ("lstm", "gru", "rnn")
 
-    p = sub.add_parser("dogs", help="the lecture's DOGS example (seconds)")
-    p.add_argument("--hidden", type=_positive_int, default=3, help="hidden size H")
-    p.add_argument("--steps", type=_positive_int, default=2000, help="at most this many steps")
-    p.add_argument("--lr", type=_positive_float, default=0.05, help="Adam learning rate")
+    p = sub.add_parser("dogs", help="the lecture's DOGS example (seconds)",
+                       parents=[_shared(hidden=3, steps=2000, lr=0.05, seed=0)])
     p.add_argument("--target-loss", type=_positive_float, default=0.05,
                    help="stop when every prediction is right and the loss is below this")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=cmd_dogs)
 
-    p = sub.add_parser("train-char", help="train a character language model")
+    p = sub.add_parser("train-char", help="train a character language model", parents=[_shared(
+        cell="lstm", hidden=256, layers=1, embed=64, batch=(32, "sequences per step"),
+        steps=(None, "training steps (default: 2000 unless --minutes is given)"), minutes=None,
+        lr=2e-3, clip=5.0, seed=0)])
     p.add_argument("text_file", nargs="?", default=None,
                    help="UTF-8 text (default: the Python standard library's .py files)")
-    p.add_argument("--cell", choices=cells, default="lstm", help="recurrent cell")
-    p.add_argument("--hidden", type=_positive_int, default=256, help="hidden size H")
-    p.add_argument("--layers", type=_positive_int, default=1, help="stacked layers")
-    p.add_argument("--embed", type=_positive_int, default=64, help="embedding size")
     p.add_argument("--dropout", type=float, default=0.0, help="between layers")
     p.add_argument("--seq-len", type=_positive_int, default=100, help="truncated BPTT length")
-    p.add_argument("--batch", type=_positive_int, default=32, help="sequences per step")
-    p.add_argument("--steps", type=_positive_int, default=None,
-                   help="training steps (default: 2000 unless --minutes is given)")
-    p.add_argument("--minutes", type=_positive_float, default=None,
-                   help="time budget in minutes (default: none)")
-    p.add_argument("--lr", type=_positive_float, default=2e-3, help="Adam learning rate")
-    p.add_argument("--clip", type=_positive_float, default=5.0, help="gradient norm clip")
     p.add_argument("--max-chars", type=_positive_int, default=2_000_000, help="corpus size cap")
     p.add_argument("--val-fraction", type=float, default=0.05,
                    help="the fraction of the corpus, at its end, kept for validation")
@@ -631,55 +677,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.8, help="of the samples")
     p.add_argument("--out", default="charlm.npz", help="checkpoint file ('' to skip)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=cmd_train_char)
 
-    p = sub.add_parser("sample", help="generate text from a character model checkpoint")
+    p = sub.add_parser("sample", help="generate text from a character model checkpoint",
+                       parents=[_shared(seed=(None, "random seed (default: random)"))])
     p.add_argument("checkpoint", help="a checkpoint saved by train-char")
     p.add_argument("--temperature", type=float, default=0.8, help="0: always the likeliest")
     p.add_argument("--length", type=_positive_int, default=500, help="characters to generate")
     p.add_argument("--prime", default="", help="text to start from (default: a newline)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("train-seq2seq", help="encoder-decoder: numbers in words -> digits")
-    p.add_argument("--cell", choices=cells, default="lstm", help="recurrent cell")
-    p.add_argument("--hidden", type=_positive_int, default=128, help="hidden size H")
-    p.add_argument("--layers", type=_positive_int, default=1, help="stacked layers")
-    p.add_argument("--embed", type=_positive_int, default=32, help="embedding size")
+    p = sub.add_parser("train-seq2seq", help="encoder-decoder: numbers in words -> digits",
+                       parents=[_shared(
+                           cell="lstm", hidden=128, layers=1, embed=32, batch=64,
+                           steps=(None, "training steps (default: 1000 unless --minutes is "
+                                        "given)"),
+                           minutes=None, lr=3e-3, clip=5.0, eval_every=250, test_size=1000,
+                           seed=0)])
     p.add_argument("--max-value", type=_positive_int, default=999_999,
                    help="numbers from 0 to this")
-    p.add_argument("--batch", type=_positive_int, default=64, help="examples per step")
-    p.add_argument("--steps", type=_positive_int, default=None,
-                   help="training steps (default: 1000 unless --minutes is given)")
-    p.add_argument("--minutes", type=_positive_float, default=None,
-                   help="time budget in minutes (default: none)")
-    p.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam learning rate")
-    p.add_argument("--clip", type=_positive_float, default=5.0, help="gradient norm clip")
-    p.add_argument("--eval-every", type=_positive_int, default=250,
-                   help="held-out exact match every this many steps")
-    p.add_argument("--test-size", type=_positive_int, default=1000, help="held-out examples")
     p.add_argument("--beam", type=_positive_int, default=4, help="beam width of the last test")
     p.add_argument("--beam-test-size", type=_positive_int, default=200,
                    help="held-out examples decoded by beam search")
     p.add_argument("--stop-at", type=float, default=None,
                    help="stop once the held-out exact match reaches this (e.g. 0.98)")
     p.add_argument("--out", default="", help="checkpoint file (default: none)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=cmd_train_seq2seq)
 
     for name, func, text in (("gradflow", cmd_gradflow, "plot ||dL_T/dh_t|| for RNN and LSTM"),
                              ("longrange", cmd_longrange, "accuracy against T: RNN vs LSTM")):
-        p = sub.add_parser(name, help=text)
+        p = sub.add_parser(name, help=text, parents=[_shared(
+            hidden=32, batch=(32, "sequences per step"), lr=(0.1, "SGD (momentum 0.9)"),
+            seed=0)])
         p.add_argument("--cells", default="rnn,lstm", help="comma-separated cells")
-        p.add_argument("--hidden", type=_positive_int, default=32, help="hidden size H")
-        p.add_argument("--batch", type=_positive_int, default=32, help="sequences per step")
-        p.add_argument("--lr", type=_positive_float, default=0.1, help="SGD (momentum 0.9)")
         p.add_argument("--forget-bias", type=float, default=5.0,
                        help="added to the LSTM's forget-gate bias at initialization")
         p.add_argument("--input-bias", type=float, default=-3.0,
                        help="added to the LSTM's input-gate bias at initialization")
-        p.add_argument("--seed", type=int, default=0, help="random seed")
         p.set_defaults(func=func)
         if name == "gradflow":
             p.add_argument("--out", default="gradflow.png", help="the plot (PNG)")
@@ -691,23 +725,31 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--steps", type=_positive_int, default=800, help="training steps")
             p.add_argument("--test-size", type=_positive_int, default=1000,
                            help="held-out sequences per T")
-    p = sub.add_parser("attention", help="encoder-decoder with and without attention")
-    _training_args(p, minutes=3.0, hidden=128, embed=32, what="the exact matches")
-    p.add_argument("--cell", choices=cells, default="lstm", help="recurrent cell")
+
+    def timed(minutes: float, **defaults: Any) -> argparse.ArgumentParser:
+        """jumble's and attention's shared options: one time budget for all their models."""
+        return _shared(minutes=(minutes, "time budget for all the models, in minutes"),
+                       steps=(None, "at most this many steps per model"), clip=5.0, json=False,
+                       seed=0, **defaults)
+
+    p = sub.add_parser("attention", help="encoder-decoder with and without attention",
+                       parents=[timed(3.0, cell="lstm", hidden=64, embed=32, batch=32, lr=1e-2,
+                                      eval_every=250, test_size=1000)])
     p.add_argument("--min-len", type=_positive_int, default=30, help="shortest input")
     p.add_argument("--max-len", type=_positive_int, default=40, help="longest input")
     p.add_argument("--letters", type=int, default=20, help="alphabet size (2..26)")
     p.add_argument("--eval-size", type=_positive_int, default=200,
                    help="test examples decoded at each evaluation")
-    p.add_argument("--test-size", type=_positive_int, default=1000,
-                   help="held-out examples")
     p.add_argument("--plot", default="", metavar="FILE.png",
                    help="draw the attention weights of one test example (needs matplotlib)")
     p.set_defaults(func=cmd_attention)
 
-    p = sub.add_parser("jumble", help="as written or jumbled? bag of words vs RNN vs LSTM")
-    _training_args(p, minutes=2.0, hidden=128, embed=64, what="the accuracies")
-    p.add_argument("--show", type=int, default=4, help="held-out sentences shown")
+    p = sub.add_parser("jumble", help="as written or jumbled? bag of words vs RNN vs LSTM",
+                       parents=[timed(2.0, hidden=64, embed=32, batch=64, lr=5e-3,
+                                      eval_every=100,
+                                      test_size=(1000, "held-out sentences (5 to 20000)"))])
+    p.add_argument("--show", type=int, default=3,
+                   help="held-out sentences shown (each as written and jumbled)")
     p.add_argument("--shuffle-prob", type=float, default=0.5,
                    help="of the jumbled sentences, the fraction shuffled (the rest: two words "
                         "swapped)")

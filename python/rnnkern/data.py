@@ -8,9 +8,10 @@
 - `NumberWords`: the seq2seq task "three hundred and twelve" -> "312".
 - `longrange_batch`: the lecture's "brown and black dog ... german shepherd" task: the first
   token decides the answer at the end of a sequence of T tokens.
-- `Reversal`: the attention task: a sequence of 30 to 40 letters -> the same letters reversed.
-- `builtin_sentences` / `JumbledSentences`: the lecture's opening ("POLICY IS THE BEST
-  HONESTY"): English sentences from Python's own documentation, shown as written or jumbled.
+- `Reversal`, `train_reversal`: the attention task (30 to 40 letters -> the same letters
+  reversed) and its encoder-decoder, trained with or without attention.
+- `JumbledSentences`: the lecture's opening ("POLICY IS THE BEST HONESTY"): sentences of a
+  built-in English grammar (`rnnkern.sentences`), shown as written or jumbled.
 """
 from __future__ import annotations
 
@@ -19,15 +20,17 @@ import re
 import sysconfig
 import zlib
 from pathlib import Path
-from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
 
+from .sentences import Grammar
+
 __all__ = [
     "stdlib_dir", "default_corpus", "Vocab", "split_ids", "batchify", "bptt_batches",
     "pad_sequences", "number_to_words", "NumberWords", "LONGRANGE_CUES", "LONGRANGE_FILLER",
-    "longrange_batch", "Reversal", "builtin_sentences", "tokenize_sentence", "jumble_order",
+    "longrange_batch", "Reversal", "train_reversal", "tokenize_sentence", "jumble_order",
     "JumbledSentences", "LECTURE_JUMBLED", "LECTURE_WRITTEN",
 ]
 
@@ -303,6 +306,48 @@ class Reversal:
         return src, [s[::-1] + 2 for s in src]  # target ids: 3.. (after pad, bos, eos)
 
 
+def train_reversal(task: Reversal, attention: Optional[str] = None, *, hidden_size: int = 64,
+                   embed_dim: int = 32, cell: str = "lstm", batch: int = 64, lr: float = 5e-3,
+                   clip: float = 5.0, seed: int = 0, steps: Optional[int] = None,
+                   progress: Optional[Callable[[int], float]] = None,
+                   on_step: Optional[Callable[[Any, int, float], None]] = None
+                   ) -> Tuple[Any, int]:
+    """The attention task's encoder-decoder, trained: returns (the `Seq2Seq`, steps taken).
+
+    The same model with ``attention`` None (the final state only) or "luong"; Adam on fresh
+    training batches, the gradients' norm clipped at ``clip``, the learning rate falling
+    linearly from ``lr`` to 0 over the budget: ``steps`` steps, or until ``progress(step)``
+    (the fraction of some other budget used, e.g. of the time) reaches 1; with both, whichever
+    is further along. ``on_step(model, step, loss)`` after each step.
+    """
+    from . import optim  # here, not above: rnnkern.models imports this module
+    from .models import Seq2Seq
+
+    if steps is None and progress is None:
+        raise ValueError("steps, progress: give at least one of them")
+
+    def done(step: int) -> float:  # the fraction of the budget used
+        return max(0.0 if steps is None else step / steps,
+                   0.0 if progress is None else progress(step))
+
+    model = Seq2Seq(len(task.src_vocab), len(task.tgt_vocab), hidden_size=hidden_size, cell=cell,
+                    embed_dim=embed_dim, pad=task.PAD, bos=task.BOS, eos=task.EOS, seed=seed,
+                    attention=attention)
+    opt = optim.Adam(model.params, model.grads, lr=lr)
+    rng = np.random.default_rng(seed)
+    step = 0
+    while (fraction := done(step)) < 1.0:
+        opt.lr = lr * (1.0 - fraction)
+        model.zero_grad()
+        loss = model.loss_and_backward(*task.sample(rng, batch, "train"))
+        optim.clip_grad_norm(model.grads, clip)
+        opt.step()
+        step += 1
+        if on_step is not None:
+            on_step(model, step, loss)
+    return model, step
+
+
 # -- long-range task: the first token decides the answer -------------------------------------------
 
 LONGRANGE_CUES = ["brown", "golden"]  # token 0 -> "german shepherd", token 1 -> "retriever"
@@ -329,59 +374,11 @@ def longrange_batch(rng: np.random.Generator, batch: int, steps: int
 # -- jumbled sentences: does word order carry meaning? ---------------------------------------------
 
 _TOKEN = re.compile(r"[a-z0-9_]+(?:'[a-z]+)?|,")  # lowercase words (with 's, n't ...) and commas
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"])")
-_CODE_CHARS = re.compile(r"[=<>\[\]{}@#\\|]")  # a sentence with these is code, not prose
 
 
 def tokenize_sentence(text: str) -> List[str]:
     """Lowercase word tokens and commas of a sentence (other punctuation dropped)."""
     return _TOKEN.findall(text.lower())
-
-
-def _prose_sentences(text: str, min_words: int, max_words: int) -> Iterator[List[str]]:
-    """The tokenized sentences ending in "." of the prose paragraphs of reST-like text."""
-    for para in re.split(r"\n\s*\n", text):
-        lines = [line.strip() for line in para.split("\n")]
-        if any(line.startswith((">>>", "...")) or "::=" in line for line in lines):
-            continue  # an interactive example or a grammar rule
-        if len(lines) > 1 and set(lines[1]) <= set("*=-"):
-            continue  # a heading
-        for sentence in _SENTENCE_END.split(" ".join(lines)):
-            if not sentence.endswith(".") or _CODE_CHARS.search(sentence):
-                continue
-            tokens = tokenize_sentence(sentence)
-            if min_words <= len(tokens) <= max_words and len(set(tokens)) > 1:
-                yield tokens
-
-
-def builtin_sentences(min_words: int = 5, max_words: int = 30,
-                      directory: Optional[Path] = None) -> List[List[str]]:
-    """English sentences from the running Python's own documentation, tokenized, distinct.
-
-    Two sources, both part of every Python installation (nothing is downloaded): the language
-    reference's topics as plain text (``pydoc_data.topics``, what ``help("if")`` shows) and the
-    triple-quoted strings (docstrings) of the standard library's top-level pure-ASCII ``.py``
-    files, in sorted order. Only prose sentences ending in "." with ``min_words`` to
-    ``max_words`` tokens are kept; each token list appears once. Deterministic for a Python
-    version.
-    """
-    from pydoc_data.topics import topics
-
-    texts = [topics[name] for name in sorted(topics)]
-    root = stdlib_dir() if directory is None else Path(directory)
-    for path in sorted(root.glob("*.py")):
-        raw = path.read_bytes()
-        if raw.isascii() and not path.name.startswith("_sysconfigdata"):
-            texts += re.findall(r'"""(.*?)"""', raw.decode("ascii"), re.S)
-    seen: set[Tuple[str, ...]] = set()
-    out: List[List[str]] = []
-    for text in texts:
-        for tokens in _prose_sentences(text, min_words, max_words):
-            key = tuple(tokens)
-            if key not in seen:
-                seen.add(key)
-                out.append(tokens)
-    return out
 
 
 def jumble_order(ids: IntArray, rng: np.random.Generator, swap: bool = False) -> IntArray:
@@ -395,8 +392,10 @@ def jumble_order(ids: IntArray, rng: np.random.Generator, swap: bool = False) ->
         raise ValueError(f"ids: need at least two different tokens to jumble, got {ids.tolist()}")
     order = np.arange(len(ids))  # (N,)
     if swap:
-        i = int(rng.integers(len(ids)))
-        j = int(rng.choice(np.flatnonzero(ids != ids[i])))  # a different word
+        u, v = rng.random(2).tolist()
+        i = int(u * len(ids))
+        others = np.flatnonzero(ids != ids[i])  # (M,): where a different word is
+        j = int(others[int(v * len(others))])
         order[i], order[j] = j, i
     else:
         while (ids[order] == ids).all():
@@ -404,80 +403,7 @@ def jumble_order(ids: IntArray, rng: np.random.Generator, swap: bool = False) ->
     return order
 
 
-class JumbledSentences:
-    """The lecture's opening as a task: is this sentence as written, or are its words jumbled?
-
-    Sentences are `builtin_sentences()`; a fixed fifth of them (by a CRC-32 of their text, the
-    same every run) is held out for testing, and as every sentence appears once, no test
-    sentence is ever seen in training. The vocabulary is the training words seen at least
-    ``min_count`` times; other words are ``<unk>`` (id 1; ``<pad>`` is 0). Label 1 = jumbled
-    (`jumble_order` on the ids, so a jumbled sentence always differs from its original), 0 = as
-    written, each with probability 1/2; of the jumbled ones, ``shuffle_prob`` are shuffled and
-    the others have two words swapped.
-    """
-
-    PAD, UNK = 0, 1
-
-    def __init__(self, min_count: int = 2, max_words: int = 30, test_fraction: float = 0.2,
-                 shuffle_prob: float = 0.5) -> None:
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction}")
-        self.shuffle_prob = shuffle_prob
-        sentences = builtin_sentences(max_words=max_words)
-        cut = int(round(test_fraction * 1000))
-        held = [zlib.crc32(" ".join(s).encode()) % 1000 < cut for s in sentences]
-        self.train = [s for s, h in zip(sentences, held) if not h]
-        self.test = [s for s, h in zip(sentences, held) if h]
-        counts: dict[str, int] = {}
-        for s in self.train:
-            for w in s:
-                counts[w] = counts.get(w, 0) + 1
-        words = sorted(w for w, c in counts.items() if c >= min_count)
-        self.vocab = Vocab(["<pad>", "<unk>", *words], sep=" ")
-
-    def encode(self, words: Sequence[str]) -> IntArray:
-        """Words -> ids (N,), ``<unk>`` for words outside the vocabulary."""
-        return np.array([self.vocab.index.get(w, self.UNK) for w in words], dtype=np.int64)
-
-    def examples(self, rng: np.random.Generator, sentences: Sequence[Sequence[str]],
-                 jumbled: Optional[npt.NDArray[np.bool_]] = None
-                 ) -> Tuple[List[IntArray], IntArray, List[List[str]]]:
-        """The sentences as shown: their ids, kinds (B,) and words in the order shown.
-
-        Kind 0: as written, 1: all words shuffled, 2: two words swapped; a model learns label =
-        kind > 0. ``jumbled`` (B,) says which to jumble (default: each with probability 1/2);
-        of those, ``shuffle_prob`` are shuffled. A sentence whose ids are all the same (e.g. all
-        ``<unk>``) stays as written.
-        """
-        ids = [self.encode(s) for s in sentences]
-        words = [list(s) for s in sentences]
-        if jumbled is None:
-            jumbled = rng.random(len(ids)) < 0.5  # (B,)
-        shuffled = rng.random(len(ids)) < self.shuffle_prob  # (B,)
-        kinds = np.where(jumbled, np.where(shuffled, 1, 2), 0).astype(np.int64)  # (B,)
-        for b, x in enumerate(ids):
-            if kinds[b] and (x == x[0]).all():
-                kinds[b] = 0
-            elif kinds[b]:
-                order = jumble_order(x, rng, swap=kinds[b] == 2)  # (N,)
-                ids[b], words[b] = x[order], [words[b][i] for i in order]
-        return ids, kinds, words
-
-    def batch(self, rng: np.random.Generator, size: int) -> Tuple[List[IntArray], IntArray]:
-        """``size`` // 2 training sentences drawn at random, each as written and jumbled afresh:
-        ids and labels (size // 2 * 2,).
-
-        Pairs leave the words themselves no clue: every sentence is in the batch once with each
-        label, so only the order of its words can tell them apart.
-        """
-        picks = rng.integers(0, len(self.train), size=size // 2)  # (n,)
-        pairs = [self.train[i] for i in picks] * 2
-        jumbled = np.arange(len(pairs)) >= len(picks)  # (2n,)
-        ids, kinds, _ = self.examples(rng, pairs, jumbled)
-        return ids, (kinds > 0).astype(np.int64)
-
-
-# The lecture's opening slides: its jumbled sentences, then what it says about them.
+# The lecture's opening slides: its jumbled sentences, and each of them put right.
 LECTURE_JUMBLED = [
     "YOU DON'T HAVE TO BE WELL TO TRAVEL RICH",
     "IF I'M BAD , YOU'RE MY DAD",
@@ -486,6 +412,106 @@ LECTURE_JUMBLED = [
     "IF OPPORTUNITY DOESN'T DOOR THEN BUILD A KNOCK",
 ]
 LECTURE_WRITTEN = [
-    "SO YOU SEE A LITTLE JUMBLE IN THE WORDS MADE THE SENTENCE INCOHERENT .",
-    "HONESTY IS THE BEST POLICY",  # the proverb the slide jumbles
+    "YOU DON'T HAVE TO BE RICH TO TRAVEL WELL",
+    "IF YOU'RE BAD , I'M YOUR DAD",
+    "HONESTY IS THE BEST POLICY",
+    "SMOKING IS INJURIOUS TO HEALTH",
+    "IF OPPORTUNITY DOESN'T KNOCK THEN BUILD A DOOR",
 ]
+
+
+class JumbledSentences:
+    """The lecture's opening as a task: is this sentence as written, or are its words jumbled?
+
+    Sentences are those of `rnnkern.sentences.Grammar` (built-in English: people and things,
+    the lecture's proverbs; about 8 words each). A sentence is held out if a CRC-32 of its text
+    is 0 mod 10, or if it is one of the lecture's sentences put right (`LECTURE_WRITTEN`):
+    training draws fresh sentences from the grammar for every batch and skips the held-out ones,
+    so no test sentence is ever seen in training. ``test``: the lecture's sentences, then
+    held-out sentences drawn with a fixed seed, ``test_size`` distinct ones in all.
+
+    Jumbled (label 1) means the words shuffled or two different words swapped, and the result
+    not a sentence of the grammar (a jumble that is one, e.g. two people swapped, is drawn
+    again), so every label is right and a jumbled sentence has the same bag of words as the
+    original. Ids: ``<pad>`` 0, ``<unk>`` 1 (words outside the grammar), then its words.
+    """
+
+    PAD, UNK = 0, 1
+
+    def __init__(self, test_size: int = 1000, shuffle_prob: float = 0.5) -> None:
+        if not len(LECTURE_WRITTEN) <= test_size <= 20_000:
+            raise ValueError(f"test_size: expected {len(LECTURE_WRITTEN)} (the lecture's "
+                             f"sentences) to 20000, got {test_size}")
+        if not 0.0 <= shuffle_prob <= 1.0:
+            raise ValueError(f"shuffle_prob: expected a number in [0, 1], got {shuffle_prob}")
+        self.shuffle_prob = shuffle_prob
+        self.grammar = Grammar()
+        self.vocab = Vocab(["<pad>", "<unk>", *self.grammar.words], sep=" ")
+        self._lecture = {" ".join(tokenize_sentence(t)) for t in LECTURE_WRITTEN}
+        self.test = [tokenize_sentence(t) for t in LECTURE_WRITTEN]
+        seen = set(self._lecture)
+        rng = np.random.default_rng(20_150_901)  # the same test set every run
+        while len(self.test) < test_size:
+            words = self.grammar.sample(rng)
+            text = " ".join(words)
+            if text not in seen and self.held_out(words):
+                seen.add(text)
+                self.test.append(words)
+
+    def held_out(self, words: Sequence[str]) -> bool:
+        """Whether a sentence belongs to the test split (never drawn for training)."""
+        text = " ".join(words)
+        return zlib.crc32(text.encode()) % 10 == 0 or text in self._lecture
+
+    def sentence(self, rng: np.random.Generator) -> List[str]:
+        """A training sentence: drawn from the grammar, never a held-out one."""
+        while True:
+            words = self.grammar.sample(rng)
+            if not self.held_out(words):
+                return words
+
+    def encode(self, words: Sequence[str]) -> IntArray:
+        """Words -> ids (N,), ``<unk>`` for words outside the vocabulary."""
+        return np.array([self.vocab.index.get(w, self.UNK) for w in words], dtype=np.int64)
+
+    def jumble(self, words: Sequence[str], rng: np.random.Generator, swap: bool = False
+               ) -> List[str]:
+        """The words shuffled (``swap``: two different words swapped) into a non-sentence."""
+        ids = self.encode(words)
+        for _ in range(1000):
+            out = [words[i] for i in jumble_order(ids, rng, swap)]
+            if not self.grammar.is_sentence(out):
+                return out
+        raise ValueError(f"words: every jumble of {' '.join(words)!r} tried is a sentence")
+
+    def examples(self, rng: np.random.Generator, sentences: Sequence[Sequence[str]],
+                 jumbled: npt.NDArray[np.bool_]
+                 ) -> Tuple[List[IntArray], IntArray, List[List[str]]]:
+        """The sentences as shown: their ids, kinds (B,) and words in the order shown.
+
+        ``jumbled`` (B,) says which to jumble; of those, a fraction ``shuffle_prob`` (at random)
+        are shuffled, the others have two words swapped. Kinds: 0 as written, 1 shuffled, 2 two
+        words swapped; a model learns label = kind > 0.
+        """
+        shuffled = rng.random(len(sentences)) < self.shuffle_prob  # (B,)
+        kinds = np.where(jumbled, np.where(shuffled, 1, 2), 0).astype(np.int64)  # (B,)
+        words = [self.jumble(s, rng, swap=k == 2) if k else list(s)
+                 for s, k in zip(sentences, kinds)]
+        return [self.encode(w) for w in words], kinds, words
+
+    def pairs(self, rng: np.random.Generator, sentences: Sequence[Sequence[str]]
+              ) -> Tuple[List[IntArray], IntArray, List[List[str]]]:
+        """Every sentence twice, as written and then jumbled (after all the written ones):
+        `examples` of 2B sentences, so the labels (kinds > 0) are half 0, half 1.
+
+        Pairs leave the words themselves no clue: every sentence is there once with each label,
+        so only the order of its words can tell them apart, and a model blind to order (a bag of
+        words) gets exactly half of them right.
+        """
+        jumbled = np.arange(2 * len(sentences)) >= len(sentences)  # (2B,)
+        return self.examples(rng, [*sentences, *sentences], jumbled)
+
+    def batch(self, rng: np.random.Generator, size: int) -> Tuple[List[IntArray], IntArray]:
+        """``pairs`` of ``size`` // 2 fresh training sentences: ids and labels (size // 2 * 2,)."""
+        ids, kinds, _ = self.pairs(rng, [self.sentence(rng) for _ in range(size // 2)])
+        return ids, (kinds > 0).astype(np.int64)

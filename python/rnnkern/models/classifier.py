@@ -99,6 +99,20 @@ class SequenceClassifier(_Classifier):
         return float(ce.loss), dh_last
 
 
+def _own_steps(ids: IntArray, lengths: Optional[IntArray]) -> Tuple[Array, IntArray]:
+    """For ids (T, B): whether each step is a sequence's own (T, B) bool, and the lengths (B,)."""
+    steps, batch = ids.shape
+    n = np.full(batch, steps) if lengths is None else np.asarray(lengths)  # (B,)
+    return np.arange(steps)[:, None] < n[None, :], n
+
+
+def _sorted_words(ids: IntArray, lengths: Optional[IntArray]) -> IntArray:
+    """ids (T, B) with each sequence's own ids in ascending order, its padding after as before:
+    the same array for every order of the same words."""
+    keep, _ = _own_steps(ids, lengths)  # (T, B)
+    ordered = np.sort(np.where(keep, ids, np.iinfo(np.int64).max), axis=0)  # (T, B), pads last
+    return np.where(keep, ordered, ids)
+
 
 def _last_steps(y: Array, lengths: Optional[IntArray]) -> Any:
     """The index of each sequence's last step in y (T, B, H): y[index] is (B, H)."""
@@ -112,7 +126,8 @@ class BagOfWords(_Classifier):
     """logits = head(mean of the word vectors): ``embed`` -> mean over the sequence -> ``head``.
 
     The mean is the same for every order of the same words, so this model cannot tell a
-    sentence from its words jumbled: the order-blind baseline of the lecture's opening.
+    sentence from its words jumbled: the order-blind baseline of the lecture's opening. It is
+    the same to the bit: each sequence's words are summed in ascending id order.
     """
 
     def __init__(self, vocab_size: int, num_classes: int, embed_dim: int = 32,
@@ -128,15 +143,14 @@ class BagOfWords(_Classifier):
 
     def _mask(self, ids: IntArray, lengths: Optional[IntArray]) -> Array:
         """(T, B, 1): 1/length at each sequence's own steps, 0 on padding."""
-        steps, batch = ids.shape
-        n = np.full(batch, steps) if lengths is None else np.asarray(lengths)  # (B,)
-        keep = np.arange(steps)[:, None] < n[None, :]  # (T, B)
+        keep, n = _own_steps(ids, lengths)  # (T, B), (B,)
         return (keep / n[None, :])[:, :, None].astype(self.embed.dtype)
 
     def forward(self, ids: IntArray, training: bool = False, lengths: Optional[IntArray] = None
                 ) -> Tuple[Array, Array]:
         """ids (T, B) (lengths (B,): padded after) -> (logits (B, C), the mean vectors (B, E))."""
-        mean = (self.embed(ids, training) * self._mask(ids, lengths)).sum(axis=0)  # (B, E)
+        words = _sorted_words(ids, lengths)  # (T, B)
+        mean = (self.embed(words, training) * self._mask(ids, lengths)).sum(axis=0)  # (B, E)
         return self.head(mean, training), mean
 
     def loss_and_backward(self, ids: IntArray, labels: IntArray,
