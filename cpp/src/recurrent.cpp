@@ -186,10 +186,12 @@ int64_t chunk_steps(int64_t T, int64_t B, int64_t GH) {
 }
 
 // Threads worth using: each should get at least ~16K multiply-adds per step, else the
-// per-step barrier costs more than it saves, and the call at least ~2M in all (about 40 us),
-// else waking a worker costs more than it saves (a single step of a decoding loop).
+// per-step barrier costs more than it saves, and the call at least ~256K in all (about 16 us on
+// one thread), else waking a worker costs more than it saves. A single step of a decoding loop
+// at H = 256 is above that: the caller does not wait for a worker asleep (it joins late), and in
+// a loop the worker is still spinning from the last step.
 int threads_for(Dims d, int64_t GH, int64_t nblk) {
-  if (d.T * d.B * GH * (d.H + d.I) < (int64_t(1) << 21)) return 1;
+  if (d.T * d.B * GH * (d.H + d.I) < (int64_t(1) << 18)) return 1;
   const int64_t per_step = d.B * GH * d.H / 16384;
   const int64_t n = per_step < nblk ? per_step : nblk;
   return n < 1 ? 1 : static_cast<int>(n);

@@ -47,7 +47,9 @@ constexpr int64_t kIdleSpinNs = 100'000;
 constexpr int64_t kBenchNs = 1'000'000, kBenchMaxNs = 16'000'000;
 // A worker asleep between calls takes tens of us to wake; the caller waits for it this long
 // after the call started (doing its own share meanwhile) before it takes the worker's share over.
-constexpr int64_t kWakeNs = 150'000;
+// In a call it may join late (forward, backward), only as long as a spinning worker takes to
+// check in: the caller starts the steps alone at once and the worker joins when it is up.
+constexpr int64_t kWakeNs = 150'000, kJoinWaitNs = 5'000;
 
 int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -145,6 +147,7 @@ void Team::reset(int planned, uint32_t generation, bool late_join) {
   planned_ = planned;
   late_in_.store((uint64_t(generation & kField) << 32) | (late_join ? 0 : kClosed),
                  std::memory_order_relaxed);
+  late_join_ = late_join;
   // Shares >= planned count as decided, so that no other thread can check in for them.
   const uint64_t decided = (kField & ~((uint64_t(1) << planned) - 1)) | 1;
   start_.store((uint64_t(generation & kField) << kGeneration) | (uint64_t(1) << kMembers) |
@@ -191,7 +194,9 @@ int Team::take_over() {
     int w = 1;
     while (w < planned_ && (decided >> w & 1)) ++w;
     if (w >= planned_) return -1;
-    if (i < 32 || now_ns() < started_ + kWakeNs) {  // give a sleeping worker time to wake up
+    // (With a sync delay injected, the tests want the worker in from the start: the full wait.)
+    const bool quick = late_join_ && !test_sync_delay_ns.load(std::memory_order_relaxed);
+    if (i < 32 || now_ns() < started_ + (quick ? kJoinWaitNs : kWakeNs)) {  // time to wake up
       RNNKERN_PAUSE();
       s = start_.load(std::memory_order_acquire);
       continue;
