@@ -559,3 +559,35 @@ def test_import_without_torch_says_how_to_install(tmp_path: Any, shadow: str) ->
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("ModuleNotFoundError torch |"), res.stdout
     assert 'pip install "rnnkern[torch]"' in res.stdout
+
+
+def test_a_weight_changed_through_data_is_seen() -> None:
+    """A write through ``.data`` (no version bump) or a NumPy view: the next call repacks, and
+    the output follows the new weights (the pack cache compares the weights' bytes)."""
+    torch.manual_seed(0)
+    m = rnnkern.torch.LSTM(4, 5)
+    x = torch.randn(3, 2, 4)
+    with torch.no_grad():
+        y0, _ = m(x)
+        m.weight_hh_l0.data.mul_(0.5)
+        y1, _ = m(x)
+        ref = torch.nn.LSTM(4, 5)
+        ref.load_state_dict(m.state_dict())
+        assert not torch.equal(y0, y1)
+        torch.testing.assert_close(y1, ref(x)[0])
+        m.weight_ih_l0.numpy()[0, 0] += 1.0  # one element, through a NumPy view
+        ref.load_state_dict(m.state_dict())
+        torch.testing.assert_close(m(x)[0], ref(x)[0])
+
+
+def test_same_bits() -> None:
+    """The byte comparison of the pack cache: NaN equals the same NaN, -0.0 differs from 0.0,
+    sizes must match, non-contiguous arrays are refused."""
+    from rnnkern import _core
+    a = np.array([1.0, np.nan, -0.0], np.float32)
+    assert _core.same_bits(a, a.copy())
+    assert not _core.same_bits(a, np.array([1.0, np.nan, 0.0], np.float32))
+    assert not _core.same_bits(a, a[:2].copy())
+    assert _core.same_bits(a[:0].copy(), np.zeros(0, np.float64))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _core.same_bits(np.zeros((4, 4))[:, 0], np.zeros(4))

@@ -536,6 +536,17 @@ PYBIND11_MODULE(_core, m) {
   m.def("_test_delays", [](int64_t start_us, int64_t sync_us, int sync_at) {
     rnnkern::set_test_delays(start_us * 1000, sync_us * 1000, sync_at);
   });
+  // Whether two C-contiguous arrays hold the same bytes (the drop-in's check that a pack is not
+  // stale: NaN and -0.0 compare by their bits); memcmp without the GIL.
+  m.def("same_bits", [](const py::array& a, const py::array& b) {
+    if (!(a.flags() & py::array::c_style) || !(b.flags() & py::array::c_style))
+      throw py::value_error("same_bits: expected C-contiguous arrays");
+    if (a.nbytes() != b.nbytes()) return false;
+    const void *pa = a.data(), *pb = b.data();
+    const size_t n = static_cast<size_t>(a.nbytes());
+    py::gil_scoped_release nogil;
+    return n == 0 || std::memcmp(pa, pb, n) == 0;
+  });
   m.def("thread_stats", [] {
     const auto s = rnnkern::thread_stats();
     py::dict d;

@@ -120,12 +120,6 @@ def _per_direction(weights: list[Tensor], num_layers: int, directions: int
 _PACKS: dict[tuple[int, ...], tuple[int, list[Array], Any, list[Any]]] = {}
 
 
-def _bits(a: Array) -> Array:
-    """A C-contiguous array's bits as integers (compared bitwise, NaN and -0.0 included)."""
-    flat = a.reshape(-1)
-    return flat.view(np.int64 if flat.nbytes % 8 == 0 else np.int32)
-
-
 def _pack(cell: int, weights: tuple[Tensor | None, ...]) -> Any:
     """A direction's weights packed (forward and backward panels), kept while the weights live
     and made again when their values or the ISA changed.
@@ -140,8 +134,7 @@ def _pack(cell: int, weights: tuple[Tensor | None, ...]) -> Any:
     entry = _PACKS.get(key)
     if (entry is not None and entry[0] == _functional.isa_generation[0]
             and all(old.shape == new.shape and old.dtype == new.dtype
-                    and np.array_equal(_bits(old), _bits(new))
-                    for old, new in zip(entry[1], arrays))):
+                    and _core.same_bits(old, new) for old, new in zip(entry[1], arrays))):
         return entry[2]
     checked = _api.check_weights(_check_cell(cell), *(_array(w) for w in weights))
     pack = _core.Pack(cell, *checked)
