@@ -158,3 +158,30 @@ def test_error_within_torch_bf16s(cell: str) -> None:
     scale = np.abs(y64).max()
     ours, theirs = np.abs(yb - y64).max() / scale, np.abs(yt - y64).max() / scale
     assert ours <= 1.5 * theirs, (ours, theirs)
+
+
+@pytest.mark.parametrize("cell,kw", CELLS, ids=lambda v: str(v))
+def test_layers_take_precision(cell: str, kw: dict[str, Any]) -> None:
+    """rnnkern.nn layers with precision="bf16": the same bits as the functional call in bf16,
+    forward (y, the final state) and backward (dx, every parameter's gradient)."""
+    layer_cls = {"rnn": rnnkern.nn.RNN, "lstm": rnnkern.nn.LSTM, "gru": rnnkern.nn.GRU}[cell]
+    layer = layer_cls(6, 10, seed=3, precision="bf16", **kw)
+    assert "precision='bf16'" in repr(layer)
+    x = np.random.default_rng(4).standard_normal((5, 3, 6)).astype(np.float32)
+    out = layer(x)
+    w = [layer.params.get(n) for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+    fwd = getattr(rnnkern, f"{cell}_forward")
+    states = (None, None) if cell == "lstm" else (None,)
+    want = fwd(x, *states, *w, precision="bf16", **kw)
+    np.testing.assert_array_equal(out[0], want.y)
+    dy = np.random.default_rng(5).standard_normal(want.y.shape).astype(np.float32)
+    layer.zero_grad()
+    dx = layer.backward(dy)
+    g = getattr(rnnkern, f"{cell}_backward")(want.cache, dy)
+    np.testing.assert_array_equal(dx[0] if isinstance(dx, tuple) else dx, g.dx)
+    np.testing.assert_array_equal(layer.grads["weight_hh_l0"], g.dw_hh)
+    np.testing.assert_array_equal(layer.grads["weight_ih_l0"], g.dw_ih)
+    with pytest.raises(TypeError, match="precision: 'bf16' takes float32"):
+        layer_cls(6, 10, dtype=np.float64, precision="bf16", **kw)
+    with pytest.raises(ValueError, match="precision: expected one of"):
+        layer_cls(6, 10, precision="fp8", **kw)

@@ -60,6 +60,28 @@ def test_train_char_and_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert capsys.readouterr().out == sample  # seeded: reproducible
 
 
+def test_train_char_in_bf16(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--precision bf16: the recurrent layer runs bf16 products, the checkpoint remembers it and
+    sampling from it runs in bf16 too; the first loss equals float32's within bf16's rounding."""
+    text_file = tmp_path / "fox.txt"
+    text_file.write_text(TEXT)
+    losses = {}
+    for precision in ("float", "bf16"):
+        ckpt = tmp_path / f"fox-{precision}.npz"
+        assert main(["train-char", str(text_file), "--hidden", "16", "--embed", "8",
+                     "--seq-len", "10", "--batch", "4", "--steps", "6", "--sample-every", "0",
+                     "--out", str(ckpt), "--no-progress", "--val-chars", "300", "--seed", "1",
+                     "--precision", precision]) == 0
+        capsys.readouterr()
+        model, meta = load_checkpoint(ckpt)
+        assert model.config["precision"] == precision
+        assert model.rnn.precision == precision
+        losses[precision] = meta["val_loss"]
+        assert main(["sample", str(ckpt), "--length", "10", "--seed", "0"]) == 0
+    assert losses["bf16"] != losses["float"]
+    assert abs(losses["bf16"] - losses["float"]) < 0.02 * losses["float"]
+
+
 def test_train_char_default_corpus_minutes(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["train-char", "--hidden", "8", "--embed", "4", "--seq-len", "8", "--batch", "2",

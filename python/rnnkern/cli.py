@@ -191,7 +191,8 @@ def cmd_train_char(args: argparse.Namespace) -> int:
     val_columns = data.batchify(val_ids[:args.val_chars], min(args.batch, 16))  # (M, b)
     unigram = _unigram_loss(train_ids, val_ids[:args.val_chars], len(vocab))
     model = CharLM(len(vocab), hidden_size=args.hidden, num_layers=args.layers, cell=args.cell,
-                   embed_dim=args.embed, dropout=args.dropout, seed=args.seed)
+                   embed_dim=args.embed, dropout=args.dropout, seed=args.seed,
+                   precision=args.precision)
     opt = optim.Adam(model.params, model.grads, lr=args.lr)
     _out(f"corpus: {source}: {len(text):,} characters, vocabulary {len(vocab)}; "
          f"{model.num_params():,} parameters ({args.cell}, H = {args.hidden}, "
@@ -665,6 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text_file", nargs="?", default=None,
                    help="UTF-8 text (default: the Python standard library's .py files)")
     p.add_argument("--dropout", type=float, default=0.0, help="between layers")
+    p.add_argument("--precision", choices=("float", "bf16"), default="float",
+                   help="of the recurrent layer's products (docs/precision.md)")
     p.add_argument("--seq-len", type=_positive_int, default=100, help="truncated BPTT length")
     p.add_argument("--max-chars", type=_positive_int, default=2_000_000, help="corpus size cap")
     p.add_argument("--val-fraction", type=float, default=0.05,

@@ -42,14 +42,15 @@ class Layer(Protocol):
 
 
 def make_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float,
-             dtype: npt.DTypeLike, seed: np.random.Generator) -> Any:
+             dtype: npt.DTypeLike, seed: np.random.Generator, precision: str = "float") -> Any:
     """The recurrent layer of a cell name: "lstm", "gru" or "rnn" (tanh)."""
+    kw: dict[str, Any] = {"dropout": dropout, "dtype": dtype, "seed": seed, "precision": precision}
     if cell == "lstm":
-        return nn.LSTM(input_size, hidden_size, num_layers, dropout=dropout, dtype=dtype, seed=seed)
+        return nn.LSTM(input_size, hidden_size, num_layers, **kw)
     if cell == "gru":
-        return nn.GRU(input_size, hidden_size, num_layers, dropout=dropout, dtype=dtype, seed=seed)
+        return nn.GRU(input_size, hidden_size, num_layers, **kw)
     if cell == "rnn":
-        return nn.RNN(input_size, hidden_size, num_layers, dropout=dropout, dtype=dtype, seed=seed)
+        return nn.RNN(input_size, hidden_size, num_layers, **kw)
     raise ValueError(f"cell: expected one of {', '.join(CELLS)}, got {cell!r}")
 
 

@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from .. import _functional as F
 from .. import _stack
-from .._api import _check_lengths, check_flag, check_nonlinearity, shape_message
+from .._api import _check_lengths, check_flag, check_nonlinearity, check_precision, shape_message
 from .linear import ParamModule, WeightPacks, _check_dtype, _check_size, _uniform
 
 __all__ = ["GRU", "LSTM", "RNN"]
@@ -44,7 +44,10 @@ class _Recurrent(ParamModule):
     Arguments as `torch.nn.RNN/LSTM/GRU`: input_size I, hidden_size H, num_layers L, bias,
     batch_first, dropout (probability, on each layer's output but the last's, training only),
     bidirectional (D = 2 directions, outputs concatenated on the feature axis); plus dtype
-    (float32 or float64) and seed (int, None or numpy Generator: initialization, dropout masks).
+    (float32 or float64), seed (int, None or numpy Generator: initialization, dropout masks) and
+    precision of the kernels' products ("float": the dtype's own; "bf16": float32 parameters
+    stored and multiplied as bfloat16, sums and gate math in float32, training included; see
+    docs/precision.md).
     Parameters are in `params` and their gradients in `grads` (`ParamModule`: zero_grad,
     state_dict, load_state_dict from arrays or torch tensors), keyed by PyTorch's names
     (weight_ih_l0 (G*H, I), weight_hh_l0 (G*H, H), bias_ih_l0, bias_hh_l0 (G*H,), ..._reverse),
@@ -65,6 +68,7 @@ class _Recurrent(ParamModule):
         bidirectional: bool = False,
         dtype: npt.DTypeLike = np.float32,
         seed: None | int | np.random.Generator = None,
+        precision: str = "float",
     ) -> None:
         self.input_size = _check_size("input_size", input_size)
         self.hidden_size = _check_size("hidden_size", hidden_size)
@@ -73,6 +77,7 @@ class _Recurrent(ParamModule):
                 or not 0.0 <= dropout <= 1.0):
             raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
         self.dtype = _check_dtype(dtype)
+        self.precision = check_precision(precision, self.dtype)
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
@@ -241,6 +246,8 @@ class _Recurrent(ParamModule):
             parts.append(f"dropout={self.dropout}")
         if self.bidirectional:
             parts.append("bidirectional=True")
+        if self.precision != "float":
+            parts.append(f"precision='{self.precision}'")
         parts.extend(self._extra_repr())
         if self.dtype != np.dtype(np.float32):
             parts.append(f"dtype={self.dtype}")
@@ -260,7 +267,7 @@ class RNN(_Recurrent):
         super().__init__(input_size, hidden_size, num_layers, **kwargs)
 
     def _make_pack(self, weights: Weights) -> F.PackedWeights:
-        return F.rnn_pack(*weights, nonlinearity=self.nonlinearity)
+        return F.rnn_pack(*weights, nonlinearity=self.nonlinearity, precision=self.precision)
 
     def _extra_repr(self) -> list[str]:
         return [] if self.nonlinearity == "tanh" else [f"nonlinearity='{self.nonlinearity}'"]
@@ -273,7 +280,7 @@ class LSTM(_Recurrent):
     _has_cell = True
 
     def _make_pack(self, weights: Weights) -> F.PackedWeights:
-        return F.lstm_pack(*weights)
+        return F.lstm_pack(*weights, precision=self.precision)
 
 
 class GRU(_Recurrent):
@@ -289,7 +296,8 @@ class GRU(_Recurrent):
         super().__init__(*args, **kwargs)
 
     def _make_pack(self, weights: Weights) -> F.PackedWeights:
-        return F.gru_pack(*weights, linear_before_reset=self.linear_before_reset)
+        return F.gru_pack(*weights, linear_before_reset=self.linear_before_reset,
+                          precision=self.precision)
 
     def _extra_repr(self) -> list[str]:
         return [] if self.linear_before_reset else ["linear_before_reset=False"]
