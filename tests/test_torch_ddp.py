@@ -16,6 +16,7 @@ torch is imported at module level on purpose: a missing torch is a failure, not 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -122,14 +123,32 @@ def _env(port: int) -> dict[str, str]:
     return env
 
 
-def _wait(procs: list[subprocess.Popen[str]]) -> None:
-    """Wait for every process (TIMEOUT in all); kill them all and fail on timeout or error."""
+def _kill_workers(tag: str) -> None:
+    """SIGKILL every process whose command line holds ``tag`` (the run's output directory):
+    torchrun starts its workers in sessions of their own, so killing it leaves them running."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if tag.encode() in f.read():
+                    os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _wait(procs: list[subprocess.Popen[str]], tag: str) -> None:
+    """Wait for every process (TIMEOUT in all); kill them all, workers included, and fail on
+    timeout or error (a worker left running holds the pipes: communicate would never return)."""
     try:
         outs = [p.communicate(timeout=TIMEOUT) for p in procs]
     except subprocess.TimeoutExpired:
         for p in procs:
             p.kill()
-            p.communicate()
+        _kill_workers(tag)
+        for p in procs:
+            try:
+                p.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
         raise AssertionError(f"distributed run did not finish in {TIMEOUT} s") from None
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, f"exit {p.returncode}:\n{out}\n{err}"
@@ -158,7 +177,7 @@ def test_ddp_two_processes_equal_one(tmp_path: Path) -> None:
                                    "WORLD_SIZE": str(WORLD), "LOCAL_WORLD_SIZE": str(WORLD)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for r in range(WORLD)]
-    _wait(procs)
+    _wait(procs, str(tmp_path))
     _check(tmp_path)
 
 
@@ -170,7 +189,7 @@ def test_ddp_under_torchrun(tmp_path: Path) -> None:
            __file__, str(tmp_path)]
     proc = subprocess.Popen(cmd, env=_env(port), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    _wait([proc])
+    _wait([proc], str(tmp_path))
     _check(tmp_path)
 
 
