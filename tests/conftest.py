@@ -6,6 +6,8 @@ from typing import Any, Callable
 import pytest
 from rnnkern_testing import assert_close, make_case
 
+import rnnkern
+
 
 @pytest.fixture(name="assert_close")
 def _assert_close_fixture() -> Callable[..., None]:
@@ -15,3 +17,12 @@ def _assert_close_fixture() -> Callable[..., None]:
 @pytest.fixture(name="make_case")
 def _make_case_fixture() -> Callable[..., dict[str, Any]]:
     return make_case
+
+
+@pytest.fixture(params=rnnkern.config()["supported_isas"])
+def isa(request: pytest.FixtureRequest) -> Any:
+    """Each ISA this CPU runs, set for the test (a module's own ``isa`` fixture overrides it)."""
+    before = rnnkern.config()["isa"]
+    rnnkern.set_isa(request.param)
+    yield request.param
+    rnnkern.set_isa(before)

@@ -18,17 +18,6 @@ from rnnkern_testing import CELLS, assert_close_bf16, make_case, make_output_gra
 import rnnkern
 from rnnkern import _api, reference
 
-ISAS = rnnkern.config()["supported_isas"]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request: pytest.FixtureRequest) -> Any:
-    before = rnnkern.config()["isa"]
-    rnnkern.set_isa(request.param)
-    yield request.param
-    rnnkern.set_isa(before)
-
-
 SHAPES = [  # (T, B, I, H, lengths): odd H (partial blocks), T = 1, B = 1, lengths
     (9, 3, 13, 21, None),
     (1, 1, 5, 7, None),

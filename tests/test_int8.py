@@ -17,27 +17,14 @@ from typing import Any
 import numpy as np
 import pytest
 from rnnkern_testing import CELLS, assert_close_int8, make_case
+from test_bf16 import SHAPES as BF16_SHAPES
 
 import rnnkern
 from rnnkern import _api, _functional, reference
 
-ISAS = rnnkern.config()["supported_isas"]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request: pytest.FixtureRequest) -> Any:
-    before = rnnkern.config()["isa"]
-    rnnkern.set_isa(request.param)
-    yield request.param
-    rnnkern.set_isa(before)
-
-
-SHAPES = [  # (T, B, I, H, lengths): odd H and I (partial blocks, K not a multiple of 4), T = 1,
-    (9, 3, 13, 21, None),  # B = 1, lengths; B = 11: tiles of every row count
-    (1, 1, 5, 7, None),
-    (12, 4, 8, 17, "random"),
-    (30, 11, 24, 40, None),
-]
+# (T, B, I, H, lengths): odd H and I (partial blocks, K not a multiple of 4), T = 1, B = 1,
+# lengths; B = 11: tiles of every row count
+SHAPES = [*BF16_SHAPES[:3], (30, 11, 24, 40, None)]
 
 
 def run(f: Any, case: dict[str, Any], kw: dict[str, Any]) -> Any:
@@ -150,8 +137,8 @@ def test_bad_use_errors() -> None:
     pack = rnnkern.gru_pack(case["w_ih"], case["w_hh"], None, None, precision="int8")
     with pytest.raises(ValueError, match="precision: 'int8' is inference only"):
         _functional.forward_many([(pack, case["x"], None, None, None)], training=True)
-    assert _functional.forward_many([(pack, case["x"], None, None, None)], training=False)[0].cache \
-        is None
+    out = _functional.forward_many([(pack, case["x"], None, None, None)], training=False)
+    assert out[0].cache is None
     case64 = make_case("gru", T=2, B=1, I=3, H=4, dtype=np.float64)
     for f in (rnnkern.gru_forward, reference.gru_forward):
         with pytest.raises(TypeError, match="precision: 'int8' takes float32 arrays, got dtype "
@@ -164,8 +151,8 @@ def test_bad_use_errors() -> None:
 def test_config_names_the_int8_path() -> None:
     paths = rnnkern.config()["precisions"]
     assert set(paths) == set(_api.PRECISIONS)
-    isa = rnnkern.config()["isa"]
-    assert paths["int8"].startswith("scalar" if isa == "scalar" else "avx2")
+    in_use = rnnkern.config()["isa"]
+    assert paths["int8"].startswith("scalar" if in_use == "scalar" else "avx2")
     assert "inference only" in paths["int8"]
 
 
