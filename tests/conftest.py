@@ -4,9 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import pytest
-from rnnkern_testing import assert_close, make_case
-
-import rnnkern
+from rnnkern_testing import ISAS, assert_close, make_case
 
 
 @pytest.fixture(name="assert_close")
@@ -14,15 +12,16 @@ def _assert_close_fixture() -> Callable[..., None]:
     return assert_close
 
 
-@pytest.fixture(name="make_case")
-def _make_case_fixture() -> Callable[..., dict[str, Any]]:
-    return make_case
-
-
-@pytest.fixture(params=rnnkern.config()["supported_isas"])
+@pytest.fixture(params=ISAS)
 def isa(request: pytest.FixtureRequest) -> Any:
     """Each ISA this CPU runs, set for the test (a module's own ``isa`` fixture overrides it)."""
+    import rnnkern
     before = rnnkern.config()["isa"]
     rnnkern.set_isa(request.param)
     yield request.param
     rnnkern.set_isa(before)
+
+
+@pytest.fixture(name="make_case")
+def _make_case_fixture() -> Callable[..., dict[str, Any]]:
+    return make_case

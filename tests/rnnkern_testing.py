@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from rnnkern import _cells
+from rnnkern import _cells, _core
 
 #: Gate blocks per cell (G in w_ih (G*H, I)): the core's traits (cpp/kernels/cells).
 GATES = _cells.GATES
@@ -30,6 +30,9 @@ def _forward_kwargs(cell: dict[str, Any]) -> dict[str, Any]:
 #: (cell, forward keyword arguments): every cell of the core (each GRU form and RNN nonlinearity).
 CELLS: list[tuple[str, dict[str, Any]]] = [(c["family"], _forward_kwargs(c))
                                            for c in _cells.CELLS.values()]
+
+#: The ISAs this CPU runs (the ``isa`` fixture of conftest.py sets each in turn).
+ISAS: list[str] = _core.supported_isas().split(",")
 
 #: float64 results must agree to this relative tolerance, whatever the accumulation length.
 RTOL_FLOAT64 = 1e-10
