@@ -5,12 +5,22 @@ from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
-from rnnkern_testing import assert_close, make_case
+from rnnkern_testing import ISAS, assert_close, make_case
 
 
 @pytest.fixture(name="assert_close")
 def _assert_close_fixture() -> Callable[..., None]:
     return assert_close
+
+
+@pytest.fixture(params=ISAS)
+def isa(request: pytest.FixtureRequest) -> Any:
+    """Each ISA this CPU runs, set for the test (a module's own ``isa`` fixture overrides it)."""
+    import rnnkern
+    before = rnnkern.config()["isa"]
+    rnnkern.set_isa(request.param)
+    yield request.param
+    rnnkern.set_isa(before)
 
 
 @pytest.fixture(name="make_case")

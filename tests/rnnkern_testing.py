@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from rnnkern import _cells
+from rnnkern import _cells, _core
 
 #: Gate blocks per cell (G in w_ih (G*H, I)): the core's traits (cpp/kernels/cells).
 GATES = _cells.GATES
@@ -30,6 +30,9 @@ def _forward_kwargs(cell: dict[str, Any]) -> dict[str, Any]:
 #: (cell, forward keyword arguments): every cell of the core (each GRU form and RNN nonlinearity).
 CELLS: list[tuple[str, dict[str, Any]]] = [(c["family"], _forward_kwargs(c))
                                            for c in _cells.CELLS.values()]
+
+#: The ISAs this CPU runs (the ``isa`` fixture of conftest.py sets each in turn).
+ISAS: list[str] = _core.supported_isas().split(",")
 
 #: float64 results must agree to this relative tolerance, whatever the accumulation length.
 RTOL_FLOAT64 = 1e-10
@@ -66,11 +69,25 @@ def rnn_acc_len(cell: str, T: int, B: int, I: int, H: int) -> int:
 #: precision="bf16" against the reference that rounds the same operands (docs/tolerances.md,
 #: "bf16"): within two bf16 ulps of the largest magnitude.
 BF16_RTOL = 2.0**-7
+#: precision="int8" against the reference that quantizes the same operands (docs/tolerances.md,
+#: "int8"): within 2^-7 of the largest magnitude.
+INT8_RTOL = 2.0**-7
 
 
 def assert_close_bf16(actual: Any, expected: Any, name: str = "value") -> None:
     """Assert a float32 result of precision="bf16" equals the bf16 reference's ``expected``:
     |a - e| <= 2^-7 * max|e| for every element (NaN at the same places)."""
+    _assert_within_scale(actual, expected, BF16_RTOL, name)
+
+
+def assert_close_int8(actual: Any, expected: Any, name: str = "value") -> None:
+    """Assert a float32 result of precision="int8" equals the int8 reference's ``expected``:
+    |a - e| <= INT8_RTOL * max|e| for every element (NaN at the same places)."""
+    _assert_within_scale(actual, expected, INT8_RTOL, name)
+
+
+def _assert_within_scale(actual: Any, expected: Any, rtol: float, name: str) -> None:
+    """|a - e| <= rtol * max|e| for every element of float32 ``actual``, NaN at the same places."""
     assert isinstance(actual, np.ndarray) and actual.dtype == np.float32, f"{name}: not float32"
     a, e = actual.astype(np.float64), np.asarray(expected, dtype=np.float64)
     assert a.shape == e.shape, f"{name}: shape {a.shape}, expected {e.shape}"
@@ -78,7 +95,7 @@ def assert_close_bf16(actual: Any, expected: Any, name: str = "value") -> None:
     assert (np.isnan(a) == nan).all(), f"{name}: NaN at other places"
     scale = max(float(np.abs(e[~nan]).max(initial=0.0)), 1e-30)
     err = float(np.abs(a[~nan] - e[~nan]).max(initial=0.0))
-    assert err <= BF16_RTOL * scale, f"{name}: max error {err:.3g} > 2^-7 * {scale:.3g}"
+    assert err <= rtol * scale, f"{name}: max error {err:.3g} > {rtol:.3g} * {scale:.3g}"
 
 
 def assert_close(

@@ -75,7 +75,7 @@ Cell to_cell(int id) {
 }
 
 rnnkern::Precision to_precision(int id) {
-  if (id != 0 && id != 1) throw py::value_error("precision: unknown precision id " + std::to_string(id));
+  if (id < 0 || id > 2) throw py::value_error("precision: unknown precision id " + std::to_string(id));
   return static_cast<rnnkern::Precision>(id);
 }
 

@@ -5,8 +5,8 @@
 //              product, the input projection; every cell's epilogues) with the ISA's flags.
 //   precision: a table's (F, W): F the activations' and the arithmetic's type, W the panels'
 //              (the weights' and the products' other operand): (float, float), (double,
-//              double), (float, bf16); dispatch.cpp keeps one table per (precision, ISA), filled
-//              once, and picks the row of the ISA in use.
+//              double), (float, bf16), (float, int8_t); dispatch.cpp keeps one table per
+//              (precision, ISA), filled once, and picks the row of the ISA in use.
 //
 // W_hh is packed once per call into panels, one panel per block of NB hidden units (NB = the
 // vector width): forward panel (K = H, NV gates, NB) so that one pass over a panel gives every
@@ -14,6 +14,7 @@
 // dgates @ W_hh. Threads own whole blocks, so each keeps its panels in its own cache.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "rnnkern/rnnkern.hpp"
 
@@ -23,12 +24,27 @@ namespace rnnkern {
 // products take both operands rounded to bf16 (to nearest, ties to even) and sum in float.
 using bf16 = uint16_t;
 
+// Precision "int8" (inference) has panels of int8_t: each weight row (gate row) quantized
+// symmetrically to 7 bits, q = rint(w * 63 / max|row|) in [-63, 63], with its float scale; the
+// products' other operand (x, h_{t-1}, gru_rh's r * h_{t-1}) is quantized per row to u8 with a
+// zero point, and the products are exact s32 sums (docs/precision.md, "int8").
+constexpr int INT8_WMAX = 63;
+// Elements of W in one block's forward panel (K, nv, nb): int8 pads K to whole groups of 4 k
+// and appends each unit's scale (nv, nb) float and quantized row sum (nv, nb) int32.
+template <class W>
+constexpr int64_t panel_elems(int64_t K, int64_t nv, int64_t nb) {
+  if constexpr (std::is_same_v<W, int8_t>)
+    return K == 0 ? 0 : ((K + 3) / 4 * 4 + 2 * 4) * nv * nb;
+  return K * nv * nb;
+}
+
 // Constant over a call.
 template <class F, class W = F>
 struct StepConst {
   Cell cell;
   int64_t B, H;
-  const W* wf;      // forward panels, every gate except gru_rh's n (nblk, H, G', NB)
+  const W* wf;      // forward panels, every gate except gru_rh's n (nblk, H, G', NB) (blocks
+                    // panel_elems apart)
   const W* wf_n;    // gru_rh: forward panels of W_hn (nblk, H, 1, NB)
   const W* wb;      // backward panels, rows of the gates in wf (nblk, G'*H, 1, NB)
   const W* wb_n;    // gru_rh: backward panels of W_hn (nblk, H, 1, NB)
@@ -89,6 +105,8 @@ struct KernelTable {
                        int64_t jb0, int64_t jb1);
   void (*pack_backward)(W* dst, const F* w, int64_t rows, int64_t cols, int64_t ldw,
                         int64_t row0, int64_t jb0, int64_t jb1);
+  // The backward's kernels (pack_backward, zero_row, backward_final, product) are null in the
+  // int8 table: int8 is inference only.
   // Zeroes row q of the backward panels (nblk, rows, nb) of blocks [jb0, jb1).
   void (*zero_row)(W* panels, int64_t rows, int64_t q, int64_t jb0, int64_t jb1);
   // xp (rows, G*HX) = x (rows, I) W_ih^T (gate v at columns v*HX) in the columns of hidden
@@ -103,7 +121,7 @@ struct KernelTable {
   // columns): the backward's dx = dG W_ih and weight gradients dW = dG^T X.
   void (*product)(const F* a, int64_t lda, bool at, int64_t M, const W* panels, int64_t K,
                   int64_t N, F* out, int64_t ldo, bool add, int64_t jb0, int64_t jb1);
-  CellKernels<F, W> cells[num_cells];  // indexed by Cell
+  CellKernels<F, W> cells[num_cells];  // indexed by Cell (int8: backward_phase null)
 };
 
 // The table of precision (F, W) for the ISA in use (dispatch.cpp).
@@ -111,7 +129,8 @@ template <class F, class W = F>
 const KernelTable<F, W>* kernels();
 
 // The precisions (F, W): a kernel table per (precision, ISA).
-#define RNNKERN_PRECISIONS(X) X(float, float) X(double, double) X(float, bf16)
+#define RNNKERN_PRECISIONS(X) \
+  X(float, float) X(double, double) X(float, bf16) X(float, int8_t)
 
 // Each ISA's table of precision (F, W) (kernels_<isa>.cpp; null when the ISA was not compiled).
 template <class F, class W>

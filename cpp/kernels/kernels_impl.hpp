@@ -6,6 +6,7 @@
 // A "panel product" computes, for every batch row b, acc (NV vectors of NB lanes) =
 // sum_k a[b, k] * panel[k, v, :] into a small tile that stays in L1, then hands each row to the
 // cell's epilogue (nonlinearities, cell update, stores): gates never make a round trip to memory.
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -422,6 +423,17 @@ inline void tile_bf16(const float* a, int64_t lda, const bf16* panel, int64_t K,
     }
 }
 
+// rows (rows, K) of a (lda apart) rounded to bf16 into out (rows, K).
+inline void bf16_round_rows(const float* a, int64_t lda, int64_t rows, int64_t K, float* out) {
+  for (int64_t m = 0; m < rows; ++m) {
+    float* o = out + m * K;
+    const float* r = a + m * lda;
+    int64_t k = 0;
+    for (; k + NB<float> <= K; k += NB<float>) store(o + k, (vec<float>)bf16_round(load(r + k)));
+    for (; k < K; ++k) o[k] = operand<bf16>(r[k]);
+  }
+}
+
 // Rows [b, b + M) of a (K columns; with AT, columns of a (K, lda)) rounded to bf16, as a (M, K)
 // block in this thread's scratch.
 template <int M, bool AT>
@@ -429,16 +441,11 @@ inline const float* bf16_rows(const float* a, int64_t lda, int64_t b, int64_t K)
   thread_local std::vector<float> q;  // (M, K)
   if (q.size() < static_cast<size_t>(M * K)) q.resize(M * K);
   float* out = q.data();
-  for (int m = 0; m < M; ++m) {
-    float* o = out + m * K;
-    if constexpr (AT) {
-      for (int64_t k = 0; k < K; ++k) o[k] = operand<bf16>(a[k * lda + b + m]);
-    } else {
-      const float* r = a + (b + m) * lda;
-      int64_t k = 0;
-      for (; k + NB<float> <= K; k += NB<float>) store(o + k, (vec<float>)bf16_round(load(r + k)));
-      for (; k < K; ++k) o[k] = operand<bf16>(r[k]);
-    }
+  if constexpr (AT) {
+    for (int m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k) out[m * K + k] = operand<bf16>(a[k * lda + b + m]);
+  } else {
+    bf16_round_rows(a + b * lda, lda, M, K, out);
   }
   return out;
 }
@@ -451,21 +458,23 @@ inline int64_t tile_rows(int64_t B, int64_t tiles, int64_t i) {
   return B / tiles + (i < B % tiles ? 1 : 0);
 }
 
-// One tile of `rows` (1..M) rows from b: the product, then the epilogue of each row.
+// One tile of `rows` (1..M) rows from b: the product, then the epilogue of each row. With bf16
+// panels a is rounded here, once per tile, unless `rounded` (operand_rows did it).
 template <class F, int NV, int M, bool AT, class W, class Epi>
 inline void rows_tile(const F* a, int64_t lda, int64_t b, int64_t rows, const W* panel, int64_t K,
-                      F* buf, Epi& epi) {
+                      F* buf, Epi& epi, bool rounded) {
   if constexpr (M > 0) {
     if (rows == M) {
       if constexpr (is_bf16<W>) {  // the tile's rows rounded once, not at every broadcast
-        tile_bf16<M, NV>(bf16_rows<M, AT>(a, lda, b, K), K, panel, K, buf);
+        if (rounded) tile_bf16<M, NV>(a + b * lda, lda, panel, K, buf);
+        else tile_bf16<M, NV>(bf16_rows<M, AT>(a, lda, b, K), K, panel, K, buf);
       } else {
         constexpr int64_t WS = NV * NB<F>;
         tile<F, M, NV, AT>(AT ? a + b : a + b * lda, lda, panel, WS, K, buf, WS, false);
       }
       for (int m = 0; m < M; ++m) epi(b + m, static_cast<const F*>(buf + m * NV * NB<F>));
     } else {
-      rows_tile<F, NV, M - 1, AT>(a, lda, b, rows, panel, K, buf, epi);
+      rows_tile<F, NV, M - 1, AT>(a, lda, b, rows, panel, K, buf, epi, rounded);
     }
   }
 }
@@ -516,8 +525,10 @@ template <class F, int NV, bool AT, class W, class Epi>
 }
 
 // For every row b < B: epi(b, acc) with acc (NV*NB) = a[b, :K] @ panel; a null = zero product.
+// bf16 panels: a is rounded per tile, unless `rounded`.
 template <class F, int NV, bool AT = false, class W, class Epi>
-inline void panel_rows(const F* a, int64_t lda, int64_t B, const W* panel, int64_t K, Epi&& epi) {
+inline void panel_rows(const F* a, int64_t lda, int64_t B, const W* panel, int64_t K, Epi&& epi,
+                       bool rounded = false) {
   constexpr int MB = mb_max<F, NV>();
   alignas(64) F buf[MB * NV * NB<F>];
   if (a == nullptr) {
@@ -530,7 +541,277 @@ inline void panel_rows(const F* a, int64_t lda, int64_t B, const W* panel, int64
   const int64_t tiles = (B + MB - 1) / MB;
   for (int64_t i = 0, b = 0, rows; i < tiles; ++i, b += rows) {
     rows = tile_rows(B, tiles, i);
-    rows_tile<F, NV, MB, AT>(a, lda, b, rows, panel, K, buf, epi);
+    rows_tile<F, NV, MB, AT>(a, lda, b, rows, panel, K, buf, epi, rounded);
+  }
+}
+
+// ---- int8 (W = int8_t, inference): weight rows symmetric in 7 bits (INT8_WMAX) with a float
+// scale each, the other operand's rows u8 with a zero point; products are exact s32 sums.
+
+template <class W>
+constexpr bool is_s8 = std::is_same_v<W, int8_t>;
+using ivec = V<float>::ivec;  // NB<float> int32 lanes
+
+// Over r[0, K): lo = min(0, min r), hi = max(0, max r); false if r has a NaN or an infinity.
+inline bool row_range(const float* r, int64_t K, float* lo, float* hi) {
+  vec<float> vlo{}, vhi{};
+  ivec bad{};
+  int64_t k = 0;
+  for (; k + NB<float> <= K; k += NB<float>) {
+    const vec<float> v = load(r + k);
+    vlo = v < vlo ? v : vlo, vhi = v > vhi ? v : vhi;
+    bad |= (ivec)(!(vabs(v) <= 3.40282347e38f));
+  }
+  float l = 0, h = 0;
+  bool finite = true;
+  for (int i = 0; i < NB<float>; ++i)
+    l = vlo[i] < l ? vlo[i] : l, h = vhi[i] > h ? vhi[i] : h, finite = finite && !bad[i];
+  for (; k < K; ++k) {
+    l = r[k] < l ? r[k] : l, h = r[k] > h ? r[k] : h;
+    finite = finite && std::fabs(r[k]) <= 3.40282347e38f;
+  }
+  *lo = l, *hi = h;
+  return finite;
+}
+
+// q[k] = clamp(rint(r[k] * inv) + z, qlo, qhi) for k < K, rint to nearest, ties to even (as
+// NumPy's rint: rnnkern.reference quantizes with the same float32 operations).
+template <class Q>
+inline void quantize(const float* r, int64_t K, float inv, int32_t z, int32_t qlo, int32_t qhi,
+                     Q* q) {
+  int64_t k = 0;
+#if defined(__AVX2__)
+  const __m256 vi = _mm256_set1_ps(inv);
+  const __m256i vz = _mm256_set1_epi32(z), vlo = _mm256_set1_epi32(qlo),
+                vhi = _mm256_set1_epi32(qhi);
+  for (; k + 8 <= K; k += 8) {
+    __m256i i = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(r + k), vi)), vz);
+    i = _mm256_min_epi32(_mm256_max_epi32(i, vlo), vhi);  // in range: the packs below are exact
+    const __m256i p = _mm256_packs_epi32(i, i);          // s16, per 128-bit lane
+    const __m256i b = std::is_signed_v<Q> ? _mm256_packs_epi16(p, p) : _mm256_packus_epi16(p, p);
+    const int32_t q0 = _mm_cvtsi128_si32(_mm256_castsi256_si128(b)),
+                  q1 = _mm_cvtsi128_si32(_mm256_extracti128_si256(b, 1));
+    std::memcpy(q + k, &q0, 4), std::memcpy(q + k + 4, &q1, 4);
+  }
+#endif
+  for (; k < K; ++k) {
+    const float p = r[k] * inv;
+    const int32_t i = static_cast<int32_t>(std::nearbyint(p)) + z;
+    q[k] = static_cast<Q>(i < qlo ? qlo : (i > qhi ? qhi : i));
+  }
+}
+
+// Row r (K) of an activation as the int8 products take it: q (Kp = K rounded up to 4, zeros
+// after K) = clamp(rint(r * inv) + zp, 0, 255) with range = hi - lo (row_range), inv = 255 /
+// range, scale = range / 255, zp = clamp(rint(-lo * inv), 0, 255); value ~ (q - zp) * scale.
+// A zero row: scale 0, q = zp = 0; a row with NaN or infinity: scale NaN (its products are NaN).
+inline void quantize_row(const float* r, int64_t K, int64_t Kp, uint8_t* q, float* scale,
+                         int32_t* zp) {
+  float lo, hi;
+  const bool finite = row_range(r, K, &lo, &hi);
+  const float range = hi - lo;
+  if (!finite || range == 0) {
+    std::memset(q, 0, Kp);
+    *scale = finite ? 0.0f : __builtin_nanf(""), *zp = 0;
+    return;
+  }
+  const float inv = 255.0f / range, pz = -lo * inv;
+  const int32_t z = static_cast<int32_t>(std::nearbyint(pz));
+  *scale = range / 255.0f, *zp = z < 0 ? 0 : (z > 255 ? 255 : z);
+  quantize(r, K, inv, *zp, 0, 255, q);
+  std::memset(q + K, 0, Kp - K);
+}
+
+// The other operand of a phase's products (rows of K), as its precision takes it, made once per
+// phase by operand_rows: float: the rows themselves; bf16: a copy rounded to bf16.
+template <class F, class W>
+struct Rows {
+  const F* a;  // (rows, lda) or null: a zero product
+  int64_t lda;
+  Rows from(int64_t r) const { return {a ? a + r * lda : a, lda}; }
+};
+// int8: the rows quantized (quantize_row).
+template <>
+struct Rows<float, int8_t> {
+  const uint8_t* q;  // (rows, ldq), ldq = K rounded up to 4, or null: a zero product
+  int64_t ldq;
+  const float* scale;  // (rows,)
+  const int32_t* zp;   // (rows,)
+  Rows from(int64_t r) const { return {q ? q + r * ldq : q, ldq, scale + r, zp + r}; }
+};
+
+// a (rows, K; lda apart, or null) as W's products take it: once per phase (or chunk of x) on
+// each thread, not once per hidden block. The copy is this thread's, valid until its next call.
+template <class F, class W>
+inline Rows<F, W> operand_rows(const F* a, int64_t lda, int64_t rows, int64_t K) {
+  if constexpr (is_bf16<W>) {
+    thread_local std::vector<float> buf;  // (rows, K)
+    if (!a) return {nullptr, K};
+    if (buf.size() < static_cast<size_t>(rows * K)) buf.resize(rows * K);
+    bf16_round_rows(a, lda, rows, K, buf.data());
+    return {buf.data(), K};
+  } else if constexpr (is_s8<W>) {
+    thread_local std::vector<uint8_t> q;  // (rows, Kp)
+    thread_local std::vector<float> scale;  // (rows,)
+    thread_local std::vector<int32_t> zp;  // (rows,)
+    const int64_t Kp = (K + 3) / 4 * 4;
+    if (scale.size() < static_cast<size_t>(rows)) scale.resize(rows), zp.resize(rows);
+    if (!a || K == 0) return {nullptr, Kp, scale.data(), zp.data()};
+    if (q.size() < static_cast<size_t>(rows * Kp)) q.resize(rows * Kp);
+    for (int64_t r = 0; r < rows; ++r)
+      quantize_row(a + r * lda, K, Kp, q.data() + r * Kp, &scale[r], &zp[r]);
+    return {q.data(), Kp, scale.data(), zp.data()};
+  } else {
+    (void)rows, (void)K;
+    return {a, lda};
+  }
+}
+
+// Block jb's panel of panels (K, nv, NB) laid out panel_elems apart.
+template <class F, class W>
+inline const W* block(const W* panels, int64_t jb, int64_t K, int nv) {
+  return panels + jb * panel_elems<W>(K, nv, NB<F>);
+}
+
+template <int NV>
+constexpr int mb_s8() {  // rows per int8 tile: MB*NV accumulators + NV weights + 3
+  return (NREGS - NV - 3) / NV < 8 ? (NREGS - NV - 3) / NV : 8;
+}
+
+// out (MB, NV*NB) s32 = sum over k of a (MB rows, lda apart; u8, KQ groups of 4 k) times an int8
+// panel in groups of 4 k: element (k, v, l) at ((k / 4) * NV + v) * 4NB + 4l + k % 4, so that a
+// 32-bit lane holds 4 k of one unit. AVX2: vpmaddubsw (u8 x s8, pairs summed to s16: at most
+// 2 * 255 * 63, no saturation) then vpmaddwd with ones (to s32); elsewhere the same sums in int32.
+template <int MB, int NV>
+inline void tile_s8(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t KQ, int32_t* out) {
+  constexpr int64_t N = NB<float>;
+#if defined(__AVX2__)
+  if constexpr (N == 8) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[MB][NV];
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[m][v] = _mm256_setzero_si256();
+    for (int64_t kq = 0; kq < KQ; ++kq) {
+      const int8_t* pk = panel + kq * NV * 4 * N;
+      __m256i w[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) w[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pk + v * 4 * N));
+#pragma GCC unroll 8
+      for (int m = 0; m < MB; ++m) {
+        int32_t s;
+        std::memcpy(&s, a + m * lda + 4 * kq, 4);
+        const __m256i b = _mm256_set1_epi32(s);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v)
+          acc[m][v] = _mm256_add_epi32(acc[m][v], _mm256_madd_epi16(_mm256_maddubs_epi16(b, w[v]), ones));
+      }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (m * NV + v) * N), acc[m][v]);
+    return;
+  }
+#endif
+  std::memset(out, 0, MB * NV * N * sizeof(int32_t));
+  for (int64_t kq = 0; kq < KQ; ++kq) {
+    const int8_t* pk = panel + kq * NV * 4 * N;
+    for (int m = 0; m < MB; ++m) {
+      const uint8_t* am = a + m * lda + 4 * kq;
+      for (int v = 0; v < NV; ++v)
+        for (int64_t l = 0; l < N; ++l) {
+          const int8_t* w = pk + (v * N + l) * 4;
+          out[(m * NV + v) * N + l] += am[0] * w[0] + am[1] * w[1] + am[2] * w[2] + am[3] * w[3];
+        }
+    }
+  }
+}
+
+template <int NV, int M>
+inline void rows_tile_s8(const uint8_t* a, int64_t lda, int64_t rows, const int8_t* panel,
+                         int64_t KQ, int32_t* out) {
+  if constexpr (M > 0) {
+    if (rows == M) tile_s8<M, NV>(a, lda, panel, KQ, out);
+    else rows_tile_s8<NV, M - 1>(a, lda, rows, panel, KQ, out);
+  }
+}
+
+// panel_rows of a prepared operand (operand_rows): float and bf16 as above (bf16 rows already
+// rounded); int8: acc = (sum (q - zp) q_w) * (scale * the unit's scale), the s32 sum exact.
+template <class F, int NV, class W, class Epi>
+inline void panel_rows(const Rows<F, W>& a, int64_t B, const W* panel, int64_t K, Epi&& epi) {
+  if constexpr (!is_s8<W>) {
+    panel_rows<F, NV>(a.a, a.lda, B, panel, K, epi, true);
+  } else {
+    constexpr int64_t N = NB<float>;
+    constexpr int MB = mb_s8<NV>();
+    alignas(64) float buf[NV * N];       // (NV, NB) one row's products
+    alignas(64) int32_t acc[MB * NV * N];  // (MB, NV, NB) a tile's sums
+    if (a.q == nullptr) {
+      zero(buf, NV * N);
+      for (int64_t b = 0; b < B; ++b) epi(b, static_cast<const float*>(buf));
+      return;
+    }
+    const int64_t KQ = a.ldq / 4;
+    const int8_t* sw = panel + KQ * 4 * NV * N;  // (NV, NB) float: the units' scales
+    const int8_t* ws = sw + NV * N * 4;          // (NV, NB) int32: their rows' sums of q
+    const int64_t tiles = (B + MB - 1) / MB;
+    for (int64_t i = 0, b = 0, rows; i < tiles; ++i, b += rows) {
+      rows = tile_rows(B, tiles, i);
+      rows_tile_s8<NV, MB>(a.q + b * a.ldq, a.ldq, rows, panel, KQ, acc);
+      for (int64_t m = 0; m < rows; ++m) {
+        const ivec zp = ivec{} + a.zp[b + m];
+        const float sa = a.scale[b + m];
+        for (int v = 0; v < NV; ++v) {
+          ivec d, wsum;
+          vec<float> swv;
+          std::memcpy(&d, acc + (m * NV + v) * N, sizeof d);
+          std::memcpy(&wsum, ws + v * N * 4, sizeof wsum);
+          std::memcpy(&swv, sw + v * N * 4, sizeof swv);
+          store(buf + v * N, __builtin_convertvector(d - zp * wsum, vec<float>) * (swv * sa));
+        }
+        epi(b + m, static_cast<const float*>(buf));
+      }
+    }
+  }
+}
+
+// Forward panels of int8: each unit's row of w (K) quantized (INT8_WMAX) into the groups of 4 k
+// of tile_s8, then the units' scales and sums of q (see panel_elems). Units past H: zeros.
+inline void pack_forward_s8(int8_t* dst, const float* w, int64_t H, int64_t ldw, int gate0,
+                            int nv, int64_t jb0, int64_t jb1) {
+  constexpr int64_t N = NB<float>;
+  const int64_t K = ldw, KQ = (K + 3) / 4;
+  if (K == 0) return;
+  std::vector<int8_t> q(KQ * 4, 0);  // (KQ * 4) one row quantized
+  for (int64_t jb = jb0; jb < jb1; ++jb) {
+    int8_t* panel = dst + jb * panel_elems<int8_t>(K, nv, N);
+    std::memset(panel, 0, panel_elems<int8_t>(K, nv, N));
+    int8_t* sw = panel + KQ * 4 * nv * N;  // (nv, NB) float
+    int8_t* ws = sw + nv * N * 4;          // (nv, NB) int32
+    const int64_t nj = imin(N, H - jb * N);
+    for (int v = 0; v < nv; ++v)
+      for (int64_t l = 0; l < nj; ++l) {
+        const float* row = w + ((gate0 + v) * H + jb * N + l) * ldw;  // (K,)
+        float lo, hi, scale = 0.0f;
+        int32_t sum = 0;
+        const bool finite = row_range(row, K, &lo, &hi);
+        const float m = hi > -lo ? hi : -lo;
+        if (!finite) {
+          scale = __builtin_nanf("");
+        } else if (m > 0) {
+          scale = m / static_cast<float>(INT8_WMAX);
+          quantize(row, K, static_cast<float>(INT8_WMAX) / m, 0, -INT8_WMAX, INT8_WMAX, q.data());
+          for (int64_t k = 0; k < K; ++k) sum += q[k];
+          for (int64_t kq = 0; kq < KQ; ++kq)
+            std::memcpy(panel + ((kq * nv + v) * N + l) * 4, q.data() + kq * 4, 4);
+        }
+        std::memcpy(sw + (v * N + l) * 4, &scale, 4);
+        std::memcpy(ws + (v * N + l) * 4, &sum, 4);
+      }
   }
 }
 
@@ -560,8 +841,8 @@ inline void transpose(vec<F> (&r)[NB<F>]) {
 }
 
 template <class F, class W>
-void pack_forward(W* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv, int64_t jb0,
-                  int64_t jb1) {
+void pack_forward_float(W* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv,
+                        int64_t jb0, int64_t jb1) {
   // NB x NB tiles transposed in registers; the NB rows of one gate are read side by side, so
   // the loads form NB streams that the hardware prefetches.
   const int64_t K = ldw;
@@ -588,6 +869,16 @@ void pack_forward(W* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv,
         }
       }
     }
+  }
+}
+
+template <class F, class W>
+void pack_forward(W* dst, const F* w, int64_t H, int64_t ldw, int gate0, int nv, int64_t jb0,
+                  int64_t jb1) {
+  if constexpr (is_s8<W>) {
+    return pack_forward_s8(dst, w, H, ldw, gate0, nv, jb0, jb1);
+  } else {
+    pack_forward_float(dst, w, H, ldw, gate0, nv, jb0, jb1);
   }
 }
 
@@ -690,22 +981,24 @@ template <class F, class W>
                               int64_t jb0, int64_t jb1) {
   const int64_t H = c.H, I = c.I, G = gates(c.cell), HX = c.HX, GHX = G * HX;
   constexpr int64_t RG = 64;  // rows per group: they stay in cache while every panel passes
+  // x (rows, I) as the products take it, once per chunk on each thread
+  const Rows<F, W> xq = operand_rows<F, W>(I > 0 ? x : nullptr, I, rows, I);
   for (int64_t r0 = 0; r0 < rows; r0 += RG) {
     const int64_t nr = imin(RG, rows - r0);
-    const F* a = I > 0 ? x + r0 * I : nullptr;  // (nr, I)
-    F* out = xp + r0 * GHX;                     // (nr, G*HX)
+    const Rows<F, W> a = xq.from(r0);  // (nr, I)
+    F* out = xp + r0 * GHX;            // (nr, G*HX)
     for (int64_t jb = jb0; jb < jb1; ++jb) {
       const int64_t j0 = jb * NB<F>, n = imin(NB<F>, H - j0);
-      const W* panel = c.wi + jb * I * G * NB<F>;  // (I, G, NB)
+      const W* panel = block<F>(c.wi, jb, I, G);  // (I, G, NB)
       const F* xb = c.xbias + j0;  // (G*H,) biases from unit j0
       auto put = [&](int64_t b, const F* acc) {  // whole blocks: units past H get 0
         for (int64_t v = 0; v < G; ++v)
           store(out + b * GHX + v * HX + j0, load(acc + v * NB<F>) + load(xb + v * H, n));
       };
       switch (G) {
-        case 4: panel_rows<F, 4>(a, I, nr, panel, I, put); break;
-        case 3: panel_rows<F, 3>(a, I, nr, panel, I, put); break;
-        default: panel_rows<F, 1>(a, I, nr, panel, I, put);
+        case 4: panel_rows<F, 4>(a, nr, panel, I, put); break;
+        case 3: panel_rows<F, 3>(a, nr, panel, I, put); break;
+        default: panel_rows<F, 1>(a, nr, panel, I, put);
       }
     }
   }
@@ -799,13 +1092,18 @@ namespace RNNKERN_ISA {
 namespace {
 
 // The ISA's table of precision (F, W): the shared kernels, and each cell's epilogues at its id.
+// int8 (inference) has no backward kernels.
 template <class F, class W>
 constexpr KernelTable<F, W> make_table() {
-  KernelTable<F, W> t{RNNKERN_ISA_NAME, NB<F>, pack_forward<F, W>, pack_backward<F, W>,
-                      zero_row<F, W>, project<F, W>, backward_final<F, W>, product<F, W>, {}};
-#define RNNKERN_CELL_ENTRY(C)                                    \
-  t.cells[static_cast<int>(C::id)] = {Kernels<C, F, W>::forward_phase, \
-                                      Kernels<C, F, W>::backward_phase};
+  KernelTable<F, W> t{RNNKERN_ISA_NAME, NB<F>, pack_forward<F, W>, nullptr, nullptr,
+                      project<F, W>, nullptr, nullptr, {}};
+  if constexpr (!is_s8<W>)
+    t.pack_backward = pack_backward<F, W>, t.zero_row = zero_row<F, W>,
+    t.backward_final = backward_final<F, W>, t.product = product<F, W>;
+#define RNNKERN_CELL_ENTRY(C)                                                    \
+  t.cells[static_cast<int>(C::id)].forward_phase = Kernels<C, F, W>::forward_phase; \
+  if constexpr (!is_s8<W>)                                                       \
+    t.cells[static_cast<int>(C::id)].backward_phase = Kernels<C, F, W>::backward_phase;
   RNNKERN_CELLS(RNNKERN_CELL_ENTRY)
 #undef RNNKERN_CELL_ENTRY
   return t;

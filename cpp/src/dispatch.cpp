@@ -81,12 +81,12 @@ RNNKERN_PRECISIONS(RNNKERN_NO_ISA)
 #undef RNNKERN_NO_ISA
 #endif
 
-// One table per (precision, ISA), filled once; the ISA in use picks the row. bf16 on an
-// AVX-512 CPU runs the AVX2 bf16 kernels: no AVX-512 machine has run the AVX-512 ones yet, and
-// a path no machine ran does not ship.
+// One table per (precision, ISA), filled once; the ISA in use picks the row. bf16 and int8 on
+// an AVX-512 CPU run the AVX2 kernels: no AVX-512 machine has run the AVX-512 ones yet, and a
+// path no machine ran does not ship.
 template <class F, class W>
 const KernelTable<F, W>* kernels() {
-  constexpr bool untested512 = std::is_same_v<W, bf16>;
+  constexpr bool untested512 = std::is_same_v<W, bf16> || std::is_same_v<W, int8_t>;
   static const KernelTable<F, W>* const tables[] = {
       scalar_kernels<F, W>(), avx2_kernels<F, W>(),
       untested512 ? avx2_kernels<F, W>() : avx512_kernels<F, W>()};
@@ -94,7 +94,9 @@ const KernelTable<F, W>* kernels() {
 }
 
 std::string kernel_isa(Precision prec) {
-  return prec == Precision::bf16 ? kernels<float, bf16>()->isa : kernels<float>()->isa;
+  if (prec == Precision::bf16) return kernels<float, bf16>()->isa;
+  if (prec == Precision::int8) return kernels<float, int8_t>()->isa;
+  return kernels<float>()->isa;
 }
 #define RNNKERN_INSTANTIATE(F, W) template const KernelTable<F, W>* kernels<F, W>();
 RNNKERN_PRECISIONS(RNNKERN_INSTANTIATE)

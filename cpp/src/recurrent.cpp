@@ -39,7 +39,8 @@ struct Panels {
   bool fwd, bwd, bias;
   // Each panels buffer: the main gates' (nblk, H, G', NB) forward, (nblk, G'*H, NB) backward;
   // gru_rh: W_hn's (nblk, H, NB); then W_ih's: forward (nblk, I, G, NB), backward
-  // (blocks of I, G*H, NB).
+  // (blocks of I, G*H, NB). Forward blocks are panel_elems<W> apart (int8: with their scales;
+  // int8 has no backward panels).
   int64_t main_size, n_size, wif_size, wib_size;
   Buffer<W> fpanels, bpanels;
   std::vector<F> xbias;  // (G*H,) b_ih + b_hh, but b_hn stays inside r * (W_hn h + b_hn)
@@ -49,9 +50,10 @@ struct Panels {
   Panels(Cell cell_, int64_t I_, int64_t H_, const KernelTable<F, W>& kt_, Params<F> p,
          bool fwd_, bool bwd_, int threads)
       : cell(cell_), I(I_), H(H_), kt(&kt_), fwd(fwd_), bwd(bwd_), bias(p.b_ih != nullptr),
-        main_size(blocks(H, kt_) * kt_.nb * cell_traits(cell).main_gates * H),
-        n_size(blocks(H, kt_) * kt_.nb * H * (gates(cell) - cell_traits(cell).main_gates)),
-        wif_size(blocks(H, kt_) * kt_.nb * I * gates(cell)),
+        main_size(blocks(H, kt_) * panel_elems<W>(H, cell_traits(cell).main_gates, kt_.nb)),
+        n_size(blocks(H, kt_) * panel_elems<W>(H, gates(cell) - cell_traits(cell).main_gates,
+                                                kt_.nb)),
+        wif_size(blocks(H, kt_) * panel_elems<W>(I, gates(cell), kt_.nb)),
         wib_size(blocks(I, kt_) * kt_.nb * H * gates(cell)),
         fpanels(fwd ? main_size + n_size + wif_size : 0),
         bpanels(bwd ? main_size + n_size + wib_size : 0),
@@ -116,26 +118,38 @@ struct Panels {
 // A Pack's panels: of its precision's W (native: F).
 template <class F>
 struct Pack<F>::Impl {
-  // Precision bf16 has float arrays only (for double, `half` is never made).
-  using Half = std::conditional_t<std::is_same_v<F, float>, Panels<F, bf16>, Panels<F, F>>;
+  // Precisions bf16 and int8 have float arrays only (for double, `half` and `q8` are never made).
+  static constexpr bool f32 = std::is_same_v<F, float>;
+  using Half = std::conditional_t<f32, Panels<F, bf16>, Panels<F, F>>;
+  using Q8 = std::conditional_t<f32, Panels<F, int8_t>, Panels<F, F>>;
   std::unique_ptr<Panels<F, F>> native;
   std::unique_ptr<Half> half;
+  std::unique_ptr<Q8> q8;
 
   Impl(Cell cell, int64_t I, int64_t H, Params<F> p, bool fwd, bool bwd, Precision prec,
        int threads) {
-    if (prec == Precision::bf16) {
-      if constexpr (std::is_same_v<F, float>)
+    if (prec != Precision::native && !f32)
+      throw std::invalid_argument(std::string("precision: ") +
+                                  (prec == Precision::bf16 ? "bf16" : "int8") +
+                                  " needs float32 arrays");
+    if (prec == Precision::int8 && bwd)
+      throw std::invalid_argument("precision: int8 is inference only (no backward panels)");
+    // |sum of (q - zp) q_w| <= K * 255 * 63 must fit in int32
+    if (prec == Precision::int8 && (I > 131072 || H > 131072))
+      throw std::invalid_argument("precision: int8 takes I and H up to 131072");
+    if constexpr (f32) {
+      if (prec == Precision::bf16)
         half = std::make_unique<Half>(cell, I, H, *kernels<F, bf16>(), p, fwd, bwd, threads);
-      else
-        throw std::invalid_argument("precision: bf16 needs float32 arrays");
-    } else {
-      native = std::make_unique<Panels<F, F>>(cell, I, H, *kernels<F>(), p, fwd, bwd, threads);
+      if (prec == Precision::int8)
+        q8 = std::make_unique<Q8>(cell, I, H, *kernels<F, int8_t>(), p, fwd, bwd, threads);
     }
+    if (prec == Precision::native)
+      native = std::make_unique<Panels<F, F>>(cell, I, H, *kernels<F>(), p, fwd, bwd, threads);
   }
   // The fields every precision has.
   template <class Fn>
   auto with(Fn fn) const {
-    return half ? fn(*half) : fn(*native);
+    return half ? fn(*half) : q8 ? fn(*q8) : fn(*native);
   }
 };
 
@@ -172,7 +186,7 @@ template <class F>
 std::string Pack<F>::isa() const { return impl_->with([](auto& p) { return p.kt->isa; }); }
 template <class F>
 Precision Pack<F>::precision() const {
-  return impl_->half ? Precision::bf16 : Precision::native;
+  return impl_->half ? Precision::bf16 : impl_->q8 ? Precision::int8 : Precision::native;
 }
 
 namespace {

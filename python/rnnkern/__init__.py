@@ -162,6 +162,11 @@ def config() -> dict[str, Any]:
             # No native bf16 path ships yet (none could be tested: see docs/precision.md).
             "bf16": f"{_core.kernel_isa(1)} emulated: bf16 weights widened to float32, operands "
                     "rounded to bf16, float32 sums",
+            # Inference only. No VNNI/AMX path ships (none could be tested: docs/precision.md).
+            "int8": f"{_core.kernel_isa(2)} " + ("vpmaddubsw + vpmaddwd" if _core.kernel_isa(2)
+                                                 != "scalar" else "int32")
+                    + ": 7-bit int8 weight rows x u8 activation rows (zero point), exact int32 "
+                      "sums, inference only",
         },
     }
 

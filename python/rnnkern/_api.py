@@ -536,22 +536,29 @@ def check_nonlinearity(nonlinearity: object) -> str:
 
 #: The products' precisions (``precision=`` of the forwards): "float" computes in the arrays'
 #: own dtype; "bf16" (float32 arrays) rounds both operands of every product to bfloat16 and sums
-#: in float32 (docs/precision.md).
-PRECISIONS = ("float", "bf16")
+#: in float32; "int8" (float32 arrays, inference only) quantizes them (weights per row to 7-bit
+#: int8, the other operand per row to u8 with a zero point) and sums exactly (docs/precision.md).
+PRECISIONS = ("float", "bf16", "int8")
 #: Their ids in the compiled core (rnnkern::Precision).
-PRECISION_IDS = {"float": 0, "bf16": 1}
+PRECISION_IDS = {"float": 0, "bf16": 1, "int8": 2}
+#: Quantized weights are in [-INT8_WMAX, INT8_WMAX] (7 bits: AVX2's u8 x s8 pair sums cannot
+#: saturate); activations in [0, 255].
+INT8_WMAX = 63
 
 
-def check_precision(precision: object, dtype: np.dtype[Any]) -> str:
+def check_precision(precision: object, dtype: np.dtype[Any], training: object = False) -> str:
     """``precision`` if it is one of PRECISIONS and fits the arrays' ``dtype`` (TypeError if not a
-    str or bf16 with float64 arrays, ValueError if unknown)."""
+    str or bf16/int8 with float64 arrays, ValueError if unknown or int8 with ``training``)."""
     if not isinstance(precision, str):
         raise TypeError(f"precision: expected a str, got {_type_name(precision)}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(map(repr, PRECISIONS))}, got "
-                         f"{precision!r} (int8 is not built yet)")
-    if precision == "bf16" and dtype != np.float32:
-        raise TypeError(f"precision: 'bf16' takes float32 arrays, got dtype {dtype}")
+                         f"{precision!r}")
+    if precision != "float" and dtype != np.float32:
+        raise TypeError(f"precision: {precision!r} takes float32 arrays, got dtype {dtype}")
+    if precision == "int8" and training:
+        raise ValueError("precision: 'int8' is inference only, pass training=False (train in "
+                         "'float' or 'bf16')")
     return precision
 
 
@@ -562,6 +569,41 @@ def round_bf16(a: Array) -> Array:
     u = a.view(np.uint32).astype(np.uint64)  # (...) bit patterns, room for the carry
     r = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).astype(np.uint32).view(np.float32)
     return np.where(np.isnan(a), a, r)
+
+
+def round_int8(a: Array, weight: bool = False) -> Array:
+    """float32 ``a`` (..., K) as the int8 products take it, dequantized to float32: each row
+    (last axis) quantized as the kernels do (docs/precision.md, "int8"), with float32 operations:
+
+    - ``weight``: symmetric, m = max|row|, q = clip(rint(a * (63 / m)), -63, 63), value
+      q * (m / 63);
+    - else asymmetric u8: lo = min(0, min row), hi = max(0, max row), r = hi - lo, inv = 255 / r,
+      zp = clip(rint(-lo * inv), 0, 255), q = clip(rint(a * inv) + zp, 0, 255), value
+      (q - zp) * (r / 255).
+
+    A zero row stays zero; a row with a NaN or an infinity becomes NaN.
+    """
+    a = np.asarray(a, dtype=np.float32)
+    finite = np.isfinite(a).all(axis=-1, keepdims=True)  # (..., 1)
+    a0 = np.where(finite, a, np.float32(0))  # (..., K)
+    zero = np.float32(0)
+    lo = a0.min(axis=-1, keepdims=True, initial=zero)  # (..., 1) min(0, min row)
+    hi = a0.max(axis=-1, keepdims=True, initial=zero)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if weight:
+            m = np.maximum(hi, -lo)
+            q = np.clip(np.rint(a0 * (np.float32(INT8_WMAX) / m)), -INT8_WMAX, INT8_WMAX)
+            value = q * (m / np.float32(INT8_WMAX))
+            empty = m == 0
+        else:
+            r = hi - lo
+            inv = np.float32(255) / r
+            zp = np.clip(np.rint(-lo * inv), 0, 255)
+            q = np.clip(np.rint(a0 * inv) + zp, 0, 255)
+            value = (q - zp) * (r / np.float32(255))
+            empty = r == 0
+    out = np.where(finite, np.where(empty, zero, value), np.float32(np.nan))
+    return out.astype(np.float32, copy=False)
 
 
 def check_flag(name: str, value: object) -> bool:

@@ -110,7 +110,7 @@ def _forward(cell: str, cell_id: int, x: object, h0: object, c0: object, w_ih: o
                                       f"variant yet; rnnkern.reference.lstm_forward has it "
                                       f"(docs/lstm_variants.md)")
     train = _api.check_flag("training", training)
-    prec = _api.PRECISION_IDS[_api.check_precision(precision, c.dtype)]
+    prec = _api.PRECISION_IDS[_api.check_precision(precision, c.dtype, train)]
     if not train:  # packs only the forward's panels, inside the call
         y, h_n, c_n, _ = _core.forward(cell_id, c.x, c.h0, c.c0, c.w_ih, c.w_hh, c.b_ih, c.b_hh,
                                        c.lengths, False, c.w_peep, precision=prec)
@@ -159,9 +159,10 @@ class PackedWeights:
         self.cell = cell  # "rnn", "lstm" or "gru"
         # rnn: the nonlinearity; gru: linear_before_reset or not; lstm: "" or "peepholes"
         self.variant = variant
-        self.precision = _api.check_precision(precision, wh.dtype)  # "float" or "bf16"
-        self._pack = _core.Pack(cell_id, wi, wh, bi, bh, w_peep=peep,
-                                precision=_api.PRECISION_IDS[self.precision])
+        self.precision = _api.check_precision(precision, wh.dtype)  # one of _api.PRECISIONS
+        # int8 is inference only: no backward panels
+        self._pack = _core.Pack(cell_id, wi, wh, bi, bh, backward=self.precision != "int8",
+                                w_peep=peep, precision=_api.PRECISION_IDS[self.precision])
         self.dtype: np.dtype[Any] = wh.dtype
         self.input_size: int = wi.shape[1]
         self.hidden_size: int = wh.shape[1]
@@ -179,9 +180,15 @@ class PackedWeights:
         to ``{cell}_backward``."""
         xc, h0c, c0c, lens = _api.check_packed_forward(self.cell, self.dtype, self.input_size,
                                                        self.hidden_size, x, h0, c0, lengths)
-        train = _api.check_flag("training", training)
+        train = self._check_training(training)
         return self._output(*_run(self.cell, self._pack, xc, h0c, c0c, lens, train, xc is x,
                                   lens is lengths))
+
+    def _check_training(self, training: object) -> bool:
+        """``training`` as a bool; ValueError if True with an inference-only precision."""
+        train = _api.check_flag("training", training)
+        _api.check_precision(self.precision, self.dtype, train)
+        return train
 
     def _output(self, y: Array, h_n: Array, c_n: Array | None, cache: KernelCache | None) -> Any:
         if self.cell == "lstm":
@@ -195,7 +202,7 @@ class PackedWeights:
         h0 and c0 (lstm) shaped like x with H or None, all C-contiguous arrays of the pack's
         dtype. Returns (h, c or None, cache or None), h and c shaped like h0; None when an
         argument is not exactly that (the caller's general path converts it or raises)."""
-        out = self._pack.step(x, h0, c0, train)
+        out = self._pack.step(x, h0, c0, self._check_training(train))
         if out is None or not train:
             return None if out is None else (out[0], out[1], None)
         h, c, x3, buffers = out  # x3 (1, B, I): the core's copy of x
@@ -215,6 +222,8 @@ def forward_many(calls: list[tuple[PackedWeights, Array, Array | None, Array | N
     The same results, to the bit, as the calls one by one; every call is checked before any
     runs."""
     train = _api.check_flag("training", training)
+    for pack, *_ in calls:
+        pack._check_training(train)
     checked = [(pack, x, lengths, *_api.check_packed_forward(
         pack.cell, pack.dtype, pack.input_size, pack.hidden_size, x, h0, c0, lengths))
         for pack, x, h0, c0, lengths in calls]
@@ -284,8 +293,9 @@ def rnn_forward(x: Array, h0: Array | None, w_ih: Array, w_hh: Array, b_ih: Arra
     h0 (B, H) or None; w_ih (H, I), w_hh (H, H), b_ih/b_hh (H,) or both None; nonlinearity
     "tanh", "relu" or "sigmoid"; lengths None or int (B,) in 1..T. Returns RNNOutput(y (T, B, H)
     zero past each length, h_n (B, H), cache or None when training=False). precision "float"
-    (the arrays' dtype) or "bf16" (float32 arrays; products of bf16-rounded operands summed in
-    float32, docs/precision.md); the backward follows the forward's.
+    (the arrays' dtype), "bf16" (float32 arrays; products of bf16-rounded operands summed in
+    float32; the backward follows the forward's) or "int8" (float32 arrays, training=False only;
+    int8 weights times u8 activations, exact int32 sums, docs/precision.md).
     """
     f = _api.check_nonlinearity(nonlinearity)
     y, h_n, _, cache = _forward("rnn", _RNN_IDS[f], x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths,

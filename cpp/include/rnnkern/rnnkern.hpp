@@ -53,7 +53,10 @@ struct Dims {
 // only): both operands of every product (weights; x, h_{t-1}, gru_rh's r * h_{t-1}; in the
 // backward the dgates, x and h_{t-1}) rounded to bfloat16 (to nearest, ties to even), summed in
 // float; biases, states, the gate math and gradients stay float. The weights are stored as bf16.
-enum class Precision : int { native = 0, bf16 = 1 };
+// int8 (float arrays, forward only): weights quantized per gate row to 7-bit symmetric int8 at
+// packing, x and h_{t-1} (gru_rh: r * h_{t-1}) per row to u8 with a zero point at each chunk
+// or step; exact int32 sums, dequantized to float (docs/precision.md).
+enum class Precision : int { native = 0, bf16 = 1, int8 = 2 };
 
 // What forward(training) keeps for backward; element counts, 0 when a buffer is not used.
 struct CacheLayout {
@@ -117,7 +120,7 @@ class Pack {
  public:
   struct Impl;  // defined in cpp/src (panels, kernel table)
   // w_ih (G*H, I), w_hh (G*H, H), biases (G*H,) or both null. I >= 0, H >= 0.
-  // prec bf16 with F = double: std::invalid_argument.
+  // prec bf16 or int8 with F = double, int8 with for_backward: std::invalid_argument.
   Pack(Cell cell, int64_t I, int64_t H, Params<F> p, bool for_forward = true,
        bool for_backward = true, Precision prec = Precision::native);
   explicit Pack(std::unique_ptr<Impl> impl);

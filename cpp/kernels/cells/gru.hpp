@@ -24,8 +24,9 @@ struct Kernels<cells::Gru, F, W> {
   [[gnu::flatten]] static void forward_phase(const StepConst<F, W>& c, const Step<F>& s, int, int64_t jb0,
                             int64_t jb1) {
     const int64_t B = c.B, H = c.H, GH = 3 * H, HX = c.HX, GHX = 3 * HX;
+    const Rows<F, W> h = operand_rows<F, W>(s.hp, H, B, H);  // h_{t-1} as the products take it
     for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
-      panel_rows<F, 3>(s.hp, H, B, c.wf + jb * H * 3 * NB<F>, H, [&](int64_t b, const F* acc) {
+      panel_rows<F, 3>(h, B, block<F>(c.wf, jb, H, 3), H, [&](int64_t b, const F* acc) {
         if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
         const F* xp = s.xp + b * GHX + j0;
         vec<F> r = vsigmoid(load(xp) + load(acc));

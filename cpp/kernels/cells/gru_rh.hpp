@@ -23,9 +23,11 @@ struct Kernels<cells::GruRh, F, W> {
   [[gnu::flatten]] static void forward_phase(const StepConst<F, W>& c, const Step<F>& s, int phase, int64_t jb0,
                             int64_t jb1) {
     const int64_t B = c.B, H = c.H, GH = 3 * H, HX = c.HX, GHX = 3 * HX;
+    // phase 0: h_{t-1}, phase 1: r * h_{t-1}, as the products take them
+    const Rows<F, W> a = operand_rows<F, W>(phase == 0 ? s.hp : s.aux, H, B, H);
     for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
       if (phase == 0) {  // r, z and r * h_{t-1}
-        panel_rows<F, 2>(s.hp, H, B, c.wf + jb * H * 2 * NB<F>, H, [&](int64_t b, const F* acc) {
+        panel_rows<F, 2>(a, B, block<F>(c.wf, jb, H, 2), H, [&](int64_t b, const F* acc) {
           F* gp = s.gates + b * GH + j0;
           if (padded(c.lengths, b, s.t)) {
             zero(gp, n), zero(gp + H, n), zero(s.aux + b * H + j0, n);
@@ -38,7 +40,7 @@ struct Kernels<cells::GruRh, F, W> {
           store(s.aux + b * H + j0, r * load(s.hp + b * H + j0, n), n);
         });
       } else {  // n = tanh(W_in x + b_in + W_hn (r * h) + b_hn), h_t
-        panel_rows<F, 1>(s.aux, H, B, c.wf_n + jb * H * NB<F>, H, [&](int64_t b, const F* acc) {
+        panel_rows<F, 1>(a, B, block<F>(c.wf_n, jb, H, 1), H, [&](int64_t b, const F* acc) {
           if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
           const F* xp = s.xp + b * GHX + j0;
           F* gp = s.gates + b * GH + j0;

@@ -40,12 +40,13 @@ struct Kernels<cells::Lstm, F, W> {
   template <bool PEEP>
   static void forward(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0, int64_t jb1) {
     const int64_t B = c.B, H = c.H, GH = 4 * H, HX = c.HX, GHX = 4 * HX;
+    const Rows<F, W> h = operand_rows<F, W>(s.hp, H, B, H);  // h_{t-1} as the products take it
     for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
       vec<F> p_i{}, p_f{}, p_o{};
       if constexpr (PEEP)
         p_i = load(c.peep + j0, n), p_f = load(c.peep + H + j0, n),
         p_o = load(c.peep + 2 * H + j0, n);
-      panel_rows<F, 4>(s.hp, H, B, c.wf + jb * H * 4 * NB<F>, H, [&](int64_t b, const F* acc) {
+      panel_rows<F, 4>(h, B, block<F>(c.wf, jb, H, 4), H, [&](int64_t b, const F* acc) {
         if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
         const F* xp = s.xp + b * GHX + j0;
         vec<F> cp = load(s.cp + b * H + j0, n);

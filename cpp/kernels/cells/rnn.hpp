@@ -30,8 +30,9 @@ struct Kernels<cells::Rnn<C, A>, F, W> {
   [[gnu::flatten]] static void forward_phase(const StepConst<F, W>& c, const Step<F>& s, int, int64_t jb0,
                             int64_t jb1) {
     const int64_t B = c.B, H = c.H;
+    const Rows<F, W> h = operand_rows<F, W>(s.hp, H, B, H);  // h_{t-1} as the products take it
     for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
-      panel_rows<F, 1>(s.hp, H, B, c.wf + jb * H * NB<F>, H, [&](int64_t b, const F* acc) {
+      panel_rows<F, 1>(h, B, block<F>(c.wf, jb, H, 1), H, [&](int64_t b, const F* acc) {
         if (padded(c.lengths, b, s.t)) return freeze(s, H, b, j0, n);
         vec<F> a = load(s.xp + b * c.HX + j0) + load(acc);
         vec<F> h = A == cells::Act::tanh ? vtanh(a) : A == cells::Act::relu ? vrelu(a) : vsigmoid(a);

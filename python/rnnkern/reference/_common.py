@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .._api import GATES, Array, Checked, check_backward, round_bf16
+from .._api import GATES, Array, Checked, check_backward, round_bf16, round_int8
 
 __all__ = [
     "ACTIVATIONS", "Cache", "WeightGrads", "bias_or_zeros", "make_cache", "operand", "sigmoid",
@@ -15,10 +15,14 @@ __all__ = [
 ]
 
 
-def operand(a: Array, precision: str) -> Array:
-    """``a`` as a product takes it: rounded to bfloat16 with precision "bf16" (both operands of
-    every product, as the kernels do), else unchanged."""
-    return round_bf16(a) if precision == "bf16" else a
+def operand(a: Array, precision: str, weight: bool = False) -> Array:
+    """``a`` as a product takes it, as the kernels do: with precision "bf16" rounded to bfloat16
+    (both operands of every product); with "int8" each row quantized and dequantized (a
+    ``weight`` (G*H, K) per gate row, 7-bit symmetric; the other operand (B, K) per row, u8 with
+    a zero point: _api.round_int8); else unchanged."""
+    if precision == "bf16":
+        return round_bf16(a)
+    return round_int8(a, weight) if precision == "int8" else a
 
 
 def sigmoid(a: Array) -> Array:

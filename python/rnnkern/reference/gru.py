@@ -48,9 +48,9 @@ def gru_forward(
     c = check_forward("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths)
     training = check_flag("training", training)
     lbr = check_flag("linear_before_reset", linear_before_reset)
-    prec = check_precision(precision, c.dtype)  # "bf16": operands rounded (see operand)
+    prec = check_precision(precision, c.dtype, training)  # operands as the products take them
     H = c.H
-    w_ih_, w_hh_ = operand(c.w_ih, prec), operand(c.w_hh, prec)  # (3H, I), (3H, H)
+    w_ih_, w_hh_ = operand(c.w_ih, prec, True), operand(c.w_hh, prec, True)  # (3H, I), (3H, H)
     b_ih_, b_hh_ = bias_or_zeros(c.b_ih, c), bias_or_zeros(c.b_hh, c)  # (3H,) each
     w_hn, b_hn = w_hh_[2 * H:], b_hh_[2 * H:]  # (H, H), (H,)
     valid = valid_steps(c)  # (T, B, 1)

@@ -141,9 +141,9 @@ def lstm_forward(
     c = check_forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr=w_hr,
                       w_peep=w_peep, ln_gates=ln_gates, ln_cell=ln_cell)
     training = check_flag("training", training)
-    prec = check_precision(precision, c.dtype)
-    w_ih_, w_hh_ = operand(c.w_ih, prec), operand(c.w_hh, prec)  # (4H, I), (4H, P)
-    w_hr_ = None if c.w_hr is None else operand(c.w_hr, prec)  # (P, H)
+    prec = check_precision(precision, c.dtype, training)
+    w_ih_, w_hh_ = operand(c.w_ih, prec, True), operand(c.w_hh, prec, True)  # (4H, I), (4H, P)
+    w_hr_ = None if c.w_hr is None else operand(c.w_hr, prec, True)  # (P, H)
     b = bias_or_zeros(c.b_ih, c) + bias_or_zeros(c.b_hh, c)  # (4H,)
     valid = valid_steps(c)  # (T, B, 1)
     y = np.zeros((c.T, c.B, c.P), c.dtype)  # (T, B, P)

@@ -49,8 +49,8 @@ def rnn_forward(
     c = check_forward("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths)
     f, _ = ACTIVATIONS[check_nonlinearity(nonlinearity)]
     training = check_flag("training", training)
-    prec = check_precision(precision, c.dtype)  # "bf16": operands rounded (see operand)
-    w_ih_, w_hh_ = operand(c.w_ih, prec), operand(c.w_hh, prec)  # (H, I), (H, H)
+    prec = check_precision(precision, c.dtype, training)  # operands as the products take them
+    w_ih_, w_hh_ = operand(c.w_ih, prec, True), operand(c.w_hh, prec, True)  # (H, I), (H, H)
     b_ih_, b_hh_ = bias_or_zeros(c.b_ih, c), bias_or_zeros(c.b_hh, c)  # (H,) each
     valid = valid_steps(c)  # (T, B, 1)
     y = np.zeros((c.T, c.B, c.H), c.dtype)  # (T, B, H)
