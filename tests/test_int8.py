@@ -222,3 +222,25 @@ def test_error_against_float64(cell: str, kw: dict[str, Any]) -> None:
 
 #: int8's own error bound against float64 for test_error_against_float64 (docs/tolerances.md).
 INT8_ERROR = 2e-2
+
+
+@pytest.mark.parametrize("cell,kw", CELLS, ids=lambda v: str(v))
+def test_layers_in_int8(cell: str, kw: dict[str, Any]) -> None:
+    """rnnkern.nn layers with precision="int8": inference gives the functional int8 call's bits;
+    training raises ValueError naming precision, for one layer and for a bidirectional stack
+    (whose inference runs)."""
+    layer_cls = {"rnn": rnnkern.nn.RNN, "lstm": rnnkern.nn.LSTM, "gru": rnnkern.nn.GRU}[cell]
+    layer = layer_cls(6, 10, seed=3, precision="int8", **kw)
+    assert "precision='int8'" in repr(layer)
+    x = np.random.default_rng(4).standard_normal((5, 3, 6)).astype(np.float32)
+    w = [layer.params.get(n) for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+    states = (None, None) if cell == "lstm" else (None,)
+    want = getattr(rnnkern, f"{cell}_forward")(x, *states, *w, precision="int8", training=False,
+                                               **kw)
+    np.testing.assert_array_equal(layer(x, training=False)[0], want.y)
+    with pytest.raises(ValueError, match="precision: 'int8' is inference only"):
+        layer(x)
+    stack = layer_cls(6, 10, num_layers=2, bidirectional=True, seed=3, precision="int8", **kw)
+    with pytest.raises(ValueError, match="precision: 'int8' is inference only"):
+        stack(x)
+    assert stack(x, training=False)[0].shape == (5, 3, 20)

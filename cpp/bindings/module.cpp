@@ -374,6 +374,9 @@ Sizes packed_sizes(const PackHandle& pk, const py::object& x) {
 
 Prepared prepare_forward_packed(const PackHandle& pk, const py::object& x, const py::object& h0,
                                 const py::object& c0, const py::object& lengths, bool training) {
+  const auto prec = pk.f32 ? pk.f32->precision() : pk.f64->precision();
+  if (training && prec == rnnkern::Precision::int8)  // every path here: layers, stacks, drop-in
+    throw py::value_error("precision: 'int8' is inference only, pass training=False");
   Sizes z = packed_sizes(pk, x);
   const py::object none = py::none();
   return is_f64(x, "x") ? prepare_forward<double>(pk.cell, z, x, h0, c0, pk.get<double>(x), none,

@@ -46,8 +46,8 @@ class _Recurrent(ParamModule):
     bidirectional (D = 2 directions, outputs concatenated on the feature axis); plus dtype
     (float32 or float64), seed (int, None or numpy Generator: initialization, dropout masks) and
     precision of the kernels' products ("float": the dtype's own; "bf16": float32 parameters
-    stored and multiplied as bfloat16, sums and gate math in float32, training included; see
-    docs/precision.md).
+    stored and multiplied as bfloat16, sums and gate math in float32, training included; "int8":
+    inference only, training=True raises; see docs/precision.md).
     Parameters are in `params` and their gradients in `grads` (`ParamModule`: zero_grad,
     state_dict, load_state_dict from arrays or torch tensors), keyed by PyTorch's names
     (weight_ih_l0 (G*H, I), weight_hh_l0 (G*H, H), bias_ih_l0, bias_hh_l0 (G*H,), ..._reverse),
