@@ -306,6 +306,8 @@ def test_attention(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
                            "min_input_length"}
     assert 5 <= result["min_input_length"] <= 12
     assert "held-out exact match by input length" in out
+    assert out.count(", 2 steps, ") == 2  # each model its steps
+    assert re.search(r"^wall time \d+ s \(budget 180 s\)$", out, re.M)
     rows = re.findall(r"^ +(\d+)-(\d+) +(\d+) ", out, re.M)
     assert [(int(a), int(b)) for a, b, _ in rows] == [(5, 9), (10, 12)]
     assert sum(int(n) for *_, n in rows) == 12

@@ -399,14 +399,17 @@ def cmd_gradflow(args: argparse.Namespace) -> int:
 
 class _Split:
     """A wall-clock budget of ``minutes`` split between models by their shares: each gets its
-    share of what is left when it starts (time one did not use goes to the next), and the last
-    ``reserve`` (a fraction of the budget) is kept for the final evaluation and report."""
+    share of what is left when it starts (time one did not use goes to the next), after the
+    time `keep` set aside for the work that follows training (evaluations, the report)."""
 
-    def __init__(self, minutes: float, steps: Optional[int], shares: Dict[str, float],
-                 reserve: float) -> None:
+    def __init__(self, minutes: float, steps: Optional[int], shares: Dict[str, float]) -> None:
         self.start = time.perf_counter()
-        self.deadline = self.start + 60.0 * minutes * (1.0 - reserve)
+        self.deadline = self.start + 60.0 * minutes
         self.steps, self.left = steps, dict(shares)
+
+    def keep(self, seconds: float) -> None:
+        """Set ``seconds`` more aside at the end of the budget."""
+        self.deadline -= seconds
 
     def clock(self, name: str) -> _Clock:
         share = self.left.pop(name)
@@ -439,8 +442,7 @@ def _matches(model: Seq2Seq, src: List[Array], tgt: List[Array]) -> Array:
 
 def cmd_attention(args: argparse.Namespace) -> int:
     """The same encoder-decoder without and with attention on long sequences: reverse them."""
-    split = _Split(args.minutes, args.steps, {"without attention": 1.0, "with attention": 1.0},
-                   reserve=0.05)
+    split = _Split(args.minutes, args.steps, {"without attention": 1.0, "with attention": 1.0})
     if args.plot:  # fail before training, not after it
         try:
             diagnostics.require_matplotlib("--plot")
@@ -449,6 +451,12 @@ def cmd_attention(args: argparse.Namespace) -> int:
     task = data.Reversal(args.min_len, args.max_len, args.letters)
     test_src, test_tgt = task.sample(np.random.default_rng(args.seed + 1), args.test_size, "test")
     lengths = np.array([len(s) for s in test_src])  # (N,)
+    sizes = {"hidden_size": args.hidden, "embed_dim": args.embed, "cell": args.cell,
+             "seed": args.seed}
+    probe, tick = data.reversal_model(task, "luong", **sizes), time.perf_counter()
+    _matches(probe, test_src[:20], test_tgt[:20])  # untrained: decodes to the longest length
+    decode = (time.perf_counter() - tick) / min(20, len(test_src))  # seconds per test input
+    split.keep(0.05 * 60 * args.minutes + 2.5 * decode * len(test_src))  # both tests, the plot
     _out(f"task: reverse {args.min_len} to {args.max_len} letters (of {args.letters}); "
          f"{args.cell}, H = {args.hidden}; held-out test set of {args.test_size} "
          f"(inputs {lengths.min()} to {lengths.max()} tokens); {args.minutes:g} minutes")
@@ -457,8 +465,8 @@ def cmd_attention(args: argparse.Namespace) -> int:
     for name, attention in (("without attention", None), ("with attention", "luong")):
         clock = split.clock(name)
         model, steps = data.train_reversal(
-            task, attention, hidden_size=args.hidden, embed_dim=args.embed, cell=args.cell,
-            batch=args.batch, lr=args.lr, clip=args.clip, seed=args.seed, progress=clock.progress,
+            task, attention, **sizes, batch=args.batch, lr=args.lr, clip=args.clip,
+            progress=clock.progress,
             on_step=_reporter(name, f"exact match (first {args.eval_size})",
                               lambda m: float(_matches(m, test_src[:args.eval_size],
                                                        test_tgt[:args.eval_size]).mean()),
@@ -522,8 +530,8 @@ def _classifier_loss(task: data.JumbledSentences, model: Union[BagOfWords, Seque
 
 def cmd_jumble(args: argparse.Namespace) -> int:
     """The lecture's opening: is a sentence as written, or are its words jumbled?"""
-    split = _Split(args.minutes, args.steps, {"bag of words": 0.1, "RNN": 0.45, "LSTM": 0.45},
-                   reserve=0.02)
+    split = _Split(args.minutes, args.steps, {"bag of words": 0.1, "RNN": 0.45, "LSTM": 0.45})
+    split.keep(0.02 * 60 * args.minutes)  # the test of the last model, the report
     task = data.JumbledSentences(test_size=args.test_size, shuffle_prob=args.shuffle_prob)
     test_ids, test_kinds, test_words = task.pairs(np.random.default_rng(args.seed + 1), task.test)
     test_labels = test_kinds > 0  # (2N,) True = jumbled
@@ -736,7 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
                        seed=0, **defaults)
 
     p = sub.add_parser("attention", help="encoder-decoder with and without attention",
-                       parents=[timed(3.0, cell="lstm", hidden=64, embed=32, batch=32, lr=1e-2,
+                       parents=[timed(3.0, cell="lstm", hidden=64, embed=32, batch=64, lr=3e-3,
                                       eval_every=250, test_size=1000)])
     p.add_argument("--min-len", type=_positive_int, default=30, help="shortest input")
     p.add_argument("--max-len", type=_positive_int, default=40, help="longest input")

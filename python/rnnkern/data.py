@@ -8,8 +8,8 @@
 - `NumberWords`: the seq2seq task "three hundred and twelve" -> "312".
 - `longrange_batch`: the lecture's "brown and black dog ... german shepherd" task: the first
   token decides the answer at the end of a sequence of T tokens.
-- `Reversal`, `train_reversal`: the attention task (30 to 40 letters -> the same letters
-  reversed) and its encoder-decoder, trained with or without attention.
+- `Reversal`, `reversal_model`, `train_reversal`: the attention task (30 to 40 letters -> the
+  same letters reversed) and its encoder-decoder, trained with or without attention.
 - `JumbledSentences`: the lecture's opening ("POLICY IS THE BEST HONESTY"): sentences of a
   built-in English grammar (`rnnkern.sentences`), shown as written or jumbled.
 """
@@ -30,8 +30,8 @@ from .sentences import Grammar
 __all__ = [
     "stdlib_dir", "default_corpus", "Vocab", "split_ids", "batchify", "bptt_batches",
     "pad_sequences", "number_to_words", "NumberWords", "LONGRANGE_CUES", "LONGRANGE_FILLER",
-    "longrange_batch", "Reversal", "train_reversal", "tokenize_sentence", "jumble_order",
-    "JumbledSentences", "LECTURE_JUMBLED", "LECTURE_WRITTEN",
+    "longrange_batch", "Reversal", "reversal_model", "train_reversal", "tokenize_sentence",
+    "jumble_order", "JumbledSentences", "LECTURE_JUMBLED", "LECTURE_WRITTEN",
 ]
 
 IntArray = npt.NDArray[np.int64]
@@ -306,22 +306,32 @@ class Reversal:
         return src, [s[::-1] + 2 for s in src]  # target ids: 3.. (after pad, bos, eos)
 
 
+def reversal_model(task: Reversal, attention: Optional[str] = None, *, hidden_size: int = 64,
+                   embed_dim: int = 32, cell: str = "lstm", seed: int = 0) -> Any:
+    """The attention task's encoder-decoder, untrained: a `Seq2Seq` for the task's vocabularies,
+    with ``attention`` None (the final state only) or "luong"."""
+    from .models import Seq2Seq  # here, not above: rnnkern.models imports this module
+
+    return Seq2Seq(len(task.src_vocab), len(task.tgt_vocab), hidden_size=hidden_size, cell=cell,
+                   embed_dim=embed_dim, pad=task.PAD, bos=task.BOS, eos=task.EOS, seed=seed,
+                   attention=attention)
+
+
 def train_reversal(task: Reversal, attention: Optional[str] = None, *, hidden_size: int = 64,
-                   embed_dim: int = 32, cell: str = "lstm", batch: int = 64, lr: float = 5e-3,
+                   embed_dim: int = 32, cell: str = "lstm", batch: int = 64, lr: float = 3e-3,
                    clip: float = 5.0, seed: int = 0, steps: Optional[int] = None,
                    progress: Optional[Callable[[int], float]] = None,
                    on_step: Optional[Callable[[Any, int, float], None]] = None
                    ) -> Tuple[Any, int]:
     """The attention task's encoder-decoder, trained: returns (the `Seq2Seq`, steps taken).
 
-    The same model with ``attention`` None (the final state only) or "luong"; Adam on fresh
+    `reversal_model` with ``attention`` None or "luong", trained with Adam on fresh
     training batches, the gradients' norm clipped at ``clip``, the learning rate falling
     linearly from ``lr`` to 0 over the budget: ``steps`` steps, or until ``progress(step)``
     (the fraction of some other budget used, e.g. of the time) reaches 1; with both, whichever
     is further along. ``on_step(model, step, loss)`` after each step.
     """
     from . import optim  # here, not above: rnnkern.models imports this module
-    from .models import Seq2Seq
 
     if steps is None and progress is None:
         raise ValueError("steps, progress: give at least one of them")
@@ -330,9 +340,8 @@ def train_reversal(task: Reversal, attention: Optional[str] = None, *, hidden_si
         return max(0.0 if steps is None else step / steps,
                    0.0 if progress is None else progress(step))
 
-    model = Seq2Seq(len(task.src_vocab), len(task.tgt_vocab), hidden_size=hidden_size, cell=cell,
-                    embed_dim=embed_dim, pad=task.PAD, bos=task.BOS, eos=task.EOS, seed=seed,
-                    attention=attention)
+    model = reversal_model(task, attention, hidden_size=hidden_size, embed_dim=embed_dim,
+                           cell=cell, seed=seed)
     opt = optim.Adam(model.params, model.grads, lr=lr)
     rng = np.random.default_rng(seed)
     step = 0
