@@ -3,11 +3,12 @@
     python benchmarks/variants.py [--shapes S2,S3] [--threads N] [--repeat R]
 
 For each shape, the median milliseconds of forward (inference) and forward+backward of
-rnnkern's plain LSTM and of each variant its kernels run (rnnkern.lstm_forward's keywords), and
-of torch.nn.LSTM plain and with proj_size = H/2. Next to each time: its ratio to the same
-library's plain LSTM, and the ratio of multiply-adds (the variant's extra FLOPs). Repetitions
-are interleaved (round robin); every rnnkern variant is first checked against the NumPy
-reference in float64 on a small problem.
+rnnkern's plain LSTM and of each variant its kernels run (rnnkern.lstm_forward's keywords;
+the projection with P = H/2), and of torch.nn.LSTM plain and with proj_size = H/2. Next to each
+time: its ratio to the same library's plain LSTM, and the ratio of multiply-adds (the variant's
+extra FLOPs); then rnnkern's time over torch's, plain and projected. Repetitions are interleaved
+(round robin); every rnnkern variant is first checked against the NumPy reference in float64
+on a small problem.
 """
 from __future__ import annotations
 
@@ -19,10 +20,16 @@ from typing import Any
 
 import timing  # does not import NumPy
 
-#: rnnkern's variants timed: name -> (lstm_forward keyword, its shape from H) (the kernels' own).
-KERNEL_VARIANTS: dict[str, tuple[str, Callable[[int], tuple[int, ...]]]] = {
-    "peep": ("w_peep", lambda H: (3, H)),
-}
+#: rnnkern's variants timed (the kernels' own).
+KERNEL_VARIANTS = ("peep", "proj")
+
+
+def variant_args(variant: str, H: int, draw: Callable[[tuple[int, ...]], Any]) -> dict[str, Any]:
+    """lstm_forward's keywords of ``variant`` at hidden size H, arrays from ``draw(shape)``: the
+    peepholes, or the projection (P = H/2) with its w_hh (4H, P)."""
+    if variant == "peep":
+        return {"w_peep": draw((3, H))}
+    return {"w_hr": draw((H // 2, H)), "w_hh": draw((4 * H, H // 2))}
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -50,14 +57,17 @@ def check_kernels(rnnkern: Any, np: Any) -> None:
     """Every timed variant equals the float64 reference on a small case (forward and grads)."""
     rng = np.random.default_rng(0)
     T, B, I, H = 3, 2, 5, 7
-    args = [rng.uniform(-0.5, 0.5, s) for s in ((T, B, I), (B, H), (B, H), (4 * H, I),
-                                                (4 * H, H), (4 * H,), (4 * H,))]
-    for name, (keyword, shape) in KERNEL_VARIANTS.items():
-        extra = {keyword: rng.uniform(-0.5, 0.5, shape(H))}
-        dy = rng.uniform(-1, 1, (T, B, H))
-        got = rnnkern.lstm_backward(rnnkern.lstm_forward(*args, **extra).cache, dy)
-        want = rnnkern.reference.lstm_backward(
-            rnnkern.reference.lstm_forward(*args, **extra).cache, dy)
+
+    def draw(shape: tuple[int, ...]) -> Any:
+        return rng.uniform(-0.5, 0.5, shape)
+
+    args = {"x": draw((T, B, I)), "h0": None, "c0": draw((B, H)), "w_ih": draw((4 * H, I)),
+            "w_hh": draw((4 * H, H)), "b_ih": draw((4 * H,)), "b_hh": draw((4 * H,))}
+    for name in KERNEL_VARIANTS:
+        case = {**args, **variant_args(name, H, draw)}
+        dy = rng.uniform(-1, 1, (T, B, case["w_hh"].shape[1]))
+        got = rnnkern.lstm_backward(rnnkern.lstm_forward(**case).cache, dy)
+        want = rnnkern.reference.lstm_backward(rnnkern.reference.lstm_forward(**case).cache, dy)
         for field, a, b in zip(want._fields, got, want):
             if b is not None and not np.allclose(a, b, rtol=1e-9, atol=1e-12):
                 raise AssertionError(f"{name}: {field} differs from the reference")
@@ -71,18 +81,23 @@ def jobs_for(T: int, B: int, I: int, H: int, np: Any, torch: Any,
     k = 1 / np.sqrt(H)
     x = rng.uniform(-1, 1, (T, B, I)).astype(np.float32)  # (T, B, I)
     dy = rng.uniform(-1, 1, (T, B, H)).astype(np.float32)  # (T, B, H)
-    w = [rng.uniform(-k, k, sh).astype(np.float32)
-         for sh in ((4 * H, I), (4 * H, H), (4 * H,), (4 * H,))]
+    def draw(shape: tuple[int, ...]) -> Any:
+        return rng.uniform(-k, k, shape).astype(np.float32)
+
+    w = {"w_ih": draw((4 * H, I)), "w_hh": draw((4 * H, H)), "b_ih": draw((4 * H,)),
+         "b_hh": draw((4 * H,))}
     extras: dict[str, dict[str, Any]] = {"plain": {}}  # variant -> lstm_forward keywords
-    for v, (kw, shape) in KERNEL_VARIANTS.items():
-        extras[v] = {kw: rng.uniform(-k, k, shape(H)).astype(np.float32)}
+    for v in KERNEL_VARIANTS:
+        extras[v] = variant_args(v, H, draw)
     jobs: dict[str, Callable[[], object]] = {}
     for variant, extra in extras.items():
+        kw = {**w, **extra}
+        dy_v = np.ascontiguousarray(dy[:, :, :kw["w_hh"].shape[1]])  # (T, B, P)
         jobs[f"rnnkern {variant} fwd"] = functools.partial(
-            rnnkern.lstm_forward, x, None, None, *w, training=False, **extra)
+            rnnkern.lstm_forward, x, None, None, training=False, **kw)
         jobs[f"rnnkern {variant} fwdbwd"] = functools.partial(
-            lambda e: rnnkern.lstm_backward(rnnkern.lstm_forward(x, None, None, *w, **e).cache,
-                                            dy), extra)
+            lambda kw, dy_v: rnnkern.lstm_backward(
+                rnnkern.lstm_forward(x, None, None, **kw).cache, dy_v), kw, dy_v)
     xt = torch.from_numpy(x)
     for variant, proj in (("plain", 0), ("proj", H // 2)):
         m = torch.nn.LSTM(I, H, proj_size=proj)
@@ -125,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             jobs_for(T, B, I, H, np, torch, rnnkern), repeat=args.repeat,
             min_time=args.min_time))
         for lib in ("rnnkern", "torch"):
-            for v in ("plain", *KERNEL_VARIANTS, "proj"):
+            for v in ("plain", *KERNEL_VARIANTS):
                 if f"{lib} {v} fwd" not in med:
                     continue
                 cols = []
@@ -134,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     ratio = macs(v, T, B, I, H, P, bw) / macs("plain", T, B, I, H, P, bw)
                     cols.append(f"{1e3 * t:7.2f} ({t / t0:4.2f}, {ratio:4.2f})")
                 print(f"{name:<6} {lib + ' ' + v:<16} {cols[0]:>24}   {cols[1]:>24}")
+        for v in ("plain", "proj"):
+            ratios = [med[f"rnnkern {v} {p}"] / med[f"torch {v} {p}"] for p in ("fwd", "fwdbwd")]
+            print(f"{name:<6} {v + ' rnnkern/torch':<16} {ratios[0]:>24.2f}   {ratios[1]:>24.2f}")
 
 
 if __name__ == "__main__":

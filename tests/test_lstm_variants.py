@@ -351,31 +351,32 @@ def test_peephole_kernels_same_bits_on_any_thread_count() -> None:
         np.testing.assert_array_equal(getattr(g1, field), getattr(g2, field), err_msg=field)
 
 
-def test_packed_peepholes_equal_the_call() -> None:
-    """lstm_pack(..., w_peep=) gives the bits of lstm_forward(..., w_peep=), dw_peep too; the pack
-    is a snapshot (changing w_peep afterwards changes nothing)."""
-    case = make_lstm_variant_case("peep", 4, 3, 5, 9, np.float64, lengths="random", seed=6)
-    grads = make_output_grads("lstm", 4, 3, 9, np.float64, seed=7)
+@pytest.mark.parametrize("variant,name", [("peep", "peepholes"), ("proj", "projection")])
+def test_packed_variants_equal_the_call(variant: str, name: str) -> None:
+    """lstm_pack(..., w_peep= or w_hr=) gives the bits of lstm_forward with it, its gradient
+    too; the pack is a snapshot (changing the array afterwards changes nothing)."""
+    (keyword,) = LSTM_VARIANTS[variant]
+    case = make_lstm_variant_case(variant, 4, 3, 5, 9, np.float64, P=4, lengths="random", seed=6)
+    grads = make_output_grads("lstm", 4, 3, 9, np.float64, seed=7, P=case["w_hh"].shape[1])
     out, g = run(rnnkern, case, grads)
-    w_peep = case["w_peep"].copy()
+    extra = case[keyword].copy()
     pack = rnnkern.lstm_pack(case["w_ih"], case["w_hh"], case["b_ih"], case["b_hh"],
-                             w_peep=w_peep)
-    w_peep[:] = 0
+                             **{keyword: extra})
+    extra[:] = 0
     p_out = pack.forward(case["x"], case["h0"], case["c0"], lengths=case["lengths"])
     p_g = rnnkern.lstm_backward(p_out.cache, **grads)
     np.testing.assert_array_equal(p_out.y, out.y)
     assert p_g._fields == g._fields
     for field in g._fields:
         np.testing.assert_array_equal(getattr(p_g, field), getattr(g, field), err_msg=field)
-    assert "peepholes" in repr(pack)
+    assert name in repr(pack)
+    assert (pack.hidden_size, pack.output_size) == (9, case["w_hh"].shape[1])
 
 
 def test_kernels_refuse_what_they_do_not_run() -> None:
-    """Projection and layer norm: checked like the reference, then a NotImplementedError that
-    names the argument; bad peepholes: the reference's messages (the checks are shared)."""
+    """Layer norm: checked like the reference, then a NotImplementedError that names the
+    argument; bad projections and peepholes: the reference's messages (the checks are shared)."""
     proj = make_lstm_variant_case("proj", T, B, I, H, np.float64, P=P, seed=1)
-    with pytest.raises(NotImplementedError, match="w_hr: the compiled kernels"):
-        rnnkern.lstm_forward(**proj)
     with pytest.raises(ValueError, match=r"w_hr: expected shape \(P, H\)"):
         rnnkern.lstm_forward(**{**proj, "w_hr": np.zeros((P, H + 1))})
     ln = make_lstm_variant_case("ln", T, B, I, H, np.float64, seed=1)

@@ -91,7 +91,7 @@ py::list cells() {
     d["phases"] = t.phases, d["cell_state"] = t.cell_state, d["cache_gates"] = t.cache_gates;
     d["aux"] = t.aux, d["separate_b_hn"] = t.separate_b_hn;
     d["recurrent_dgates"] = t.recurrent_dgates;
-    d["peepholes"] = t.peepholes;
+    d["peepholes"] = t.peepholes, d["projection"] = t.projection;
     out.append(d);
   }
   return out;
@@ -102,14 +102,33 @@ struct Sizes {
   int64_t G;
 };
 
-Sizes sizes(Cell cell, const py::object& x, const py::object& w_hh) {
+// H (and P) from w_hh: (G*H, H), or (G*H, P) with a projection w_hr (then d.P = P).
+Sizes sizes(Cell cell, const py::object& x, const py::object& w_hh, const py::object& w_hr) {
   if (!py::isinstance<py::array>(x) || py::reinterpret_borrow<py::array>(x).ndim() != 3)
     throw py::value_error("x: expected a numpy.ndarray of shape (T, B, I)");
   if (!py::isinstance<py::array>(w_hh) || py::reinterpret_borrow<py::array>(w_hh).ndim() != 2)
     throw py::value_error("w_hh: expected a numpy.ndarray of shape (G*H, H)");
   auto xs = py::reinterpret_borrow<py::array>(x).shape();
   auto ws = py::reinterpret_borrow<py::array>(w_hh).shape();
-  return {{xs[0], xs[1], xs[2], ws[1]}, rnnkern::gates(cell)};
+  const int64_t G = rnnkern::gates(cell);
+  if (w_hr.is_none()) return {{xs[0], xs[1], xs[2], ws[1]}, G};
+  if (!rnnkern::cell_traits(cell).projection)
+    throw py::value_error("w_hr: only lstm has a projection");
+  if (ws[0] % G || ws[1] < 1)
+    throw py::value_error("w_hh: expected shape (G*H, P) with P >= 1, got " +
+                          shape_str({ws[0], ws[1]}));
+  return {{xs[0], xs[1], xs[2], ws[0] / G, ws[1]}, G};
+}
+
+// Params of the weights' arrays (w_hh (G*H, P) with w_hr (P, H)).
+template <class F>
+rnnkern::Params<F> params(Sizes z, const py::object& w_ih, const py::object& w_hh,
+                          const py::object& b_ih, const py::object& b_hh,
+                          const py::object& w_peep, const py::object& w_hr) {
+  const int64_t I = z.d.I, H = z.d.H, GH = z.G * H, P = rnnkern::h_size(z.d);
+  return {data<F>(w_ih, "w_ih", {GH, I}), data<F>(w_hh, "w_hh", {GH, P}),
+          data<F>(b_ih, "b_ih", {GH}, true), data<F>(b_hh, "b_hh", {GH}, true),
+          data<F>(w_peep, "w_peep", {3, H}, true), data<F>(w_hr, "w_hr", {P, H}, true), z.d.P};
 }
 
 // pk: run with these packed weights (w_ih ... b_hh unused), else pack w_ih ... b_hh per call.
@@ -125,25 +144,23 @@ Prepared prepare_forward(Cell cell, Sizes z, const py::object& x, const py::obje
                   const py::object& c0, const rnnkern::Pack<F>* pk, const py::object& w_ih,
                   const py::object& w_hh, const py::object& b_ih, const py::object& b_hh,
                   const py::object& lengths, bool training, const py::object& w_peep,
+                  const py::object& w_hr,
                   rnnkern::Precision prec = rnnkern::Precision::native) {
-  const auto [T, B, I, H] = z.d;
-  const int64_t GH = z.G * H;
+  const int64_t T = z.d.T, B = z.d.B, I = z.d.I, H = z.d.H, GH = z.G * H;
+  const int64_t P = rnnkern::h_size(z.d);
   const bool lstm = rnnkern::cell_traits(cell).cell_state;
   const F* xp = data<F>(x, "x", {T, B, I});
-  const F* h0p = data<F>(h0, "h0", {B, H}, true);
+  const F* h0p = data<F>(h0, "h0", {B, P}, true);
   const F* c0p = lstm ? data<F>(c0, "c0", {B, H}, true) : nullptr;
   rnnkern::Params<F> p{};
-  if (!pk)
-    p = {data<F>(w_ih, "w_ih", {GH, I}), data<F>(w_hh, "w_hh", {GH, H}),
-         data<F>(b_ih, "b_ih", {GH}, true), data<F>(b_hh, "b_hh", {GH}, true),
-         data<F>(w_peep, "w_peep", {3, H}, true)};
+  if (!pk) p = params<F>(z, w_ih, w_hh, b_ih, b_hh, w_peep, w_hr);
   const int64_t* len = data<int64_t>(lengths, "lengths", {B}, true);
   for (int64_t b = 0; len && b < B; ++b)
     if (len[b] < 1 || len[b] > T) throw py::value_error("lengths: every value must be in 1..T");
-  py::array_t<F> y({T, B, H}), h_n({B, H});
+  py::array_t<F> y({T, B, P}), h_n({B, P});
   py::object c_n = array_or_none<F>(lstm, {B, H});
   const auto L = rnnkern::cache_layout(cell, z.d);
-  py::object hs = array_or_none<F>(training, {T + 1, B, H});
+  py::object hs = array_or_none<F>(training, {T + 1, B, P});
   py::object cs = array_or_none<F>(training && L.cs, {T + 1, B, H});
   py::object gates = array_or_none<F>(training && L.gates, {T, B, GH});
   py::object aux = array_or_none<F>(training && L.aux, {T, B, H});
@@ -171,10 +188,10 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
                    const py::object& w_ih, const py::object& w_hh, bool bias,
                    const py::object& lengths,
                    const py::tuple& cache, const py::object& dy, const py::object& dh_n,
-                   const py::object& dc_n, const py::object& w_peep,
+                   const py::object& dc_n, const py::object& w_peep, const py::object& w_hr,
                    rnnkern::Precision prec = rnnkern::Precision::native) {
-  const auto [T, B, I, H] = z.d;
-  const int64_t GH = z.G * H;
+  const int64_t T = z.d.T, B = z.d.B, I = z.d.I, H = z.d.H, GH = z.G * H;
+  const int64_t P = rnnkern::h_size(z.d);
   const bool lstm = rnnkern::cell_traits(cell).cell_state;
   const auto L = rnnkern::cache_layout(cell, z.d);
   if (cache.size() != 4) throw py::type_error("cache: not a cache of this cell's forward");
@@ -182,32 +199,37 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
   auto buf = [&](int i, bool present, const Shape& shape) {
     return present ? const_cast<F*>(data<F>(cache[i], "cache", shape)) : nullptr;
   };
-  rnnkern::Cache<F> c{buf(0, true, {T + 1, B, H}), buf(1, L.cs, {T + 1, B, H}),
+  rnnkern::Cache<F> c{buf(0, true, {T + 1, B, P}), buf(1, L.cs, {T + 1, B, H}),
                       buf(2, L.gates, {T, B, GH}), buf(3, L.aux, {T, B, H})};
   const F* xp = data<F>(x, "x", {T, B, I});
   rnnkern::Params<F> p{};
-  if (!pk)
-    p = {data<F>(w_ih, "w_ih", {GH, I}), data<F>(w_hh, "w_hh", {GH, H}), nullptr, nullptr,
-         data<F>(w_peep, "w_peep", {3, H}, true)};
+  if (!pk) p = params<F>(z, w_ih, w_hh, py::none(), py::none(), w_peep, w_hr);
   const bool peep = pk ? pk->has_peepholes() : p.w_peep != nullptr;
+  const bool proj = z.d.P != 0;
   const int64_t* len = data<int64_t>(lengths, "lengths", {B}, true);
   for (int64_t b = 0; len && b < B; ++b)
     if (len[b] < 1 || len[b] > T) throw py::value_error("lengths: every value must be in 1..T");
-  const F* dyp = data<F>(dy, "dy", {T, B, H}, true);
-  const F* dhp = data<F>(dh_n, "dh_n", {B, H}, true);
+  const F* dyp = data<F>(dy, "dy", {T, B, P}, true);
+  const F* dhp = data<F>(dh_n, "dh_n", {B, P}, true);
   const F* dcp = lstm ? data<F>(dc_n, "dc_n", {B, H}, true) : nullptr;
-  py::array_t<F> dx({T, B, I}), dh0({B, H}), dw_ih({GH, I}), dw_hh({GH, H});
+  py::array_t<F> dx({T, B, I}), dh0({B, P}), dw_ih({GH, I}), dw_hh({GH, P});
   py::object dc0 = array_or_none<F>(lstm, {B, H});
   py::object db_ih = array_or_none<F>(bias, {GH}), db_hh = array_or_none<F>(bias, {GH});
   py::object dw_peep = array_or_none<F>(peep, {3, H});
+  py::object dw_hr = array_or_none<F>(proj, {P, H});
   const rnnkern::Grads<F> g{dx.mutable_data(), dh0.mutable_data(), ptr<F>(dc0),
                             dw_ih.mutable_data(), dw_hh.mutable_data(), ptr<F>(db_ih),
-                            ptr<F>(db_hh), ptr<F>(dw_peep)};
+                            ptr<F>(db_hh), ptr<F>(dw_peep), ptr<F>(dw_hr)};
   const rnnkern::Dims d = z.d;
-  // The seven, then the variants' gradients the weights call for (rnnkern._api.LSTM_EXTRAS).
-  py::tuple result = peep ? py::tuple(py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh,
-                                                     dw_peep))
-                          : py::tuple(py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh));
+  // The seven, then the variants' gradients the weights call for, in the order of
+  // rnnkern._api.LSTM_EXTRAS.
+  py::list grads;
+  for (const py::object& o : {py::object(dx), py::object(dh0), dc0, py::object(dw_ih),
+                              py::object(dw_hh), db_ih, db_hh})
+    grads.append(o);
+  if (proj) grads.append(dw_hr);
+  if (peep) grads.append(dw_peep);
+  py::tuple result(grads);
   return {result, [=] {
             if (pk) rnnkern::backward<F>(*pk, d, xp, len, c, dyp, dhp, dcp, g);
             else rnnkern::backward<F>(cell, d, xp, p, len, c, dyp, dhp, dcp, g, prec);
@@ -225,23 +247,24 @@ bool is_f64(const py::object& x, const char* name) {
 py::tuple forward_any(int cell_id, const py::object& x, const py::object& h0, const py::object& c0,
                       const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
                       const py::object& b_hh, const py::object& lengths, bool training,
-                      const py::object& w_peep, int precision) {
+                      const py::object& w_peep, const py::object& w_hr, int precision) {
   Cell cell = to_cell(cell_id);
-  Sizes z = sizes(cell, x, w_hh);
+  Sizes z = sizes(cell, x, w_hh, w_hr);
   const auto prec = to_precision(precision);
-  return run(is_f64(x, "x") ? prepare_forward<double>(cell, z, x, h0, c0, nullptr, w_ih, w_hh, b_ih, b_hh, lengths, training, w_peep, prec)
-                            : prepare_forward<float>(cell, z, x, h0, c0, nullptr, w_ih, w_hh, b_ih, b_hh, lengths, training, w_peep, prec));
+  return run(is_f64(x, "x") ? prepare_forward<double>(cell, z, x, h0, c0, nullptr, w_ih, w_hh, b_ih, b_hh, lengths, training, w_peep, w_hr, prec)
+                            : prepare_forward<float>(cell, z, x, h0, c0, nullptr, w_ih, w_hh, b_ih, b_hh, lengths, training, w_peep, w_hr, prec));
 }
 
 py::tuple backward_any(int cell_id, const py::object& x, const py::object& w_ih,
                        const py::object& w_hh, bool bias, const py::object& lengths,
                        const py::tuple& cache, const py::object& dy, const py::object& dh_n,
-                       const py::object& dc_n, const py::object& w_peep, int precision) {
+                       const py::object& dc_n, const py::object& w_peep, const py::object& w_hr,
+                       int precision) {
   Cell cell = to_cell(cell_id);
-  Sizes z = sizes(cell, x, w_hh);
+  Sizes z = sizes(cell, x, w_hh, w_hr);
   const auto prec = to_precision(precision);
-  return run(is_f64(x, "x") ? prepare_backward<double>(cell, z, x, nullptr, w_ih, w_hh, bias, lengths, cache, dy, dh_n, dc_n, w_peep, prec)
-                            : prepare_backward<float>(cell, z, x, nullptr, w_ih, w_hh, bias, lengths, cache, dy, dh_n, dc_n, w_peep, prec));
+  return run(is_f64(x, "x") ? prepare_backward<double>(cell, z, x, nullptr, w_ih, w_hh, bias, lengths, cache, dy, dh_n, dc_n, w_peep, w_hr, prec)
+                            : prepare_backward<float>(cell, z, x, nullptr, w_ih, w_hh, bias, lengths, cache, dy, dh_n, dc_n, w_peep, w_hr, prec));
 }
 
 // One cell's weights packed once (rnnkern::Pack of the weights' dtype), for forward_packed and
@@ -249,6 +272,7 @@ py::tuple backward_any(int cell_id, const py::object& x, const py::object& w_ih,
 struct PackHandle {
   Cell cell;
   int64_t I, H;
+  int64_t P;  // rnnkern::Dims::P: w_hr's rows with a projection, else 0
   std::shared_ptr<const rnnkern::Pack<float>> f32;
   std::shared_ptr<const rnnkern::Pack<double>> f64;
   bool has_bias() const { return f32 ? f32->has_bias() : f64->has_bias(); }
@@ -267,15 +291,14 @@ struct PackHandle {
 };
 
 template <class F>
-std::shared_ptr<const rnnkern::Pack<F>> make_pack(Cell cell, int64_t I, int64_t H,
+std::shared_ptr<const rnnkern::Pack<F>> make_pack(Cell cell, Sizes z,
                                                   const py::object& w_ih, const py::object& w_hh,
                                                   const py::object& b_ih, const py::object& b_hh,
                                                   bool fwd, bool bwd, const py::object& w_peep,
+                                                  const py::object& w_hr,
                                                   rnnkern::Precision prec) {
-  const int64_t GH = rnnkern::gates(cell) * H;
-  rnnkern::Params<F> p{data<F>(w_ih, "w_ih", {GH, I}), data<F>(w_hh, "w_hh", {GH, H}),
-                       data<F>(b_ih, "b_ih", {GH}, true), data<F>(b_hh, "b_hh", {GH}, true),
-                       data<F>(w_peep, "w_peep", {3, H}, true)};
+  const rnnkern::Params<F> p = params<F>(z, w_ih, w_hh, b_ih, b_hh, w_peep, w_hr);
+  const int64_t I = z.d.I, H = z.d.H;
   if (p.w_peep && !rnnkern::cell_traits(cell).peepholes)
     throw py::value_error("w_peep: only lstm has peepholes");
   if ((p.b_ih == nullptr) != (p.b_hh == nullptr))
@@ -286,18 +309,19 @@ std::shared_ptr<const rnnkern::Pack<F>> make_pack(Cell cell, int64_t I, int64_t 
 
 PackHandle pack_any(int cell_id, const py::object& w_ih, const py::object& w_hh,
                     const py::object& b_ih, const py::object& b_hh, bool fwd, bool bwd,
-                    const py::object& w_peep, int precision) {
+                    const py::object& w_peep, const py::object& w_hr, int precision) {
   Cell cell = to_cell(cell_id);
   const auto prec = to_precision(precision);
   for (auto [o, name] : {std::pair{&w_ih, "w_ih"}, std::pair{&w_hh, "w_hh"}})
     if (!py::isinstance<py::array>(*o) || py::reinterpret_borrow<py::array>(*o).ndim() != 2)
       throw py::value_error(std::string(name) + ": expected a 2-D numpy.ndarray");
+  // The sizes of a call without steps: x (0, 0, I) gives I.
   const int64_t I = py::reinterpret_borrow<py::array>(w_ih).shape(1);
-  const int64_t H = py::reinterpret_borrow<py::array>(w_hh).shape(1);
-  PackHandle h{cell, I, H, nullptr, nullptr};
+  const Sizes z = sizes(cell, py::array_t<float>(std::vector<py::ssize_t>{0, 0, I}), w_hh, w_hr);
+  PackHandle h{cell, I, z.d.H, z.d.P, nullptr, nullptr};
   if (is_f64(w_hh, "w_hh"))
-    h.f64 = make_pack<double>(cell, I, H, w_ih, w_hh, b_ih, b_hh, fwd, bwd, w_peep, prec);
-  else h.f32 = make_pack<float>(cell, I, H, w_ih, w_hh, b_ih, b_hh, fwd, bwd, w_peep, prec);
+    h.f64 = make_pack<double>(cell, z, w_ih, w_hh, b_ih, b_hh, fwd, bwd, w_peep, w_hr, prec);
+  else h.f32 = make_pack<float>(cell, z, w_ih, w_hh, b_ih, b_hh, fwd, bwd, w_peep, w_hr, prec);
   return h;
 }
 
@@ -331,19 +355,20 @@ py::object step(const PackHandle& pk, const rnnkern::Pack<F>* w, const py::handl
   const int nd = static_cast<int>(xa.ndim());
   if (nd != 1 && nd != 2) return py::none();
   const int64_t B = nd == 2 ? xa.shape(0) : 1, I = pk.I, H = pk.H;
-  const int64_t xd[2] = {B, I}, sd[2] = {B, H};
+  const rnnkern::Dims d{1, B, I, H, pk.P};
+  const int64_t P = rnnkern::h_size(d);
+  const int64_t xd[2] = {B, I}, sd[2] = {B, H}, pd[2] = {B, P};
   bool ok = true;
   const F* xp = exact<F>(x, nd, xd + 2 - nd, false, ok);
-  const F* h0p = exact<F>(h0, nd, sd + 2 - nd, true, ok);
+  const F* h0p = exact<F>(h0, nd, pd + 2 - nd, true, ok);
   const F* c0p = exact<F>(c0, nd, sd + 2 - nd, true, ok);
   if (!ok || (!lstm && !c0.is_none())) return py::none();
-  const std::vector<py::ssize_t> shape(sd + 2 - nd, sd + 2);
-  py::array_t<F> h(shape), h_n(shape);
+  const std::vector<py::ssize_t> shape(sd + 2 - nd, sd + 2), hshape(pd + 2 - nd, pd + 2);
+  py::array_t<F> h(hshape), h_n(hshape);
   py::object c = lstm ? py::object(py::array_t<F>(shape)) : py::none();
-  const rnnkern::Dims d{1, B, I, H};
   const auto L = rnnkern::cache_layout(pk.cell, d);
   py::object xc = array_or_none<F>(training, {1, B, I});
-  py::object hs = array_or_none<F>(training, {2, B, H});
+  py::object hs = array_or_none<F>(training, {2, B, P});
   py::object cs = array_or_none<F>(training && L.cs, {2, B, H});
   py::object gates = array_or_none<F>(training && L.gates, {1, B, rnnkern::gates(pk.cell) * H});
   py::object aux = array_or_none<F>(training && L.aux, {1, B, H});
@@ -369,7 +394,7 @@ Sizes packed_sizes(const PackHandle& pk, const py::object& x) {
   if (!py::isinstance<py::array>(x) || py::reinterpret_borrow<py::array>(x).ndim() != 3)
     throw py::value_error("x: expected a numpy.ndarray of shape (T, B, I)");
   auto xs = py::reinterpret_borrow<py::array>(x).shape();
-  return {{xs[0], xs[1], pk.I, pk.H}, rnnkern::gates(pk.cell)};
+  return {{xs[0], xs[1], pk.I, pk.H, pk.P}, rnnkern::gates(pk.cell)};
 }
 
 Prepared prepare_forward_packed(const PackHandle& pk, const py::object& x, const py::object& h0,
@@ -380,9 +405,10 @@ Prepared prepare_forward_packed(const PackHandle& pk, const py::object& x, const
   Sizes z = packed_sizes(pk, x);
   const py::object none = py::none();
   return is_f64(x, "x") ? prepare_forward<double>(pk.cell, z, x, h0, c0, pk.get<double>(x), none,
-                                                  none, none, none, lengths, training, none)
+                                                  none, none, none, lengths, training, none,
+                                                  none)
                         : prepare_forward<float>(pk.cell, z, x, h0, c0, pk.get<float>(x), none,
-                                                 none, none, none, lengths, training, none);
+                                                 none, none, none, lengths, training, none, none);
 }
 
 Prepared prepare_backward_packed(const PackHandle& pk, const py::object& x,
@@ -393,10 +419,10 @@ Prepared prepare_backward_packed(const PackHandle& pk, const py::object& x,
   const py::object none = py::none();
   return is_f64(x, "x") ? prepare_backward<double>(pk.cell, z, x, pk.get<double>(x), none, none,
                                                    pk.has_bias(), lengths, cache, dy, dh_n, dc_n,
-                                                   none)
+                                                   none, none)
                         : prepare_backward<float>(pk.cell, z, x, pk.get<float>(x), none, none,
                                                   pk.has_bias(), lengths, cache, dy, dh_n, dc_n,
-                                                  none);
+                                                  none, none);
 }
 
 py::tuple forward_packed(const PackHandle& pk, const py::object& x, const py::object& h0,
@@ -504,15 +530,18 @@ PYBIND11_MODULE(_core, m) {
   m.def("cells", &cells);
   m.def("forward", &forward_any, py::arg("cell_id"), py::arg("x"), py::arg("h0"), py::arg("c0"),
         py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"),
-        py::arg("training"), py::arg("w_peep") = py::none(), py::arg("precision") = 0);
+        py::arg("training"), py::arg("w_peep") = py::none(), py::arg("w_hr") = py::none(),
+        py::arg("precision") = 0);
   m.def("backward", &backward_any, py::arg("cell_id"), py::arg("x"), py::arg("w_ih"),
         py::arg("w_hh"), py::arg("bias"), py::arg("lengths"), py::arg("cache"), py::arg("dy"),
         py::arg("dh_n"), py::arg("dc_n"), py::arg("w_peep") = py::none(),
+        py::arg("w_hr") = py::none(),
         py::arg("precision") = 0);
   py::class_<PackHandle>(m, "Pack")
       .def(py::init(&pack_any), py::arg("cell_id"), py::arg("w_ih"), py::arg("w_hh"),
            py::arg("b_ih"), py::arg("b_hh"), py::arg("forward") = true,
-           py::arg("backward") = true, py::arg("w_peep") = py::none(), py::arg("precision") = 0)
+           py::arg("backward") = true, py::arg("w_peep") = py::none(),
+           py::arg("w_hr") = py::none(), py::arg("precision") = 0)
       .def_property_readonly("precision", [](const PackHandle& h) {
         return static_cast<int>(h.f32 ? h.f32->precision() : h.f64->precision());
       })
@@ -520,6 +549,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("cell_id", [](const PackHandle& h) { return static_cast<int>(h.cell); })
       .def_property_readonly("input_size", [](const PackHandle& h) { return h.I; })
       .def_property_readonly("hidden_size", [](const PackHandle& h) { return h.H; })
+      .def_property_readonly("output_size", [](const PackHandle& h) { return h.P ? h.P : h.H; })
+      .def_property_readonly("has_projection", [](const PackHandle& h) { return h.P != 0; })
       .def_property_readonly("has_bias", &PackHandle::has_bias)
       .def_property_readonly("has_peepholes", &PackHandle::has_peepholes)
       .def_property_readonly("isa", &PackHandle::isa)

@@ -58,6 +58,12 @@ struct StepConst {
   const F* peep = nullptr;  // lstm: (3, H) peepholes p_i, p_f, p_o, or null
   F* dpeep = nullptr;  // backward with peep: (3, H) their gradients, summed over steps and batch
                        // rows by the owner of each hidden block (zeroed by the driver)
+  // lstm with a projection W_hr (P, H): h has size P, wf's panels are (nblk, P, 4, NB) and wb's
+  // (blocks of P, 4H, NB); a step's second phase is h_t = W_hr m_t, forward over blocks of P,
+  // backward (dm_t = dh_t W_hr) over blocks of H.
+  int64_t P = 0;            // the size of h: P, or H without a projection (set by the driver)
+  const W* wr = nullptr;    // forward panels of W_hr (blocks of P, H, 1, NB), or null
+  const W* wrb = nullptr;   // backward panels of W_hr (nblk, P, NB), or null
 };
 
 // Pointers of one time step t (each thread builds its own).
@@ -65,20 +71,21 @@ template <class F>
 struct Step {
   int64_t t;
   const F* xp;   // (B, G*HX): x_t W_ih^T + b_ih + b_hh (not gru's b_hn), gates HX apart
-  const F* hp;   // (B, H): h_{t-1}
-  F* hn;         // (B, H): h_t
+  const F* hp;   // (B, P): h_{t-1} (P = c.P)
+  F* hn;         // (B, P): h_t
   const F* cp;   // (B, H): c_{t-1} (LSTM)
   F* cn;         // (B, H): c_t (LSTM)
-  F* y;          // (B, H): y_t
+  F* y;          // (B, P): y_t
   F* gates;      // (B, G*H): gate activations of step t (cache or scratch)
-  F* aux;        // (B, H): gru: W_hn h + b_hn; gru_rh: r * h_{t-1}
+  F* aux;        // (B, H): gru: W_hn h + b_hn; gru_rh: r * h_{t-1}; projected lstm: m_t
   // backward only
-  const F* dy;   // (B, H) or null
+  const F* dy;   // (B, P) or null
   F* dg;         // (B, G*H): dL/d(preactivation), input side, of step t
   F* dgh;        // (B, G*H): gru: recurrent-side dgates (n block is dn * r) of step t
   const F* dgh_next;  // (B, G*H): recurrent-side dgates of step t+1 (null at t = T-1)
-  F* dh;         // (B, H): gradient reaching h_t besides dy_t and dgh_next W_hh
+  F* dh;         // (B, P): gradient reaching h_t besides dy_t and dgh_next W_hh
   F* dc;         // (B, H): LSTM: gradient reaching c_t
+  F* dht;        // projected lstm: (B, P) the whole gradient reaching h_t (0 on padded rows)
 };
 
 // One cell's part of a kernel table (cpp/kernels/cells/<cell>.hpp).
@@ -113,7 +120,7 @@ struct KernelTable {
   // blocks [jb0, jb1), from the panels c.wi: each thread projects the columns its steps read.
   void (*project)(const StepConst<F, W>& c, const F* x, int64_t rows, F* xp, int64_t jb0,
                   int64_t jb1);
-  // After step 0: dh0 = dh + dgh_0 W_hh for blocks [jb0, jb1).
+  // After step 0: dh0 = dh + dgh_0 W_hh for blocks [jb0, jb1) of h's units (c.P).
   void (*backward_final)(const StepConst<F, W>& c, const Step<F>& s, F* dh0, int64_t jb0,
                          int64_t jb1);
   // out (M, N) (+)= A w in the columns of blocks [jb0, jb1), w from its backward panels

@@ -1040,8 +1040,8 @@ inline void put_h(const Step<F>& s, int64_t H, int64_t b, int64_t j0, int64_t n,
 template <class F, class W>
 inline vec<F> grad_h(const StepConst<F, W>& c, const Step<F>& s, int64_t b, int64_t j0, int64_t n,
                      const F* acc, bool valid) {
-  vec<F> dh = load(s.dh + b * c.H + j0, n) + load(acc);
-  if (valid && s.dy) dh += load(s.dy + b * c.H + j0, n);
+  vec<F> dh = load(s.dh + b * c.P + j0, n) + load(acc);
+  if (valid && s.dy) dh += load(s.dy + b * c.P + j0, n);
   return dh;
 }
 
@@ -1050,7 +1050,7 @@ template <class F, class W>
 inline void pass_through(const StepConst<F, W>& c, const Step<F>& s, int64_t b, int64_t j0,
                          int64_t n, vec<F> dh) {
   const int64_t H = c.H, G = gates(c.cell);
-  store(s.dh + b * H + j0, dh, n);
+  store(s.dh + b * c.P + j0, dh, n);
   for (int64_t g = 0; g < G; ++g) {
     zero(s.dg + b * c.LDG + g * H + j0, n);
     if (s.dgh != s.dg) zero(s.dgh + b * c.LDG + g * H + j0, n);
@@ -1072,11 +1072,12 @@ inline auto rows_dh(const StepConst<F, W>& c, const Step<F>& s, int64_t j0, int6
 template <class F, class W>
 [[gnu::flatten]] void backward_final(const StepConst<F, W>& c, const Step<F>& s, F* dh0,
                                      int64_t jb0, int64_t jb1) {
-  const int64_t H = c.H, K = cell_traits(c.cell).main_gates * H;  // rows of dgh in the panels
+  // blocks [jb0, jb1) of h's P units
+  const int64_t P = c.P, K = cell_traits(c.cell).main_gates * c.H;  // rows of dgh in the panels
   for (int64_t jb = jb0; jb < jb1; ++jb) {
-    const int64_t j0 = jb * NB<F>, n = imin(NB<F>, H - j0);
+    const int64_t j0 = jb * NB<F>, n = imin(NB<F>, P - j0);
     panel_rows<F, 1>(s.dgh_next, c.LDG, c.B, c.wb + jb * K * NB<F>, K, [&](int64_t b, const F* acc) {
-      store(dh0 + b * H + j0, load(s.dh + b * H + j0, n) + load(acc), n);
+      store(dh0 + b * P + j0, load(s.dh + b * P + j0, n) + load(acc), n);
     });
   }
 }

@@ -34,14 +34,15 @@ int64_t blocks(int64_t n, const KernelTable<F, W>& kt) { return (n + kt.nb - 1) 
 template <class F, class W>
 struct Panels {
   Cell cell;
-  int64_t I, H;
+  int64_t I, H, P;  // P: the size of h, w_hr's rows (lstm with a projection), else H
   const KernelTable<F, W>* kt;
   bool fwd, bwd, bias;
-  // Each panels buffer: the main gates' (nblk, H, G', NB) forward, (nblk, G'*H, NB) backward;
-  // gru_rh: W_hn's (nblk, H, NB); then W_ih's: forward (nblk, I, G, NB), backward
-  // (blocks of I, G*H, NB). Forward blocks are panel_elems<W> apart (int8: with their scales;
-  // int8 has no backward panels).
-  int64_t main_size, n_size, wif_size, wib_size;
+  // Each panels buffer: the main gates' (nblk, P, G', NB) forward, (blocks of P, G'*H, NB)
+  // backward; gru_rh: W_hn's (nblk, H, NB); then W_ih's: forward (nblk, I, G, NB), backward
+  // (blocks of I, G*H, NB); then W_hr's: forward (blocks of P, H, NB), backward (nblk, P, NB).
+  // Forward blocks are panel_elems<W> apart (int8: with their scales; int8 has no backward
+  // panels and no projection).
+  int64_t fmain_size, bmain_size, n_size, wif_size, wib_size, wrf_size, wrb_size;
   Buffer<W> fpanels, bpanels;
   std::vector<F> xbias;  // (G*H,) b_ih + b_hh, but b_hn stays inside r * (W_hn h + b_hn)
   std::vector<F> b_hn;   // (H,) gru, gru_rh with biases; else empty
@@ -49,18 +50,25 @@ struct Panels {
 
   Panels(Cell cell_, int64_t I_, int64_t H_, const KernelTable<F, W>& kt_, Params<F> p,
          bool fwd_, bool bwd_, int threads)
-      : cell(cell_), I(I_), H(H_), kt(&kt_), fwd(fwd_), bwd(bwd_), bias(p.b_ih != nullptr),
-        main_size(blocks(H, kt_) * panel_elems<W>(H, cell_traits(cell).main_gates, kt_.nb)),
+      : cell(cell_), I(I_), H(H_), P(p.w_hr ? p.P : H_), kt(&kt_), fwd(fwd_), bwd(bwd_),
+        bias(p.b_ih != nullptr),
+        fmain_size(blocks(H, kt_) * panel_elems<W>(P, cell_traits(cell).main_gates, kt_.nb)),
+        bmain_size(blocks(P, kt_) * kt_.nb * cell_traits(cell).main_gates * H),
         n_size(blocks(H, kt_) * panel_elems<W>(H, gates(cell) - cell_traits(cell).main_gates,
                                                 kt_.nb)),
         wif_size(blocks(H, kt_) * panel_elems<W>(I, gates(cell), kt_.nb)),
         wib_size(blocks(I, kt_) * kt_.nb * H * gates(cell)),
-        fpanels(fwd ? main_size + n_size + wif_size : 0),
-        bpanels(bwd ? main_size + n_size + wib_size : 0),
+        wrf_size(p.w_hr ? blocks(P, kt_) * kt_.nb * H : 0),
+        wrb_size(p.w_hr ? blocks(H, kt_) * kt_.nb * P : 0),
+        fpanels(fwd ? fmain_size + n_size + wif_size + wrf_size : 0),
+        bpanels(bwd ? bmain_size + n_size + wib_size + wrb_size : 0),
         xbias(gates(cell) * H, F(0)) {
     const CellTraits& ct = cell_traits(cell);
     if (p.w_peep && !ct.peepholes)
       throw std::invalid_argument(std::string("w_peep: ") + ct.name + " has no peepholes");
+    if (p.w_hr && !ct.projection)
+      throw std::invalid_argument(std::string("w_hr: ") + ct.name + " has no projection");
+    if (p.w_hr && p.P < 1) throw std::invalid_argument("w_hr: P must be >= 1");
     if (p.w_peep) peep.assign(p.w_peep, p.w_peep + 3 * H);
     const int64_t G = ct.gates, G2 = ct.main_gates, GH = G * H;
     const int64_t folded = ct.separate_b_hn ? GH - H : GH;  // rows of b_hh in xbias
@@ -74,20 +82,24 @@ struct Panels {
     // started yet (threads.hpp).
     parallel(threads, [&](int tid, Team& team) {
       auto pack_share = [&](int share) {
-        int64_t jb0, jb1, ib0, ib1;  // the share's hidden blocks; its column blocks of W_ih
+        int64_t jb0, jb1, ib0, ib1, pb0, pb1;  // the share's hidden blocks; its column blocks
+                                               // of W_ih; its blocks of h's P units
         split(blocks(H, *kt), share, team.planned(), &jb0, &jb1);
         split(blocks(I, *kt), share, team.planned(), &ib0, &ib1);
+        split(blocks(P, *kt), share, team.planned(), &pb0, &pb1);
         if (fwd) {
-          kt->pack_forward(fmain, p.w_hh, H, H, 0, G2, jb0, jb1);
-          if (n_size) kt->pack_forward(fmain + main_size, p.w_hh, H, H, G2, 1, jb0, jb1);
-          if (wif_size)
-            kt->pack_forward(fmain + main_size + n_size, p.w_ih, H, I, 0, G, jb0, jb1);
+          kt->pack_forward(fmain, p.w_hh, H, P, 0, G2, jb0, jb1);
+          if (n_size) kt->pack_forward(fmain + fmain_size, p.w_hh, H, H, G2, 1, jb0, jb1);
+          W* rest = fmain + fmain_size + n_size;
+          if (wif_size) kt->pack_forward(rest, p.w_ih, H, I, 0, G, jb0, jb1);
+          if (wrf_size) kt->pack_forward(rest + wif_size, p.w_hr, P, H, 0, 1, pb0, pb1);
         }
         if (bwd) {
-          kt->pack_backward(bmain, p.w_hh, G2 * H, H, H, 0, jb0, jb1);
-          if (n_size) kt->pack_backward(bmain + main_size, p.w_hh, H, H, H, G2 * H, jb0, jb1);
-          if (wib_size)
-            kt->pack_backward(bmain + main_size + n_size, p.w_ih, GH, I, I, 0, ib0, ib1);
+          kt->pack_backward(bmain, p.w_hh, G2 * H, P, P, 0, pb0, pb1);
+          if (n_size) kt->pack_backward(bmain + bmain_size, p.w_hh, H, H, H, G2 * H, jb0, jb1);
+          W* rest = bmain + bmain_size + n_size;
+          if (wib_size) kt->pack_backward(rest, p.w_ih, GH, I, I, 0, ib0, ib1);
+          if (wrb_size) kt->pack_backward(rest + wib_size, p.w_hr, P, H, H, 0, jb0, jb1);
         }
       };
       pack_share(tid);
@@ -99,20 +111,28 @@ struct Panels {
   // What the kernels read of a call: the forward's panels, or the backward's.
   StepConst<F, W> step_const(Dims d, const int64_t* lengths, bool backward) const {
     const char* what = backward ? "backward" : "forward";
-    if (d.I != I || d.H != H)
+    if (d.I != I || d.H != H || h_size(d) != P || (d.P != 0) != projected())
       throw std::invalid_argument(std::string(what) + ": the pack's sizes are I = " +
-                                  std::to_string(I) + ", H = " + std::to_string(H));
+                                  std::to_string(I) + ", H = " + std::to_string(H) +
+                                  (projected() ? ", P = " + std::to_string(P) : ""));
     if (!(backward ? bwd : fwd))
       throw std::invalid_argument(std::string(what) + ": the pack was not made for it");
     W* main = backward ? bpanels.get() : fpanels.get();
-    W* n = n_size ? main + main_size : nullptr;
-    W* wi = (backward ? wib_size : wif_size) ? main + main_size + n_size : nullptr;
-    return StepConst<F, W>{cell, d.B, d.H, backward ? nullptr : main, backward ? nullptr : n,
-                        backward ? main : nullptr, backward ? n : nullptr, d.I, wi,
-                        blocks(H, *kt) * kt->nb, b_hn.empty() ? nullptr : b_hn.data(),
-                        xbias.data(), lengths, 0, peep.empty() ? nullptr : peep.data(),
-                        nullptr};
+    const int64_t msize = backward ? bmain_size : fmain_size;
+    const int64_t wi_size = backward ? wib_size : wif_size;
+    W* n = n_size ? main + msize : nullptr;
+    W* wi = wi_size ? main + msize + n_size : nullptr;
+    W* wr = projected() ? main + msize + n_size + wi_size : nullptr;
+    StepConst<F, W> sc{cell, d.B, d.H, backward ? nullptr : main, backward ? nullptr : n,
+                       backward ? main : nullptr, backward ? n : nullptr, d.I, wi,
+                       blocks(H, *kt) * kt->nb, b_hn.empty() ? nullptr : b_hn.data(),
+                       xbias.data(), lengths, 0, peep.empty() ? nullptr : peep.data(),
+                       nullptr};
+    sc.P = P;
+    (backward ? sc.wrb : sc.wr) = wr;
+    return sc;
   }
+  bool projected() const { return wrf_size + wrb_size > 0; }
 };
 
 // A Pack's panels: of its precision's W (native: F).
@@ -134,6 +154,9 @@ struct Pack<F>::Impl {
                                   " needs float32 arrays");
     if (prec == Precision::int8 && bwd)
       throw std::invalid_argument("precision: int8 is inference only (no backward panels)");
+    if (prec == Precision::int8 && p.w_hr)
+      throw std::invalid_argument("w_hr: a projection has no int8 kernels (use 'float' or "
+                                  "'bf16')");
     // |sum of (q - zp) q_w| <= K * 255 * 63 must fit in int32
     if (prec == Precision::int8 && (I > 131072 || H > 131072))
       throw std::invalid_argument("precision: int8 takes I and H up to 131072");
@@ -178,6 +201,8 @@ template <class F>
 bool Pack<F>::has_bias() const { return impl_->with([](auto& p) { return p.bias; }); }
 template <class F>
 bool Pack<F>::has_peepholes() const { return impl_->with([](auto& p) { return !p.peep.empty(); }); }
+template <class F>
+int64_t Pack<F>::output_size() const { return impl_->with([](auto& p) { return p.P; }); }
 template <class F>
 bool Pack<F>::for_forward() const { return impl_->with([](auto& p) { return p.fwd; }); }
 template <class F>
@@ -248,8 +273,8 @@ int call_threads(Cell cell, Dims d) {
 CacheLayout cache_layout(Cell cell, Dims d) {
   const CellTraits& ct = cell_traits(cell);
   const int64_t BH = d.B * d.H;
-  return CacheLayout{(d.T + 1) * BH, ct.cell_state ? (d.T + 1) * BH : 0,
-                     ct.cache_gates ? d.T * ct.gates * BH : 0, *ct.aux ? d.T * BH : 0};
+  return CacheLayout{(d.T + 1) * d.B * h_size(d), ct.cell_state ? (d.T + 1) * BH : 0,
+                     ct.cache_gates ? d.T * ct.gates * BH : 0, *ct.aux || d.P ? d.T * BH : 0};
 }
 
 template <class F>
@@ -271,24 +296,27 @@ void run_forward(const Panels<F, W>& pk, Dims d, const F* x, const F* h0, const 
   StepConst<F, W> sc = pk.step_const(d, lengths, false);
   const Cell cell = pk.cell;
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H, GH = gates(cell) * H, BH = B * H;
+  const int64_t BP = B * pk.P;  // h's rows: P = H without a projection
   if (B == 0 || H == 0) return;
   const KernelTable<F, W>& kt = *pk.kt;
   const CellTraits& ct = cell_traits(cell);
   const CellKernels<F, W>& ck = kt.cells[static_cast<int>(cell)];
-  const bool lstm = ct.cell_state;
-  const int64_t nblk = blocks(H, kt);
+  const bool lstm = ct.cell_state, proj = sc.wr != nullptr;
+  const int phases = proj ? 2 : ct.phases;  // a projection: h_t = W_hr m_t is a phase
+  const int64_t nblk = blocks(H, kt), nblk_p = blocks(pk.P, kt);
 
   const int64_t tc = chunk_steps(T, B, GH), GHX = gates(cell) * sc.HX;
   Buffer<F> xp(tc * B * GHX);  // (tc, B, G*HX) input projections of a chunk
-  // States: the cache's rows (T+1, B, H) in training, else two alternating rows (2, B, H).
-  Buffer<F> hbuf(cache ? 0 : 2 * BH), cbuf(!cache && lstm ? 2 * BH : 0);
+  // States: the cache's rows (T+1, B, P), (T+1, B, H) in training, else two alternating rows
+  // (2, B, P), (2, B, H).
+  Buffer<F> hbuf(cache ? 0 : 2 * BP), cbuf(!cache && lstm ? 2 * BH : 0);
   F* hs = cache ? cache->hs : hbuf.get();
   F* cs = lstm ? (cache ? cache->cs : cbuf.get()) : nullptr;
-  auto row = [&](F* base, int64_t t) { return base + (cache ? t : (t & 1)) * BH; };
+  auto row = [&](F* base, int64_t t, int64_t n) { return base + (cache ? t : (t & 1)) * n; };
   // Gates and aux between the phases of a step when nothing is cached: (B, G*H), (B, H).
-  const bool scratch = !cache && ct.phases > 1;
-  Buffer<F> gscratch(scratch ? B * GH : 0), ascratch(scratch ? BH : 0);
-  copy_or_zero(hs, h0, BH);
+  const bool scratch = !cache && phases > 1;
+  Buffer<F> gscratch(scratch && ct.phases > 1 ? B * GH : 0), ascratch(scratch ? BH : 0);
+  copy_or_zero(hs, h0, BP);
   if (lstm) copy_or_zero(cs, c0, BH);
 
   parallel(threads_for(d, GH, nblk), [&](int tid, Team& team) {
@@ -296,9 +324,12 @@ void run_forward(const Panels<F, W>& pk, Dims d, const F* x, const F* h0, const 
       while (team.take_over() >= 0) {
       }
     team.begin(tid);
-    int64_t jb0, jb1;  // this member's hidden blocks (none while benched): they change only
-                       // when the team does
-    auto mine = [&] { team.part(tid, nblk, &jb0, &jb1); };
+    int64_t jb0, jb1, pb0, pb1;  // this member's hidden blocks (none while benched), and blocks
+                                 // of h's P units: they change only when the team does
+    auto mine = [&] {
+      team.part(tid, nblk, &jb0, &jb1);
+      team.part(tid, nblk_p, &pb0, &pb1);
+    };
     mine();
     for (int64_t t0 = 0; t0 < T; t0 += tc) {
       const int64_t steps = tc < T - t0 ? tc : T - t0;
@@ -310,21 +341,22 @@ void run_forward(const Panels<F, W>& pk, Dims d, const F* x, const F* h0, const 
         Step<F> s{};
         s.t = t;
         s.xp = xp.get() + (t - t0) * B * GHX;
-        s.hp = row(hs, t), s.hn = row(hs, t + 1);
-        if (lstm) s.cp = row(cs, t), s.cn = row(cs, t + 1);
-        s.y = y + t * BH;
+        s.hp = row(hs, t, BP), s.hn = row(hs, t + 1, BP);
+        if (lstm) s.cp = row(cs, t, BH), s.cn = row(cs, t + 1, BH);
+        s.y = y + t * BP;
         s.gates = cache ? (cache->gates ? cache->gates + t * B * GH : nullptr) : gscratch.get();
         s.aux = cache ? (cache->aux ? cache->aux + t * BH : nullptr) : ascratch.get();
-        for (int ph = 0; ph < ct.phases; ++ph) {
-          ck.forward_phase(sc, s, ph, jb0, jb1);
+        for (int ph = 0; ph < phases; ++ph) {
+          const bool p_blocks = proj && ph == 1;  // h_t = W_hr m_t: blocks of P
+          ck.forward_phase(sc, s, ph, p_blocks ? pb0 : jb0, p_blocks ? pb1 : jb1);
           team.sync(tid);
           mine();
         }
       }
     }
   }, /*late_join=*/true);
-  std::memcpy(h_n, row(hs, T), BH * sizeof(F));
-  if (lstm) std::memcpy(c_n, row(cs, T), BH * sizeof(F));
+  std::memcpy(h_n, row(hs, T, BP), BP * sizeof(F));
+  if (lstm) std::memcpy(c_n, row(cs, T, BH), BH * sizeof(F));
 }
 
 }  // namespace
@@ -353,19 +385,24 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
   StepConst<F, W> sc = pk.step_const(d, lengths, true);
   const Cell cell = pk.cell;
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H, GH = gates(cell) * H, BH = B * H, TB = T * B;
+  const int64_t P = pk.P, BP = B * P;  // h's size: P = H without a projection
   const CellTraits& ct = cell_traits(cell);
-  const bool lstm = ct.cell_state;
+  const bool lstm = ct.cell_state, proj = sc.wrb != nullptr;
   if ((g.dw_peep != nullptr) != !pk.peep.empty())
     throw std::invalid_argument("backward: dw_peep must be given exactly when the pack has "
                                 "peepholes");
+  if ((g.dw_hr != nullptr) != proj)
+    throw std::invalid_argument("backward: dw_hr must be given exactly when the pack has a "
+                                "projection");
   if (g.dw_peep) std::memset(g.dw_peep, 0, 3 * H * sizeof(F));  // the epilogues add to it
   sc.dpeep = g.dw_peep;
   if (B == 0 || H == 0) {
     std::memset(g.dx, 0, TB * I * sizeof(F));
-    std::memset(g.dh0, 0, BH * sizeof(F));
+    std::memset(g.dh0, 0, BP * sizeof(F));
     if (lstm) std::memset(g.dc0, 0, BH * sizeof(F));
     std::memset(g.dw_ih, 0, GH * I * sizeof(F));
-    std::memset(g.dw_hh, 0, GH * H * sizeof(F));
+    std::memset(g.dw_hh, 0, GH * P * sizeof(F));
+    if (g.dw_hr) std::memset(g.dw_hr, 0, P * H * sizeof(F));
     if (g.db_ih) std::memset(g.db_ih, 0, GH * sizeof(F)), std::memset(g.db_hh, 0, GH * sizeof(F));
     return;
   }
@@ -375,7 +412,8 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
   const KernelTable<F, W>& kt = *pk.kt;
   const CellKernels<F, W>& ck = kt.cells[static_cast<int>(cell)];
   sc.LDG = LDG;
-  const int64_t nblk = blocks(H, kt);
+  const int64_t nblk = blocks(H, kt), nblk_p = blocks(P, kt);
+  const int phases = proj ? 2 : ct.phases;  // a projection: dm_t = dh_t W_hr is a phase
 
   // The dgates of a chunk of steps, two chunks alternating: the weight gradients of a chunk are
   // products over its rows while they are still in cache.
@@ -383,8 +421,9 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
   const bool two = ct.recurrent_dgates;
   Buffer<F> dg(2 * chunk);               // (2, tc, B, LDG) dL/d(preactivations)
   Buffer<F> dgh(two ? 2 * chunk : 0);    // (2, tc, B, LDG) gru: recurrent side
-  Buffer<F> dh(BH), dc(lstm ? BH : 0);   // (B, H) carried gradients
-  copy_or_zero(dh.get(), dh_n, BH);
+  Buffer<F> dht(proj ? 2 * tc * BP : 0);  // (2, tc, B, P) projection: the whole dL/dh_t
+  Buffer<F> dh(BP), dc(lstm ? BH : 0);   // (B, P), (B, H) carried gradients
+  copy_or_zero(dh.get(), dh_n, BP);
   if (lstm) copy_or_zero(dc.get(), dc_n, BH);
   // dW_hh = dgr^T h_{t-1} in the main gates' rows; the rest multiply the cached aux (gru_rh's
   // n rows: r * h_{t-1}).
@@ -393,21 +432,24 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
   int64_t shortest = T;
   for (int64_t b = 0; lengths && b < B; ++b)
     if (lengths[b] < shortest) shortest = lengths[b];
-  // The chunk's x, h_{t-1} (and gru_rh's r * h_{t-1}) as panels for the weight gradients: each
-  // thread packs the column blocks of dW it computes. (blocks of I or H, tc*B, NB)
+  // The chunk's x, h_{t-1} (and gru_rh's r * h_{t-1}, a projection's m_t) as panels for the
+  // weight gradients: each thread packs the column blocks of dW it computes. (blocks of I, P or
+  // H, tc*B, NB)
   const int64_t nblk_i = blocks(I, kt), NBK = kt.nb;
-  Buffer<W> xpan(nblk_i * NBK * tc * B), hpan(nblk * NBK * tc * B);
-  Buffer<W> apan(split_row < GH ? nblk * NBK * tc * B : 0);
+  Buffer<W> xpan(nblk_i * NBK * tc * B), hpan(nblk_p * NBK * tc * B);
+  Buffer<W> apan(split_row < GH || proj ? nblk * NBK * tc * B : 0);
 
   parallel(threads_for(d, GH, nblk), [&](int tid, Team& team) {
     if (tid == 0)  // the workers that have not started by now join later, benched
       while (team.take_over() >= 0) {
       }
     team.begin(tid);
-    int64_t jb0, jb1, ib0, ib1;  // this member's hidden blocks; its column blocks of dx, dW_ih
+    int64_t jb0, jb1, ib0, ib1, pb0, pb1;  // this member's hidden blocks; its column blocks
+                                           // of dx, dW_ih; its blocks of h's P units
     auto mine = [&] {
       team.part(tid, nblk, &jb0, &jb1);
       team.part(tid, nblk_i, &ib0, &ib1);
+      team.part(tid, nblk_p, &pb0, &pb1);
     };
     mine();
     Step<F> s{};
@@ -417,17 +459,20 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
       const int64_t t0 = t1 > tc ? t1 - tc : 0, rows = (t1 - t0) * B;
       F* dgc = dg.get() + (c & 1) * chunk;                  // (t1 - t0, B, LDG)
       F* dgr = two ? dgh.get() + (c & 1) * chunk : dgc;     // what multiplies W_hh
+      F* dhc = proj ? dht.get() + (c & 1) * tc * BP : nullptr;  // (t1 - t0, B, P)
       for (int64_t t = t1 - 1; t >= t0; --t) {
         s.t = t;
-        s.hp = cache.hs + t * BH, s.hn = cache.hs + (t + 1) * BH;
+        s.hp = cache.hs + t * BP, s.hn = cache.hs + (t + 1) * BP;
         if (lstm) s.cp = cache.cs + t * BH, s.cn = cache.cs + (t + 1) * BH;
         s.gates = cache.gates ? cache.gates + t * B * GH : nullptr;
         s.aux = cache.aux ? cache.aux + t * BH : nullptr;
-        s.dy = dy ? dy + t * BH : nullptr;
+        s.dy = dy ? dy + t * BP : nullptr;
         s.dg = dgc + (t - t0) * B * LDG, s.dgh = dgr + (t - t0) * B * LDG;
+        s.dht = proj ? dhc + (t - t0) * BP : nullptr;
         s.dgh_next = next;
-        for (int ph = 0; ph < ct.phases; ++ph) {
-          ck.backward_phase(sc, s, ph, jb0, jb1);
+        for (int ph = 0; ph < phases; ++ph) {
+          const bool p_blocks = proj && ph == 0;  // the whole dh_t: blocks of P
+          ck.backward_phase(sc, s, ph, p_blocks ? pb0 : jb0, p_blocks ? pb1 : jb1);
           team.sync(tid);
           mine();
         }
@@ -445,8 +490,12 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
       for (int64_t q = 0; t1 > shortest && q < rows; ++q)
         if (t0 + q / B >= lengths[q % B]) kt.zero_row(xq, rows, q, ib0, ib1);
       kt.product(dgc, LDG, true, GH, xq, rows, I, g.dw_ih, I, add, ib0, ib1);
-      kt.pack_backward(hpan.get(), cache.hs + t0 * BH, rows, H, H, 0, jb0, jb1);  // h_{t-1}
-      kt.product(dgr, LDG, true, split_row, hpan.get(), rows, H, g.dw_hh, H, add, jb0, jb1);
+      kt.pack_backward(hpan.get(), cache.hs + t0 * BP, rows, P, P, 0, pb0, pb1);  // h_{t-1}
+      kt.product(dgr, LDG, true, split_row, hpan.get(), rows, P, g.dw_hh, P, add, pb0, pb1);
+      if (proj) {  // dW_hr (P, H) (+)= dh^T m over the chunk's rows (dh is 0 on padded ones)
+        kt.pack_backward(apan.get(), cache.aux + t0 * BH, rows, H, H, 0, jb0, jb1);
+        kt.product(dhc, P, true, P, apan.get(), rows, H, g.dw_hr, H, add, jb0, jb1);
+      }
       if (split_row < GH) {
         kt.pack_backward(apan.get(), cache.aux + t0 * BH, rows, H, H, 0, jb0, jb1);
         kt.product(dgr + split_row, LDG, true, GH - split_row, apan.get(), rows, H,
@@ -460,7 +509,7 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
         });
     }
     s.dgh_next = next;
-    kt.backward_final(sc, s, g.dh0, jb0, jb1);
+    kt.backward_final(sc, s, g.dh0, pb0, pb1);
   }, /*late_join=*/true);
   if (lstm) std::memcpy(g.dc0, dc.get(), BH * sizeof(F));
   // Without gru's recurrent-side dgates both biases have the same gradient: summed once.

@@ -39,7 +39,7 @@ __all__ = [
     "check_grad",
     "lstm_grads",
     "check_packed_forward",
-    "check_peepholes",
+    "check_pack_variants",
     "check_weights",
     "check_logits_targets",
     "check_nonlinearity",
@@ -379,15 +379,16 @@ def _check_weights(cell: str, dtype: np.dtype[Any] | None, owner: str, I: int | 
     return wih, whh, biases[0], biases[1]
 
 
-def check_weights(cell: str, w_ih: object, w_hh: object, b_ih: object,
-                  b_hh: object) -> tuple[Array, Array, Array | None, Array | None]:
-    """Validate the weights of one cell for packing (w_hh fixes the dtype, w_ih the input size);
-    returns them as contiguous arrays, the same messages as :func:`check_forward`."""
-    wih, whh, bih, bhh = _check_weights(cell, None, "w_hh", None, w_ih, w_hh, b_ih, b_hh)
+def check_weights(cell: str, w_ih: object, w_hh: object, b_ih: object, b_hh: object,
+                  projected: bool = False) -> tuple[Array, Array, Array | None, Array | None]:
+    """Validate the weights of one cell for packing (w_hh fixes the dtype, w_ih the input size;
+    ``projected``: an LSTM with w_hr, w_hh (G*H, P)); returns them as contiguous arrays, the same
+    messages as :func:`check_forward`."""
+    wih, whh, bih, bhh = _check_weights(cell, None, "w_hh", None, w_ih, w_hh, b_ih, b_hh,
+                                        projected)
     dtype = _native(whh.dtype)
-    G, H = GATES[cell], whh.shape[1]
-    check_size("w_ih", G * H, wih.shape[1], itemsize=dtype.itemsize)
-    check_size("w_hh", G * H, H, itemsize=dtype.itemsize)
+    check_size("w_ih", *wih.shape, itemsize=dtype.itemsize)
+    check_size("w_hh", *whh.shape, itemsize=dtype.itemsize)
     return (_contiguous(wih, dtype), _contiguous(whh, dtype),
             None if bih is None else _contiguous(bih, dtype),
             None if bhh is None else _contiguous(bhh, dtype))
@@ -449,10 +450,14 @@ def check_forward(
     )
 
 
-def check_peepholes(w_peep: object, dtype: np.dtype[Any], H: int) -> Array | None:
-    """None, or w_peep (3, H) of ``dtype`` checked as :func:`check_forward` does, contiguous."""
-    return _check_lstm_variants(dtype, H, H, (4 * H, H), {
-        "w_hr": None, "w_peep": w_peep, "ln_gates": None, "ln_cell": None})["w_peep"]
+def check_pack_variants(w_hr: object, w_peep: object, w_hh: Array
+                        ) -> tuple[Array | None, Array | None]:
+    """w_hr (P, H) and w_peep (3, H) of a pack, each None or checked against the checked w_hh
+    ((4H, P) with w_hr, else (4H, H)) as :func:`check_forward` does; contiguous."""
+    H, P = ((w_hh.shape[0] // 4, w_hh.shape[1]) if w_hr is not None else (w_hh.shape[1],) * 2)
+    checked = _check_lstm_variants(_native(w_hh.dtype), H, P, w_hh.shape, {
+        "w_hr": w_hr, "w_peep": w_peep, "ln_gates": None, "ln_cell": None})
+    return checked["w_hr"], checked["w_peep"]
 
 
 def _check_lstm_variants(dtype: np.dtype[Any], H: int, P: int, w_hh_shape: tuple[int, ...],
@@ -513,15 +518,16 @@ def _check_run(cell: str, xa: Array, dtype: np.dtype[Any], H: int, h0: object, c
 
 
 def check_packed_forward(cell: str, dtype: np.dtype[Any], I: int, H: int, x: object,
-                         h0: object, c0: object,
-                         lengths: object) -> tuple[Array, Array | None, Array | None, Array | None]:
-    """Validate the arguments of a forward with packed weights of ``dtype`` and sizes I, H: x
-    (T, B, I), h0/c0 (B, H) or None, lengths; the messages of :func:`check_forward`."""
+                         h0: object, c0: object, lengths: object, P: int | None = None
+                         ) -> tuple[Array, Array | None, Array | None, Array | None]:
+    """Validate the arguments of a forward with packed weights of ``dtype`` and sizes I, H (and
+    P, the size of h, with a projection): x (T, B, I), h0 (B, P), c0 (B, H) or None, lengths;
+    the messages of :func:`check_forward`."""
     xa = _require_ndarray("x", x)
     _check_same_dtype("x", xa, dtype, "the packed weights")
     _check_shape("x", xa, ("T", "B", "I"), (None, None, I))
     _check_steps(xa)
-    return _check_run(cell, xa, dtype, H, h0, c0, lengths)
+    return _check_run(cell, xa, dtype, H, h0, c0, lengths, P)
 
 
 def check_nonlinearity(nonlinearity: object) -> str:

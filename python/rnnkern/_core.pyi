@@ -20,6 +20,7 @@ def forward(
     lengths: npt.NDArray[np.int64] | None,
     training: bool,
     w_peep: _Array | None = None,
+    w_hr: _Array | None = None,
     precision: int = 0,
 ) -> tuple[_Array, _Array, _Array | None, tuple[_Array | None, ...]]: ...
 def backward(
@@ -34,9 +35,10 @@ def backward(
     dh_n: _Array | None,
     dc_n: _Array | None,
     w_peep: _Array | None = None,
+    w_hr: _Array | None = None,
     precision: int = 0,
 ) -> tuple[_Array, _Array, _Array | None, _Array, _Array, _Array | None, _Array | None,
-           Unpack[tuple[_Array, ...]]]: ...  # the seven, then dw_peep with w_peep
+           Unpack[tuple[_Array, ...]]]: ...  # the seven, then dw_hr with w_hr, dw_peep with w_peep
 class Pack:
     """One cell's weights packed once (rnnkern::Pack of their dtype); immutable."""
 
@@ -50,6 +52,7 @@ class Pack:
         forward: bool = True,
         backward: bool = True,
         w_peep: _Array | None = None,
+        w_hr: _Array | None = None,
         precision: int = 0,
     ) -> None: ...
     @property
@@ -58,6 +61,10 @@ class Pack:
     def input_size(self) -> int: ...
     @property
     def hidden_size(self) -> int: ...
+    @property
+    def output_size(self) -> int: ...  # P: w_hr's rows, else H
+    @property
+    def has_projection(self) -> bool: ...
     @property
     def has_bias(self) -> bool: ...
     @property
@@ -88,7 +95,7 @@ def backward_packed(
     dy: _Array | None,
     dh_n: _Array | None,
     dc_n: _Array | None,
-) -> tuple[_Array | None, ...]: ...  # the seven gradients, then dw_peep if the pack has peepholes
+) -> tuple[_Array | None, ...]: ...  # the seven gradients, then dw_hr, dw_peep if the pack has them
 def forward_packed_many(
     calls: list[tuple[Pack, _Array, _Array | None, _Array | None, Any, bool]],
 ) -> list[tuple[_Array, _Array, _Array | None, tuple[_Array | None, ...]]]: ...

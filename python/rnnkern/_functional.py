@@ -50,7 +50,8 @@ class KernelCache:
         self.pack = pack  # _core.Pack made for forward and backward
         self.x = x  # (T, B, I), the cache's own
         self.lengths = lengths  # (B,) int64, the cache's own, or None
-        # hs (T+1, B, H); cs (T+1, B, H) lstm; gates (T, B, G*H) lstm/gru; aux (T, B, H) gru
+        # hs (T+1, B, P); cs (T+1, B, H) lstm; gates (T, B, G*H) lstm/gru; aux (T, B, H) gru,
+        # projected lstm (m_t)
         self.buffers = buffers
 
     @property
@@ -61,8 +62,8 @@ class KernelCache:
 
     @property
     def output_size(self) -> int:
-        """P, the size of h and y (H: the kernels have no projection)."""
-        return int(self.pack.hidden_size)
+        """P, the size of h and y: w_hr's rows with a projection, else H."""
+        return int(self.pack.output_size)
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -104,20 +105,28 @@ def _forward(cell: str, cell_id: int, x: object, h0: object, c0: object, w_ih: o
              precision: object, **variants: object
              ) -> tuple[Array, Array, Array | None, KernelCache | None]:
     c = _api.check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, **variants)
-    for name in ("w_hr", "ln_gates"):
-        if getattr(c, name) is not None:
-            raise NotImplementedError(f"{name}: the compiled kernels do not have this LSTM "
-                                      f"variant yet; rnnkern.reference.lstm_forward has it "
-                                      f"(docs/lstm_variants.md)")
+    if c.ln_gates is not None:
+        raise NotImplementedError("ln_gates: the compiled kernels do not have this LSTM variant "
+                                  "yet; rnnkern.reference.lstm_forward has it "
+                                  "(docs/lstm_variants.md)")
+    _check_projection(c.w_hr)
     train = _api.check_flag("training", training)
     prec = _api.PRECISION_IDS[_api.check_precision(precision, c.dtype, train)]
     if not train:  # packs only the forward's panels, inside the call
         y, h_n, c_n, _ = _core.forward(cell_id, c.x, c.h0, c.c0, c.w_ih, c.w_hh, c.b_ih, c.b_hh,
-                                       c.lengths, False, c.w_peep, precision=prec)
+                                       c.lengths, False, c.w_peep, c.w_hr, precision=prec)
         return y, h_n, c_n, None
     # The backward's panels too, now: the cache must not depend on the caller's weights.
-    pack = _core.Pack(cell_id, c.w_ih, c.w_hh, c.b_ih, c.b_hh, w_peep=c.w_peep, precision=prec)
+    pack = _core.Pack(cell_id, c.w_ih, c.w_hh, c.b_ih, c.b_hh, w_peep=c.w_peep, w_hr=c.w_hr,
+                      precision=prec)
     return _run(cell, pack, c.x, c.h0, c.c0, c.lengths, True, c.x is x, c.lengths is lengths)
+
+
+def _check_projection(w_hr: Array | None) -> None:
+    """ValueError for a projection to nothing, w_hr (0, H): PyTorch's proj_size 0 means none."""
+    if w_hr is not None and w_hr.shape[0] == 0:
+        raise ValueError(_api.shape_message("w_hr", ("P", "H"), (None, w_hr.shape[1]),
+                                            w_hr.shape, " with P >= 1"))
 
 
 def _backward(cell: str, cache: object, dy: object, dh_n: object,
@@ -148,24 +157,27 @@ class PackedWeights:
     the kernels of the ISA in use when it was made (``isa``).
     """
 
-    __slots__ = ("cell", "_pack", "dtype", "input_size", "hidden_size", "has_bias", "variant",
-                 "precision")
+    __slots__ = ("cell", "_pack", "dtype", "input_size", "hidden_size", "output_size",
+                 "has_bias", "variant", "precision")
 
     def __init__(self, cell: str, cell_id: int, variant: str, w_ih: object, w_hh: object,
                  b_ih: object, b_hh: object, precision: object = "float",
-                 w_peep: object = None) -> None:
-        wi, wh, bi, bh = _api.check_weights(cell, w_ih, w_hh, b_ih, b_hh)
-        peep = _api.check_peepholes(w_peep, wh.dtype, wh.shape[1])
+                 w_peep: object = None, w_hr: object = None) -> None:
+        wi, wh, bi, bh = _api.check_weights(cell, w_ih, w_hh, b_ih, b_hh, w_hr is not None)
+        hr, peep = _api.check_pack_variants(w_hr, w_peep, wh)
+        _check_projection(hr)
         self.cell = cell  # "rnn", "lstm" or "gru"
-        # rnn: the nonlinearity; gru: linear_before_reset or not; lstm: "" or "peepholes"
+        # rnn: the nonlinearity; gru: linear_before_reset or not; lstm: its variants ("" none)
         self.variant = variant
         self.precision = _api.check_precision(precision, wh.dtype)  # one of _api.PRECISIONS
         # int8 is inference only: no backward panels
         self._pack = _core.Pack(cell_id, wi, wh, bi, bh, backward=self.precision != "int8",
-                                w_peep=peep, precision=_api.PRECISION_IDS[self.precision])
+                                w_peep=peep, w_hr=hr,
+                                precision=_api.PRECISION_IDS[self.precision])
         self.dtype: np.dtype[Any] = wh.dtype
         self.input_size: int = wi.shape[1]
-        self.hidden_size: int = wh.shape[1]
+        self.hidden_size: int = self._pack.hidden_size  # H
+        self.output_size: int = self._pack.output_size  # P: the size of h (H without w_hr)
         self.has_bias = bi is not None
 
     @property
@@ -175,14 +187,18 @@ class PackedWeights:
 
     def forward(self, x: Array, h0: Array | None = None, c0: Array | None = None, *,
                 lengths: Array | None = None, training: bool = True) -> Any:
-        """``{cell}_forward`` with these weights: x (T, B, I), h0 (and c0 for lstm) (B, H) or
-        None. Returns what ``{cell}_forward`` returns (LSTMOutput or RNNOutput); the cache goes
-        to ``{cell}_backward``."""
-        xc, h0c, c0c, lens = _api.check_packed_forward(self.cell, self.dtype, self.input_size,
-                                                       self.hidden_size, x, h0, c0, lengths)
+        """``{cell}_forward`` with these weights: x (T, B, I), h0 (B, P) (P = H without a
+        projection) and for lstm c0 (B, H), or None. Returns what ``{cell}_forward`` returns
+        (LSTMOutput or RNNOutput); the cache goes to ``{cell}_backward``."""
+        xc, h0c, c0c, lens = self._check(x, h0, c0, lengths)
         train = self._check_training(training)
         return self._output(*_run(self.cell, self._pack, xc, h0c, c0c, lens, train, xc is x,
                                   lens is lengths))
+
+    def _check(self, x: object, h0: object, c0: object, lengths: object
+               ) -> tuple[Array, Array | None, Array | None, Array | None]:
+        return _api.check_packed_forward(self.cell, self.dtype, self.input_size,
+                                         self.hidden_size, x, h0, c0, lengths, self.output_size)
 
     def _check_training(self, training: object) -> bool:
         """``training`` as a bool; ValueError if True with an inference-only precision."""
@@ -210,8 +226,9 @@ class PackedWeights:
 
     def __repr__(self) -> str:
         variant = f" {self.variant}" if self.variant else ""
-        return (f"<rnnkern packed {self.cell}{variant} I={self.input_size} H={self.hidden_size} "
-                f"{self.dtype} {self.precision} {self.isa}>")
+        proj = f" P={self.output_size}" if self._pack.has_projection else ""
+        return (f"<rnnkern packed {self.cell}{variant} I={self.input_size} H={self.hidden_size}"
+                f"{proj} {self.dtype} {self.precision} {self.isa}>")
 
 
 def forward_many(calls: list[tuple[PackedWeights, Array, Array | None, Array | None,
@@ -224,9 +241,8 @@ def forward_many(calls: list[tuple[PackedWeights, Array, Array | None, Array | N
     train = _api.check_flag("training", training)
     for pack, *_ in calls:
         pack._check_training(train)
-    checked = [(pack, x, lengths, *_api.check_packed_forward(
-        pack.cell, pack.dtype, pack.input_size, pack.hidden_size, x, h0, c0, lengths))
-        for pack, x, h0, c0, lengths in calls]
+    checked = [(pack, x, lengths, *pack._check(x, h0, c0, lengths))
+               for pack, x, h0, c0, lengths in calls]
     outs = _core.forward_packed_many([(pack._pack, xc, h0c, c0c, lens, train)
                                       for pack, _, _, xc, h0c, c0c, lens in checked])
     return [pack._output(*_with_cache(pack.cell, pack._pack, out, xc, lens, train, xc is x,
@@ -248,14 +264,18 @@ def backward_many(calls: list[tuple[KernelCache, Array | None, Array | None, Arr
                                            dc_n if cache.cell == "lstm" else None))
     outs = _core.backward_packed_many([(k.pack, k.x, k.lengths, k.buffers, dy_, dh_, dc_)
                                        for k, dy_, dh_, dc_ in checked])
-    return [_grads(k.cell, tuple(g)) for (k, *_), g in zip(checked, outs)]
+    return [_grads(k, tuple(g)) for (k, *_), g in zip(checked, outs)]
 
 
-def _grads(cell: str, g: tuple[Any, ...]) -> LSTMGrads | RNNGrads:
-    """The core's (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh) as the cell's backward returns it."""
-    if cell == "lstm":
-        return LSTMGrads(*g)
-    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh = g
+def _grads(cache: KernelCache, g: tuple[Any, ...]) -> LSTMGrads | RNNGrads:
+    """The core's (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, then dw_hr with a projection and
+    dw_peep with peepholes) as the cell's backward returns it."""
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *extras = g
+    if cache.cell == "lstm":
+        names = [n for n, on in (("dw_hr", cache.pack.has_projection),
+                                 ("dw_peep", cache.pack.has_peepholes)) if on]
+        return _api.lstm_grads((dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh),
+                               dict(zip(names, extras, strict=True)))
     return RNNGrads(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
 
 
@@ -269,11 +289,14 @@ def rnn_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, *
 
 
 def lstm_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, *,
-              precision: str = "float", w_peep: Array | None = None) -> PackedWeights:
-    """lstm_forward's weights packed once: ``pack.forward(x, h0, c0, ...)``; with peepholes
-    w_peep (3, H) (docs/lstm_variants.md) lstm_backward appends dw_peep."""
-    return PackedWeights("lstm", _LSTM, "" if w_peep is None else "peepholes", w_ih, w_hh, b_ih,
-                         b_hh, precision, w_peep)
+              precision: str = "float", w_peep: Array | None = None,
+              w_hr: Array | None = None) -> PackedWeights:
+    """lstm_forward's weights packed once: ``pack.forward(x, h0, c0, ...)``; with a projection
+    w_hr (P, H) (w_hh (4H, P)) and peepholes w_peep (3, H) (docs/lstm_variants.md)
+    lstm_backward appends dw_hr, then dw_peep."""
+    variant = " ".join(n for n, a in (("projection", w_hr), ("peepholes", w_peep))
+                       if a is not None)
+    return PackedWeights("lstm", _LSTM, variant, w_ih, w_hh, b_ih, b_hh, precision, w_peep, w_hr)
 
 
 def gru_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, *,
@@ -320,8 +343,9 @@ def lstm_forward(x: Array, h0: Array | None, c0: Array | None, w_ih: Array, w_hh
     """LSTM over x (T, B, I), gates i, f, g, o as in PyTorch: w_ih (4H, I), w_hh (4H, H).
 
     h0, c0 (B, H) or None; precision as for rnn_forward. Returns LSTMOutput(y (T, B, H), h_n,
-    c_n (B, H), cache or None). Peepholes w_peep (3, H) (docs/lstm_variants.md); w_hr, ln_gates
-    and ln_cell are checked but only rnnkern.reference runs them (NotImplementedError here).
+    c_n (B, H), cache or None). A projection w_hr (P, H) (PyTorch's proj_size: w_hh (4H, P);
+    h0, y, h_n of size P) and peepholes w_peep (3, H) (docs/lstm_variants.md); ln_gates and
+    ln_cell are checked but only rnnkern.reference runs them (NotImplementedError here).
     """
     y, h_n, c_n, cache = _forward("lstm", _LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
                                   training, precision, w_hr=w_hr, w_peep=w_peep,
@@ -333,10 +357,12 @@ def lstm_forward(x: Array, h0: Array | None, c0: Array | None, w_ih: Array, w_hh
 def lstm_backward(cache: KernelCache, dy: Array | None, dh_n: Array | None = None,
                   dc_n: Array | None = None) -> LSTMGrads:
     """Gradients of lstm_forward: LSTMGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), then
-    dw_peep (3, H) when the forward had peepholes."""
-    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *extras = _backward("lstm", cache, dy, dh_n, dc_n)
-    return _api.lstm_grads((dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh),
-                           dict(zip(("dw_peep",), extras)))
+    dw_hr (P, H) when the forward had a projection and dw_peep (3, H) when it had peepholes."""
+    k, dy_, dh_, dc_ = _api.check_backward("lstm", cache, KernelCache, dy, dh_n, dc_n)
+    grads = _grads(k, tuple(_core.backward_packed(k.pack, k.x, k.lengths, k.buffers, dy_, dh_,
+                                                  dc_)))
+    assert isinstance(grads, LSTMGrads)
+    return grads
 
 
 def gru_forward(x: Array, h0: Array | None, w_ih: Array, w_hh: Array, b_ih: Array | None,

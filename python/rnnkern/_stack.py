@@ -9,8 +9,9 @@ for a team of threads); a fused whole-stack entry point of the core can replace 
 changing their contract.
 
 Layout as PyTorch's: (layer, direction) k = l*D + d; the reverse direction (d = 1) runs each
-sequence backwards within its own length; a layer's output is (T, B, D*H), the forward
-direction's H features first; dropout multiplies each layer's output but the last's by a mask.
+sequence backwards within its own length; a layer's output is (T, B, D*P), the forward
+direction's P features first; dropout multiplies each layer's output but the last's by a mask.
+P is the size of h: H, or an LSTM projection's (PyTorch's proj_size); c stays (.., H).
 """
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ from ._cells import BY_ID
 
 __all__ = ["Saved", "backward", "dropout_masks", "forward", "reverse", "reverse_index"]
 
-# The kernels' buffers of one (layer, direction), kernel time order: hs (T+1, B, H), cs (T+1, B,
-# H) (lstm), gates (T, B, G*H) (lstm, gru), aux (T, B, H) (gru); None where the cell has none.
+# The kernels' buffers of one (layer, direction), kernel time order: hs (T+1, B, P), cs (T+1, B,
+# H) (lstm), gates (T, B, G*H) (lstm, gru), aux (T, B, H) (gru, projected lstm); None where the
+# cell has none.
 Buffers = tuple[Any, ...]
 
 
@@ -38,7 +40,7 @@ class Saved(NamedTuple):
     packs: tuple[Any, ...]  # L*D _core.Pack, those of the forward
     xs: list[Array]  # L*D inputs (T, B, F) as each (layer, direction)'s kernel read them
     buffers: list[Buffers]  # L*D kernel buffers
-    masks: Sequence[Array | None]  # L-1 dropout masks (T, B, D*H) on layer outputs, or empty
+    masks: Sequence[Array | None]  # L-1 dropout masks (T, B, D*P) on layer outputs, or empty
     lengths: Array | None  # (B,) int64
     directions: int  # D
 
@@ -74,32 +76,32 @@ def forward(packs: Sequence[Any], directions: int, x: Array, h0: Array | None,
             training: bool) -> tuple[Array, Array, Array | None, Saved | None]:
     """Run the stack.
 
-    packs: L*D _core.Pack (k = l*D + d) of one cell, dtype and H; x (T, B, I) C-contiguous,
-    kept (not copied) in the result's Saved; h0, c0 (L*D, B, H) or None (zeros; c0: lstm);
-    lengths (B,) int64 in 1..T or None; masks: empty or L-1 arrays (T, B, D*H) (None: no
-    dropout after that layer). Returns y (T, B, D*H) zero past each length, h_n (L*D, B, H),
-    c_n (L*D, B, H) (lstm, else None), and Saved if ``training``.
+    packs: L*D _core.Pack (k = l*D + d) of one cell, dtype, H and P; x (T, B, I) C-contiguous,
+    kept (not copied) in the result's Saved; h0 (L*D, B, P), c0 (L*D, B, H) or None (zeros;
+    c0: lstm); lengths (B,) int64 in 1..T or None; masks: empty or L-1 arrays (T, B, D*P)
+    (None: no dropout after that layer). Returns y (T, B, D*P) zero past each length, h_n
+    (L*D, B, P), c_n (L*D, B, H) (lstm, else None), and Saved if ``training``.
     """
     n_dir = directions
     n_layers = len(packs) // n_dir
     steps, batch = x.shape[:2]
-    hid = packs[0].hidden_size
+    hid, out_size = packs[0].hidden_size, packs[0].output_size  # H, P
     traits = BY_ID[packs[0].cell_id]
     lstm = traits["cell_state"]
-    check_size("y", steps, batch, n_dir * hid, itemsize=x.dtype.itemsize)
+    check_size("y", steps, batch, n_dir * out_size, itemsize=x.dtype.itemsize)
     if training:  # the largest buffers of one (layer, direction)
         check_size("cache (training=True)", steps + 1, batch,
                    (traits["gates"] + 1) * hid, itemsize=x.dtype.itemsize)
     h0, c0 = (None if s is None else np.ascontiguousarray(s) for s in (h0, c0))
     rev = reverse_index(lengths, steps) if n_dir == 2 else None
     cols = np.arange(batch)[None, :]  # (1, B) with rev: the batch index of a reversal
-    h_n = np.empty((len(packs), batch, hid), x.dtype)  # (L*D, B, H)
-    c_n = np.empty_like(h_n) if lstm else None  # (L*D, B, H)
+    h_n = np.empty((len(packs), batch, out_size), x.dtype)  # (L*D, B, P)
+    c_n = np.empty((len(packs), batch, hid), x.dtype) if lstm else None  # (L*D, B, H)
     xs: list[Array] = []
     buffers: list[Buffers] = []
     inp = x  # (T, B, F): the current layer's input
     for layer in range(n_layers):
-        out = None  # (T, B, D*H): the layer's output
+        out = None  # (T, B, D*P): the layer's output
         ks = range(layer * n_dir, (layer + 1) * n_dir)
         xks = [inp if d == 0 else reverse(inp, rev) for d in range(n_dir)]  # kernel time order
         # The directions side by side where each is too small for a team (rnnkern::concurrently)
@@ -117,8 +119,8 @@ def forward(packs: Sequence[Any], directions: int, x: Array, h0: Array | None,
                 out = y
                 continue
             if out is None:
-                out = np.empty((steps, batch, n_dir * hid), x.dtype)
-            part = slice(d * hid, (d + 1) * hid)
+                out = np.empty((steps, batch, n_dir * out_size), x.dtype)
+            part = slice(d * out_size, (d + 1) * out_size)
             if d == 0:
                 out[:, :, part] = y
             elif rev is None:
@@ -136,30 +138,30 @@ def forward(packs: Sequence[Any], directions: int, x: Array, h0: Array | None,
 
 def backward(saved: Saved, dy: Array | None, dh_n: Array | None, dc_n: Array | None
              ) -> tuple[Array, Array, Array | None, list[tuple[Array | None, ...]]]:
-    """Gradients of a training `forward`: dy (T, B, D*H), dh_n, dc_n (L*D, B, H) or None
-    (zeros), dtypes of the forward. Returns dx (T, B, I), dh0 (L*D, B, H), dc0 (L*D, B, H)
+    """Gradients of a training `forward`: dy (T, B, D*P), dh_n (L*D, B, P), dc_n (L*D, B, H) or
+    None (zeros), dtypes of the forward. Returns dx (T, B, I), dh0 (L*D, B, P), dc0 (L*D, B, H)
     (lstm, else None) and per (layer, direction) (dw_ih, dw_hh, db_ih, db_hh) (biases None
-    without bias)."""
+    without bias), then dw_hr with a projection."""
     n_dir, packs = saved.directions, saved.packs
     n_layers = len(packs) // n_dir
     steps, batch = saved.xs[0].shape[:2]
-    hid = packs[0].hidden_size
+    hid, out_size = packs[0].hidden_size, packs[0].output_size  # H, P
     lstm = BY_ID[packs[0].cell_id]["cell_state"]
     rev = reverse_index(saved.lengths, steps) if n_dir == 2 else None
     dtype = saved.xs[0].dtype
     dh_n, dc_n = (None if s is None else np.ascontiguousarray(s) for s in (dh_n, dc_n))
-    dh0 = np.empty((len(packs), batch, hid), dtype)  # (L*D, B, H)
-    dc0 = np.empty_like(dh0) if lstm else None  # (L*D, B, H)
+    dh0 = np.empty((len(packs), batch, out_size), dtype)  # (L*D, B, P)
+    dc0 = np.empty((len(packs), batch, hid), dtype) if lstm else None  # (L*D, B, H)
     weight_grads: list[tuple[Array | None, ...]] = [()] * len(packs)
-    d_out = dy  # (T, B, D*H): gradient of the current layer's output, None: zero
+    d_out = dy  # (T, B, D*P): gradient of the current layer's output, None: zero
     d_in: Array | None = None  # (T, B, F): gradient of the current layer's input
     for layer in reversed(range(n_layers)):
         d_in = None
         ks = range(layer * n_dir, (layer + 1) * n_dir)
-        dys: list[Array | None] = []  # (T, B, H) per direction, in the kernel's time order
+        dys: list[Array | None] = []  # (T, B, P) per direction, in the kernel's time order
         for d in range(n_dir):
             part = None if d_out is None else (
-                d_out if n_dir == 1 else d_out[:, :, d * hid:(d + 1) * hid])
+                d_out if n_dir == 1 else d_out[:, :, d * out_size:(d + 1) * out_size])
             dys.append(None if part is None else
                        np.ascontiguousarray(part) if d == 0 else reverse(part, rev))
         results = _core.backward_packed_many([

@@ -14,8 +14,9 @@ packing) is plain torch. Between layers, in training mode, dropout is torch's ow
 drawn on the same tensor shape as PyTorch's native implementation, so a seeded run draws the
 same masks as ``torch.nn.LSTM`` & co.
 
-Restrictions: CPU tensors, float32 or float64, no LSTM projections (``proj_size=0``), no double
-backward, no TorchScript.
+LSTM projections (``proj_size``) run on the kernels' fused projection (docs/lstm_variants.md).
+
+Restrictions: CPU tensors, float32 or float64, no double backward, no TorchScript.
 """
 from __future__ import annotations
 
@@ -102,17 +103,21 @@ def _check_cell(cell: int) -> str:
 
 
 def _per_direction(weights: list[Tensor], num_layers: int, directions: int
-                   ) -> list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]]:
-    """The flat weights (torch's _flat_weights order: per (layer, direction) w_ih, w_hh and, with
-    bias, b_ih, b_hh) as L*D tuples (w_ih, w_hh, b_ih, b_hh)."""
+                   ) -> list[tuple[Tensor | None, ...]]:
+    """The flat weights (torch's _flat_weights order: per (layer, direction) w_ih, w_hh, with
+    bias b_ih, b_hh, with a projection w_hr) as L*D tuples (w_ih, w_hh, b_ih, b_hh, w_hr)."""
     n = num_layers * directions
-    if num_layers < 1 or len(weights) not in (2 * n, 4 * n):
-        raise ValueError(f"weights: expected 2 or 4 tensors per layer and direction "
-                         f"({2 * n} or {4 * n} for num_layers={num_layers}, D={directions}), "
-                         f"got {len(weights)}")
-    per = len(weights) // n
-    return [(weights[per * k], weights[per * k + 1], *((weights[per * k + 2],
-             weights[per * k + 3]) if per == 4 else (None, None))) for k in range(n)]
+    if num_layers < 1 or len(weights) % n or not 2 <= len(weights) // n <= 5:
+        raise ValueError(f"weights: expected 2 to 5 tensors per layer and direction "
+                         f"(w_ih, w_hh, biases, w_hr; {2 * n} to {5 * n} for "
+                         f"num_layers={num_layers}, D={directions}), got {len(weights)}")
+    per = len(weights) // n  # 2: w_ih, w_hh; 3: and w_hr; 4: and biases; 5: all
+    out: list[tuple[Tensor | None, ...]] = []
+    for k in range(n):
+        w = weights[per * k:per * (k + 1)]
+        biases = (w[2], w[3]) if per >= 4 else (None, None)
+        out.append((w[0], w[1], *biases, w[-1] if per in (3, 5) else None))
+    return out
 
 
 # (cell, ids of a direction's weights) -> (the ISA generation and copies of the weights' bits
@@ -136,8 +141,9 @@ def _pack(cell: int, weights: tuple[Tensor | None, ...]) -> Any:
             and all(old.shape == new.shape and old.dtype == new.dtype
                     and _core.same_bits(old, new) for old, new in zip(entry[1], arrays))):
         return entry[2]
-    checked = _api.check_weights(_check_cell(cell), *(_array(w) for w in weights))
-    pack = _core.Pack(cell, *checked)
+    w_ih, w_hh, b_ih, b_hh, w_hr = (None if w is None else _array(w) for w in weights)
+    checked = _api.check_weights(_check_cell(cell), w_ih, w_hh, b_ih, b_hh, w_hr is not None)
+    pack = _core.Pack(cell, *checked, w_hr=_api.check_pack_variants(w_hr, None, checked[1])[0])
     def drop(_: Any) -> None:
         _PACKS.pop(key, None)
 
@@ -150,7 +156,7 @@ def _stack_args(cell: int, num_layers: int, bidirectional: bool, x: Tensor,
                 weights: list[Tensor], lengths: Tensor | None, masks: list[Tensor]
                 ) -> tuple[list[Any], int, Array, Array | None, list[Array]]:
     """The packs, D, x (T, B, I) as a C-contiguous array, lengths (B,) int64 or None and the
-    masks (T, B, D*H) of a stack call, checked."""
+    masks (T, B, D*P) of a stack call, checked (P = H without a projection)."""
     D = 2 if bidirectional else 1
     packs = [_pack(cell, w) for w in _per_direction(weights, num_layers, D)]
     xa = _array(x)
@@ -160,40 +166,43 @@ def _stack_args(cell: int, num_layers: int, bidirectional: bool, x: Tensor,
                          f"{first.dtype}, got {tuple(xa.shape)} {xa.dtype}")
     T, B, _ = xa.shape
     lens = _api._check_lengths(_array(lengths), T, B)  # (B,) int64 or None
-    want = (T, B, D * first.hidden_size)
+    want = (T, B, D * first.output_size)
     if len(masks) not in (0, num_layers - 1) or any(tuple(m.shape) != want for m in masks):
         raise ValueError(f"masks: expected none or num_layers - 1 = {num_layers - 1} tensors "
-                         f"(T, B, D*H) = {want}")
+                         f"(T, B, D*P) = {want}")
     return (packs, D, np.ascontiguousarray(xa), lens,
             [np.ascontiguousarray(_array(m)) for m in masks])
 
 
 def _check_states(names: tuple[str, str], states: tuple[Tensor | None, Tensor | None],
-                  shape: tuple[int, ...], dtype: np.dtype[Any]) -> list[Array | None]:
-    """States or their gradients (L*D, B, H) or None as C-contiguous arrays, checked."""
-    return [None if t is None else _api.check_grad(name, _array(t), shape, dtype,
-                                                   ("L*D", "B", "H"))
-            for name, t in zip(names, states)]
+                  n: int, B: int, pack: Any, dtype: np.dtype[Any]) -> list[Array | None]:
+    """States h, c or their gradients, (n = L*D, B, P) and (n, B, H) (P: the size of h of
+    ``pack``, a _core.Pack of the stack), or None, as C-contiguous arrays, checked."""
+    return [None if t is None else _api.check_grad(name, _array(t), (n, B, size), dtype,
+                                                   ("L*D", "B", symbol))
+            for name, t, size, symbol in zip(names, states, (pack.output_size, pack.hidden_size),
+                                             ("P" if pack.has_projection else "H", "H"))]
 
 
 @torch.library.custom_op("rnnkern::stack", mutates_args=(), device_types="cpu")
 def stack(cell: int, num_layers: int, bidirectional: bool, training: bool, x: Tensor,
           h0: Tensor | None, c0: Tensor | None, weights: list[Tensor], lengths: Tensor | None,
           masks: list[Tensor]) -> list[Tensor]:
-    """A whole stack: x (T, B, I), h0, c0 (L*D, B, H) or None, weights as torch's
-    _flat_weights (per (layer, direction) w_ih (G*H, F), w_hh (G*H, H) and, with bias, b_ih,
-    b_hh (G*H,)), lengths (B,) int64 in 1..T or None, masks: none or L-1 dropout masks
-    (T, B, D*H) multiplying each layer's output but the last's.
+    """A whole stack: x (T, B, I), h0 (L*D, B, P), c0 (L*D, B, H) or None, weights as torch's
+    _flat_weights (per (layer, direction) w_ih (G*H, F), w_hh (G*H, P), with bias b_ih, b_hh
+    (G*H,), with an LSTM projection w_hr (P, H); P = H without), lengths (B,) int64 in 1..T or
+    None, masks: none or L-1 dropout masks (T, B, D*P) multiplying each layer's output but the
+    last's.
 
-    Returns [y (T, B, D*H) zero past each length, h_n (L*D, B, H), c_n (L*D, B, H) (lstm),
+    Returns [y (T, B, D*P) zero past each length, h_n (L*D, B, P), c_n (L*D, B, H) (lstm),
     then if ``training`` per (layer, direction): its input in its kernel's time order (empty
-    for the first: x), hs (T+1, B, H), cs (T+1, B, H) (lstm), gates (T, B, G*H) (lstm, gru),
-    aux (T, B, H) (gru)].
+    for the first: x), hs (T+1, B, P), cs (T+1, B, H) (lstm), gates (T, B, G*H) (lstm, gru),
+    aux (T, B, H) (gru, projected lstm)].
     """
     packs, D, xa, lens, mask_arrays = _stack_args(cell, num_layers, bidirectional, x, weights,
                                                   lengths, masks)
-    shape = (num_layers * D, xa.shape[1], packs[0].hidden_size)
-    h0a, c0a = _check_states(("h0", "c0"), (h0, c0), shape, xa.dtype)
+    h0a, c0a = _check_states(("h0", "c0"), (h0, c0), num_layers * D, xa.shape[1], packs[0],
+                             xa.dtype)
     y, h_n, c_n, saved = _stack.forward(packs, D, xa, h0a, c0a, lens, mask_arrays,
                                         bool(training))
     results: list[Array | None] = [y, h_n, c_n]
@@ -218,21 +227,28 @@ def _stack_fake(cell: int, num_layers: int, bidirectional: bool, training: bool,
     name = _check_cell(cell)
     D = 2 if bidirectional else 1
     T, B, _ = x.shape
-    w_hh = weights[1]
-    GH, H = w_hh.shape
+    GH, H, P, proj = _sizes(name, weights, num_layers * D)
     lstm, gru = name == "lstm", name == "gru"
 
     def new(present: bool, *shape: Any) -> Tensor:
         return x.new_empty(shape if present else (0,))
 
-    out = [new(True, T, B, D * H), new(True, num_layers * D, B, H),
+    out = [new(True, T, B, D * P), new(True, num_layers * D, B, P),
            new(lstm, num_layers * D, B, H)]
     if training:
         for k in range(num_layers * D):
-            features = x.shape[2] if k < D else D * H  # the input of layer k // D
-            out += [new(k > 0, T, B, features), new(True, T + 1, B, H),
-                    new(lstm, T + 1, B, H), new(lstm or gru, T, B, GH), new(gru, T, B, H)]
+            features = x.shape[2] if k < D else D * P  # the input of layer k // D
+            out += [new(k > 0, T, B, features), new(True, T + 1, B, P),
+                    new(lstm, T + 1, B, H), new(lstm or gru, T, B, GH),
+                    new(gru or proj, T, B, H)]
     return out
+
+
+def _sizes(name: str, weights: list[Tensor], n: int) -> tuple[int, int, int, bool]:
+    """(G*H, H, P, whether projected) of a stack's flat weights (n = L*D directions)."""
+    GH, P = weights[1].shape  # w_hh (G*H, P)
+    proj = len(weights) // n in (3, 5)  # w_hr last
+    return GH, GH // _api.GATES[name] if proj else P, P, proj
 
 
 @torch.library.custom_op("rnnkern::stack_backward", mutates_args=(), device_types="cpu")
@@ -241,9 +257,10 @@ def stack_backward(cell: int, num_layers: int, bidirectional: bool, x: Tensor,
                    saved: list[Tensor], dy: Tensor | None, dh_n: Tensor | None,
                    dc_n: Tensor | None) -> list[Tensor]:
     """The gradients of a training ``stack`` call: its x, weights, lengths, masks and saved
-    results (those after y, h_n, c_n), dy (T, B, D*H), dh_n, dc_n (L*D, B, H) (None: zeros).
+    results (those after y, h_n, c_n), dy (T, B, D*P), dh_n (L*D, B, P), dc_n (L*D, B, H)
+    (None: zeros).
 
-    Returns [dx (T, B, I), dh0 (L*D, B, H), dc0 (L*D, B, H) (lstm), then the gradients of the
+    Returns [dx (T, B, I), dh0 (L*D, B, P), dc0 (L*D, B, H) (lstm), then the gradients of the
     weights, in their order].
     """
     packs, D, xa, lens, mask_arrays = _stack_args(cell, num_layers, bidirectional, x, weights,
@@ -256,9 +273,9 @@ def stack_backward(cell: int, num_layers: int, bidirectional: bool, x: Tensor,
     xs = [xa, *arrays[_SAVED::_SAVED]]
     buffers = [tuple(arrays[_SAVED * k + 1:_SAVED * (k + 1)]) for k in range(n)]
     T, B, _ = xa.shape
-    H = packs[0].hidden_size
-    dya = _api.check_grad("dy", _array(dy), (T, B, D * H), xa.dtype, ("T", "B", "D*H"))
-    dh, dc = _check_states(("dh_n", "dc_n"), (dh_n, dc_n), (n, B, H), xa.dtype)
+    P = packs[0].output_size
+    dya = _api.check_grad("dy", _array(dy), (T, B, D * P), xa.dtype, ("T", "B", "D*P"))
+    dh, dc = _check_states(("dh_n", "dc_n"), (dh_n, dc_n), n, B, packs[0], xa.dtype)
     dx, dh0, dc0, weight_grads = _stack.backward(
         _stack.Saved(tuple(packs), xs, buffers, mask_arrays, lens, D), dya, dh, dc)
     flat = [g for grads in weight_grads for g in grads if g is not None]
@@ -271,10 +288,12 @@ def _stack_backward_fake(cell: int, num_layers: int, bidirectional: bool, x: Ten
                          saved: list[Tensor], dy: Tensor | None, dh_n: Tensor | None,
                          dc_n: Tensor | None) -> list[Tensor]:
     """stack_backward's results as empty tensors of the right shapes."""
-    lstm = _check_cell(cell) == "lstm"
+    name = _check_cell(cell)
     n = num_layers * (2 if bidirectional else 1)
-    B, H = x.shape[1], weights[1].shape[1]
-    return [x.new_empty(x.shape), x.new_empty(n, B, H), x.new_empty((n, B, H) if lstm else (0,)),
+    _, H, P, _ = _sizes(name, weights, n)
+    B = x.shape[1]
+    return [x.new_empty(x.shape), x.new_empty(n, B, P),
+            x.new_empty((n, B, H) if name == "lstm" else (0,)),
             *(w.new_empty(w.shape) for w in weights)]
 
 
@@ -394,7 +413,7 @@ def _run_stack(module: torch.nn.RNNBase, x: Tensor, h0: Tensor | None, c0: Tenso
     # kernels draw nothing, so torch's generator gives the masks it gives torch.nn's modules.
     masks: list[Tensor] = []
     if module.training and module.dropout > 0:
-        shape = (x.shape[0], x.shape[1], D * module.hidden_size)
+        shape = (x.shape[0], x.shape[1], D * (module.proj_size or module.hidden_size))
         for _ in range(module.num_layers - 1):
             masks.append(F.dropout(torch.ones(shape, dtype=x.dtype), module.dropout,
                                    training=True) if packed is None
@@ -477,10 +496,8 @@ def _forward(module: torch.nn.RNNBase, input: object,
 
 
 def _check_module(module: torch.nn.RNNBase, meta: bool = False) -> None:
-    """Reject what the kernels cannot run: projections, parameters that are not float32/float64
-    on the CPU (or on the meta device if ``meta``: a module built for deferred initialization)."""
-    if module.proj_size != 0:
-        raise ValueError(f"proj_size: rnnkern has no LSTM projections, got {module.proj_size}")
+    """Reject what the kernels cannot run: parameters that are not float32/float64 on the CPU
+    (or on the meta device if ``meta``: a module built for deferred initialization)."""
     for name, p in module.named_parameters():
         _check_tensor(name, p, meta)
 
@@ -511,7 +528,8 @@ class LSTM(_OnRnnkern, torch.nn.LSTM):
 
     input (T, B, I), (B, T, I) with batch_first, (T, I) unbatched, or a PackedSequence;
     hx = (h_0, c_0), each (L*D, B, H), or None. Returns output (T, B, D*H) (or packed) and
-    (h_n, c_n) (L*D, B, H). CPU, float32 or float64; ``proj_size`` must be 0.
+    (h_n, c_n) (L*D, B, H). With ``proj_size`` P: h_0, h_n (L*D, B, P) and output (T, B, D*P),
+    as torch. CPU, float32 or float64.
     """
 
 
@@ -548,6 +566,8 @@ def _drop_in(module: torch.nn.RNNBase) -> torch.nn.RNNBase:
         "dropout": module.dropout, "bidirectional": module.bidirectional, "device": "meta"}
     if isinstance(module, torch.nn.RNN):
         kwargs["nonlinearity"] = module.nonlinearity
+    if isinstance(module, torch.nn.LSTM):
+        kwargs["proj_size"] = module.proj_size
     # Built on the meta device (nothing allocated), then given the original parameters, so
     # optimizers, tied weights and requires_grad flags keep referring to them.
     with warnings.catch_warnings():  # torch's dropout warning was given for the original
@@ -569,8 +589,8 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
     Parameter objects (so the state_dict is unchanged and an optimizer made before keeps
     working) and the same training mode; hooks registered on the replaced modules are not
     carried over. Returns ``model``, or its replacement when ``model`` itself is such a module.
-    Raises ValueError for an LSTM with ``proj_size > 0`` and TypeError for parameters that are
-    not float32/float64 on the CPU, naming the submodule.
+    Raises TypeError for parameters that are not float32/float64 on the CPU, naming the
+    submodule.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")

@@ -41,13 +41,16 @@ struct CellTraits {
   bool recurrent_dgates;   // the backward's dgates that multiply W_hh differ from the input
                            // side's (gru: the n block is dn * r), so they get their own buffer
   bool peepholes = false;  // takes peephole weights Params::w_peep (3, H) (lstm)
+  bool projection = false;  // takes a projection Params::w_hr (P, H) (lstm)
 };
 const CellTraits& cell_traits(Cell cell);  // std::invalid_argument for an unknown cell
 int gates(Cell cell);                      // cell_traits(cell).gates
 
 struct Dims {
   int64_t T, B, I, H;
+  int64_t P = 0;  // LSTM with a projection w_hr: the size of h and y; 0: none (h has size H)
 };
+inline int64_t h_size(Dims d) { return d.P ? d.P : d.H; }  // the size of h and y: P or H
 
 // The products' precision. native: the arrays' own type (float or double). bf16 (float arrays
 // only): both operands of every product (weights; x, h_{t-1}, gru_rh's r * h_{t-1}; in the
@@ -60,10 +63,11 @@ enum class Precision : int { native = 0, bf16 = 1, int8 = 2 };
 
 // What forward(training) keeps for backward; element counts, 0 when a buffer is not used.
 struct CacheLayout {
-  int64_t hs;     // (T+1, B, H): h0 then the state after each step
+  int64_t hs;     // (T+1, B, P): h0 then the state after each step (P = h_size: H or w_hr's)
   int64_t cs;     // (T+1, B, H): LSTM cell states
   int64_t gates;  // (T, B, G*H): gate activations (LSTM i f g o; GRU r z n)
-  int64_t aux;    // (T, B, H): GRU: W_hn h + b_hn (gru) or r * h (gru_rh)
+  int64_t aux;    // (T, B, H): GRU: W_hn h + b_hn (gru) or r * h (gru_rh); projected LSTM:
+                  // m_t = o tanh(c_t), the input of the projection
 };
 CacheLayout cache_layout(Cell cell, Dims d);
 
@@ -75,6 +79,9 @@ struct Params {
   const F* b_hh;  // (G*H,) or null
   const F* w_peep = nullptr;  // LSTM only: (3, H) peepholes p_i, p_f, p_o, or null (none):
                               // i, f see p_i c_{t-1}, p_f c_{t-1}; o sees p_o c_t (ONNX's P)
+  const F* w_hr = nullptr;  // LSTM only: (P, H) projection h_t = W_hr (o tanh(c_t)), or null;
+                            // then w_hh is (G*H, P) and h, y have size P (PyTorch's proj_size)
+  int64_t P = 0;            // w_hr's rows (>= 1 with w_hr)
 };
 
 template <class F>
@@ -95,16 +102,18 @@ struct Grads {
   F* db_ih;  // (G*H,) or null
   F* db_hh;  // (G*H,) or null
   F* dw_peep = nullptr;  // (3, H): non-null exactly when the weights have peepholes
+  F* dw_hr = nullptr;    // (P, H): non-null exactly when the weights have a projection
 };
 
-// y (T, B, H), h_n (B, H), c_n (B, H) for LSTM; h0, c0 (B, H) or null; lengths (B,) in 1..T or
+// y (T, B, P), h_n (B, P), c_n (B, H) for LSTM (P = h_size(d): d.P with w_hr, else H; d.P
+// must be p.P with w_hr, else 0); h0 (B, P), c0 (B, H) or null; lengths (B,) in 1..T or
 // null. cache null = inference (O(B*H) workspace, nothing per step); else filled for backward.
 template <class F>
 void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> p,
              const int64_t* lengths, F* y, F* h_n, F* c_n, const Cache<F>* cache,
              Precision prec = Precision::native);
 
-// dy (T, B, H), dh_n, dc_n (B, H): each may be null (zero). Overwrites every non-null gradient.
+// dy (T, B, P), dh_n (B, P), dc_n (B, H): each may be null (zero); dh0 (B, P), dw_hh (G*H, P). Overwrites every non-null gradient.
 template <class F>
 void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths,
               const Cache<F>& cache, const F* dy, const F* dh_n, const F* dc_n, Grads<F> g,
@@ -119,8 +128,9 @@ template <class F>
 class Pack {
  public:
   struct Impl;  // defined in cpp/src (panels, kernel table)
-  // w_ih (G*H, I), w_hh (G*H, H), biases (G*H,) or both null. I >= 0, H >= 0.
-  // prec bf16 or int8 with F = double, int8 with for_backward: std::invalid_argument.
+  // w_ih (G*H, I), w_hh (G*H, H) (with p.w_hr (P, H): (G*H, P)), biases (G*H,) or both null.
+  // I >= 0, H >= 0. prec bf16 or int8 with F = double, int8 with for_backward:
+  // std::invalid_argument.
   Pack(Cell cell, int64_t I, int64_t H, Params<F> p, bool for_forward = true,
        bool for_backward = true, Precision prec = Precision::native);
   explicit Pack(std::unique_ptr<Impl> impl);
@@ -132,6 +142,7 @@ class Pack {
   int64_t hidden_size() const;
   bool has_bias() const;
   bool has_peepholes() const;
+  int64_t output_size() const;  // P, the size of h: w_hr's rows, else H
   bool for_forward() const;
   bool for_backward() const;
   std::string isa() const;  // the kernels it was packed for
@@ -149,7 +160,7 @@ template <class F>
 void forward(const Pack<F>& w, Dims d, const F* x, const F* h0, const F* c0,
              const int64_t* lengths, F* y, F* h_n, F* c_n, const Cache<F>* cache);
 // g.db_ih and g.db_hh must be non-null exactly when w has biases, g.dw_peep when it has
-// peepholes.
+// peepholes, g.dw_hr when it has a projection.
 template <class F>
 void backward(const Pack<F>& w, Dims d, const F* x, const int64_t* lengths,
               const Cache<F>& cache, const F* dy, const F* dh_n, const F* dc_n, Grads<F> g);

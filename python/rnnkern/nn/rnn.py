@@ -22,12 +22,15 @@ from .linear import ParamModule, WeightPacks, _check_dtype, _check_size, _unifor
 __all__ = ["GRU", "LSTM", "RNN"]
 
 Array = npt.NDArray[Any]  # any numpy array (the dtype is checked at run time)
-# A layer's state: h (L*D, B, H) for RNN and GRU, (h, c) for LSTM.
+# A layer's state: h (L*D, B, H) for RNN and GRU, (h, c) for LSTM (h (L*D, B, P) with a
+# projection).
 State = Union[Array, tuple[Array, Array]]
-# The four parameters of one layer and direction: w_ih, w_hh, b_ih, b_hh (biases None without bias).
-Weights = tuple[Array, Array, Optional[Array], Optional[Array]]
+# The parameters of one layer and direction: w_ih, w_hh, b_ih, b_hh (biases None without bias),
+# then an LSTM projection's w_hr (None without).
+Weights = tuple[Array, Array, Optional[Array], Optional[Array], Optional[Array]]
 
-_PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+# PyTorch's order within a layer and direction
+_PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 
 class _Recurrent(ParamModule):
@@ -56,6 +59,7 @@ class _Recurrent(ParamModule):
 
     _gates: int = 1  # G: gate blocks of H rows in w_ih, w_hh, b_ih, b_hh
     _has_cell: bool = False  # True when the state is (h, c)
+    proj_size: int = 0  # LSTM: P, the size of h (weight_hr (P, H)); 0: no projection
 
     def __init__(
         self,
@@ -90,8 +94,8 @@ class _Recurrent(ParamModule):
         for layer in range(self.num_layers):
             for direction in range(self._directions):
                 for name, shape in zip(self._names(layer, direction), self._shapes(layer)):
-                    if name.startswith("bias") and not self.bias:
-                        continue
+                    if (name.startswith("bias") and not self.bias) or not all(shape):
+                        continue  # no biases; no weight_hr without a projection
                     params[name] = _uniform(self._rng, k, name, shape, self.dtype)
         self._init_params(params, read_only=True)
         self._packs = WeightPacks(self, self._make_pack)
@@ -116,15 +120,20 @@ class _Recurrent(ParamModule):
         suffix = f"_l{layer}" + ("_reverse" if direction else "")
         return tuple(kind + suffix for kind in _PARAM_KINDS)
 
+    @property
+    def _out_size(self) -> int:
+        """P, the size of h and of each direction's output: proj_size, or H without it."""
+        return self.proj_size or self.hidden_size
+
     def _shapes(self, layer: int) -> tuple[tuple[int, ...], ...]:
-        gh = self._gates * self.hidden_size
-        fan_in = self.input_size if layer == 0 else self._directions * self.hidden_size
-        return (gh, fan_in), (gh, self.hidden_size), (gh,), (gh,)
+        gh, out = self._gates * self.hidden_size, self._out_size
+        fan_in = self.input_size if layer == 0 else self._directions * out
+        return (gh, fan_in), (gh, out), (gh,), (gh,), (self.proj_size, self.hidden_size)
 
     def _weights(self, layer: int, direction: int) -> Weights:
-        w_ih, w_hh, b_ih, b_hh = (self.params.get(n) for n in self._names(layer, direction))
+        w_ih, w_hh, b_ih, b_hh, w_hr = (self.params.get(n) for n in self._names(layer, direction))
         assert w_ih is not None and w_hh is not None
-        return w_ih, w_hh, b_ih, b_hh
+        return w_ih, w_hh, b_ih, b_hh, w_hr
 
     # -- argument checks ------------------------------------------------------------------------
 
@@ -144,7 +153,8 @@ class _Recurrent(ParamModule):
 
     def _check_state(self, name: str, state: object, batch: int
                      ) -> tuple[Array | None, Array | None]:
-        """Split a state (h or (h, c), each (L*D, B, H) or None) into (h, c)."""
+        """Split a state (h or (h, c), each (L*D, B, H) or None; h (L*D, B, P) with a
+        projection) into (h, c)."""
         if state is None:
             return None, None
         if self._has_cell:
@@ -155,15 +165,17 @@ class _Recurrent(ParamModule):
             names: tuple[str, ...] = (f"{name}[0]", f"{name}[1]")
         else:
             parts, names = (state,), (name,)
-        want = (self.num_layers * self._directions, batch, self.hidden_size)
         out: list[Array | None] = []
-        for part_name, part in zip(names, parts):
+        for i, (part_name, part) in enumerate(zip(names, parts)):
             if part is None:
                 out.append(None)
                 continue
+            size, symbol = ((self._out_size, "P") if i == 0 and self.proj_size
+                            else (self.hidden_size, "H"))
+            want = (self.num_layers * self._directions, batch, size)
             arr = self._check_input(part_name, part)
             if arr.shape != want:
-                raise ValueError(shape_message(part_name, ("L*D", "B", "H"), want, arr.shape))
+                raise ValueError(shape_message(part_name, ("L*D", "B", symbol), want, arr.shape))
             out.append(arr)
         return out[0], (out[1] if self._has_cell else None)
 
@@ -174,11 +186,13 @@ class _Recurrent(ParamModule):
         """Run the layer.
 
         x: (T, B, input_size) ((B, T, input_size) if batch_first), the layer's dtype.
-        state: initial h (L*D, B, H), for LSTM (h, c); None means zeros.
+        state: initial h (L*D, B, H), for LSTM (h, c) (h (L*D, B, P) with proj_size P); None
+            means zeros.
         lengths: None or ints (B,) in 1..T, any order (PyTorch's packed sequences).
         training: keep what backward needs (replacing the previous forward's) and apply dropout
             between layers; False keeps nothing (a later backward raises RuntimeError).
-        Returns y (T, B, D*H) ((B, T, D*H) if batch_first) and the final state like `state`.
+        Returns y (T, B, D*H) ((B, T, D*H) if batch_first; D*P with a projection) and the final
+        state like `state`.
         """
         training = check_flag("training", training)
         xt = self._time_major("x", x, self.input_size, "I")  # (T, B, I)
@@ -193,10 +207,10 @@ class _Recurrent(ParamModule):
         n_dir, n_layers = self._directions, self.num_layers
         packs = [self._packs.get(k, self._weights(*divmod(k, n_dir)))._pack
                  for k in range(n_layers * n_dir)]
-        masks: list[Array] = []  # L-1 (T, B, D*H)
+        masks: list[Array] = []  # L-1 (T, B, D*P)
         if training and self.dropout > 0.0:
             masks = _stack.dropout_masks(self._rng, self.dropout, n_layers,
-                                         (steps, batch, n_dir * self.hidden_size), self.dtype)
+                                         (steps, batch, n_dir * self._out_size), self.dtype)
         y, h_n, c_n, self._saved = _stack.forward(packs, n_dir, xc, h0, c0, lens, masks,
                                                   training)
         y_out = np.ascontiguousarray(y.transpose(1, 0, 2)) if self.batch_first else y
@@ -221,7 +235,8 @@ class _Recurrent(ParamModule):
         steps, batch = saved.xs[0].shape[:2]
         n_dir = self._directions
         d_out = None if dy is None else self._time_major(
-            "dy", dy, n_dir * self.hidden_size, "D*H", (steps, batch))  # (T, B, D*H)
+            "dy", dy, n_dir * self._out_size, "D*P" if self.proj_size else "D*H",
+            (steps, batch))  # (T, B, D*P)
         dh_n, dc_n = self._check_state("dstate", dstate, batch)
         dx, dh0, dc0, weight_grads = _stack.backward(saved, d_out, dh_n, dc_n)
         for k, dws in enumerate(weight_grads):
@@ -267,20 +282,36 @@ class RNN(_Recurrent):
         super().__init__(input_size, hidden_size, num_layers, **kwargs)
 
     def _make_pack(self, weights: Weights) -> F.PackedWeights:
-        return F.rnn_pack(*weights, nonlinearity=self.nonlinearity, precision=self.precision)
+        return F.rnn_pack(*weights[:4], nonlinearity=self.nonlinearity, precision=self.precision)
 
     def _extra_repr(self) -> list[str]:
         return [] if self.nonlinearity == "tanh" else [f"nonlinearity='{self.nonlinearity}'"]
 
 
 class LSTM(_Recurrent):
-    """LSTM (gates i, f, g, o), parameters like `torch.nn.LSTM`; the state is (h, c)."""
+    """LSTM (gates i, f, g, o), parameters like `torch.nn.LSTM`; the state is (h, c).
+
+    proj_size P > 0 (< hidden_size, as torch): h_t = W_hr (o * tanh(c_t)) of size P (LSTMP,
+    `torch.nn.LSTM(proj_size=P)`): parameters weight_hr_l0 (P, H), ..., weight_hh (4H, P); y is
+    (T, B, D*P), h (L*D, B, P), c (L*D, B, H) (docs/lstm_variants.md)."""
 
     _gates = 4
     _has_cell = True
 
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
+                 proj_size: int = 0, **kwargs: Any) -> None:
+        self.proj_size = _check_size("proj_size", proj_size, 0)
+        if self.proj_size and self.proj_size >= hidden_size:
+            raise ValueError(f"proj_size: expected 0 or a size below hidden_size = "
+                             f"{hidden_size}, got {proj_size}")
+        super().__init__(input_size, hidden_size, num_layers, **kwargs)
+
     def _make_pack(self, weights: Weights) -> F.PackedWeights:
-        return F.lstm_pack(*weights, precision=self.precision)
+        w_ih, w_hh, b_ih, b_hh, w_hr = weights
+        return F.lstm_pack(w_ih, w_hh, b_ih, b_hh, w_hr=w_hr, precision=self.precision)
+
+    def _extra_repr(self) -> list[str]:
+        return [f"proj_size={self.proj_size}"] if self.proj_size else []
 
 
 class GRU(_Recurrent):
@@ -296,7 +327,7 @@ class GRU(_Recurrent):
         super().__init__(*args, **kwargs)
 
     def _make_pack(self, weights: Weights) -> F.PackedWeights:
-        return F.gru_pack(*weights, linear_before_reset=self.linear_before_reset,
+        return F.gru_pack(*weights[:4], linear_before_reset=self.linear_before_reset,
                           precision=self.precision)
 
     def _extra_repr(self) -> list[str]:
