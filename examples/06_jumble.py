@@ -23,19 +23,18 @@ print(f"{len(task.test)} held-out sentences, e.g. {' '.join(task.test[7])!r}")
 models = {"bag of words": BagOfWords(len(task.vocab), 2, embed_dim=32, seed=0),
           "LSTM": SequenceClassifier(len(task.vocab), 2, hidden_size=64, cell="lstm",
                                      embed_dim=32, seed=0)}
-with rnnkern.numpy_blas_threads(1):
-    for name, model in models.items():
-        opt = optim.Adam(model.params, model.grads, lr=5e-3)
-        rng = np.random.default_rng(0)
-        for _ in range(300):
-            ids, labels = task.batch(rng, 64)  # 32 fresh sentences, as written and jumbled
-            x, lengths = data.pad_sequences(ids, task.PAD)  # (T, B), (B,)
-            model.zero_grad()
-            model.loss_and_backward(x, labels, lengths)
-            optim.clip_grad_norm(model.grads, 5.0)
-            opt.step()
-        print(f"{name}: held-out accuracy "
-              f"{model.accuracy(test_x, test_labels, test_lengths):.1%} (chance 50%)")
+for name, model in models.items():
+    opt = optim.Adam(model.params, model.grads, lr=5e-3)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        ids, labels = task.batch(rng, 64)  # 32 fresh sentences, as written and jumbled
+        x, lengths = data.pad_sequences(ids, task.PAD)  # (T, B), (B,)
+        model.zero_grad()
+        model.loss_and_backward(x, labels, lengths)
+        optim.clip_grad_norm(model.grads, 5.0)
+        opt.step()
+    print(f"{name}: held-out accuracy "
+          f"{model.accuracy(test_x, test_labels, test_lengths):.1%} (chance 50%)")
 
 shown = [data.tokenize_sentence(t) for t in ("POLICY IS THE BEST HONESTY",
                                               "HONESTY IS THE BEST POLICY")]

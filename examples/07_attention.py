@@ -11,18 +11,16 @@ does 30 to 40 letters for a time budget and draws the weights as a heatmap).
 """
 import numpy as np
 
-import rnnkern
 from rnnkern import data
 
 task = data.Reversal(min_len=20, max_len=25, letters=20)
 test_src, test_tgt = task.sample(np.random.default_rng(1), 200, "test")
-with rnnkern.numpy_blas_threads(1):
-    for attention in (None, "luong"):
-        model, _ = data.train_reversal(task, attention, hidden_size=64, steps=300)
-        pred = model.greedy(test_src, max_len=30)
-        exact = np.mean([p == list(t) for p, t in zip(pred, test_tgt)])
-        print(f"attention={attention}: held-out exact match {exact:.1%}")
-        print(f"  {task.src_vocab.decode(test_src[0])}  ->  {task.tgt_vocab.decode(pred[0])}")
+for attention in (None, "luong"):
+    model, _ = data.train_reversal(task, attention, hidden_size=64, steps=300)
+    pred = model.greedy(test_src, max_len=30)
+    exact = np.mean([p == list(t) for p, t in zip(pred, test_tgt)])
+    print(f"attention={attention}: held-out exact match {exact:.1%}")
+    print(f"  {task.src_vocab.decode(test_src[0])}  ->  {task.tgt_vocab.decode(pred[0])}")
 
 weights = model.attention_weights(test_src[:1], [pred[0]])[0]  # (len(out) + 1, len(in))
 print("output step t looks hardest at input position:", weights.argmax(axis=1).tolist())

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from rnnkern import data, numpy_blas_threads, optim
+from rnnkern import data, optim
 from rnnkern.models import CharLM
 
 IntArray = npt.NDArray[np.int64]
@@ -140,8 +140,7 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{torch.__version__} with {torch.get_num_threads()} thread(s)", flush=True)
 
     start = time.perf_counter()
-    with numpy_blas_threads(1):  # as `rnnkern train-char` does (docs/training.md)
-        ours_losses = run_rnnkern(ours, columns, args)
+    ours_losses = run_rnnkern(ours, columns, args)  # Linear's products: one BLAS thread
     ours_time = time.perf_counter() - start
     start = time.perf_counter()
     theirs_losses = run_torch(theirs, columns, args)

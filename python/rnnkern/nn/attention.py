@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, Optional, Tuple
 import numpy as np
 import numpy.typing as npt
 
+from .. import _blas
 from .._api import shape_message
 from .linear import ParamModule, Seed, _check_dtype, _check_size, _uniform
 
@@ -72,6 +73,16 @@ class LuongAttention(ParamModule):
     def __call__(self, query: Array, values: Array, mask: Optional[Array] = None,
                  training: bool = True) -> Tuple[Array, Array]:
         """query (T, B, H), values (S, B, H), mask (S, B) -> out (T, B, H), weights (B, T, S)."""
+        with _blas.one_thread():  # NumPy's products on one BLAS thread, as in Linear
+            return self._forward(query, values, mask, training)
+
+    def backward(self, dout: Array) -> Tuple[Array, Array]:
+        """dout (T, B, H) of the last training forward -> (dquery (T, B, H), dvalues (S, B, H))."""
+        with _blas.one_thread():
+            return self._backward(dout)
+
+    def _forward(self, query: Array, values: Array, mask: Optional[Array],
+                 training: bool) -> Tuple[Array, Array]:
         hid = self.hidden_size
         query = self._check("query", query, ("T", "B", "H"), (None, None, hid))
         values = self._check("values", values, ("S", "B", "H"), (None, query.shape[1], hid))
@@ -95,8 +106,7 @@ class LuongAttention(ParamModule):
         self._saved = _Saved(q, v, keys, weights, combined, out) if training else None
         return out.transpose(1, 0, 2), weights
 
-    def backward(self, dout: Array) -> Tuple[Array, Array]:
-        """dout (T, B, H) of the last training forward -> (dquery (T, B, H), dvalues (S, B, H))."""
+    def _backward(self, dout: Array) -> Tuple[Array, Array]:
         s = self._saved
         if s is None:
             raise RuntimeError(
