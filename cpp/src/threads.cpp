@@ -147,7 +147,6 @@ void Team::reset(int planned, uint32_t generation, bool late_join) {
   planned_ = planned;
   late_in_.store((uint64_t(generation & kField) << 32) | (late_join ? 0 : kClosed),
                  std::memory_order_relaxed);
-  late_join_ = late_join;
   // Shares >= planned count as decided, so that no other thread can check in for them.
   const uint64_t decided = (kField & ~((uint64_t(1) << planned) - 1)) | 1;
   start_.store((uint64_t(generation & kField) << kGeneration) | (uint64_t(1) << kMembers) |
@@ -195,7 +194,8 @@ int Team::take_over() {
     while (w < planned_ && (decided >> w & 1)) ++w;
     if (w >= planned_) return -1;
     // (With a sync delay injected, the tests want the worker in from the start: the full wait.)
-    const bool quick = late_join_ && !test_sync_delay_ns.load(std::memory_order_relaxed);
+    const bool quick = !(late_in_.load(std::memory_order_relaxed) & kClosed) &&
+                       !test_sync_delay_ns.load(std::memory_order_relaxed);
     if (i < 32 || now_ns() < started_ + (quick ? kJoinWaitNs : kWakeNs)) {  // time to wake up
       RNNKERN_PAUSE();
       s = start_.load(std::memory_order_acquire);

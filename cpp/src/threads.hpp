@@ -68,7 +68,6 @@ class Team {
   std::atomic<uint32_t> active_{1};  // bit per member with work now (the caller always)
   // Late joiners: generation (16 bits) << 32 | closed (bit 31: no more) | bit per late member.
   std::atomic<uint64_t> late_in_{0};
-  bool late_join_ = false;  // read by the caller only (take_over)
   std::atomic<int64_t> ready_[kMaxThreads];  // sync at which benched member i asks to come back
   int64_t syncs_[kMaxThreads] = {};        // syncs done by member i (its own)
   int64_t bench_until_[kMaxThreads] = {};  // ns: benched member i sleeps until then

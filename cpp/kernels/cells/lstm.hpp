@@ -36,24 +36,25 @@ struct Kernels<cells::Lstm, F, W> {
       if constexpr (!is_s8<W>) project_h(c, s, jb0, jb1);  // int8 packs have no projection
       return;
     }
-    if (c.wr) {
-      if (c.peep) forward<true, true>(c, s, jb0, jb1);
-      else forward<false, true>(c, s, jb0, jb1);
-    } else {
-      if (c.peep) forward<true, false>(c, s, jb0, jb1);
-      else forward<false, false>(c, s, jb0, jb1);
-    }
+    variant(c.peep, c.wr, [&](auto peep, auto proj) {
+      forward<decltype(peep)::value, decltype(proj)::value>(c, s, jb0, jb1);
+    });
   }
   [[gnu::flatten]] static void backward_phase(const StepConst<F, W>& c, const Step<F>& s,
                                               int phase, int64_t jb0, int64_t jb1) {
     if (c.wrb && phase == 0) return gather_dh(c, s, jb0, jb1);
-    if (c.wrb) {
-      if (c.peep) backward<true, true>(c, s, jb0, jb1);
-      else backward<false, true>(c, s, jb0, jb1);
-    } else {
-      if (c.peep) backward<true, false>(c, s, jb0, jb1);
-      else backward<false, false>(c, s, jb0, jb1);
-    }
+    variant(c.peep, c.wrb, [&](auto peep, auto proj) {
+      backward<decltype(peep)::value, decltype(proj)::value>(c, s, jb0, jb1);
+    });
+  }
+
+  // fn(PEEP, PROJ) with the runtime flags as std::bool_constant: one instantiation per variant.
+  template <class Fn>
+  static void variant(bool peep, bool proj, Fn&& fn) {
+    using T = std::true_type;
+    using N = std::false_type;
+    if (proj) peep ? fn(T{}, T{}) : fn(N{}, T{});
+    else peep ? fn(T{}, N{}) : fn(N{}, N{});
   }
 
   template <bool PEEP, bool PROJ>
