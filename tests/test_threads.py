@@ -98,7 +98,7 @@ def test_a_worker_taken_over_gives_the_same_bits(case: Any, serial: Any, delays:
 @pytest.mark.parametrize("case", [CHUNKED], ids=_id)
 def test_a_worker_taken_over_joins_later_with_the_same_bits(case: Any, serial: Any,
                                                             delays: Any) -> None:
-    """Workers that start 0.5 ms late, past the caller's 150 us wait but long before a call of
+    """Workers that start 0.5 ms late, after the caller's own start share, long before a call of
     40 steps at B = 64 ends: the caller takes their shares over, and they join the call benched
     and are let in at a step; same bits."""
     delays(start_us=500)
@@ -129,6 +129,39 @@ def test_a_team_shrunk_mid_call_gives_the_same_bits(case: Any, sync_at: int, ser
         if rnnkern.thread_stats()["shrunk"] > before:
             break
     assert rnnkern.thread_stats()["shrunk"] > before
+
+
+@needs_two
+def test_after_a_shrink_the_next_call_starts_alone_with_the_same_bits(serial: Any,
+                                                                    delays: Any) -> None:
+    """A call whose team shrank makes the calls of the next milliseconds start on the caller
+    alone (the workers' shares taken over at once, the workers joining late, benched): the
+    call right after a forced shrink takes a share over, and every result keeps its bits (on
+    rnnkern's pool: on PyTorch's OpenMP threads kAvoidAfter does this job)."""
+    case = CHUNKED
+    rnnkern.set_thread_runtime("rnnkern")
+    try:
+        _shrink_then_call(case, serial, delays)
+    finally:
+        rnnkern.set_thread_runtime("auto")
+
+
+def _shrink_then_call(case: Any, serial: Any, delays: Any) -> None:
+    for _ in range(5):  # on a loaded machine a worker may miss the start: then try again
+        delays(sync_us=50000, sync_at=1)
+        before = rnnkern.thread_stats()
+        shrunk = run_all(*case)
+        delays()
+        after_shrink = rnnkern.thread_stats()
+        following = run_all(*case)
+        after = rnnkern.thread_stats()
+        assert_same_bits(shrunk, serial[_id(case)], "with the team shrunk")
+        assert_same_bits(following, serial[_id(case)], "starting alone after a shrink")
+        if after_shrink["shrunk"] > before["shrunk"]:
+            break
+    assert after_shrink["shrunk"] > before["shrunk"]
+    assert after["started_alone"] > after_shrink["started_alone"]
+    assert after["taken_over"] > after_shrink["taken_over"]
 
 
 def test_more_threads_than_cpus_means_the_cpus(serial: Any, num_threads: Any) -> None:
@@ -204,7 +237,8 @@ def test_thread_runtime_settings() -> None:
     assert rnnkern.thread_runtime() == "rnnkern"
     rnnkern.set_thread_runtime("auto")
     stats = rnnkern.thread_stats()
-    assert set(stats) == {"team_calls", "openmp_calls", "taken_over", "shrunk", "joined_late"}
+    assert set(stats) == {"team_calls", "openmp_calls", "taken_over", "shrunk", "joined_late",
+                          "started_alone"}
     assert all(isinstance(v, int) and v >= 0 for v in stats.values())
 
 

@@ -320,9 +320,19 @@ void run_forward(const Panels<F, W>& pk, Dims d, const F* x, const F* h0, const 
   if (lstm) copy_or_zero(cs, c0, BH);
 
   parallel(threads_for(d, GH, nblk), [&](int tid, Team& team) {
-    if (tid == 0)  // the workers that have not started by now join later, benched
-      while (team.take_over() >= 0) {
-      }
+    // The first chunk's projections, in the planned members' shares of the hidden blocks: the
+    // caller does its own, then those of the workers that have not started by then (they join
+    // later, benched). begin() waits for every member that started, so all are done after it.
+    auto project0 = [&](int share) {
+      int64_t b0, b1;
+      split(nblk, share, team.planned(), &b0, &b1);
+      kt.project(sc, x, std::min(tc, T) * B, xp.get(), b0, b1);
+    };
+    const bool shares = team.start_shares();  // else each member its own part after begin()
+    if (shares && !team.joined_late(tid)) project0(tid);
+    if (tid == 0)
+      for (int w; (w = team.take_over()) >= 0;)
+        if (shares) project0(w);
     team.begin(tid);
     int64_t jb0, jb1, pb0, pb1;  // this member's hidden blocks (none while benched), and blocks
                                  // of h's P units: they change only when the team does
@@ -334,9 +344,9 @@ void run_forward(const Panels<F, W>& pk, Dims d, const F* x, const F* h0, const 
     for (int64_t t0 = 0; t0 < T; t0 += tc) {
       const int64_t steps = tc < T - t0 ? tc : T - t0;
       const int64_t rows = steps * B;
-      // This member's columns of the chunk's projections: only its own steps read them (or, when
-      // the team changes, the new owner's, which come after a sync), so no sync is needed.
-      kt.project(sc, x + t0 * B * I, rows, xp.get(), jb0, jb1);
+      // This member's columns of a later chunk's projections: only its own steps read them (or,
+      // when the team changes, the new owner's, which come after a sync), so no sync is needed.
+      if (t0 > 0 || !shares) kt.project(sc, x + t0 * B * I, rows, xp.get(), jb0, jb1);
       for (int64_t t = t0; t < t0 + steps; ++t) {
         Step<F> s{};
         s.t = t;

@@ -45,6 +45,14 @@ constexpr int64_t kIdleSpinNs = 100'000;
 // A benched worker (the team shrank without it) sleeps this long before it asks to come back,
 // twice as long after each try that failed, up to kBenchMaxNs.
 constexpr int64_t kBenchNs = 1'000'000, kBenchMaxNs = 16'000'000;
+// After a call whose team shrank (a member was descheduled: something else wants the cores),
+// the calls on rnnkern's pool until `contended_until` start on the caller alone: it takes the
+// workers' shares over at once, and they join late, benched until then. (On PyTorch's OpenMP
+// threads, kAvoidAfter below does the same job.) Each further shrink doubles the time
+// (kBenchNs .. kBenchMaxNs); a call that ends with its workers in resets it. Beside a busy
+// process a call then runs at one thread's speed instead of losing a scheduler slice to a
+// preempted member, and tries two threads again when the time is up.
+std::atomic<int64_t> contended_until{0}, contended_ns{0};
 // A worker asleep between calls takes tens of us to wake; the caller waits for it this long
 // after the call started (doing its own share meanwhile) before it takes the worker's share over.
 // In a call it may join late (forward, backward), only as long as a spinning worker takes to
@@ -119,8 +127,16 @@ void test_delay_start() {
     std::this_thread::sleep_for(std::chrono::nanoseconds(d));
 }
 
+// A recent call's team shrank (with a sync delay injected, the tests want the worker in from the
+// start: never).
+bool contended() {
+  return now_ns() < contended_until.load(std::memory_order_relaxed) &&
+         !test_sync_delay_ns.load(std::memory_order_relaxed);
+}
+
 // What the pool did, for rnnkern.thread_stats() (relaxed counters).
-std::atomic<int64_t> stat_calls{0}, stat_taken{0}, stat_shrunk{0}, stat_openmp{0}, stat_late{0};
+std::atomic<int64_t> stat_calls{0}, stat_taken{0}, stat_shrunk{0}, stat_openmp{0}, stat_late{0},
+    stat_alone{0};
 
 // CPUs this process may run on.
 int available_cpus() {
@@ -143,12 +159,19 @@ constexpr uint64_t kClosed = uint64_t(1) << 31;
 
 // ---- Team
 
-void Team::reset(int planned, uint32_t generation, bool late_join) {
+void Team::reset(int planned, uint32_t generation, bool late_join, bool start_alone) {
   planned_ = planned;
   late_in_.store((uint64_t(generation & kField) << 32) | (late_join ? 0 : kClosed),
                  std::memory_order_relaxed);
-  // Shares >= planned count as decided, so that no other thread can check in for them.
-  const uint64_t decided = (kField & ~((uint64_t(1) << planned) - 1)) | 1;
+  // Shares >= planned count as decided, so that no other thread can check in for them; when
+  // starting alone the workers' shares too: they are the caller's (take_over) and the workers
+  // join late, benched until contended_until.
+  start_alone_ = late_join && start_alone;
+  start_shares_ = false;
+  if (start_alone_) stat_alone.fetch_add(1, std::memory_order_relaxed);
+  pending_ = start_alone_ ? ((uint32_t(1) << planned) - 1) & ~uint32_t(1) : 0;
+  const uint64_t decided = (kField & ~((uint64_t(1) << planned) - 1)) | 1 |
+                           (uint64_t(pending_) & kField);
   start_.store((uint64_t(generation & kField) << kGeneration) | (uint64_t(1) << kMembers) |
                    (decided << kDecided),
                std::memory_order_release);
@@ -183,10 +206,19 @@ bool Team::join_late(int tid, uint32_t generation) {
   } while (!late_in_.compare_exchange_weak(s, s | (uint64_t(1) << tid),
                                            std::memory_order_acq_rel, std::memory_order_acquire));
   stat_late.fetch_add(1, std::memory_order_relaxed);
-  return true;  // benched from the start: bench_until_[tid] is 0, so it asks in at once
+  // Benched from the start: it asks in at once, or, starting alone, when the time is up.
+  bench_until_[tid] = start_alone_ ? contended_until.load(std::memory_order_relaxed) : 0;
+  return true;
 }
 
 int Team::take_over() {
+  if (pending_) {  // decided at reset
+    const int w = __builtin_ctz(pending_);
+    pending_ &= pending_ - 1;
+    stat_taken.fetch_add(1, std::memory_order_relaxed);
+    taken_ = true;
+    return w;
+  }
   uint64_t s = start_.load(std::memory_order_acquire);
   for (int i = 0;; ++i) {
     const uint64_t decided = field(s, kDecided);
@@ -211,7 +243,7 @@ int Team::take_over() {
 }
 
 void Team::begin(int tid) {
-  if (late_in_.load(std::memory_order_relaxed) >> tid & 1) return;  // joined late: benched
+  if (joined_late(tid)) return;  // benched
   if (planned_ == 1) {
     released_ = now_ns();
     bump_and_wake(phase_, sleepers_);
@@ -342,6 +374,14 @@ int Team::finish() {
   const int late = popcount(late_in_.fetch_or(kClosed, std::memory_order_acq_rel) & kField);
   over_.store(1, std::memory_order_release);
   if (shrunk_ || late) wake_all(&over_);
+  if (shrunk_) {
+    const int64_t d = contended_ns.load(std::memory_order_relaxed);
+    const int64_t next = d ? std::min(2 * d, kBenchMaxNs) : kBenchNs;
+    contended_ns.store(next, std::memory_order_relaxed);
+    contended_until.store(now_ns() + next, std::memory_order_relaxed);
+  } else if (popcount(active_.load(std::memory_order_relaxed)) > 1) {
+    contended_ns.store(0, std::memory_order_relaxed);
+  }
   return late;
 }
 
@@ -483,7 +523,8 @@ class Pool {
     {
       std::lock_guard<std::mutex> lk(m_);
       job_ = &fn;
-      team_.reset(nth, static_cast<uint32_t>(generation_.load() + 1), late_join);
+      team_.reset(nth, static_cast<uint32_t>(generation_.load() + 1), late_join, contended());
+      team_.start_shares_ = true;
       done_.store(0, std::memory_order_relaxed);
       generation_.fetch_add(1, std::memory_order_seq_cst);  // publishes job_ and team_
     }
@@ -617,7 +658,7 @@ void set_test_delays(int64_t start_ns, int64_t sync_ns, int sync_at) {
 
 ThreadStats thread_stats() {
   return ThreadStats{stat_calls.load(), stat_openmp.load(), stat_taken.load(), stat_shrunk.load(),
-                     stat_late.load()};
+                     stat_late.load(), stat_alone.load()};
 }
 
 std::string thread_runtime() {

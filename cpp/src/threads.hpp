@@ -24,9 +24,10 @@ class Team {
   static constexpr int kMaxThreads = 16;
 
   // Makes the team of a new call of `planned` threads (the caller is member 0). `late_join`: a
-  // worker whose start share was taken over may still join, benched (its job must have no start
-  // work of its own: it skips to begin()).
-  void reset(int planned, uint32_t generation, bool late_join = false);
+  // worker whose start share was taken over may still join, benched (its job skips its start
+  // work, see joined_late, and goes to begin()).
+  // `start_alone` (with late_join): every worker's share is the caller's from the start.
+  void reset(int planned, uint32_t generation, bool late_join = false, bool start_alone = false);
   // A worker's first act: true if it keeps its share of call `generation`, false if that share
   // was taken over or the call is another one (then it must not touch the call's data).
   bool check_in(int tid, uint32_t generation);
@@ -50,7 +51,16 @@ class Team {
   // joins late any more. Returns the number of workers that joined late.
   int finish();
   int planned() const { return planned_; }
+  // Member tid joined late: its start share was taken over, so it has no start work.
+  bool joined_late(int tid) const {
+    return late_in_.load(std::memory_order_relaxed) >> tid & 1;
+  }
   bool shrunk() const { return shrunk_; }  // the team shrank during the call
+  // Whether the members should do planned start shares before begin(): on rnnkern's pool, whose
+  // workers may be asleep at the start (the caller takes those shares over after its own). On an
+  // OpenMP runtime's threads, which spin, it is faster that the caller takes over first and the
+  // members split the start work after begin().
+  bool start_shares() const { return start_shares_; }
 
  private:
   friend class Pool;
@@ -77,6 +87,9 @@ class Team {
   int64_t released_ = 0;             // ns of the last release
   std::atomic<int64_t> step_ns_{0};  // ns between the last two releases
   int64_t started_ = 0;              // ns of reset()
+  bool start_alone_ = false;
+  bool start_shares_ = false;        // set by the pool
+  uint32_t pending_ = 0;             // workers' shares taken at reset, for take_over to hand out
   bool taken_ = false;               // the caller took a worker's share over
   bool shrunk_ = false;
 };

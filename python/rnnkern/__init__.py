@@ -107,9 +107,12 @@ def thread_stats() -> dict[str, int]:
 
     team_calls: calls run by more than one thread; openmp_calls: of which on an OpenMP runtime's
     threads; taken_over: workers' shares that the caller did itself because the worker had not
-    started 150 us into the call; shrunk: team calls that finished on the caller alone because a
-    member was descheduled (it arrived at a step 100 us or more after the others); joined_late:
-    workers taken over that then joined their call benched and asked to be let in at a step.
+    started in time (150 us into the call; 5 us in a forward or backward, whose workers can join
+    late); shrunk: team calls that finished on the caller alone because a member was descheduled
+    (it arrived at a step 100 us or more after the others); joined_late: workers taken over that
+    then joined their call benched and asked to be let in at a step; started_alone: forward and
+    backward calls on rnnkern's pool that started on the caller alone because a call shortly
+    before had shrunk (for 1 ms after a shrink, doubling up to 16 ms while shrinks go on).
     """
     return {str(k): int(v) for k, v in _core.thread_stats().items()}
 

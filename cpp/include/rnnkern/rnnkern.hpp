@@ -202,6 +202,7 @@ struct ThreadStats {
   int64_t taken_over;  // workers' shares done by the caller (the worker had not started)
   int64_t shrunk;      // team calls whose team shrank to the caller (a member was descheduled)
   int64_t joined_late;  // workers taken over that then joined their call at a later step
+  int64_t started_alone;  // team calls started on the caller alone: a recent call had shrunk
 };
 ThreadStats thread_stats();
 // For the tests only: every worker sleeps start_ns before it joins a call (so the caller takes
