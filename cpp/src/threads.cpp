@@ -159,15 +159,15 @@ constexpr uint64_t kClosed = uint64_t(1) << 31;
 
 // ---- Team
 
-void Team::reset(int planned, uint32_t generation, bool late_join, bool start_alone) {
+void Team::reset(int planned, uint32_t generation, bool late_join, bool own_pool) {
   planned_ = planned;
   late_in_.store((uint64_t(generation & kField) << 32) | (late_join ? 0 : kClosed),
                  std::memory_order_relaxed);
   // Shares >= planned count as decided, so that no other thread can check in for them; when
   // starting alone the workers' shares too: they are the caller's (take_over) and the workers
   // join late, benched until contended_until.
-  start_alone_ = late_join && start_alone;
-  start_shares_ = false;
+  start_alone_ = late_join && own_pool && contended();
+  start_shares_ = own_pool;
   if (start_alone_) stat_alone.fetch_add(1, std::memory_order_relaxed);
   pending_ = start_alone_ ? ((uint32_t(1) << planned) - 1) & ~uint32_t(1) : 0;
   const uint64_t decided = (kField & ~((uint64_t(1) << planned) - 1)) | 1 |
@@ -523,8 +523,8 @@ class Pool {
     {
       std::lock_guard<std::mutex> lk(m_);
       job_ = &fn;
-      team_.reset(nth, static_cast<uint32_t>(generation_.load() + 1), late_join, contended());
-      team_.start_shares_ = true;
+      team_.reset(nth, static_cast<uint32_t>(generation_.load() + 1), late_join,
+                  /*own_pool=*/true);
       done_.store(0, std::memory_order_relaxed);
       generation_.fetch_add(1, std::memory_order_seq_cst);  // publishes job_ and team_
     }

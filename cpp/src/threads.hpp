@@ -26,8 +26,9 @@ class Team {
   // Makes the team of a new call of `planned` threads (the caller is member 0). `late_join`: a
   // worker whose start share was taken over may still join, benched (its job skips its start
   // work, see joined_late, and goes to begin()).
-  // `start_alone` (with late_join): every worker's share is the caller's from the start.
-  void reset(int planned, uint32_t generation, bool late_join = false, bool start_alone = false);
+  // `own_pool`: on rnnkern's pool (see start_shares; and a late-joining call starts on the
+  // caller alone, every worker's share its own, shortly after a call whose team shrank).
+  void reset(int planned, uint32_t generation, bool late_join = false, bool own_pool = false);
   // A worker's first act: true if it keeps its share of call `generation`, false if that share
   // was taken over or the call is another one (then it must not touch the call's data).
   bool check_in(int tid, uint32_t generation);
@@ -87,8 +88,8 @@ class Team {
   int64_t released_ = 0;             // ns of the last release
   std::atomic<int64_t> step_ns_{0};  // ns between the last two releases
   int64_t started_ = 0;              // ns of reset()
-  bool start_alone_ = false;
-  bool start_shares_ = false;        // set by the pool
+  bool start_alone_ = false;         // the workers' shares were the caller's from the start
+  bool start_shares_ = false;        // on rnnkern's pool
   uint32_t pending_ = 0;             // workers' shares taken at reset, for take_over to hand out
   bool taken_ = false;               // the caller took a worker's share over
   bool shrunk_ = false;
