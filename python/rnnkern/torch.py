@@ -204,7 +204,7 @@ def _check_states(names: tuple[str, str], states: tuple[Tensor | None, Tensor | 
 @torch.library.custom_op("rnnkern::stack", mutates_args=(), device_types="cpu")
 def stack(cell: int, num_layers: int, bidirectional: bool, training: bool, x: Tensor,
           h0: Tensor | None, c0: Tensor | None, weights: list[Tensor], lengths: Tensor | None,
-          masks: list[Tensor], precision: str = "float") -> list[Tensor]:
+          masks: list[Tensor], precision: str) -> list[Tensor]:
     """A whole stack: x (T, B, I), h0 (L*D, B, P), c0 (L*D, B, H) or None, weights as torch's
     _flat_weights (per (layer, direction) w_ih (G*H, F), w_hh (G*H, P), with bias b_ih, b_hh
     (G*H,), with an LSTM projection w_hr (P, H); P = H without), lengths (B,) int64 in 1..T or
@@ -241,8 +241,7 @@ def stack(cell: int, num_layers: int, bidirectional: bool, training: bool, x: Te
 @stack.register_fake
 def _stack_fake(cell: int, num_layers: int, bidirectional: bool, training: bool, x: Tensor,
                 h0: Tensor | None, c0: Tensor | None, weights: list[Tensor],
-                lengths: Tensor | None, masks: list[Tensor],
-                precision: str = "float") -> list[Tensor]:
+                lengths: Tensor | None, masks: list[Tensor], precision: str) -> list[Tensor]:
     """stack's results as empty tensors of the right shapes (rnnkern::cache_layout's)."""
     name = _check_cell(cell)
     D = 2 if bidirectional else 1
@@ -275,7 +274,7 @@ def _sizes(name: str, weights: list[Tensor], n: int) -> tuple[int, int, int, boo
 def stack_backward(cell: int, num_layers: int, bidirectional: bool, x: Tensor,
                    weights: list[Tensor], lengths: Tensor | None, masks: list[Tensor],
                    saved: list[Tensor], dy: Tensor | None, dh_n: Tensor | None,
-                   dc_n: Tensor | None, precision: str = "float") -> list[Tensor]:
+                   dc_n: Tensor | None, precision: str) -> list[Tensor]:
     """The gradients of a training ``stack`` call: its x, weights, lengths, masks, saved
     results (those after y, h_n, c_n) and precision, dy (T, B, D*P), dh_n (L*D, B, P), dc_n
     (L*D, B, H) (None: zeros).
@@ -307,7 +306,7 @@ def stack_backward(cell: int, num_layers: int, bidirectional: bool, x: Tensor,
 def _stack_backward_fake(cell: int, num_layers: int, bidirectional: bool, x: Tensor,
                          weights: list[Tensor], lengths: Tensor | None, masks: list[Tensor],
                          saved: list[Tensor], dy: Tensor | None, dh_n: Tensor | None,
-                         dc_n: Tensor | None, precision: str = "float") -> list[Tensor]:
+                         dc_n: Tensor | None, precision: str) -> list[Tensor]:
     """stack_backward's results as empty tensors of the right shapes."""
     name = _check_cell(cell)
     n = num_layers * (2 if bidirectional else 1)
@@ -319,12 +318,12 @@ def _stack_backward_fake(cell: int, num_layers: int, bidirectional: bool, x: Ten
 
 
 def _stack_setup_context(ctx: Any, inputs: tuple[Any, ...], output: list[Tensor]) -> None:
-    cell, num_layers, bidirectional, training, x, h0, c0, weights, lengths, masks, *rest = inputs
+    cell, num_layers, bidirectional, training, x, h0, c0, weights, lengths, masks, prec = inputs
     saved = output[3:]  # empty if training was False
     ctx.mark_non_differentiable(*saved, *(() if cell == _functional._LSTM else output[2:3]))
     ctx.set_materialize_grads(False)  # None stays None: the kernels take dy=None, dh_n=None
     ctx.args = cell, num_layers, bidirectional
-    ctx.precision = rest[0] if rest else "float"
+    ctx.precision = prec
     ctx.training, ctx.counts = training, (len(weights), len(masks), len(saved))
     ctx.states = h0 is not None, c0 is not None
     # Saving x and the weights makes autograd raise if they are changed in place before the
