@@ -266,7 +266,8 @@ OP_STACKS = {"one-layer": (1, False, None, False),
 def stack_args(cell: int, G: int, num_layers: int, bidirectional: bool,
                lengths: list[int] | None, dropout: bool, training: bool = True,
                steps: int = 4, batch: int = 3) -> tuple[Any, ...]:
-    """Arguments of torch.ops.rnnkern.stack, random float64 tensors that require grad."""
+    """Arguments of torch.ops.rnnkern.stack, random float64 tensors that require grad, precision
+    "float"."""
     gen = torch.Generator().manual_seed(cell)
 
     def rand(*shape: int, grad: bool = True) -> torch.Tensor:
@@ -280,7 +281,7 @@ def stack_args(cell: int, G: int, num_layers: int, bidirectional: bool,
              for _ in range(num_layers - 1)] if dropout else []
     return (cell, num_layers, bidirectional, training, rand(steps, batch, I),
             rand(num_layers * D, batch, H), rand(num_layers * D, batch, H) if cell == 3 else None,
-            weights, None if lengths is None else torch.tensor(lengths), masks)
+            weights, None if lengths is None else torch.tensor(lengths), masks, "float")
 
 
 @pytest.mark.parametrize("stack", OP_STACKS)
@@ -292,10 +293,10 @@ def test_opcheck(cell: int, G: int, stack: str) -> None:
     torch.library.opcheck(torch.ops.rnnkern.stack.default, args)
     with torch.no_grad():
         y, h_n, _, *saved = torch.ops.rnnkern.stack(*args)
-    _, num_layers, bidirectional, _, x, _, _, weights, lens, masks = args
+    _, num_layers, bidirectional, _, x, _, _, weights, lens, masks, precision = args
     back = (cell, num_layers, bidirectional, x.detach(), [w.detach() for w in weights], lens,
             masks, saved, torch.rand_like(y), torch.rand_like(h_n),
-            torch.rand_like(h_n) if cell == 3 else None)
+            torch.rand_like(h_n) if cell == 3 else None, precision)
     torch.library.opcheck(torch.ops.rnnkern.stack_backward.default, back)
 
 

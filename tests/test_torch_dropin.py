@@ -508,7 +508,7 @@ def test_convert_top_level_and_errors() -> None:
         single = torch.nn.GRU(I, H, dropout=0.3)
     assert type(rt.convert(single)) is rt.GRU  # without repeating torch's warning
     with pytest.raises(TypeError, match=r"model\.0: weight_ih_l0: dtype"):
-        rt.convert(torch.nn.Sequential(torch.nn.GRU(I, H, dtype=torch.bfloat16)))
+        rt.convert(torch.nn.Sequential(torch.nn.GRU(I, H, dtype=torch.float16)))
     with pytest.raises(TypeError, match="model: expected a torch.nn.Module"):
         rt.convert("lstm")  # type: ignore[arg-type]
 

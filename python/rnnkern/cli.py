@@ -242,6 +242,10 @@ def cmd_train_char(args: argparse.Namespace) -> int:
         _out(f"trained {step} steps in {seconds:.1f} s ({chars / seconds:,.0f} chars/s)")
         _out(f"validation loss {val:.3f} nats/char ({val / math.log(2):.3f} bits/char); "
              f"unigram baseline {unigram:.3f} nats/char ({unigram / math.log(2):.3f} bits/char)")
+        for precision in args.eval_precision:  # the trained model, run at other precisions
+            other = model.with_precision(precision).evaluate(val_columns, args.seq_len)
+            _out(f"validation loss run in {precision}: {other:.4f} nats/char "
+                 f"({100 * (other / val - 1):+.2f}% of the trained model's {val:.4f})")
         show_sample(step)
     if args.out:
         model.save(args.out, vocab="".join(vocab.tokens), steps=step, val_loss=val,
@@ -274,6 +278,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     vocab = data.Vocab(list(meta["vocab"]))
     prime_text = args.prime if args.prime else ("\n" if "\n" in vocab else vocab.tokens[0])
     prime = vocab.encode(prime_text, name="prime")
+    if args.precision is not None:
+        model = model.with_precision(args.precision)
     out = model.sample(args.length, prime, args.temperature, np.random.default_rng(args.seed))
     sys.stdout.write(prime_text + vocab.decode(out) + "\n")
     return 0
@@ -603,6 +609,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _precisions(text: str) -> List[str]:
+    """A comma-separated list of precisions (docs/precision.md)."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in ("float", "bf16", "int8")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"expected float, bf16 or int8, got {', '.join(bad)}")
+    return names
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -676,6 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=0.0, help="between layers")
     p.add_argument("--precision", choices=("float", "bf16"), default="float",
                    help="of the recurrent layer's products (docs/precision.md)")
+    p.add_argument("--eval-precision", type=_precisions, default=[], metavar="P[,P]",
+                   help="also report the validation loss with the recurrent layer run in these "
+                        "precisions (float, bf16, int8), e.g. int8")
     p.add_argument("--seq-len", type=_positive_int, default=100, help="truncated BPTT length")
     p.add_argument("--max-chars", type=_positive_int, default=2_000_000, help="corpus size cap")
     p.add_argument("--val-fraction", type=float, default=0.05,
@@ -696,6 +714,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.8, help="0: always the likeliest")
     p.add_argument("--length", type=_positive_int, default=500, help="characters to generate")
     p.add_argument("--prime", default="", help="text to start from (default: a newline)")
+    p.add_argument("--precision", choices=("float", "bf16", "int8"), default=None,
+                   help="of the recurrent layer's products (default: the trained model's)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("train-seq2seq", help="encoder-decoder: numbers in words -> digits",

@@ -16,7 +16,12 @@ same masks as ``torch.nn.LSTM`` & co.
 
 LSTM projections (``proj_size``) run on the kernels' fused projection (docs/lstm_variants.md).
 
-Restrictions: CPU tensors, float32 or float64, no double backward, no TorchScript.
+Lower precision (docs/precision.md, docs/torch.md): a bfloat16 module and input
+(``model.to(torch.bfloat16)``) and ``torch.autocast("cpu", dtype=torch.bfloat16)`` run the
+kernels' ``precision="bf16"`` with the result dtypes torch gives (`_lower_precision`);
+``convert(model, precision="int8")`` gives an inference model on the int8 kernels.
+
+Restrictions: CPU tensors, float32, float64 or bfloat16, no double backward, no TorchScript.
 """
 from __future__ import annotations
 
@@ -46,7 +51,8 @@ Tensor = torch.Tensor
 #: A recurrent state as the modules take and return it: h, or (h, c) for the LSTM.
 State = Union[Tensor, tuple[Tensor, Tensor]]
 
-_FLOAT_DTYPES = (torch.float32, torch.float64)
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+_BF16 = torch.bfloat16
 
 # Dynamo refuses to trace any module that is a torch.nn.LSTM / GRU / RNN, subclasses included,
 # unless allow_rnn is set (torch.export sets it for its own tracing too). The drop-ins are such
@@ -65,6 +71,11 @@ def _array(t: Tensor | None) -> Array | None: ...
 def _array(t: Tensor | None) -> Array | None:
     """A NumPy view of a CPU tensor (no copy; the kernels copy what is not contiguous)."""
     return None if t is None else t.detach().numpy()
+
+
+def _weight_array(w: Tensor) -> Array:
+    """A weight as a float32 (copied from bfloat16) or float32/float64 NumPy array."""
+    return _array(w.detach().float() if w.dtype == _BF16 else w)
 
 
 def _tensor(a: Array | None, dtype: torch.dtype) -> Tensor:
@@ -125,25 +136,28 @@ def _per_direction(weights: list[Tensor], num_layers: int, directions: int
 _PACKS: dict[tuple[int, ...], tuple[int, list[Array], Any, list[Any]]] = {}
 
 
-def _pack(cell: int, weights: tuple[Tensor | None, ...]) -> Any:
-    """A direction's weights packed (forward and backward panels), kept while the weights live
-    and made again when their values or the ISA changed.
+def _pack(cell: int, weights: tuple[Tensor | None, ...], precision: str = "float") -> Any:
+    """A direction's weights packed for ``precision`` (forward and, but for int8, backward
+    panels), kept while the weights live and made again when their values or the ISA changed.
+    bfloat16 weights are packed from their exact float32 values.
 
     The values are compared with a copy, bit for bit, at every call: version counters miss
     changes made through ``.data`` or a NumPy view (torch.autograd.gradcheck makes such), and
     the comparison costs a fraction of packing.
     """
     present = [w for w in weights if w is not None]
-    key = (cell, *(id(w) for w in present))
-    arrays = [np.ascontiguousarray(_array(w)) for w in present]
+    prec = _api.PRECISION_IDS[precision]
+    key = (cell, prec, *(id(w) for w in present))
+    arrays = [np.ascontiguousarray(_weight_array(w)) for w in present]
     entry = _PACKS.get(key)
     if (entry is not None and entry[0] == _functional.isa_generation[0]
             and all(old.shape == new.shape and old.dtype == new.dtype
                     and _core.same_bits(old, new) for old, new in zip(entry[1], arrays))):
         return entry[2]
-    w_ih, w_hh, b_ih, b_hh, w_hr = (None if w is None else _array(w) for w in weights)
+    w_ih, w_hh, b_ih, b_hh, w_hr = (None if w is None else _weight_array(w) for w in weights)
     checked = _api.check_weights(_check_cell(cell), w_ih, w_hh, b_ih, b_hh, w_hr is not None)
-    pack = _core.Pack(cell, *checked, w_hr=_api.check_pack_variants(w_hr, None, checked[1])[0])
+    pack = _core.Pack(cell, *checked, w_hr=_api.check_pack_variants(w_hr, None, checked[1])[0],
+                      backward=precision != "int8", precision=prec)
     def drop(_: Any) -> None:
         _PACKS.pop(key, None)
 
@@ -153,12 +167,15 @@ def _pack(cell: int, weights: tuple[Tensor | None, ...]) -> Any:
 
 
 def _stack_args(cell: int, num_layers: int, bidirectional: bool, x: Tensor,
-                weights: list[Tensor], lengths: Tensor | None, masks: list[Tensor]
-                ) -> tuple[list[Any], int, Array, Array | None, list[Array]]:
+                weights: list[Tensor], lengths: Tensor | None, masks: list[Tensor],
+                precision: str) -> tuple[list[Any], int, Array, Array | None, list[Array]]:
     """The packs, D, x (T, B, I) as a C-contiguous array, lengths (B,) int64 or None and the
     masks (T, B, D*P) of a stack call, checked (P = H without a projection)."""
     D = 2 if bidirectional else 1
-    packs = [_pack(cell, w) for w in _per_direction(weights, num_layers, D)]
+    prec = _api.check_precision(precision, np.dtype(np.float32))
+    if prec == "float" and any(w.dtype == _BF16 for w in weights):
+        raise ValueError("weights: bfloat16 weights run with precision='bf16' only")
+    packs = [_pack(cell, w, prec) for w in _per_direction(weights, num_layers, D)]
     xa = _array(x)
     first = packs[0]
     if xa.ndim != 3 or xa.shape[2] != first.input_size or xa.dtype != first.dtype:
@@ -187,20 +204,22 @@ def _check_states(names: tuple[str, str], states: tuple[Tensor | None, Tensor | 
 @torch.library.custom_op("rnnkern::stack", mutates_args=(), device_types="cpu")
 def stack(cell: int, num_layers: int, bidirectional: bool, training: bool, x: Tensor,
           h0: Tensor | None, c0: Tensor | None, weights: list[Tensor], lengths: Tensor | None,
-          masks: list[Tensor]) -> list[Tensor]:
+          masks: list[Tensor], precision: str) -> list[Tensor]:
     """A whole stack: x (T, B, I), h0 (L*D, B, P), c0 (L*D, B, H) or None, weights as torch's
     _flat_weights (per (layer, direction) w_ih (G*H, F), w_hh (G*H, P), with bias b_ih, b_hh
     (G*H,), with an LSTM projection w_hr (P, H); P = H without), lengths (B,) int64 in 1..T or
     None, masks: none or L-1 dropout masks (T, B, D*P) multiplying each layer's output but the
-    last's.
+    last's; precision of the products (docs/precision.md): "bf16" and "int8" take float32 x,
+    h0, c0, masks and float32 or (bf16) bfloat16 weights; int8 with ``training`` is an error.
 
     Returns [y (T, B, D*P) zero past each length, h_n (L*D, B, P), c_n (L*D, B, H) (lstm),
     then if ``training`` per (layer, direction): its input in its kernel's time order (empty
     for the first: x), hs (T+1, B, P), cs (T+1, B, H) (lstm), gates (T, B, G*H) (lstm, gru),
     aux (T, B, H) (gru, projected lstm)].
     """
+    _api.check_precision(precision, np.dtype(np.float32), training)
     packs, D, xa, lens, mask_arrays = _stack_args(cell, num_layers, bidirectional, x, weights,
-                                                  lengths, masks)
+                                                  lengths, masks, precision)
     h0a, c0a = _check_states(("h0", "c0"), (h0, c0), num_layers * D, xa.shape[1], packs[0],
                              xa.dtype)
     y, h_n, c_n, saved = _stack.forward(packs, D, xa, h0a, c0a, lens, mask_arrays,
@@ -222,7 +241,7 @@ def stack(cell: int, num_layers: int, bidirectional: bool, training: bool, x: Te
 @stack.register_fake
 def _stack_fake(cell: int, num_layers: int, bidirectional: bool, training: bool, x: Tensor,
                 h0: Tensor | None, c0: Tensor | None, weights: list[Tensor],
-                lengths: Tensor | None, masks: list[Tensor]) -> list[Tensor]:
+                lengths: Tensor | None, masks: list[Tensor], precision: str) -> list[Tensor]:
     """stack's results as empty tensors of the right shapes (rnnkern::cache_layout's)."""
     name = _check_cell(cell)
     D = 2 if bidirectional else 1
@@ -255,16 +274,16 @@ def _sizes(name: str, weights: list[Tensor], n: int) -> tuple[int, int, int, boo
 def stack_backward(cell: int, num_layers: int, bidirectional: bool, x: Tensor,
                    weights: list[Tensor], lengths: Tensor | None, masks: list[Tensor],
                    saved: list[Tensor], dy: Tensor | None, dh_n: Tensor | None,
-                   dc_n: Tensor | None) -> list[Tensor]:
-    """The gradients of a training ``stack`` call: its x, weights, lengths, masks and saved
-    results (those after y, h_n, c_n), dy (T, B, D*P), dh_n (L*D, B, P), dc_n (L*D, B, H)
-    (None: zeros).
+                   dc_n: Tensor | None, precision: str) -> list[Tensor]:
+    """The gradients of a training ``stack`` call: its x, weights, lengths, masks, saved
+    results (those after y, h_n, c_n) and precision, dy (T, B, D*P), dh_n (L*D, B, P), dc_n
+    (L*D, B, H) (None: zeros).
 
     Returns [dx (T, B, I), dh0 (L*D, B, P), dc0 (L*D, B, H) (lstm), then the gradients of the
-    weights, in their order].
+    weights, in their order and dtypes].
     """
     packs, D, xa, lens, mask_arrays = _stack_args(cell, num_layers, bidirectional, x, weights,
-                                                  lengths, masks)
+                                                  lengths, masks, precision)
     n = num_layers * D
     if len(saved) != _SAVED * n:
         raise ValueError(f"saved: expected the {_SAVED * n} saved results of a training stack "
@@ -279,14 +298,15 @@ def stack_backward(cell: int, num_layers: int, bidirectional: bool, x: Tensor,
     dx, dh0, dc0, weight_grads = _stack.backward(
         _stack.Saved(tuple(packs), xs, buffers, mask_arrays, lens, D), dya, dh, dc)
     flat = [g for grads in weight_grads for g in grads if g is not None]
-    return [_tensor(a, x.dtype) for a in (dx, dh0, dc0, *flat)]
+    return [*(_tensor(a, x.dtype) for a in (dx, dh0, dc0)),
+            *(_tensor(g, x.dtype).to(w.dtype) for g, w in zip(flat, weights))]
 
 
 @stack_backward.register_fake
 def _stack_backward_fake(cell: int, num_layers: int, bidirectional: bool, x: Tensor,
                          weights: list[Tensor], lengths: Tensor | None, masks: list[Tensor],
                          saved: list[Tensor], dy: Tensor | None, dh_n: Tensor | None,
-                         dc_n: Tensor | None) -> list[Tensor]:
+                         dc_n: Tensor | None, precision: str) -> list[Tensor]:
     """stack_backward's results as empty tensors of the right shapes."""
     name = _check_cell(cell)
     n = num_layers * (2 if bidirectional else 1)
@@ -298,11 +318,12 @@ def _stack_backward_fake(cell: int, num_layers: int, bidirectional: bool, x: Ten
 
 
 def _stack_setup_context(ctx: Any, inputs: tuple[Any, ...], output: list[Tensor]) -> None:
-    cell, num_layers, bidirectional, training, x, h0, c0, weights, lengths, masks = inputs
+    cell, num_layers, bidirectional, training, x, h0, c0, weights, lengths, masks, prec = inputs
     saved = output[3:]  # empty if training was False
     ctx.mark_non_differentiable(*saved, *(() if cell == _functional._LSTM else output[2:3]))
     ctx.set_materialize_grads(False)  # None stays None: the kernels take dy=None, dh_n=None
     ctx.args = cell, num_layers, bidirectional
+    ctx.precision = prec
     ctx.training, ctx.counts = training, (len(weights), len(masks), len(saved))
     ctx.states = h0 is not None, c0 is not None
     # Saving x and the weights makes autograd raise if they are changed in place before the
@@ -322,7 +343,7 @@ def _stack_backward_formula(ctx: Any, grads: list[Tensor | None]) -> tuple[Any, 
     with torch.no_grad():
         lstm = ctx.args[0] == _functional._LSTM  # else c_n is an empty (0,) result
         out = stack_backward(*ctx.args, x, weights, lengths, masks, saved, dy, dh_n,
-                             dc_n if lstm else None)
+                             dc_n if lstm else None, ctx.precision)
     dx, dh0, dc0 = out[0], *(g if given else None for g, given in zip(out[1:3], ctx.states))
     dws: list[Tensor | None] = list(out[3:])
     if torch.is_grad_enabled():  # create_graph=True: make differentiating them raise
@@ -330,7 +351,7 @@ def _stack_backward_formula(ctx: Any, grads: list[Tensor | None]) -> tuple[Any, 
         wrap = _NoDoubleBackward.apply
         dx, dh0, dc0 = (None if g is None else wrap(g, *live) for g in (dx, dh0, dc0))  # type: ignore[no-untyped-call]
         dws = [wrap(g, *live) for g in dws]  # type: ignore[no-untyped-call]
-    return (None, None, None, None, dx, dh0, dc0, dws, None, [None] * n_m)
+    return (None, None, None, None, dx, dh0, dc0, dws, None, [None] * n_m, None)
 
 
 stack.register_autograd(_stack_backward_formula, setup_context=_stack_setup_context)
@@ -360,14 +381,15 @@ class _NoDoubleBackward(torch.autograd.Function):
 
 
 def _check_tensor(name: str, t: object, meta: bool = False) -> Tensor:
-    """``t`` if it is a CPU float32/float64 tensor (or on the meta device if ``meta``), else a
-    TypeError naming ``name``."""
+    """``t`` if it is a CPU float32/float64/bfloat16 tensor (or on the meta device if ``meta``),
+    else a TypeError naming ``name``."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if t.device.type != "cpu" and not (meta and t.device.type == "meta"):
         raise TypeError(f"{name}: rnnkern.torch runs on the CPU only, got device {t.device}")
     if t.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name}: dtype {t.dtype} is not supported (float32 or float64)")
+        raise TypeError(f"{name}: dtype {t.dtype} is not supported (float32, float64 or "
+                        f"bfloat16)")
     return t
 
 
@@ -398,10 +420,11 @@ def _packed_noise(shape: tuple[int, ...], dtype: torch.dtype, packed: PackedSequ
 
 
 def _run_stack(module: torch.nn.RNNBase, x: Tensor, h0: Tensor | None, c0: Tensor | None,
-               lengths: Tensor | None,
-               packed: PackedSequence | None) -> tuple[Tensor, Tensor, Tensor | None]:
+               lengths: Tensor | None, packed: PackedSequence | None,
+               precision: str = "float") -> tuple[Tensor, Tensor, Tensor | None]:
     """All layers and directions on x (T, B, I) in one ``stack`` call; h0, c0 (L*D, B, H) or
-    None; lengths (B,) int64 or None.
+    None; lengths (B,) int64 or None; precision of the products (x, h0, c0 float32 unless
+    "float").
 
     Returns output (T, B, D*H) zero past each length, h_n (L*D, B, H), c_n (L*D, B, H) or None.
     """
@@ -420,8 +443,14 @@ def _run_stack(module: torch.nn.RNNBase, x: Tensor, h0: Tensor | None, c0: Tenso
                          else _packed_noise(shape, x.dtype, packed, module.dropout))
     keep = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, *weights))
+    if keep and precision == "int8":
+        raise ValueError(
+            "precision: 'int8' is inference only (rnnkern.torch.convert(model, "
+            "precision='int8')) and this call would record gradients: run it under "
+            "torch.no_grad() or torch.inference_mode(), or set requires_grad_(False) on the "
+            "parameters and inputs")
     y, h_n, c_n, *_ = stack(_CELL_IDS[module.mode], module.num_layers, module.bidirectional,
-                            keep, x, h0, c0, weights, lengths, masks)
+                            keep, x, h0, c0, weights, lengths, masks, precision)
     return y, h_n, (c_n if module.mode == "LSTM" else None)
 
 
@@ -469,10 +498,17 @@ def _forward(module: torch.nn.RNNBase, input: object,
             x = x.transpose(0, 1)  # (T, B, I)
         if x.shape[0] == 0:  # torch's own error (raised by its kernels)
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    precision, dtypes = _lower_precision(module, x, packed is not None)
     for name, t in (("h_0", h0), ("c_0", c0)):
-        if t is not None and t.dtype != x.dtype:
+        if t is not None and t.dtype != x.dtype and not _autocast_bf16():  # autocast casts
             raise TypeError(f"{name}: dtype {t.dtype} does not match the input's dtype {x.dtype}")
-    out, h_n, c_n = _run_stack(module, x, h0, c0, lengths, packed)
+    if dtypes is not None:  # the kernels take float32, exact for bfloat16 values
+        x = x.float()
+        h0, c0 = (None if t is None else t.float() for t in (h0, c0))
+    out, h_n, c_n = _run_stack(module, x, h0, c0, lengths, packed, precision)
+    if dtypes is not None:  # autograd casts the gradients back
+        out, h_n = out.to(dtypes[0]), h_n.to(dtypes[1])
+        c_n = None if c_n is None else c_n.to(dtypes[2])
     output: Tensor | PackedSequence
     if packed is not None:
         assert lengths is not None
@@ -490,6 +526,44 @@ def _forward(module: torch.nn.RNNBase, input: object,
     else:
         output = out.transpose(0, 1) if module.batch_first else out  # a view, as torch returns
     return output, (h_n if c_n is None else (h_n, c_n))
+
+
+# ----------------------------------------------------------------------------- bf16 and int8
+
+
+def _autocast_bf16() -> bool:
+    """Whether ``torch.autocast("cpu", dtype=torch.bfloat16)`` is on."""
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == _BF16
+
+
+def _lower_precision(module: torch.nn.RNNBase, x: Tensor, packed: bool
+                     ) -> tuple[str, tuple[torch.dtype, ...] | None]:
+    """The precision of the products for input x (T, B, I) (torch's check_input has matched it
+    to the weights' dtype, but under autocast), and the dtypes of (output, h_n, c_n) torch's
+    module gives, or None: x's own, float32 or float64, nothing to cast.
+
+    A bfloat16 module and input run in "bf16" and return bfloat16. Under CPU autocast to
+    bfloat16, float32 or bfloat16 modules run in "bf16" (torch multiplies in bfloat16 there too)
+    and return what torch 2.13's own module returns (tests/test_torch_precision.py compares):
+    bfloat16 for RNN, for a bfloat16 input and for an LSTM on a tensor without projection
+    (oneDNN's LSTM); float32 for GRU and for an LSTM's c_n, and for its output and h_n on a
+    packed input without projection (torch's own cells, whose c stays float32). Otherwise the
+    precision ``convert`` gave the module ("float" by default).
+    """
+    chosen: str = getattr(module, "_rnnkern_precision", "float")
+    weights = getattr(module, module._flat_weights_names[0]).dtype
+    f32 = torch.float32
+    if (_autocast_bf16() and chosen != "int8" and x.dtype in (f32, _BF16)
+            and weights in (f32, _BF16)):
+        if x.dtype == _BF16 or module.mode.startswith("RNN"):
+            return "bf16", (_BF16,) * 3
+        if module.mode == "GRU":
+            return "bf16", (f32,) * 3
+        h = _BF16 if module.proj_size or not packed else f32
+        return "bf16", (h, h, f32 if module.proj_size or packed else _BF16)
+    if x.dtype == _BF16:
+        return "bf16", (_BF16,) * 3
+    return chosen, None
 
 
 # ----------------------------------------------------------------------------- the modules
@@ -580,35 +654,56 @@ def _drop_in(module: torch.nn.RNNBase) -> torch.nn.RNNBase:
     return new
 
 
-def convert(model: torch.nn.Module) -> torch.nn.Module:
+def convert(model: torch.nn.Module, precision: str = "float") -> torch.nn.Module:
     """Replace every ``torch.nn.LSTM`` / ``GRU`` / ``RNN`` in ``model`` by rnnkern's, in place
-    (and every ``LSTMCell`` / ``GRUCell`` / ``RNNCell``).
+    (and every ``LSTMCell`` / ``GRUCell`` / ``RNNCell``), running ``precision``.
+
+    precision (docs/precision.md): "float" computes in the parameters' dtype; "bf16" multiplies
+    bfloat16-rounded operands and sums in float32 (float32 parameters, inputs and results;
+    training too); "int8" (float32, inference only: a call that would record gradients raises
+    ValueError naming precision) multiplies int8 weights by u8 activations. Replaced modules
+    and drop-ins already in ``model`` get the precision.
 
     Submodules are searched recursively; exact instances of the three torch classes are replaced
     (subclasses are left alone: they may have their own forward). The replacements hold the same
     Parameter objects (so the state_dict is unchanged and an optimizer made before keeps
     working) and the same training mode; hooks registered on the replaced modules are not
     carried over. Returns ``model``, or its replacement when ``model`` itself is such a module.
-    Raises TypeError for parameters that are not float32/float64 on the CPU, naming the
-    submodule.
+    Raises TypeError for parameters that are not float32/float64/bfloat16 on the CPU (float32
+    for "int8", float32 or bfloat16 for "bf16"), naming the submodule.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    return _convert(model, "model")
+    _api.check_precision(precision, np.dtype(np.float32))
+    return _convert(model, "model", precision)
 
 
-def _convert(module: torch.nn.Module, path: str) -> torch.nn.Module:
-    if type(module) in CELL_DROP_INS:
-        return drop_in_cell(module)
-    if type(module) in _DROP_INS:
+def _convert(module: torch.nn.Module, path: str, precision: str) -> torch.nn.Module:
+    if type(module) in CELL_DROP_INS or isinstance(module, tuple(CELL_DROP_INS.values())):
+        new = drop_in_cell(module) if type(module) in CELL_DROP_INS else module
+        return _with_precision(new, path, precision)
+    if type(module) in _DROP_INS or isinstance(module, _OnRnnkern):
         try:
-            return _drop_in(module)  # type: ignore[arg-type]
+            new = module if isinstance(module, _OnRnnkern) else _drop_in(module)  # type: ignore[arg-type]
         except (TypeError, ValueError) as e:
             raise type(e)(f"{path}: {e}") from None
+        return _with_precision(new, path, precision)
     for name, child in list(module.named_children()):
-        new = _convert(child, f"{path}.{name}")
+        new = _convert(child, f"{path}.{name}", precision)
         if new is not child:
             setattr(module, name, new)
+    return module
+
+
+def _with_precision(module: torch.nn.Module, path: str, precision: str) -> torch.nn.Module:
+    """``module`` (a drop-in) set to run ``precision``; TypeError naming ``path`` if its
+    parameters' dtype does not take it."""
+    allowed = {"float": _FLOAT_DTYPES, "bf16": (torch.float32, _BF16), "int8": (torch.float32,)}
+    for name, p in module.named_parameters():
+        if p.dtype not in allowed[precision]:
+            raise TypeError(f"{path}: precision {precision!r} takes float32 parameters, got "
+                            f"{name} of dtype {p.dtype}")
+    module._rnnkern_precision = precision  # type: ignore[assignment]
     return module
 
 

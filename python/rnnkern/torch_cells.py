@@ -8,7 +8,8 @@ changing one in place before the backward raises torch's own error.
 
 What the kernels do not run goes to torch's own cell, unchanged: anything but CPU float32 /
 float64 tensors of the parameters' dtype with exactly the expected shapes (so a wrong shape gets
-torch's own error message), an empty batch or a zero hidden size.
+torch's own error message), an empty batch or a zero hidden size; bfloat16 cells, and CPU
+autocast (with torch's dtypes) unless ``rnnkern.torch.convert`` gave the cell a precision.
 """
 from __future__ import annotations
 
@@ -80,9 +81,11 @@ class _CellFunction(torch.autograd.Function):
         return tuple(out)
 
 
-def _pack(module: Any, cell: str, weights: tuple[Tensor | None, ...]) -> F.PackedWeights:
-    """The module's weights packed, made again when one changed (version, memory) or the ISA."""
-    key = [F.isa_generation[0]]
+def _pack(module: Any, cell: str, weights: tuple[Tensor | None, ...],
+          precision: str) -> F.PackedWeights:
+    """The module's weights packed for ``precision``, made again when one changed (version,
+    memory), the precision or the ISA."""
+    key: list[Any] = [F.isa_generation[0], precision]
     for w in weights:
         if w is not None:
             key += (id(w), w._version, w.data_ptr())
@@ -91,11 +94,11 @@ def _pack(module: Any, cell: str, weights: tuple[Tensor | None, ...]) -> F.Packe
         return cached[1]  # type: ignore[no-any-return]
     arrays: list[Any] = [None if w is None else w.detach().numpy() for w in weights]
     if cell == "lstm":
-        pack = F.lstm_pack(*arrays)
+        pack = F.lstm_pack(*arrays, precision=precision)
     elif cell == "gru":
-        pack = F.gru_pack(*arrays)
+        pack = F.gru_pack(*arrays, precision=precision)
     else:
-        pack = F.rnn_pack(*arrays, nonlinearity=module.nonlinearity)
+        pack = F.rnn_pack(*arrays, nonlinearity=module.nonlinearity, precision=precision)
     module.__dict__["_rnnkern_pack"] = (key, pack)
     return pack
 
@@ -125,12 +128,20 @@ def _forward(module: Any, cell: str, input: Any, hx: Any) -> Any:
         return super(type(module), module).forward(input, hx)
     p = module._parameters
     weights = (p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
+    # set by rnnkern.torch.convert(model, precision=...)
+    precision: str = module.__dict__.get("_rnnkern_precision", "float")
     if (not _fits(module, input, (h0, c0), weights[1])
-            or lstm and (h0 is None) != (c0 is None)):  # torch takes both or neither
+            or lstm and (h0 is None) != (c0 is None)  # torch takes both or neither
+            or precision == "float" and torch.is_autocast_enabled("cpu")):  # torch's casts
         return super(type(module), module).forward(input, hx)  # torch's own checks and errors
-    pack = _pack(module, cell, weights)
+    pack = _pack(module, cell, weights, precision)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                        for t in (input, h0, c0, *weights)):
+        if precision == "int8":
+            raise ValueError(
+                f"precision: 'int8' is inference only ({type(module).__name__} converted with "
+                f"precision='int8') and this call would record gradients: run it under "
+                f"torch.no_grad() or torch.inference_mode()")
         return _CellFunction.apply(pack, input, h0, c0, *weights)  # type: ignore[no-untyped-call]
     # nothing to differentiate: no autograd node (its cost is a third of a B=1 step)
     h, c, _ = _step(pack, input, h0, c0, False)

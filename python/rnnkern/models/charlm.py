@@ -23,7 +23,8 @@ class CharLM(Model):
 
     Layers: ``embed`` Embedding(vocab_size, embed_dim), ``rnn`` the recurrent layer of ``cell``
     ("lstm", "gru" or "rnn") with ``num_layers`` layers of ``hidden_size`` and ``dropout``
-    between them (``precision`` of its products: "float" or "bf16"), ``head`` Linear(hidden_size,
+    between them (``precision`` of its products: "float", "bf16" or, for inference, "int8"),
+    ``head`` Linear(hidden_size,
     vocab_size). Trained by truncated BPTT: each
     chunk starts from the previous chunk's final state, and no gradient crosses the boundary.
     """
@@ -46,6 +47,13 @@ class CharLM(Model):
                             precision))
         self.head: nn.Linear = self._add(
             "head", nn.Linear(hidden_size, vocab_size, dtype=dtype, seed=rng))
+
+    def with_precision(self, precision: str) -> CharLM:
+        """A copy of this model (same parameters, copied) whose recurrent layer runs
+        ``precision`` ("float", "bf16", or "int8": inference only, e.g. `evaluate`, `sample`)."""
+        model = CharLM(**{**self.config, "precision": precision})
+        model.load_state_dict(self.state_dict())
+        return model
 
     def forward(self, ids: IntArray, state: Optional[State] = None, training: bool = False
                 ) -> Tuple[Array, State]:
