@@ -346,6 +346,43 @@ def test_in_place_change_before_backward_raises() -> None:
         out.sum().backward()
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_eager_path_equals_the_operator(cell: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eager calls skip torch.ops.rnnkern.stack (rnnkern.torch._StackFunction, or no autograd
+    node under no_grad): outputs, final states and every gradient are the operator's, bit for
+    bit (2 layers, bidirectional, lengths, h0 given, a dropout mask, and under no_grad)."""
+    torch.manual_seed(0)
+    _, ours = make_pair(cell, torch.float64, num_layers=2, bidirectional=True, dropout=0.5)
+    x = torch.rand(T, B, I, dtype=torch.float64)
+    h0 = torch.rand(4, B, H, dtype=torch.float64)
+    hx = (h0, torch.rand(4, B, H, dtype=torch.float64)) if cell == "lstm" else h0
+
+    def run() -> list[torch.Tensor]:
+        torch.manual_seed(1)  # the same dropout masks
+        xg = x.clone().requires_grad_()
+        states = [t.clone().requires_grad_() for t in (hx if cell == "lstm" else (hx,))]
+        ours.zero_grad()
+        packed = pack_padded_sequence(xg, torch.tensor(UNSORTED), enforce_sorted=False)
+        out, h_n = ours(packed, tuple(states) if cell == "lstm" else states[0])
+        finals = list(h_n) if cell == "lstm" else [h_n]
+        (out.data.sum() + sum((f * f).sum() for f in finals)).backward()
+        with torch.no_grad():
+            y_eval = ours.eval()(x, hx)[0]
+        ours.train()
+        return [out.data, *finals, xg.grad, *(s.grad for s in states),
+                *(p.grad for p in ours.parameters()), y_eval]
+
+    calls: list[int] = []
+    apply = rt._StackFunction.apply
+    monkeypatch.setattr(rt._StackFunction, "apply", lambda *a: calls.append(1) or apply(*a))
+    eager = run()
+    assert calls == [1]  # the training call; the no_grad one runs without autograd
+    monkeypatch.setattr(rt, "_eager", lambda tensors: False)
+    for got, want in zip(run(), eager, strict=True):
+        assert torch.equal(got, want)
+    assert calls == [1]
+
+
 def test_double_backward_raises_clearly() -> None:
     _, ours = make_pair("lstm", torch.float64)
     x = torch.rand(T, B, I, dtype=torch.float64, requires_grad=True)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Union, overload
 
 import numpy as np
@@ -201,6 +201,37 @@ def _check_states(names: tuple[str, str], states: tuple[Tensor | None, Tensor | 
                                              ("P" if pack.has_projection else "H", "H"))]
 
 
+def _stack_forward(cell: int, num_layers: int, bidirectional: bool, training: bool, x: Tensor,
+                   h0: Tensor | None, c0: Tensor | None, weights: list[Tensor],
+                   lengths: Tensor | None, masks: list[Tensor], precision: str
+                   ) -> tuple[Array, Array, Array | None, _stack.Saved | None]:
+    """The arguments of `stack` checked and run (rnnkern._stack.forward): y (T, B, D*P), h_n
+    (L*D, B, P), c_n (L*D, B, H) or None, and the Saved of a training call."""
+    _api.check_precision(precision, np.dtype(np.float32), training)
+    packs, D, xa, lens, mask_arrays = _stack_args(cell, num_layers, bidirectional, x, weights,
+                                                  lengths, masks, precision)
+    h0a, c0a = _check_states(("h0", "c0"), (h0, c0), num_layers * D, xa.shape[1], packs[0],
+                             xa.dtype)
+    return _stack.forward(packs, D, xa, h0a, c0a, lens, mask_arrays, bool(training))
+
+
+def _stack_grads(saved: _stack.Saved, dtype: torch.dtype, weight_dtypes: list[torch.dtype],
+                 dy: Tensor | None, dh_n: Tensor | None, dc_n: Tensor | None) -> list[Tensor]:
+    """The gradients of a training stack call (rnnkern._stack.backward): dx (T, B, I), dh0
+    (L*D, B, P), dc0 (L*D, B, H) (lstm, else empty) as ``dtype`` tensors, then those of the
+    weights in torch's _flat_weights order, in ``weight_dtypes``; dy (T, B, D*P), dh_n, dc_n
+    checked here (None: zeros)."""
+    xa, packs, D = saved.xs[0], saved.packs, saved.directions
+    T, B, _ = xa.shape
+    dya = _api.check_grad("dy", _array(dy), (T, B, D * packs[0].output_size), xa.dtype,
+                          ("T", "B", "D*P"))
+    dh, dc = _check_states(("dh_n", "dc_n"), (dh_n, dc_n), len(packs), B, packs[0], xa.dtype)
+    dx, dh0, dc0, weight_grads = _stack.backward(saved, dya, dh, dc)
+    flat = [g for grads in weight_grads for g in grads if g is not None]
+    return [*(_tensor(a, dtype) for a in (dx, dh0, dc0)),
+            *(_tensor(g, dtype).to(wd) for g, wd in zip(flat, weight_dtypes))]
+
+
 @torch.library.custom_op("rnnkern::stack", mutates_args=(), device_types="cpu")
 def stack(cell: int, num_layers: int, bidirectional: bool, training: bool, x: Tensor,
           h0: Tensor | None, c0: Tensor | None, weights: list[Tensor], lengths: Tensor | None,
@@ -217,16 +248,12 @@ def stack(cell: int, num_layers: int, bidirectional: bool, training: bool, x: Te
     for the first: x), hs (T+1, B, P), cs (T+1, B, H) (lstm), gates (T, B, G*H) (lstm, gru),
     aux (T, B, H) (gru, projected lstm)].
     """
-    _api.check_precision(precision, np.dtype(np.float32), training)
-    packs, D, xa, lens, mask_arrays = _stack_args(cell, num_layers, bidirectional, x, weights,
-                                                  lengths, masks, precision)
-    h0a, c0a = _check_states(("h0", "c0"), (h0, c0), num_layers * D, xa.shape[1], packs[0],
-                             xa.dtype)
-    y, h_n, c_n, saved = _stack.forward(packs, D, xa, h0a, c0a, lens, mask_arrays,
-                                        bool(training))
+    y, h_n, c_n, saved = _stack_forward(cell, num_layers, bidirectional, training, x, h0, c0,
+                                        weights, lengths, masks, precision)
     results: list[Array | None] = [y, h_n, c_n]
     if saved is not None:
-        padded = None if lens is None else np.arange(xa.shape[0])[:, None] >= lens[None, :]
+        lens = saved.lengths
+        padded = None if lens is None else np.arange(y.shape[0])[:, None] >= lens[None, :]
         for k, (xk, buffers) in enumerate(zip(saved.xs, saved.buffers)):
             if padded is not None:
                 # The kernels leave gates and aux unwritten past each length (the backward never
@@ -291,15 +318,8 @@ def stack_backward(cell: int, num_layers: int, bidirectional: bool, x: Tensor,
     arrays = [_array(t) for t in saved]
     xs = [xa, *arrays[_SAVED::_SAVED]]
     buffers = [tuple(arrays[_SAVED * k + 1:_SAVED * (k + 1)]) for k in range(n)]
-    T, B, _ = xa.shape
-    P = packs[0].output_size
-    dya = _api.check_grad("dy", _array(dy), (T, B, D * P), xa.dtype, ("T", "B", "D*P"))
-    dh, dc = _check_states(("dh_n", "dc_n"), (dh_n, dc_n), n, B, packs[0], xa.dtype)
-    dx, dh0, dc0, weight_grads = _stack.backward(
-        _stack.Saved(tuple(packs), xs, buffers, mask_arrays, lens, D), dya, dh, dc)
-    flat = [g for grads in weight_grads for g in grads if g is not None]
-    return [*(_tensor(a, x.dtype) for a in (dx, dh0, dc0)),
-            *(_tensor(g, x.dtype).to(w.dtype) for g, w in zip(flat, weights))]
+    return _stack_grads(_stack.Saved(tuple(packs), xs, buffers, mask_arrays, lens, D), x.dtype,
+                        [w.dtype for w in weights], dy, dh_n, dc_n)
 
 
 @stack_backward.register_fake
@@ -344,14 +364,59 @@ def _stack_backward_formula(ctx: Any, grads: list[Tensor | None]) -> tuple[Any, 
         lstm = ctx.args[0] == _functional._LSTM  # else c_n is an empty (0,) result
         out = stack_backward(*ctx.args, x, weights, lengths, masks, saved, dy, dh_n,
                              dc_n if lstm else None, ctx.precision)
-    dx, dh0, dc0 = out[0], *(g if given else None for g, given in zip(out[1:3], ctx.states))
-    dws: list[Tensor | None] = list(out[3:])
+    dx, dh0, dc0, dws = _input_grads(out, ctx.states, (x, *weights, *anchors))
+    return (None, None, None, None, dx, dh0, dc0, dws, None, [None] * n_m, None)
+
+
+def _input_grads(out: list[Tensor], states: tuple[bool, bool], inputs: Sequence[Tensor | None]
+                 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, list[Tensor]]:
+    """dx, dh0, dc0 (None where h0 / c0 was not given: ``states``) and the weights' gradients
+    from _stack_grads' ``out``; under create_graph=True each is wrapped so that differentiating
+    it raises (``inputs``: the stack's tensor inputs, the anchors)."""
+    dx: Tensor | None = out[0]
+    dh0, dc0 = (g if given else None for g, given in zip(out[1:3], states))
+    dws = out[3:]
     if torch.is_grad_enabled():  # create_graph=True: make differentiating them raise
-        live = [t for t in (x, *weights, *anchors) if t is not None and t.requires_grad]
+        live = [t for t in inputs if t is not None and t.requires_grad]
         wrap = _NoDoubleBackward.apply
         dx, dh0, dc0 = (None if g is None else wrap(g, *live) for g in (dx, dh0, dc0))  # type: ignore[no-untyped-call]
         dws = [wrap(g, *live) for g in dws]  # type: ignore[no-untyped-call]
-    return (None, None, None, None, dx, dh0, dc0, dws, None, [None] * n_m, None)
+    return dx, dh0, dc0, dws
+
+
+class _StackFunction(torch.autograd.Function):
+    """The eager twin of ``stack`` and its autograd formula, for calls on plain CPU tensors that
+    nothing traces (`_eager`): the same work (_stack_forward, _stack_grads) without the
+    dispatcher's per-call cost of a custom operator (pytree flattening, alias checks: about 1 ms
+    per training step of a 2-layer bidirectional stack). The backward reuses the forward's packs
+    and buffers (no second check of the weights' bytes): the gradients of the forward that ran,
+    as rnnkern.nn. Autograd still raises if x, h0, c0 or a weight is changed in place before
+    the backward (they are saved).
+
+    apply(cell, num_layers, bidirectional, precision, lengths, masks, x, h0, c0, *weights) ->
+    (y, h_n), and c_n for the LSTM (the arguments of ``stack``, reordered so that autograd sees
+    every tensor that may require grad).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, cell: int, num_layers: int, bidirectional: bool, precision: str,
+                lengths: Tensor | None, masks: list[Tensor], x: Tensor, h0: Tensor | None,
+                c0: Tensor | None, *weights: Tensor) -> tuple[Tensor, ...]:
+        y, h_n, c_n, ctx.stack = _stack_forward(cell, num_layers, bidirectional, True, x, h0,
+                                                c0, list(weights), lengths, masks, precision)
+        ctx.set_materialize_grads(False)  # None stays None: the kernels take dy=None, dh_n=None
+        ctx.states = h0 is not None, c0 is not None
+        ctx.save_for_backward(x, h0, c0, *weights)
+        return tuple(_tensor(a, x.dtype) for a in (y, h_n, c_n) if a is not None)
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor | None, dh_n: Tensor | None,
+                 dc_n: Tensor | None = None) -> tuple[Any, ...]:
+        inputs = ctx.saved_tensors  # raises if one was changed in place since the forward
+        out = _stack_grads(ctx.stack, inputs[0].dtype, [w.dtype for w in inputs[3:]], dy, dh_n,
+                           dc_n)
+        dx, dh0, dc0, dws = _input_grads(out, ctx.states, inputs)
+        return (None, None, None, None, None, None, dx, dh0, dc0, *dws)
 
 
 stack.register_autograd(_stack_backward_formula, setup_context=_stack_setup_context)
@@ -449,9 +514,31 @@ def _run_stack(module: torch.nn.RNNBase, x: Tensor, h0: Tensor | None, c0: Tenso
             "precision='int8')) and this call would record gradients: run it under "
             "torch.no_grad() or torch.inference_mode(), or set requires_grad_(False) on the "
             "parameters and inputs")
-    y, h_n, c_n, *_ = stack(_CELL_IDS[module.mode], module.num_layers, module.bidirectional,
-                            keep, x, h0, c0, weights, lengths, masks, precision)
-    return y, h_n, (c_n if module.mode == "LSTM" else None)
+    cell, lstm = _CELL_IDS[module.mode], module.mode == "LSTM"
+    if not _eager((x, h0, c0, *weights)):
+        y, h_n, c_n, *_ = stack(cell, module.num_layers, module.bidirectional, keep, x, h0, c0,
+                                weights, lengths, masks, precision)
+        return y, h_n, (c_n if lstm else None)
+    if keep:
+        y, h_n, *c = _StackFunction.apply(cell, module.num_layers, module.bidirectional,  # type: ignore[no-untyped-call]
+                                          precision, lengths, masks, x, h0, c0, *weights)
+        return y, h_n, (c[0] if lstm else None)
+    ya, ha, ca, _ = _stack_forward(cell, module.num_layers, module.bidirectional, False, x, h0,
+                                   c0, weights, lengths, masks, precision)
+    return _tensor(ya, x.dtype), _tensor(ha, x.dtype), None if ca is None else _tensor(ca, x.dtype)
+
+
+def _eager(tensors: tuple[Tensor | None, ...]) -> bool:
+    """Whether a stack call may skip the ``stack`` operator (`_StackFunction`, or no autograd
+    at all): nothing traces it (torch.compile, torch.export, make_fx), no dispatch or torch
+    function mode is active (FakeTensorMode, a device context) and the tensors are plain."""
+    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
+            or torch._C._is_torch_function_mode_enabled()):
+        return False
+    return all(t is None or type(t) in _PLAIN for t in tensors)
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def _check_args(module: torch.nn.RNNBase, x: Tensor, hidden: object,
