@@ -294,7 +294,7 @@ def test_layer_trains_and_round_trips() -> None:
     target = np.tanh(np.cumsum(x, axis=0)[..., :1])  # (T, B, 1)
     opt = Adam(a.params, a.grads, lr=0.02)
     losses = []
-    for _ in range(30):
+    for _ in range(60):
         y, _ = a(x)
         err = y[..., :1] - target
         losses.append(float(np.mean(err ** 2)))
