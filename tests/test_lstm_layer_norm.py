@@ -5,30 +5,22 @@ pack equal to the call, and what the kernels refuse.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 from rnnkern_testing import as_dtype, make_lstm_variant_case, make_output_grads, rnn_acc_len
 from test_kernels_vs_reference import OPTIONS, _id, compare
+from test_lstm_projection import isa, run
 
 import rnnkern
 import rnnkern.reference
 
-SUPPORTED = rnnkern.config()["supported_isas"]
-DEFAULT_ISA = rnnkern.config()["isa"]
+__all__ = ["isa"]  # the fixture: every ISA of the machine in turn
 # (T, B, I, H): T = 1, B = 1, odd H, below, between and above every ISA's block
 KERNEL_SHAPES = [(1, 1, 1, 2), (1, 3, 5, 7), (7, 1, 3, 8), (3, 4, 17, 33), (13, 3, 7, 17)]
 LN_GRADS = ("dln_gates", "dln_cell")
-
-
-@pytest.fixture(params=SUPPORTED)
-def isa(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Each ISA this machine runs, in turn; the default one back afterwards."""
-    rnnkern.set_isa(request.param)
-    yield request.param
-    rnnkern.set_isa(DEFAULT_ISA)
 
 
 def case_and_grads(shape: tuple[int, ...], dtype: Any, options: dict[str, Any], seed: int,
@@ -45,11 +37,6 @@ def case_and_grads(shape: tuple[int, ...], dtype: Any, options: dict[str, Any], 
         if not options[name]:
             grads[name] = None
     return case, grads
-
-
-def run(backend: Any, case: dict[str, Any], grads: dict[str, Any], **kw: Any) -> tuple[Any, Any]:
-    out = backend.lstm_forward(**case, **kw)
-    return out, backend.lstm_backward(out.cache, **grads)
 
 
 @pytest.mark.parametrize("peep", [False, True], ids=["ln", "ln+peep"])
