@@ -54,13 +54,31 @@ def test_layer_norm_kernels_match_reference(isa: str, shape: tuple[int, ...], dt
     ref_out, ref_g = run(rnnkern.reference, as_dtype(case, np.float64),
                          as_dtype(grads, np.float64))
     acc_len = rnn_acc_len("lstm", T, B, I, H)
-    compare(out, ref_out, dtype, acc_len)
-    compare(g, ref_g, dtype, acc_len)
+    inference = rnnkern.lstm_forward(**case, training=False)
+    for got, want in ((out, ref_out), (g, ref_g), (inference, ref_out)):
+        if dtype == np.float64:
+            compare(got, want, dtype, acc_len)
+        else:
+            compare_float32(got, want)
     assert g._fields[7:] == (("dw_peep", *LN_GRADS) if peep else LN_GRADS)
     if case["lengths"] is not None:
         padded = np.arange(T)[:, None] >= case["lengths"][None, :]  # (T, B)
         assert np.all(out.y[padded] == 0) and np.all(g.dx[padded] == 0)
-    compare(rnnkern.lstm_forward(**case, training=False), ref_out, dtype, acc_len)
+
+
+def compare_float32(actual: Any, expected: Any) -> None:
+    """float32 layer norm against the float64 reference: every array within 1e-3 of its
+    largest magnitude. The norms' backward subtracts row means (d - mean(d) - z mean(d z)) and
+    multiplies by rstd, so an element near 0 keeps only the absolute error of the row, and
+    docs/tolerances.md's per-element bound (made for the plain cells' sums) does not hold for
+    it; float64 is held to those bounds and to 1e-10 (test_layer_norm_float64_close_...)."""
+    for name in actual._fields:
+        a, e = getattr(actual, name), getattr(expected, name)
+        if name == "cache" or e is None:
+            assert name == "cache" or a is None, name
+            continue
+        np.testing.assert_allclose(a, e, rtol=0, atol=1e-3 * max(float(np.abs(e).max()), 1e-30),
+                                   err_msg=name)
 
 
 def test_layer_norm_float64_close_to_reference() -> None:
