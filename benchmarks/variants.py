@@ -21,14 +21,19 @@ from typing import Any
 import timing  # does not import NumPy
 
 #: rnnkern's variants timed (the kernels' own).
-KERNEL_VARIANTS = ("peep", "proj")
+KERNEL_VARIANTS = ("peep", "proj", "ln")
 
 
 def variant_args(variant: str, H: int, draw: Callable[[tuple[int, ...]], Any]) -> dict[str, Any]:
     """lstm_forward's keywords of ``variant`` at hidden size H, arrays from ``draw(shape)``: the
-    peepholes, or the projection (P = H/2) with its w_hh (4H, P)."""
+    peepholes, the projection (P = H/2) with its w_hh (4H, P), or layer norm (gains and shift
+    near 1 and 0)."""
     if variant == "peep":
         return {"w_peep": draw((3, H))}
+    if variant == "ln":
+        ln_cell = draw((2, H))
+        ln_cell[0] += 1
+        return {"ln_gates": 1 + draw((2, 4 * H)), "ln_cell": ln_cell}
     return {"w_hr": draw((H // 2, H)), "w_hh": draw((4 * H, H // 2))}
 
 
@@ -43,12 +48,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def macs(variant: str, T: int, B: int, I: int, H: int, P: int, backward: bool) -> int:
     """Multiply-adds of the forward (or forward+backward) products and the variant's pointwise
-    extras (docs/lstm_variants.md: "Cost over the plain LSTM")."""
+    extras (docs/lstm_variants.md: "Cost over the plain LSTM"; layer norm: its operations)."""
     k = 3 if backward else 1  # forward + backward: three times the products
     per_row = {
         "plain": 4 * H * (I + H) * k,
         "peep": 4 * H * (I + H) * k + (3 * H if not backward else 9 * H),
         "proj": (4 * H * (I + P) + P * H) * k,
+        "ln": 4 * H * (I + H) * k + (45 * H if not backward else 115 * H),
     }[variant]
     return T * B * per_row
 

@@ -124,11 +124,22 @@ Sizes sizes(Cell cell, const py::object& x, const py::object& w_hh, const py::ob
 template <class F>
 rnnkern::Params<F> params(Sizes z, const py::object& w_ih, const py::object& w_hh,
                           const py::object& b_ih, const py::object& b_hh,
-                          const py::object& w_peep, const py::object& w_hr) {
+                          const py::object& w_peep, const py::object& w_hr,
+                          const py::object& ln_gates = py::none(),
+                          const py::object& ln_cell = py::none()) {
   const int64_t I = z.d.I, H = z.d.H, GH = z.G * H, P = rnnkern::h_size(z.d);
   return {data<F>(w_ih, "w_ih", {GH, I}), data<F>(w_hh, "w_hh", {GH, P}),
           data<F>(b_ih, "b_ih", {GH}, true), data<F>(b_hh, "b_hh", {GH}, true),
-          data<F>(w_peep, "w_peep", {3, H}, true), data<F>(w_hr, "w_hr", {P, H}, true), z.d.P};
+          data<F>(w_peep, "w_peep", {3, H}, true), data<F>(w_hr, "w_hr", {P, H}, true), z.d.P,
+          data<F>(ln_gates, "ln_gates", {2, GH}, true), data<F>(ln_cell, "ln_cell", {2, H}, true)};
+}
+
+// A forward's buffers for its backward: (hs, cs, gates, aux), and ln with layer norm (the
+// others' caches keep their four).
+py::tuple buffers_tuple(const py::object& hs, const py::object& cs, const py::object& gates,
+                        const py::object& aux, const py::object& ln) {
+  if (ln.is_none()) return py::make_tuple(hs, cs, gates, aux);
+  return py::make_tuple(hs, cs, gates, aux, ln);
 }
 
 // pk: run with these packed weights (w_ih ... b_hh unused), else pack w_ih ... b_hh per call.
@@ -164,10 +175,12 @@ Prepared prepare_forward(Cell cell, Sizes z, const py::object& x, const py::obje
   py::object cs = array_or_none<F>(training && L.cs, {T + 1, B, H});
   py::object gates = array_or_none<F>(training && L.gates, {T, B, GH});
   py::object aux = array_or_none<F>(training && L.aux, {T, B, H});
-  const rnnkern::Cache<F> cache{ptr<F>(hs), ptr<F>(cs), ptr<F>(gates), ptr<F>(aux)};
+  const bool ln = pk ? pk->has_layer_norm() : p.ln_gates != nullptr;
+  py::object lnc = array_or_none<F>(training && ln, {T, B, rnnkern::ln_width(H)});
+  const rnnkern::Cache<F> cache{ptr<F>(hs), ptr<F>(cs), ptr<F>(gates), ptr<F>(aux), ptr<F>(lnc)};
   F *yp = y.mutable_data(), *hnp = h_n.mutable_data(), *cnp = ptr<F>(c_n);
   const rnnkern::Dims d = z.d;
-  return {py::make_tuple(y, h_n, c_n, py::make_tuple(hs, cs, gates, aux)), [=] {
+  return {py::make_tuple(y, h_n, c_n, buffers_tuple(hs, cs, gates, aux, lnc)), [=] {
             const rnnkern::Cache<F>* cp = training ? &cache : nullptr;
             if (pk) rnnkern::forward<F>(*pk, d, xp, h0p, c0p, len, yp, hnp, cnp, cp);
             else rnnkern::forward<F>(cell, d, xp, h0p, c0p, p, len, yp, hnp, cnp, cp, prec);
@@ -194,17 +207,20 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
   const int64_t P = rnnkern::h_size(z.d);
   const bool lstm = rnnkern::cell_traits(cell).cell_state;
   const auto L = rnnkern::cache_layout(cell, z.d);
-  if (cache.size() != 4) throw py::type_error("cache: not a cache of this cell's forward");
+  const bool ln = pk && pk->has_layer_norm();
+  if (cache.size() != (ln ? 5u : 4u))
+    throw py::type_error("cache: not a cache of this cell's forward");
   // The forward's own buffers; backward only reads them.
   auto buf = [&](int i, bool present, const Shape& shape) {
     return present ? const_cast<F*>(data<F>(cache[i], "cache", shape)) : nullptr;
   };
-  rnnkern::Cache<F> c{buf(0, true, {T + 1, B, P}), buf(1, L.cs, {T + 1, B, H}),
-                      buf(2, L.gates, {T, B, GH}), buf(3, L.aux, {T, B, H})};
   const F* xp = data<F>(x, "x", {T, B, I});
   rnnkern::Params<F> p{};
   if (!pk) p = params<F>(z, w_ih, w_hh, py::none(), py::none(), w_peep, w_hr);
   const bool peep = pk ? pk->has_peepholes() : p.w_peep != nullptr;
+  rnnkern::Cache<F> c{buf(0, true, {T + 1, B, P}), buf(1, L.cs, {T + 1, B, H}),
+                      buf(2, L.gates, {T, B, GH}), buf(3, L.aux, {T, B, H}),
+                      buf(4, ln, {T, B, rnnkern::ln_width(H)})};
   const bool proj = z.d.P != 0;
   const int64_t* len = data<int64_t>(lengths, "lengths", {B}, true);
   for (int64_t b = 0; len && b < B; ++b)
@@ -217,9 +233,11 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
   py::object db_ih = array_or_none<F>(bias, {GH}), db_hh = array_or_none<F>(bias, {GH});
   py::object dw_peep = array_or_none<F>(peep, {3, H});
   py::object dw_hr = array_or_none<F>(proj, {P, H});
+  py::object dln_gates = array_or_none<F>(ln, {2, GH}), dln_cell = array_or_none<F>(ln, {2, H});
   const rnnkern::Grads<F> g{dx.mutable_data(), dh0.mutable_data(), ptr<F>(dc0),
                             dw_ih.mutable_data(), dw_hh.mutable_data(), ptr<F>(db_ih),
-                            ptr<F>(db_hh), ptr<F>(dw_peep), ptr<F>(dw_hr)};
+                            ptr<F>(db_hh), ptr<F>(dw_peep), ptr<F>(dw_hr), ptr<F>(dln_gates),
+                            ptr<F>(dln_cell)};
   const rnnkern::Dims d = z.d;
   // The seven, then the variants' gradients the weights call for, in the order of
   // rnnkern._api.LSTM_EXTRAS.
@@ -229,6 +247,7 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
     grads.append(o);
   if (proj) grads.append(dw_hr);
   if (peep) grads.append(dw_peep);
+  if (ln) grads.append(dln_gates), grads.append(dln_cell);
   py::tuple result(grads);
   return {result, [=] {
             if (pk) rnnkern::backward<F>(*pk, d, xp, len, c, dyp, dhp, dcp, g);
@@ -277,6 +296,7 @@ struct PackHandle {
   std::shared_ptr<const rnnkern::Pack<double>> f64;
   bool has_bias() const { return f32 ? f32->has_bias() : f64->has_bias(); }
   bool has_peepholes() const { return f32 ? f32->has_peepholes() : f64->has_peepholes(); }
+  bool has_layer_norm() const { return f32 ? f32->has_layer_norm() : f64->has_layer_norm(); }
   std::string isa() const { return f32 ? f32->isa() : f64->isa(); }
   template <class F>
   const rnnkern::Pack<F>* get(const py::object& x) const {
@@ -296,20 +316,26 @@ std::shared_ptr<const rnnkern::Pack<F>> make_pack(Cell cell, Sizes z,
                                                   const py::object& b_ih, const py::object& b_hh,
                                                   bool fwd, bool bwd, const py::object& w_peep,
                                                   const py::object& w_hr,
+                                                  const py::object& ln_gates,
+                                                  const py::object& ln_cell,
                                                   rnnkern::Precision prec) {
-  const rnnkern::Params<F> p = params<F>(z, w_ih, w_hh, b_ih, b_hh, w_peep, w_hr);
+  const rnnkern::Params<F> p = params<F>(z, w_ih, w_hh, b_ih, b_hh, w_peep, w_hr, ln_gates,
+                                         ln_cell);
   const int64_t I = z.d.I, H = z.d.H;
   if (p.w_peep && !rnnkern::cell_traits(cell).peepholes)
     throw py::value_error("w_peep: only lstm has peepholes");
   if ((p.b_ih == nullptr) != (p.b_hh == nullptr))
     throw py::value_error("b_ih, b_hh: both arrays or both None");
+  if ((p.ln_gates == nullptr) != (p.ln_cell == nullptr))
+    throw py::value_error("ln_gates, ln_cell: both arrays or both None");
   py::gil_scoped_release release;
   return std::make_shared<const rnnkern::Pack<F>>(cell, I, H, p, fwd, bwd, prec);
 }
 
 PackHandle pack_any(int cell_id, const py::object& w_ih, const py::object& w_hh,
                     const py::object& b_ih, const py::object& b_hh, bool fwd, bool bwd,
-                    const py::object& w_peep, const py::object& w_hr, int precision) {
+                    const py::object& w_peep, const py::object& w_hr, int precision,
+                    const py::object& ln_gates, const py::object& ln_cell) {
   Cell cell = to_cell(cell_id);
   const auto prec = to_precision(precision);
   for (auto [o, name] : {std::pair{&w_ih, "w_ih"}, std::pair{&w_hh, "w_hh"}})
@@ -320,8 +346,10 @@ PackHandle pack_any(int cell_id, const py::object& w_ih, const py::object& w_hh,
   const Sizes z = sizes(cell, py::array_t<float>(std::vector<py::ssize_t>{0, 0, I}), w_hh, w_hr);
   PackHandle h{cell, I, z.d.H, z.d.P, nullptr, nullptr};
   if (is_f64(w_hh, "w_hh"))
-    h.f64 = make_pack<double>(cell, z, w_ih, w_hh, b_ih, b_hh, fwd, bwd, w_peep, w_hr, prec);
-  else h.f32 = make_pack<float>(cell, z, w_ih, w_hh, b_ih, b_hh, fwd, bwd, w_peep, w_hr, prec);
+    h.f64 = make_pack<double>(cell, z, w_ih, w_hh, b_ih, b_hh, fwd, bwd, w_peep, w_hr, ln_gates,
+                              ln_cell, prec);
+  else h.f32 = make_pack<float>(cell, z, w_ih, w_hh, b_ih, b_hh, fwd, bwd, w_peep, w_hr,
+                                ln_gates, ln_cell, prec);
   return h;
 }
 
@@ -372,7 +400,8 @@ py::object step(const PackHandle& pk, const rnnkern::Pack<F>* w, const py::handl
   py::object cs = array_or_none<F>(training && L.cs, {2, B, H});
   py::object gates = array_or_none<F>(training && L.gates, {1, B, rnnkern::gates(pk.cell) * H});
   py::object aux = array_or_none<F>(training && L.aux, {1, B, H});
-  rnnkern::Cache<F> cache{ptr<F>(hs), ptr<F>(cs), ptr<F>(gates), ptr<F>(aux)};
+  py::object lnc = array_or_none<F>(training && w->has_layer_norm(), {1, B, rnnkern::ln_width(H)});
+  rnnkern::Cache<F> cache{ptr<F>(hs), ptr<F>(cs), ptr<F>(gates), ptr<F>(aux), ptr<F>(lnc)};
   {
     py::gil_scoped_release release;
     if (training) std::memcpy(ptr<F>(xc), xp, B * I * sizeof(F));
@@ -380,7 +409,7 @@ py::object step(const PackHandle& pk, const rnnkern::Pack<F>* w, const py::handl
                         ptr<F>(c), training ? &cache : nullptr);
   }
   if (!training) return py::make_tuple(h, c);
-  return py::make_tuple(h, c, xc, py::make_tuple(hs, cs, gates, aux));
+  return py::make_tuple(h, c, xc, buffers_tuple(hs, cs, gates, aux, lnc));
 }
 
 py::object step_any(const PackHandle& pk, const py::handle& x, const py::handle& h0,
@@ -541,7 +570,8 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init(&pack_any), py::arg("cell_id"), py::arg("w_ih"), py::arg("w_hh"),
            py::arg("b_ih"), py::arg("b_hh"), py::arg("forward") = true,
            py::arg("backward") = true, py::arg("w_peep") = py::none(),
-           py::arg("w_hr") = py::none(), py::arg("precision") = 0)
+           py::arg("w_hr") = py::none(), py::arg("precision") = 0,
+           py::arg("ln_gates") = py::none(), py::arg("ln_cell") = py::none())
       .def_property_readonly("precision", [](const PackHandle& h) {
         return static_cast<int>(h.f32 ? h.f32->precision() : h.f64->precision());
       })
@@ -553,6 +583,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("has_projection", [](const PackHandle& h) { return h.P != 0; })
       .def_property_readonly("has_bias", &PackHandle::has_bias)
       .def_property_readonly("has_peepholes", &PackHandle::has_peepholes)
+      .def_property_readonly("has_layer_norm", &PackHandle::has_layer_norm)
       .def_property_readonly("isa", &PackHandle::isa)
       .def_property_readonly("dtype", [](const PackHandle& h) {
         return h.f64 ? py::dtype::of<double>() : py::dtype::of<float>();

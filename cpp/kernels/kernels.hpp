@@ -64,6 +64,17 @@ struct StepConst {
   int64_t P = 0;            // the size of h: P, or H without a projection (set by the driver)
   const W* wr = nullptr;    // forward panels of W_hr (blocks of P, H, 1, NB), or null
   const W* wrb = nullptr;   // backward panels of W_hr (nblk, P, NB), or null
+  // Layer-normalized lstm (docs/lstm_variants.md): three phases per step, forward and backward;
+  // xbias is then zero (the normalized sums take the biases after them: ln_bias).
+  const F* ln_gates = nullptr;  // (2, 4H) gains of N(W_ih x_t), N(W_hh h_{t-1}), or null
+  const F* ln_cell = nullptr;   // (2, H) gain and shift of N(c_t)
+  const F* ln_bias = nullptr;   // (4H,) b_ih + b_hh
+  F* ln_z = nullptr;    // forward: (B, 4H) W_hh h_{t-1} of the step (phase 0 -> phase 1)
+  F* ln_da = nullptr;   // backward: (B, 4H) dL/da, a = the gates' pre-activations
+  F* ln_dn = nullptr;   // backward: (B, H) dL/dN(c_t) * ln_cell[0]
+  F* dln_gates = nullptr;  // backward: (2, 4H), (2, H), (4H,) gradients summed over steps and
+  F* dln_cell = nullptr;   // rows by the owner of each hidden block (zeroed by the driver);
+  F* dbias = nullptr;      // dbias null without biases
 };
 
 // Pointers of one time step t (each thread builds its own).
@@ -86,6 +97,8 @@ struct Step {
   F* dh;         // (B, P): gradient reaching h_t besides dy_t and dgh_next W_hh
   F* dc;         // (B, H): LSTM: gradient reaching c_t
   F* dht;        // projected lstm: (B, P) the whole gradient reaching h_t (0 on padded rows)
+  F* ln;         // layer-normalized lstm: (B, ln_width(H)) the cache's row of step t, or null
+                 // (inference)
 };
 
 // One cell's part of a kernel table (cpp/kernels/cells/<cell>.hpp).

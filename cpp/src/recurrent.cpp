@@ -47,6 +47,9 @@ struct Panels {
   std::vector<F> xbias;  // (G*H,) b_ih + b_hh, but b_hn stays inside r * (W_hn h + b_hn)
   std::vector<F> b_hn;   // (H,) gru, gru_rh with biases; else empty
   std::vector<F> peep;   // (3, H) peepholes p_i, p_f, p_o; empty without
+  // Layer norm: gains (2, 4H), gain and shift of c (2, H), and the biases b_ih + b_hh (4H,),
+  // which the normalized sums take after them (xbias is then 0); all empty without.
+  std::vector<F> ln_gates, ln_cell, ln_bias;
 
   Panels(Cell cell_, int64_t I_, int64_t H_, const KernelTable<F, W>& kt_, Params<F> p,
          bool fwd_, bool bwd_, int threads)
@@ -69,12 +72,25 @@ struct Panels {
     if (p.w_hr && !ct.projection)
       throw std::invalid_argument(std::string("w_hr: ") + ct.name + " has no projection");
     if (p.w_hr && p.P < 1) throw std::invalid_argument("w_hr: P must be >= 1");
+    if ((p.ln_gates != nullptr) != (p.ln_cell != nullptr))
+      throw std::invalid_argument("ln_gates, ln_cell: give both or neither");
+    if (p.ln_gates && cell != Cell::lstm)
+      throw std::invalid_argument(std::string("ln_gates: ") + ct.name + " has no layer norm");
+    if (p.ln_gates && p.w_hr)
+      throw std::invalid_argument("ln_gates: the kernels have no layer norm with a projection "
+                                  "(w_hr)");
     if (p.w_peep) peep.assign(p.w_peep, p.w_peep + 3 * H);
     const int64_t G = ct.gates, G2 = ct.main_gates, GH = G * H;
     const int64_t folded = ct.separate_b_hn ? GH - H : GH;  // rows of b_hh in xbias
     for (int64_t r = 0; r < GH; ++r) {
       if (p.b_ih) xbias[r] += p.b_ih[r];
       if (p.b_hh && r < folded) xbias[r] += p.b_hh[r];
+    }
+    if (p.ln_gates) {
+      ln_gates.assign(p.ln_gates, p.ln_gates + 2 * GH);
+      ln_cell.assign(p.ln_cell, p.ln_cell + 2 * H);
+      ln_bias.swap(xbias);
+      xbias.assign(GH, F(0));
     }
     if (ct.separate_b_hn && p.b_hh) b_hn.assign(p.b_hh + folded, p.b_hh + GH);
     W *fmain = fpanels.get(), *bmain = bpanels.get();
@@ -130,9 +146,12 @@ struct Panels {
                        nullptr};
     sc.P = P;
     (backward ? sc.wrb : sc.wr) = wr;
+    if (normalized())
+      sc.ln_gates = ln_gates.data(), sc.ln_cell = ln_cell.data(), sc.ln_bias = ln_bias.data();
     return sc;
   }
   bool projected() const { return wrf_size + wrb_size > 0; }
+  bool normalized() const { return !ln_gates.empty(); }
 };
 
 // A Pack's panels: of its precision's W (native: F).
@@ -156,6 +175,9 @@ struct Pack<F>::Impl {
       throw std::invalid_argument("precision: int8 is inference only (no backward panels)");
     if (prec == Precision::int8 && p.w_hr)
       throw std::invalid_argument("w_hr: a projection has no int8 kernels (use 'float' or "
+                                  "'bf16')");
+    if (prec == Precision::int8 && p.ln_gates)
+      throw std::invalid_argument("ln_gates: layer norm has no int8 kernels (use 'float' or "
                                   "'bf16')");
     // |sum of (q - zp) q_w| <= K * 255 * 63 must fit in int32
     if (prec == Precision::int8 && (I > 131072 || H > 131072))
@@ -201,6 +223,10 @@ template <class F>
 bool Pack<F>::has_bias() const { return impl_->with([](auto& p) { return p.bias; }); }
 template <class F>
 bool Pack<F>::has_peepholes() const { return impl_->with([](auto& p) { return !p.peep.empty(); }); }
+template <class F>
+bool Pack<F>::has_layer_norm() const {
+  return impl_->with([](auto& p) { return p.normalized(); });
+}
 template <class F>
 int64_t Pack<F>::output_size() const { return impl_->with([](auto& p) { return p.P; }); }
 template <class F>
@@ -301,9 +327,12 @@ void run_forward(const Panels<F, W>& pk, Dims d, const F* x, const F* h0, const 
   const KernelTable<F, W>& kt = *pk.kt;
   const CellTraits& ct = cell_traits(cell);
   const CellKernels<F, W>& ck = kt.cells[static_cast<int>(cell)];
-  const bool lstm = ct.cell_state, proj = sc.wr != nullptr;
-  const int phases = proj ? 2 : ct.phases;  // a projection: h_t = W_hr m_t is a phase
-  const int64_t nblk = blocks(H, kt), nblk_p = blocks(pk.P, kt);
+  const bool lstm = ct.cell_state, proj = sc.wr != nullptr, ln = pk.normalized();
+  if (ln && cache && !cache->ln)
+    throw std::invalid_argument("forward: a layer-normalized LSTM's cache needs its ln buffer");
+  // a projection: h_t = W_hr m_t is a phase; layer norm: the product, the gates, h_t
+  const int phases = ln ? 3 : proj ? 2 : ct.phases;
+  const int64_t nblk = blocks(H, kt), nblk_p = blocks(pk.P, kt), LW = ln_width(H);
 
   const int64_t tc = chunk_steps(T, B, GH), GHX = gates(cell) * sc.HX;
   Buffer<F> xp(tc * B * GHX);  // (tc, B, G*HX) input projections of a chunk
@@ -315,7 +344,9 @@ void run_forward(const Panels<F, W>& pk, Dims d, const F* x, const F* h0, const 
   auto row = [&](F* base, int64_t t, int64_t n) { return base + (cache ? t : (t & 1)) * n; };
   // Gates and aux between the phases of a step when nothing is cached: (B, G*H), (B, H).
   const bool scratch = !cache && phases > 1;
-  Buffer<F> gscratch(scratch && ct.phases > 1 ? B * GH : 0), ascratch(scratch ? BH : 0);
+  Buffer<F> gscratch(scratch && (ct.phases > 1 || ln) ? B * GH : 0), ascratch(scratch ? BH : 0);
+  Buffer<F> lnz(ln ? B * GH : 0);  // (B, 4H) layer norm: W_hh h_{t-1} of a step
+  sc.ln_z = lnz.get();
   copy_or_zero(hs, h0, BP);
   if (lstm) copy_or_zero(cs, c0, BH);
 
@@ -356,6 +387,7 @@ void run_forward(const Panels<F, W>& pk, Dims d, const F* x, const F* h0, const 
         s.y = y + t * BP;
         s.gates = cache ? (cache->gates ? cache->gates + t * B * GH : nullptr) : gscratch.get();
         s.aux = cache ? (cache->aux ? cache->aux + t * BH : nullptr) : ascratch.get();
+        s.ln = ln && cache ? cache->ln + t * B * LW : nullptr;
         for (int ph = 0; ph < phases; ++ph) {
           const bool p_blocks = proj && ph == 1;  // h_t = W_hr m_t: blocks of P
           ck.forward_phase(sc, s, ph, p_blocks ? pb0 : jb0, p_blocks ? pb1 : jb1);
@@ -397,14 +429,23 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H, GH = gates(cell) * H, BH = B * H, TB = T * B;
   const int64_t P = pk.P, BP = B * P;  // h's size: P = H without a projection
   const CellTraits& ct = cell_traits(cell);
-  const bool lstm = ct.cell_state, proj = sc.wrb != nullptr;
+  const bool lstm = ct.cell_state, proj = sc.wrb != nullptr, ln = pk.normalized();
+  if ((g.dln_gates != nullptr) != ln || (g.dln_cell != nullptr) != ln || (ln && !cache.ln))
+    throw std::invalid_argument("backward: dln_gates, dln_cell and the cache's ln buffer must be "
+                                "given exactly when the pack has layer norm");
   if ((g.dw_peep != nullptr) != !pk.peep.empty())
     throw std::invalid_argument("backward: dw_peep must be given exactly when the pack has "
                                 "peepholes");
   if ((g.dw_hr != nullptr) != proj)
     throw std::invalid_argument("backward: dw_hr must be given exactly when the pack has a "
                                 "projection");
-  if (g.dw_peep) std::memset(g.dw_peep, 0, 3 * H * sizeof(F));  // the epilogues add to it
+  // the epilogues add to these
+  if (g.dw_peep) std::memset(g.dw_peep, 0, 3 * H * sizeof(F));
+  if (ln) {
+    std::memset(g.dln_gates, 0, 2 * GH * sizeof(F)), std::memset(g.dln_cell, 0, 2 * H * sizeof(F));
+    if (g.db_ih) std::memset(g.db_ih, 0, GH * sizeof(F));
+    sc.dln_gates = g.dln_gates, sc.dln_cell = g.dln_cell, sc.dbias = g.db_ih;
+  }
   sc.dpeep = g.dw_peep;
   if (B == 0 || H == 0) {
     std::memset(g.dx, 0, TB * I * sizeof(F));
@@ -423,14 +464,20 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
   const CellKernels<F, W>& ck = kt.cells[static_cast<int>(cell)];
   sc.LDG = LDG;
   const int64_t nblk = blocks(H, kt), nblk_p = blocks(P, kt);
-  const int phases = proj ? 2 : ct.phases;  // a projection: dm_t = dh_t W_hr is a phase
+  // a projection: dm_t = dh_t W_hr is a phase; layer norm: dh_t, dc_t, through the norms
+  const int phases = ln ? 3 : proj ? 2 : ct.phases;
+  const int64_t LW = ln_width(H);
 
   // The dgates of a chunk of steps, two chunks alternating: the weight gradients of a chunk are
   // products over its rows while they are still in cache.
   const int64_t tc = chunk_steps(T, B, GH), chunk = tc * B * LDG;
-  const bool two = ct.recurrent_dgates;
-  Buffer<F> dg(2 * chunk);               // (2, tc, B, LDG) dL/d(preactivations)
-  Buffer<F> dgh(two ? 2 * chunk : 0);    // (2, tc, B, LDG) gru: recurrent side
+  const bool two = ct.recurrent_dgates || ln;
+  Buffer<F> dg(2 * chunk);               // (2, tc, B, LDG) dL/d(preactivations); layer norm:
+                                         // dL/d(W_ih x)
+  Buffer<F> dgh(two ? 2 * chunk : 0);    // (2, tc, B, LDG) gru: recurrent side; layer norm:
+                                         // dL/d(W_hh h)
+  Buffer<F> lnda(ln ? BH * 4 : 0), lndn(ln ? BH : 0);  // layer norm: (B, 4H) dL/da, (B, H)
+  sc.ln_da = lnda.get(), sc.ln_dn = lndn.get();        // dL/dN(c_t) g_c of a step
   Buffer<F> dht(proj ? 2 * tc * BP : 0);  // (2, tc, B, P) projection: the whole dL/dh_t
   Buffer<F> dh(BP), dc(lstm ? BH : 0);   // (B, P), (B, H) carried gradients
   copy_or_zero(dh.get(), dh_n, BP);
@@ -480,6 +527,7 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
         s.dg = dgc + (t - t0) * B * LDG, s.dgh = dgr + (t - t0) * B * LDG;
         s.dht = proj ? dhc + (t - t0) * BP : nullptr;
         s.dgh_next = next;
+        s.ln = ln ? cache.ln + t * B * LW : nullptr;
         for (int ph = 0; ph < phases; ++ph) {
           const bool p_blocks = proj && ph == 0;  // the whole dh_t: blocks of P
           ck.backward_phase(sc, s, ph, p_blocks ? pb0 : jb0, p_blocks ? pb1 : jb1);
@@ -512,7 +560,7 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
                    g.dw_hh + split_row * H, H, add, jb0, jb1);
       }
       kt.product(dgc, LDG, false, rows, sc.wi, GH, I, g.dx + t0 * B * I, I, false, ib0, ib1);
-      if (g.db_ih)
+      if (g.db_ih && !ln)  // layer norm: the epilogues sum them
         for_blocks(GH, team, tid, [&](int64_t r0, int64_t r1) {
           column_sums(dgc, rows, LDG, r0, r1, g.db_ih, add);
           if (two) column_sums(dgr, rows, LDG, r0, r1, g.db_hh, add);
@@ -522,8 +570,9 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
     kt.backward_final(sc, s, g.dh0, pb0, pb1);
   }, /*late_join=*/true);
   if (lstm) std::memcpy(g.dc0, dc.get(), BH * sizeof(F));
-  // Without gru's recurrent-side dgates both biases have the same gradient: summed once.
-  if (g.db_ih && !two) std::memcpy(g.db_hh, g.db_ih, GH * sizeof(F));
+  // Without gru's recurrent-side dgates both biases have the same gradient: summed once (layer
+  // norm: da, by the epilogues).
+  if (g.db_ih && (!two || ln)) std::memcpy(g.db_hh, g.db_ih, GH * sizeof(F));
 }
 
 }  // namespace

@@ -450,14 +450,15 @@ def check_forward(
     )
 
 
-def check_pack_variants(w_hr: object, w_peep: object, w_hh: Array
-                        ) -> tuple[Array | None, Array | None]:
-    """w_hr (P, H) and w_peep (3, H) of a pack, each None or checked against the checked w_hh
-    ((4H, P) with w_hr, else (4H, H)) as :func:`check_forward` does; contiguous."""
+def check_pack_variants(w_hr: object, w_peep: object, w_hh: Array, ln_gates: object = None,
+                        ln_cell: object = None) -> tuple[Array | None, ...]:
+    """(w_hr (P, H), w_peep (3, H), ln_gates (2, 4H), ln_cell (2, H)) of a pack, each None or
+    checked against the checked w_hh ((4H, P) with w_hr, else (4H, H)) as
+    :func:`check_forward` does; contiguous."""
     H, P = ((w_hh.shape[0] // 4, w_hh.shape[1]) if w_hr is not None else (w_hh.shape[1],) * 2)
     checked = _check_lstm_variants(_native(w_hh.dtype), H, P, w_hh.shape, {
-        "w_hr": w_hr, "w_peep": w_peep, "ln_gates": None, "ln_cell": None})
-    return checked["w_hr"], checked["w_peep"]
+        "w_hr": w_hr, "w_peep": w_peep, "ln_gates": ln_gates, "ln_cell": ln_cell})
+    return tuple(checked[n] for n in LSTM_EXTRAS)
 
 
 def _check_lstm_variants(dtype: np.dtype[Any], H: int, P: int, w_hh_shape: tuple[int, ...],

@@ -51,7 +51,7 @@ class KernelCache:
         self.x = x  # (T, B, I), the cache's own
         self.lengths = lengths  # (B,) int64, the cache's own, or None
         # hs (T+1, B, P); cs (T+1, B, H) lstm; gates (T, B, G*H) lstm/gru; aux (T, B, H) gru,
-        # projected lstm (m_t)
+        # projected lstm (m_t); ln (T, B, 9H + 3) layer-normalized lstm (rnnkern::ln_width)
         self.buffers = buffers
 
     @property
@@ -105,21 +105,18 @@ def _forward(cell: str, cell_id: int, x: object, h0: object, c0: object, w_ih: o
              precision: object, **variants: object
              ) -> tuple[Array, Array, Array | None, KernelCache | None]:
     c = _api.check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, **variants)
-    if c.ln_gates is not None:
-        raise NotImplementedError("ln_gates: the compiled kernels do not have this LSTM variant "
-                                  "yet; rnnkern.reference.lstm_forward has it "
-                                  "(docs/lstm_variants.md)")
     _check_projection(c.w_hr)
+    _check_layer_norm(c.w_hr, c.ln_gates)
     train = _api.check_flag("training", training)
     prec = _api.PRECISION_IDS[_api.check_precision(precision, c.dtype, train)]
-    if not train:  # packs only the forward's panels, inside the call
+    if not train and c.ln_gates is None:  # packs only the forward's panels, inside the call
         y, h_n, c_n, _ = _core.forward(cell_id, c.x, c.h0, c.c0, c.w_ih, c.w_hh, c.b_ih, c.b_hh,
                                        c.lengths, False, c.w_peep, c.w_hr, precision=prec)
         return y, h_n, c_n, None
     # The backward's panels too, now: the cache must not depend on the caller's weights.
-    pack = _core.Pack(cell_id, c.w_ih, c.w_hh, c.b_ih, c.b_hh, w_peep=c.w_peep, w_hr=c.w_hr,
-                      precision=prec)
-    return _run(cell, pack, c.x, c.h0, c.c0, c.lengths, True, c.x is x, c.lengths is lengths)
+    pack = _core.Pack(cell_id, c.w_ih, c.w_hh, c.b_ih, c.b_hh, backward=train, w_peep=c.w_peep,
+                      w_hr=c.w_hr, ln_gates=c.ln_gates, ln_cell=c.ln_cell, precision=prec)
+    return _run(cell, pack, c.x, c.h0, c.c0, c.lengths, train, c.x is x, c.lengths is lengths)
 
 
 def _check_projection(w_hr: Array | None) -> None:
@@ -127,6 +124,15 @@ def _check_projection(w_hr: Array | None) -> None:
     if w_hr is not None and w_hr.shape[0] == 0:
         raise ValueError(_api.shape_message("w_hr", ("P", "H"), (None, w_hr.shape[1]),
                                             w_hr.shape, " with P >= 1"))
+
+
+def _check_layer_norm(w_hr: Array | None, ln_gates: Array | None) -> None:
+    """NotImplementedError for layer norm with a projection: the kernels do not have it
+    (rnnkern.reference does)."""
+    if w_hr is not None and ln_gates is not None:
+        raise NotImplementedError("ln_gates: the compiled kernels have no layer norm with a "
+                                  "projection (w_hr); rnnkern.reference.lstm_forward has it "
+                                  "(docs/lstm_variants.md)")
 
 
 def _backward(cell: str, cache: object, dy: object, dh_n: object,
@@ -162,17 +168,19 @@ class PackedWeights:
 
     def __init__(self, cell: str, cell_id: int, variant: str, w_ih: object, w_hh: object,
                  b_ih: object, b_hh: object, precision: object = "float",
-                 w_peep: object = None, w_hr: object = None) -> None:
+                 w_peep: object = None, w_hr: object = None, ln_gates: object = None,
+                 ln_cell: object = None) -> None:
         wi, wh, bi, bh = _api.check_weights(cell, w_ih, w_hh, b_ih, b_hh, w_hr is not None)
-        hr, peep = _api.check_pack_variants(w_hr, w_peep, wh)
+        hr, peep, lng, lnc = _api.check_pack_variants(w_hr, w_peep, wh, ln_gates, ln_cell)
         _check_projection(hr)
+        _check_layer_norm(hr, lng)
         self.cell = cell  # "rnn", "lstm" or "gru"
         # rnn: the nonlinearity; gru: linear_before_reset or not; lstm: its variants ("" none)
         self.variant = variant
         self.precision = _api.check_precision(precision, wh.dtype)  # one of _api.PRECISIONS
         # int8 is inference only: no backward panels
         self._pack = _core.Pack(cell_id, wi, wh, bi, bh, backward=self.precision != "int8",
-                                w_peep=peep, w_hr=hr,
+                                w_peep=peep, w_hr=hr, ln_gates=lng, ln_cell=lnc,
                                 precision=_api.PRECISION_IDS[self.precision])
         self.dtype: np.dtype[Any] = wh.dtype
         self.input_size: int = wi.shape[1]
@@ -268,12 +276,15 @@ def backward_many(calls: list[tuple[KernelCache, Array | None, Array | None, Arr
 
 
 def _grads(cache: KernelCache, g: tuple[Any, ...]) -> LSTMGrads | RNNGrads:
-    """The core's (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, then dw_hr with a projection and
-    dw_peep with peepholes) as the cell's backward returns it."""
+    """The core's (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, then dw_hr with a projection,
+    dw_peep with peepholes, dln_gates and dln_cell with layer norm) as the cell's backward
+    returns it."""
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *extras = g
     if cache.cell == "lstm":
+        ln = cache.pack.has_layer_norm
         names = [n for n, on in (("dw_hr", cache.pack.has_projection),
-                                 ("dw_peep", cache.pack.has_peepholes)) if on]
+                                 ("dw_peep", cache.pack.has_peepholes), ("dln_gates", ln),
+                                 ("dln_cell", ln)) if on]
         return _api.lstm_grads((dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh),
                                dict(zip(names, extras, strict=True)))
     return RNNGrads(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
@@ -290,13 +301,16 @@ def rnn_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, *
 
 def lstm_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, *,
               precision: str = "float", w_peep: Array | None = None,
-              w_hr: Array | None = None) -> PackedWeights:
+              w_hr: Array | None = None, ln_gates: Array | None = None,
+              ln_cell: Array | None = None) -> PackedWeights:
     """lstm_forward's weights packed once: ``pack.forward(x, h0, c0, ...)``; with a projection
-    w_hr (P, H) (w_hh (4H, P)) and peepholes w_peep (3, H) (docs/lstm_variants.md)
-    lstm_backward appends dw_hr, then dw_peep."""
-    variant = " ".join(n for n, a in (("projection", w_hr), ("peepholes", w_peep))
-                       if a is not None)
-    return PackedWeights("lstm", _LSTM, variant, w_ih, w_hh, b_ih, b_hh, precision, w_peep, w_hr)
+    w_hr (P, H) (w_hh (4H, P)), peepholes w_peep (3, H) and layer norm ln_gates (2, 4H),
+    ln_cell (2, H) (docs/lstm_variants.md) lstm_backward appends dw_hr, dw_peep, dln_gates,
+    dln_cell."""
+    variant = " ".join(n for n, a in (("projection", w_hr), ("peepholes", w_peep),
+                                      ("layer-norm", ln_gates)) if a is not None)
+    return PackedWeights("lstm", _LSTM, variant, w_ih, w_hh, b_ih, b_hh, precision, w_peep, w_hr,
+                         ln_gates, ln_cell)
 
 
 def gru_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, *,
@@ -344,8 +358,9 @@ def lstm_forward(x: Array, h0: Array | None, c0: Array | None, w_ih: Array, w_hh
 
     h0, c0 (B, H) or None; precision as for rnn_forward. Returns LSTMOutput(y (T, B, H), h_n,
     c_n (B, H), cache or None). A projection w_hr (P, H) (PyTorch's proj_size: w_hh (4H, P);
-    h0, y, h_n of size P) and peepholes w_peep (3, H) (docs/lstm_variants.md); ln_gates and
-    ln_cell are checked but only rnnkern.reference runs them (NotImplementedError here).
+    h0, y, h_n of size P), peepholes w_peep (3, H) and layer norm ln_gates (2, 4H), ln_cell
+    (2, H) (docs/lstm_variants.md; layer norm with a projection: NotImplementedError here,
+    rnnkern.reference runs it).
     """
     y, h_n, c_n, cache = _forward("lstm", _LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
                                   training, precision, w_hr=w_hr, w_peep=w_peep,
@@ -357,7 +372,8 @@ def lstm_forward(x: Array, h0: Array | None, c0: Array | None, w_ih: Array, w_hh
 def lstm_backward(cache: KernelCache, dy: Array | None, dh_n: Array | None = None,
                   dc_n: Array | None = None) -> LSTMGrads:
     """Gradients of lstm_forward: LSTMGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), then
-    dw_hr (P, H) when the forward had a projection and dw_peep (3, H) when it had peepholes."""
+    dw_hr (P, H) when the forward had a projection, dw_peep (3, H) when it had peepholes and
+    dln_gates (2, 4H), dln_cell (2, H) when it had layer norm."""
     k, dy_, dh_, dc_ = _api.check_backward("lstm", cache, KernelCache, dy, dh_n, dc_n)
     grads = _grads(k, tuple(_core.backward_packed(k.pack, k.x, k.lengths, k.buffers, dy_, dh_,
                                                   dc_)))

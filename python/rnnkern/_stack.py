@@ -28,7 +28,7 @@ __all__ = ["Saved", "backward", "dropout_masks", "forward", "reverse", "reverse_
 
 # The kernels' buffers of one (layer, direction), kernel time order: hs (T+1, B, P), cs (T+1, B,
 # H) (lstm), gates (T, B, G*H) (lstm, gru), aux (T, B, H) (gru, projected lstm); None where the
-# cell has none.
+# cell has none; then, for a layer-normalized lstm only, ln (T, B, 9H + 3).
 Buffers = tuple[Any, ...]
 
 
@@ -141,7 +141,7 @@ def backward(saved: Saved, dy: Array | None, dh_n: Array | None, dc_n: Array | N
     """Gradients of a training `forward`: dy (T, B, D*P), dh_n (L*D, B, P), dc_n (L*D, B, H) or
     None (zeros), dtypes of the forward. Returns dx (T, B, I), dh0 (L*D, B, P), dc0 (L*D, B, H)
     (lstm, else None) and per (layer, direction) (dw_ih, dw_hh, db_ih, db_hh) (biases None
-    without bias), then dw_hr with a projection."""
+    without bias), then the LSTM variants' present ones: dw_hr, dw_peep, dln_gates, dln_cell."""
     n_dir, packs = saved.directions, saved.packs
     n_layers = len(packs) // n_dir
     steps, batch = saved.xs[0].shape[:2]

@@ -69,6 +69,9 @@ struct CacheLayout {
   int64_t aux;    // (T, B, H): GRU: W_hn h + b_hn (gru) or r * h (gru_rh); projected LSTM:
                   // m_t = o tanh(c_t), the input of the projection
 };
+// A layer-normalized LSTM's cache row per (t, b) (Cache::ln, (T, B, ln_width(H))): the
+// normalized W_ih x_t and W_hh h_{t-1} (4H each), N(c_t) (H), then rstd of the three.
+inline int64_t ln_width(int64_t H) { return 9 * H + 3; }
 CacheLayout cache_layout(Cell cell, Dims d);
 
 template <class F>
@@ -82,6 +85,11 @@ struct Params {
   const F* w_hr = nullptr;  // LSTM only: (P, H) projection h_t = W_hr (o tanh(c_t)), or null;
                             // then w_hh is (G*H, P) and h, y have size P (PyTorch's proj_size)
   int64_t P = 0;            // w_hr's rows (>= 1 with w_hr)
+  // LSTM only, both or neither (docs/lstm_variants.md): layer normalization of W_ih x_t and
+  // W_hh h_{t-1} over 4H with gains ln_gates (2, 4H), and of c_t over H before the output tanh
+  // with gain and shift ln_cell (2, H). No projection with it.
+  const F* ln_gates = nullptr;
+  const F* ln_cell = nullptr;
 };
 
 template <class F>
@@ -90,6 +98,7 @@ struct Cache {
   F* cs;
   F* gates;
   F* aux;
+  F* ln = nullptr;  // (T, B, ln_width(H)): layer-normalized LSTM only (ln_width)
 };
 
 template <class F>
@@ -103,6 +112,8 @@ struct Grads {
   F* db_hh;  // (G*H,) or null
   F* dw_peep = nullptr;  // (3, H): non-null exactly when the weights have peepholes
   F* dw_hr = nullptr;    // (P, H): non-null exactly when the weights have a projection
+  F* dln_gates = nullptr;  // (2, 4H), and dln_cell (2, H): non-null exactly when the weights
+  F* dln_cell = nullptr;   // have layer normalization
 };
 
 // y (T, B, P), h_n (B, P), c_n (B, H) for LSTM (P = h_size(d): d.P with w_hr, else H; d.P
@@ -142,6 +153,7 @@ class Pack {
   int64_t hidden_size() const;
   bool has_bias() const;
   bool has_peepholes() const;
+  bool has_layer_norm() const;
   int64_t output_size() const;  // P, the size of h: w_hr's rows, else H
   bool for_forward() const;
   bool for_backward() const;
@@ -160,7 +172,8 @@ template <class F>
 void forward(const Pack<F>& w, Dims d, const F* x, const F* h0, const F* c0,
              const int64_t* lengths, F* y, F* h_n, F* c_n, const Cache<F>* cache);
 // g.db_ih and g.db_hh must be non-null exactly when w has biases, g.dw_peep when it has
-// peepholes, g.dw_hr when it has a projection.
+// peepholes, g.dw_hr when it has a projection, g.dln_gates and g.dln_cell (and cache.ln) when
+// it has layer normalization.
 template <class F>
 void backward(const Pack<F>& w, Dims d, const F* x, const int64_t* lengths,
               const Cache<F>& cache, const F* dy, const F* dh_n, const F* dc_n, Grads<F> g);

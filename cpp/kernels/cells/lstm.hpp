@@ -10,6 +10,13 @@
 // over a step's rows in registers, then into c.dpeep by the hidden block's owner. With a
 // projection, phase 0 gathers the whole dh_t (P) into s.dht and phase 1 takes dm_t = dh_t W_hr
 // in place of dh (docs/lstm_variants.md).
+// Layer-normalized (c.ln_gates; not with a projection): three phases per step. Forward: 0 the
+// product W_hh h_{t-1} into c.ln_z; 1 a = N(x W_ih^T) g_0 + N(W_hh h) g_1 + b, the gates and
+// c_t; 2 h_t = o tanh(N(c_t) g_c + s_c). Backward: 0 dh_t and, from it, da_o and dN(c_t);
+// 1 dc_t through N(c_t), da_i, da_f, da_g, dc_{t-1}; 2 dL/d(W_ih x) and dL/d(W_hh h) through
+// the two norms into s.dg and s.dgh. Each phase's row statistics (over 4H or H) are computed
+// whole by every thread that needs them, with the same code, so the bits do not depend on the
+// thread count; the gains' and biases' gradients are summed by each hidden block's owner.
 #pragma once
 #include "rnnkern/rnnkern.hpp"
 
@@ -32,6 +39,11 @@ struct Kernels<cells::Lstm, F, W> {
   // blocks of P (the driver passes those).
   [[gnu::flatten]] static void forward_phase(const StepConst<F, W>& c, const Step<F>& s,
                                              int phase, int64_t jb0, int64_t jb1) {
+    if (c.ln_gates) {
+      if (phase == 0) return ln_product(c, s, jb0, jb1);
+      if (phase == 2) return ln_output(c, s, jb0, jb1);
+      return c.peep ? ln_gates<true>(c, s, jb0, jb1) : ln_gates<false>(c, s, jb0, jb1);
+    }
     if (phase == 1) {
       if constexpr (!is_s8<W>) project_h(c, s, jb0, jb1);  // int8 packs have no projection
       return;
@@ -42,6 +54,11 @@ struct Kernels<cells::Lstm, F, W> {
   }
   [[gnu::flatten]] static void backward_phase(const StepConst<F, W>& c, const Step<F>& s,
                                               int phase, int64_t jb0, int64_t jb1) {
+    if (c.ln_gates) {
+      if (phase == 0) return ln_dh(c, s, jb0, jb1);
+      if (phase == 2) return ln_dz(c, s, jb0, jb1);
+      return c.peep ? ln_dc<true>(c, s, jb0, jb1) : ln_dc<false>(c, s, jb0, jb1);
+    }
     if (c.wrb && phase == 0) return gather_dh(c, s, jb0, jb1);
     variant(c.peep, c.wrb, [&](auto peep, auto proj) {
       backward<decltype(peep)::value, decltype(proj)::value>(c, s, jb0, jb1);
@@ -90,6 +107,237 @@ struct Kernels<cells::Lstm, F, W> {
           store(gp, i, n), store(gp + H, f, n), store(gp + 2 * H, g, n), store(gp + 3 * H, o, n);
         }
       });
+    });
+  }
+
+  // ---- layer normalization
+
+  static constexpr F LN_EPS = F(1e-5);  // as rnnkern.reference and torch.nn.LayerNorm
+  // Offsets in a cache row (ln_width(H)): N(W_ih x) (4H), N(W_hh h) (4H), N(c_t) (H), then the
+  // rstd of the three.
+  static int64_t at_zhh(int64_t H) { return 4 * H; }
+  static int64_t at_n(int64_t H) { return 8 * H; }
+  static int64_t at_rstd(int64_t H) { return 9 * H; }
+
+  // The sum of fn(k, lanes) over k = v * stride + j for v < segs, j < n by vectors (fn's lanes
+  // past `lanes` are masked off), in a fixed order.
+  template <class Fn>
+  static F row_sum(int64_t segs, int64_t n, int64_t stride, Fn&& fn) {
+    vec<F> idx{}, acc{};
+    for (int64_t l = 0; l < NB<F>; ++l) idx[l] = F(l);
+    for (int64_t v = 0; v < segs; ++v)
+      for (int64_t j = 0; j < n; j += NB<F>) {
+        const int64_t m = imin(NB<F>, n - j);
+        const vec<F> x = fn(v * stride + j, m);
+        acc += m == NB<F> ? x : (idx < F(m) ? x : vec<F>{});
+      }
+    F sum = 0;
+    for (int64_t l = 0; l < NB<F>; ++l) sum += acc[l];
+    return sum;
+  }
+  // mean and 1 / sqrt(var + eps) of the segs * n values of z (segments stride apart).
+  static void stats(const F* z, int64_t segs, int64_t n, int64_t stride, F* mean, F* rstd) {
+    const F N = F(segs * n);
+    const F mu = row_sum(segs, n, stride, [&](int64_t k, int64_t m) { return load(z + k, m); }) / N;
+    const F var = row_sum(segs, n, stride, [&](int64_t k, int64_t m) {
+                    const vec<F> d = load(z + k, m) - mu;
+                    return d * d;
+                  }) / N;
+    *mean = mu, *rstd = F(1) / std::sqrt(var + LN_EPS);
+  }
+  // This thread's (B, cols) scratch for row statistics.
+  static F* stat_rows(int64_t B, int64_t cols) {
+    thread_local std::vector<F> st;
+    if (st.size() < static_cast<size_t>(B * cols)) st.resize(B * cols);
+    return st.data();
+  }
+
+  // Forward phase 0: W_hh h_{t-1} (B, 4H) into c.ln_z, for hidden blocks [jb0, jb1).
+  static void ln_product(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0, int64_t jb1) {
+    const int64_t B = c.B, H = c.H, GH = 4 * H;
+    const Rows<F, W> h = operand_rows<F, W>(s.hp, H, B, H);
+    for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
+      panel_rows<F, 4>(h, B, block<F>(c.wf, jb, H, 4), H, [&](int64_t b, const F* acc) {
+        for (int64_t v = 0; v < 4; ++v) store(c.ln_z + b * GH + v * H + j0, load(acc + v * NB<F>), n);
+      });
+    });
+  }
+
+  // Forward phase 1: the gates and c_t from the normalized sums.
+  template <bool PEEP>
+  static void ln_gates(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0, int64_t jb1) {
+    const int64_t B = c.B, H = c.H, GH = 4 * H, HX = c.HX, GHX = 4 * HX, LW = ln_width(H);
+    F* st = stat_rows(B, 4);  // (B, 4): mean and rstd of x W_ih^T, of W_hh h_{t-1}
+    for (int64_t b = 0; jb0 < jb1 && b < B; ++b)
+      if (!padded(c.lengths, b, s.t)) {
+        stats(s.xp + b * GHX, 4, H, HX, st + 4 * b, st + 4 * b + 1);
+        stats(c.ln_z + b * GH, 4, H, H, st + 4 * b + 2, st + 4 * b + 3);
+      }
+    for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
+      vec<F> g0[4], g1[4], bias[4], p_i{}, p_f{}, p_o{};
+      for (int64_t v = 0; v < 4; ++v)
+        g0[v] = load(c.ln_gates + v * H + j0, n), g1[v] = load(c.ln_gates + GH + v * H + j0, n),
+        bias[v] = load(c.ln_bias + v * H + j0, n);
+      if constexpr (PEEP)
+        p_i = load(c.peep + j0, n), p_f = load(c.peep + H + j0, n),
+        p_o = load(c.peep + 2 * H + j0, n);
+      for (int64_t b = 0; b < B; ++b) {
+        if (padded(c.lengths, b, s.t)) {
+          std::memcpy(s.cn + b * H + j0, s.cp + b * H + j0, n * sizeof(F));
+          continue;
+        }
+        const F* r = st + 4 * b;
+        vec<F> a[4];
+        F* ln = s.ln ? s.ln + b * LW : nullptr;
+        for (int64_t v = 0; v < 4; ++v) {
+          const vec<F> zi = (load(s.xp + b * GHX + v * HX + j0, n) - r[0]) * r[1];
+          const vec<F> zh = (load(c.ln_z + b * GH + v * H + j0, n) - r[2]) * r[3];
+          a[v] = zi * g0[v] + zh * g1[v] + bias[v];
+          if (ln) store(ln + v * H + j0, zi, n), store(ln + at_zhh(H) + v * H + j0, zh, n);
+        }
+        if (ln && jb == 0) ln[at_rstd(H)] = r[1], ln[at_rstd(H) + 1] = r[3];
+        const vec<F> cp = load(s.cp + b * H + j0, n);
+        if constexpr (PEEP) a[0] += p_i * cp, a[1] += p_f * cp;
+        const vec<F> i = vsigmoid(a[0]), f = vsigmoid(a[1]), g = vtanh(a[2]);
+        const vec<F> cn = f * cp + i * g;
+        if constexpr (PEEP) a[3] += p_o * cn;
+        F* gp = s.gates + b * GH + j0;
+        store(s.cn + b * H + j0, cn, n);
+        store(gp, i, n), store(gp + H, f, n), store(gp + 2 * H, g, n);
+        store(gp + 3 * H, vsigmoid(a[3]), n);
+      }
+    });
+  }
+
+  // Forward phase 2: h_t = o tanh(N(c_t) g_c + s_c).
+  static void ln_output(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0, int64_t jb1) {
+    const int64_t B = c.B, H = c.H, GH = 4 * H, LW = ln_width(H);
+    F* st = stat_rows(B, 2);  // (B, 2): mean and rstd of c_t
+    for (int64_t b = 0; jb0 < jb1 && b < B; ++b)
+      if (!padded(c.lengths, b, s.t)) stats(s.cn + b * H, 1, H, H, st + 2 * b, st + 2 * b + 1);
+    for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
+      const vec<F> gc = load(c.ln_cell + j0, n), sc = load(c.ln_cell + H + j0, n);
+      for (int64_t b = 0; b < B; ++b) {
+        if (padded(c.lengths, b, s.t)) {
+          std::memcpy(s.hn + b * H + j0, s.hp + b * H + j0, n * sizeof(F));
+          if (s.y) zero(s.y + b * H + j0, n);
+          continue;
+        }
+        const vec<F> nh = (load(s.cn + b * H + j0, n) - st[2 * b]) * st[2 * b + 1];
+        put_h(s, H, b, j0, n, load(s.gates + b * GH + 3 * H + j0, n) * vtanh(nh * gc + sc));
+        if (F* ln = s.ln ? s.ln + b * LW : nullptr) {
+          store(ln + at_n(H) + j0, nh, n);
+          if (jb == 0) ln[at_rstd(H) + 2] = st[2 * b + 1];
+        }
+      }
+    });
+  }
+
+  // Adds acc (n lanes) to dst's.
+  static void add_to(F* dst, vec<F> acc, int64_t n) { store(dst, load(dst, n) + acc, n); }
+
+  // Backward phase 0: dh_t (as the plain LSTM's), then da_o into c.ln_da and
+  // dN(c_t) * g_c into c.ln_dn; dln_cell.
+  static void ln_dh(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0, int64_t jb1) {
+    const int64_t B = c.B, H = c.H, GH = 4 * H, LW = ln_width(H);
+    for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
+      const vec<F> gc = load(c.ln_cell + j0, n), sc = load(c.ln_cell + H + j0, n);
+      vec<F> dgain{}, dshift{};  // this step's dln_cell of the block, over its rows
+      panel_rows<F, 1>(s.dgh_next, c.LDG, B, c.wb + jb * GH * NB<F>, GH,
+                       rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
+                         const vec<F> o = load(s.gates + b * GH + 3 * H + j0, n);
+                         const vec<F> nh = load(s.ln + b * LW + at_n(H) + j0, n);
+                         const vec<F> tn = vtanh(nh * gc + sc);
+                         const vec<F> dn = dh * o * (F(1) - tn * tn);
+                         store(c.ln_da + b * GH + 3 * H + j0, dh * tn * o * (F(1) - o), n);
+                         store(c.ln_dn + b * H + j0, dn * gc, n);
+                         dgain += dn * nh, dshift += dn;
+                         zero(s.dh + b * H + j0, n);
+                       }));
+      add_to(c.dln_cell + j0, dgain, n);
+      add_to(c.dln_cell + H + j0, dshift, n);
+    });
+  }
+
+  // Backward phase 1: dc_t = dc + N'(dN(c_t) g_c) (+ da_o p_o), then da_i, da_f, da_g and
+  // dc_{t-1} as the plain LSTM's.
+  template <bool PEEP>
+  static void ln_dc(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0, int64_t jb1) {
+    const int64_t B = c.B, H = c.H, GH = 4 * H, LW = ln_width(H);
+    F* st = stat_rows(B, 2);  // (B, 2): means of dN g_c and of dN g_c N(c_t) over H
+    for (int64_t b = 0; jb0 < jb1 && b < B; ++b)
+      if (!padded(c.lengths, b, s.t)) {
+        const F *d = c.ln_dn + b * H, *nh = s.ln + b * LW + at_n(H);
+        st[2 * b] = row_sum(1, H, H, [&](int64_t k, int64_t m) { return load(d + k, m); }) / F(H);
+        st[2 * b + 1] = row_sum(1, H, H, [&](int64_t k, int64_t m) {
+                          return load(d + k, m) * load(nh + k, m);
+                        }) / F(H);
+      }
+    for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t, int64_t j0, int64_t n) {
+      vec<F> p_i{}, p_f{}, p_o{}, dp_i{}, dp_f{}, dp_o{};
+      if constexpr (PEEP)
+        p_i = load(c.peep + j0, n), p_f = load(c.peep + H + j0, n),
+        p_o = load(c.peep + 2 * H + j0, n);
+      for (int64_t b = 0; b < B; ++b) {
+        if (padded(c.lengths, b, s.t)) continue;  // dc passes on; the dgates are 0 (phase 0)
+        const F* ln = s.ln + b * LW;
+        const F* gp = s.gates + b * GH + j0;
+        F* da = c.ln_da + b * GH + j0;
+        const vec<F> i = load(gp, n), f = load(gp + H, n), g = load(gp + 2 * H, n);
+        const vec<F> cp = load(s.cp + b * H + j0, n), da_o = load(da + 3 * H, n);
+        vec<F> dc = load(s.dc + b * H + j0, n) +
+                    ln[at_rstd(H) + 2] * (load(c.ln_dn + b * H + j0, n) - st[2 * b] -
+                                          load(ln + at_n(H) + j0, n) * st[2 * b + 1]);
+        if constexpr (PEEP) dc += da_o * p_o;
+        const vec<F> da_i = dc * g * i * (F(1) - i), da_f = dc * cp * f * (F(1) - f);
+        store(da, da_i, n), store(da + H, da_f, n), store(da + 2 * H, dc * i * (F(1) - g * g), n);
+        vec<F> dc_prev = dc * f;
+        if constexpr (PEEP) {
+          dc_prev += da_i * p_i + da_f * p_f;
+          dp_i += da_i * cp, dp_f += da_f * cp, dp_o += da_o * load(s.cn + b * H + j0, n);
+        }
+        store(s.dc + b * H + j0, dc_prev, n);
+      }
+      if constexpr (PEEP)
+        add_to(c.dpeep + j0, dp_i, n), add_to(c.dpeep + H + j0, dp_f, n),
+        add_to(c.dpeep + 2 * H + j0, dp_o, n);
+    });
+  }
+
+  // Backward phase 2: through the gate sums' norms, dz_ih = N'(da g_0) into s.dg and dz_hh =
+  // N'(da g_1) into s.dgh; dln_gates and the biases' gradient (da).
+  static void ln_dz(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0, int64_t jb1) {
+    const int64_t B = c.B, H = c.H, GH = 4 * H, LW = ln_width(H), LD = c.LDG;
+    F* st = stat_rows(B, 4);  // (B, 4): means of da g_0, da g_0 N(W_ih x), da g_1, da g_1 N(W_hh h)
+    for (int64_t b = 0; jb0 < jb1 && b < B; ++b)
+      if (!padded(c.lengths, b, s.t))
+        for (int64_t q = 0; q < 2; ++q) {
+          const F *da = c.ln_da + b * GH, *gq = c.ln_gates + q * GH, *z = s.ln + b * LW + q * GH;
+          st[4 * b + 2 * q] = row_sum(1, GH, GH, [&](int64_t k, int64_t m) {
+                                return load(da + k, m) * load(gq + k, m);
+                              }) / F(GH);
+          st[4 * b + 2 * q + 1] = row_sum(1, GH, GH, [&](int64_t k, int64_t m) {
+                                    return load(da + k, m) * load(gq + k, m) * load(z + k, m);
+                                  }) / F(GH);
+        }
+    for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t, int64_t j0, int64_t n) {
+      for (int64_t v = 0; v < 4; ++v) {
+        const int64_t k = v * H + j0;
+        const vec<F> g0 = load(c.ln_gates + k, n), g1 = load(c.ln_gates + GH + k, n);
+        vec<F> dg0{}, dg1{}, db{};  // this step's gradients of the gains and biases, over rows
+        for (int64_t b = 0; b < B; ++b) {
+          if (padded(c.lengths, b, s.t)) continue;
+          const F *ln = s.ln + b * LW, *r = st + 4 * b;
+          const vec<F> da = load(c.ln_da + b * GH + k, n);
+          const vec<F> zi = load(ln + k, n), zh = load(ln + at_zhh(H) + k, n);
+          store(s.dg + b * LD + k, ln[at_rstd(H)] * (da * g0 - r[0] - zi * r[1]), n);
+          store(s.dgh + b * LD + k, ln[at_rstd(H) + 1] * (da * g1 - r[2] - zh * r[3]), n);
+          dg0 += da * zi, dg1 += da * zh, db += da;
+        }
+        add_to(c.dln_gates + k, dg0, n);
+        add_to(c.dln_gates + GH + k, dg1, n);
+        if (c.dbias) add_to(c.dbias + k, db, n);
+      }
     });
   }
 

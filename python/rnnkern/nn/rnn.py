@@ -26,11 +26,14 @@ Array = npt.NDArray[Any]  # any numpy array (the dtype is checked at run time)
 # projection).
 State = Union[Array, tuple[Array, Array]]
 # The parameters of one layer and direction: w_ih, w_hh, b_ih, b_hh (biases None without bias),
-# then an LSTM projection's w_hr (None without).
-Weights = tuple[Array, Array, Optional[Array], Optional[Array], Optional[Array]]
+# then an LSTM's w_hr, w_peep, ln_gates, ln_cell (each None without its variant).
+Weights = tuple[Array, Array, Optional[Array], Optional[Array], Optional[Array],
+                Optional[Array], Optional[Array], Optional[Array]]
 
-# PyTorch's order within a layer and direction
-_PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+# PyTorch's order within a layer and direction, then the LSTM variants' parameters (named as
+# the functional keywords) in the order lstm_backward returns their gradients
+_PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_peep",
+                "ln_gates", "ln_cell")
 
 
 class _Recurrent(ParamModule):
@@ -60,6 +63,8 @@ class _Recurrent(ParamModule):
     _gates: int = 1  # G: gate blocks of H rows in w_ih, w_hh, b_ih, b_hh
     _has_cell: bool = False  # True when the state is (h, c)
     proj_size: int = 0  # LSTM: P, the size of h (weight_hr (P, H)); 0: no projection
+    peephole: bool = False  # LSTM: peepholes weight_peep (3, H)
+    layer_norm: bool = False  # LSTM: layer norm ln_gates (2, 4H), ln_cell (2, H)
 
     def __init__(
         self,
@@ -95,8 +100,10 @@ class _Recurrent(ParamModule):
             for direction in range(self._directions):
                 for name, shape in zip(self._names(layer, direction), self._shapes(layer)):
                     if (name.startswith("bias") and not self.bias) or not all(shape):
-                        continue  # no biases; no weight_hr without a projection
-                    params[name] = _uniform(self._rng, k, name, shape, self.dtype)
+                        continue  # no biases; no LSTM variant's parameters without it
+                    params[name] = (_layer_norm_init(name, shape, self.dtype)
+                                    if name.startswith("ln_")
+                                    else _uniform(self._rng, k, name, shape, self.dtype))
         self._init_params(params, read_only=True)
         self._packs = WeightPacks(self, self._make_pack)
 
@@ -126,14 +133,19 @@ class _Recurrent(ParamModule):
         return self.proj_size or self.hidden_size
 
     def _shapes(self, layer: int) -> tuple[tuple[int, ...], ...]:
-        gh, out = self._gates * self.hidden_size, self._out_size
+        """Each parameter's shape, in _PARAM_KINDS' order (a variant's 0 rows: not used)."""
+        H = self.hidden_size
+        gh, out = self._gates * H, self._out_size
         fan_in = self.input_size if layer == 0 else self._directions * out
-        return (gh, fan_in), (gh, out), (gh,), (gh,), (self.proj_size, self.hidden_size)
+        ln = 2 * self.layer_norm
+        return ((gh, fan_in), (gh, out), (gh,), (gh,), (self.proj_size, H),
+                (3 * self.peephole, H), (ln, gh), (ln, H))
 
     def _weights(self, layer: int, direction: int) -> Weights:
-        w_ih, w_hh, b_ih, b_hh, w_hr = (self.params.get(n) for n in self._names(layer, direction))
-        assert w_ih is not None and w_hh is not None
-        return w_ih, w_hh, b_ih, b_hh, w_hr
+        w_ih, w_hh, b_ih, b_hh, *variants = (self.params.get(n)
+                                             for n in self._names(layer, direction))
+        assert w_ih is not None and w_hh is not None and len(variants) == 4
+        return (w_ih, w_hh, b_ih, b_hh, *variants)  # type: ignore[return-value]
 
     # -- argument checks ------------------------------------------------------------------------
 
@@ -240,7 +252,10 @@ class _Recurrent(ParamModule):
         dh_n, dc_n = self._check_state("dstate", dstate, batch)
         dx, dh0, dc0, weight_grads = _stack.backward(saved, d_out, dh_n, dc_n)
         for k, dws in enumerate(weight_grads):
-            for name, g in zip(self._names(*divmod(k, n_dir)), dws):
+            # (dw_ih, dw_hh, db_ih, db_hh (None without bias)), then the variants' present ones
+            names = self._names(*divmod(k, n_dir))
+            names = names[:4] + tuple(n for n in names[4:] if n in self.params)
+            for name, g in zip(names, dws, strict=True):
                 if g is not None:
                     self.grads[name] += g
         dx_out = np.ascontiguousarray(dx.transpose(1, 0, 2)) if self.batch_first else dx
@@ -269,6 +284,15 @@ class _Recurrent(ParamModule):
         return f"{type(self).__name__}({', '.join(parts)})"
 
 
+def _layer_norm_init(name: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Array:
+    """A layer norm's parameters at the start, a plain normalized LSTM: ln_gates (2, 4H) two
+    gains, 1; ln_cell (2, H) a gain, 1, and a shift, 0."""
+    a = np.ones(shape, dtype)
+    if name.startswith("ln_cell"):
+        a[1] = 0
+    return a
+
+
 class RNN(_Recurrent):
     """Elman RNN: h' = f(W_ih x + b_ih + W_hh h + b_hh), f = nonlinearity ("tanh", "relu",
     "sigmoid"). Parameters like `torch.nn.RNN`; see `_Recurrent` for the other arguments."""
@@ -293,25 +317,38 @@ class LSTM(_Recurrent):
 
     proj_size P > 0 (< hidden_size, as torch): h_t = W_hr (o * tanh(c_t)) of size P (LSTMP,
     `torch.nn.LSTM(proj_size=P)`): parameters weight_hr_l0 (P, H), ..., weight_hh (4H, P); y is
-    (T, B, D*P), h (L*D, B, P), c (L*D, B, H) (docs/lstm_variants.md)."""
+    (T, B, D*P), h (L*D, B, P), c (L*D, B, H). peephole=True: parameters weight_peep_l0 (3, H)
+    (rows p_i, p_f, p_o; uniform like the weights). layer_norm=True (not with proj_size):
+    ln_gates_l0 (2, 4H), the gains of the normalized W_ih x and W_hh h (ones), and ln_cell_l0
+    (2, H), the gain (ones) and shift (zeros) of the normalized c_t before the output tanh.
+    Each after its layer and direction's weight_ih ... weight_hr (docs/lstm_variants.md)."""
 
     _gates = 4
     _has_cell = True
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
-                 proj_size: int = 0, **kwargs: Any) -> None:
+                 proj_size: int = 0, peephole: bool = False, layer_norm: bool = False,
+                 **kwargs: Any) -> None:
         self.proj_size = _check_size("proj_size", proj_size, 0)
         if self.proj_size and self.proj_size >= hidden_size:
             raise ValueError(f"proj_size: expected 0 or a size below hidden_size = "
                              f"{hidden_size}, got {proj_size}")
+        self.peephole = check_flag("peephole", peephole)
+        self.layer_norm = check_flag("layer_norm", layer_norm)
+        if self.layer_norm and self.proj_size:
+            raise NotImplementedError("layer_norm: the kernels have no layer norm with a "
+                                      "projection (proj_size)")
         super().__init__(input_size, hidden_size, num_layers, **kwargs)
 
     def _make_pack(self, weights: Weights) -> F.PackedWeights:
-        w_ih, w_hh, b_ih, b_hh, w_hr = weights
-        return F.lstm_pack(w_ih, w_hh, b_ih, b_hh, w_hr=w_hr, precision=self.precision)
+        w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, ln_gates, ln_cell = weights
+        return F.lstm_pack(w_ih, w_hh, b_ih, b_hh, w_hr=w_hr, w_peep=w_peep, ln_gates=ln_gates,
+                           ln_cell=ln_cell, precision=self.precision)
 
     def _extra_repr(self) -> list[str]:
-        return [f"proj_size={self.proj_size}"] if self.proj_size else []
+        return [f"{name}={value!r}" for name, value in (
+            ("proj_size", self.proj_size), ("peephole", self.peephole),
+            ("layer_norm", self.layer_norm)) if value]
 
 
 class GRU(_Recurrent):
