@@ -109,7 +109,7 @@ def _forward(cell: str, cell_id: int, x: object, h0: object, c0: object, w_ih: o
         raise NotImplementedError("ln_gates: the compiled kernels do not have this LSTM variant "
                                   "yet; rnnkern.reference.lstm_forward has it "
                                   "(docs/lstm_variants.md)")
-    _check_projection(c.w_hr)
+    _api.check_projection(c.w_hr)
     train = _api.check_flag("training", training)
     prec = _api.PRECISION_IDS[_api.check_precision(precision, c.dtype, train)]
     if not train:  # packs only the forward's panels, inside the call
@@ -120,13 +120,6 @@ def _forward(cell: str, cell_id: int, x: object, h0: object, c0: object, w_ih: o
     pack = _core.Pack(cell_id, c.w_ih, c.w_hh, c.b_ih, c.b_hh, w_peep=c.w_peep, w_hr=c.w_hr,
                       precision=prec)
     return _run(cell, pack, c.x, c.h0, c.c0, c.lengths, True, c.x is x, c.lengths is lengths)
-
-
-def _check_projection(w_hr: Array | None) -> None:
-    """ValueError for a projection to nothing, w_hr (0, H): PyTorch's proj_size 0 means none."""
-    if w_hr is not None and w_hr.shape[0] == 0:
-        raise ValueError(_api.shape_message("w_hr", ("P", "H"), (None, w_hr.shape[1]),
-                                            w_hr.shape, " with P >= 1"))
 
 
 def _backward(cell: str, cache: object, dy: object, dh_n: object,
@@ -165,7 +158,7 @@ class PackedWeights:
                  w_peep: object = None, w_hr: object = None) -> None:
         wi, wh, bi, bh = _api.check_weights(cell, w_ih, w_hh, b_ih, b_hh, w_hr is not None)
         hr, peep = _api.check_pack_variants(w_hr, w_peep, wh)
-        _check_projection(hr)
+        _api.check_projection(hr)
         self.cell = cell  # "rnn", "lstm" or "gru"
         # rnn: the nonlinearity; gru: linear_before_reset or not; lstm: its variants ("" none)
         self.variant = variant
@@ -294,8 +287,7 @@ def lstm_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, 
     """lstm_forward's weights packed once: ``pack.forward(x, h0, c0, ...)``; with a projection
     w_hr (P, H) (w_hh (4H, P)) and peepholes w_peep (3, H) (docs/lstm_variants.md)
     lstm_backward appends dw_hr, then dw_peep."""
-    variant = " ".join(n for n, a in (("projection", w_hr), ("peepholes", w_peep))
-                       if a is not None)
+    variant = _api.lstm_variant(w_hr, w_peep)
     return PackedWeights("lstm", _LSTM, variant, w_ih, w_hh, b_ih, b_hh, precision, w_peep, w_hr)
 
 
