@@ -1,10 +1,10 @@
 """PyTorch drop-in cells on rnnkern's kernels: ``rnnkern.torch.RNNCell``, ``LSTMCell``, ``GRUCell``.
 
 They subclass torch's cells (same constructor, parameters, initialization, repr). ``forward`` runs
-one step on the kernels with the weights packed once: the pack is made again when a parameter's
-version counter (bumped by every in-place change: optimizer steps, ``load_state_dict``,
-``copy_``), its memory or the ISA changed. Autograd as torch's: the step's inputs are saved, so
-changing one in place before the backward raises torch's own error.
+one step on the kernels with the weights packed once (``rnnkern.torch``'s packs): the pack is
+made again when a parameter's bits (compared with a copy at every call, so writes through
+``.data`` or a NumPy view are seen too) or the ISA changed. Autograd as torch's: the step's inputs
+are saved, so changing one in place before the backward raises torch's own error.
 
 What the kernels do not run goes to torch's own cell, unchanged: anything but CPU float32 /
 float64 tensors of the parameters' dtype with exactly the expected shapes (so a wrong shape gets
@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _core
 from . import _functional as F
 from .torch import _NoDoubleBackward
+from .torch import _pack as _pack_weights
 
 __all__ = ["GRUCell", "LSTMCell", "RNNCell"]
 
@@ -31,18 +33,20 @@ def _np(t: Tensor | None) -> Any:
     return None if t is None else (t.detach() if t.requires_grad else t).numpy()
 
 
-def _step(pack: F.PackedWeights, x: Tensor, h0: Tensor | None, c0: Tensor | None,
+def _step(pack: Any, x: Tensor, h0: Tensor | None, c0: Tensor | None,
           train: bool) -> tuple[Tensor, Tensor | None, Any]:
-    """One step on the kernels, arguments of the right dtypes and shapes (``_fits``): (h, c or
-    None, cache or None), h and c shaped like h0."""
+    """One step on the kernels (``pack``: a _core.Pack), arguments of the right dtypes and shapes
+    (``_fits``): (h, c or None, the cache (pack, x (1, B, I), buffers) or None), h and c shaped
+    like h0."""
     xa, h0a, c0a = _np(x), _np(h0), _np(c0)
-    out = pack._step(xa, h0a, c0a, train)
+    out = pack.step(xa, h0a, c0a, train)
     if out is None:  # not C-contiguous: contiguous copies
         xa, h0a, c0a = (None if a is None else np.ascontiguousarray(a) for a in (xa, h0a, c0a))
-        out = pack._step(xa, h0a, c0a, train)
+        out = pack.step(xa, h0a, c0a, train)
         assert out is not None
-    h, c, cache = out
-    return torch.from_numpy(h), None if c is None else torch.from_numpy(c), cache
+    h, c, *cache = out
+    return (torch.from_numpy(h), None if c is None else torch.from_numpy(c),
+            (pack, *cache) if train else None)
 
 
 class _CellFunction(torch.autograd.Function):
@@ -51,7 +55,7 @@ class _CellFunction(torch.autograd.Function):
     autograd sees them (their gradients, and the in-place check)."""
 
     @staticmethod
-    def forward(ctx: Any, pack: F.PackedWeights, x: Tensor, h0: Tensor | None,
+    def forward(ctx: Any, pack: Any, x: Tensor, h0: Tensor | None,
                 c0: Tensor | None, *weights: Tensor | None) -> Any:
         h, c, ctx.cache = _step(pack, x, h0, c0, True)
         ctx.save_for_backward(x, h0, c0, *weights)
@@ -61,13 +65,13 @@ class _CellFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dh: Tensor | None, dc: Tensor | None = None) -> Any:
         saved = ctx.saved_tensors  # raises if an input was changed in place since the forward
-        cache = ctx.cache
+        pack, x3, buffers = ctx.cache
         x_shape = saved[0].shape
-        _, B, _, H = cache.shape
+        B, H = x3.shape[1], pack.hidden_size
         # autograd gives them the outputs' shape and dtype
         dha = None if dh is None else np.ascontiguousarray(_np(dh).reshape(B, H))
         dca = None if dc is None else np.ascontiguousarray(_np(dc).reshape(B, H))
-        dx, dh0, dc0, *dws = F._step_backward(cache, dha, dca)
+        dx, dh0, dc0, *dws = _core.backward_packed(pack, x3, None, buffers, None, dha, dca)
         h_shape = (*x_shape[:-1], H)
         grads = [None, dx.reshape(x_shape), dh0.reshape(h_shape),
                  None if dc0 is None else dc0.reshape(h_shape), *dws]
@@ -80,24 +84,12 @@ class _CellFunction(torch.autograd.Function):
         return tuple(out)
 
 
-def _pack(module: Any, cell: str, weights: tuple[Tensor | None, ...]) -> F.PackedWeights:
-    """The module's weights packed, made again when one changed (version, memory) or the ISA."""
-    key = [F.isa_generation[0]]
-    for w in weights:
-        if w is not None:
-            key += (id(w), w._version, w.data_ptr())
-    cached = module.__dict__.get("_rnnkern_pack")
-    if cached is not None and cached[0] == key:
-        return cached[1]  # type: ignore[no-any-return]
-    arrays: list[Any] = [None if w is None else w.detach().numpy() for w in weights]
-    if cell == "lstm":
-        pack = F.lstm_pack(*arrays)
-    elif cell == "gru":
-        pack = F.gru_pack(*arrays)
-    else:
-        pack = F.rnn_pack(*arrays, nonlinearity=module.nonlinearity)
-    module.__dict__["_rnnkern_pack"] = (key, pack)
-    return pack
+def _pack(module: Any, cell: str, weights: tuple[Tensor | None, ...]) -> Any:
+    """The module's weights packed (a _core.Pack), made again when their bits or the ISA changed
+    (``rnnkern.torch._pack``)."""
+    cell_id = F._LSTM if cell == "lstm" else F._GRU if cell == "gru" else F._RNN_IDS[
+        module.nonlinearity]
+    return _pack_weights(cell_id, (*weights, None))
 
 
 def _fits(module: Any, x: object, states: tuple[object, ...], w_hh: Tensor) -> bool:
