@@ -394,12 +394,14 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
   if ((g.dw_hr != nullptr) != proj)
     throw std::invalid_argument("backward: dw_hr must be given exactly when the pack has a "
                                 "projection");
-  if (g.dw_peep) std::memset(g.dw_peep, 0, 3 * H * sizeof(F));  // the epilogues add to it
+  const bool acc = g.accumulate;  // add to the weight gradients
+  if (g.dw_peep && !acc) std::memset(g.dw_peep, 0, 3 * H * sizeof(F));  // the epilogues add to it
   sc.dpeep = g.dw_peep;
   if (B == 0 || H == 0) {
     std::memset(g.dx, 0, TB * I * sizeof(F));
     std::memset(g.dh0, 0, BP * sizeof(F));
     if (lstm) std::memset(g.dc0, 0, BH * sizeof(F));
+    if (acc) return;
     std::memset(g.dw_ih, 0, GH * I * sizeof(F));
     std::memset(g.dw_hh, 0, GH * P * sizeof(F));
     if (g.dw_hr) std::memset(g.dw_hr, 0, P * H * sizeof(F));
@@ -481,7 +483,7 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
       // The chunk's share of the weight gradients (each thread its column blocks of dW; the
       // first chunk assigns, the others add) and of dx. The next chunk's steps write the other
       // buffer, and its first sync waits for every member to be done with this one.
-      const bool add = c > 0;
+      const bool add = c > 0 || acc;
       // This thread's column blocks of dW_ih and dW_hh, and of dx, with the steps' tiles.
       W* xq = xpan.get();
       kt.pack_backward(xq, x + t0 * B * I, rows, I, I, 0, ib0, ib1);
@@ -505,15 +507,16 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
       if (g.db_ih)
         for_blocks(GH, team, tid, [&](int64_t r0, int64_t r1) {
           column_sums(dgc, rows, LDG, r0, r1, g.db_ih, add);
-          if (two) column_sums(dgr, rows, LDG, r0, r1, g.db_hh, add);
+          if (two || acc) column_sums(two ? dgr : dgc, rows, LDG, r0, r1, g.db_hh, add);
         });
     }
     s.dgh_next = next;
     kt.backward_final(sc, s, g.dh0, pb0, pb1);
   }, /*late_join=*/true);
   if (lstm) std::memcpy(g.dc0, dc.get(), BH * sizeof(F));
-  // Without gru's recurrent-side dgates both biases have the same gradient: summed once.
-  if (g.db_ih && !two) std::memcpy(g.db_hh, g.db_ih, GH * sizeof(F));
+  // Without gru's recurrent-side dgates both biases have the same gradient: summed once (but
+  // added to both: the caller's sums may differ).
+  if (g.db_ih && !two && !acc) std::memcpy(g.db_hh, g.db_ih, GH * sizeof(F));
 }
 
 }  // namespace

@@ -128,11 +128,14 @@ def _backward(cell: str, cache: object, dy: object, dh_n: object,
     return tuple(_core.backward_packed(k.pack, k.x, k.lengths, k.buffers, dy_, dh_, dc_))
 
 
-def _step_backward(cache: KernelCache, dh: Array | None, dc: Array | None) -> tuple[Any, ...]:
+def _step_backward(cache: KernelCache, dh: Array | None, dc: Array | None,
+                   into: tuple[Array | None, ...]) -> tuple[Any, ...]:
     """The backward of a one-step cache (``PackedWeights._step``) on gradients already checked:
-    dh, dc (B, H) C-contiguous of its dtype or None. Returns (dx (1, B, I), dh0, dc0 or None,
-    dw_ih, dw_hh, db_ih, db_hh (None without bias))."""
-    return tuple(_core.backward_packed(cache.pack, cache.x, None, cache.buffers, None, dh, dc))
+    dh, dc (B, H) C-contiguous of its dtype or None. Adds the weight gradients to ``into``
+    (dw_ih, dw_hh, db_ih, db_hh (None without bias): C-contiguous writeable arrays of the
+    weights' shapes and dtype) and returns (dx (1, B, I), dh0, dc0 or None)."""
+    return tuple(_core.backward_packed(cache.pack, cache.x, None, cache.buffers, None, dh, dc,
+                                       into))
 
 
 # ----------------------------------------------------------------------------- packed weights
