@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from rnnkern_testing import assert_close, rnn_acc_len
 
 import rnnkern
 from rnnkern import nn, optim
@@ -263,3 +264,65 @@ def test_strided_arguments_take_the_general_path(name: str) -> None:
     for a, b in zip(got_grads, want_grads):
         assert_state(a, tuple(torch.from_numpy(w) for w in b) if isinstance(b, tuple)
                      else torch.from_numpy(b))
+
+
+
+def _train_loop(cell: Any, xs: Any, dys: Any) -> tuple[list[Any], list[Any]]:
+    """T steps from a zero state, then back through them with dys[t] added to each output's
+    gradient; the grads start at 1 (added to, not overwritten). Returns each step's cache and
+    the (dh, dc or None) its backward got."""
+    lstm = isinstance(cell, nn.LSTMCell)
+    for g in cell.grads.values():
+        g[...] = 1.0
+    s: Any = None
+    caches = []
+    for x in xs:
+        s = cell(x.astype(cell.dtype), s)
+        caches.append(cell._steps[-1][0])
+    dstate: Any = None
+    douts: list[Any] = []
+    for t in reversed(range(len(xs))):
+        dh = dys[t].astype(cell.dtype)
+        if dstate is not None:
+            dh = dh + (dstate[0] if lstm else dstate)
+        dc = dstate[1] if lstm and dstate is not None else None
+        douts.insert(0, (dh, dc))
+        _, dstate = cell.backward((dh, dc) if lstm else dh)
+    return caches, douts
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", CELLS)
+def test_backward_adds_to_grads_like_the_per_step_results(name: str, dtype: Any, bias: bool,
+                                                          num_threads: Any) -> None:
+    """The steps' weight gradients, added in the core to `grads` (Grads::accumulate), equal 1 +
+    the sum of the per-step backwards' own gradient arrays computed in float64
+    (docs/tolerances.md), with the same bits on one thread and on two."""
+    T, B, I, H = 4, 3, 5, 7
+    rng = np.random.default_rng(5)
+    ref, _ = pair(name, I, H, bias)  # float64
+    cell = type(ref)(I, H, bias=bias, dtype=dtype, **CELLS[name][2])
+    cell.load_state_dict({k: v.astype(dtype) for k, v in ref.state_dict().items()})
+    ref.load_state_dict({k: v.astype(np.float64) for k, v in cell.state_dict().items()})
+    xs = rng.standard_normal((T, B, I)).astype(dtype)
+    dys = rng.standard_normal((T, B, H)).astype(dtype)
+    got = []
+    for n in (1, 2):
+        num_threads(n)
+        _train_loop(cell, xs, dys)
+        got.append({k: g.copy() for k, g in cell.grads.items()})
+    for k in got[0]:
+        assert got[0][k].tobytes() == got[1][k].tobytes(), k
+    caches, douts = _train_loop(ref, xs, dys)
+    expected = {k: np.ones_like(g) for k, g in ref.grads.items()}
+    for cache, (dh, dc) in zip(caches, douts):
+        out = rnnkern._core.backward_packed(cache.pack, cache.x, None, cache.buffers, None,
+                                            dh, dc)
+        for k, g in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), out[3:]):
+            if g is not None:
+                expected[k] += g
+    acc_len = rnn_acc_len(name.split("_")[0], T, B, I, H)
+    for k, g in got[1].items():
+        assert_close(g, expected[k], dtype=dtype, acc_len=acc_len, name=k)
+        assert_close(ref.grads[k], expected[k], dtype=np.float64, acc_len=acc_len, name=k)

@@ -179,6 +179,27 @@ def test_packed_layer_norm_equals_the_call() -> None:
     np.testing.assert_array_equal(step.y, one.y)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_layer_norm_backward_adds_into_given_gradients(bias: bool) -> None:
+    """The core's backward with ``into`` (what the cells' step loops use) adds every weight
+    gradient, the layer norm's and the biases' included, to the arrays given: ones + the plain
+    backward's gradients, float64 to 1e-12 (one addition apart)."""
+    options = {**OPTIONS[2], "bias": bias}
+    case, grads = case_and_grads((4, 3, 5, 9), np.float64, options, seed=7, peep=True)
+    out, g = run(rnnkern, case, grads)
+    cache = out.cache
+    into = tuple(None if a is None else np.ones_like(a) for a in g[3:])
+    res = rnnkern._core.backward_packed(cache.pack, cache.x, cache.lengths, cache.buffers,
+                                        grads["dy"], grads["dh_n"], grads["dc_n"], into)
+    assert len(res) == 3  # dx, dh0, dc0: the weights' gradients went into `into`
+    for name, want, got in zip(g._fields[3:], g[3:], into):
+        assert (want is None) == (got is None), name
+        if want is not None:
+            np.testing.assert_allclose(got, 1 + want, rtol=1e-12, atol=1e-12, err_msg=name)
+    for name, want, got in zip(g._fields[:3], g[:3], res):
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
 def test_layer_norm_refusals() -> None:
     """The kernels have no layer norm with a projection (NotImplementedError) and no int8 one
     (ValueError); both name ln_gates."""

@@ -250,6 +250,45 @@ def test_the_reference_has_packed_weights_too(cell_kw: tuple[str, dict[str, Any]
     assert pack.isa == "reference" and "reference" in repr(pack)
 
 
+@pytest.mark.parametrize("variants", [("w_hr",), ("w_peep",), ("w_hr", "w_peep")])
+def test_the_reference_lstm_pack_takes_the_variants(variants: tuple[str, ...]) -> None:
+    """reference.lstm_pack(w_hr=, w_peep=) as the compiled lstm_pack: the same attributes and
+    errors, the reference lstm_forward's results on copies of the weights."""
+    T, B, I, H, P = 5, 3, 4, 6, 3
+    rng = np.random.default_rng(7)
+    P = P if "w_hr" in variants else H
+    arrays = {"w_ih": (4 * H, I), "w_hh": (4 * H, P), "b_ih": (4 * H,), "b_hh": (4 * H,),
+              "w_hr": (P, H), "w_peep": (3, H)}
+    w = {k: rng.standard_normal(s) * 0.5 for k, s in arrays.items()
+         if k not in ("w_hr", "w_peep") or k in variants}
+    extra = {k: w[k] for k in variants}
+    weights = [w[k] for k in ("w_ih", "w_hh", "b_ih", "b_hh")]
+    pack = reference.lstm_pack(*weights, **extra)
+    ours = rnnkern.lstm_pack(*weights, **extra)
+    for attr in ("variant", "input_size", "hidden_size", "output_size", "has_bias"):
+        assert getattr(pack, attr) == getattr(ours, attr), attr
+    x, h0, c0 = rng.standard_normal((T, B, I)), rng.standard_normal((B, P)), rng.standard_normal(
+        (B, H))
+    want = reference.lstm_forward(x, h0, c0, *weights, **extra)
+    for a in w.values():
+        a[...] = 0  # the pack holds copies
+    got = pack.forward(x, h0, c0)
+    for a, b, c in zip(got[:-1], want[:-1], ours.forward(x, h0, c0)[:-1]):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(c, b, rtol=1e-10, atol=1e-12)
+    grads = reference.lstm_backward(got.cache, np.ones((T, B, P)))
+    assert [f for f in grads._fields if f in ("dw_hr", "dw_peep")] == [
+        "d" + v for v in ("w_hr", "w_peep") if v in variants]
+    assert f"P={P}" in repr(pack) or "w_hr" not in variants
+    with pytest.raises(ValueError, match="h0"):
+        pack.forward(x, np.zeros((B, P + 1)), c0)
+    for module in (reference, rnnkern):  # the same message for a projection to nothing
+        with pytest.raises(ValueError, match="w_hr") as info:
+            module.lstm_pack(*weights[:1], np.zeros((4 * H, 0)), *weights[2:],
+                             w_hr=np.zeros((0, H)))
+    assert "P >= 1" in str(info.value)
+
+
 @pytest.mark.parametrize("unbatched", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=str)
 @pytest.mark.parametrize("cell_kw", CELLS, ids=_id)

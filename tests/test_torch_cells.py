@@ -180,3 +180,47 @@ def test_strided_and_unbatched_arguments_match_torch(name: str) -> None:
         results.append((first(inference), out, x.grad, module.weight_ih.grad, first(unbatched)))
     for a, b in zip(*results):
         torch.testing.assert_close(a.detach(), b.detach())
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_writes_that_bump_no_version_reach_the_next_call(name: str) -> None:
+    """Writes through ``.data`` and through a NumPy view change no version counter: the next
+    call still sees them (the pack is checked against the weights' bits)."""
+    ours, theirs = pair(name, 5, 6)
+    for p_ours, p_theirs in zip(ours.parameters(), theirs.parameters()):
+        p_theirs.data = p_ours.data  # the same memory, torch's cell reads it
+    x = torch.randn(3, 5, dtype=torch.float64)
+    versions = [p._version for p in ours.parameters()]
+    for write in (lambda: ours.weight_hh.data.sub_(0.25 * ours.weight_hh.data.sign()),
+                  lambda: ours.weight_ih.detach().numpy().__setitem__((0, 0), 3.0),
+                  lambda: ours.bias_hh.data.add_(0.5)):
+        with torch.no_grad():
+            first(ours(x))  # packed before the write
+        write()
+        for grad in (False, True):
+            with torch.set_grad_enabled(grad):
+                torch.testing.assert_close(first(ours(x)), first(theirs(x)), rtol=1e-12,
+                                           atol=1e-14)
+    assert [p._version for p in ours.parameters()] == versions
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "rnn_relu"])
+def test_weight_gradients_of_partial_repeated_and_retained_backwards(name: str) -> None:
+    """The steps' weight gradients summed once per backward pass: grads accumulate over passes
+    and loops as torch's; a pass that needs only x's gradient or only a weight's; a graph
+    backwarded twice (retain_graph); two loops' graphs alive at once."""
+    results = []
+    for module in pair(name, 3, 4):
+        torch.manual_seed(3)
+        xs = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+        loss, _ = loop(module, xs, None)
+        loss.backward(retain_graph=True)
+        loss.backward()
+        loss1, _ = loop(module, xs * 2, None)
+        loss2, _ = loop(module, xs, None)
+        (dx,) = torch.autograd.grad(loss2, xs, retain_graph=True)
+        (dw,) = torch.autograd.grad(loss2, module.weight_hh)
+        loss1.backward()
+        results.append((dx, dw, xs.grad, *(p.grad for p in module.parameters())))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)

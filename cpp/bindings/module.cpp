@@ -4,6 +4,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <functional>
 #include <memory>
 #include <string>
@@ -55,6 +56,15 @@ const T* data(const py::object& o, const char* name, const Shape& shape, bool op
       !(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
     throw py::value_error(std::string(name) + ": must be C-contiguous and aligned");
   return static_cast<const T*>(a.data());
+}
+
+// The data of `o` as `data` checks it, and writeable: a buffer the core adds to.
+template <class T>
+T* writeable(const py::object& o, const char* name, const Shape& shape, bool optional = false) {
+  const T* p = data<T>(o, name, shape, optional);
+  if (p && !py::reinterpret_borrow<py::array>(o).writeable())
+    throw py::value_error(std::string(name) + ": must be writeable");
+  return const_cast<T*>(p);
 }
 
 template <class T>
@@ -202,7 +212,8 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
                    const py::object& lengths,
                    const py::tuple& cache, const py::object& dy, const py::object& dh_n,
                    const py::object& dc_n, const py::object& w_peep, const py::object& w_hr,
-                   rnnkern::Precision prec = rnnkern::Precision::native) {
+                   rnnkern::Precision prec = rnnkern::Precision::native,
+                   const py::object& into = py::none()) {
   const int64_t T = z.d.T, B = z.d.B, I = z.d.I, H = z.d.H, GH = z.G * H;
   const int64_t P = rnnkern::h_size(z.d);
   const bool lstm = rnnkern::cell_traits(cell).cell_state;
@@ -228,26 +239,47 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
   const F* dyp = data<F>(dy, "dy", {T, B, P}, true);
   const F* dhp = data<F>(dh_n, "dh_n", {B, P}, true);
   const F* dcp = lstm ? data<F>(dc_n, "dc_n", {B, H}, true) : nullptr;
-  py::array_t<F> dx({T, B, I}), dh0({B, P}), dw_ih({GH, I}), dw_hh({GH, P});
+  py::array_t<F> dx({T, B, I}), dh0({B, P});
   py::object dc0 = array_or_none<F>(lstm, {B, H});
-  py::object db_ih = array_or_none<F>(bias, {GH}), db_hh = array_or_none<F>(bias, {GH});
-  py::object dw_peep = array_or_none<F>(peep, {3, H});
-  py::object dw_hr = array_or_none<F>(proj, {P, H});
-  py::object dln_gates = array_or_none<F>(ln, {2, GH}), dln_cell = array_or_none<F>(ln, {2, H});
-  const rnnkern::Grads<F> g{dx.mutable_data(), dh0.mutable_data(), ptr<F>(dc0),
-                            dw_ih.mutable_data(), dw_hh.mutable_data(), ptr<F>(db_ih),
-                            ptr<F>(db_hh), ptr<F>(dw_peep), ptr<F>(dw_hr), ptr<F>(dln_gates),
-                            ptr<F>(dln_cell)};
+  // The weight gradients in the order of the result (the four, then the variants' in the order
+  // of rnnkern._api.LSTM_EXTRAS): new arrays, or `into`'s, which the backward adds to.
+  const bool acc = !into.is_none();
+  std::vector<py::object> dws;
+  if (acc) {
+    auto t = into.cast<py::tuple>();
+    if (t.size() != static_cast<size_t>(4 + proj + peep + 2 * ln))
+      throw py::value_error("into: expected (dw_ih, dw_hh, db_ih, db_hh" +
+                            std::string(proj ? ", dw_hr" : "") + (peep ? ", dw_peep" : "") +
+                            (ln ? ", dln_gates, dln_cell" : "") + ")");
+    for (const auto& h : t) dws.push_back(py::reinterpret_borrow<py::object>(h));
+  } else {
+    dws = {py::array_t<F>({GH, I}), py::array_t<F>({GH, P}), array_or_none<F>(bias, {GH}),
+           array_or_none<F>(bias, {GH})};
+    if (proj) dws.push_back(array_or_none<F>(true, {P, H}));
+    if (peep) dws.push_back(array_or_none<F>(true, {3, H}));
+    if (ln) {
+      dws.push_back(array_or_none<F>(true, {2, GH}));
+      dws.push_back(array_or_none<F>(true, {2, H}));
+    }
+  }
+  rnnkern::Grads<F> g{dx.mutable_data(), dh0.mutable_data(), ptr<F>(dc0),
+                      writeable<F>(dws[0], "dw_ih", {GH, I}), writeable<F>(dws[1], "dw_hh", {GH, P}),
+                      writeable<F>(dws[2], "db_ih", {GH}, !bias),
+                      writeable<F>(dws[3], "db_hh", {GH}, !bias)};
+  if ((g.db_ih != nullptr) != bias || (g.db_hh != nullptr) != bias)
+    throw py::value_error(bias ? "into: expected db_ih, db_hh arrays" : "into: expected db_ih, "
+                                                                        "db_hh None: no bias");
+  if (proj) g.dw_hr = writeable<F>(dws[4], "dw_hr", {P, H});
+  if (peep) g.dw_peep = writeable<F>(dws[4 + proj], "dw_peep", {3, H});
+  if (ln) {
+    g.dln_gates = writeable<F>(dws[4 + proj + peep], "dln_gates", {2, GH});
+    g.dln_cell = writeable<F>(dws[5 + proj + peep], "dln_cell", {2, H});
+  }
+  g.accumulate = acc;
   const rnnkern::Dims d = z.d;
-  // The seven, then the variants' gradients the weights call for, in the order of
-  // rnnkern._api.LSTM_EXTRAS.
   py::list grads;
-  for (const py::object& o : {py::object(dx), py::object(dh0), dc0, py::object(dw_ih),
-                              py::object(dw_hh), db_ih, db_hh})
-    grads.append(o);
-  if (proj) grads.append(dw_hr);
-  if (peep) grads.append(dw_peep);
-  if (ln) grads.append(dln_gates), grads.append(dln_cell);
+  for (const py::object& o : {py::object(dx), py::object(dh0), dc0}) grads.append(o);
+  for (size_t i = 0; !acc && i < dws.size(); ++i) grads.append(dws[i]);
   py::tuple result(grads);
   return {result, [=] {
             if (pk) rnnkern::backward<F>(*pk, d, xp, len, c, dyp, dhp, dcp, g);
@@ -443,15 +475,16 @@ Prepared prepare_forward_packed(const PackHandle& pk, const py::object& x, const
 Prepared prepare_backward_packed(const PackHandle& pk, const py::object& x,
                                  const py::object& lengths, const py::tuple& cache,
                                  const py::object& dy, const py::object& dh_n,
-                                 const py::object& dc_n) {
+                                 const py::object& dc_n, const py::object& into = py::none()) {
   Sizes z = packed_sizes(pk, x);
   const py::object none = py::none();
+  const auto native = rnnkern::Precision::native;
   return is_f64(x, "x") ? prepare_backward<double>(pk.cell, z, x, pk.get<double>(x), none, none,
                                                    pk.has_bias(), lengths, cache, dy, dh_n, dc_n,
-                                                   none, none)
+                                                   none, none, native, into)
                         : prepare_backward<float>(pk.cell, z, x, pk.get<float>(x), none, none,
                                                   pk.has_bias(), lengths, cache, dy, dh_n, dc_n,
-                                                  none, none);
+                                                  none, none, native, into);
 }
 
 py::tuple forward_packed(const PackHandle& pk, const py::object& x, const py::object& h0,
@@ -461,8 +494,8 @@ py::tuple forward_packed(const PackHandle& pk, const py::object& x, const py::ob
 
 py::tuple backward_packed(const PackHandle& pk, const py::object& x, const py::object& lengths,
                           const py::tuple& cache, const py::object& dy, const py::object& dh_n,
-                          const py::object& dc_n) {
-  return run(prepare_backward_packed(pk, x, lengths, cache, dy, dh_n, dc_n));
+                          const py::object& dc_n, const py::object& into) {
+  return run(prepare_backward_packed(pk, x, lengths, cache, dy, dh_n, dc_n, into));
 }
 
 // Independent calls: every call's arguments are checked and its outputs allocated first, then
@@ -589,7 +622,10 @@ PYBIND11_MODULE(_core, m) {
         return h.f64 ? py::dtype::of<double>() : py::dtype::of<float>();
       });
   m.def("forward_packed", &forward_packed);
-  m.def("backward_packed", &backward_packed);
+  // into: None, or the weight gradients' arrays to add to (then only dx, dh0, dc0 return)
+  m.def("backward_packed", &backward_packed, py::arg("pack"), py::arg("x"), py::arg("lengths"),
+        py::arg("cache"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
+        py::arg("into") = py::none());
   m.def("forward_packed_many", &forward_packed_many);
   m.def("backward_packed_many", &backward_packed_many);
   m.def("softmax", &softmax_any);
@@ -602,15 +638,25 @@ PYBIND11_MODULE(_core, m) {
     rnnkern::set_test_delays(start_us * 1000, sync_us * 1000, sync_at);
   });
   // Whether two C-contiguous arrays hold the same bytes (the drop-in's check that a pack is not
-  // stale: NaN and -0.0 compare by their bits); memcmp without the GIL.
+  // stale: NaN and -0.0 compare by their bits); memcmp without the GIL, a large array's parts
+  // side by side on the threads (a cell's step checks its weights at every call: at H = 256,
+  // 2 MB read twice, which one core reads at about half the speed of two).
   m.def("same_bits", [](const py::array& a, const py::array& b) {
     if (!(a.flags() & py::array::c_style) || !(b.flags() & py::array::c_style))
       throw py::value_error("same_bits: expected C-contiguous arrays");
     if (a.nbytes() != b.nbytes()) return false;
-    const void *pa = a.data(), *pb = b.data();
+    const char *pa = static_cast<const char*>(a.data()), *pb = static_cast<const char*>(b.data());
     const size_t n = static_cast<size_t>(a.nbytes());
+    const int parts = n >= (size_t{256} << 10) ? rnnkern::get_num_threads() : 1;
     py::gil_scoped_release nogil;
-    return n == 0 || std::memcmp(pa, pb, n) == 0;
+    if (parts == 1) return n == 0 || std::memcmp(pa, pb, n) == 0;
+    std::vector<char> same(parts, 1);
+    const size_t step = (n / parts + 63) / 64 * 64;  // parts of whole cache lines
+    rnnkern::concurrently(parts, [&](int i) {
+      const size_t lo = std::min(n, i * step), hi = std::min(n, lo + step);
+      same[i] = std::memcmp(pa + lo, pb + lo, hi - lo) == 0;
+    });
+    return std::all_of(same.begin(), same.end(), [](char c) { return c != 0; });
   });
   m.def("thread_stats", [] {
     const auto s = rnnkern::thread_stats();

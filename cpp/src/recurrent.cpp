@@ -439,18 +439,27 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
   if ((g.dw_hr != nullptr) != proj)
     throw std::invalid_argument("backward: dw_hr must be given exactly when the pack has a "
                                 "projection");
+  const bool acc = g.accumulate;  // add to the weight gradients
   // the epilogues add to these
-  if (g.dw_peep) std::memset(g.dw_peep, 0, 3 * H * sizeof(F));
+  if (g.dw_peep && !acc) std::memset(g.dw_peep, 0, 3 * H * sizeof(F));
+  // layer norm: the epilogues sum the biases' gradient (da) into dbias; with accumulate, into
+  // this call's own buffer (G*H,), added to both biases at the end
+  std::unique_ptr<F[]> dbias;
   if (ln) {
-    std::memset(g.dln_gates, 0, 2 * GH * sizeof(F)), std::memset(g.dln_cell, 0, 2 * H * sizeof(F));
-    if (g.db_ih) std::memset(g.db_ih, 0, GH * sizeof(F));
-    sc.dln_gates = g.dln_gates, sc.dln_cell = g.dln_cell, sc.dbias = g.db_ih;
+    if (!acc)
+      std::memset(g.dln_gates, 0, 2 * GH * sizeof(F)),
+          std::memset(g.dln_cell, 0, 2 * H * sizeof(F));
+    if (g.db_ih && acc) dbias.reset(new F[GH]());
+    if (g.db_ih && !acc) std::memset(g.db_ih, 0, GH * sizeof(F));
+    sc.dln_gates = g.dln_gates, sc.dln_cell = g.dln_cell;
+    sc.dbias = dbias ? dbias.get() : g.db_ih;
   }
   sc.dpeep = g.dw_peep;
   if (B == 0 || H == 0) {
     std::memset(g.dx, 0, TB * I * sizeof(F));
     std::memset(g.dh0, 0, BP * sizeof(F));
     if (lstm) std::memset(g.dc0, 0, BH * sizeof(F));
+    if (acc) return;
     std::memset(g.dw_ih, 0, GH * I * sizeof(F));
     std::memset(g.dw_hh, 0, GH * P * sizeof(F));
     if (g.dw_hr) std::memset(g.dw_hr, 0, P * H * sizeof(F));
@@ -539,7 +548,7 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
       // The chunk's share of the weight gradients (each thread its column blocks of dW; the
       // first chunk assigns, the others add) and of dx. The next chunk's steps write the other
       // buffer, and its first sync waits for every member to be done with this one.
-      const bool add = c > 0;
+      const bool add = c > 0 || acc;
       // This thread's column blocks of dW_ih and dW_hh, and of dx, with the steps' tiles.
       W* xq = xpan.get();
       kt.pack_backward(xq, x + t0 * B * I, rows, I, I, 0, ib0, ib1);
@@ -563,7 +572,7 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
       if (g.db_ih && !ln)  // layer norm: the epilogues sum them
         for_blocks(GH, team, tid, [&](int64_t r0, int64_t r1) {
           column_sums(dgc, rows, LDG, r0, r1, g.db_ih, add);
-          if (two) column_sums(dgr, rows, LDG, r0, r1, g.db_hh, add);
+          if (two || acc) column_sums(two ? dgr : dgc, rows, LDG, r0, r1, g.db_hh, add);
         });
     }
     s.dgh_next = next;
@@ -571,8 +580,12 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
   }, /*late_join=*/true);
   if (lstm) std::memcpy(g.dc0, dc.get(), BH * sizeof(F));
   // Without gru's recurrent-side dgates both biases have the same gradient: summed once (layer
-  // norm: da, by the epilogues).
-  if (g.db_ih && (!two || ln)) std::memcpy(g.db_hh, g.db_ih, GH * sizeof(F));
+  // norm: da, by the epilogues; with accumulate, added to both: the caller's sums may differ).
+  if (dbias) {
+    for (int64_t r = 0; r < GH; ++r) g.db_ih[r] += dbias[r], g.db_hh[r] += dbias[r];
+  } else if (g.db_ih && (!two || ln) && !acc) {
+    std::memcpy(g.db_hh, g.db_ih, GH * sizeof(F));
+  }
 }
 
 }  // namespace

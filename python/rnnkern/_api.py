@@ -461,6 +461,20 @@ def check_pack_variants(w_hr: object, w_peep: object, w_hh: Array, ln_gates: obj
     return tuple(checked[n] for n in LSTM_EXTRAS)
 
 
+def lstm_variant(w_hr: object, w_peep: object, ln_gates: object = None) -> str:
+    """A packed LSTM's ``variant``: the names of those it has of "projection", "peepholes" and
+    "layer-norm", or "" for none."""
+    return " ".join(n for n, a in (("projection", w_hr), ("peepholes", w_peep),
+                                   ("layer-norm", ln_gates)) if a is not None)
+
+
+def check_projection(w_hr: Array | None) -> None:
+    """ValueError for a projection to nothing, w_hr (0, H): PyTorch's proj_size 0 means none."""
+    if w_hr is not None and w_hr.shape[0] == 0:
+        raise ValueError(shape_message("w_hr", ("P", "H"), (None, w_hr.shape[1]), w_hr.shape,
+                                       " with P >= 1"))
+
+
 def _check_lstm_variants(dtype: np.dtype[Any], H: int, P: int, w_hh_shape: tuple[int, ...],
                          variants: dict[str, object]) -> dict[str, Array | None]:
     """The LSTM variants' arguments (``variants``: name -> value or None) checked against the

@@ -99,7 +99,10 @@ def backward_packed(
     dy: _Array | None,
     dh_n: _Array | None,
     dc_n: _Array | None,
-) -> tuple[_Array | None, ...]: ...  # the seven gradients, then dw_hr, dw_peep if the pack has them
+    into: tuple[_Array | None, ...] | None = None,
+) -> tuple[_Array | None, ...]: ...  # the seven gradients, then dw_hr, dw_peep if the pack has
+# them; with into (dw_ih, dw_hh, db_ih, db_hh[, dw_hr][, dw_peep]) only dx, dh0, dc0: the
+# weights' gradients are added to into's arrays
 def forward_packed_many(
     calls: list[tuple[Pack, _Array, _Array | None, _Array | None, Any, bool]],
 ) -> list[tuple[_Array, _Array, _Array | None, tuple[_Array | None, ...]]]: ...

@@ -105,7 +105,7 @@ def _forward(cell: str, cell_id: int, x: object, h0: object, c0: object, w_ih: o
              precision: object, **variants: object
              ) -> tuple[Array, Array, Array | None, KernelCache | None]:
     c = _api.check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, **variants)
-    _check_projection(c.w_hr)
+    _api.check_projection(c.w_hr)
     _check_layer_norm(c.w_hr, c.ln_gates)
     train = _api.check_flag("training", training)
     prec = _api.PRECISION_IDS[_api.check_precision(precision, c.dtype, train)]
@@ -117,13 +117,6 @@ def _forward(cell: str, cell_id: int, x: object, h0: object, c0: object, w_ih: o
     pack = _core.Pack(cell_id, c.w_ih, c.w_hh, c.b_ih, c.b_hh, backward=train, w_peep=c.w_peep,
                       w_hr=c.w_hr, ln_gates=c.ln_gates, ln_cell=c.ln_cell, precision=prec)
     return _run(cell, pack, c.x, c.h0, c.c0, c.lengths, train, c.x is x, c.lengths is lengths)
-
-
-def _check_projection(w_hr: Array | None) -> None:
-    """ValueError for a projection to nothing, w_hr (0, H): PyTorch's proj_size 0 means none."""
-    if w_hr is not None and w_hr.shape[0] == 0:
-        raise ValueError(_api.shape_message("w_hr", ("P", "H"), (None, w_hr.shape[1]),
-                                            w_hr.shape, " with P >= 1"))
 
 
 def _check_layer_norm(w_hr: Array | None, ln_gates: Array | None) -> None:
@@ -141,11 +134,14 @@ def _backward(cell: str, cache: object, dy: object, dh_n: object,
     return tuple(_core.backward_packed(k.pack, k.x, k.lengths, k.buffers, dy_, dh_, dc_))
 
 
-def _step_backward(cache: KernelCache, dh: Array | None, dc: Array | None) -> tuple[Any, ...]:
+def _step_backward(cache: KernelCache, dh: Array | None, dc: Array | None,
+                   into: tuple[Array | None, ...]) -> tuple[Any, ...]:
     """The backward of a one-step cache (``PackedWeights._step``) on gradients already checked:
-    dh, dc (B, H) C-contiguous of its dtype or None. Returns (dx (1, B, I), dh0, dc0 or None,
-    dw_ih, dw_hh, db_ih, db_hh (None without bias))."""
-    return tuple(_core.backward_packed(cache.pack, cache.x, None, cache.buffers, None, dh, dc))
+    dh, dc (B, H) C-contiguous of its dtype or None. Adds the weight gradients to ``into``
+    (dw_ih, dw_hh, db_ih, db_hh (None without bias): C-contiguous writeable arrays of the
+    weights' shapes and dtype) and returns (dx (1, B, I), dh0, dc0 or None)."""
+    return tuple(_core.backward_packed(cache.pack, cache.x, None, cache.buffers, None, dh, dc,
+                                       into))
 
 
 # ----------------------------------------------------------------------------- packed weights
@@ -172,7 +168,7 @@ class PackedWeights:
                  ln_cell: object = None) -> None:
         wi, wh, bi, bh = _api.check_weights(cell, w_ih, w_hh, b_ih, b_hh, w_hr is not None)
         hr, peep, lng, lnc = _api.check_pack_variants(w_hr, w_peep, wh, ln_gates, ln_cell)
-        _check_projection(hr)
+        _api.check_projection(hr)
         _check_layer_norm(hr, lng)
         self.cell = cell  # "rnn", "lstm" or "gru"
         # rnn: the nonlinearity; gru: linear_before_reset or not; lstm: its variants ("" none)
@@ -307,8 +303,7 @@ def lstm_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, 
     w_hr (P, H) (w_hh (4H, P)), peepholes w_peep (3, H) and layer norm ln_gates (2, 4H),
     ln_cell (2, H) (docs/lstm_variants.md) lstm_backward appends dw_hr, dw_peep, dln_gates,
     dln_cell."""
-    variant = " ".join(n for n, a in (("projection", w_hr), ("peepholes", w_peep),
-                                      ("layer-norm", ln_gates)) if a is not None)
+    variant = _api.lstm_variant(w_hr, w_peep, ln_gates)
     return PackedWeights("lstm", _LSTM, variant, w_ih, w_hh, b_ih, b_hh, precision, w_peep, w_hr,
                          ln_gates, ln_cell)
 

@@ -1,10 +1,12 @@
 """PyTorch drop-in cells on rnnkern's kernels: ``rnnkern.torch.RNNCell``, ``LSTMCell``, ``GRUCell``.
 
 They subclass torch's cells (same constructor, parameters, initialization, repr). ``forward`` runs
-one step on the kernels with the weights packed once: the pack is made again when a parameter's
-version counter (bumped by every in-place change: optimizer steps, ``load_state_dict``,
-``copy_``), its memory or the ISA changed. Autograd as torch's: the step's inputs are saved, so
-changing one in place before the backward raises torch's own error.
+one step on the kernels with the weights packed once (``rnnkern.torch``'s packs): the pack is
+made again when a parameter's bits (compared with a copy at every call, so writes through
+``.data`` or a NumPy view are seen too) or the ISA changed. Autograd as torch's: the step's inputs
+and the weights are saved, so changing one in place before the backward raises torch's own error.
+In training the steps take a token (``_Link``) in place of the weights: the core adds each step's
+weight gradients into one set of arrays per backward pass, handed to autograd once.
 
 What the kernels do not run goes to torch's own cell, unchanged: anything but CPU float32 /
 float64 tensors of the parameters' dtype with exactly the expected shapes (so a wrong shape gets
@@ -13,13 +15,17 @@ autocast (with torch's dtypes) unless ``rnnkern.torch.convert`` gave the cell a 
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
 import torch
 
+from . import _core
 from . import _functional as F
+from ._cells import BY_ID
 from .torch import _NoDoubleBackward
+from .torch import _pack as _pack_weights
 
 __all__ = ["GRUCell", "LSTMCell", "RNNCell"]
 
@@ -32,75 +38,132 @@ def _np(t: Tensor | None) -> Any:
     return None if t is None else (t.detach() if t.requires_grad else t).numpy()
 
 
-def _step(pack: F.PackedWeights, x: Tensor, h0: Tensor | None, c0: Tensor | None,
+def _step(pack: Any, x: Tensor, h0: Tensor | None, c0: Tensor | None,
           train: bool) -> tuple[Tensor, Tensor | None, Any]:
-    """One step on the kernels, arguments of the right dtypes and shapes (``_fits``): (h, c or
-    None, cache or None), h and c shaped like h0."""
+    """One step on the kernels (``pack``: a _core.Pack), arguments of the right dtypes and shapes
+    (``_fits``): (h, c or None, the cache (x (1, B, I), buffers) or None), h and c shaped like
+    h0."""
     xa, h0a, c0a = _np(x), _np(h0), _np(c0)
-    out = pack._step(xa, h0a, c0a, train)
+    out = pack.step(xa, h0a, c0a, train)
     if out is None:  # not C-contiguous: contiguous copies
         xa, h0a, c0a = (None if a is None else np.ascontiguousarray(a) for a in (xa, h0a, c0a))
-        out = pack._step(xa, h0a, c0a, train)
+        out = pack.step(xa, h0a, c0a, train)
         assert out is not None
-    h, c, cache = out
-    return torch.from_numpy(h), None if c is None else torch.from_numpy(c), cache
+    h, c, *cache = out
+    return (torch.from_numpy(h), None if c is None else torch.from_numpy(c),
+            (pack, *cache) if train else None)
+
+
+class _Link(torch.autograd.Function):
+    """apply(sums, w_ih, w_hh, b_ih, b_hh) -> an empty token that the steps take in place of the
+    weights. ``sums``: graph task id -> the (dw_ih, dw_hh, db_ih, db_hh) arrays (None without
+    bias) that the pass's steps add to in the core. The token's backward runs after every step's
+    of the pass and hands those sums to autograd: one (G*H, I + H) array per pass, not per step.
+    It saves no tensors (a token serves several graphs; their backwards may free theirs) but
+    checks the weights' versions itself, with torch's message."""
+
+    @staticmethod
+    def forward(ctx: Any, sums: dict[int, tuple[Any, ...]], *weights: Tensor | None) -> Tensor:
+        ctx.sums, ctx.weights = sums, weights
+        ctx.versions = [None if w is None else w._version for w in weights]
+        return weights[1].new_empty(0)  # type: ignore[union-attr]
+
+    @staticmethod
+    def backward(ctx: Any, _: Tensor) -> Any:
+        for w, v in zip(ctx.weights, ctx.versions):
+            if w is not None and w._version != v:
+                raise RuntimeError(
+                    "one of the variables needed for gradient computation has been modified by "
+                    f"an inplace operation: [{w.type()} {list(w.shape)}] is at version "
+                    f"{w._version}; expected version {v} instead")
+        grads = ctx.sums.pop(torch._C._current_graph_task_id(), None) or (None,) * 4
+        out = [None if g is None or not need else torch.from_numpy(g)
+               for g, need in zip(grads, ctx.needs_input_grad[1:])]
+        return (None, *_no_double_backward(out, ctx.weights))
+
+
+def _no_double_backward(grads: list[Tensor | None], inputs: Any) -> tuple[Tensor | None, ...]:
+    """``grads`` as they are, or with create_graph=True made to raise when differentiated."""
+    if torch.is_grad_enabled():
+        anchors = [t for t in inputs if t is not None and t.requires_grad]
+        grads = [None if g is None else _NoDoubleBackward.apply(g, *anchors)  # type: ignore[no-untyped-call]
+                 for g in grads]
+    return tuple(grads)
 
 
 class _CellFunction(torch.autograd.Function):
-    """apply(pack, x (B, I) or (I,), h0 | None, c0 | None, w_ih, w_hh, b_ih, b_hh) -> h shaped
-    like h0, and c for the LSTM. The weights are those of ``pack``; they are passed so that
-    autograd sees them (their gradients, and the in-place check)."""
+    """apply(pack, sums, x (B, I) or (I,), h0 | None, c0 | None, token) -> h shaped like h0, and c
+    for the LSTM. ``token``: a _Link's on the weights of ``pack`` (their gradients go to ``sums``),
+    or None when no weight needs a gradient."""
 
     @staticmethod
-    def forward(ctx: Any, pack: F.PackedWeights, x: Tensor, h0: Tensor | None,
-                c0: Tensor | None, *weights: Tensor | None) -> Any:
+    def forward(ctx: Any, pack: Any, sums: dict[int, tuple[Any, ...]] | None, x: Tensor,
+                h0: Tensor | None, c0: Tensor | None, token: Tensor | None) -> Any:
         h, c, ctx.cache = _step(pack, x, h0, c0, True)
-        ctx.save_for_backward(x, h0, c0, *weights)
+        ctx.sums, ctx.link = sums, None if token is None else token.grad_fn
+        ctx.save_for_backward(x, h0, c0)
         ctx.set_materialize_grads(False)  # None stays None: the kernels take dh_n=None
         return h if c is None else (h, c)
 
     @staticmethod
     def backward(ctx: Any, dh: Tensor | None, dc: Tensor | None = None) -> Any:
         saved = ctx.saved_tensors  # raises if an input was changed in place since the forward
-        cache = ctx.cache
+        pack, x3, buffers = ctx.cache
         x_shape = saved[0].shape
-        _, B, _, H = cache.shape
+        B, H = x3.shape[1], pack.hidden_size
         # autograd gives them the outputs' shape and dtype
         dha = None if dh is None else np.ascontiguousarray(_np(dh).reshape(B, H))
         dca = None if dc is None else np.ascontiguousarray(_np(dc).reshape(B, H))
-        dx, dh0, dc0, *dws = F._step_backward(cache, dha, dca)
+        into, token_grad = None, None
+        if ctx.link is not None and torch._C._will_engine_execute_node(ctx.link):
+            task = torch._C._current_graph_task_id()
+            into = ctx.sums.get(task)
+            if into is None:  # this pass's first step: (G*H, I), (G*H, H), (G*H,), (G*H,) zeros
+                into = ctx.sums[task] = _zero_grads(pack)
+            token_grad = torch.empty(0, dtype=saved[0].dtype)  # the token's (0,)
+        dx, dh0, dc0, *_ = _core.backward_packed(pack, x3, None, buffers, None, dha, dca, into)
+        assert dx is not None and dh0 is not None
         h_shape = (*x_shape[:-1], H)
-        grads = [None, dx.reshape(x_shape), dh0.reshape(h_shape),
-                 None if dc0 is None else dc0.reshape(h_shape), *dws]
+        grads = [dx.reshape(x_shape), dh0.reshape(h_shape),
+                 None if dc0 is None else dc0.reshape(h_shape)]
         out = [None if g is None or not need else torch.from_numpy(g)
-               for g, need in zip(grads, ctx.needs_input_grad)]
-        if torch.is_grad_enabled():  # create_graph=True: make differentiating them raise
-            anchors = [t for t in saved if t is not None and t.requires_grad]
-            out = [None if g is None else _NoDoubleBackward.apply(g, *anchors)  # type: ignore[no-untyped-call]
-                   for g in out]
-        return tuple(out)
+               for g, need in zip(grads, ctx.needs_input_grad[2:])]
+        return (None, None, *_no_double_backward(out, saved), token_grad)
 
 
-def _pack(module: Any, cell: str, weights: tuple[Tensor | None, ...],
-          precision: str) -> F.PackedWeights:
-    """The module's weights packed for ``precision``, made again when one changed (version,
-    memory), the precision or the ISA."""
-    key: list[Any] = [F.isa_generation[0], precision]
-    for w in weights:
-        if w is not None:
-            key += (id(w), w._version, w.data_ptr())
-    cached = module.__dict__.get("_rnnkern_pack")
+def _zero_grads(pack: Any) -> tuple[Any, ...]:
+    """Zero weight gradients of ``pack``: (G*H, I), (G*H, H), and (G*H,) twice or None twice."""
+    gh = pack.hidden_size * BY_ID[pack.cell_id]["gates"]
+    bias = [np.zeros(gh, pack.dtype) if pack.has_bias else None for _ in range(2)]
+    return (np.zeros((gh, pack.input_size), pack.dtype),
+            np.zeros((gh, pack.hidden_size), pack.dtype), *bias)
+
+
+# module -> (key, sums, token) of its last training step (kept out of the module: a token is no
+# leaf tensor, and deepcopy or pickle would refuse it)
+_TOKENS: weakref.WeakKeyDictionary[Any, tuple[Any, dict[int, Any], Tensor]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _token(module: Any, pack: Any, weights: tuple[Tensor | None, ...]) -> tuple[Any, Any]:
+    """(sums, token) linking the module's steps to ``weights`` (``_Link``): the same while the
+    pack, the weights' versions and which of them need gradients stay."""
+    key = (pack, *((w._version, w.requires_grad) for w in weights if w is not None))
+    cached = _TOKENS.get(module)
     if cached is not None and cached[0] == key:
-        return cached[1]  # type: ignore[no-any-return]
-    arrays: list[Any] = [None if w is None else w.detach().numpy() for w in weights]
-    if cell == "lstm":
-        pack = F.lstm_pack(*arrays, precision=precision)
-    elif cell == "gru":
-        pack = F.gru_pack(*arrays, precision=precision)
-    else:
-        pack = F.rnn_pack(*arrays, nonlinearity=module.nonlinearity, precision=precision)
-    module.__dict__["_rnnkern_pack"] = (key, pack)
-    return pack
+        return cached[1], cached[2]
+    sums: dict[int, tuple[Any, ...]] = {}
+    token = _Link.apply(sums, *weights)  # type: ignore[no-untyped-call]
+    _TOKENS[module] = (key, sums, token)
+    return sums, token
+
+
+def _pack(module: Any, cell: str, weights: tuple[Tensor | None, ...], precision: str) -> Any:
+    """The module's weights packed for ``precision`` (a _core.Pack), made again when their bits,
+    the precision or the ISA changed (``rnnkern.torch._pack``)."""
+    cell_id = F._LSTM if cell == "lstm" else F._GRU if cell == "gru" else F._RNN_IDS[
+        module.nonlinearity]
+    return _pack_weights(cell_id, (*weights, None), precision)
 
 
 def _fits(module: Any, x: object, states: tuple[object, ...], w_hh: Tensor) -> bool:
@@ -142,7 +205,10 @@ def _forward(module: Any, cell: str, input: Any, hx: Any) -> Any:
                 f"precision: 'int8' is inference only ({type(module).__name__} converted with "
                 f"precision='int8') and this call would record gradients: run it under "
                 f"torch.no_grad() or torch.inference_mode()")
-        return _CellFunction.apply(pack, input, h0, c0, *weights)  # type: ignore[no-untyped-call]
+        sums, token = None, None
+        if any(w is not None and w.requires_grad for w in weights):
+            sums, token = _token(module, pack, weights)
+        return _CellFunction.apply(pack, sums, input, h0, c0, token)  # type: ignore[no-untyped-call]
     # nothing to differentiate: no autograd node (its cost is a third of a B=1 step)
     h, c, _ = _step(pack, input, h0, c0, False)
     return h if c is None else (h, c)

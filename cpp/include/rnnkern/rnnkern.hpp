@@ -114,6 +114,9 @@ struct Grads {
   F* dw_hr = nullptr;    // (P, H): non-null exactly when the weights have a projection
   F* dln_gates = nullptr;  // (2, 4H), and dln_cell (2, H): non-null exactly when the weights
   F* dln_cell = nullptr;   // have layer normalization
+  // The weight gradients (dw_ih ... dw_hr, dln_gates, dln_cell) are added to, not overwritten: the one-step loops of
+  // cells sum their steps' gradients in the caller's buffers (dx, dh0, dc0 are overwritten).
+  bool accumulate = false;
 };
 
 // y (T, B, P), h_n (B, P), c_n (B, H) for LSTM (P = h_size(d): d.P with w_hr, else H; d.P
@@ -124,7 +127,8 @@ void forward(Cell cell, Dims d, const F* x, const F* h0, const F* c0, Params<F> 
              const int64_t* lengths, F* y, F* h_n, F* c_n, const Cache<F>* cache,
              Precision prec = Precision::native);
 
-// dy (T, B, P), dh_n (B, P), dc_n (B, H): each may be null (zero); dh0 (B, P), dw_hh (G*H, P). Overwrites every non-null gradient.
+// dy (T, B, P), dh_n (B, P), dc_n (B, H): each may be null (zero); dh0 (B, P), dw_hh (G*H, P).
+// Overwrites every non-null gradient, or adds to the weight gradients (g.accumulate).
 template <class F>
 void backward(Cell cell, Dims d, const F* x, Params<F> p, const int64_t* lengths,
               const Cache<F>& cache, const F* dy, const F* dh_n, const F* dc_n, Grads<F> g,

@@ -149,11 +149,10 @@ class _Cell(ParamModule):
         B = cache.shape[1]
         parts = 2 if self._cell == "lstm" else 1
         dh, *dc = self._states("dstate", dstate, None if unbatched else B, parts)
-        dx, dh0, dc0, *dws = F._step_backward(cache, dh, dc[0] if dc else None)
+        # the core adds the weight gradients to ours: no (G*H, I + H) array per step
+        dx, dh0, dc0 = F._step_backward(cache, dh, dc[0] if dc else None,
+                                        tuple(self.grads.get(n) for n in _NAMES))
         self._steps.pop()
-        for name, g in zip(_NAMES, dws):
-            if g is not None:
-                self.grads[name] += g
         shape = (self.hidden_size,) if unbatched else (B, self.hidden_size)
         dx = dx.reshape((self.input_size,) if unbatched else (B, self.input_size))
         dh0 = dh0.reshape(shape)

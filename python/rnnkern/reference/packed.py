@@ -11,9 +11,12 @@ from .._api import (
     Array,
     check_flag,
     check_nonlinearity,
+    check_pack_variants,
     check_packed_forward,
     check_precision,
+    check_projection,
     check_weights,
+    lstm_variant,
 )
 from .gru import gru_forward
 from .lstm import lstm_forward
@@ -27,23 +30,32 @@ class PackedWeights:
     them (its cache goes to the reference's ``{cell}_backward``). Immutable."""
 
     __slots__ = ("cell", "_weights", "_options", "dtype", "input_size", "hidden_size",
-                 "has_bias", "variant", "precision")
+                 "output_size", "has_bias", "variant", "precision")
 
     def __init__(self, cell: str, variant: str, options: dict[str, Any], w_ih: object,
-                 w_hh: object, b_ih: object, b_hh: object, precision: object) -> None:
-        weights = check_weights(cell, w_ih, w_hh, b_ih, b_hh)
+                 w_hh: object, b_ih: object, b_hh: object, precision: object,
+                 w_peep: object = None, w_hr: object = None, ln_gates: object = None,
+                 ln_cell: object = None) -> None:
+        weights = check_weights(cell, w_ih, w_hh, b_ih, b_hh, w_hr is not None)
+        hr, peep, lng, lnc = check_pack_variants(w_hr, w_peep, weights[1], ln_gates, ln_cell)
+        check_projection(hr)
         self.cell = cell  # "rnn", "lstm" or "gru"
-        self.variant = variant  # rnn: the nonlinearity; gru: linear_before_reset or not; lstm: ""
+        # rnn: the nonlinearity; gru: linear_before_reset or not; lstm: its variants ("" none)
+        self.variant = variant
         self.dtype: np.dtype[Any] = weights[1].dtype
         self.precision = check_precision(precision, self.dtype)
         w_ih_, w_hh_, b_ih_, b_hh_ = weights
-        # w_ih (G*H, I), w_hh (G*H, H), b_ih, b_hh (G*H,) or None: read-only copies
+        # w_ih (G*H, I), w_hh (G*H, P), b_ih, b_hh (G*H,) or None: read-only copies
         self._weights: tuple[Array, Array, Array | None, Array | None] = (
             _frozen(w_ih_), _frozen(w_hh_), None if b_ih_ is None else _frozen(b_ih_),
             None if b_hh_ is None else _frozen(b_hh_))
-        self._options = options  # the forward's keywords that select the cell's form
+        # the forward's keywords that select the cell's form; lstm: w_hr (P, H), w_peep (3, H),
+        # ln_gates (2, 4H), ln_cell (2, H)
+        self._options = dict(options, **{k: _frozen(a) for k, a in (
+            ("w_hr", hr), ("w_peep", peep), ("ln_gates", lng), ("ln_cell", lnc)) if a is not None})
         self.input_size: int = weights[0].shape[1]
-        self.hidden_size: int = weights[1].shape[1]
+        self.hidden_size: int = weights[1].shape[1] if hr is None else hr.shape[1]  # H
+        self.output_size: int = weights[1].shape[1]  # P: the size of h (H without w_hr)
         self.has_bias = weights[2] is not None
 
     @property
@@ -55,7 +67,8 @@ class PackedWeights:
                 lengths: Array | None = None, training: bool = True) -> Any:
         """``{cell}_forward`` with these weights (LSTMOutput or RNNOutput)."""
         xc, h0c, c0c, lens = check_packed_forward(self.cell, self.dtype, self.input_size,
-                                                  self.hidden_size, x, h0, c0, lengths)
+                                                  self.hidden_size, x, h0, c0, lengths,
+                                                  self.output_size)
         kw = dict(self._options, lengths=lens, training=check_flag("training", training),
                   precision=self.precision)
         if self.cell == "lstm":
@@ -65,8 +78,9 @@ class PackedWeights:
 
     def __repr__(self) -> str:
         variant = f" {self.variant}" if self.variant else ""
+        proj = f" P={self.output_size}" if "w_hr" in self._options else ""
         return (f"<rnnkern reference packed {self.cell}{variant} I={self.input_size} "
-                f"H={self.hidden_size} {self.dtype} {self.precision}>")
+                f"H={self.hidden_size}{proj} {self.dtype} {self.precision}>")
 
 
 def _frozen(a: Array) -> Array:
@@ -83,9 +97,15 @@ def rnn_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, *
 
 
 def lstm_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, *,
-              precision: str = "float") -> PackedWeights:
-    """lstm_forward's weights, once: ``pack.forward(x, h0, c0, ...)``."""
-    return PackedWeights("lstm", "", {}, w_ih, w_hh, b_ih, b_hh, precision)
+              precision: str = "float", w_peep: Array | None = None,
+              w_hr: Array | None = None, ln_gates: Array | None = None,
+              ln_cell: Array | None = None) -> PackedWeights:
+    """lstm_forward's weights, once: ``pack.forward(x, h0, c0, ...)``; with a projection w_hr
+    (P, H) (w_hh (4H, P)), peepholes w_peep (3, H) and layer norm ln_gates (2, 4H), ln_cell
+    (2, H) as the compiled ``lstm_pack``."""
+    variant = lstm_variant(w_hr, w_peep, ln_gates)
+    return PackedWeights("lstm", variant, {}, w_ih, w_hh, b_ih, b_hh, precision, w_peep, w_hr,
+                         ln_gates, ln_cell)
 
 
 def gru_pack(w_ih: Array, w_hh: Array, b_ih: Array | None, b_hh: Array | None, *,
