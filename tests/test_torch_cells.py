@@ -224,3 +224,36 @@ def test_weight_gradients_of_partial_repeated_and_retained_backwards(name: str) 
         results.append((dx, dw, xs.grad, *(p.grad for p in module.parameters())))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_a_chain_of_steps_compares_the_weights_once(name: str, monkeypatch: Any) -> None:
+    """Steps fed the very state the previous step returned reuse its pack without comparing the
+    weights' bytes; an in-place change of a parameter (a new version, as an optimizer's step)
+    ends the chain, so the next step uses the new weights; a write through ``.data`` is seen
+    at the first step not fed the previous step's state."""
+    from rnnkern import torch_cells
+    ours, theirs = pair(name, 5, 6)
+    for p_ours, p_theirs in zip(ours.parameters(), theirs.parameters()):
+        p_theirs.data = p_ours.data  # the same memory, torch's cell reads it
+    compared: list[int] = []
+    real = torch_cells._pack
+
+    def counting(*args: Any) -> Any:
+        compared.append(1)
+        return real(*args)
+    monkeypatch.setattr(torch_cells, "_pack", counting)
+    xs = torch.randn(6, 3, 5, dtype=torch.float64)
+    with torch.no_grad():
+        hx, want = None, None
+        for t in range(6):
+            if t == 3:
+                ours.weight_hh.mul_(0.5)  # in place: a new version
+            hx, want = ours(xs[t], hx), theirs(xs[t], want)
+            torch.testing.assert_close(first(hx), first(want), rtol=1e-12, atol=1e-14)
+        assert len(compared) == 2  # the first step, and the one after the change
+        ours.bias_ih.data.add_(0.5)  # no new version
+        state = tuple(s.clone() for s in hx) if isinstance(hx, tuple) else hx.clone()
+        torch.testing.assert_close(first(ours(xs[0], state)), first(theirs(xs[0], state)),
+                                   rtol=1e-12, atol=1e-14)
+        assert len(compared) == 3

@@ -2,11 +2,18 @@
 
 They subclass torch's cells (same constructor, parameters, initialization, repr). ``forward`` runs
 one step on the kernels with the weights packed once (``rnnkern.torch``'s packs): the pack is
-made again when a parameter's bits (compared with a copy at every call, so writes through
-``.data`` or a NumPy view are seen too) or the ISA changed. Autograd as torch's: the step's inputs
-and the weights are saved, so changing one in place before the backward raises torch's own error.
-In training the steps take a token (``_Link``) in place of the weights: the core adds each step's
-weight gradients into one set of arrays per backward pass, handed to autograd once.
+made again when a parameter's bits (compared with a copy, so writes through ``.data`` or a NumPy
+view are seen too) or the ISA changed. The bytes are compared at every call but within a chain
+of steps: a step fed the very state (h, or h and c) that the cell's previous step returned, with
+every parameter the same object at the same version counter and memory, reuses that step's pack.
+An optimizer step, ``load_state_dict`` or any in-place torch operation on a parameter bumps its
+version and ends the chain; a write through ``.data`` or a NumPy view between two chained steps
+is not seen until the chain ends (a state not returned by the previous step, or none).
+
+Autograd as torch's: the step's inputs and the weights are saved, so changing one in place
+before the backward raises torch's own error. In training the steps take a token (``_Link``) in
+place of the weights: the core adds each step's weight gradients into one set of arrays per
+backward pass, handed to autograd once.
 
 What the kernels do not run goes to torch's own cell, unchanged: anything but CPU float32 /
 float64 tensors of the parameters' dtype with exactly the expected shapes (so a wrong shape gets
@@ -166,6 +173,34 @@ def _pack(module: Any, cell: str, weights: tuple[Tensor | None, ...], precision:
     return _pack_weights(cell_id, (*weights, None), precision)
 
 
+# module -> (h, c or None: weak references to the state its last step returned, the weights' key
+# (`_chain_key`), the pack): a step fed that very state, the weights' identities and versions
+# unchanged, continues a chain of steps (a decoder, a sampling loop) and reuses the pack without
+# comparing the weights' bytes. Kept out of the module: weak references neither deepcopy nor
+# pickle.
+_CHAINS: weakref.WeakKeyDictionary[Any, tuple[Any, Any, tuple[Any, ...], Any]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _chain_key(weights: tuple[Tensor | None, ...], precision: str) -> tuple[Any, ...]:
+    """What a chain's pack depends on but the weights' bytes: the ISA, the precision, each
+    weight's identity, version counter and memory."""
+    return (F.isa_generation[0], precision,
+            *((id(w), w._version, w.data_ptr()) for w in weights if w is not None))
+
+
+def _chained_pack(module: Any, cell: str, weights: tuple[Tensor | None, ...], precision: str,
+                  h0: Tensor | None, c0: Tensor | None) -> tuple[Any, tuple[Any, ...]]:
+    """(pack, key) for a step from h0, c0: the chain's pack if h0 (and c0) are the state the
+    module's last step returned and the key is unchanged, else `_pack` (which compares bytes)."""
+    key = _chain_key(weights, precision)
+    chain = _CHAINS.get(module)
+    if (chain is not None and h0 is not None and chain[2] == key and h0 is chain[0]()
+            and (c0 is None or c0 is chain[1]())):
+        return chain[3], key
+    return _pack(module, cell, weights, precision), key
+
+
 def _fits(module: Any, x: object, states: tuple[object, ...], w_hh: Tensor) -> bool:
     """Whether the kernels run this call exactly as torch's cell would (else torch runs it)."""
     if not isinstance(x, Tensor) or not x.is_cpu or not w_hh.is_cpu:
@@ -197,7 +232,7 @@ def _forward(module: Any, cell: str, input: Any, hx: Any) -> Any:
             or lstm and (h0 is None) != (c0 is None)  # torch takes both or neither
             or precision == "float" and torch.is_autocast_enabled("cpu")):  # torch's casts
         return super(type(module), module).forward(input, hx)  # torch's own checks and errors
-    pack = _pack(module, cell, weights, precision)
+    pack, key = _chained_pack(module, cell, weights, precision, h0, c0)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                        for t in (input, h0, c0, *weights)):
         if precision == "int8":
@@ -208,10 +243,12 @@ def _forward(module: Any, cell: str, input: Any, hx: Any) -> Any:
         sums, token = None, None
         if any(w is not None and w.requires_grad for w in weights):
             sums, token = _token(module, pack, weights)
-        return _CellFunction.apply(pack, sums, input, h0, c0, token)  # type: ignore[no-untyped-call]
-    # nothing to differentiate: no autograd node (its cost is a third of a B=1 step)
-    h, c, _ = _step(pack, input, h0, c0, False)
-    return h if c is None else (h, c)
+        out = _CellFunction.apply(pack, sums, input, h0, c0, token)  # type: ignore[no-untyped-call]
+        h, c = out if lstm else (out, None)
+    else:  # nothing to differentiate: no autograd node (its cost is a third of a B=1 step)
+        h, c, _ = _step(pack, input, h0, c0, False)
+    _CHAINS[module] = (weakref.ref(h), None if c is None else weakref.ref(c), key, pack)
+    return (h, c) if lstm else h
 
 
 class RNNCell(torch.nn.RNNCell):
