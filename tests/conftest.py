@@ -35,3 +35,14 @@ def num_threads() -> Iterator[Callable[[int], None]]:
     before = rnnkern.get_num_threads()
     yield rnnkern.set_num_threads
     rnnkern.set_num_threads(before)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """torch's own modules on one thread for the test: its OpenMP threads crawl on a busy
+    2-core machine."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 from rnnkern_testing import as_dtype, make_lstm_variant_case, make_output_grads, rnn_acc_len
 from test_kernels_vs_reference import OPTIONS, _id, compare
-from test_lstm_projection import isa, run
+from test_lstm_projection import (
+    assert_bf16_matches_reference,
+    assert_central_differences,
+    assert_float64_close_to_reference,
+    isa,
+    run,
+)
+from test_lstm_variants import assert_pack_equals_call
 
 import rnnkern
 import rnnkern.reference
@@ -85,12 +92,7 @@ def test_layer_norm_float64_close_to_reference() -> None:
     """float64 kernels against the float64 reference: ~1e-10 relative (only the order of the
     sums differs)."""
     case, grads = case_and_grads((6, 5, 7, 20), np.float64, OPTIONS[1], seed=3, peep=True)
-    out, g = run(rnnkern, case, grads)
-    ref_out, ref_g = run(rnnkern.reference, case, grads)
-    for name, a in [*out._asdict().items(), *g._asdict().items()]:
-        if isinstance(a, np.ndarray):
-            want = getattr(ref_out if name in out._fields else ref_g, name)
-            np.testing.assert_allclose(a, want, rtol=1e-10, atol=1e-12, err_msg=name)
+    assert_float64_close_to_reference(case, grads)
 
 
 @pytest.mark.parametrize("peep", [False, True], ids=["ln", "ln+peep"])
@@ -101,27 +103,10 @@ def test_layer_norm_kernels_by_central_differences(peep: bool) -> None:
     T, B, I, H = 4, 3, 3, 5
     case, grads = case_and_grads((T, B, I, H), np.float64, OPTIONS[0], seed=9, peep=peep)
     case["lengths"] = np.array([4, 2, 1])
-    g = run(rnnkern, case, grads)[1]
-
-    def loss(c: dict[str, Any]) -> float:
-        out = rnnkern.lstm_forward(**c, training=False)
-        return float(np.sum(out.y * grads["dy"]) + np.sum(out.h_n * grads["dh_n"])
-                     + np.sum(out.c_n * grads["dc_n"]))
-
-    rng = np.random.default_rng(0)
-    eps = 1e-6
-    names = [("x", "dx"), ("h0", "dh0"), ("c0", "dc0"), ("w_ih", "dw_ih"), ("w_hh", "dw_hh"),
-             ("b_ih", "db_ih"), ("b_hh", "db_hh"), ("ln_gates", "dln_gates"),
-             ("ln_cell", "dln_cell")] + ([("w_peep", "dw_peep")] if peep else [])
-    for name, field in names:
-        for _ in range(4):
-            idx = tuple(int(rng.integers(n)) for n in case[name].shape)
-            plus, minus = ({**case, name: case[name].copy()} for _ in range(2))
-            plus[name][idx] += eps
-            minus[name][idx] -= eps
-            numeric = (loss(plus) - loss(minus)) / (2 * eps)
-            np.testing.assert_allclose(getattr(g, field)[idx], numeric, rtol=1e-6, atol=1e-8,
-                                       err_msg=f"{field}{idx}")
+    assert_central_differences(case, grads, (
+        ("x", "dx"), ("h0", "dh0"), ("c0", "dc0"), ("w_ih", "dw_ih"), ("w_hh", "dw_hh"),
+        ("b_ih", "db_ih"), ("b_hh", "db_hh"), ("ln_gates", "dln_gates"),
+        ("ln_cell", "dln_cell"), *((("w_peep", "dw_peep"),) if peep else ())))
 
 
 def test_layer_norm_same_bits_on_any_thread_count(num_threads: Callable[[int], None]) -> None:
@@ -146,33 +131,14 @@ def test_layer_norm_bf16_matches_reference() -> None:
     """precision='bf16' with layer norm: the reference's bf16 (the products' operands rounded;
     the norms in float) within float32 rounding."""
     case, grads = case_and_grads((5, 4, 6, 16), np.float32, OPTIONS[0], seed=2, peep=True)
-    out, g = run(rnnkern, case, grads, precision="bf16")
-    ref_out, ref_g = run(rnnkern.reference, case, grads, precision="bf16")
-    for name in ("y", "h_n", "c_n"):
-        np.testing.assert_allclose(getattr(out, name), getattr(ref_out, name), rtol=0,
-                                   atol=2e-2, err_msg=name)
-    for name in g._fields:
-        a, e = getattr(g, name), getattr(ref_g, name)
-        np.testing.assert_allclose(a, e, rtol=0, atol=3e-2 * max(1.0, float(np.abs(e).max())),
-                                   err_msg=name)
+    assert_bf16_matches_reference(case, grads)
 
 
 def test_packed_layer_norm_equals_the_call() -> None:
     """lstm_pack(..., ln_gates=, ln_cell=) gives the bits of lstm_forward with them, the
     gradients too, one step included; the pack is a snapshot."""
     case, grads = case_and_grads((4, 3, 5, 9), np.float64, OPTIONS[2], seed=6, peep=True)
-    out, g = run(rnnkern, case, grads)
-    ln_gates, ln_cell = case["ln_gates"].copy(), case["ln_cell"].copy()
-    pack = rnnkern.lstm_pack(case["w_ih"], case["w_hh"], case["b_ih"], case["b_hh"],
-                             w_peep=case["w_peep"], ln_gates=ln_gates, ln_cell=ln_cell)
-    ln_gates[:] = 0
-    ln_cell[:] = 0
-    p_out = pack.forward(case["x"], case["h0"], case["c0"], lengths=case["lengths"])
-    p_g = rnnkern.lstm_backward(p_out.cache, **grads)
-    np.testing.assert_array_equal(p_out.y, out.y)
-    assert p_g._fields == g._fields
-    for field in g._fields:
-        np.testing.assert_array_equal(getattr(p_g, field), getattr(g, field), err_msg=field)
+    pack = assert_pack_equals_call(case, grads, ("w_peep", "ln_gates", "ln_cell"))
     assert "layer-norm" in repr(pack)
     step = pack.forward(case["x"][:1], case["h0"], case["c0"])
     one = rnnkern.lstm_forward(**{**case, "x": case["x"][:1], "lengths": None})

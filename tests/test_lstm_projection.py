@@ -88,6 +88,12 @@ def test_projection_float64_close_to_reference() -> None:
     """float64 kernels against the float64 reference: ~1e-10 relative (only the order of the
     sums differs)."""
     case, grads = case_and_grads((6, 5, 7, 20, 9), np.float64, OPTIONS[1], seed=3, peep=True)
+    assert_float64_close_to_reference(case, grads)
+
+
+def assert_float64_close_to_reference(case: dict[str, Any], grads: dict[str, Any]) -> None:
+    """Every output and gradient of the kernels on a float64 case within 1e-10 relative (1e-12
+    absolute) of the float64 reference's."""
     out, g = run(rnnkern, case, grads)
     ref_out, ref_g = run(rnnkern.reference, case, grads)
     for name, a in [*out._asdict().items(), *g._asdict().items()]:
@@ -102,6 +108,16 @@ def test_projection_kernels_by_central_differences() -> None:
     T, B, I, H, P = 4, 3, 3, 5, 2
     case, grads = case_and_grads((T, B, I, H, P), np.float64, OPTIONS[0], seed=9, peep=True)
     case["lengths"] = np.array([4, 2, 1])
+    assert_central_differences(case, grads, (
+        ("x", "dx"), ("h0", "dh0"), ("c0", "dc0"), ("w_ih", "dw_ih"), ("w_hh", "dw_hh"),
+        ("b_ih", "db_ih"), ("b_hh", "db_hh"), ("w_hr", "dw_hr"), ("w_peep", "dw_peep")))
+
+
+def assert_central_differences(case: dict[str, Any], grads: dict[str, Any],
+                               names: tuple[tuple[str, str], ...]) -> None:
+    """The kernels' lstm_backward on a float64 case: each gradient (argument, field) of
+    ``names`` against central differences of L = sum(y gy) + sum(h_n gh) + sum(c_n gc) at four
+    random entries, to 1e-6."""
     g = run(rnnkern, case, grads)[1]
 
     def loss(c: dict[str, Any]) -> float:
@@ -111,9 +127,7 @@ def test_projection_kernels_by_central_differences() -> None:
 
     rng = np.random.default_rng(0)
     eps = 1e-6
-    for name, field in (("x", "dx"), ("h0", "dh0"), ("c0", "dc0"), ("w_ih", "dw_ih"),
-                        ("w_hh", "dw_hh"), ("b_ih", "db_ih"), ("b_hh", "db_hh"),
-                        ("w_hr", "dw_hr"), ("w_peep", "dw_peep")):
+    for name, field in names:
         for _ in range(4):
             idx = tuple(int(rng.integers(n)) for n in case[name].shape)
             plus, minus = ({**case, name: case[name].copy()} for _ in range(2))
@@ -149,6 +163,12 @@ def test_projection_bf16_matches_reference() -> None:
     """precision='bf16' with a projection: the reference's bf16 (both operands of every product
     rounded, W_hr m_t's included) within float32 rounding."""
     case, grads = case_and_grads((5, 4, 6, 16, 8), np.float32, OPTIONS[0], seed=2)
+    assert_bf16_matches_reference(case, grads)
+
+
+def assert_bf16_matches_reference(case: dict[str, Any], grads: dict[str, Any]) -> None:
+    """The kernels' precision='bf16' forward and backward on an LSTM variant's case against the
+    reference's bf16: outputs within 2e-2, gradients within 3e-2 of max(1, their largest)."""
     out, g = run(rnnkern, case, grads, precision="bf16")
     ref_out, ref_g = run(rnnkern.reference, case, grads, precision="bf16")
     for name in ("y", "h_n", "c_n"):

@@ -358,19 +358,28 @@ def test_packed_variants_equal_the_call(variant: str, name: str) -> None:
     (keyword,) = LSTM_VARIANTS[variant]
     case = make_lstm_variant_case(variant, 4, 3, 5, 9, np.float64, P=4, lengths="random", seed=6)
     grads = make_output_grads("lstm", 4, 3, 9, np.float64, seed=7, P=case["w_hh"].shape[1])
+    pack = assert_pack_equals_call(case, grads, (keyword,))
+    assert name in repr(pack)
+    assert (pack.hidden_size, pack.output_size) == (9, case["w_hh"].shape[1])
+
+
+def assert_pack_equals_call(case: dict[str, Any], grads: dict[str, Any],
+                            keywords: tuple[str, ...]) -> Any:
+    """lstm_pack with the case's weights and its variant arrays ``keywords`` gives the bits of
+    lstm_forward / lstm_backward on the case; the arrays are zeroed after packing (the pack is
+    a snapshot). Returns the pack."""
     out, g = run(rnnkern, case, grads)
-    extra = case[keyword].copy()
-    pack = rnnkern.lstm_pack(case["w_ih"], case["w_hh"], case["b_ih"], case["b_hh"],
-                             **{keyword: extra})
-    extra[:] = 0
+    extras = {k: case[k].copy() for k in keywords}
+    pack = rnnkern.lstm_pack(case["w_ih"], case["w_hh"], case["b_ih"], case["b_hh"], **extras)
+    for a in extras.values():
+        a[:] = 0
     p_out = pack.forward(case["x"], case["h0"], case["c0"], lengths=case["lengths"])
     p_g = rnnkern.lstm_backward(p_out.cache, **grads)
     np.testing.assert_array_equal(p_out.y, out.y)
     assert p_g._fields == g._fields
     for field in g._fields:
         np.testing.assert_array_equal(getattr(p_g, field), getattr(g, field), err_msg=field)
-    assert name in repr(pack)
-    assert (pack.hidden_size, pack.output_size) == (9, case["w_hh"].shape[1])
+    return pack
 
 
 def test_kernels_refuse_what_they_do_not_run() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -31,13 +30,7 @@ CONFIGS = [(1, False, False, False), (2, True, True, False), (2, True, False, Tr
 LENGTHS = [30, 11, 30, 24]  # (B,) unsorted, with T
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """torch's own modules on one thread: its OpenMP threads crawl on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make(cell: str, num_layers: int, bidirectional: bool, batch_first: bool, H: int = 32,
