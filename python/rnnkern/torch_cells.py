@@ -174,12 +174,11 @@ def _pack(module: Any, cell: str, weights: tuple[Tensor | None, ...], precision:
 
 
 # module -> (h, c or None: weak references to the state its last step returned, the weights' key
-# (`_chain_key`), the pack): a step fed that very state, the weights' identities and versions
-# unchanged, continues a chain of steps (a decoder, a sampling loop) and reuses the pack without
-# comparing the weights' bytes. Kept out of the module: weak references neither deepcopy nor
-# pickle.
-_CHAINS: weakref.WeakKeyDictionary[Any, tuple[Any, Any, tuple[Any, ...], Any]] = (
-    weakref.WeakKeyDictionary())
+# (`_chain_key`), the pack, that step's input shape and dtype): a step fed that very state and
+# an input like the last, the weights' identities and versions unchanged, continues a chain of
+# steps (a decoder, a sampling loop): it reuses the pack without comparing the weights' bytes
+# and skips `_fits`. Kept out of the module: weak references neither deepcopy nor pickle.
+_CHAINS: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 
 
 def _chain_key(weights: tuple[Tensor | None, ...], precision: str) -> tuple[Any, ...]:
@@ -189,16 +188,19 @@ def _chain_key(weights: tuple[Tensor | None, ...], precision: str) -> tuple[Any,
             *((id(w), w._version, w.data_ptr()) for w in weights if w is not None))
 
 
-def _chained_pack(module: Any, cell: str, weights: tuple[Tensor | None, ...], precision: str,
-                  h0: Tensor | None, c0: Tensor | None) -> tuple[Any, tuple[Any, ...]]:
-    """(pack, key) for a step from h0, c0: the chain's pack if h0 (and c0) are the state the
-    module's last step returned and the key is unchanged, else `_pack` (which compares bytes)."""
-    key = _chain_key(weights, precision)
+def _chained(module: Any, x: object, h0: Tensor | None, c0: Tensor | None,
+             key: tuple[Any, ...]) -> Any:
+    """The pack of the module's chain if this step continues it (h0, and c0, the very state its
+    last step returned, x a CPU tensor of that step's input shape and dtype, the key
+    unchanged), else None."""
     chain = _CHAINS.get(module)
-    if (chain is not None and h0 is not None and chain[2] == key and h0 is chain[0]()
-            and (c0 is None or c0 is chain[1]())):
-        return chain[3], key
-    return _pack(module, cell, weights, precision), key
+    if chain is None or h0 is None or h0 is not chain[0]() or chain[2] != key:
+        return None
+    if (c0 is not None) != (chain[1] is not None) or c0 is not None and c0 is not chain[1]():
+        return None
+    if not isinstance(x, Tensor) or x.shape != chain[4] or x.dtype != chain[5] or not x.is_cpu:
+        return None
+    return chain[3]
 
 
 def _fits(module: Any, x: object, states: tuple[object, ...], w_hh: Tensor) -> bool:
@@ -228,11 +230,15 @@ def _forward(module: Any, cell: str, input: Any, hx: Any) -> Any:
     weights = (p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
     # set by rnnkern.torch.convert(model, precision=...)
     precision: str = module.__dict__.get("_rnnkern_precision", "float")
-    if (not _fits(module, input, (h0, c0), weights[1])
-            or lstm and (h0 is None) != (c0 is None)  # torch takes both or neither
-            or precision == "float" and torch.is_autocast_enabled("cpu")):  # torch's casts
-        return super(type(module), module).forward(input, hx)  # torch's own checks and errors
-    pack, key = _chained_pack(module, cell, weights, precision, h0, c0)
+    if precision == "float" and torch.is_autocast_enabled("cpu"):  # torch's casts
+        return super(type(module), module).forward(input, hx)
+    key = _chain_key(weights, precision)
+    pack = _chained(module, input, h0, c0, key)
+    if pack is None:
+        if (not _fits(module, input, (h0, c0), weights[1])
+                or lstm and (h0 is None) != (c0 is None)):  # torch takes both or neither
+            return super(type(module), module).forward(input, hx)  # torch's checks and errors
+        pack = _pack(module, cell, weights, precision)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                        for t in (input, h0, c0, *weights)):
         if precision == "int8":
@@ -247,7 +253,8 @@ def _forward(module: Any, cell: str, input: Any, hx: Any) -> Any:
         h, c = out if lstm else (out, None)
     else:  # nothing to differentiate: no autograd node (its cost is a third of a B=1 step)
         h, c, _ = _step(pack, input, h0, c0, False)
-    _CHAINS[module] = (weakref.ref(h), None if c is None else weakref.ref(c), key, pack)
+    _CHAINS[module] = (weakref.ref(h), None if c is None else weakref.ref(c), key, pack,
+                       input.shape, input.dtype)
     return (h, c) if lstm else h
 
 
