@@ -108,6 +108,10 @@ def test_train_char_layer_norm_and_eval_every(tmp_path: Path,
 
     assert main([*args, "--cell", "gru"]) == 2
     assert "train-char: error: layer_norm: only cell='lstm'" in capsys.readouterr().err
+    ckpt.unlink()
+    assert main([*args, "--eval-precision", "int8"]) == 2  # refused before training
+    assert "error: ln_gates: layer norm has no int8 kernels" in capsys.readouterr().err
+    assert not ckpt.exists()
 
 
 def test_train_char_default_corpus_minutes(tmp_path: Path,

@@ -200,6 +200,8 @@ def cmd_train_char(args: argparse.Namespace) -> int:
          f"{args.layers} layer(s)); unigram validation loss {unigram:.3f} nats/char")
     sample_rng = np.random.default_rng(args.seed)
     prime = vocab.encode("\n" if "\n" in vocab else text[0])
+    for precision in args.eval_precision:  # one that cannot run fails now, not after training
+        model.with_precision(precision).forward(prime[:, None])
 
     def show_sample(step: int) -> None:
         out = model.sample(args.sample_length, prime, args.temperature, sample_rng)
