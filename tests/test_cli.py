@@ -82,6 +82,38 @@ def test_train_char_in_bf16(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert abs(losses["bf16"] - losses["float"]) < 0.02 * losses["float"]
 
 
+def test_train_char_layer_norm_and_eval_every(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """--layer-norm trains a layer-normalized LSTM and the checkpoint keeps it; --eval-every
+    prints the validation loss along the way, the last one the final loss; not with a GRU."""
+    text_file = tmp_path / "fox.txt"
+    text_file.write_text(TEXT)
+    ckpt = tmp_path / "fox.npz"
+    args = ["train-char", str(text_file), "--hidden", "16", "--embed", "8", "--seq-len", "10",
+            "--batch", "4", "--steps", "6", "--sample-every", "0", "--out", str(ckpt),
+            "--no-progress", "--val-chars", "300", "--seed", "1", "--layer-norm"]
+    assert main([*args, "--eval-every", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "(lstm layer-norm, H = 16, 1 layer(s))" in out
+    evals = re.findall(r"^step (\d+): validation loss (\d+\.\d+) nats/char \((\d+\.\d+) "
+                       r"bits/char\); median step \d+\.\d ms over the last 3$", out, re.M)
+    assert [int(e[0]) for e in evals] == [3, 6]
+    model, meta = load_checkpoint(ckpt)
+    assert isinstance(model, CharLM) and model.config["layer_norm"] is True
+    assert model.rnn.layer_norm and "rnn.ln_cell_l0" in model.params
+    assert float(evals[-1][1]) == pytest.approx(meta["val_loss"], abs=1e-4)
+    assert float(evals[-1][2]) == pytest.approx(meta["val_loss"] / np.log(2), abs=1e-4)
+    assert main(["sample", str(ckpt), "--length", "10", "--seed", "0"]) == 0
+    capsys.readouterr()
+
+    assert main([*args, "--cell", "gru"]) == 2
+    assert "train-char: error: layer_norm: only cell='lstm'" in capsys.readouterr().err
+    ckpt.unlink()
+    assert main([*args, "--eval-precision", "int8"]) == 2  # refused before training
+    assert "error: ln_gates: layer norm has no int8 kernels" in capsys.readouterr().err
+    assert not ckpt.exists()
+
+
 def test_train_char_default_corpus_minutes(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["train-char", "--hidden", "8", "--embed", "4", "--seq-len", "8", "--batch", "2",

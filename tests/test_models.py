@@ -140,11 +140,14 @@ def _fd_check(model: Model, loss_and_backward: Callable[[], float], loss: Callab
                                        err_msg=f"{name}{i}")
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_charlm_gradients(cell: str) -> None:
+CELLS_AND_LAYER_NORM = [("lstm", False), ("lstm", True), ("gru", False), ("rnn", False)]
+
+
+@pytest.mark.parametrize("cell, layer_norm", CELLS_AND_LAYER_NORM)
+def test_charlm_gradients(cell: str, layer_norm: bool) -> None:
     rng = np.random.default_rng(0)
     model = CharLM(11, hidden_size=6, num_layers=2, cell=cell, embed_dim=5, dtype="float64",
-                   seed=3)
+                   seed=3, layer_norm=layer_norm)
     ids = rng.integers(0, 11, size=(7, 3))
     _, state = model.forward(ids[:3])  # a carried state: no gradient flows into it
     x, y = ids[3:-1], ids[4:]
@@ -234,9 +237,10 @@ def test_trains_with_optimizer_and_clipping() -> None:
 
 # -- checkpoints ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_checkpoint_round_trip(tmp_path: Path, cell: str) -> None:
-    model = CharLM(13, hidden_size=8, num_layers=2, cell=cell, embed_dim=4, seed=1)
+@pytest.mark.parametrize("cell, layer_norm", CELLS_AND_LAYER_NORM)
+def test_checkpoint_round_trip(tmp_path: Path, cell: str, layer_norm: bool) -> None:
+    model = CharLM(13, hidden_size=8, num_layers=2, cell=cell, embed_dim=4, seed=1,
+                   layer_norm=layer_norm)
     for p in model.params.values():  # not the init the config would reproduce
         p.flags.writeable = True  # the recurrent layers' parameters are read-only until then
         p += 0.5
@@ -244,6 +248,8 @@ def test_checkpoint_round_trip(tmp_path: Path, cell: str) -> None:
     save_checkpoint(path, model, vocab="abc\n\t\"x", step=7)
     loaded, meta = load_checkpoint(path)
     assert isinstance(loaded, CharLM) and loaded.config == model.config
+    assert loaded.config.get("layer_norm", False) == layer_norm
+    assert getattr(loaded.rnn, "layer_norm", False) == layer_norm
     assert meta == {"vocab": "abc\n\t\"x", "step": 7}
     assert loaded.params.keys() == model.params.keys()
     for k, p in model.params.items():
@@ -352,6 +358,41 @@ def test_model_state_dict_keys_and_errors() -> None:
         model.load_state_dict({k: v for k, v in before.items() if k != "embed.weight"})
     with pytest.raises(ValueError, match="^cell:"):
         CharLM(5, cell="transformer")
+
+
+def test_charlm_layer_norm() -> None:
+    """layer_norm=True builds `nn.LSTM(..., layer_norm=True)` (its gains and shifts are model
+    parameters, trained by the optimizer); other cells refuse it; a plain model is unchanged."""
+    model = CharLM(13, hidden_size=8, num_layers=2, embed_dim=4, seed=0, layer_norm=True)
+    assert isinstance(model.rnn, nn.LSTM) and model.rnn.layer_norm
+    assert model.config["layer_norm"] is True
+    for k in range(2):
+        np.testing.assert_array_equal(model.params[f"rnn.ln_gates_l{k}"], np.ones((2, 32)))
+        np.testing.assert_array_equal(model.params[f"rnn.ln_cell_l{k}"], [[1] * 8, [0] * 8])
+    plain = CharLM(13, hidden_size=8, num_layers=2, embed_dim=4, seed=0)
+    assert "layer_norm" not in plain.config and not plain.rnn.layer_norm
+    assert set(model.params) - set(plain.params) == {
+        "rnn.ln_gates_l0", "rnn.ln_cell_l0", "rnn.ln_gates_l1", "rnn.ln_cell_l1"}
+    ids = np.arange(26).reshape(13, 2) % 13  # (T, B)
+    assert not np.allclose(model.forward(ids)[0], plain.forward(ids)[0])
+
+    cols = data.batchify(np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12] * 12), 4)  # (39, 4)
+    opt = optim.Adam(model.params, model.grads, lr=3e-2)
+    before = {k: v.copy() for k, v in model.params.items() if ".ln_" in k}
+    first = model.evaluate(cols, seq_len=12)
+    for _ in range(8):  # 24 steps: 2.60 -> 1.12 nats
+        for x, y in data.bptt_batches(cols, 12):
+            model.zero_grad()
+            model.loss_and_backward(x, y)
+            opt.step()
+    assert model.evaluate(cols, seq_len=12) < 0.5 * first
+    assert all(not np.array_equal(model.params[k], v) for k, v in before.items())
+
+    for cell in ("gru", "rnn"):
+        with pytest.raises(ValueError, match=rf"^layer_norm: only cell='lstm' .* cell='{cell}'"):
+            CharLM(13, cell=cell, layer_norm=True)
+    with pytest.raises(TypeError, match="^layer_norm: expected a bool"):
+        CharLM(13, layer_norm="yes")  # type: ignore[arg-type]
 
 
 def test_charlm_evaluate_and_sample() -> None:

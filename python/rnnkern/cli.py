@@ -192,13 +192,16 @@ def cmd_train_char(args: argparse.Namespace) -> int:
     unigram = _unigram_loss(train_ids, val_ids[:args.val_chars], len(vocab))
     model = CharLM(len(vocab), hidden_size=args.hidden, num_layers=args.layers, cell=args.cell,
                    embed_dim=args.embed, dropout=args.dropout, seed=args.seed,
-                   precision=args.precision)
+                   precision=args.precision, layer_norm=args.layer_norm)
     opt = optim.Adam(model.params, model.grads, lr=args.lr)
     _out(f"corpus: {source}: {len(text):,} characters, vocabulary {len(vocab)}; "
-         f"{model.num_params():,} parameters ({args.cell}, H = {args.hidden}, "
+         f"{model.num_params():,} parameters ({args.cell}{' layer-norm' * args.layer_norm}, "
+         f"H = {args.hidden}, "
          f"{args.layers} layer(s)); unigram validation loss {unigram:.3f} nats/char")
     sample_rng = np.random.default_rng(args.seed)
     prime = vocab.encode("\n" if "\n" in vocab else text[0])
+    for precision in args.eval_precision:  # one that cannot run fails now, not after training
+        model.with_precision(precision).forward(prime[:, None])
 
     def show_sample(step: int) -> None:
         out = model.sample(args.sample_length, prime, args.temperature, sample_rng)
@@ -207,6 +210,7 @@ def cmd_train_char(args: argparse.Namespace) -> int:
     clock = _budget(args.steps, args.minutes, 2000)
     bar = _progress_bar(tqdm, clock, args.no_progress)
     step, chars, recent = 0, 0, []  # recent: the training losses, for the bar's mean
+    step_ms: List[float] = []  # each training step's wall time, evaluations and samples not in it
     batches = data.bptt_batches(columns, args.seq_len)
     state, val = None, None
     try:  # Ctrl-C: keep what was trained, save it below and exit with status 130
@@ -216,8 +220,10 @@ def cmd_train_char(args: argparse.Namespace) -> int:
             except StopIteration:  # a new pass over the corpus starts from a zero state
                 batches, state = data.bptt_batches(columns, args.seq_len), None
                 continue
+            start = time.perf_counter()
             loss, state = _train_step(model, opt, args.clip,
                                       partial(model.loss_and_backward, x, y, state))
+            step_ms.append(1e3 * (time.perf_counter() - start))
             step += 1
             chars += y.size
             recent.append(loss)
@@ -231,6 +237,12 @@ def cmd_train_char(args: argparse.Namespace) -> int:
             bar.set_postfix(postfix, refresh=False)  # redrawn at tqdm's mininterval, not per step
             if args.sample_every and step % args.sample_every == 0:
                 show_sample(step)
+            if args.eval_every and step % args.eval_every == 0:
+                now = model.evaluate(val_columns, args.seq_len)
+                tqdm.write(f"step {step}: validation loss {now:.4f} nats/char "
+                           f"({now / math.log(2):.4f} bits/char); median step "
+                           f"{np.median(step_ms[-args.eval_every:]):.1f} ms over the last "
+                           f"{args.eval_every}", file=sys.stdout)
         bar.close()
         val = model.evaluate(val_columns, args.seq_len)
     except KeyboardInterrupt:
@@ -239,7 +251,8 @@ def cmd_train_char(args: argparse.Namespace) -> int:
     if val is None:
         _out(f"interrupted after {step} steps in {seconds:.1f} s")
     else:
-        _out(f"trained {step} steps in {seconds:.1f} s ({chars / seconds:,.0f} chars/s)")
+        _out(f"trained {step} steps in {seconds:.1f} s ({chars / seconds:,.0f} chars/s; "
+             f"median step {np.median(step_ms):.1f} ms)")
         _out(f"validation loss {val:.3f} nats/char ({val / math.log(2):.3f} bits/char); "
              f"unigram baseline {unigram:.3f} nats/char ({unigram / math.log(2):.3f} bits/char)")
         for precision in args.eval_precision:  # the trained model, run at other precisions
@@ -685,10 +698,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-char", help="train a character language model", parents=[_shared(
         cell="lstm", hidden=256, layers=1, embed=64, batch=(32, "sequences per step"),
         steps=(None, "training steps (default: 2000 unless --minutes is given)"), minutes=None,
-        lr=2e-3, clip=5.0, seed=0)])
+        lr=2e-3, clip=5.0, seed=0,
+        eval_every=(None, "also print the validation loss and the median step time every this "
+                          "many steps (default: only at the end)"))])
     p.add_argument("text_file", nargs="?", default=None,
                    help="UTF-8 text (default: the Python standard library's .py files)")
     p.add_argument("--dropout", type=float, default=0.0, help="between layers")
+    p.add_argument("--layer-norm", action="store_true",
+                   help="a layer-normalized LSTM (--cell lstm only; docs/lstm_variants.md)")
     p.add_argument("--precision", choices=("float", "bf16"), default="float",
                    help="of the recurrent layer's products (docs/precision.md)")
     p.add_argument("--eval-precision", type=_precisions, default=[], metavar="P[,P]",

@@ -42,11 +42,16 @@ class Layer(Protocol):
 
 
 def make_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float,
-             dtype: npt.DTypeLike, seed: np.random.Generator, precision: str = "float") -> Any:
-    """The recurrent layer of a cell name: "lstm", "gru" or "rnn" (tanh)."""
+             dtype: npt.DTypeLike, seed: np.random.Generator, precision: str = "float",
+             layer_norm: bool = False) -> Any:
+    """The recurrent layer of a cell name: "lstm", "gru" or "rnn" (tanh); ``layer_norm`` (LSTM
+    only) makes it `nn.LSTM(..., layer_norm=True)`."""
     kw: dict[str, Any] = {"dropout": dropout, "dtype": dtype, "seed": seed, "precision": precision}
     if cell == "lstm":
-        return nn.LSTM(input_size, hidden_size, num_layers, **kw)
+        return nn.LSTM(input_size, hidden_size, num_layers, layer_norm=layer_norm, **kw)
+    if layer_norm is not False and cell in CELLS:
+        raise ValueError(f"layer_norm: only cell='lstm' has a layer-normalized form, got "
+                         f"layer_norm={layer_norm!r} with cell={cell!r}")
     if cell == "gru":
         return nn.GRU(input_size, hidden_size, num_layers, **kw)
     if cell == "rnn":

@@ -23,28 +23,30 @@ class CharLM(Model):
 
     Layers: ``embed`` Embedding(vocab_size, embed_dim), ``rnn`` the recurrent layer of ``cell``
     ("lstm", "gru" or "rnn") with ``num_layers`` layers of ``hidden_size`` and ``dropout``
-    between them (``precision`` of its products: "float", "bf16" or, for inference, "int8"),
-    ``head`` Linear(hidden_size,
-    vocab_size). Trained by truncated BPTT: each
+    between them (``precision`` of its products: "float", "bf16" or, for inference, "int8";
+    ``layer_norm=True``, LSTM only: `nn.LSTM(..., layer_norm=True)`, docs/lstm_variants.md),
+    ``head`` Linear(hidden_size, vocab_size). Trained by truncated BPTT: each
     chunk starts from the previous chunk's final state, and no gradient crosses the boundary.
     """
 
     def __init__(self, vocab_size: int, hidden_size: int = 256, num_layers: int = 1,
                  cell: str = "lstm", embed_dim: int = 64, dropout: float = 0.0,
                  dtype: str = "float32", seed: Optional[int] = None,
-                 precision: str = "float") -> None:
+                 precision: str = "float", layer_norm: bool = False) -> None:
         super().__init__()
         self.config = {"vocab_size": vocab_size, "hidden_size": hidden_size,
                        "num_layers": num_layers, "cell": cell, "embed_dim": embed_dim,
                        "dropout": dropout, "dtype": str(np.dtype(dtype)), "seed": seed,
                        "precision": precision}
+        if layer_norm:  # only then, so older checkpoints' configs stay equal
+            self.config["layer_norm"] = bool(layer_norm)
         rng = np.random.default_rng(seed)
         self.dtype = np.dtype(dtype)
         self.embed: nn.Embedding = self._add(
             "embed", nn.Embedding(vocab_size, embed_dim, dtype=dtype, seed=rng))
         self.rnn = self._add(
             "rnn", make_rnn(cell, embed_dim, hidden_size, num_layers, dropout, dtype, rng,
-                            precision))
+                            precision, layer_norm))
         self.head: nn.Linear = self._add(
             "head", nn.Linear(hidden_size, vocab_size, dtype=dtype, seed=rng))
 
