@@ -129,9 +129,11 @@ def _check_layer_norm(w_hr: Array | None, ln_gates: Array | None) -> None:
 
 
 def _backward(cell: str, cache: object, dy: object, dh_n: object,
-              dc_n: object = None) -> tuple[Any, ...]:
+              dc_n: object = None) -> LSTMGrads | RNNGrads:
+    """``{cell}_backward``: the arguments checked, the core's backward, its results named."""
     k, dy_, dh_, dc_ = _api.check_backward(cell, cache, KernelCache, dy, dh_n, dc_n)
-    return tuple(_core.backward_packed(k.pack, k.x, k.lengths, k.buffers, dy_, dh_, dc_))
+    return _grads(k, tuple(_core.backward_packed(k.pack, k.x, k.lengths, k.buffers, dy_, dh_,
+                                                 dc_)))
 
 
 def _step_backward(cache: KernelCache, dh: Array | None, dc: Array | None,
@@ -340,8 +342,9 @@ def rnn_backward(cache: KernelCache, dy: Array | None, dh_n: Array | None = None
 
     Returns RNNGrads(dx (T, B, I), dh0 (B, H), dw_ih, dw_hh, db_ih, db_hh (None without bias)).
     """
-    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh = _backward("rnn", cache, dy, dh_n)
-    return RNNGrads(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
+    grads = _backward("rnn", cache, dy, dh_n)
+    assert isinstance(grads, RNNGrads)
+    return grads
 
 
 def lstm_forward(x: Array, h0: Array | None, c0: Array | None, w_ih: Array, w_hh: Array,
@@ -369,9 +372,7 @@ def lstm_backward(cache: KernelCache, dy: Array | None, dh_n: Array | None = Non
     """Gradients of lstm_forward: LSTMGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), then
     dw_hr (P, H) when the forward had a projection, dw_peep (3, H) when it had peepholes and
     dln_gates (2, 4H), dln_cell (2, H) when it had layer norm."""
-    k, dy_, dh_, dc_ = _api.check_backward("lstm", cache, KernelCache, dy, dh_n, dc_n)
-    grads = _grads(k, tuple(_core.backward_packed(k.pack, k.x, k.lengths, k.buffers, dy_, dh_,
-                                                  dc_)))
+    grads = _backward("lstm", cache, dy, dh_n, dc_n)
     assert isinstance(grads, LSTMGrads)
     return grads
 
@@ -393,8 +394,9 @@ def gru_forward(x: Array, h0: Array | None, w_ih: Array, w_hh: Array, b_ih: Arra
 
 def gru_backward(cache: KernelCache, dy: Array | None, dh_n: Array | None = None) -> RNNGrads:
     """Gradients of gru_forward: RNNGrads(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)."""
-    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh = _backward("gru", cache, dy, dh_n)
-    return RNNGrads(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
+    grads = _backward("gru", cache, dy, dh_n)
+    assert isinstance(grads, RNNGrads)
+    return grads
 
 
 def softmax(z: Array) -> Array:
