@@ -167,7 +167,11 @@ void Team::reset(int planned, uint32_t generation, bool late_join, bool own_pool
   // starting alone the workers' shares too: they are the caller's (take_over) and the workers
   // join late, benched until contended_until.
   start_alone_ = late_join && own_pool && contended();
-  start_shares_ = own_pool;
+  // The caller's own share of the first projections first (start_shares) only while no
+  // shrink is remembered: beside a busy process a worker that checks in during it and is then
+  // preempted holds the caller at the projections' barrier (a scheduler slice); the old order
+  // (take a sleeping worker's share over at once, let it join the steps) loses less there.
+  start_shares_ = own_pool && contended_ns.load(std::memory_order_relaxed) == 0;
   if (start_alone_) stat_alone.fetch_add(1, std::memory_order_relaxed);
   pending_ = start_alone_ ? ((uint32_t(1) << planned) - 1) & ~uint32_t(1) : 0;
   const uint64_t decided = (kField & ~((uint64_t(1) << planned) - 1)) | 1 |
