@@ -381,8 +381,7 @@ int Team::finish() {
   if (shrunk_) {
     const int64_t d = contended_ns.load(std::memory_order_relaxed);
     const int64_t next = d ? std::min(2 * d, kBenchMaxNs) : kBenchNs;
-    contended_ns.store(next, std::memory_order_relaxed);
-    contended_until.store(now_ns() + next, std::memory_order_relaxed);
+    contended_ns.store(next, std::memory_order_relaxed);  // the window opens in remember()
   } else if (popcount(active_.load(std::memory_order_relaxed)) > 1) {
     contended_ns.store(0, std::memory_order_relaxed);
   }
@@ -550,7 +549,12 @@ class Pool {
 
   void remember(const Team& team) {
     stat_calls.fetch_add(1, std::memory_order_relaxed);
-    if (team.shrunk()) stat_shrunk.fetch_add(1, std::memory_order_relaxed);
+    if (!team.shrunk()) return;
+    stat_shrunk.fetch_add(1, std::memory_order_relaxed);
+    // The contended window counts from the call's end, after the caller has waited for the
+    // member that was descheduled (a scheduler slice beside a busy process), not from finish().
+    contended_until.store(now_ns() + contended_ns.load(std::memory_order_relaxed),
+                          std::memory_order_relaxed);
   }
 
   void work(int tid) {
