@@ -154,7 +154,8 @@ def _pack(cell: int, weights: tuple[Tensor | None, ...], precision: str = "float
             and all(old.shape == new.shape and old.dtype == new.dtype
                     and _core.same_bits(old, new) for old, new in zip(entry[1], arrays))):
         return entry[2]
-    w_ih, w_hh, b_ih, b_hh, w_hr = (None if w is None else _weight_array(w) for w in weights)
+    it = iter(arrays)
+    w_ih, w_hh, b_ih, b_hh, w_hr = (None if w is None else next(it) for w in weights)
     checked = _api.check_weights(_check_cell(cell), w_ih, w_hh, b_ih, b_hh, w_hr is not None)
     pack = _core.Pack(cell, *checked, w_hr=_api.check_pack_variants(w_hr, None, checked[1])[0],
                       backward=precision != "int8", precision=prec)
@@ -168,11 +169,12 @@ def _pack(cell: int, weights: tuple[Tensor | None, ...], precision: str = "float
 
 def _stack_args(cell: int, num_layers: int, bidirectional: bool, x: Tensor,
                 weights: list[Tensor], lengths: Tensor | None, masks: list[Tensor],
-                precision: str) -> tuple[list[Any], int, Array, Array | None, list[Array]]:
+                precision: str, training: bool
+                ) -> tuple[list[Any], int, Array, Array | None, list[Array]]:
     """The packs, D, x (T, B, I) as a C-contiguous array, lengths (B,) int64 or None and the
     masks (T, B, D*P) of a stack call, checked (P = H without a projection)."""
     D = 2 if bidirectional else 1
-    prec = _api.check_precision(precision, np.dtype(np.float32))
+    prec = _api.check_precision(precision, np.dtype(np.float32), training)
     if prec == "float" and any(w.dtype == _BF16 for w in weights):
         raise ValueError("weights: bfloat16 weights run with precision='bf16' only")
     packs = [_pack(cell, w, prec) for w in _per_direction(weights, num_layers, D)]
@@ -207,9 +209,8 @@ def _stack_forward(cell: int, num_layers: int, bidirectional: bool, training: bo
                    ) -> tuple[Array, Array, Array | None, _stack.Saved | None]:
     """The arguments of `stack` checked and run (rnnkern._stack.forward): y (T, B, D*P), h_n
     (L*D, B, P), c_n (L*D, B, H) or None, and the Saved of a training call."""
-    _api.check_precision(precision, np.dtype(np.float32), training)
     packs, D, xa, lens, mask_arrays = _stack_args(cell, num_layers, bidirectional, x, weights,
-                                                  lengths, masks, precision)
+                                                  lengths, masks, precision, training)
     h0a, c0a = _check_states(("h0", "c0"), (h0, c0), num_layers * D, xa.shape[1], packs[0],
                              xa.dtype)
     return _stack.forward(packs, D, xa, h0a, c0a, lens, mask_arrays, bool(training))
@@ -310,7 +311,7 @@ def stack_backward(cell: int, num_layers: int, bidirectional: bool, x: Tensor,
     weights, in their order and dtypes].
     """
     packs, D, xa, lens, mask_arrays = _stack_args(cell, num_layers, bidirectional, x, weights,
-                                                  lengths, masks, precision)
+                                                  lengths, masks, precision, True)
     n = num_layers * D
     if len(saved) != _SAVED * n:
         raise ValueError(f"saved: expected the {_SAVED * n} saved results of a training stack "
