@@ -241,40 +241,42 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
   const F* dcp = lstm ? data<F>(dc_n, "dc_n", {B, H}, true) : nullptr;
   py::array_t<F> dx({T, B, I}), dh0({B, P});
   py::object dc0 = array_or_none<F>(lstm, {B, H});
-  // The weight gradients in the order of the result (the four, then the variants' in the order
-  // of rnnkern._api.LSTM_EXTRAS): new arrays, or `into`'s, which the backward adds to.
+  rnnkern::Grads<F> g{dx.mutable_data(), dh0.mutable_data(), ptr<F>(dc0), nullptr, nullptr,
+                      nullptr, nullptr};  // the weight gradients: the slots below
+  // The weight gradients in the order of the result: the four, then the variants' present, in
+  // the order of rnnkern._api.LSTM_EXTRAS (name, present, shape, where the core takes it).
+  struct Slot {
+    const char* name;
+    bool on;
+    Shape shape;
+    F** to;
+  };
+  const Slot slots[] = {{"dw_ih", true, {GH, I}, &g.dw_ih},       {"dw_hh", true, {GH, P}, &g.dw_hh},
+                        {"db_ih", bias, {GH}, &g.db_ih},          {"db_hh", bias, {GH}, &g.db_hh},
+                        {"dw_hr", proj, {P, H}, &g.dw_hr},        {"dw_peep", peep, {3, H}, &g.dw_peep},
+                        {"dln_gates", ln, {2, GH}, &g.dln_gates}, {"dln_cell", ln, {2, H}, &g.dln_cell}};
+  std::vector<const Slot*> used;  // the four (a bias's None without bias), the variants present
+  for (const Slot& s : slots)
+    if (&s < slots + 4 || s.on) used.push_back(&s);
+  // New arrays, or `into`'s, which the backward adds to.
   const bool acc = !into.is_none();
   std::vector<py::object> dws;
   if (acc) {
     auto t = into.cast<py::tuple>();
-    if (t.size() != static_cast<size_t>(4 + proj + peep + 2 * ln))
-      throw py::value_error("into: expected (dw_ih, dw_hh, db_ih, db_hh" +
-                            std::string(proj ? ", dw_hr" : "") + (peep ? ", dw_peep" : "") +
-                            (ln ? ", dln_gates, dln_cell" : "") + ")");
+    if (t.size() != used.size()) {
+      std::string names;
+      for (const Slot* s : used) names += (names.empty() ? "" : ", ") + std::string(s->name);
+      throw py::value_error("into: expected (" + names + ")");
+    }
     for (const auto& h : t) dws.push_back(py::reinterpret_borrow<py::object>(h));
   } else {
-    dws = {py::array_t<F>({GH, I}), py::array_t<F>({GH, P}), array_or_none<F>(bias, {GH}),
-           array_or_none<F>(bias, {GH})};
-    if (proj) dws.push_back(array_or_none<F>(true, {P, H}));
-    if (peep) dws.push_back(array_or_none<F>(true, {3, H}));
-    if (ln) {
-      dws.push_back(array_or_none<F>(true, {2, GH}));
-      dws.push_back(array_or_none<F>(true, {2, H}));
-    }
+    for (const Slot* s : used) dws.push_back(array_or_none<F>(s->on, s->shape));
   }
-  rnnkern::Grads<F> g{dx.mutable_data(), dh0.mutable_data(), ptr<F>(dc0),
-                      writeable<F>(dws[0], "dw_ih", {GH, I}), writeable<F>(dws[1], "dw_hh", {GH, P}),
-                      writeable<F>(dws[2], "db_ih", {GH}, !bias),
-                      writeable<F>(dws[3], "db_hh", {GH}, !bias)};
+  for (size_t i = 0; i < used.size(); ++i)
+    *used[i]->to = writeable<F>(dws[i], used[i]->name, used[i]->shape, !used[i]->on);
   if ((g.db_ih != nullptr) != bias || (g.db_hh != nullptr) != bias)
     throw py::value_error(bias ? "into: expected db_ih, db_hh arrays" : "into: expected db_ih, "
                                                                         "db_hh None: no bias");
-  if (proj) g.dw_hr = writeable<F>(dws[4], "dw_hr", {P, H});
-  if (peep) g.dw_peep = writeable<F>(dws[4 + proj], "dw_peep", {3, H});
-  if (ln) {
-    g.dln_gates = writeable<F>(dws[4 + proj + peep], "dln_gates", {2, GH});
-    g.dln_cell = writeable<F>(dws[5 + proj + peep], "dln_cell", {2, H});
-  }
   g.accumulate = acc;
   const rnnkern::Dims d = z.d;
   py::list grads;
