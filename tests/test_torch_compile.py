@@ -265,13 +265,14 @@ OP_STACKS = {"one-layer": (1, False, None, False),
 
 def stack_args(cell: int, G: int, num_layers: int, bidirectional: bool,
                lengths: list[int] | None, dropout: bool, training: bool = True,
-               steps: int = 4, batch: int = 3) -> tuple[Any, ...]:
-    """Arguments of torch.ops.rnnkern.stack, random float64 tensors that require grad, precision
-    "float"."""
+               steps: int = 4, batch: int = 3, dtype: torch.dtype = F64,
+               precision: str = "float", grad: bool = True) -> tuple[Any, ...]:
+    """Arguments of torch.ops.rnnkern.stack, random tensors of ``dtype`` (float64 by default)
+    that require grad if ``grad``, and ``precision``."""
     gen = torch.Generator().manual_seed(cell)
 
-    def rand(*shape: int, grad: bool = True) -> torch.Tensor:
-        return torch.rand(shape, generator=gen, dtype=F64, requires_grad=grad)
+    def rand(*shape: int, grad: bool = grad) -> torch.Tensor:
+        return torch.rand(shape, generator=gen, dtype=dtype, requires_grad=grad)
 
     D = 2 if bidirectional else 1
     weights = [w for layer in range(num_layers) for _ in range(D)
@@ -281,23 +282,44 @@ def stack_args(cell: int, G: int, num_layers: int, bidirectional: bool,
              for _ in range(num_layers - 1)] if dropout else []
     return (cell, num_layers, bidirectional, training, rand(steps, batch, I),
             rand(num_layers * D, batch, H), rand(num_layers * D, batch, H) if cell == 3 else None,
-            weights, None if lengths is None else torch.tensor(lengths), masks, "float")
+            weights, None if lengths is None else torch.tensor(lengths), masks, precision)
+
+
+def opcheck_operators(args: tuple[Any, ...]) -> None:
+    """torch.library.opcheck on rnnkern::stack with ``args`` and, for a training call, on
+    rnnkern::stack_backward with its saved results: schema, fake (shape) functions, autograd
+    registration and AOTAutograd tracing with dynamic shapes."""
+    torch.library.opcheck(torch.ops.rnnkern.stack.default, args)
+    cell, num_layers, bidirectional, training, x, _, _, weights, lens, masks, precision = args
+    if not training:
+        return
+    with torch.no_grad():
+        y, h_n, _, *saved = torch.ops.rnnkern.stack(*args)
+    back = (cell, num_layers, bidirectional, x.detach(), [w.detach() for w in weights], lens,
+            masks, saved, torch.rand_like(y), torch.rand_like(h_n),
+            torch.rand_like(h_n) if cell == 3 else None, precision)
+    torch.library.opcheck(torch.ops.rnnkern.stack_backward.default, back)
 
 
 @pytest.mark.parametrize("stack", OP_STACKS)
 @pytest.mark.parametrize("cell,G", OP_CELLS, ids=["rnn", "lstm", "gru", "gru_rh"])
 def test_opcheck(cell: int, G: int, stack: str) -> None:
-    """torch.library.opcheck on both operators: schema, fake (shape) functions, autograd
-    registration and AOTAutograd tracing with dynamic shapes."""
-    args = stack_args(cell, G, *OP_STACKS[stack])
-    torch.library.opcheck(torch.ops.rnnkern.stack.default, args)
-    with torch.no_grad():
-        y, h_n, _, *saved = torch.ops.rnnkern.stack(*args)
-    _, num_layers, bidirectional, _, x, _, _, weights, lens, masks, precision = args
-    back = (cell, num_layers, bidirectional, x.detach(), [w.detach() for w in weights], lens,
-            masks, saved, torch.rand_like(y), torch.rand_like(h_n),
-            torch.rand_like(h_n) if cell == 3 else None, precision)
-    torch.library.opcheck(torch.ops.rnnkern.stack_backward.default, back)
+    """opcheck on both operators, float64."""
+    opcheck_operators(stack_args(cell, G, *OP_STACKS[stack]))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "bf16 weights", "int8"])
+@pytest.mark.parametrize("cell,G", OP_CELLS[1:3], ids=["lstm", "gru"])
+def test_opcheck_low_precision(cell: int, G: int, precision: str) -> None:
+    """opcheck with float32 tensors in bf16 (training: both operators; with bfloat16 weights too,
+    as a bf16 module's) and int8 (inference: the forward operator)."""
+    training = precision != "int8"
+    args = stack_args(cell, G, *OP_STACKS["two-bi-lengths-dropout"], training=training,
+                      dtype=torch.float32, precision=precision.split()[0], grad=training)
+    if precision == "bf16 weights":
+        weights = [w.detach().to(torch.bfloat16).requires_grad_() for w in args[7]]
+        args = (*args[:7], weights, *args[8:])
+    opcheck_operators(args)
 
 
 def test_operator_without_training_buffers_refuses_backward() -> None:
