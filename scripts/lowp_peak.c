@@ -7,6 +7,8 @@
  *   bf16: vdpbf16ps where the CPU has AVX512_BF16, else the emulated path: bf16 widened to
  *         float32 by a 16-bit shift (vpslld) and a float32 FMA, the shift amortized over the
  *         rows of a tile as in the kernels (one weight vector widened per MB = 5 FMAs).
+ * The VNNI and AVX512_BF16 branches compile (gcc 12, -mavx512vnni / -mavxvnni / -mavx512bf16)
+ * but have not run: no machine this project had so far has those instructions.
  *   gcc -O2 -march=native scripts/lowp_peak.c -o /tmp/lowp_peak && /tmp/lowp_peak          */
 #include <immintrin.h>
 #include <stdint.h>
@@ -27,28 +29,32 @@ static void report(const char* what, double macs, double s, long sink) {
 static void int8_peak(void) {
   struct timespec t0, t1;
   long sink = 0;
+#if (defined(__AVX512VNNI__) && defined(__AVX512F__)) || defined(__AVXVNNI__)
 #if defined(__AVX512VNNI__) && defined(__AVX512F__)
-  __m512i acc[CHAINS];
-  for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_set1_epi32(i);
-  const __m512i a = _mm512_set1_epi8(3), w = _mm512_set1_epi8(-2);
+  typedef __m512i ivec;
+#define SET1_8 _mm512_set1_epi8
+#define SET1_32 _mm512_set1_epi32
+#define DPBUSD _mm512_dpbusd_epi32
+#define LANE0(v) _mm_cvtsi128_si32(_mm512_castsi512_si128(v))
+  const char* what = "int8 (AVX512_VNNI vpdpbusd, zmm)";
+#else
+  typedef __m256i ivec;
+#define SET1_8 _mm256_set1_epi8
+#define SET1_32 _mm256_set1_epi32
+#define DPBUSD _mm256_dpbusd_avx_epi32
+#define LANE0(v) _mm256_extract_epi32(v, 0)
+  const char* what = "int8 (AVX-VNNI vpdpbusd, ymm)";
+#endif
+  ivec acc[CHAINS];
+  for (int i = 0; i < CHAINS; i++) acc[i] = SET1_32(i);
+  const ivec a = SET1_8(3), w = SET1_8(-2);
   clock_gettime(CLOCK_MONOTONIC, &t0);
   for (long k = 0; k < kIters; k++)
 #pragma GCC unroll 12
-    for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_dpbusd_epi32(acc[i], a, w);
+    for (int i = 0; i < CHAINS; i++) acc[i] = DPBUSD(acc[i], a, w);
   clock_gettime(CLOCK_MONOTONIC, &t1);
-  for (int i = 0; i < CHAINS; i++) sink += _mm_cvtsi128_si32(_mm512_castsi512_si128(acc[i]));
-  report("int8 (AVX512_VNNI vpdpbusd, zmm)", kIters * (double)CHAINS * 64, seconds(t0, t1), sink);
-#elif defined(__AVXVNNI__)
-  __m256i acc[CHAINS];
-  for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_set1_epi32(i);
-  const __m256i a = _mm256_set1_epi8(3), w = _mm256_set1_epi8(-2);
-  clock_gettime(CLOCK_MONOTONIC, &t0);
-  for (long k = 0; k < kIters; k++)
-#pragma GCC unroll 12
-    for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_dpbusd_avx_epi32(acc[i], a, w);
-  clock_gettime(CLOCK_MONOTONIC, &t1);
-  for (int i = 0; i < CHAINS; i++) sink += _mm256_extract_epi32(acc[i], 0);
-  report("int8 (AVX-VNNI vpdpbusd, ymm)", kIters * (double)CHAINS * 32, seconds(t0, t1), sink);
+  for (int i = 0; i < CHAINS; i++) sink += LANE0(acc[i]);
+  report(what, kIters * (double)CHAINS * sizeof(ivec), seconds(t0, t1), sink);
 #else
   __m256i acc[CHAINS];
   for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_set1_epi32(i);
