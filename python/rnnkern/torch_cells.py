@@ -50,7 +50,7 @@ def _step(steps: _Steps, x: Tensor, h0: Tensor | None, c0: Tensor | None, states
     """One step on the kernels with ``steps.pack`` (a _core.Pack), arguments of the right dtypes
     and shapes (``_fits``): (h, c or None, the cache (x (1, B, I), buffers) or None), h and c
     shaped like h0. ``states``: the NumPy views of h0 and c0 if known (a chain's), else None.
-    Keeps h's and c's views and addresses in ``steps`` for the next step."""
+    Keeps h's and c's views and addresses in ``steps.views`` for the next step."""
     pack = steps.pack
     xa: Any = (x.detach() if x.requires_grad else x).numpy()
     h0a, c0a = states or (_np(h0), _np(c0))
@@ -61,7 +61,7 @@ def _step(steps: _Steps, x: Tensor, h0: Tensor | None, c0: Tensor | None, states
         assert out is not None
     h, c, *cache = out
     ht, ct = torch.from_numpy(h), None if c is None else torch.from_numpy(c)
-    steps.arrays, steps.at = (h, c), (ht.data_ptr(), None if ct is None else ct.data_ptr())
+    steps.views = (h, c, ht.data_ptr(), None if ct is None else ct.data_ptr())  # one snapshot
     return ht, ct, (pack, *cache) if train else None
 
 
@@ -160,14 +160,14 @@ class _Steps:
     training steps. A step continues the chain when fed the very state (h, or h and c) that the
     last step returned, the weights' key (``_key``) unchanged."""
 
-    __slots__ = ("h", "c", "arrays", "at", "x_shape", "x_dtype", "key", "pack", "needs_grad",
-                 "sums", "token")
+    __slots__ = ("h", "c", "views", "x_shape", "x_dtype", "key", "pack", "needs_grad", "sums",
+                 "token")
 
     def __init__(self) -> None:
         self.h: Any = _dead  # weak reference to the last step's h
         self.c: Any = _dead  # weak reference to the last step's c (LSTM)
-        self.arrays: Any = None  # (h, c or None): their NumPy views
-        self.at: Any = None  # (h, c or None): their data_ptr()s
+        # (h, c or None: their NumPy views, h's and c's data_ptr() or None)
+        self.views: tuple[Any, ...] = (None, None, None, None)
         self.x_shape: Any = None  # the last step's input shape and dtype
         self.x_dtype: Any = None
         self.key: tuple[Any, ...] | None = None  # the weights' key when `pack` was taken
@@ -249,8 +249,9 @@ def _forward(module: Any, cell: str, input: Any, hx: Any) -> Any:
             and key == steps.key and isinstance(input, Tensor) and input.shape == steps.x_shape
             and input.dtype == steps.x_dtype and input.is_cpu):
         # a chain: no byte comparison, no `_fits`; the state's views unless moved (`.data =`)
-        if h0.data_ptr() == steps.at[0] and (c0 is None or c0.data_ptr() == steps.at[1]):
-            states = steps.arrays
+        views = steps.views
+        if h0.data_ptr() == views[2] and (c0 is None or c0.data_ptr() == views[3]):
+            states = views[:2]
     else:
         if (not _fits(module, input, (h0, c0), weights[1])
                 or lstm and (h0 is None) != (c0 is None)):  # torch takes both or neither
