@@ -257,3 +257,19 @@ def test_a_chain_of_steps_compares_the_weights_once(name: str, monkeypatch: Any)
         torch.testing.assert_close(first(ours(xs[0], state)), first(theirs(xs[0], state)),
                                    rtol=1e-12, atol=1e-14)
         assert len(compared) == 3
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("name", PAIRS)
+def test_a_chain_reads_a_state_moved_by_data_assignment(name: str, grad: bool) -> None:
+    """A step fed the state the previous step returned, after ``.data =`` gave that state other
+    memory (no new version), reads the new memory: torch's results."""
+    ours, theirs = pair(name, 5, 6)
+    xs = torch.randn(2, 3, 5, dtype=torch.float64)
+    with torch.set_grad_enabled(grad):
+        hx = ours(xs[0])
+        for s in hx if isinstance(hx, tuple) else (hx,):
+            s.data = s.detach() * 2 + 1
+        want = tuple(s.detach() for s in hx) if isinstance(hx, tuple) else hx.detach()
+        torch.testing.assert_close(first(ours(xs[1], hx)), first(theirs(xs[1], want)),
+                                   rtol=1e-12, atol=1e-14)

@@ -45,20 +45,24 @@ def _np(t: Tensor | None) -> Any:
     return None if t is None else (t.detach() if t.requires_grad else t).numpy()
 
 
-def _step(pack: Any, x: Tensor, h0: Tensor | None, c0: Tensor | None,
+def _step(steps: _Steps, x: Tensor, h0: Tensor | None, c0: Tensor | None, states: Any,
           train: bool) -> tuple[Tensor, Tensor | None, Any]:
-    """One step on the kernels (``pack``: a _core.Pack), arguments of the right dtypes and shapes
-    (``_fits``): (h, c or None, the cache (x (1, B, I), buffers) or None), h and c shaped like
-    h0."""
-    xa, h0a, c0a = _np(x), _np(h0), _np(c0)
+    """One step on the kernels with ``steps.pack`` (a _core.Pack), arguments of the right dtypes
+    and shapes (``_fits``): (h, c or None, the cache (x (1, B, I), buffers) or None), h and c
+    shaped like h0. ``states``: the NumPy views of h0 and c0 if known (a chain's), else None.
+    Keeps h's and c's views and addresses in ``steps.views`` for the next step."""
+    pack = steps.pack
+    xa: Any = (x.detach() if x.requires_grad else x).numpy()
+    h0a, c0a = states or (_np(h0), _np(c0))
     out = pack.step(xa, h0a, c0a, train)
     if out is None:  # not C-contiguous: contiguous copies
         xa, h0a, c0a = (None if a is None else np.ascontiguousarray(a) for a in (xa, h0a, c0a))
         out = pack.step(xa, h0a, c0a, train)
         assert out is not None
     h, c, *cache = out
-    return (torch.from_numpy(h), None if c is None else torch.from_numpy(c),
-            (pack, *cache) if train else None)
+    ht, ct = torch.from_numpy(h), None if c is None else torch.from_numpy(c)
+    steps.views = (h, c, ht.data_ptr(), None if ct is None else ct.data_ptr())  # one snapshot
+    return ht, ct, (pack, *cache) if train else None
 
 
 class _Link(torch.autograd.Function):
@@ -99,14 +103,15 @@ def _no_double_backward(grads: list[Tensor | None], inputs: Any) -> tuple[Tensor
 
 
 class _CellFunction(torch.autograd.Function):
-    """apply(pack, sums, x (B, I) or (I,), h0 | None, c0 | None, token) -> h shaped like h0, and c
-    for the LSTM. ``token``: a _Link's on the weights of ``pack`` (their gradients go to ``sums``),
-    or None when no weight needs a gradient."""
+    """apply(steps, states, sums, x (B, I) or (I,), h0 | None, c0 | None, token) -> h shaped like
+    h0, and c for the LSTM, a step with ``steps.pack`` (``_step``). ``token``: a _Link's on the
+    weights of the pack (their gradients go to ``sums``), or None when no weight needs a
+    gradient."""
 
     @staticmethod
-    def forward(ctx: Any, pack: Any, sums: dict[int, tuple[Any, ...]] | None, x: Tensor,
-                h0: Tensor | None, c0: Tensor | None, token: Tensor | None) -> Any:
-        h, c, ctx.cache = _step(pack, x, h0, c0, True)
+    def forward(ctx: Any, steps: _Steps, states: Any, sums: dict[int, tuple[Any, ...]] | None,
+                x: Tensor, h0: Tensor | None, c0: Tensor | None, token: Tensor | None) -> Any:
+        h, c, ctx.cache = _step(steps, x, h0, c0, states, True)
         ctx.sums, ctx.link = sums, None if token is None else token.grad_fn
         ctx.save_for_backward(x, h0, c0)
         ctx.set_materialize_grads(False)  # None stays None: the kernels take dh_n=None
@@ -121,21 +126,20 @@ class _CellFunction(torch.autograd.Function):
         # autograd gives them the outputs' shape and dtype
         dha = None if dh is None else np.ascontiguousarray(_np(dh).reshape(B, H))
         dca = None if dc is None else np.ascontiguousarray(_np(dc).reshape(B, H))
-        into, token_grad = None, None
+        into = None
         if ctx.link is not None and torch._C._will_engine_execute_node(ctx.link):
             task = torch._C._current_graph_task_id()
             into = ctx.sums.get(task)
             if into is None:  # this pass's first step: (G*H, I), (G*H, H), (G*H,), (G*H,) zeros
                 into = ctx.sums[task] = _zero_grads(pack)
-            token_grad = torch.empty(0, dtype=saved[0].dtype)  # the token's (0,)
         dx, dh0, dc0, *_ = _core.backward_packed(pack, x3, None, buffers, None, dha, dca, into)
         assert dx is not None and dh0 is not None
         h_shape = (*x_shape[:-1], H)
         grads = [dx.reshape(x_shape), dh0.reshape(h_shape),
                  None if dc0 is None else dc0.reshape(h_shape)]
         out = [None if g is None or not need else torch.from_numpy(g)
-               for g, need in zip(grads, ctx.needs_input_grad[2:])]
-        return (None, None, *_no_double_backward(out, saved), token_grad)
+               for g, need in zip(grads, ctx.needs_input_grad[3:])]
+        return (None, None, None, *_no_double_backward(out, saved), None)  # the token's: None
 
 
 def _zero_grads(pack: Any) -> tuple[Any, ...]:
@@ -146,23 +150,57 @@ def _zero_grads(pack: Any) -> tuple[Any, ...]:
             np.zeros((gh, pack.hidden_size), pack.dtype), *bias)
 
 
-# module -> (key, sums, token) of its last training step (kept out of the module: a token is no
-# leaf tensor, and deepcopy or pickle would refuse it)
-_TOKENS: weakref.WeakKeyDictionary[Any, tuple[Any, dict[int, Any], Tensor]] = (
-    weakref.WeakKeyDictionary())
+def _dead() -> None:
+    """A dead weak reference's answer."""
 
 
-def _token(module: Any, pack: Any, weights: tuple[Tensor | None, ...]) -> tuple[Any, Any]:
-    """(sums, token) linking the module's steps to ``weights`` (``_Link``): the same while the
-    pack, the weights' versions and which of them need gradients stay."""
-    key = (pack, *((w._version, w.requires_grad) for w in weights if w is not None))
-    cached = _TOKENS.get(module)
-    if cached is not None and cached[0] == key:
-        return cached[1], cached[2]
-    sums: dict[int, tuple[Any, ...]] = {}
-    token = _Link.apply(sums, *weights)  # type: ignore[no-untyped-call]
-    _TOKENS[module] = (key, sums, token)
-    return sums, token
+class _Steps:
+    """A module's last step: what a chain of steps (a decoder, a sampling loop) needs to skip the
+    comparison of the weights' bytes and the argument checks, and the autograd token of its
+    training steps. A step continues the chain when fed the very state (h, or h and c) that the
+    last step returned, the weights' key (``_key``) unchanged."""
+
+    __slots__ = ("h", "c", "views", "x_shape", "x_dtype", "key", "pack", "needs_grad", "sums",
+                 "token")
+
+    def __init__(self) -> None:
+        self.h: Any = _dead  # weak reference to the last step's h
+        self.c: Any = _dead  # weak reference to the last step's c (LSTM)
+        # (h, c or None: their NumPy views, h's and c's data_ptr() or None)
+        self.views: tuple[Any, ...] = (None, None, None, None)
+        self.x_shape: Any = None  # the last step's input shape and dtype
+        self.x_dtype: Any = None
+        self.key: tuple[Any, ...] | None = None  # the weights' key when `pack` was taken
+        self.pack: Any = None  # the weights packed (a _core.Pack)
+        self.needs_grad = False  # whether a weight requires grad (part of the key)
+        self.sums: dict[int, tuple[Any, ...]] | None = None  # the token's (``_Link``)
+        self.token: Tensor | None = None  # links the steps to the weights, or None
+
+    def use(self, key: tuple[Any, ...], pack: Any) -> None:
+        """Take ``pack`` for the weights of ``key``; the token stays while both do."""
+        if key != self.key or pack is not self.pack:
+            self.key, self.pack, self.sums, self.token = key, pack, None, None
+            self.needs_grad = any(k[3] for k in key[2:])
+
+    def link(self, weights: tuple[Tensor | None, ...]) -> tuple[Any, Tensor]:
+        """(sums, token) linking the steps to ``weights`` (``_Link``), made once per key and
+        pack."""
+        if self.token is None:
+            self.sums = {}
+            self.token = _Link.apply(self.sums, *weights)  # type: ignore[no-untyped-call]
+        return self.sums, self.token
+
+
+# module -> its _Steps. Kept out of the module: weak references and tokens (no leaf tensors)
+# neither deepcopy nor pickle.
+_STEPS: weakref.WeakKeyDictionary[Any, _Steps] = weakref.WeakKeyDictionary()
+
+
+def _key(weights: tuple[Tensor | None, ...], precision: str) -> tuple[Any, ...]:
+    """What a pack depends on but the weights' bytes: the ISA, the precision, each weight's
+    identity, version counter, memory, and whether it requires grad (the token's)."""
+    return (F.isa_generation[0], precision,
+            *((id(w), w._version, w.data_ptr(), w.requires_grad) for w in weights if w is not None))
 
 
 def _pack(module: Any, cell: str, weights: tuple[Tensor | None, ...], precision: str) -> Any:
@@ -171,36 +209,6 @@ def _pack(module: Any, cell: str, weights: tuple[Tensor | None, ...], precision:
     cell_id = F._LSTM if cell == "lstm" else F._GRU if cell == "gru" else F._RNN_IDS[
         module.nonlinearity]
     return _pack_weights(cell_id, (*weights, None), precision)
-
-
-# module -> (h, c or None: weak references to the state its last step returned, the weights' key
-# (`_chain_key`), the pack, that step's input shape and dtype): a step fed that very state and
-# an input like the last, the weights' identities and versions unchanged, continues a chain of
-# steps (a decoder, a sampling loop): it reuses the pack without comparing the weights' bytes
-# and skips `_fits`. Kept out of the module: weak references neither deepcopy nor pickle.
-_CHAINS: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
-
-
-def _chain_key(weights: tuple[Tensor | None, ...], precision: str) -> tuple[Any, ...]:
-    """What a chain's pack depends on but the weights' bytes: the ISA, the precision, each
-    weight's identity, version counter and memory."""
-    return (F.isa_generation[0], precision,
-            *((id(w), w._version, w.data_ptr()) for w in weights if w is not None))
-
-
-def _chained(module: Any, x: object, h0: Tensor | None, c0: Tensor | None,
-             key: tuple[Any, ...]) -> Any:
-    """The pack of the module's chain if this step continues it (h0, and c0, the very state its
-    last step returned, x a CPU tensor of that step's input shape and dtype, the key
-    unchanged), else None."""
-    chain = _CHAINS.get(module)
-    if chain is None or h0 is None or h0 is not chain[0]() or chain[2] != key:
-        return None
-    if (c0 is not None) != (chain[1] is not None) or c0 is not None and c0 is not chain[1]():
-        return None
-    if not isinstance(x, Tensor) or x.shape != chain[4] or x.dtype != chain[5] or not x.is_cpu:
-        return None
-    return chain[3]
 
 
 def _fits(module: Any, x: object, states: tuple[object, ...], w_hh: Tensor) -> bool:
@@ -232,29 +240,38 @@ def _forward(module: Any, cell: str, input: Any, hx: Any) -> Any:
     precision: str = module.__dict__.get("_rnnkern_precision", "float")
     if precision == "float" and torch.is_autocast_enabled("cpu"):  # torch's casts
         return super(type(module), module).forward(input, hx)
-    key = _chain_key(weights, precision)
-    pack = _chained(module, input, h0, c0, key)
-    if pack is None:
+    key = _key(weights, precision)
+    steps = _STEPS.get(module)
+    if steps is None:
+        steps = _STEPS[module] = _Steps()
+    states = None
+    if (h0 is not None and h0 is steps.h() and (not lstm or c0 is not None and c0 is steps.c())
+            and key == steps.key and isinstance(input, Tensor) and input.shape == steps.x_shape
+            and input.dtype == steps.x_dtype and input.is_cpu):
+        # a chain: no byte comparison, no `_fits`; the state's views unless moved (`.data =`)
+        views = steps.views
+        if h0.data_ptr() == views[2] and (c0 is None or c0.data_ptr() == views[3]):
+            states = views[:2]
+    else:
         if (not _fits(module, input, (h0, c0), weights[1])
                 or lstm and (h0 is None) != (c0 is None)):  # torch takes both or neither
             return super(type(module), module).forward(input, hx)  # torch's checks and errors
-        pack = _pack(module, cell, weights, precision)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                       for t in (input, h0, c0, *weights)):
+        steps.use(key, _pack(module, cell, weights, precision))
+    if torch.is_grad_enabled() and (steps.needs_grad or input.requires_grad
+                                    or h0 is not None and h0.requires_grad
+                                    or c0 is not None and c0.requires_grad):
         if precision == "int8":
             raise ValueError(
                 f"precision: 'int8' is inference only ({type(module).__name__} converted with "
                 f"precision='int8') and this call would record gradients: run it under "
                 f"torch.no_grad() or torch.inference_mode()")
-        sums, token = None, None
-        if any(w is not None and w.requires_grad for w in weights):
-            sums, token = _token(module, pack, weights)
-        out = _CellFunction.apply(pack, sums, input, h0, c0, token)  # type: ignore[no-untyped-call]
+        sums, token = steps.link(weights) if steps.needs_grad else (None, None)
+        out = _CellFunction.apply(steps, states, sums, input, h0, c0, token)  # type: ignore[no-untyped-call]
         h, c = out if lstm else (out, None)
     else:  # nothing to differentiate: no autograd node (its cost is a third of a B=1 step)
-        h, c, _ = _step(pack, input, h0, c0, False)
-    _CHAINS[module] = (weakref.ref(h), None if c is None else weakref.ref(c), key, pack,
-                       input.shape, input.dtype)
+        h, c, _ = _step(steps, input, h0, c0, states, False)
+    steps.h, steps.c = weakref.ref(h), _dead if c is None else weakref.ref(c)
+    steps.x_shape, steps.x_dtype = input.shape, input.dtype
     return (h, c) if lstm else h
 
 
