@@ -48,7 +48,7 @@ constexpr int64_t kBenchNs = 1'000'000, kBenchMaxNs = 16'000'000;
 // After a call whose team shrank (a member was descheduled: something else wants the cores),
 // the calls on rnnkern's pool until `contended_until` start on the caller alone: it takes the
 // workers' shares over at once, and they join late, benched until then. (On PyTorch's OpenMP
-// threads, openmp_trouble below does the same job.) Each further shrink doubles the time
+// threads, kAvoidAfter below does the same job.) Each further shrink doubles the time
 // (kBenchNs .. kBenchMaxNs); a call that ends with its workers in resets it. Beside a busy
 // process a call then runs at one thread's speed instead of losing a scheduler slice to a
 // preempted member, and tries two threads again when the time is up.
@@ -424,43 +424,25 @@ GompParallel loaded_openmp() {
   return nullptr;
 }
 
-// Until when (ns) "auto" avoids the OpenMP runtime: set when the trouble score below passes
-// half, for openmp_avoid_ns.
+// Until when (ns) "auto" avoids the OpenMP runtime: set after kAvoidAfter calls on it in a row
+// whose team shrank or started without a worker (something else wanted the cores).
 std::atomic<int64_t> openmp_avoided_until{0};
-// How long the next avoidance lasts: kAvoidNs, doubled each time the calls that come back find
-// the trouble still there (a busy process: it stays for seconds), up to kAvoidMaxNs; back to
-// kAvoidNs after a clean call once the score is below a quarter.
-constexpr int64_t kAvoidNs = 100'000'000, kAvoidMaxNs = 800'000'000;
-std::atomic<int64_t> openmp_avoid_ns{kAvoidNs};
-// Trouble on the OpenMP runtime, 0..256: each call on it moves the score a quarter of the way to
-// 256 when it lost a member or started without one, else to 0; above 128 "auto" avoids it (three
-// troubled calls in a row from 0; or every other call troubled, as beside a busy process, where
-// the calls on it took 1.7x rnnkern's pool's time). One such call is no evidence: in a PyTorch
-// training step a member is sometimes late, and rnnkern's own pool would then compete with
-// PyTorch's spinning threads (the drop-in step at B = 1 took 1.7x as long as on the OpenMP
-// threads throughout).
-std::atomic<int> openmp_trouble{0};
-
-void judge_openmp_call(bool troubled) {
-  const int s0 = openmp_trouble.load(std::memory_order_relaxed);
-  const int s = s0 - s0 / 4 + (troubled ? 64 : 0);
-  openmp_trouble.store(s, std::memory_order_relaxed);
-  if (!troubled && s < 64) openmp_avoid_ns.store(kAvoidNs, std::memory_order_relaxed);
-  if (s > 128) {
-    const int64_t d = openmp_avoid_ns.load(std::memory_order_relaxed);
-    openmp_avoided_until.store(now_ns() + d, std::memory_order_relaxed);
-    openmp_avoid_ns.store(std::min(2 * d, kAvoidMaxNs), std::memory_order_relaxed);
-  }
-}
+constexpr int64_t kAvoidNs = 100'000'000;
+// Calls on the OpenMP runtime in a row that lost a member or started without one; kAvoidAfter of
+// them make "auto" avoid it. One such call is no evidence: in a PyTorch training step a member is
+// sometimes late, and rnnkern's own pool would then compete with PyTorch's spinning threads for
+// 100 ms (the drop-in step at B = 1 took 1.7x as long as on the OpenMP threads throughout).
+std::atomic<int> openmp_troubled{0};
+constexpr int kAvoidAfter = 3;
 
 // The OpenMP runtime a call runs on, or null for rnnkern's pool. "auto": when the process has
 // loaded an OpenMP runtime, some library in it (PyTorch) keeps that runtime's threads spinning
 // for milliseconds after each of its parallel regions; rnnkern's threads would compete with
 // them for the cores, so rnnkern's steps run on them instead. But when another process wants
-// the cores, those threads' spinning after rnnkern's own calls costs more than it saves: when
-// the trouble score passes half (openmp_trouble), the next calls run on rnnkern's pool (whose
-// workers sleep at once when they leave a call) for 100 ms (up to 800 ms while the trouble
-// persists), then try again.
+// the cores, those threads' spinning after rnnkern's own calls costs more than it saves: after
+// kAvoidAfter calls on them in a row that lost a member or started without one, the next calls
+// run on rnnkern's pool (whose workers sleep at once when they leave a call) for 100 ms, then
+// try again.
 GompParallel openmp_for_call(int64_t t) {
   switch (static_cast<Runtime>(runtime_choice.load(std::memory_order_relaxed))) {
     case Runtime::own: return nullptr;
@@ -530,7 +512,12 @@ class Pool {
       gomp(gomp_trampoline, &g, static_cast<unsigned>(nth), 0);
       remember(g.team);
       stat_openmp.fetch_add(1, std::memory_order_relaxed);
-      judge_openmp_call(g.team.shrunk() || g.team.taken_);
+      if (!(g.team.shrunk() || g.team.taken_)) {
+        openmp_troubled.store(0, std::memory_order_relaxed);
+      } else if (openmp_troubled.fetch_add(1, std::memory_order_relaxed) + 1 >= kAvoidAfter) {
+        openmp_troubled.store(0, std::memory_order_relaxed);
+        openmp_avoided_until.store(now_ns() + kAvoidNs, std::memory_order_relaxed);
+      }
       for (auto& e : g.errors)
         if (e) std::rethrow_exception(e);
       return;
