@@ -39,13 +39,19 @@ def _id(case: tuple[str, dict[str, Any], tuple[int, ...], Any]) -> str:
                      np.dtype(dtype).name])
 
 
+def case_arrays(cell: str, shape: tuple[int, ...], dtype: Any) -> dict[str, Any]:
+    """The arguments of a case's forward (shape (T, B, I, H), random lengths)."""
+    T, B, I, H = shape
+    return make_case(cell, T, B, I, H, dtype, lengths="random", seed=3)
+
+
 def make_run(cell: str, kw: dict[str, Any], shape: tuple[int, ...], dtype: Any
              ) -> Callable[[], dict[str, np.ndarray]]:
     """A function that runs a training forward + backward and an inference forward of the case
     (its arrays made once, so that its calls follow each other closely) and returns every
     output and gradient."""
     T, B, I, H = shape
-    case = make_case(cell, T, B, I, H, dtype, lengths="random", seed=3)
+    case = case_arrays(cell, shape, dtype)
     grads = make_output_grads(cell, T, B, H, dtype, seed=4)
     fwd = getattr(rnnkern, f"{cell}_forward")
     bwd = getattr(rnnkern, f"{cell}_backward")
@@ -163,9 +169,9 @@ def test_after_a_shrink_the_next_call_starts_alone_with_the_same_bits(serial: An
 
 
 def _shrink_then_call(case: Any, serial: Any, delays: Any) -> None:
-    cell, kw, (T, B, I, H), dtype = case
+    cell, kw, shape, dtype = case
     run = make_run(*case)
-    a = make_case(cell, T, B, I, H, dtype, lengths="random", seed=3)
+    a = case_arrays(cell, shape, dtype)
     # Packed once: each inference below is one call of the pool (no packing call before it).
     pack = getattr(rnnkern, f"{cell}_pack")(a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], **kw)
     expected = {k[4:]: v for k, v in serial[_id(case)].items() if k.startswith("inf.")}
