@@ -3,8 +3,10 @@ run, interleaved (timing.round_robin).
 
     python benchmarks/cells.py [--repeat 7] [--min-time 0.2] [--batches 1 32]
 
-Rows: torch.nn.LSTMCell vs rnnkern.torch.LSTMCell, inference (no_grad) and a training loop (the
-forward of every step, then one backward through all of them); rnnkern.nn.LSTMCell (inference)
+Rows: torch.nn.LSTMCell vs rnnkern.torch.LSTMCell, inference (no_grad; with the training loop's
+sum of every step's output, two small torch operators per step, and with the steps only) and a
+training loop (the forward of every step, the sum of their outputs, then one backward through
+all of them); rnnkern.nn.LSTMCell (inference)
 vs rnnkern's whole-sequence call; the whole-sequence call with packed weights (lstm_pack) vs
 lstm_forward, which packs them per call. Each pair's results are compared before timing.
 """
@@ -40,13 +42,14 @@ def jobs_for(B: int) -> dict[str, Callable[[], Any]]:
     w = [p.detach().numpy() for p in tcell.parameters()]  # w_ih, w_hh, b_ih, b_hh
     pack = rnnkern.lstm_pack(*w)
 
-    def torch_loop(cell: Any, train: bool) -> Any:
+    def torch_loop(cell: Any, train: bool, reduce: bool = True) -> Any:
         with torch.set_grad_enabled(train):
             state = None
             total = 0
             for t in range(T):
                 state = cell(xs[t], state)
-                total = total + state[0].sum()
+                if reduce:  # a loss over every step's output, as the training loop needs
+                    total = total + state[0].sum()
             if train:
                 total.backward()  # type: ignore[union-attr]
             return state[0]
@@ -65,6 +68,8 @@ def jobs_for(B: int) -> dict[str, Callable[[], Any]]:
     return {
         "torch.nn.LSTMCell inference": lambda: torch_loop(tcell, False),
         "rnnkern.torch.LSTMCell inference": lambda: torch_loop(rcell, False),
+        "torch.nn.LSTMCell inference, steps only": lambda: torch_loop(tcell, False, False),
+        "rnnkern.torch.LSTMCell inference, steps only": lambda: torch_loop(rcell, False, False),
         "torch.nn.LSTMCell training": lambda: torch_loop(tcell, True),
         "rnnkern.torch.LSTMCell training": lambda: torch_loop(rcell, True),
         "rnnkern.nn.LSTMCell inference": nn_loop,
@@ -77,6 +82,9 @@ def jobs_for(B: int) -> dict[str, Callable[[], Any]]:
 RATIOS = [  # (row, numerator, denominator, target)
     ("rnnkern.torch / torch cells, inference", "rnnkern.torch.LSTMCell inference",
      "torch.nn.LSTMCell inference", "<= 0.4"),
+    ("rnnkern.torch / torch cells, inference, steps only",
+     "rnnkern.torch.LSTMCell inference, steps only", "torch.nn.LSTMCell inference, steps only",
+     "<= 0.4"),
     ("rnnkern.torch / torch cells, training", "rnnkern.torch.LSTMCell training",
      "torch.nn.LSTMCell training", "<= 0.6"),
     ("rnnkern.nn cell loop / whole sequence", "rnnkern.nn.LSTMCell inference",

@@ -326,3 +326,85 @@ def test_backward_adds_to_grads_like_the_per_step_results(name: str, dtype: Any,
     for k, g in got[1].items():
         assert_close(g, expected[k], dtype=dtype, acc_len=acc_len, name=k)
         assert_close(ref.grads[k], expected[k], dtype=np.float64, acc_len=acc_len, name=k)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", CELLS)
+def test_rows_kept_give_the_steps_weight_gradients_in_one_product(
+        name: str, dtype: Any, bias: bool, num_threads: Any) -> None:
+    """One-step backwards that keep their rows (``into=_core.Rows()``, the drop-in cells'
+    training) return the same dx, dh0, dc0 bits as without, and ``weight_gradients`` over the
+    rows equals the sum of the steps' own weight gradients (docs/tolerances.md), with the same
+    bits on one thread and on two; steps of different batch sizes, 300 rows crossing the
+    core's blocks of 256; with ``into``, added to the given arrays."""
+    I, H = 5, 7
+    lstm = name == "lstm"
+    rng = np.random.default_rng(6)
+    cell, _ = pair(name, I, H, bias)
+    cell = type(cell)(I, H, bias=bias, dtype=dtype, **CELLS[name][2])
+    steps = []
+    for B in (3, 300, 1):
+        cell(rng.standard_normal((B, I)).astype(dtype), None)
+        cache = cell._steps.pop()[0]
+        dh, dc = (rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
+        steps.append((cache, dh, dc if lstm else None))
+    pack = steps[0][0].pack
+    expected: list[Any] = [0, 0, 0, 0]
+    for cache, dh, dc in steps:
+        out = rnnkern._core.backward_packed(cache.pack, cache.x, None, cache.buffers, None, dh, dc)
+        expected = [e if g is None else e + g.astype(np.float64) for e, g in zip(expected, out[3:])]
+    got = []
+    for n in (1, 2):
+        num_threads(n)
+        rows = rnnkern._core.Rows()
+        for cache, dh, dc in reversed(steps):
+            kept = rnnkern._core.backward_packed(cache.pack, cache.x, None, cache.buffers, None,
+                                                 dh, dc, rows)
+            full = rnnkern._core.backward_packed(cache.pack, cache.x, None, cache.buffers, None,
+                                                 dh, dc)
+            assert len(kept) == 3
+            for a, b in zip(kept, full[:3]):
+                assert (a is None and b is None) or a.tobytes() == b.tobytes()
+        assert rows.rows == 304
+        got.append(rnnkern._core.weight_gradients(pack, rows))
+        into = tuple(None if g is None else np.ones_like(g) for g in got[-1])
+        assert rnnkern._core.weight_gradients(pack, rows, into) is None
+        for g, i in zip(got[-1], into):  # the same sums, started from 1
+            if g is not None:
+                assert_close(i, 1 + g, dtype=dtype, acc_len=304)
+    for a, b, e, k in zip(got[0], got[1], expected, ("dw_ih", "dw_hh", "db_ih", "db_hh")):
+        if not bias and k.startswith("db"):
+            assert a is None and b is None
+            continue
+        assert a.tobytes() == b.tobytes(), k
+        assert_close(a, e, dtype=dtype, acc_len=304, name=k)
+
+
+def test_rows_kept_refuse_what_they_cannot_keep() -> None:
+    """Rows are kept only for one step of a pack without lengths, projection, peepholes or
+    layer norm, for one pack's sizes and dtype: ValueError/TypeError naming ``into``, or the
+    core's message for rows of another size."""
+    rng = np.random.default_rng(0)
+    core = rnnkern._core
+    w = [rng.standard_normal(s) for s in ((8, 3), (8, 2), (8,), (8,))]
+    pack = core.Pack(rnnkern._functional._LSTM, *w)
+    x = rng.standard_normal((2, 1, 3))  # T = 2
+    _, _, _, cache = core.forward_packed(pack, x, None, None, None, True)
+    with pytest.raises(ValueError, match="into: rows are kept only for one step"):
+        core.backward_packed(pack, x, None, cache, None, None, None, core.Rows())
+    x1 = rng.standard_normal((1, 1, 3))
+    _, _, _, cache1 = core.forward_packed(pack, x1, None, None, None, True)
+    rows = core.Rows()
+    core.backward_packed(pack, x1, None, cache1, None, np.ones((1, 2)), None, rows)
+    other = core.Pack(rnnkern._functional._LSTM, *(rng.standard_normal(s)
+                                                    for s in ((12, 3), (12, 3), (12,), (12,))))
+    with pytest.raises(ValueError, match="another cell or sizes"):
+        core.weight_gradients(other, rows)
+    with pytest.raises(TypeError, match="other dtype"):
+        f32 = core.Pack(rnnkern._functional._LSTM, *(a.astype(np.float32) for a in w))
+        core.weight_gradients(f32, rows)
+    peep = core.Pack(rnnkern._functional._LSTM, *w, w_peep=rng.standard_normal((3, 2)))
+    _, _, _, cachep = core.forward_packed(peep, x1, None, None, None, True)
+    with pytest.raises(ValueError, match="into: rows are kept only for one step"):
+        core.backward_packed(peep, x1, None, cachep, None, None, None, core.Rows())

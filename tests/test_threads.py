@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rnnkern_testing import CELLS, make_case, make_output_grads
+from rnnkern_testing import CELLS, assert_close, make_case, make_output_grads
 
 import rnnkern
 from rnnkern import _core
@@ -112,6 +112,43 @@ def test_a_worker_taken_over_gives_the_same_bits(case: Any, serial: Any, delays:
     before = rnnkern.thread_stats()["taken_over"]
     assert_same_bits(run_all(*case), serial[_id(case)], "with the worker's share taken over")
     assert rnnkern.thread_stats()["taken_over"] > before
+
+
+@needs_two
+@pytest.mark.parametrize("cell", ["lstm", "gru", "gru_rh"])
+def test_kept_rows_weight_gradients_with_a_worker_taken_over(cell: str, delays: Any,
+                                                             num_threads: Any) -> None:
+    """The drop-in cells' one product per pass (``_core.weight_gradients`` over the rows that
+    one-step backwards kept) on a team whose worker starts 2 ms late, its share taken over:
+    the same bits as on one thread, and the sum of the steps' own weight gradients
+    (docs/tolerances.md; gru_rh: its n rows multiply the kept r * h)."""
+    rng = np.random.default_rng(1)
+    I, H, B, G = 16, 128, 4, 4 if cell == "lstm" else 3
+    F = rnnkern._functional
+    cell_id = {"lstm": F._LSTM, "gru": F._GRU, "gru_rh": F._GRU_RH}[cell]
+    w = [rng.uniform(-0.3, 0.3, s).astype(np.float32)
+         for s in ((G * H, I), (G * H, H), (G * H,), (G * H,))]
+    pack = _core.Pack(cell_id, *w)
+    rows = _core.Rows()
+    expected: list[Any] = [0.0] * 4
+    for _ in range(20):  # 80 rows
+        x = rng.standard_normal((1, B, I)).astype(np.float32)
+        h0 = rng.standard_normal((B, H)).astype(np.float32)
+        _, _, _, cache = _core.forward_packed(pack, x, h0, None, None, True)
+        dh = rng.standard_normal((B, H)).astype(np.float32)
+        _core.backward_packed(pack, x, None, cache, None, dh, None, rows)
+        own = _core.backward_packed(pack, x, None, cache, None, dh, None)[3:]
+        expected = [e + g.astype(np.float64) for e, g in zip(expected, own)]
+    num_threads(1)
+    want = _core.weight_gradients(pack, rows)
+    num_threads(2)
+    delays(start_us=2000)
+    before = rnnkern.thread_stats()["taken_over"]
+    got = _core.weight_gradients(pack, rows)
+    assert rnnkern.thread_stats()["taken_over"] > before
+    for a, b, e in zip(got, want, expected):
+        assert a.tobytes() == b.tobytes()
+        assert_close(a, e, dtype=np.float32, acc_len=80 + H)
 
 
 @needs_two

@@ -206,6 +206,23 @@ py::tuple run(Prepared call) {
   return call.result;
 }
 
+// One training pass's rows of one-step backwards (rnnkern::GradRows of the pack's dtype, made
+// by the first backward that keeps rows), for one weight_gradients call.
+struct RowsHandle {
+  std::shared_ptr<rnnkern::GradRows<float>> f32;
+  std::shared_ptr<rnnkern::GradRows<double>> f64;
+  template <class F>
+  rnnkern::GradRows<F>& get() {
+    auto& r = [this]() -> auto& { if constexpr (std::is_same_v<F, float>) return f32; else return f64; }();
+    if (!r) {
+      if (f32 || f64) throw py::type_error("into: rows kept for the other dtype");
+      r = std::make_shared<rnnkern::GradRows<F>>();
+    }
+    return *r;
+  }
+  int64_t rows() const { return f32 ? f32->rows() : f64 ? f64->rows() : 0; }
+};
+
 template <class F>
 Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern::Pack<F>* pk,
                    const py::object& w_ih, const py::object& w_hh, bool bias,
@@ -258,10 +275,19 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
   std::vector<const Slot*> used;  // the four (a bias's None without bias), the variants present
   for (const Slot& s : slots)
     if (&s < slots + 4 || s.on) used.push_back(&s);
-  // New arrays, or `into`'s, which the backward adds to.
-  const bool acc = !into.is_none();
+  // New arrays, or `into`'s, which the backward adds to, or `into` a Rows: none, its rows kept.
+  rnnkern::GradRows<F>* keep = nullptr;
+  if (py::isinstance<RowsHandle>(into)) {
+    keep = &into.cast<RowsHandle&>().get<F>();
+    if (!pk || T != 1 || len || proj || peep || ln)
+      throw py::value_error("into: rows are kept only for one step with a pack, without "
+                            "lengths, projection, peepholes or layer norm");
+  }
+  const bool acc = !into.is_none() && !keep;
   std::vector<py::object> dws;
-  if (acc) {
+  if (keep) {
+    dws.assign(used.size(), py::none());
+  } else if (acc) {
     auto t = into.cast<py::tuple>();
     if (t.size() != used.size()) {
       std::string names;
@@ -273,15 +299,16 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
     for (const Slot* s : used) dws.push_back(array_or_none<F>(s->on, s->shape));
   }
   for (size_t i = 0; i < used.size(); ++i)
-    *used[i]->to = writeable<F>(dws[i], used[i]->name, used[i]->shape, !used[i]->on);
-  if ((g.db_ih != nullptr) != bias || (g.db_hh != nullptr) != bias)
+    *used[i]->to = writeable<F>(dws[i], used[i]->name, used[i]->shape, !used[i]->on || keep);
+  g.rows = keep;
+  if (!keep && ((g.db_ih != nullptr) != bias || (g.db_hh != nullptr) != bias))
     throw py::value_error(bias ? "into: expected db_ih, db_hh arrays" : "into: expected db_ih, "
                                                                         "db_hh None: no bias");
   g.accumulate = acc;
   const rnnkern::Dims d = z.d;
   py::list grads;
   for (const py::object& o : {py::object(dx), py::object(dh0), dc0}) grads.append(o);
-  for (size_t i = 0; !acc && i < dws.size(); ++i) grads.append(dws[i]);
+  for (size_t i = 0; !acc && !keep && i < dws.size(); ++i) grads.append(dws[i]);
   py::tuple result(grads);
   return {result, [=] {
             if (pk) rnnkern::backward<F>(*pk, d, xp, len, c, dyp, dhp, dcp, g);
@@ -500,6 +527,40 @@ py::tuple backward_packed(const PackHandle& pk, const py::object& x, const py::o
   return run(prepare_backward_packed(pk, x, lengths, cache, dy, dh_n, dc_n, into));
 }
 
+// The weight gradients (dw_ih, dw_hh, db_ih, db_hh; None biases without bias) of the rows kept
+// by backward_packed(..., into=rows) with `pk`: new arrays, or added to `into`'s (then None).
+template <class F>
+py::object weight_gradients(const PackHandle& pk, RowsHandle& rows, const py::object& into) {
+  const int64_t GH = rnnkern::gates(pk.cell) * pk.H, P = pk.P ? pk.P : pk.H;
+  const bool bias = pk.has_bias();
+  const Shape shapes[4] = {{GH, pk.I}, {GH, P}, {GH}, {GH}};
+  const char* names[4] = {"dw_ih", "dw_hh", "db_ih", "db_hh"};
+  std::vector<py::object> out;
+  if (into.is_none()) {
+    for (int i = 0; i < 4; ++i) out.push_back(array_or_none<F>(i < 2 || bias, shapes[i]));
+  } else {
+    auto t = into.cast<py::tuple>();
+    if (t.size() != 4) throw py::value_error("into: expected (dw_ih, dw_hh, db_ih, db_hh)");
+    for (const auto& h : t) out.push_back(py::reinterpret_borrow<py::object>(h));
+  }
+  F* w[4];
+  for (int i = 0; i < 4; ++i) w[i] = writeable<F>(out[i], names[i], shapes[i], i >= 2 && !bias);
+  if ((w[2] != nullptr) != bias || (w[3] != nullptr) != bias)
+    throw py::value_error(bias ? "into: expected db_ih, db_hh arrays"
+                               : "into: expected db_ih, db_hh None: no bias");
+  rnnkern::Grads<F> g{nullptr, nullptr, nullptr, w[0], w[1], w[2], w[3]};
+  g.accumulate = !into.is_none();
+  const rnnkern::Pack<F>* pack;
+  if constexpr (std::is_same_v<F, float>) pack = pk.f32.get(); else pack = pk.f64.get();
+  auto& kept = rows.get<F>();
+  {
+    py::gil_scoped_release release;
+    rnnkern::weight_gradients<F>(*pack, kept, g);
+  }
+  if (!into.is_none()) return py::none();
+  return py::make_tuple(out[0], out[1], out[2], out[3]);
+}
+
 // Independent calls: every call's arguments are checked and its outputs allocated first, then
 // they run without the GIL, side by side (rnnkern::concurrently) when each would run on one
 // thread anyway, else one by one, each with the whole team (measured on a 2-core AVX2 machine,
@@ -623,8 +684,17 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("dtype", [](const PackHandle& h) {
         return h.f64 ? py::dtype::of<double>() : py::dtype::of<float>();
       });
+  py::class_<RowsHandle>(m, "Rows", "A training pass's rows kept by one-step backwards "
+                                    "(backward_packed(..., into=Rows())) for weight_gradients.")
+      .def(py::init<>())
+      .def_property_readonly("rows", &RowsHandle::rows);
+  m.def("weight_gradients", [](const PackHandle& pk, RowsHandle& rows, const py::object& into) {
+    return pk.f32 ? weight_gradients<float>(pk, rows, into)
+                  : weight_gradients<double>(pk, rows, into);
+  }, py::arg("pack"), py::arg("rows"), py::arg("into") = py::none());
   m.def("forward_packed", &forward_packed);
-  // into: None, or the weight gradients' arrays to add to (then only dx, dh0, dc0 return)
+  // into: None, or the weight gradients' arrays to add to, or a Rows that keeps the step's rows
+  // for weight_gradients (then only dx, dh0, dc0 return, and dw_peep with peepholes)
   m.def("backward_packed", &backward_packed, py::arg("pack"), py::arg("x"), py::arg("lengths"),
         py::arg("cache"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
         py::arg("into") = py::none());

@@ -289,7 +289,89 @@ void column_sums(const F* a, int64_t rows, int64_t ld, int64_t c0, int64_t c1, F
     for (int64_t c = c0; c < c1; ++c) out[c] += a[r * ld + c];
 }
 
+// Rows of the weight gradients' products: dgates (rows, ld) of the input side and of the
+// recurrent side (the same unless gru's or layer norm's differ), h_{t-1} (rows, P), gru_rh's
+// r * h_{t-1} (rows, H) or null.
+template <class F>
+struct WeightRows {
+  const F *dg, *dgr;
+  int64_t ld, rows;
+  const F *h, *aux;
+};
+
+// This member's share of the weight gradients over `r`'s rows, their x already in panels `xq`
+// (its column blocks [ib0, ib1) of I): dW_ih (+)= dg^T x there; dW_hh (+)= dgr^T h in its blocks
+// [pb0, pb1) of P, the rows from split_row (gru_rh's n rows) dgr^T aux in its blocks [jb0, jb1)
+// of H; with `bias`, its for_blocks of the bias sums (db_hh from dgr when `two`, from dg when
+// `add_hh`, else left to the caller: the same as db_ih). hpan, apan: its panels of h and aux.
+template <class F, class W>
+void weight_products(const KernelTable<F, W>& kt, const WeightRows<F>& r, const W* xq, W* hpan,
+                     W* apan, int64_t I, int64_t H, int64_t P, int64_t GH, int64_t split_row,
+                     const int64_t (&blk)[6], const Grads<F>& g, bool add, bool bias, bool two,
+                     bool add_hh, const Team& team, int tid) {
+  const auto [ib0, ib1, pb0, pb1, jb0, jb1] = blk;
+  kt.product(r.dg, r.ld, true, GH, xq, r.rows, I, g.dw_ih, I, add, ib0, ib1);
+  kt.pack_backward(hpan, r.h, r.rows, P, P, 0, pb0, pb1);
+  kt.product(r.dgr, r.ld, true, split_row, hpan, r.rows, P, g.dw_hh, P, add, pb0, pb1);
+  if (split_row < GH) {
+    kt.pack_backward(apan, r.aux, r.rows, H, H, 0, jb0, jb1);
+    kt.product(r.dgr + split_row, r.ld, true, GH - split_row, apan, r.rows, H,
+               g.dw_hh + split_row * H, H, add, jb0, jb1);
+  }
+  if (bias)
+    for_blocks(GH, team, tid, [&](int64_t c0, int64_t c1) {
+      column_sums(r.dg, r.rows, r.ld, c0, c1, g.db_ih, add);
+      if (two || add_hh) column_sums(r.dgr, r.rows, r.ld, c0, c1, g.db_hh, add);
+    });
+}
+
 }  // namespace
+
+template <class F>
+struct GradRows<F>::Impl {
+  static constexpr int64_t R = 256;  // rows per block: the length of one product
+  struct Block {                     // (R, I), (R, P), (R, H) gru_rh, (R, ld) twice (two sides)
+    std::unique_ptr<F[]> x, h, aux, dg, dgr;
+    int64_t n = 0;
+  };
+  Cell cell{};
+  int64_t I = -1, P = -1, H = -1, ld = 0;  // sizes of the first rows kept; later ones must match
+  bool two = false, aux = false;
+  std::vector<Block> blocks;
+  int64_t n = 0;
+
+  // Keeps `rows` rows (each of the arrays' rows in order, dg and dgr `ld` apart).
+  void append(Cell c, int64_t I_, int64_t P_, int64_t H_, int64_t ld_, bool two_, int64_t rows,
+              const F* x, const F* h, const F* a, const F* dg, const F* dgr) {
+    if (I < 0) cell = c, I = I_, P = P_, H = H_, ld = ld_, two = two_, aux = a != nullptr;
+    if (c != cell || I_ != I || P_ != P || H_ != H || ld_ != ld)
+      throw std::invalid_argument("backward: these rows were kept for another cell or sizes");
+    for (int64_t q = 0; q < rows;) {
+      if (blocks.empty() || blocks.back().n == R) {
+        Block b;
+        b.x.reset(new F[R * I]), b.h.reset(new F[R * P]), b.dg.reset(new F[R * ld]);
+        if (aux) b.aux.reset(new F[R * H]);
+        if (two) b.dgr.reset(new F[R * ld]);
+        blocks.push_back(std::move(b));
+      }
+      Block& b = blocks.back();
+      const int64_t k = std::min(R - b.n, rows - q);
+      std::memcpy(b.x.get() + b.n * I, x + q * I, k * I * sizeof(F));
+      std::memcpy(b.h.get() + b.n * P, h + q * P, k * P * sizeof(F));
+      if (aux) std::memcpy(b.aux.get() + b.n * H, a + q * H, k * H * sizeof(F));
+      std::memcpy(b.dg.get() + b.n * ld, dg + q * ld, k * ld * sizeof(F));
+      if (two) std::memcpy(b.dgr.get() + b.n * ld, dgr + q * ld, k * ld * sizeof(F));
+      b.n += k, q += k, n += k;
+    }
+  }
+};
+
+template <class F>
+GradRows<F>::GradRows() : impl_(std::make_unique<Impl>()) {}
+template <class F>
+GradRows<F>::~GradRows() = default;
+template <class F>
+int64_t GradRows<F>::rows() const { return impl_->n; }
 
 template <class F>
 int call_threads(Cell cell, Dims d) {
@@ -440,6 +522,10 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
     throw std::invalid_argument("backward: dw_hr must be given exactly when the pack has a "
                                 "projection");
   const bool acc = g.accumulate;  // add to the weight gradients
+  const bool defer = g.rows != nullptr;  // keep the rows for weight_gradients() instead
+  if (defer && (T != 1 || lengths || proj || ln))
+    throw std::invalid_argument("backward: rows are kept only for one step without lengths, "
+                                "projection or layer norm");
   // the epilogues add to these
   if (g.dw_peep && !acc) std::memset(g.dw_peep, 0, 3 * H * sizeof(F));
   // layer norm: the epilogues sum the biases' gradient (da) into dbias; with accumulate, into
@@ -459,7 +545,7 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
     std::memset(g.dx, 0, TB * I * sizeof(F));
     std::memset(g.dh0, 0, BP * sizeof(F));
     if (lstm) std::memset(g.dc0, 0, BH * sizeof(F));
-    if (acc) return;
+    if (acc || defer) return;
     std::memset(g.dw_ih, 0, GH * I * sizeof(F));
     std::memset(g.dw_hh, 0, GH * P * sizeof(F));
     if (g.dw_hr) std::memset(g.dw_hr, 0, P * H * sizeof(F));
@@ -550,35 +636,36 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
       // buffer, and its first sync waits for every member to be done with this one.
       const bool add = c > 0 || acc;
       // This thread's column blocks of dW_ih and dW_hh, and of dx, with the steps' tiles.
-      W* xq = xpan.get();
-      kt.pack_backward(xq, x + t0 * B * I, rows, I, I, 0, ib0, ib1);
-      // Whatever x holds at a padded step (NaN included) must not reach dW_ih, as 0 * NaN would:
-      // its rows of the panels are zeroed.
-      for (int64_t q = 0; t1 > shortest && q < rows; ++q)
-        if (t0 + q / B >= lengths[q % B]) kt.zero_row(xq, rows, q, ib0, ib1);
-      kt.product(dgc, LDG, true, GH, xq, rows, I, g.dw_ih, I, add, ib0, ib1);
-      kt.pack_backward(hpan.get(), cache.hs + t0 * BP, rows, P, P, 0, pb0, pb1);  // h_{t-1}
-      kt.product(dgr, LDG, true, split_row, hpan.get(), rows, P, g.dw_hh, P, add, pb0, pb1);
-      if (proj) {  // dW_hr (P, H) (+)= dh^T m over the chunk's rows (dh is 0 on padded ones)
-        kt.pack_backward(apan.get(), cache.aux + t0 * BH, rows, H, H, 0, jb0, jb1);
-        kt.product(dhc, P, true, P, apan.get(), rows, H, g.dw_hr, H, add, jb0, jb1);
-      }
-      if (split_row < GH) {
-        kt.pack_backward(apan.get(), cache.aux + t0 * BH, rows, H, H, 0, jb0, jb1);
-        kt.product(dgr + split_row, LDG, true, GH - split_row, apan.get(), rows, H,
-                   g.dw_hh + split_row * H, H, add, jb0, jb1);
+      if (!defer) {
+        W* xq = xpan.get();
+        kt.pack_backward(xq, x + t0 * B * I, rows, I, I, 0, ib0, ib1);
+        // Whatever x holds at a padded step (NaN included) must not reach dW_ih, as 0 * NaN
+        // would: its rows of the panels are zeroed.
+        for (int64_t q = 0; t1 > shortest && q < rows; ++q)
+          if (t0 + q / B >= lengths[q % B]) kt.zero_row(xq, rows, q, ib0, ib1);
+        const WeightRows<F> r{dgc, dgr, LDG, rows, cache.hs + t0 * BP,  // h_{t-1}
+                              cache.aux ? cache.aux + t0 * BH : nullptr};
+        const int64_t blk[6] = {ib0, ib1, pb0, pb1, jb0, jb1};
+        // layer norm: the epilogues sum the biases' gradients
+        weight_products(kt, r, xq, hpan.get(), apan.get(), I, H, P, GH, split_row, blk, g, add,
+                        g.db_ih && !ln, two, acc, team, tid);
+        if (proj) {  // dW_hr (P, H) (+)= dh^T m over the chunk's rows (dh is 0 on padded ones)
+          kt.pack_backward(apan.get(), cache.aux + t0 * BH, rows, H, H, 0, jb0, jb1);
+          kt.product(dhc, P, true, P, apan.get(), rows, H, g.dw_hr, H, add, jb0, jb1);
+        }
       }
       kt.product(dgc, LDG, false, rows, sc.wi, GH, I, g.dx + t0 * B * I, I, false, ib0, ib1);
-      if (g.db_ih && !ln)  // layer norm: the epilogues sum them
-        for_blocks(GH, team, tid, [&](int64_t r0, int64_t r1) {
-          column_sums(dgc, rows, LDG, r0, r1, g.db_ih, add);
-          if (two || acc) column_sums(two ? dgr : dgc, rows, LDG, r0, r1, g.db_hh, add);
-        });
     }
     s.dgh_next = next;
     kt.backward_final(sc, s, g.dh0, pb0, pb1);
   }, /*late_join=*/true);
   if (lstm) std::memcpy(g.dc0, dc.get(), BH * sizeof(F));
+  if (defer) {  // one chunk of one step: its rows in dg (and dgh)
+    g.rows->impl().append(cell, I, P, H, LDG, two, B, x, cache.hs, split_row < GH ? cache.aux
+                                                                                  : nullptr,
+                          dg.get(), two ? dgh.get() : nullptr);
+    return;
+  }
   // Without gru's recurrent-side dgates both biases have the same gradient: summed once (layer
   // norm: da, by the epilogues; with accumulate, added to both: the caller's sums may differ).
   if (dbias) {
@@ -596,6 +683,60 @@ void backward(const Pack<F>& w, Dims d, const F* x, const int64_t* lengths,
   w.impl().with([&](auto& pk) { run_backward(pk, d, x, lengths, cache, dy, dh_n, dc_n, g); });
 }
 
+namespace {
+
+template <class F, class W>
+void run_weight_gradients(const Panels<F, W>& pk, const GradRows<F>& rows, Grads<F> g) {
+  const auto& r = rows.impl();
+  const Cell cell = pk.cell;
+  const int64_t I = pk.I, H = pk.H, P = pk.P, GH = gates(cell) * H;
+  const CellTraits& ct = cell_traits(cell);
+  const bool acc = g.accumulate, two = ct.recurrent_dgates;
+  if (r.n > 0 && (r.cell != cell || r.I != I || r.H != H || r.P != P))
+    throw std::invalid_argument("weight_gradients: the rows were kept for another cell or sizes");
+  if ((g.db_ih != nullptr) != pk.bias || (g.db_hh != nullptr) != pk.bias)
+    throw std::invalid_argument("weight_gradients: db_ih and db_hh must be given exactly when "
+                                "the pack has biases");
+  if (r.n == 0) {  // no rows: zero gradients
+    if (acc) return;
+    std::memset(g.dw_ih, 0, GH * I * sizeof(F));
+    std::memset(g.dw_hh, 0, GH * P * sizeof(F));
+    if (g.db_ih) std::memset(g.db_ih, 0, GH * sizeof(F)), std::memset(g.db_hh, 0, GH * sizeof(F));
+    return;
+  }
+  const KernelTable<F, W>& kt = *pk.kt;
+  const int64_t R = GradRows<F>::Impl::R, NBK = kt.nb, split_row = ct.main_gates * H;
+  const int64_t nblk = blocks(H, kt), nblk_i = blocks(I, kt), nblk_p = blocks(P, kt);
+  Buffer<W> xpan(nblk_i * NBK * R), hpan(nblk_p * NBK * R);  // (blocks, R, NB) panels of a block
+  Buffer<W> apan(split_row < GH ? nblk * NBK * R : 0);       // of rows
+  parallel(threads_for(Dims{1, r.n, I, H, 0}, GH, nblk), [&](int tid, Team& team) {
+    if (tid == 0)  // the workers that have not started by now sit the call out
+      while (team.take_over() >= 0) {
+      }
+    team.begin(tid);
+    int64_t blk[6];  // this member's column blocks of I, of P, of H
+    team.part(tid, nblk_i, &blk[0], &blk[1]);
+    team.part(tid, nblk_p, &blk[2], &blk[3]);
+    team.part(tid, nblk, &blk[4], &blk[5]);
+    for (size_t k = 0; k < r.blocks.size(); ++k) {  // in order: the sums' order is fixed
+      const auto& b = r.blocks[k];
+      kt.pack_backward(xpan.get(), b.x.get(), b.n, I, I, 0, blk[0], blk[1]);
+      const WeightRows<F> wr{b.dg.get(), two ? b.dgr.get() : b.dg.get(), r.ld, b.n, b.h.get(),
+                             b.aux.get()};
+      weight_products(kt, wr, xpan.get(), hpan.get(), apan.get(), I, H, P, GH, split_row, blk, g,
+                      k > 0 || acc, g.db_ih != nullptr, two, acc, team, tid);
+    }
+  });
+  if (g.db_ih && !two && !acc) std::memcpy(g.db_hh, g.db_ih, GH * sizeof(F));
+}
+
+}  // namespace
+
+template <class F>
+void weight_gradients(const Pack<F>& w, const GradRows<F>& rows, Grads<F> g) {
+  w.impl().with([&](auto& pk) { run_weight_gradients(pk, rows, g); });
+}
+
 #define RNNKERN_INSTANTIATE(F)                                                                  \
   template void forward<F>(Cell, Dims, const F*, const F*, const F*, Params<F>, const int64_t*, \
                            F*, F*, F*, const Cache<F>*, Precision);                             \
@@ -607,7 +748,9 @@ void backward(const Pack<F>& w, Dims d, const F* x, const int64_t* lengths,
   template void forward<F>(const Pack<F>&, Dims, const F*, const F*, const F*, const int64_t*,  \
                            F*, F*, F*, const Cache<F>*);                                        \
   template void backward<F>(const Pack<F>&, Dims, const F*, const int64_t*, const Cache<F>&,    \
-                            const F*, const F*, const F*, Grads<F>);
+                            const F*, const F*, const F*, Grads<F>);                    \
+  template class GradRows<F>;                                                                   \
+  template void weight_gradients<F>(const Pack<F>&, const GradRows<F>&, Grads<F>);
 RNNKERN_INSTANTIATE(float)
 RNNKERN_INSTANTIATE(double)
 

@@ -99,10 +99,24 @@ def backward_packed(
     dy: _Array | None,
     dh_n: _Array | None,
     dc_n: _Array | None,
-    into: tuple[_Array | None, ...] | None = None,
+    into: tuple[_Array | None, ...] | Rows | None = None,
 ) -> tuple[_Array | None, ...]: ...  # the seven gradients, then dw_hr, dw_peep if the pack has
 # them; with into (dw_ih, dw_hh, db_ih, db_hh[, dw_hr][, dw_peep]) only dx, dh0, dc0: the
-# weights' gradients are added to into's arrays
+# weights' gradients are added to into's arrays; with into a Rows (one step, no lengths,
+# projection, peepholes or layer norm) only dx, dh0, dc0: the rows the weights' gradients
+# need are kept there for weight_gradients
+
+class Rows:
+    """A training pass's rows kept by one-step backwards, for weight_gradients."""
+
+    def __init__(self) -> None: ...
+    @property
+    def rows(self) -> int: ...
+
+def weight_gradients(
+    pack: Pack, rows: Rows, into: tuple[_Array | None, ...] | None = None
+) -> tuple[_Array, _Array, _Array | None, _Array | None]: ...  # dw_ih, dw_hh, db_ih, db_hh of
+# every row kept (one product); with into, added to its arrays (returns None)
 def forward_packed_many(
     calls: list[tuple[Pack, _Array, _Array | None, _Array | None, Any, bool]],
 ) -> list[tuple[_Array, _Array, _Array | None, tuple[_Array | None, ...]]]: ...

@@ -12,8 +12,10 @@ is not seen until the chain ends (a state not returned by the previous step, or 
 
 Autograd as torch's: the step's inputs and the weights are saved, so changing one in place
 before the backward raises torch's own error. In training the steps take a token (``_Link``) in
-place of the weights: the core adds each step's weight gradients into one set of arrays per
-backward pass, handed to autograd once.
+place of the weights: each step's backward keeps the rows its weight gradients need (its dgates,
+x and h) in the core (``_core.Rows``), and the token's backward, after every step's of the pass,
+makes the weight gradients in one product over all of them (``_core.weight_gradients``), handed
+to autograd once.
 
 What the kernels do not run goes to torch's own cell, unchanged: anything but CPU float32 /
 float64 tensors of the parameters' dtype with exactly the expected shapes (so a wrong shape gets
@@ -30,7 +32,6 @@ import torch
 
 from . import _core
 from . import _functional as F
-from ._cells import BY_ID
 from .torch import _NoDoubleBackward
 from .torch import _pack as _pack_weights
 
@@ -67,11 +68,11 @@ def _step(steps: _Steps, x: Tensor, h0: Tensor | None, c0: Tensor | None, states
 
 class _Link(torch.autograd.Function):
     """apply(sums, w_ih, w_hh, b_ih, b_hh) -> an empty token that the steps take in place of the
-    weights. ``sums``: graph task id -> the (dw_ih, dw_hh, db_ih, db_hh) arrays (None without
-    bias) that the pass's steps add to in the core. The token's backward runs after every step's
-    of the pass and hands those sums to autograd: one (G*H, I + H) array per pass, not per step.
-    It saves no tensors (a token serves several graphs; their backwards may free theirs) but
-    checks the weights' versions itself, with torch's message."""
+    weights. ``sums``: graph task id -> (the steps' pack, the ``_core.Rows`` that the pass's
+    steps keep). The token's backward runs after every step's of the pass and hands autograd the
+    weight gradients of all of them, one product over their rows (``_core.weight_gradients``),
+    not one (G*H, I + H) sum per step. It saves no tensors (a token serves several graphs; their
+    backwards may free theirs) but checks the weights' versions itself, with torch's message."""
 
     @staticmethod
     def forward(ctx: Any, sums: dict[int, tuple[Any, ...]], *weights: Tensor | None) -> Tensor:
@@ -87,7 +88,8 @@ class _Link(torch.autograd.Function):
                     "one of the variables needed for gradient computation has been modified by "
                     f"an inplace operation: [{w.type()} {list(w.shape)}] is at version "
                     f"{w._version}; expected version {v} instead")
-        grads = ctx.sums.pop(torch._C._current_graph_task_id(), None) or (None,) * 4
+        kept = ctx.sums.pop(torch._C._current_graph_task_id(), None)
+        grads = (None,) * 4 if kept is None else _core.weight_gradients(*kept)
         out = [None if g is None or not need else torch.from_numpy(g)
                for g, need in zip(grads, ctx.needs_input_grad[1:])]
         return (None, *_no_double_backward(out, ctx.weights))
@@ -126,13 +128,15 @@ class _CellFunction(torch.autograd.Function):
         # autograd gives them the outputs' shape and dtype
         dha = None if dh is None else np.ascontiguousarray(_np(dh).reshape(B, H))
         dca = None if dc is None else np.ascontiguousarray(_np(dc).reshape(B, H))
-        into = None
+        rows = None
         if ctx.link is not None and torch._C._will_engine_execute_node(ctx.link):
             task = torch._C._current_graph_task_id()
-            into = ctx.sums.get(task)
-            if into is None:  # this pass's first step: (G*H, I), (G*H, H), (G*H,), (G*H,) zeros
-                into = ctx.sums[task] = _zero_grads(pack)
-        dx, dh0, dc0, *_ = _core.backward_packed(pack, x3, None, buffers, None, dha, dca, into)
+            kept = ctx.sums.get(task)
+            if kept is None:  # this pass's first step
+                kept = ctx.sums[task] = (pack, _core.Rows())
+            rows = kept[1]
+        dx, dh0, dc0, *_ = _core.backward_packed(pack, x3, None, buffers, None, dha, dca,
+                                                 rows)
         assert dx is not None and dh0 is not None
         h_shape = (*x_shape[:-1], H)
         grads = [dx.reshape(x_shape), dh0.reshape(h_shape),
@@ -140,14 +144,6 @@ class _CellFunction(torch.autograd.Function):
         out = [None if g is None or not need else torch.from_numpy(g)
                for g, need in zip(grads, ctx.needs_input_grad[3:])]
         return (None, None, None, *_no_double_backward(out, saved), None)  # the token's: None
-
-
-def _zero_grads(pack: Any) -> tuple[Any, ...]:
-    """Zero weight gradients of ``pack``: (G*H, I), (G*H, H), and (G*H,) twice or None twice."""
-    gh = pack.hidden_size * BY_ID[pack.cell_id]["gates"]
-    bias = [np.zeros(gh, pack.dtype) if pack.has_bias else None for _ in range(2)]
-    return (np.zeros((gh, pack.input_size), pack.dtype),
-            np.zeros((gh, pack.hidden_size), pack.dtype), *bias)
 
 
 def _dead() -> None:

@@ -102,6 +102,9 @@ struct Cache {
 };
 
 template <class F>
+class GradRows;
+
+template <class F>
 struct Grads {
   F* dx;     // (T, B, I)
   F* dh0;    // (B, H)
@@ -117,6 +120,28 @@ struct Grads {
   // The weight gradients (dw_ih ... dw_hr, dln_gates, dln_cell) are added to, not overwritten: the one-step loops of
   // cells sum their steps' gradients in the caller's buffers (dx, dh0, dc0 are overwritten).
   bool accumulate = false;
+  // Non-null: a one-step backward (d.T = 1, no lengths, no projection, no layer norm) keeps the
+  // rows its weight gradients need here instead (dw_ih, dw_hh, db_ih, db_hh are then unused):
+  // weight_gradients() does one product per pass over every step kept.
+  GradRows<F>* rows = nullptr;
+};
+
+// What the weight gradients of one-step backwards need (Grads::rows): their dgates, x and
+// h_{t-1} (gru's r * h_{t-1} too), kept in blocks of rows, so that a cell's training loop does
+// one product per pass over all its steps instead of adding (G*H, I + H) per step.
+template <class F>
+class GradRows {
+ public:
+  struct Impl;  // defined in cpp/src
+  GradRows();
+  ~GradRows();
+  GradRows(const GradRows&) = delete;
+  GradRows& operator=(const GradRows&) = delete;
+  int64_t rows() const;  // rows kept (a step of batch B keeps B)
+  Impl& impl() const { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
 };
 
 // y (T, B, P), h_n (B, P), c_n (B, H) for LSTM (P = h_size(d): d.P with w_hr, else H; d.P
@@ -181,6 +206,12 @@ void forward(const Pack<F>& w, Dims d, const F* x, const F* h0, const F* c0,
 template <class F>
 void backward(const Pack<F>& w, Dims d, const F* x, const int64_t* lengths,
               const Cache<F>& cache, const F* dy, const F* dh_n, const F* dc_n, Grads<F> g);
+
+// The weight gradients of the rows kept (g.dw_ih, g.dw_hh, and g.db_ih, g.db_hh when w has
+// biases; the other fields unused), overwritten or added to (g.accumulate). w: the pack that
+// the rows' backwards ran with (std::invalid_argument if its cell or sizes differ).
+template <class F>
+void weight_gradients(const Pack<F>& w, const GradRows<F>& rows, Grads<F> g);
 
 // softmax over the last axis of z (N, C) -> out (N, C).
 template <class F>
