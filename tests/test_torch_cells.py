@@ -204,11 +204,16 @@ def test_writes_that_bump_no_version_reach_the_next_call(name: str) -> None:
     assert [p._version for p in ours.parameters()] == versions
 
 
+@pytest.mark.parametrize("flush_rows", [4096, 3])
 @pytest.mark.parametrize("name", ["lstm", "gru", "rnn_relu"])
-def test_weight_gradients_of_partial_repeated_and_retained_backwards(name: str) -> None:
-    """The steps' weight gradients summed once per backward pass: grads accumulate over passes
-    and loops as torch's; a pass that needs only x's gradient or only a weight's; a graph
-    backwarded twice (retain_graph); two loops' graphs alive at once."""
+def test_weight_gradients_of_partial_repeated_and_retained_backwards(
+        name: str, flush_rows: int, monkeypatch: Any) -> None:
+    """The steps' weight gradients made once per backward pass from the rows they kept (or,
+    with ``flush_rows`` 3, every 3 rows kept, as a long loop does every 4096): grads accumulate
+    over passes and loops as torch's; a pass that needs only x's gradient or only a weight's; a
+    graph backwarded twice (retain_graph); two loops' graphs alive at once."""
+    from rnnkern import torch_cells
+    monkeypatch.setattr(torch_cells._Kept, "FLUSH_ROWS", flush_rows)
     results = []
     for module in pair(name, 3, 4):
         torch.manual_seed(3)

@@ -68,14 +68,14 @@ def _step(steps: _Steps, x: Tensor, h0: Tensor | None, c0: Tensor | None, states
 
 class _Link(torch.autograd.Function):
     """apply(sums, w_ih, w_hh, b_ih, b_hh) -> an empty token that the steps take in place of the
-    weights. ``sums``: graph task id -> (the steps' pack, the ``_core.Rows`` that the pass's
-    steps keep). The token's backward runs after every step's of the pass and hands autograd the
+    weights. ``sums``: graph task id -> the pass's ``_Kept`` (the steps' pack, the rows that
+    they keep). The token's backward runs after every step's of the pass and hands autograd the
     weight gradients of all of them, one product over their rows (``_core.weight_gradients``),
     not one (G*H, I + H) sum per step. It saves no tensors (a token serves several graphs; their
     backwards may free theirs) but checks the weights' versions itself, with torch's message."""
 
     @staticmethod
-    def forward(ctx: Any, sums: dict[int, tuple[Any, ...]], *weights: Tensor | None) -> Tensor:
+    def forward(ctx: Any, sums: dict[int, _Kept], *weights: Tensor | None) -> Tensor:
         ctx.sums, ctx.weights = sums, weights
         ctx.versions = [None if w is None else w._version for w in weights]
         return weights[1].new_empty(0)  # type: ignore[union-attr]
@@ -89,10 +89,39 @@ class _Link(torch.autograd.Function):
                     f"an inplace operation: [{w.type()} {list(w.shape)}] is at version "
                     f"{w._version}; expected version {v} instead")
         kept = ctx.sums.pop(torch._C._current_graph_task_id(), None)
-        grads = (None,) * 4 if kept is None else _core.weight_gradients(*kept)
+        grads = (None,) * 4 if kept is None else kept.gradients()
         out = [None if g is None or not need else torch.from_numpy(g)
                for g, need in zip(grads, ctx.needs_input_grad[1:])]
         return (None, *_no_double_backward(out, ctx.weights))
+
+
+class _Kept:
+    """A backward pass's weight gradients in the making: the rows its steps kept
+    (``_core.Rows``), and the sums of the rows already made into gradients. Every FLUSH_ROWS
+    rows (a long loop) the rows become gradients, so that a pass keeps at most about that many
+    (at B = 32 and H = 256 with FLUSH_ROWS = 4096: 25 MB; each step's own cache is larger)."""
+
+    FLUSH_ROWS = 4096
+    __slots__ = ("pack", "rows", "sums")
+
+    def __init__(self, pack: Any) -> None:
+        self.pack, self.rows = pack, _core.Rows()
+        self.sums: tuple[Any, ...] | None = None
+
+    def flush(self) -> None:
+        """The rows kept so far added to the sums (made from them the first time)."""
+        if self.sums is None:
+            self.sums = _core.weight_gradients(self.pack, self.rows)
+        else:
+            _core.weight_gradients(self.pack, self.rows, self.sums)
+        self.rows = _core.Rows()
+
+    def gradients(self) -> tuple[Any, ...]:
+        """(dw_ih, dw_hh, db_ih, db_hh) of every step of the pass."""
+        if self.rows.rows or self.sums is None:
+            self.flush()
+        assert self.sums is not None
+        return self.sums
 
 
 def _no_double_backward(grads: list[Tensor | None], inputs: Any) -> tuple[Tensor | None, ...]:
@@ -111,7 +140,7 @@ class _CellFunction(torch.autograd.Function):
     gradient."""
 
     @staticmethod
-    def forward(ctx: Any, steps: _Steps, states: Any, sums: dict[int, tuple[Any, ...]] | None,
+    def forward(ctx: Any, steps: _Steps, states: Any, sums: dict[int, _Kept] | None,
                 x: Tensor, h0: Tensor | None, c0: Tensor | None, token: Tensor | None) -> Any:
         h, c, ctx.cache = _step(steps, x, h0, c0, states, True)
         ctx.sums, ctx.link = sums, None if token is None else token.grad_fn
@@ -128,15 +157,16 @@ class _CellFunction(torch.autograd.Function):
         # autograd gives them the outputs' shape and dtype
         dha = None if dh is None else np.ascontiguousarray(_np(dh).reshape(B, H))
         dca = None if dc is None else np.ascontiguousarray(_np(dc).reshape(B, H))
-        rows = None
+        kept = None
         if ctx.link is not None and torch._C._will_engine_execute_node(ctx.link):
             task = torch._C._current_graph_task_id()
             kept = ctx.sums.get(task)
             if kept is None:  # this pass's first step
-                kept = ctx.sums[task] = (pack, _core.Rows())
-            rows = kept[1]
+                kept = ctx.sums[task] = _Kept(pack)
         dx, dh0, dc0, *_ = _core.backward_packed(pack, x3, None, buffers, None, dha, dca,
-                                                 rows)
+                                                 None if kept is None else kept.rows)
+        if kept is not None and kept.rows.rows >= _Kept.FLUSH_ROWS:
+            kept.flush()
         assert dx is not None and dh0 is not None
         h_shape = (*x_shape[:-1], H)
         grads = [dx.reshape(x_shape), dh0.reshape(h_shape),
@@ -169,7 +199,7 @@ class _Steps:
         self.key: tuple[Any, ...] | None = None  # the weights' key when `pack` was taken
         self.pack: Any = None  # the weights packed (a _core.Pack)
         self.needs_grad = False  # whether a weight requires grad (part of the key)
-        self.sums: dict[int, tuple[Any, ...]] | None = None  # the token's (``_Link``)
+        self.sums: dict[int, _Kept] | None = None  # the token's (``_Link``)
         self.token: Tensor | None = None  # links the steps to the weights, or None
 
     def use(self, key: tuple[Any, ...], pack: Any) -> None:
