@@ -194,7 +194,7 @@ def test_after_a_shrink_the_next_call_starts_alone_with_the_same_bits(serial: An
     """A call whose team shrank makes the calls of the next milliseconds start on the caller
     alone (the workers' shares taken over at once, the workers joining late, benched): the
     call right after a forced shrink takes a share over, and every result keeps its bits (on
-    rnnkern's pool: on PyTorch's OpenMP threads kAvoidAfter does this job)."""
+    rnnkern's pool: on PyTorch's OpenMP threads judge_openmp_call does this job)."""
     # A small case: under ASan a large one spends more than the shortest window (1 ms) between
     # its calls on its arrays' shadow memory.
     case = ("lstm", {}, SHAPES[0], np.float32)

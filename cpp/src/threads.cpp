@@ -48,7 +48,7 @@ constexpr int64_t kBenchNs = 1'000'000, kBenchMaxNs = 16'000'000;
 // After a call whose team shrank (a member was descheduled: something else wants the cores),
 // the calls on rnnkern's pool until `contended_until` start on the caller alone: it takes the
 // workers' shares over at once, and they join late, benched until then. (On PyTorch's OpenMP
-// threads, kAvoidAfter below does the same job.) Each further shrink doubles the time
+// threads, judge_openmp_call below does the same job.) Each further shrink doubles the time
 // (kBenchNs .. kBenchMaxNs); a call that ends with its workers in resets it. Beside a busy
 // process a call then runs at one thread's speed instead of losing a scheduler slice to a
 // preempted member, and tries two threads again when the time is up.
@@ -181,6 +181,7 @@ void Team::reset(int planned, uint32_t generation, bool late_join, bool own_pool
                std::memory_order_release);
   arrived_.store(0, std::memory_order_relaxed);
   late_.store(false, std::memory_order_relaxed);
+  joined_after_.store(0, std::memory_order_relaxed);
   over_.store(0, std::memory_order_relaxed);
   base_ = phase_.load(std::memory_order_relaxed);
   started_ = now_ns();
@@ -210,6 +211,10 @@ bool Team::join_late(int tid, uint32_t generation) {
   } while (!late_in_.compare_exchange_weak(s, s | (uint64_t(1) << tid),
                                            std::memory_order_acq_rel, std::memory_order_acquire));
   stat_late.fetch_add(1, std::memory_order_relaxed);
+  const int64_t after = now_ns() - started_;
+  for (int64_t a = joined_after_.load(std::memory_order_relaxed);
+       a < after && !joined_after_.compare_exchange_weak(a, after, std::memory_order_relaxed);) {
+  }
   // Benched from the start: it asks in at once, or, starting alone, when the time is up.
   bench_until_[tid] = start_alone_ ? contended_until.load(std::memory_order_relaxed) : 0;
   return true;
@@ -424,25 +429,60 @@ GompParallel loaded_openmp() {
   return nullptr;
 }
 
-// Until when (ns) "auto" avoids the OpenMP runtime: set after kAvoidAfter calls on it in a row
-// whose team shrank or started without a worker (something else wanted the cores).
-std::atomic<int64_t> openmp_avoided_until{0};
-constexpr int64_t kAvoidNs = 100'000'000;
-// Calls on the OpenMP runtime in a row that lost a member or started without one; kAvoidAfter of
-// them make "auto" avoid it. One such call is no evidence: in a PyTorch training step a member is
-// sometimes late, and rnnkern's own pool would then compete with PyTorch's spinning threads for
-// 100 ms (the drop-in step at B = 1 took 1.7x as long as on the OpenMP threads throughout).
-std::atomic<int> openmp_troubled{0};
-constexpr int kAvoidAfter = 3;
+// Until when (ns) "auto" avoids the OpenMP runtime: set for openmp_avoid_ns when the preemption
+// score below reaches kAvoidAt. That is 100 ms, twice as long (up to 800 ms) when the score gets
+// there again within 1 s of the last avoidance's end (a busy process stays for seconds).
+std::atomic<int64_t> openmp_avoided_until{0}, openmp_avoid_ns{0};
+constexpr int64_t kAvoidNs = 100'000'000, kAvoidMaxNs = 800'000'000;
+constexpr int64_t kAvoidAgainNs = 1'000'000'000;
+// Preemption on the OpenMP runtime: +2 per call on it whose member was preempted (the team
+// shrank during the call, or a worker joined it more than 1 ms late or not at all: a sleeping
+// one wakes within 50 us), -1 per clean call (every worker in from the start, no shrink); a
+// call whose worker joined late but within 1 ms (asleep after a quiet phase) counts neither
+// way. At kAvoidAt "auto" avoids the runtime (openmp_avoided_until): three preempted calls in
+// a row, or five of nine as beside a busy process, where about every other call's team
+// shrinks. The calls that come back after an avoidance are on probation (the score starts one
+// preempted call short of kAvoidAt), so that a busy process still there costs one or two calls
+// on the OpenMP threads per 100-800 ms. One preempted call is no evidence: in a PyTorch
+// training step a member is sometimes late, and rnnkern's own pool would then compete with
+// PyTorch's spinning threads (the drop-in step at B = 1 took 1.7x as long as on the OpenMP
+// threads throughout). Neither is a late member: counted as trouble (session 10), the workers
+// asleep after a quiet phase kept calls on rnnkern's pool, competing with torch's spinning
+// threads once torch operators came back (1.15-1.99x).
+std::atomic<int> openmp_preempted{0};
+constexpr int kAvoidAt = 6;
+// A worker asleep between calls wakes within 50 us; one that joins a call later than this, or
+// not at all in a call that took longer, was preempted.
+constexpr int64_t kPreemptedNs = 1'000'000;
+
+// A call on the OpenMP runtime: its team shrank, a worker's share was taken over, the last late
+// joiner joined `joined_after` ns into the call (0: none), it allowed late joins and took call_ns.
+void judge_openmp_call(bool shrunk, bool taken, int64_t joined_after, bool late_join,
+                       int64_t call_ns) {
+  const bool preempted = shrunk || (taken && late_join &&
+                                    (joined_after ? joined_after : call_ns) > kPreemptedNs);
+  const bool clean = !taken && !shrunk;
+  int s = openmp_preempted.load(std::memory_order_relaxed);
+  s = preempted ? s + 2 : clean ? std::max(s - 1, 0) : s;
+  if (s >= kAvoidAt) {
+    const int64_t now = now_ns(), last = openmp_avoided_until.load(std::memory_order_relaxed);
+    const int64_t again =
+        std::min(2 * openmp_avoid_ns.load(std::memory_order_relaxed), kAvoidMaxNs);
+    const int64_t d = now - last < kAvoidAgainNs ? again : kAvoidNs;
+    openmp_avoid_ns.store(d, std::memory_order_relaxed);
+    openmp_avoided_until.store(now + d, std::memory_order_relaxed);
+    s = kAvoidAt - 2;  // probation for the calls that come back
+  }
+  openmp_preempted.store(s, std::memory_order_relaxed);
+}
 
 // The OpenMP runtime a call runs on, or null for rnnkern's pool. "auto": when the process has
 // loaded an OpenMP runtime, some library in it (PyTorch) keeps that runtime's threads spinning
 // for milliseconds after each of its parallel regions; rnnkern's threads would compete with
 // them for the cores, so rnnkern's steps run on them instead. But when another process wants
-// the cores, those threads' spinning after rnnkern's own calls costs more than it saves: after
-// kAvoidAfter calls on them in a row that lost a member or started without one, the next calls
-// run on rnnkern's pool (whose workers sleep at once when they leave a call) for 100 ms, then
-// try again.
+// the cores, those threads' spinning after rnnkern's own calls costs more than it saves: when
+// its members are preempted (judge_openmp_call), the next calls run on rnnkern's pool (whose
+// workers sleep at once when they leave a call) for 100-800 ms, then try again.
 GompParallel openmp_for_call(int64_t t) {
   switch (static_cast<Runtime>(runtime_choice.load(std::memory_order_relaxed))) {
     case Runtime::own: return nullptr;
@@ -509,15 +549,12 @@ class Pool {
     if (GompParallel gomp = openmp_for_call(now_ns())) {
       GompCall g{&fn, {}, std::this_thread::get_id(), {}, std::vector<std::exception_ptr>(nth)};
       g.team.reset(nth, 0, late_join);
+      const int64_t t0 = now_ns();
       gomp(gomp_trampoline, &g, static_cast<unsigned>(nth), 0);
       remember(g.team);
       stat_openmp.fetch_add(1, std::memory_order_relaxed);
-      if (!(g.team.shrunk() || g.team.taken_)) {
-        openmp_troubled.store(0, std::memory_order_relaxed);
-      } else if (openmp_troubled.fetch_add(1, std::memory_order_relaxed) + 1 >= kAvoidAfter) {
-        openmp_troubled.store(0, std::memory_order_relaxed);
-        openmp_avoided_until.store(now_ns() + kAvoidNs, std::memory_order_relaxed);
-      }
+      judge_openmp_call(g.team.shrunk(), g.team.taken_, g.team.joined_after(), late_join,
+                        now_ns() - t0);
       for (auto& e : g.errors)
         if (e) std::rethrow_exception(e);
       return;

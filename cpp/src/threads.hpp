@@ -57,6 +57,8 @@ class Team {
     return late_in_.load(std::memory_order_relaxed) >> tid & 1;
   }
   bool shrunk() const { return shrunk_; }  // the team shrank during the call
+  // ns from reset() to the latest late join (0: nobody joined late).
+  int64_t joined_after() const { return joined_after_.load(std::memory_order_relaxed); }
   // Whether the members should do planned start shares before begin(): on rnnkern's pool, whose
   // workers may be asleep at the start (the caller takes those shares over after its own). On an
   // OpenMP runtime's threads, which spin, it is faster that the caller takes over first and the
@@ -87,6 +89,7 @@ class Team {
   uint32_t base_ = 0;                // phase_ at reset()
   int64_t released_ = 0;             // ns of the last release
   std::atomic<int64_t> step_ns_{0};  // ns between the last two releases
+  std::atomic<int64_t> joined_after_{0};  // see joined_after()
   int64_t started_ = 0;              // ns of reset()
   bool start_alone_ = false;         // the workers' shares were the caller's from the start
   bool start_shares_ = false;        // on rnnkern's pool

@@ -88,9 +88,9 @@ def set_thread_runtime(name: str) -> None:
     runtime already loaded in the process (PyTorch's libgomp, Intel's libiomp5, LLVM's libomp;
     ValueError if there is none): PyTorch keeps those threads spinning for about 10 ms after each
     operator, so rnnkern's threads would compete with them for the cores. "auto" takes "openmp"
-    once such a runtime is loaded, except for 100 ms after a call there lost a thread to another
-    process; else "rnnkern". Results are bitwise the same on either. See docs/design.md, "Threads
-    in company".
+    once such a runtime is loaded, except for 100-800 ms after calls there kept losing a thread
+    to another process; else "rnnkern". Results are bitwise the same on either. See
+    docs/design.md, "Threads in company".
     """
     if not isinstance(name, str):
         raise TypeError(f"name: expected a str, got {type(name).__name__}")
