@@ -120,19 +120,29 @@ struct Kernels<cells::Lstm, F, W> {
   static int64_t at_rstd(int64_t H) { return 9 * H; }
 
   // The sum of fn(k, lanes) over k = v * stride + j for v < segs, j < n by vectors (fn's lanes
-  // past `lanes` are masked off), in a fixed order.
+  // past `lanes` are masked off), in an order fixed by the shape: four accumulators, each
+  // vector of a segment's groups of four into its own (four add chains, not one: a single
+  // chain waited on the add's latency), the rest into the first.
   template <class Fn>
   static F row_sum(int64_t segs, int64_t n, int64_t stride, Fn&& fn) {
-    vec<F> idx{}, acc{};
-    for (int64_t l = 0; l < NB<F>; ++l) idx[l] = F(l);
-    for (int64_t v = 0; v < segs; ++v)
-      for (int64_t j = 0; j < n; j += NB<F>) {
-        const int64_t m = imin(NB<F>, n - j);
-        const vec<F> x = fn(v * stride + j, m);
-        acc += m == NB<F> ? x : (idx < F(m) ? x : vec<F>{});
+    constexpr int64_t L = NB<F>;
+    vec<F> idx{}, a0{}, a1{}, a2{}, a3{};
+    for (int64_t l = 0; l < L; ++l) idx[l] = F(l);
+    for (int64_t v = 0; v < segs; ++v) {
+      const int64_t k = v * stride;
+      int64_t j = 0;
+      for (; j + 4 * L <= n; j += 4 * L)
+        a0 += fn(k + j, L), a1 += fn(k + j + L, L), a2 += fn(k + j + 2 * L, L),
+            a3 += fn(k + j + 3 * L, L);
+      for (; j < n; j += L) {
+        const int64_t m = imin(L, n - j);
+        const vec<F> x = fn(k + j, m);
+        a0 += m == L ? x : (idx < F(m) ? x : vec<F>{});
       }
+    }
+    const vec<F> acc = (a0 + a1) + (a2 + a3);
     F sum = 0;
-    for (int64_t l = 0; l < NB<F>; ++l) sum += acc[l];
+    for (int64_t l = 0; l < L; ++l) sum += acc[l];
     return sum;
   }
   // mean and 1 / sqrt(var + eps) of the segs * n values of z (segments stride apart).
