@@ -223,6 +223,42 @@ struct RowsHandle {
   int64_t rows() const { return f32 ? f32->rows() : f64 ? f64->rows() : 0; }
 };
 
+// A weight gradient of a backward's result: its name, whether the weights have it, its shape,
+// where the core takes it.
+template <class F>
+struct GradSlot {
+  const char* name;
+  bool on;
+  Shape shape;
+  F** to;
+};
+
+// The arrays of `used` (a slot not `on` gets None): new ones, or `into`'s (a tuple of as many,
+// which the backward adds to), checked and set in the slots' Grads fields.
+template <class F>
+std::vector<py::object> grad_arrays(const std::vector<const GradSlot<F>*>& used,
+                                    const py::object& into) {
+  std::vector<py::object> dws;
+  if (!into.is_none()) {
+    auto t = into.cast<py::tuple>();
+    if (t.size() != used.size()) {
+      std::string names;
+      for (const auto* s : used) names += (names.empty() ? "" : ", ") + std::string(s->name);
+      throw py::value_error("into: expected (" + names + ")");
+    }
+    for (const auto& h : t) dws.push_back(py::reinterpret_borrow<py::object>(h));
+  } else {
+    for (const auto* s : used) dws.push_back(array_or_none<F>(s->on, s->shape));
+  }
+  for (size_t i = 0; i < used.size(); ++i) {
+    *used[i]->to = writeable<F>(dws[i], used[i]->name, used[i]->shape, !used[i]->on);
+    if (*used[i]->to && !used[i]->on)  // (a missing one: writeable's error)
+      throw py::value_error("into: " + std::string(used[i]->name) +
+                            " must be None: the weights have none");
+  }
+  return dws;
+}
+
 template <class F>
 Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern::Pack<F>* pk,
                    const py::object& w_ih, const py::object& w_hh, bool bias,
@@ -261,54 +297,32 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
   rnnkern::Grads<F> g{dx.mutable_data(), dh0.mutable_data(), ptr<F>(dc0), nullptr, nullptr,
                       nullptr, nullptr};  // the weight gradients: the slots below
   // The weight gradients in the order of the result: the four, then the variants' present, in
-  // the order of rnnkern._api.LSTM_EXTRAS (name, present, shape, where the core takes it).
-  struct Slot {
-    const char* name;
-    bool on;
-    Shape shape;
-    F** to;
-  };
-  const Slot slots[] = {{"dw_ih", true, {GH, I}, &g.dw_ih},       {"dw_hh", true, {GH, P}, &g.dw_hh},
-                        {"db_ih", bias, {GH}, &g.db_ih},          {"db_hh", bias, {GH}, &g.db_hh},
-                        {"dw_hr", proj, {P, H}, &g.dw_hr},        {"dw_peep", peep, {3, H}, &g.dw_peep},
-                        {"dln_gates", ln, {2, GH}, &g.dln_gates}, {"dln_cell", ln, {2, H}, &g.dln_cell}};
-  std::vector<const Slot*> used;  // the four (a bias's None without bias), the variants present
-  for (const Slot& s : slots)
+  // the order of rnnkern._api.LSTM_EXTRAS.
+  const GradSlot<F> slots[] = {
+      {"dw_ih", true, {GH, I}, &g.dw_ih},       {"dw_hh", true, {GH, P}, &g.dw_hh},
+      {"db_ih", bias, {GH}, &g.db_ih},          {"db_hh", bias, {GH}, &g.db_hh},
+      {"dw_hr", proj, {P, H}, &g.dw_hr},        {"dw_peep", peep, {3, H}, &g.dw_peep},
+      {"dln_gates", ln, {2, GH}, &g.dln_gates}, {"dln_cell", ln, {2, H}, &g.dln_cell}};
+  std::vector<const GradSlot<F>*> used;  // the four (a bias's None without bias), the variants
+  for (const auto& s : slots)
     if (&s < slots + 4 || s.on) used.push_back(&s);
-  // New arrays, or `into`'s, which the backward adds to, or `into` a Rows: none, its rows kept.
-  rnnkern::GradRows<F>* keep = nullptr;
-  if (py::isinstance<RowsHandle>(into)) {
-    keep = &into.cast<RowsHandle&>().get<F>();
+  // New arrays, or `into`'s, which the backward adds to, or `into` a Rows: none, the step's rows
+  // kept there (rnnkern::GradRows) for weight_gradients.
+  const bool keep = py::isinstance<RowsHandle>(into);
+  if (keep) {
     if (!pk || T != 1 || len || proj || peep || ln)
       throw py::value_error("into: rows are kept only for one step with a pack, without "
                             "lengths, projection, peepholes or layer norm");
+    g.rows = &into.cast<RowsHandle&>().get<F>();
   }
   const bool acc = !into.is_none() && !keep;
-  std::vector<py::object> dws;
-  if (keep) {
-    dws.assign(used.size(), py::none());
-  } else if (acc) {
-    auto t = into.cast<py::tuple>();
-    if (t.size() != used.size()) {
-      std::string names;
-      for (const Slot* s : used) names += (names.empty() ? "" : ", ") + std::string(s->name);
-      throw py::value_error("into: expected (" + names + ")");
-    }
-    for (const auto& h : t) dws.push_back(py::reinterpret_borrow<py::object>(h));
-  } else {
-    for (const Slot* s : used) dws.push_back(array_or_none<F>(s->on, s->shape));
-  }
-  for (size_t i = 0; i < used.size(); ++i)
-    *used[i]->to = writeable<F>(dws[i], used[i]->name, used[i]->shape, !used[i]->on || keep);
-  g.rows = keep;
-  if (!keep && ((g.db_ih != nullptr) != bias || (g.db_hh != nullptr) != bias))
-    throw py::value_error(bias ? "into: expected db_ih, db_hh arrays" : "into: expected db_ih, "
-                                                                        "db_hh None: no bias");
+  const std::vector<py::object> dws = keep ? std::vector<py::object>{}
+                                           : grad_arrays<F>(used, acc ? into : py::none());
   g.accumulate = acc;
   const rnnkern::Dims d = z.d;
   py::list grads;
   for (const py::object& o : {py::object(dx), py::object(dh0), dc0}) grads.append(o);
-  for (size_t i = 0; !acc && !keep && i < dws.size(); ++i) grads.append(dws[i]);
+  for (size_t i = 0; !acc && i < dws.size(); ++i) grads.append(dws[i]);
   py::tuple result(grads);
   return {result, [=] {
             if (pk) rnnkern::backward<F>(*pk, d, xp, len, c, dyp, dhp, dcp, g);
@@ -533,22 +547,13 @@ template <class F>
 py::object weight_gradients(const PackHandle& pk, RowsHandle& rows, const py::object& into) {
   const int64_t GH = rnnkern::gates(pk.cell) * pk.H, P = pk.P ? pk.P : pk.H;
   const bool bias = pk.has_bias();
-  const Shape shapes[4] = {{GH, pk.I}, {GH, P}, {GH}, {GH}};
-  const char* names[4] = {"dw_ih", "dw_hh", "db_ih", "db_hh"};
-  std::vector<py::object> out;
-  if (into.is_none()) {
-    for (int i = 0; i < 4; ++i) out.push_back(array_or_none<F>(i < 2 || bias, shapes[i]));
-  } else {
-    auto t = into.cast<py::tuple>();
-    if (t.size() != 4) throw py::value_error("into: expected (dw_ih, dw_hh, db_ih, db_hh)");
-    for (const auto& h : t) out.push_back(py::reinterpret_borrow<py::object>(h));
-  }
-  F* w[4];
-  for (int i = 0; i < 4; ++i) w[i] = writeable<F>(out[i], names[i], shapes[i], i >= 2 && !bias);
-  if ((w[2] != nullptr) != bias || (w[3] != nullptr) != bias)
-    throw py::value_error(bias ? "into: expected db_ih, db_hh arrays"
-                               : "into: expected db_ih, db_hh None: no bias");
-  rnnkern::Grads<F> g{nullptr, nullptr, nullptr, w[0], w[1], w[2], w[3]};
+  rnnkern::Grads<F> g{nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+  const GradSlot<F> slots[] = {{"dw_ih", true, {GH, pk.I}, &g.dw_ih},
+                               {"dw_hh", true, {GH, P}, &g.dw_hh},
+                               {"db_ih", bias, {GH}, &g.db_ih},
+                               {"db_hh", bias, {GH}, &g.db_hh}};
+  const std::vector<py::object> out = grad_arrays<F>({slots, slots + 1, slots + 2, slots + 3},
+                                                     into);
   g.accumulate = !into.is_none();
   const rnnkern::Pack<F>* pack;
   if constexpr (std::is_same_v<F, float>) pack = pk.f32.get(); else pack = pk.f64.get();

@@ -586,10 +586,10 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
     if (lengths[b] < shortest) shortest = lengths[b];
   // The chunk's x, h_{t-1} (and gru_rh's r * h_{t-1}, a projection's m_t) as panels for the
   // weight gradients: each thread packs the column blocks of dW it computes. (blocks of I, P or
-  // H, tc*B, NB)
-  const int64_t nblk_i = blocks(I, kt), NBK = kt.nb;
-  Buffer<W> xpan(nblk_i * NBK * tc * B), hpan(nblk_p * NBK * tc * B);
-  Buffer<W> apan(split_row < GH || proj ? nblk * NBK * tc * B : 0);
+  // H, tc*B, NB); none when the rows are kept for weight_gradients)
+  const int64_t nblk_i = blocks(I, kt), NBK = kt.nb, pan_rows = defer ? 0 : tc * B;
+  Buffer<W> xpan(nblk_i * NBK * pan_rows), hpan(nblk_p * NBK * pan_rows);
+  Buffer<W> apan(split_row < GH || proj ? nblk * NBK * pan_rows : 0);
 
   parallel(threads_for(d, GH, nblk), [&](int tid, Team& team) {
     if (tid == 0)  // the workers that have not started by now join later, benched

@@ -1,5 +1,5 @@
 """Type stubs of the compiled core (cpp/bindings/module.cpp); use the rnnkern package instead."""
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -113,10 +113,14 @@ class Rows:
     @property
     def rows(self) -> int: ...
 
+@overload
 def weight_gradients(
-    pack: Pack, rows: Rows, into: tuple[_Array | None, ...] | None = None
+    pack: Pack, rows: Rows, into: None = None
 ) -> tuple[_Array, _Array, _Array | None, _Array | None]: ...  # dw_ih, dw_hh, db_ih, db_hh of
-# every row kept (one product); with into, added to its arrays (returns None)
+# every row kept (one product)
+@overload
+def weight_gradients(pack: Pack, rows: Rows, into: tuple[_Array | None, ...]) -> None: ...
+# with into, added to its arrays
 def forward_packed_many(
     calls: list[tuple[Pack, _Array, _Array | None, _Array | None, Any, bool]],
 ) -> list[tuple[_Array, _Array, _Array | None, tuple[_Array | None, ...]]]: ...
