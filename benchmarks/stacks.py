@@ -2,13 +2,19 @@
 rnnkern.torch on the same weights, inference and training, interleaved (timing.round_robin).
 
     python benchmarks/stacks.py [--repeat 7] [--min-time 0.2] [--cases 0 1 ...] [--markdown]
-        [--json FILE] [--T 100] [--size 256]
+        [--json FILE] [--T 100] [--size 256] [--lowp]
 
 Inference: torch under no_grad, rnnkern.nn with training=False, rnnkern.torch under no_grad.
 Training: forward + backward of the input and every weight (torch and rnnkern.torch: autograd
 with requires_grad input; rnnkern.nn: forward, then layer.backward(dy)). Before timing, each
 case's outputs and input gradients are checked against torch's. Ratios in brackets are to torch;
 the last column is rnnkern.torch / rnnkern.nn (issue 15's target: <= 1.15).
+
+--lowp adds, in the same round robin, the lower-precision inference of the same stacks:
+torch's bfloat16 module (``module.to(torch.bfloat16)``, the peer's own), rnnkern.nn and
+rnnkern.torch (``convert(precision=...)``) with precision "bf16" and "int8", each with its
+error against float64 (max |y - y64| / max |y64|, y64 from rnnkern.nn in float64,
+whose kernels agree with the NumPy reference to about 1e-10).
 """
 from __future__ import annotations
 
@@ -47,13 +53,17 @@ CASES = [Case("lstm", 1, 2, True), Case("lstm", 8, 2, True), Case("lstm", 1, 3, 
 #: job names, in table order
 JOBS = ["torch inference", "rnnkern.nn inference", "rnnkern.torch inference",
         "torch training", "rnnkern.nn training", "rnnkern.torch training"]
+#: --lowp's inference jobs, in table order (ratios to "torch inference", float32)
+LOWP_JOBS = ["torch bf16 inference", "rnnkern.nn bf16 inference", "rnnkern.torch bf16 inference",
+             "rnnkern.nn int8 inference", "rnnkern.torch int8 inference"]
 
 
 @dataclass
 class Row:
     case: Case
     label: str
-    ms: dict[str, float]  # median ms per JOBS name
+    ms: dict[str, float]  # median ms per JOBS (and LOWP_JOBS) name
+    errors: dict[str, float]  # per LOWP_JOBS name: max |y - y64| / max |y64|; empty without
 
     def ratio(self, job: str) -> float:
         """job / torch's of the same pass."""
@@ -107,13 +117,65 @@ def jobs_for(case: Case, T: int, size: int) -> dict[str, Callable[[], Any]]:
         lambda: torch_training(drop_in))))
 
 
+def lowp_jobs_for(case: Case, T: int, size: int
+                  ) -> tuple[dict[str, Callable[[], Any]], dict[str, float]]:
+    """--lowp's inference jobs of a case on jobs_for's weights and x, and each one's error."""
+    torch.manual_seed(0)  # jobs_for's weights and x, drawn again
+    tcls = torch.nn.LSTM if case.cell == "lstm" else torch.nn.GRU
+    native = tcls(size, size, num_layers=case.layers, bidirectional=case.bidirectional)
+    x = torch.randn(T, case.B, size)  # (T, B, I)
+    xn = x.numpy()
+    ncls = rnnkern.nn.LSTM if case.cell == "lstm" else rnnkern.nn.GRU
+    state = {k: v.double().numpy() for k, v in native.state_dict().items()}
+    exact = ncls(size, size, num_layers=case.layers, bidirectional=case.bidirectional,
+                 dtype=np.float64)  # float64 kernels: within about 1e-10 of the reference
+    exact.load_state_dict(state)
+    y64 = exact(xn.astype(np.float64), training=False)[0]  # (T, B, D*H)
+    t16 = tcls(size, size, num_layers=case.layers, bidirectional=case.bidirectional)
+    t16.load_state_dict(native.state_dict())
+    t16 = t16.to(torch.bfloat16)
+    x16 = x.to(torch.bfloat16)
+
+    def torch_bf16() -> Any:
+        with torch.no_grad():
+            return t16(x16)[0].float()
+
+    jobs: dict[str, Callable[[], Any]] = {"torch bf16 inference": torch_bf16}
+    for prec in ("bf16", "int8"):
+        layer = ncls(size, size, num_layers=case.layers, bidirectional=case.bidirectional,
+                     precision=prec)
+        layer.load_state_dict(native.state_dict())
+        drop_in = tcls(size, size, num_layers=case.layers, bidirectional=case.bidirectional)
+        drop_in.load_state_dict(native.state_dict())
+        drop_in = rt.convert(drop_in, precision=prec)
+        jobs[f"rnnkern.nn {prec} inference"] = lambda layer=layer: layer(xn, training=False)[0]
+
+        def dropin_inference(module: torch.nn.Module = drop_in) -> Any:
+            with torch.no_grad():
+                return module(x)[0]
+
+        jobs[f"rnnkern.torch {prec} inference"] = dropin_inference
+    scale = float(np.abs(y64).max())
+    errors = {k: float(np.abs(np.asarray(f(), np.float64) - y64).max()) / scale
+              for k, f in jobs.items()}
+    # the drop-in runs the very kernels of rnnkern.nn: the same results
+    for prec in ("bf16", "int8"):
+        assert errors[f"rnnkern.torch {prec} inference"] == errors[f"rnnkern.nn {prec} inference"]
+    return {k: jobs[k] for k in LOWP_JOBS}, errors
+
+
 def measure(cases: list[Case], *, T: int = 100, size: int = 256, repeat: int = 7,
-            min_time: float = 0.2) -> list[Row]:
+            min_time: float = 0.2, lowp: bool = False) -> list[Row]:
     rows = []
     for case in cases:
-        samples = round_robin(jobs_for(case, T, size), repeat=repeat, min_time=min_time)
+        jobs = jobs_for(case, T, size)
+        errors: dict[str, float] = {}
+        if lowp:
+            more, errors = lowp_jobs_for(case, T, size)
+            jobs.update(more)
+        samples = round_robin(jobs, repeat=repeat, min_time=min_time)
         rows.append(Row(case, case.label(T, size),
-                        {k: statistics.median(v) * 1e3 for k, v in samples.items()}))
+                        {k: statistics.median(v) * 1e3 for k, v in samples.items()}, errors))
     return rows
 
 
@@ -131,11 +193,25 @@ def markdown(rows: list[Row], T: int, size: int) -> str:
     return "\n".join(lines)
 
 
+def markdown_lowp(rows: list[Row], T: int, size: int) -> str:
+    """--lowp's table: inference ms (ratio to torch's float32 inference) and error."""
+    head = (f"| model, T={T}, I=H={size}, inference | torch float32 | "
+            + " | ".join(LOWP_JOBS).replace(" inference", "") + " |")
+    lines = [head, "|---|" + "---:|" * (1 + len(LOWP_JOBS))]
+    for r in rows:
+        cells = [f"{r.ms['torch inference']:.3g}"]
+        cells += [f"{r.ms[j]:.3g} ({r.ratio(j):.2f}; {r.errors[j]:.1e})" for j in LOWP_JOBS]
+        lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def to_json(rows: list[Row], T: int, size: int, threads: int) -> dict[str, Any]:
     return {"T": T, "I": size, "H": size, "threads": threads, "cpu": cpu_model(),
             "torch": torch.__version__, "rnnkern": rnnkern.__version__,
             "rows": [{"label": r.label, "case": asdict(r.case), "ms": r.ms,
-                      "ratio_to_torch": {j: r.ratio(j) for j in JOBS if j.startswith("rnnkern")},
+                      "ratio_to_torch": {j: r.ratio(j) for j in r.ms if j != "torch inference"
+                                         and j != "torch training"},
+                      "errors": r.errors,
                       "dropin_over_nn": {p: r.dropin_over_nn(p)
                                          for p in ("inference", "training")}}
                      for r in rows]}
@@ -151,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=256, help="I = H")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     ap.add_argument("--json", help="write the results as JSON to this file")
+    ap.add_argument("--lowp", action="store_true",
+                    help="also time bf16 and int8 inference (torch bf16, rnnkern bf16/int8)")
     args = ap.parse_args(argv)
     if any(not 0 <= i < len(CASES) for i in args.cases):
         ap.error(f"--cases: expected indices in 0..{len(CASES) - 1}, got {args.cases}")
@@ -158,12 +236,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(threads)
     rnnkern.set_num_threads(threads)
     rows = measure([CASES[i] for i in args.cases], T=args.T, size=args.size,
-                   repeat=args.repeat, min_time=args.min_time)
+                   repeat=args.repeat, min_time=args.min_time, lowp=args.lowp)
     print(f"# {cpu_model()}, {threads} threads, torch {torch.__version__}, rnnkern "
           f"{rnnkern.__version__} ({rnnkern.config()['isa']}); median ms, torch on the same "
           f"weights, ratio to torch in brackets")
     if args.markdown:
         print(markdown(rows, args.T, args.size))
+        if args.lowp:
+            print("\n" + markdown_lowp(rows, args.T, args.size))
     else:
         for r in rows:
             print(r.label, " ".join(f"{k}={v:.3g}ms" for k, v in r.ms.items()))

@@ -30,3 +30,21 @@ def test_tiny_run_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_bad_case_index_is_refused() -> None:
     with pytest.raises(SystemExit):
         stacks.main(["--cases", "5"])
+
+
+def test_lowp_adds_bf16_and_int8_inference_with_their_errors(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "stacks.json"
+    stacks.main(["--T", "5", "--size", "8", "--repeat", "1", "--min-time", "0", "--markdown",
+                 "--lowp", "--cases", "0", "4", "--json", str(out)])
+    table = capsys.readouterr().out.split("\n\n")[-1].splitlines()
+    assert table[0].startswith("| model, T=5, I=H=8, inference | torch float32 | torch bf16 |")
+    assert len(table) == 2 + 2 and all(line.count("|") == 8 for line in table)
+    for row in json.loads(out.read_text())["rows"]:
+        assert set(row["ms"]) == set(stacks.JOBS) | set(stacks.LOWP_JOBS)
+        errors = row["errors"]
+        assert set(errors) == set(stacks.LOWP_JOBS)
+        # bf16 operands: about 2^-8 relative per product; int8: 7-bit weights, u8 activations
+        assert 0 < errors["rnnkern.nn bf16 inference"] < 2e-2
+        assert 0 < errors["rnnkern.nn int8 inference"] < 5e-2
+        assert errors["rnnkern.torch int8 inference"] == errors["rnnkern.nn int8 inference"]
