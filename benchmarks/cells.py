@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import cpu_model, default_threads, round_robin  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from timing import cpu_model, default_threads, round_robin  # noqa: E402
 
 import rnnkern  # noqa: E402
 import rnnkern.torch as rt  # noqa: E402

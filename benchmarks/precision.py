@@ -26,7 +26,9 @@ from timing import default_threads, median_seconds, round_robin
 import rnnkern
 from rnnkern import reference
 
-SHAPES = {"S1": (1, 100, 256, 256), "S2": (8, 100, 256, 256), "S3": (32, 50, 256, 256)}
+SHAPES = {"S1": (1, 100, 256, 256), "S2": (8, 100, 256, 256), "S3": (32, 50, 256, 256),
+          "S4": (64, 100, 512, 512)}  # (B, T, I, H), as benchmarks/peers.py's
+DEFAULT_SHAPES = "S1,S2,S3"  # S4 on request: its float64 reference alone takes seconds
 
 
 def ort_int8(cell: str, x: np.ndarray, ws: list[np.ndarray], threads: int) -> Callable[[], Any]:
@@ -113,7 +115,8 @@ def run(cell: str, B: int, T: int, I: int, H: int, train: bool, repeat: int,
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cells", default="lstm,gru", help="comma-separated: lstm, gru, rnn")
-    ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated of S1, S2, S3")
+    ap.add_argument("--shapes", default=DEFAULT_SHAPES,
+                    help=f"comma-separated of {', '.join(SHAPES)} (default {DEFAULT_SHAPES})")
     ap.add_argument("--train", action="store_true", help="forward + backward instead of forward")
     ap.add_argument("--int8", action="store_true",
                     help="forward: rnnkern int8 against rnnkern float and ORT int8 (LSTM)")
@@ -124,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
+    if unknown := [n for n in args.shapes.split(",") if n not in SHAPES]:
+        ap.error(f"--shapes: unknown {', '.join(unknown)}; expected some of {', '.join(SHAPES)}")
     rnnkern.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
     rows = []
@@ -136,8 +141,8 @@ def main(argv: list[str] | None = None) -> None:
                     args.int8 and not args.train, args.threads)
             rows.append({"cell": cell, "shape": name, "B": B, "T": T, "I": I, "H": H, **r})
     if args.json:
-        print(json.dumps({"threads": args.threads, "train": args.train, "isa": rnnkern.config()["isa"],
-                          "rows": rows}))
+        print(json.dumps({"threads": args.threads, "train": args.train,
+                          "isa": rnnkern.config()["isa"], "rows": rows}))
         return
     what = "forward + backward" if args.train else "forward"
     print(f"{what}, median ms, {args.threads} threads, rnnkern on {rnnkern.config()['isa']}")

@@ -21,3 +21,14 @@ def test_precision_benchmark_runs(capsys: pytest.CaptureFixture[str], train: boo
         # bf16 is bf16: an error of about its precision, neither float32's nor garbage
         assert 1e-5 < row["error"]["rnnkern bf16"] < 5e-2
         assert row["error"]["torch bf16"] > 1e-5
+
+
+def test_precision_benchmark_knows_s4_and_refuses_unknown_shapes(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert precision.SHAPES["S4"] == (64, 100, 512, 512)
+    precision.main(["--cells", "lstm", "--shapes", "S4", "--size", "8", "--repeat", "1",
+                    "--min-time", "0.001", "--int8", "--json"])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"][0]
+    assert (row["shape"], row["B"], row["T"]) == ("S4", 64, 100) and row["ms"]["rnnkern int8"] > 0
+    with pytest.raises(SystemExit):
+        precision.main(["--shapes", "S1,S9"])
