@@ -247,7 +247,7 @@ namespace {
 // int8 forward) at most about 64 rows, so that each thread's columns of the chunk's projections
 // (64 x 4H floats / threads: 128 KB at H = 256 on two threads) are still in its L2 when its steps
 // read them; 64 rows are one row group of the projection, which runs as fast as on longer
-// chunks (LSTM S2, S3: 6-11% less time than 4 MB chunks, which the steps read back from L3).
+// chunks (LSTM S2, S3: about 10% less time than 4 MB chunks, which the steps read from L3).
 int64_t chunk_steps(int64_t T, int64_t B, int64_t GH, bool l2 = false) {
   int64_t tc = (int64_t(1) << 20) / (B * GH > 0 ? B * GH : 1);
   if (tc * B < 256) tc = (256 + B - 1) / B;
