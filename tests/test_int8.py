@@ -86,6 +86,24 @@ def test_results_do_not_depend_on_the_thread_count(cell: str, kw: dict[str, Any]
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("cell,kw", [CELLS[0], CELLS[3], CELLS[4], CELLS[5]],
+                         ids=["rnn", "lstm", "gru", "gru_rh"])
+def test_chunks_of_steps_do_not_change_the_bits(isa: str, cell: str, kw: dict[str, Any]) -> None:
+    """The int8 forward projects x in chunks of about 64 rows (8 steps at B = 8): the bits are
+    those of one call per step (every row's quantization and sums are its own)."""
+    case = make_case(cell, T=21, B=8, I=40, H=24, dtype=np.float32, seed=3)
+    pack = getattr(rnnkern, f"{cell}_pack")(case["w_ih"], case["w_hh"], case["b_ih"],
+                                            case["b_hh"], precision="int8", **kw)
+    whole = pack.forward(case["x"], case["h0"], case.get("c0"), training=False)
+    h, c, ys = case["h0"], case.get("c0"), []
+    for t in range(21):
+        out = pack.forward(case["x"][t:t + 1], h, c, training=False)
+        h, c = out.h_n, getattr(out, "c_n", None)
+        ys.append(out.y)
+    np.testing.assert_array_equal(whole.y, np.concatenate(ys))
+    np.testing.assert_array_equal(whole.h_n, h)
+
+
 def test_peepholes_in_int8_equal_the_reference(isa: str) -> None:
     case = make_case("lstm", T=9, B=3, I=13, H=21, dtype=np.float32, seed=2, lengths="random")
     peep = np.random.default_rng(2).uniform(-0.5, 0.5, (3, 21)).astype(np.float32)  # (3, H)
