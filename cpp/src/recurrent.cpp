@@ -290,23 +290,32 @@ void copy_or_zero(F* dst, const F* src, int64_t n) {
   else std::memset(dst, 0, n * sizeof(F));
 }
 
-// out[c] (+)= the sum of the rows of a (rows, ld) in column c, for c in [c0, c1), in row order.
+// out[c] (+)= the sum of the rows of a (rows, ld) in column c, for c in [c0, c1), in row order;
+// with `tr`, of a stored transposed (column c at a + c * ld): the same sums, the same bits.
 template <class F>
-void column_sums(const F* a, int64_t rows, int64_t ld, int64_t c0, int64_t c1, F* out, bool add) {
+void column_sums(const F* a, int64_t rows, int64_t ld, bool tr, int64_t c0, int64_t c1, F* out,
+                 bool add) {
   if (!add)
     for (int64_t c = c0; c < c1; ++c) out[c] = 0;
+  if (tr) {
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t r = 0; r < rows; ++r) out[c] += a[c * ld + r];
+    return;
+  }
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = c0; c < c1; ++c) out[c] += a[r * ld + c];
 }
 
 // Rows of the weight gradients' products: dgates (rows, ld) of the input side and of the
 // recurrent side (the same unless gru's or layer norm's differ), h_{t-1} (rows, P), gru_rh's
-// r * h_{t-1} (rows, H) or null.
+// r * h_{t-1} (rows, H) or null. `tr`: the dgates stored transposed, (G*H, ld) (kept rows:
+// each gate's column contiguous, so the products read them by rows, not a row per k).
 template <class F>
 struct WeightRows {
   const F *dg, *dgr;
   int64_t ld, rows;
   const F *h, *aux;
+  bool tr;
 };
 
 // This member's share of the weight gradients over `r`'s rows, their x already in panels `xq`
@@ -320,18 +329,19 @@ void weight_products(const KernelTable<F, W>& kt, const WeightRows<F>& r, const 
                      const int64_t (&blk)[6], const Grads<F>& g, bool add, bool bias, bool two,
                      bool add_hh, const Team& team, int tid) {
   const auto [ib0, ib1, pb0, pb1, jb0, jb1] = blk;
-  kt.product(r.dg, r.ld, true, GH, xq, r.rows, I, g.dw_ih, I, add, ib0, ib1);
+  const bool at = !r.tr;  // dg^T: dg read transposed, unless stored so
+  kt.product(r.dg, r.ld, at, GH, xq, r.rows, I, g.dw_ih, I, add, ib0, ib1);
   kt.pack_backward(hpan, r.h, r.rows, P, P, 0, pb0, pb1);
-  kt.product(r.dgr, r.ld, true, split_row, hpan, r.rows, P, g.dw_hh, P, add, pb0, pb1);
+  kt.product(r.dgr, r.ld, at, split_row, hpan, r.rows, P, g.dw_hh, P, add, pb0, pb1);
   if (split_row < GH) {
     kt.pack_backward(apan, r.aux, r.rows, H, H, 0, jb0, jb1);
-    kt.product(r.dgr + split_row, r.ld, true, GH - split_row, apan, r.rows, H,
+    kt.product(r.dgr + split_row * (r.tr ? r.ld : 1), r.ld, at, GH - split_row, apan, r.rows, H,
                g.dw_hh + split_row * H, H, add, jb0, jb1);
   }
   if (bias)
     for_blocks(GH, team, tid, [&](int64_t c0, int64_t c1) {
-      column_sums(r.dg, r.rows, r.ld, c0, c1, g.db_ih, add);
-      if (two || add_hh) column_sums(r.dgr, r.rows, r.ld, c0, c1, g.db_hh, add);
+      column_sums(r.dg, r.rows, r.ld, r.tr, c0, c1, g.db_ih, add);
+      if (two || add_hh) column_sums(r.dgr, r.rows, r.ld, r.tr, c0, c1, g.db_hh, add);
     });
 }
 
@@ -384,8 +394,8 @@ RowsStore& rows_store() {
 template <class F>
 struct GradRows<F>::Impl {
   static constexpr int64_t R = 256;  // rows per block: the length of one product
-  struct Block {  // in one allocation of rows_store(): (R, I), (R, P), (R, H) gru_rh, (R, ld)
-                  // twice (two sides)
+  struct Block {  // in one allocation of rows_store(): (R, I), (R, P), (R, H) gru_rh, and the
+                  // dgates transposed, (G*H, R) (WeightRows::tr), twice (two sides)
     std::unique_ptr<char[]> mem;
     size_t capacity = 0;
     F *x = nullptr, *h = nullptr, *aux = nullptr, *dg = nullptr, *dgr = nullptr;
@@ -393,9 +403,16 @@ struct GradRows<F>::Impl {
   };
   Cell cell{};
   int64_t I = -1, P = -1, H = -1, ld = 0;  // sizes of the first rows kept; later ones must match
+  int64_t GH = 0;                          // the dgates' columns kept
   bool two = false, aux = false;
   std::vector<Block> blocks;
   int64_t n = 0;
+
+  // dst (GH, R) from its column 0 = the k rows of src (k, ld), transposed.
+  void transpose_into(F* dst, const F* src, int64_t k) const {
+    for (int64_t c = 0; c < GH; ++c)
+      for (int64_t r = 0; r < k; ++r) dst[c * R + r] = src[r * ld + c];
+  }
 
   ~Impl() {
     for (Block& b : blocks) rows_store().give(std::move(b.mem), b.capacity);
@@ -404,13 +421,15 @@ struct GradRows<F>::Impl {
   // Keeps `rows` rows (each of the arrays' rows in order, dg and dgr `ld` apart).
   void append(Cell c, int64_t I_, int64_t P_, int64_t H_, int64_t ld_, bool two_, int64_t rows,
               const F* x, const F* h, const F* a, const F* dg, const F* dgr) {
-    if (I < 0) cell = c, I = I_, P = P_, H = H_, ld = ld_, two = two_, aux = a != nullptr;
+    if (I < 0)
+      cell = c, I = I_, P = P_, H = H_, ld = ld_, two = two_, aux = a != nullptr,
+      GH = gates(c) * H_;
     if (c != cell || I_ != I || P_ != P || H_ != H || ld_ != ld)
       throw std::invalid_argument("backward: these rows were kept for another cell or sizes");
     for (int64_t q = 0; q < rows;) {
       if (blocks.empty() || blocks.back().n == R) {
         Block b;
-        const int64_t nx = R * I, nh = R * P, na = aux ? R * H : 0, ng = R * ld;
+        const int64_t nx = R * I, nh = R * P, na = aux ? R * H : 0, ng = GH * R;
         b.mem = rows_store().take((nx + nh + na + ng * (two ? 2 : 1)) * sizeof(F), &b.capacity);
         F* p = reinterpret_cast<F*>(b.mem.get());
         b.x = p, b.h = p + nx, b.dg = p + nx + nh;
@@ -423,8 +442,8 @@ struct GradRows<F>::Impl {
       std::memcpy(b.x + b.n * I, x + q * I, k * I * sizeof(F));
       std::memcpy(b.h + b.n * P, h + q * P, k * P * sizeof(F));
       if (aux) std::memcpy(b.aux + b.n * H, a + q * H, k * H * sizeof(F));
-      std::memcpy(b.dg + b.n * ld, dg + q * ld, k * ld * sizeof(F));
-      if (two) std::memcpy(b.dgr + b.n * ld, dgr + q * ld, k * ld * sizeof(F));
+      transpose_into(b.dg + b.n, dg + q * ld, k);
+      if (two) transpose_into(b.dgr + b.n, dgr + q * ld, k);
       b.n += k, q += k, n += k;
     }
   }
@@ -710,7 +729,7 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
         for (int64_t q = 0; t1 > shortest && q < rows; ++q)
           if (t0 + q / B >= lengths[q % B]) kt.zero_row(xq, rows, q, ib0, ib1);
         const WeightRows<F> r{dgc, dgr, LDG, rows, cache.hs + t0 * BP,  // h_{t-1}
-                              cache.aux ? cache.aux + t0 * BH : nullptr};
+                              cache.aux ? cache.aux + t0 * BH : nullptr, false};
         const int64_t blk[6] = {ib0, ib1, pb0, pb1, jb0, jb1};
         // layer norm: the epilogues sum the biases' gradients
         weight_products(kt, r, xq, hpan.get(), apan.get(), I, H, P, GH, split_row, blk, g, add,
@@ -793,7 +812,7 @@ void run_weight_gradients(const Panels<F, W>& pk, const GradRows<F>& rows, Grads
     for (size_t k = 0; k < r.blocks.size(); ++k) {  // in order: the sums' order is fixed
       const auto& b = r.blocks[k];
       kt.pack_backward(xpan.get(), b.x, b.n, I, I, 0, blk[0], blk[1]);
-      const WeightRows<F> wr{b.dg, two ? b.dgr : b.dg, r.ld, b.n, b.h, b.aux};
+      const WeightRows<F> wr{b.dg, two ? b.dgr : b.dg, R, b.n, b.h, b.aux, true};
       weight_products(kt, wr, xpan.get(), hpan.get(), apan.get(), I, H, P, GH, split_row, blk, g,
                       k > 0 || acc, g.db_ih != nullptr, two, acc, team, tid);
     }
