@@ -334,7 +334,8 @@ def test_backward_adds_to_grads_like_the_per_step_results(name: str, dtype: Any,
 def test_rows_kept_give_the_steps_weight_gradients_in_one_product(
         name: str, dtype: Any, bias: bool, num_threads: Any) -> None:
     """One-step backwards that keep their rows (``into=_core.Rows()``, the drop-in cells'
-    training) return the same dx, dh0, dc0 bits as without, and ``weight_gradients`` over the
+    training) return the same dx, dh0, dc0 bits as without (and as with ``need_dx=False``, which
+    returns no dx), and ``weight_gradients`` over the
     rows equals the sum of the steps' own weight gradients (docs/tolerances.md), with the same
     bits on one thread and on two; steps of different batch sizes, 300 rows crossing the
     core's blocks of 256; with ``into``, added to the given arrays."""
@@ -365,6 +366,12 @@ def test_rows_kept_give_the_steps_weight_gradients_in_one_product(
                                                  dh, dc)
             assert len(kept) == 3
             for a, b in zip(kept, full[:3]):
+                assert (a is None and b is None) or a.tobytes() == b.tobytes()
+            # need_dx=False: no dx, every other result the same bits
+            nodx = rnnkern._core.backward_packed(cache.pack, cache.x, None, cache.buffers, None,
+                                                 dh, dc, need_dx=False)
+            assert nodx[0] is None and len(nodx) == len(full)
+            for a, b in zip(nodx[1:], full[1:]):
                 assert (a is None and b is None) or a.tobytes() == b.tobytes()
         assert rows.rows == 304
         got.append(rnnkern._core.weight_gradients(pack, rows))

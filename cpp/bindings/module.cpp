@@ -266,7 +266,7 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
                    const py::tuple& cache, const py::object& dy, const py::object& dh_n,
                    const py::object& dc_n, const py::object& w_peep, const py::object& w_hr,
                    rnnkern::Precision prec = rnnkern::Precision::native,
-                   const py::object& into = py::none()) {
+                   const py::object& into = py::none(), bool need_dx = true) {
   const int64_t T = z.d.T, B = z.d.B, I = z.d.I, H = z.d.H, GH = z.G * H;
   const int64_t P = rnnkern::h_size(z.d);
   const bool lstm = rnnkern::cell_traits(cell).cell_state;
@@ -292,9 +292,10 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
   const F* dyp = data<F>(dy, "dy", {T, B, P}, true);
   const F* dhp = data<F>(dh_n, "dh_n", {B, P}, true);
   const F* dcp = lstm ? data<F>(dc_n, "dc_n", {B, H}, true) : nullptr;
-  py::array_t<F> dx({T, B, I}), dh0({B, P});
+  py::object dx = array_or_none<F>(need_dx, {T, B, I});  // None: not wanted, not computed
+  py::array_t<F> dh0({B, P});
   py::object dc0 = array_or_none<F>(lstm, {B, H});
-  rnnkern::Grads<F> g{dx.mutable_data(), dh0.mutable_data(), ptr<F>(dc0), nullptr, nullptr,
+  rnnkern::Grads<F> g{ptr<F>(dx), dh0.mutable_data(), ptr<F>(dc0), nullptr, nullptr,
                       nullptr, nullptr};  // the weight gradients: the slots below
   // The weight gradients in the order of the result: the four, then the variants' present, in
   // the order of rnnkern._api.LSTM_EXTRAS.
@@ -321,7 +322,7 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
   g.accumulate = acc;
   const rnnkern::Dims d = z.d;
   py::list grads;
-  for (const py::object& o : {py::object(dx), py::object(dh0), dc0}) grads.append(o);
+  for (const py::object& o : {dx, py::object(dh0), dc0}) grads.append(o);
   for (size_t i = 0; !acc && i < dws.size(); ++i) grads.append(dws[i]);
   py::tuple result(grads);
   return {result, [=] {
@@ -518,16 +519,17 @@ Prepared prepare_forward_packed(const PackHandle& pk, const py::object& x, const
 Prepared prepare_backward_packed(const PackHandle& pk, const py::object& x,
                                  const py::object& lengths, const py::tuple& cache,
                                  const py::object& dy, const py::object& dh_n,
-                                 const py::object& dc_n, const py::object& into = py::none()) {
+                                 const py::object& dc_n, const py::object& into = py::none(),
+                                 bool need_dx = true) {
   Sizes z = packed_sizes(pk, x);
   const py::object none = py::none();
   const auto native = rnnkern::Precision::native;
   return is_f64(x, "x") ? prepare_backward<double>(pk.cell, z, x, pk.get<double>(x), none, none,
                                                    pk.has_bias(), lengths, cache, dy, dh_n, dc_n,
-                                                   none, none, native, into)
+                                                   none, none, native, into, need_dx)
                         : prepare_backward<float>(pk.cell, z, x, pk.get<float>(x), none, none,
                                                   pk.has_bias(), lengths, cache, dy, dh_n, dc_n,
-                                                  none, none, native, into);
+                                                  none, none, native, into, need_dx);
 }
 
 py::tuple forward_packed(const PackHandle& pk, const py::object& x, const py::object& h0,
@@ -537,8 +539,8 @@ py::tuple forward_packed(const PackHandle& pk, const py::object& x, const py::ob
 
 py::tuple backward_packed(const PackHandle& pk, const py::object& x, const py::object& lengths,
                           const py::tuple& cache, const py::object& dy, const py::object& dh_n,
-                          const py::object& dc_n, const py::object& into) {
-  return run(prepare_backward_packed(pk, x, lengths, cache, dy, dh_n, dc_n, into));
+                          const py::object& dc_n, const py::object& into, bool need_dx) {
+  return run(prepare_backward_packed(pk, x, lengths, cache, dy, dh_n, dc_n, into, need_dx));
 }
 
 // The weight gradients (dw_ih, dw_hh, db_ih, db_hh; None biases without bias) of the rows kept
@@ -699,10 +701,11 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("pack"), py::arg("rows"), py::arg("into") = py::none());
   m.def("forward_packed", &forward_packed);
   // into: None, or the weight gradients' arrays to add to, or a Rows that keeps the step's rows
-  // for weight_gradients (then only dx, dh0, dc0 return, and dw_peep with peepholes)
+  // for weight_gradients (then only dx, dh0, dc0 return, and dw_peep with peepholes).
+  // need_dx=False: dx is None, its product skipped (the input needs no gradient).
   m.def("backward_packed", &backward_packed, py::arg("pack"), py::arg("x"), py::arg("lengths"),
         py::arg("cache"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
-        py::arg("into") = py::none());
+        py::arg("into") = py::none(), py::kw_only(), py::arg("need_dx") = true);
   m.def("forward_packed_many", &forward_packed_many);
   m.def("backward_packed_many", &backward_packed_many);
   m.def("softmax", &softmax_any);

@@ -10,9 +10,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "kernels.hpp"
@@ -279,29 +281,46 @@ void for_blocks(int64_t n, const Team& team, int tid, Fn fn) {
   for (int64_t b = b0; b < b1; ++b) fn(b * blk, (b + 1) * blk < n ? (b + 1) * blk : n);
 }
 
+// This member's part [b0, b1) of n column blocks, in whole pairs counted from block 0: product()
+// takes a range's blocks two by two from its start, and a block's bits depend on whether it is
+// paired (a tile's accumulators), so every team must pair the same blocks.
+void pair_part(const Team& team, int tid, int64_t n, int64_t* b0, int64_t* b1) {
+  team.part(tid, (n + 1) / 2, b0, b1);
+  *b0 *= 2, *b1 = *b1 * 2 < n ? *b1 * 2 : n;
+}
+
 template <class F>
 void copy_or_zero(F* dst, const F* src, int64_t n) {
   if (src) std::memcpy(dst, src, n * sizeof(F));
   else std::memset(dst, 0, n * sizeof(F));
 }
 
-// out[c] (+)= the sum of the rows of a (rows, ld) in column c, for c in [c0, c1), in row order.
+// out[c] (+)= the sum of the rows of a (rows, ld) in column c, for c in [c0, c1), in row order;
+// with `tr`, of a stored transposed (column c at a + c * ld): the same sums, the same bits.
 template <class F>
-void column_sums(const F* a, int64_t rows, int64_t ld, int64_t c0, int64_t c1, F* out, bool add) {
+void column_sums(const F* a, int64_t rows, int64_t ld, bool tr, int64_t c0, int64_t c1, F* out,
+                 bool add) {
   if (!add)
     for (int64_t c = c0; c < c1; ++c) out[c] = 0;
+  if (tr) {
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t r = 0; r < rows; ++r) out[c] += a[c * ld + r];
+    return;
+  }
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = c0; c < c1; ++c) out[c] += a[r * ld + c];
 }
 
 // Rows of the weight gradients' products: dgates (rows, ld) of the input side and of the
 // recurrent side (the same unless gru's or layer norm's differ), h_{t-1} (rows, P), gru_rh's
-// r * h_{t-1} (rows, H) or null.
+// r * h_{t-1} (rows, H) or null. `tr`: the dgates stored transposed, (G*H, ld) (kept rows:
+// each gate's column contiguous, so the products read them by rows, not a row per k).
 template <class F>
 struct WeightRows {
   const F *dg, *dgr;
   int64_t ld, rows;
   const F *h, *aux;
+  bool tr;
 };
 
 // This member's share of the weight gradients over `r`'s rows, their x already in panels `xq`
@@ -315,19 +334,64 @@ void weight_products(const KernelTable<F, W>& kt, const WeightRows<F>& r, const 
                      const int64_t (&blk)[6], const Grads<F>& g, bool add, bool bias, bool two,
                      bool add_hh, const Team& team, int tid) {
   const auto [ib0, ib1, pb0, pb1, jb0, jb1] = blk;
-  kt.product(r.dg, r.ld, true, GH, xq, r.rows, I, g.dw_ih, I, add, ib0, ib1);
+  const bool at = !r.tr;  // dg^T: dg read transposed, unless stored so
+  kt.product(r.dg, r.ld, at, GH, xq, r.rows, I, g.dw_ih, I, add, ib0, ib1);
   kt.pack_backward(hpan, r.h, r.rows, P, P, 0, pb0, pb1);
-  kt.product(r.dgr, r.ld, true, split_row, hpan, r.rows, P, g.dw_hh, P, add, pb0, pb1);
+  kt.product(r.dgr, r.ld, at, split_row, hpan, r.rows, P, g.dw_hh, P, add, pb0, pb1);
   if (split_row < GH) {
     kt.pack_backward(apan, r.aux, r.rows, H, H, 0, jb0, jb1);
-    kt.product(r.dgr + split_row, r.ld, true, GH - split_row, apan, r.rows, H,
+    kt.product(r.dgr + split_row * (r.tr ? r.ld : 1), r.ld, at, GH - split_row, apan, r.rows, H,
                g.dw_hh + split_row * H, H, add, jb0, jb1);
   }
   if (bias)
     for_blocks(GH, team, tid, [&](int64_t c0, int64_t c1) {
-      column_sums(r.dg, r.rows, r.ld, c0, c1, g.db_ih, add);
-      if (two || add_hh) column_sums(r.dgr, r.rows, r.ld, c0, c1, g.db_hh, add);
+      column_sums(r.dg, r.rows, r.ld, r.tr, c0, c1, g.db_ih, add);
+      if (two || add_hh) column_sums(r.dgr, r.rows, r.ld, r.tr, c0, c1, g.db_hh, add);
     });
+}
+
+}  // namespace
+
+namespace {
+
+// Storage of kept rows' blocks that finished passes gave back, for the next passes: a block is
+// megabytes, and a fresh one's page faults cost about a third of a one-step backward at B = 32,
+// H = 256 (perf). Keeps at most kKeep bytes; a block is taken if it is large enough.
+class RowsStore {
+ public:
+  static constexpr size_t kKeep = size_t(64) << 20;
+  // A block of at least `bytes`, its true size in *capacity.
+  std::unique_ptr<char[]> take(size_t bytes, size_t* capacity) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (size_t i = 0; i < free_.size(); ++i)
+        if (free_[i].second >= bytes) {
+          std::unique_ptr<char[]> p = std::move(free_[i].first);
+          *capacity = free_[i].second;
+          kept_ -= *capacity;
+          free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(i));
+          return p;
+        }
+    }
+    *capacity = bytes;
+    return std::unique_ptr<char[]>(new char[bytes]);
+  }
+  void give(std::unique_ptr<char[]> p, size_t capacity) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (kept_ + capacity > kKeep) return;  // freed
+    kept_ += capacity;
+    free_.emplace_back(std::move(p), capacity);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::pair<std::unique_ptr<char[]>, size_t>> free_;
+  size_t kept_ = 0;
+};
+
+RowsStore& rows_store() {
+  static RowsStore* store = new RowsStore;  // never destroyed: GradRows may outlive statics
+  return *store;
 }
 
 }  // namespace
@@ -335,37 +399,56 @@ void weight_products(const KernelTable<F, W>& kt, const WeightRows<F>& r, const 
 template <class F>
 struct GradRows<F>::Impl {
   static constexpr int64_t R = 256;  // rows per block: the length of one product
-  struct Block {                     // (R, I), (R, P), (R, H) gru_rh, (R, ld) twice (two sides)
-    std::unique_ptr<F[]> x, h, aux, dg, dgr;
+  struct Block {  // in one allocation of rows_store(): (R, I), (R, P), (R, H) gru_rh, and the
+                  // dgates transposed, (G*H, R) (WeightRows::tr), twice (two sides)
+    std::unique_ptr<char[]> mem;
+    size_t capacity = 0;
+    F *x = nullptr, *h = nullptr, *aux = nullptr, *dg = nullptr, *dgr = nullptr;
     int64_t n = 0;
   };
   Cell cell{};
   int64_t I = -1, P = -1, H = -1, ld = 0;  // sizes of the first rows kept; later ones must match
+  int64_t GH = 0;                          // the dgates' columns kept
   bool two = false, aux = false;
   std::vector<Block> blocks;
   int64_t n = 0;
 
+  // dst (GH, R) from its column 0 = the k rows of src (k, ld), transposed.
+  void transpose_into(F* dst, const F* src, int64_t k) const {
+    for (int64_t c = 0; c < GH; ++c)
+      for (int64_t r = 0; r < k; ++r) dst[c * R + r] = src[r * ld + c];
+  }
+
+  ~Impl() {
+    for (Block& b : blocks) rows_store().give(std::move(b.mem), b.capacity);
+  }
+
   // Keeps `rows` rows (each of the arrays' rows in order, dg and dgr `ld` apart).
   void append(Cell c, int64_t I_, int64_t P_, int64_t H_, int64_t ld_, bool two_, int64_t rows,
               const F* x, const F* h, const F* a, const F* dg, const F* dgr) {
-    if (I < 0) cell = c, I = I_, P = P_, H = H_, ld = ld_, two = two_, aux = a != nullptr;
+    if (I < 0)
+      cell = c, I = I_, P = P_, H = H_, ld = ld_, two = two_, aux = a != nullptr,
+      GH = gates(c) * H_;
     if (c != cell || I_ != I || P_ != P || H_ != H || ld_ != ld)
       throw std::invalid_argument("backward: these rows were kept for another cell or sizes");
     for (int64_t q = 0; q < rows;) {
       if (blocks.empty() || blocks.back().n == R) {
         Block b;
-        b.x.reset(new F[R * I]), b.h.reset(new F[R * P]), b.dg.reset(new F[R * ld]);
-        if (aux) b.aux.reset(new F[R * H]);
-        if (two) b.dgr.reset(new F[R * ld]);
+        const int64_t nx = R * I, nh = R * P, na = aux ? R * H : 0, ng = GH * R;
+        b.mem = rows_store().take((nx + nh + na + ng * (two ? 2 : 1)) * sizeof(F), &b.capacity);
+        F* p = reinterpret_cast<F*>(b.mem.get());
+        b.x = p, b.h = p + nx, b.dg = p + nx + nh;
+        if (aux) b.aux = b.dg + ng;
+        if (two) b.dgr = b.dg + ng + na;
         blocks.push_back(std::move(b));
       }
       Block& b = blocks.back();
       const int64_t k = std::min(R - b.n, rows - q);
-      std::memcpy(b.x.get() + b.n * I, x + q * I, k * I * sizeof(F));
-      std::memcpy(b.h.get() + b.n * P, h + q * P, k * P * sizeof(F));
-      if (aux) std::memcpy(b.aux.get() + b.n * H, a + q * H, k * H * sizeof(F));
-      std::memcpy(b.dg.get() + b.n * ld, dg + q * ld, k * ld * sizeof(F));
-      if (two) std::memcpy(b.dgr.get() + b.n * ld, dgr + q * ld, k * ld * sizeof(F));
+      std::memcpy(b.x + b.n * I, x + q * I, k * I * sizeof(F));
+      std::memcpy(b.h + b.n * P, h + q * P, k * P * sizeof(F));
+      if (aux) std::memcpy(b.aux + b.n * H, a + q * H, k * H * sizeof(F));
+      transpose_into(b.dg + b.n, dg + q * ld, k);
+      if (two) transpose_into(b.dgr + b.n, dgr + q * ld, k);
       b.n += k, q += k, n += k;
     }
   }
@@ -548,7 +631,7 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
   }
   sc.dpeep = g.dw_peep;
   if (B == 0 || H == 0) {
-    std::memset(g.dx, 0, TB * I * sizeof(F));
+    if (g.dx) std::memset(g.dx, 0, TB * I * sizeof(F));
     std::memset(g.dh0, 0, BP * sizeof(F));
     if (lstm) std::memset(g.dc0, 0, BH * sizeof(F));
     if (acc || defer) return;
@@ -602,12 +685,14 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
       while (team.take_over() >= 0) {
       }
     team.begin(tid);
-    int64_t jb0, jb1, ib0, ib1, pb0, pb1;  // this member's hidden blocks; its column blocks
-                                           // of dx, dW_ih; its blocks of h's P units
+    int64_t jb0, jb1, ib0, ib1, pb0, pb1, qb0, qb1;  // this member's hidden blocks; its column
+                                                     // blocks of dx, dW_ih (in pairs); its
+                                                     // blocks of h's P units; of dh0 (in pairs)
     auto mine = [&] {
       team.part(tid, nblk, &jb0, &jb1);
-      team.part(tid, nblk_i, &ib0, &ib1);
+      pair_part(team, tid, nblk_i, &ib0, &ib1);
       team.part(tid, nblk_p, &pb0, &pb1);
+      pair_part(team, tid, nblk_p, &qb0, &qb1);
     };
     mine();
     Step<F> s{};
@@ -650,7 +735,7 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
         for (int64_t q = 0; t1 > shortest && q < rows; ++q)
           if (t0 + q / B >= lengths[q % B]) kt.zero_row(xq, rows, q, ib0, ib1);
         const WeightRows<F> r{dgc, dgr, LDG, rows, cache.hs + t0 * BP,  // h_{t-1}
-                              cache.aux ? cache.aux + t0 * BH : nullptr};
+                              cache.aux ? cache.aux + t0 * BH : nullptr, false};
         const int64_t blk[6] = {ib0, ib1, pb0, pb1, jb0, jb1};
         // layer norm: the epilogues sum the biases' gradients
         weight_products(kt, r, xq, hpan.get(), apan.get(), I, H, P, GH, split_row, blk, g, add,
@@ -660,10 +745,16 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
           kt.product(dhc, P, true, P, apan.get(), rows, H, g.dw_hr, H, add, jb0, jb1);
         }
       }
-      kt.product(dgc, LDG, false, rows, sc.wi, GH, I, g.dx + t0 * B * I, I, false, ib0, ib1);
+      if (g.dx)  // else not wanted
+        kt.product(dgc, LDG, false, rows, sc.wi, GH, I, g.dx + t0 * B * I, I, false, ib0, ib1);
     }
-    s.dgh_next = next;
-    kt.backward_final(sc, s, g.dh0, pb0, pb1);
+    // dh0 = dh + dgh_0 W_hh (its main gates' rows), this member's blocks of P: the product's
+    // two-block tiles (12 FMAs per 8 loads; one block per tile: 8 per 9).
+    const int64_t q0 = qb0 * NBK, q1 = std::min(qb1 * NBK, P);  // its columns of dh0
+    for (int64_t b = 0; q0 < q1 && b < B; ++b)
+      std::memcpy(g.dh0 + b * P + q0, s.dh + b * P + q0, (q1 - q0) * sizeof(F));
+    if (next)
+      kt.product(next, LDG, false, B, sc.wb, split_row, P, g.dh0, P, true, qb0, qb1);
   }, /*late_join=*/true);
   if (lstm) std::memcpy(g.dc0, dc.get(), BH * sizeof(F));
   if (defer) {  // one chunk of one step: its rows in dg (and dgh)
@@ -726,9 +817,8 @@ void run_weight_gradients(const Panels<F, W>& pk, const GradRows<F>& rows, Grads
     team.part(tid, nblk, &blk[4], &blk[5]);
     for (size_t k = 0; k < r.blocks.size(); ++k) {  // in order: the sums' order is fixed
       const auto& b = r.blocks[k];
-      kt.pack_backward(xpan.get(), b.x.get(), b.n, I, I, 0, blk[0], blk[1]);
-      const WeightRows<F> wr{b.dg.get(), two ? b.dgr.get() : b.dg.get(), r.ld, b.n, b.h.get(),
-                             b.aux.get()};
+      kt.pack_backward(xpan.get(), b.x, b.n, I, I, 0, blk[0], blk[1]);
+      const WeightRows<F> wr{b.dg, two ? b.dgr : b.dg, R, b.n, b.h, b.aux, true};
       weight_products(kt, wr, xpan.get(), hpan.get(), apan.get(), I, H, P, GH, split_row, blk, g,
                       k > 0 || acc, g.db_ih != nullptr, two, acc, team, tid);
     }

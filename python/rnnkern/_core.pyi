@@ -100,11 +100,13 @@ def backward_packed(
     dh_n: _Array | None,
     dc_n: _Array | None,
     into: tuple[_Array | None, ...] | Rows | None = None,
+    *,
+    need_dx: bool = True,
 ) -> tuple[_Array | None, ...]: ...  # the seven gradients, then dw_hr, dw_peep if the pack has
 # them; with into (dw_ih, dw_hh, db_ih, db_hh[, dw_hr][, dw_peep]) only dx, dh0, dc0: the
 # weights' gradients are added to into's arrays; with into a Rows (one step, no lengths,
 # projection, peepholes or layer norm) only dx, dh0, dc0: the rows the weights' gradients
-# need are kept there for weight_gradients
+# need are kept there for weight_gradients; need_dx=False: dx is None (not computed)
 
 class Rows:
     """A training pass's rows kept by one-step backwards, for weight_gradients."""

@@ -163,13 +163,15 @@ class _CellFunction(torch.autograd.Function):
             kept = ctx.sums.get(task)
             if kept is None:  # this pass's first step
                 kept = ctx.sums[task] = _Kept(pack)
+        # no dx product when x needs no gradient (an input of data, not of a layer)
         dx, dh0, dc0, *_ = _core.backward_packed(pack, x3, None, buffers, None, dha, dca,
-                                                 None if kept is None else kept.rows)
+                                                 None if kept is None else kept.rows,
+                                                 need_dx=ctx.needs_input_grad[3])
         if kept is not None and kept.rows.rows >= _Kept.FLUSH_ROWS:
             kept.flush()
-        assert dx is not None and dh0 is not None
+        assert dh0 is not None
         h_shape = (*x_shape[:-1], H)
-        grads = [dx.reshape(x_shape), dh0.reshape(h_shape),
+        grads = [None if dx is None else dx.reshape(x_shape), dh0.reshape(h_shape),
                  None if dc0 is None else dc0.reshape(h_shape)]
         out = [None if g is None or not need else torch.from_numpy(g)
                for g, need in zip(grads, ctx.needs_input_grad[3:])]

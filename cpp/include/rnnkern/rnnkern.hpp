@@ -106,7 +106,7 @@ class GradRows;
 
 template <class F>
 struct Grads {
-  F* dx;     // (T, B, I)
+  F* dx;     // (T, B, I), or null: not computed (the input needs no gradient)
   F* dh0;    // (B, H)
   F* dc0;    // (B, H), LSTM only (else null)
   F* dw_ih;  // (G*H, I)
