@@ -125,7 +125,7 @@ struct KernelTable {
                        int64_t jb0, int64_t jb1);
   void (*pack_backward)(W* dst, const F* w, int64_t rows, int64_t cols, int64_t ldw,
                         int64_t row0, int64_t jb0, int64_t jb1);
-  // The backward's kernels (pack_backward, zero_row, backward_final, product) are null in the
+  // The backward's kernels (pack_backward, zero_row, product) are null in the
   // int8 table: int8 is inference only.
   // Zeroes row q of the backward panels (nblk, rows, nb) of blocks [jb0, jb1).
   void (*zero_row)(W* panels, int64_t rows, int64_t q, int64_t jb0, int64_t jb1);
@@ -133,9 +133,6 @@ struct KernelTable {
   // blocks [jb0, jb1), from the panels c.wi: each thread projects the columns its steps read.
   void (*project)(const StepConst<F, W>& c, const F* x, int64_t rows, F* xp, int64_t jb0,
                   int64_t jb1);
-  // After step 0: dh0 = dh + dgh_0 W_hh for blocks [jb0, jb1) of h's units (c.P).
-  void (*backward_final)(const StepConst<F, W>& c, const Step<F>& s, F* dh0, int64_t jb0,
-                         int64_t jb1);
   // out (M, N) (+)= A w in the columns of blocks [jb0, jb1), w from its backward panels
   // (nblk, K, nb); A = a (M rows, lda apart) or, with `at`, a^T (a: (K, lda), its first M
   // columns): the backward's dx = dG W_ih and weight gradients dW = dG^T X.

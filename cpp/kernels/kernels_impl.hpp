@@ -1082,19 +1082,6 @@ inline auto rows_dh(const StepConst<F, W>& c, const Step<F>& s, int64_t j0, int6
   };
 }
 
-template <class F, class W>
-[[gnu::flatten]] void backward_final(const StepConst<F, W>& c, const Step<F>& s, F* dh0,
-                                     int64_t jb0, int64_t jb1) {
-  // blocks [jb0, jb1) of h's P units
-  const int64_t P = c.P, K = cell_traits(c.cell).main_gates * c.H;  // rows of dgh in the panels
-  for (int64_t jb = jb0; jb < jb1; ++jb) {
-    const int64_t j0 = jb * NB<F>, n = imin(NB<F>, P - j0);
-    panel_rows<F, 1>(s.dgh_next, c.LDG, c.B, c.wb + jb * K * NB<F>, K, [&](int64_t b, const F* acc) {
-      store(dh0 + b * P + j0, load(s.dh + b * P + j0, n) + load(acc), n);
-    });
-  }
-}
-
 }  // namespace
 }  // namespace RNNKERN_ISA
 }  // namespace rnnkern
@@ -1113,7 +1100,7 @@ constexpr KernelTable<F, W> make_table() {
                       project<F, W>, nullptr, nullptr, {}};
   if constexpr (!is_s8<W>)
     t.pack_backward = pack_backward<F, W>, t.zero_row = zero_row<F, W>,
-    t.backward_final = backward_final<F, W>, t.product = product<F, W>;
+    t.product = product<F, W>;
 #define RNNKERN_CELL_ENTRY(C)                                                    \
   t.cells[static_cast<int>(C::id)].forward_phase = Kernels<C, F, W>::forward_phase; \
   if constexpr (!is_s8<W>)                                                       \
