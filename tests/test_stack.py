@@ -259,3 +259,35 @@ def test_dropout_masks_are_reproducible() -> None:
     assert not np.array_equal(a[0], a[1])
     assert all(not m.any() for m in _stack.dropout_masks(np.random.default_rng(0), 1.0, 2,
                                                           shape, np.dtype(np.float64)))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_drop_in_skips_the_input_gradient_it_does_not_need(cell: str,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """x without requires_grad (an embedding's output under no_grad, data): layer 0 is asked for
+    no dx (need_dx False in its calls), and every other gradient keeps its bits."""
+    layers, D = 2, 2
+    p = problem(cell, layers, D, True, seed=4)
+    module = rt.convert(torch_module(cell, layers, D, p)).float()
+    flags: list[list[bool]] = []
+    many = _functional._core.backward_packed_many
+
+    def spy(calls: list[tuple[Any, ...]]) -> Any:
+        flags.append([bool(c[7]) if len(c) == 8 else True for c in calls])
+        return many(calls)
+
+    monkeypatch.setattr(_stack._core, "backward_packed_many", spy)
+    grads = []
+    for need in (True, False):
+        module.zero_grad()
+        x = torch.tensor(p["x"], dtype=torch.float32, requires_grad=need)
+        h0 = torch.tensor(p["h0"], dtype=torch.float32, requires_grad=True)
+        state = (h0, torch.tensor(p["c0"], dtype=torch.float32)) if cell == "lstm" else h0
+        y, _ = module(x, state)
+        y.backward(torch.tensor(p["dy"], dtype=torch.float32))
+        assert (x.grad is not None) == need
+        grads.append([h0.grad, *(w.grad for w in module.parameters())])
+    assert flags == [[True, True], [True, True], [True, True], [False, False]]
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)

@@ -601,14 +601,17 @@ py::list forward_packed_many(const py::list& calls) {
   return run_many(ps);
 }
 
-// calls: a list of (pack, x, lengths, cache, dy, dh_n, dc_n), backward_packed's arguments.
+// calls: a list of (pack, x, lengths, cache, dy, dh_n, dc_n[, need_dx]), backward_packed's
+// arguments (need_dx: true if absent).
 py::list backward_packed_many(const py::list& calls) {
   std::vector<Prepared> ps;
   for (const auto& item : calls) {
     auto a = item.cast<py::tuple>();
-    if (a.size() != 7) throw py::value_error("calls: expected (pack, x, lengths, cache, dy, dh_n, dc_n) tuples");
+    if (a.size() != 7 && a.size() != 8)
+      throw py::value_error("calls: expected (pack, x, lengths, cache, dy, dh_n, dc_n[, need_dx]) tuples");
     ps.push_back(prepare_backward_packed(a[0].cast<const PackHandle&>(), a[1], a[2],
-                                         a[3].cast<py::tuple>(), a[4], a[5], a[6]));
+                                         a[3].cast<py::tuple>(), a[4], a[5], a[6], py::none(),
+                                         a.size() == 8 ? a[7].cast<bool>() : true));
   }
   return run_many(ps);
 }

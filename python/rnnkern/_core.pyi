@@ -127,8 +127,10 @@ def forward_packed_many(
     calls: list[tuple[Pack, _Array, _Array | None, _Array | None, Any, bool]],
 ) -> list[tuple[_Array, _Array, _Array | None, tuple[_Array | None, ...]]]: ...
 def backward_packed_many(
-    calls: list[tuple[Pack, _Array, Any, tuple[_Array | None, ...], Any, Any, Any]],
-) -> list[tuple[_Array, _Array, _Array | None, _Array, _Array, _Array | None, _Array | None]]: ...
+    calls: list[tuple[Pack, _Array, Any, tuple[_Array | None, ...], Any, Any, Any]]
+    | list[tuple[Pack, _Array, Any, tuple[_Array | None, ...], Any, Any, Any, bool]],
+) -> list[tuple[_Array | None, _Array, _Array | None, _Array, _Array, _Array | None,
+                _Array | None]]: ...  # backward_packed of each; an 8th item False: need_dx=False
 def softmax(z: _Array) -> _Array: ...
 def softmax_cross_entropy(
     logits: _Array, targets: npt.NDArray[np.int64], ignore_index: int

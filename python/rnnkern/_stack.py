@@ -136,12 +136,14 @@ def forward(packs: Sequence[Any], directions: int, x: Array, h0: Array | None,
     return inp, h_n, c_n, saved
 
 
-def backward(saved: Saved, dy: Array | None, dh_n: Array | None, dc_n: Array | None
-             ) -> tuple[Array, Array, Array | None, list[tuple[Array | None, ...]]]:
+def backward(saved: Saved, dy: Array | None, dh_n: Array | None, dc_n: Array | None,
+             need_dx: bool = True
+             ) -> tuple[Array | None, Array, Array | None, list[tuple[Array | None, ...]]]:
     """Gradients of a training `forward`: dy (T, B, D*P), dh_n (L*D, B, P), dc_n (L*D, B, H) or
-    None (zeros), dtypes of the forward. Returns dx (T, B, I), dh0 (L*D, B, P), dc0 (L*D, B, H)
-    (lstm, else None) and per (layer, direction) (dw_ih, dw_hh, db_ih, db_hh) (biases None
-    without bias), then the LSTM variants' present ones: dw_hr, dw_peep, dln_gates, dln_cell."""
+    None (zeros), dtypes of the forward. Returns dx (T, B, I) (None if not ``need_dx``: the
+    first layer's input product is skipped), dh0 (L*D, B, P), dc0 (L*D, B, H) (lstm, else None)
+    and per (layer, direction) (dw_ih, dw_hh, db_ih, db_hh) (biases None without bias), then
+    the LSTM variants' present ones: dw_hr, dw_peep, dln_gates, dln_cell."""
     n_dir, packs = saved.directions, saved.packs
     n_layers = len(packs) // n_dir
     steps, batch = saved.xs[0].shape[:2]
@@ -166,21 +168,25 @@ def backward(saved: Saved, dy: Array | None, dh_n: Array | None, dc_n: Array | N
                        np.ascontiguousarray(part) if d == 0 else reverse(part, rev))
         results = _core.backward_packed_many([
             (packs[k], saved.xs[k], saved.lengths, saved.buffers[k], dy_k,
-             None if dh_n is None else dh_n[k], None if dc_n is None else dc_n[k])
+             None if dh_n is None else dh_n[k], None if dc_n is None else dc_n[k],
+             need_dx or layer > 0)
             for k, dy_k in zip(ks, dys)])
         for d, (k, (dx, dh, dc, *dws)) in enumerate(zip(ks, results)):
             dh0[k] = dh
             if dc0 is not None:
                 dc0[k] = dc
             weight_grads[k] = tuple(dws)
+            if dx is None:  # layer 0 without need_dx
+                continue
             if d == 0:
                 d_in = dx
             elif rev is None:
                 d_in += dx[::-1]
             else:
                 d_in += reverse(dx, rev)
+        if layer == 0:
+            break
         assert d_in is not None
-        mask = saved.masks[layer - 1] if 0 < layer <= len(saved.masks) else None
+        mask = saved.masks[layer - 1] if layer <= len(saved.masks) else None
         d_out = d_in if mask is None else d_in * mask
-    assert d_in is not None
     return d_in, dh0, dc0, weight_grads

@@ -217,17 +217,18 @@ def _stack_forward(cell: int, num_layers: int, bidirectional: bool, training: bo
 
 
 def _stack_grads(saved: _stack.Saved, dtype: torch.dtype, weight_dtypes: list[torch.dtype],
-                 dy: Tensor | None, dh_n: Tensor | None, dc_n: Tensor | None) -> list[Tensor]:
-    """The gradients of a training stack call (rnnkern._stack.backward): dx (T, B, I), dh0
-    (L*D, B, P), dc0 (L*D, B, H) (lstm, else empty) as ``dtype`` tensors, then those of the
-    weights in torch's _flat_weights order, in ``weight_dtypes``; dy (T, B, D*P), dh_n, dc_n
-    checked here (None: zeros)."""
+                 dy: Tensor | None, dh_n: Tensor | None, dc_n: Tensor | None,
+                 need_dx: bool = True) -> list[Tensor]:
+    """The gradients of a training stack call (rnnkern._stack.backward): dx (T, B, I) (empty if
+    not ``need_dx``: not computed), dh0 (L*D, B, P), dc0 (L*D, B, H) (lstm, else empty) as
+    ``dtype`` tensors, then those of the weights in torch's _flat_weights order, in
+    ``weight_dtypes``; dy (T, B, D*P), dh_n, dc_n checked here (None: zeros)."""
     xa, packs, D = saved.xs[0], saved.packs, saved.directions
     T, B, _ = xa.shape
     dya = _api.check_grad("dy", _array(dy), (T, B, D * packs[0].output_size), xa.dtype,
                           ("T", "B", "D*P"))
     dh, dc = _check_states(("dh_n", "dc_n"), (dh_n, dc_n), len(packs), B, packs[0], xa.dtype)
-    dx, dh0, dc0, weight_grads = _stack.backward(saved, dya, dh, dc)
+    dx, dh0, dc0, weight_grads = _stack.backward(saved, dya, dh, dc, need_dx)
     flat = [g for grads in weight_grads for g in grads if g is not None]
     return [*(_tensor(a, dtype) for a in (dx, dh0, dc0)),
             *(_tensor(g, dtype).to(wd) for g, wd in zip(flat, weight_dtypes))]
@@ -414,10 +415,11 @@ class _StackFunction(torch.autograd.Function):
     def backward(ctx: Any, dy: Tensor | None, dh_n: Tensor | None,
                  dc_n: Tensor | None = None) -> tuple[Any, ...]:
         inputs = ctx.saved_tensors  # raises if one was changed in place since the forward
+        need_dx = ctx.needs_input_grad[6]  # x's; without it, layer 0's input product is skipped
         out = _stack_grads(ctx.stack, inputs[0].dtype, [w.dtype for w in inputs[3:]], dy, dh_n,
-                           dc_n)
+                           dc_n, need_dx)
         dx, dh0, dc0, dws = _input_grads(out, ctx.states, inputs)
-        return (None, None, None, None, None, None, dx, dh0, dc0, *dws)
+        return (None, None, None, None, None, None, dx if need_dx else None, dh0, dc0, *dws)
 
 
 stack.register_autograd(_stack_backward_formula, setup_context=_stack_setup_context)

@@ -251,6 +251,7 @@ class _Recurrent(ParamModule):
             (steps, batch))  # (T, B, D*P)
         dh_n, dc_n = self._check_state("dstate", dstate, batch)
         dx, dh0, dc0, weight_grads = _stack.backward(saved, d_out, dh_n, dc_n)
+        assert dx is not None  # need_dx defaults to True
         for k, dws in enumerate(weight_grads):
             # (dw_ih, dw_hh, db_ih, db_hh (None without bias)), then the variants' present ones
             names = self._names(*divmod(k, n_dir))
