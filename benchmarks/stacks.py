@@ -19,6 +19,7 @@ whose kernels agree with the NumPy reference to about 1e-10).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -73,18 +74,31 @@ class Row:
         return self.ms[f"rnnkern.torch {pass_}"] / self.ms[f"rnnkern.nn {pass_}"]
 
 
-def jobs_for(case: Case, T: int, size: int) -> dict[str, Callable[[], Any]]:
-    """The six jobs of a case, on one set of weights, checked against torch first."""
+def problem(case: Case, T: int, size: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A case's torch module (torch's initialization, seed 0) and its input x (T, B, I)."""
     torch.manual_seed(0)
     tcls = torch.nn.LSTM if case.cell == "lstm" else torch.nn.GRU
     native = tcls(size, size, num_layers=case.layers, bidirectional=case.bidirectional)
-    drop_in = rt.convert(tcls(size, size, num_layers=case.layers,
-                              bidirectional=case.bidirectional))
-    drop_in.load_state_dict(native.state_dict())
+    return native, torch.randn(T, case.B, size)
+
+
+def nn_layer(case: Case, native: torch.nn.Module, **kwargs: Any) -> Any:
+    """rnnkern.nn's layer of a case holding ``native``'s weights."""
     ncls = rnnkern.nn.LSTM if case.cell == "lstm" else rnnkern.nn.GRU
-    layer = ncls(size, size, num_layers=case.layers, bidirectional=case.bidirectional)
-    layer.load_state_dict(native.state_dict())
-    x = torch.randn(T, case.B, size)  # (T, B, I)
+    layer = ncls(native.input_size, native.hidden_size, num_layers=case.layers,
+                 bidirectional=case.bidirectional, **kwargs)
+    state = native.state_dict()
+    if kwargs.get("dtype") == np.float64:
+        state = {k: v.double().numpy() for k, v in state.items()}
+    layer.load_state_dict(state)
+    return layer
+
+
+def jobs_for(case: Case, T: int, size: int) -> dict[str, Callable[[], Any]]:
+    """The six jobs of a case, on one set of weights, checked against torch first."""
+    native, x = problem(case, T, size)
+    drop_in = rt.convert(copy.deepcopy(native))
+    layer = nn_layer(case, native)
     xn = x.numpy()
     D = 2 if case.bidirectional else 1
     dy = torch.randn(T, case.B, D * size)  # (T, B, D*H)
@@ -120,20 +134,11 @@ def jobs_for(case: Case, T: int, size: int) -> dict[str, Callable[[], Any]]:
 def lowp_jobs_for(case: Case, T: int, size: int
                   ) -> tuple[dict[str, Callable[[], Any]], dict[str, float]]:
     """--lowp's inference jobs of a case on jobs_for's weights and x, and each one's error."""
-    torch.manual_seed(0)  # jobs_for's weights and x, drawn again
-    tcls = torch.nn.LSTM if case.cell == "lstm" else torch.nn.GRU
-    native = tcls(size, size, num_layers=case.layers, bidirectional=case.bidirectional)
-    x = torch.randn(T, case.B, size)  # (T, B, I)
+    native, x = problem(case, T, size)
     xn = x.numpy()
-    ncls = rnnkern.nn.LSTM if case.cell == "lstm" else rnnkern.nn.GRU
-    state = {k: v.double().numpy() for k, v in native.state_dict().items()}
-    exact = ncls(size, size, num_layers=case.layers, bidirectional=case.bidirectional,
-                 dtype=np.float64)  # float64 kernels: within about 1e-10 of the reference
-    exact.load_state_dict(state)
-    y64 = exact(xn.astype(np.float64), training=False)[0]  # (T, B, D*H)
-    t16 = tcls(size, size, num_layers=case.layers, bidirectional=case.bidirectional)
-    t16.load_state_dict(native.state_dict())
-    t16 = t16.to(torch.bfloat16)
+    # float64 kernels: within about 1e-10 of the reference
+    y64 = nn_layer(case, native, dtype=np.float64)(xn.astype(np.float64), training=False)[0]
+    t16 = copy.deepcopy(native).to(torch.bfloat16)
     x16 = x.to(torch.bfloat16)
 
     def torch_bf16() -> Any:
@@ -142,12 +147,8 @@ def lowp_jobs_for(case: Case, T: int, size: int
 
     jobs: dict[str, Callable[[], Any]] = {"torch bf16 inference": torch_bf16}
     for prec in ("bf16", "int8"):
-        layer = ncls(size, size, num_layers=case.layers, bidirectional=case.bidirectional,
-                     precision=prec)
-        layer.load_state_dict(native.state_dict())
-        drop_in = tcls(size, size, num_layers=case.layers, bidirectional=case.bidirectional)
-        drop_in.load_state_dict(native.state_dict())
-        drop_in = rt.convert(drop_in, precision=prec)
+        layer = nn_layer(case, native, precision=prec)
+        drop_in = rt.convert(copy.deepcopy(native), precision=prec)
         jobs[f"rnnkern.nn {prec} inference"] = lambda layer=layer: layer(xn, training=False)[0]
 
         def dropin_inference(module: torch.nn.Module = drop_in) -> Any:
