@@ -64,7 +64,7 @@ struct StepConst {
   int64_t P = 0;            // the size of h: P, or H without a projection (set by the driver)
   const W* wr = nullptr;    // forward panels of W_hr (blocks of P, H, 1, NB), or null
   const W* wrb = nullptr;   // backward panels of W_hr (nblk, P, NB), or null
-  // Layer-normalized lstm (docs/lstm_variants.md): three phases per step, forward and backward;
+  // Layer-normalized lstm (docs/lstm_variants.md): two phases per step, forward and backward;
   // xbias is then zero (the normalized sums take the biases after them: ln_bias).
   const F* ln_gates = nullptr;  // (2, 4H) gains of N(W_ih x_t), N(W_hh h_{t-1}), or null
   const F* ln_cell = nullptr;   // (2, H) gain and shift of N(c_t)

@@ -500,8 +500,8 @@ void run_forward(const Panels<F, W>& pk, Dims d, const F* x, const F* h0, const 
   const bool lstm = ct.cell_state, proj = sc.wr != nullptr, ln = pk.normalized();
   if (ln && cache && !cache->ln)
     throw std::invalid_argument("forward: a layer-normalized LSTM's cache needs its ln buffer");
-  // a projection: h_t = W_hr m_t is a phase; layer norm: the product, the gates, h_t
-  const int phases = ln ? 3 : proj ? 2 : ct.phases;
+  // a projection: h_t = W_hr m_t is a phase; layer norm: the product, then whole rows
+  const int phases = ln || proj ? 2 : ct.phases;
   const int64_t nblk = blocks(H, kt), nblk_p = blocks(pk.P, kt), LW = ln_width(H);
 
   const int64_t tc = chunk_steps(T, B, GH, std::is_same_v<W, int8_t>),
@@ -536,11 +536,13 @@ void run_forward(const Panels<F, W>& pk, Dims d, const F* x, const F* h0, const 
       for (int w; (w = team.take_over()) >= 0;)
         if (shares) project0(w);
     team.begin(tid);
-    int64_t jb0, jb1, pb0, pb1;  // this member's hidden blocks (none while benched), and blocks
-                                 // of h's P units: they change only when the team does
+    int64_t jb0, jb1, pb0, pb1, rb0, rb1;  // this member's hidden blocks (none while benched),
+                                           // blocks of h's P units, rows (layer norm's second
+                                           // phase): they change only when the team does
     auto mine = [&] {
       team.part(tid, nblk, &jb0, &jb1);
       team.part(tid, nblk_p, &pb0, &pb1);
+      team.part(tid, B, &rb0, &rb1);
     };
     mine();
     for (int64_t t0 = 0; t0 < T; t0 += tc) {
@@ -560,8 +562,10 @@ void run_forward(const Panels<F, W>& pk, Dims d, const F* x, const F* h0, const 
         s.aux = cache ? (cache->aux ? cache->aux + t * BH : nullptr) : ascratch.get();
         s.ln = ln && cache ? cache->ln + t * B * LW : nullptr;
         for (int ph = 0; ph < phases; ++ph) {
-          const bool p_blocks = proj && ph == 1;  // h_t = W_hr m_t: blocks of P
-          ck.forward_phase(sc, s, ph, p_blocks ? pb0 : jb0, p_blocks ? pb1 : jb1);
+          const bool p_blocks = proj && ph == 1, by_rows = ln && ph == 1;  // h_t = W_hr m_t:
+                                                     // blocks of P; layer norm: rows
+          ck.forward_phase(sc, s, ph, by_rows ? rb0 : p_blocks ? pb0 : jb0,
+                           by_rows ? rb1 : p_blocks ? pb1 : jb1);
           team.sync(tid);
           mine();
         }
@@ -648,8 +652,8 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
   const CellKernels<F, W>& ck = kt.cells[static_cast<int>(cell)];
   sc.LDG = LDG;
   const int64_t nblk = blocks(H, kt), nblk_p = blocks(P, kt);
-  // a projection: dm_t = dh_t W_hr is a phase; layer norm: dh_t, dc_t, through the norms
-  const int phases = ln ? 3 : proj ? 2 : ct.phases;
+  // a projection: dm_t = dh_t W_hr is a phase; layer norm: dh_t, then whole rows
+  const int phases = ln || proj ? 2 : ct.phases;
   const int64_t LW = ln_width(H);
 
   // The dgates of a chunk of steps, two chunks alternating: the weight gradients of a chunk are
@@ -685,11 +689,12 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
       while (team.take_over() >= 0) {
       }
     team.begin(tid);
-    int64_t jb0, jb1, ib0, ib1, pb0, pb1, qb0, qb1;  // this member's hidden blocks; its column
-                                                     // blocks of dx, dW_ih (in pairs); its
-                                                     // blocks of h's P units; of dh0 (in pairs)
+    int64_t jb0, jb1, ib0, ib1, pb0, pb1, qb0, qb1, rb0, rb1;  // this member's hidden blocks;
+                                     // its column blocks of dx, dW_ih (in pairs); its blocks of
+                                     // h's P units; of dh0 (in pairs); rows (layer norm's phase 1)
     auto mine = [&] {
       team.part(tid, nblk, &jb0, &jb1);
+      team.part(tid, B, &rb0, &rb1);
       pair_part(team, tid, nblk_i, &ib0, &ib1);
       team.part(tid, nblk_p, &pb0, &pb1);
       pair_part(team, tid, nblk_p, &qb0, &qb1);
@@ -715,8 +720,10 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
         s.dgh_next = next;
         s.ln = ln ? cache.ln + t * B * LW : nullptr;
         for (int ph = 0; ph < phases; ++ph) {
-          const bool p_blocks = proj && ph == 0;  // the whole dh_t: blocks of P
-          ck.backward_phase(sc, s, ph, p_blocks ? pb0 : jb0, p_blocks ? pb1 : jb1);
+          const bool p_blocks = proj && ph == 0, by_rows = ln && ph == 1;  // the whole dh_t:
+                                                     // blocks of P; layer norm: rows
+          ck.backward_phase(sc, s, ph, by_rows ? rb0 : p_blocks ? pb0 : jb0,
+                            by_rows ? rb1 : p_blocks ? pb1 : jb1);
           team.sync(tid);
           mine();
         }
@@ -748,6 +755,7 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
       if (g.dx)  // else not wanted
         kt.product(dgc, LDG, false, rows, sc.wi, GH, I, g.dx + t0 * B * I, I, false, ib0, ib1);
     }
+    if (ln) ck.backward_phase(sc, s, 2, jb0, jb1);  // step 0's sums (phase 0 does step t+1's)
     // dh0 = dh + dgh_0 W_hh (its main gates' rows), this member's blocks of P: the product's
     // two-block tiles (12 FMAs per 8 loads; one block per tile: 8 per 9).
     const int64_t q0 = qb0 * NBK, q1 = std::min(qb1 * NBK, P);  // its columns of dh0

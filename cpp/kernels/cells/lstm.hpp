@@ -10,13 +10,16 @@
 // over a step's rows in registers, then into c.dpeep by the hidden block's owner. With a
 // projection, phase 0 gathers the whole dh_t (P) into s.dht and phase 1 takes dm_t = dh_t W_hr
 // in place of dh (docs/lstm_variants.md).
-// Layer-normalized (c.ln_gates; not with a projection): three phases per step. Forward: 0 the
-// product W_hh h_{t-1} into c.ln_z; 1 a = N(x W_ih^T) g_0 + N(W_hh h) g_1 + b, the gates and
-// c_t; 2 h_t = o tanh(N(c_t) g_c + s_c). Backward: 0 dh_t and, from it, da_o and dN(c_t);
-// 1 dc_t through N(c_t), da_i, da_f, da_g, dc_{t-1}; 2 dL/d(W_ih x) and dL/d(W_hh h) through
-// the two norms into s.dg and s.dgh. Each phase's row statistics (over 4H or H) are computed
-// whole by every thread that needs them, with the same code, so the bits do not depend on the
-// thread count; the gains' and biases' gradients are summed by each hidden block's owner.
+// Layer-normalized (c.ln_gates; not with a projection): two phases per step, the first over
+// hidden blocks, the second over whole rows (the driver passes rows [b0, b1) for it). Forward:
+// 0 the product W_hh h_{t-1} into c.ln_z; 1 a = N(x W_ih^T) g_0 + N(W_hh h) g_1 + b, the
+// gates, c_t, h_t = o tanh(N(c_t) g_c + s_c). Backward: 0 dh_t and, from it, da_o and dN(c_t);
+// 1 dc_t through N(c_t), da_i, da_f, da_g, dc_{t-1}, then dL/d(W_ih x) and dL/d(W_hh h)
+// through the two norms into s.dg and s.dgh. A row's statistics (over 4H or H) are computed
+// whole by the thread that has the row, so the bits do not depend on the thread count. The
+// gradients summed over rows are summed by each hidden block's owner: the cell norm's in
+// phase 0, those over da (gate gains, biases, peepholes) in the next step's phase 0 (ln_sums)
+// and, for step 0, in a phase 2 after the last step.
 #pragma once
 #include "rnnkern/rnnkern.hpp"
 
@@ -41,8 +44,7 @@ struct Kernels<cells::Lstm, F, W> {
                                              int phase, int64_t jb0, int64_t jb1) {
     if (c.ln_gates) {
       if (phase == 0) return ln_product(c, s, jb0, jb1);
-      if (phase == 2) return ln_output(c, s, jb0, jb1);
-      return c.peep ? ln_gates<true>(c, s, jb0, jb1) : ln_gates<false>(c, s, jb0, jb1);
+      return c.peep ? ln_rows<true>(c, s, jb0, jb1) : ln_rows<false>(c, s, jb0, jb1);
     }
     if (phase == 1) {
       if constexpr (!is_s8<W>) project_h(c, s, jb0, jb1);  // int8 packs have no projection
@@ -56,8 +58,11 @@ struct Kernels<cells::Lstm, F, W> {
                                               int phase, int64_t jb0, int64_t jb1) {
     if (c.ln_gates) {
       if (phase == 0) return ln_dh(c, s, jb0, jb1);
-      if (phase == 2) return ln_dz(c, s, jb0, jb1);
-      return c.peep ? ln_dc<true>(c, s, jb0, jb1) : ln_dc<false>(c, s, jb0, jb1);
+      if (phase == 2)  // the flush: step s.t's sums
+        return for_hidden_blocks<F>(c.H, jb0, jb1, [&](int64_t, int64_t j0, int64_t n) {
+          ln_sums(c, s.t, s.ln, s.cp, s.cn, j0, n);
+        });
+      return c.peep ? ln_back_rows<true>(c, s, jb0, jb1) : ln_back_rows<false>(c, s, jb0, jb1);
     }
     if (c.wrb && phase == 0) return gather_dh(c, s, jb0, jb1);
     variant(c.peep, c.wrb, [&](auto peep, auto proj) {
@@ -118,6 +123,7 @@ struct Kernels<cells::Lstm, F, W> {
   static int64_t at_zhh(int64_t H) { return 4 * H; }
   static int64_t at_n(int64_t H) { return 8 * H; }
   static int64_t at_rstd(int64_t H) { return 9 * H; }
+  static int64_t nblocks(int64_t H) { return (H + NB<F> - 1) / NB<F>; }
 
   // The sum of fn(k, lanes) over k = v * stride + j for v < segs, j < n by vectors (fn's lanes
   // past `lanes` are masked off), in an order fixed by the shape: four accumulators, each
@@ -155,13 +161,6 @@ struct Kernels<cells::Lstm, F, W> {
                   }) / N;
     *mean = mu, *rstd = F(1) / std::sqrt(var + LN_EPS);
   }
-  // This thread's (B, cols) scratch for row statistics.
-  static F* stat_rows(int64_t B, int64_t cols) {
-    thread_local std::vector<F> st;
-    if (st.size() < static_cast<size_t>(B * cols)) st.resize(B * cols);
-    return st.data();
-  }
-
   // Forward phase 0: W_hh h_{t-1} (B, 4H) into c.ln_z, for hidden blocks [jb0, jb1).
   static void ln_product(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0, int64_t jb1) {
     const int64_t B = c.B, H = c.H, GH = 4 * H;
@@ -173,84 +172,97 @@ struct Kernels<cells::Lstm, F, W> {
     });
   }
 
-  // Forward phase 1: the gates and c_t from the normalized sums.
+  // Forward phase 1 for whole rows [b0, b1) (rows, not hidden blocks, are this phase's share
+  // of a thread: a row's statistics need all its columns, so each row's are computed once and
+  // c_t goes on to h_t with no sync between): the gates and c_t from the normalized sums, then
+  // h_t = o tanh(N(c_t) g_c + s_c).
   template <bool PEEP>
-  static void ln_gates(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0, int64_t jb1) {
-    const int64_t B = c.B, H = c.H, GH = 4 * H, HX = c.HX, GHX = 4 * HX, LW = ln_width(H);
-    F* st = stat_rows(B, 4);  // (B, 4): mean and rstd of x W_ih^T, of W_hh h_{t-1}
-    for (int64_t b = 0; jb0 < jb1 && b < B; ++b)
-      if (!padded(c.lengths, b, s.t)) {
-        stats(s.xp + b * GHX, 4, H, HX, st + 4 * b, st + 4 * b + 1);
-        stats(c.ln_z + b * GH, 4, H, H, st + 4 * b + 2, st + 4 * b + 3);
+  static void ln_rows(const StepConst<F, W>& c, const Step<F>& s, int64_t b0, int64_t b1) {
+    const int64_t H = c.H, GH = 4 * H, HX = c.HX, GHX = 4 * HX, LW = ln_width(H), nb = nblocks(H);
+    for (int64_t b = b0; b < b1; ++b) {
+      if (padded(c.lengths, b, s.t)) {
+        freeze(s, H, b, 0, H);
+        continue;
       }
-    for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
-      vec<F> g0[4], g1[4], bias[4], p_i{}, p_f{}, p_o{};
-      for (int64_t v = 0; v < 4; ++v)
-        g0[v] = load(c.ln_gates + v * H + j0, n), g1[v] = load(c.ln_gates + GH + v * H + j0, n),
-        bias[v] = load(c.ln_bias + v * H + j0, n);
-      if constexpr (PEEP)
-        p_i = load(c.peep + j0, n), p_f = load(c.peep + H + j0, n),
-        p_o = load(c.peep + 2 * H + j0, n);
-      for (int64_t b = 0; b < B; ++b) {
-        if (padded(c.lengths, b, s.t)) {
-          std::memcpy(s.cn + b * H + j0, s.cp + b * H + j0, n * sizeof(F));
-          continue;
-        }
-        const F* r = st + 4 * b;
+      const F *xp = s.xp + b * GHX, *z = c.ln_z + b * GH, *cp = s.cp + b * H;
+      F r[4];  // mean and rstd of x W_ih^T, of W_hh h_{t-1}
+      stats(xp, 4, H, HX, r, r + 1);
+      stats(z, 4, H, H, r + 2, r + 3);
+      F *ln = s.ln ? s.ln + b * LW : nullptr, *gp = s.gates + b * GH, *cn = s.cn + b * H;
+      for_hidden_blocks<F>(H, 0, nb, [&](int64_t, int64_t j0, int64_t n) {
         vec<F> a[4];
-        F* ln = s.ln ? s.ln + b * LW : nullptr;
         for (int64_t v = 0; v < 4; ++v) {
-          const vec<F> zi = (load(s.xp + b * GHX + v * HX + j0, n) - r[0]) * r[1];
-          const vec<F> zh = (load(c.ln_z + b * GH + v * H + j0, n) - r[2]) * r[3];
-          a[v] = zi * g0[v] + zh * g1[v] + bias[v];
-          if (ln) store(ln + v * H + j0, zi, n), store(ln + at_zhh(H) + v * H + j0, zh, n);
+          const int64_t k = v * H + j0;
+          const vec<F> zi = (load(xp + v * HX + j0, n) - r[0]) * r[1];
+          const vec<F> zh = (load(z + k, n) - r[2]) * r[3];
+          a[v] = zi * load(c.ln_gates + k, n) + zh * load(c.ln_gates + GH + k, n) +
+                 load(c.ln_bias + k, n);
+          if (ln) store(ln + k, zi, n), store(ln + at_zhh(H) + k, zh, n);
         }
-        if (ln && jb == 0) ln[at_rstd(H)] = r[1], ln[at_rstd(H) + 1] = r[3];
-        const vec<F> cp = load(s.cp + b * H + j0, n);
-        if constexpr (PEEP) a[0] += p_i * cp, a[1] += p_f * cp;
+        const vec<F> cpv = load(cp + j0, n);
+        if constexpr (PEEP)
+          a[0] += load(c.peep + j0, n) * cpv, a[1] += load(c.peep + H + j0, n) * cpv;
         const vec<F> i = vsigmoid(a[0]), f = vsigmoid(a[1]), g = vtanh(a[2]);
-        const vec<F> cn = f * cp + i * g;
-        if constexpr (PEEP) a[3] += p_o * cn;
-        F* gp = s.gates + b * GH + j0;
-        store(s.cn + b * H + j0, cn, n);
-        store(gp, i, n), store(gp + H, f, n), store(gp + 2 * H, g, n);
-        store(gp + 3 * H, vsigmoid(a[3]), n);
-      }
-    });
-  }
-
-  // Forward phase 2: h_t = o tanh(N(c_t) g_c + s_c).
-  static void ln_output(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0, int64_t jb1) {
-    const int64_t B = c.B, H = c.H, GH = 4 * H, LW = ln_width(H);
-    F* st = stat_rows(B, 2);  // (B, 2): mean and rstd of c_t
-    for (int64_t b = 0; jb0 < jb1 && b < B; ++b)
-      if (!padded(c.lengths, b, s.t)) stats(s.cn + b * H, 1, H, H, st + 2 * b, st + 2 * b + 1);
-    for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
-      const vec<F> gc = load(c.ln_cell + j0, n), sc = load(c.ln_cell + H + j0, n);
-      for (int64_t b = 0; b < B; ++b) {
-        if (padded(c.lengths, b, s.t)) {
-          std::memcpy(s.hn + b * H + j0, s.hp + b * H + j0, n * sizeof(F));
-          if (s.y) zero(s.y + b * H + j0, n);
-          continue;
-        }
-        const vec<F> nh = (load(s.cn + b * H + j0, n) - st[2 * b]) * st[2 * b + 1];
-        put_h(s, H, b, j0, n, load(s.gates + b * GH + 3 * H + j0, n) * vtanh(nh * gc + sc));
-        if (F* ln = s.ln ? s.ln + b * LW : nullptr) {
-          store(ln + at_n(H) + j0, nh, n);
-          if (jb == 0) ln[at_rstd(H) + 2] = st[2 * b + 1];
-        }
-      }
-    });
+        const vec<F> cnv = f * cpv + i * g;
+        if constexpr (PEEP) a[3] += load(c.peep + 2 * H + j0, n) * cnv;
+        store(cn + j0, cnv, n);
+        store(gp + j0, i, n), store(gp + H + j0, f, n), store(gp + 2 * H + j0, g, n);
+        store(gp + 3 * H + j0, vsigmoid(a[3]), n);
+      });
+      F mc, rc;  // mean and rstd of c_t
+      stats(cn, 1, H, H, &mc, &rc);
+      for_hidden_blocks<F>(H, 0, nb, [&](int64_t, int64_t j0, int64_t n) {
+        const vec<F> nh = (load(cn + j0, n) - mc) * rc;
+        const vec<F> u = nh * load(c.ln_cell + j0, n) + load(c.ln_cell + H + j0, n);
+        put_h(s, H, b, j0, n, load(gp + 3 * H + j0, n) * vtanh(u));
+        if (ln) store(ln + at_n(H) + j0, nh, n);
+      });
+      if (ln) ln[at_rstd(H)] = r[1], ln[at_rstd(H) + 1] = r[3], ln[at_rstd(H) + 2] = rc;
+    }
   }
 
   // Adds acc (n lanes) to dst's.
   static void add_to(F* dst, vec<F> acc, int64_t n) { store(dst, load(dst, n) + acc, n); }
 
-  // Backward phase 0: dh_t (as the plain LSTM's), then da_o into c.ln_da and
-  // dN(c_t) * g_c into c.ln_dn; dln_cell.
+  // The sums over step u's rows (its cache row ln, c_{u-1} cp, c_u cn, its dL/da in c.ln_da)
+  // by the owner of hidden block [j0, j0 + n): the gradients of the gate gains, the biases (da)
+  // and the peepholes. Backward phase 0 does those of step t+1 (phase 1 works on rows), the
+  // flush (phase 2, after the last step) those of step 0.
+  static void ln_sums(const StepConst<F, W>& c, int64_t u, const F* ln, const F* cp,
+                      const F* cn, int64_t j0, int64_t n) {
+    const int64_t B = c.B, H = c.H, GH = 4 * H, LW = ln_width(H);
+    for (int64_t v = 0; v < 4; ++v) {
+      const int64_t k = v * H + j0;
+      vec<F> dg0{}, dg1{}, db{};  // over rows
+      for (int64_t b = 0; b < B; ++b) {
+        if (padded(c.lengths, b, u)) continue;
+        const vec<F> da = load(c.ln_da + b * GH + k, n);
+        dg0 += da * load(ln + b * LW + k, n), dg1 += da * load(ln + b * LW + at_zhh(H) + k, n);
+        db += da;
+      }
+      add_to(c.dln_gates + k, dg0, n);
+      add_to(c.dln_gates + GH + k, dg1, n);
+      if (c.dbias) add_to(c.dbias + k, db, n);
+    }
+    if (!c.peep) return;
+    vec<F> dp_i{}, dp_f{}, dp_o{};  // over rows
+    for (int64_t b = 0; b < B; ++b) {
+      if (padded(c.lengths, b, u)) continue;
+      const F* da = c.ln_da + b * GH + j0;
+      const vec<F> cpv = load(cp + b * H + j0, n);
+      dp_i += load(da, n) * cpv, dp_f += load(da + H, n) * cpv;
+      dp_o += load(da + 3 * H, n) * load(cn + b * H + j0, n);
+    }
+    add_to(c.dpeep + j0, dp_i, n), add_to(c.dpeep + H + j0, dp_f, n);
+    add_to(c.dpeep + 2 * H + j0, dp_o, n);
+  }
+
+  // Backward phase 0: step t+1's sums (ln_sums), then dh_t (as the plain LSTM's), da_o into
+  // c.ln_da and dN(c_t) * g_c into c.ln_dn; dln_cell.
   static void ln_dh(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0, int64_t jb1) {
     const int64_t B = c.B, H = c.H, GH = 4 * H, LW = ln_width(H);
     for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
+      if (s.dgh_next) ln_sums(c, s.t + 1, s.ln + B * LW, s.cn, s.cn + B * H, j0, n);
       const vec<F> gc = load(c.ln_cell + j0, n), sc = load(c.ln_cell + H + j0, n);
       vec<F> dgain{}, dshift{};  // this step's dln_cell of the block, over its rows
       panel_rows<F, 1>(s.dgh_next, c.LDG, B, c.wb + jb * GH * NB<F>, GH,
@@ -269,86 +281,58 @@ struct Kernels<cells::Lstm, F, W> {
     });
   }
 
-  // Backward phase 1: dc_t = dc + N'(dN(c_t) g_c) (+ da_o p_o), then da_i, da_f, da_g and
-  // dc_{t-1} as the plain LSTM's.
+  // Backward phase 1 for whole rows [b0, b1) (as forward phase 1): dc_t = dc + N'(dN(c_t) g_c)
+  // (+ da_o p_o), then da_i, da_f, da_g and dc_{t-1} as the plain LSTM's; then through the gate
+  // sums' norms, dz_ih = N'(da g_0) into s.dg and dz_hh = N'(da g_1) into s.dgh.
   template <bool PEEP>
-  static void ln_dc(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0, int64_t jb1) {
-    const int64_t B = c.B, H = c.H, GH = 4 * H, LW = ln_width(H);
-    F* st = stat_rows(B, 2);  // (B, 2): means of dN g_c and of dN g_c N(c_t) over H
-    for (int64_t b = 0; jb0 < jb1 && b < B; ++b)
-      if (!padded(c.lengths, b, s.t)) {
-        const F *d = c.ln_dn + b * H, *nh = s.ln + b * LW + at_n(H);
-        st[2 * b] = row_sum(1, H, H, [&](int64_t k, int64_t m) { return load(d + k, m); }) / F(H);
-        st[2 * b + 1] = row_sum(1, H, H, [&](int64_t k, int64_t m) {
-                          return load(d + k, m) * load(nh + k, m);
-                        }) / F(H);
+  static void ln_back_rows(const StepConst<F, W>& c, const Step<F>& s, int64_t b0, int64_t b1) {
+    const int64_t H = c.H, GH = 4 * H, LW = ln_width(H), LD = c.LDG, nb = nblocks(H);
+    for (int64_t b = b0; b < b1; ++b) {
+      if (padded(c.lengths, b, s.t)) continue;  // dc passes on; the dgates are 0 (phase 0)
+      const F *ln = s.ln + b * LW, *nh = ln + at_n(H), *d = c.ln_dn + b * H;
+      const F *gp = s.gates + b * GH, *cp = s.cp + b * H;
+      F *da = c.ln_da + b * GH, *dc = s.dc + b * H;
+      // means of dN g_c and of dN g_c N(c_t) over H
+      const F m0 = row_sum(1, H, H, [&](int64_t k, int64_t m) { return load(d + k, m); }) / F(H);
+      const F m1 = row_sum(1, H, H, [&](int64_t k, int64_t m) {
+                     return load(d + k, m) * load(nh + k, m);
+                   }) / F(H);
+      const F rc = ln[at_rstd(H) + 2];
+      for_hidden_blocks<F>(H, 0, nb, [&](int64_t, int64_t j0, int64_t n) {
+        const vec<F> i = load(gp + j0, n), f = load(gp + H + j0, n), g = load(gp + 2 * H + j0, n);
+        const vec<F> cpv = load(cp + j0, n);
+        vec<F> dcv = load(dc + j0, n) + rc * (load(d + j0, n) - m0 - load(nh + j0, n) * m1);
+        if constexpr (PEEP) dcv += load(da + 3 * H + j0, n) * load(c.peep + 2 * H + j0, n);
+        const vec<F> da_i = dcv * g * i * (F(1) - i), da_f = dcv * cpv * f * (F(1) - f);
+        store(da + j0, da_i, n), store(da + H + j0, da_f, n);
+        store(da + 2 * H + j0, dcv * i * (F(1) - g * g), n);
+        vec<F> dc_prev = dcv * f;
+        if constexpr (PEEP)
+          dc_prev += da_i * load(c.peep + j0, n) + da_f * load(c.peep + H + j0, n);
+        store(dc + j0, dc_prev, n);
+      });
+      F r[4];  // means of da g_0, da g_0 N(W_ih x), da g_1, da g_1 N(W_hh h)
+      for (int64_t q = 0; q < 2; ++q) {
+        const F *gq = c.ln_gates + q * GH, *z = ln + q * GH;
+        r[2 * q] = row_sum(1, GH, GH, [&](int64_t k, int64_t m) {
+                     return load(da + k, m) * load(gq + k, m);
+                   }) / F(GH);
+        r[2 * q + 1] = row_sum(1, GH, GH, [&](int64_t k, int64_t m) {
+                         return load(da + k, m) * load(gq + k, m) * load(z + k, m);
+                       }) / F(GH);
       }
-    for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t, int64_t j0, int64_t n) {
-      vec<F> p_i{}, p_f{}, p_o{}, dp_i{}, dp_f{}, dp_o{};
-      if constexpr (PEEP)
-        p_i = load(c.peep + j0, n), p_f = load(c.peep + H + j0, n),
-        p_o = load(c.peep + 2 * H + j0, n);
-      for (int64_t b = 0; b < B; ++b) {
-        if (padded(c.lengths, b, s.t)) continue;  // dc passes on; the dgates are 0 (phase 0)
-        const F* ln = s.ln + b * LW;
-        const F* gp = s.gates + b * GH + j0;
-        F* da = c.ln_da + b * GH + j0;
-        const vec<F> i = load(gp, n), f = load(gp + H, n), g = load(gp + 2 * H, n);
-        const vec<F> cp = load(s.cp + b * H + j0, n), da_o = load(da + 3 * H, n);
-        vec<F> dc = load(s.dc + b * H + j0, n) +
-                    ln[at_rstd(H) + 2] * (load(c.ln_dn + b * H + j0, n) - st[2 * b] -
-                                          load(ln + at_n(H) + j0, n) * st[2 * b + 1]);
-        if constexpr (PEEP) dc += da_o * p_o;
-        const vec<F> da_i = dc * g * i * (F(1) - i), da_f = dc * cp * f * (F(1) - f);
-        store(da, da_i, n), store(da + H, da_f, n), store(da + 2 * H, dc * i * (F(1) - g * g), n);
-        vec<F> dc_prev = dc * f;
-        if constexpr (PEEP) {
-          dc_prev += da_i * p_i + da_f * p_f;
-          dp_i += da_i * cp, dp_f += da_f * cp, dp_o += da_o * load(s.cn + b * H + j0, n);
-        }
-        store(s.dc + b * H + j0, dc_prev, n);
-      }
-      if constexpr (PEEP)
-        add_to(c.dpeep + j0, dp_i, n), add_to(c.dpeep + H + j0, dp_f, n),
-        add_to(c.dpeep + 2 * H + j0, dp_o, n);
-    });
-  }
-
-  // Backward phase 2: through the gate sums' norms, dz_ih = N'(da g_0) into s.dg and dz_hh =
-  // N'(da g_1) into s.dgh; dln_gates and the biases' gradient (da).
-  static void ln_dz(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0, int64_t jb1) {
-    const int64_t B = c.B, H = c.H, GH = 4 * H, LW = ln_width(H), LD = c.LDG;
-    F* st = stat_rows(B, 4);  // (B, 4): means of da g_0, da g_0 N(W_ih x), da g_1, da g_1 N(W_hh h)
-    for (int64_t b = 0; jb0 < jb1 && b < B; ++b)
-      if (!padded(c.lengths, b, s.t))
-        for (int64_t q = 0; q < 2; ++q) {
-          const F *da = c.ln_da + b * GH, *gq = c.ln_gates + q * GH, *z = s.ln + b * LW + q * GH;
-          st[4 * b + 2 * q] = row_sum(1, GH, GH, [&](int64_t k, int64_t m) {
-                                return load(da + k, m) * load(gq + k, m);
-                              }) / F(GH);
-          st[4 * b + 2 * q + 1] = row_sum(1, GH, GH, [&](int64_t k, int64_t m) {
-                                    return load(da + k, m) * load(gq + k, m) * load(z + k, m);
-                                  }) / F(GH);
-        }
-    for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t, int64_t j0, int64_t n) {
-      for (int64_t v = 0; v < 4; ++v) {
-        const int64_t k = v * H + j0;
-        const vec<F> g0 = load(c.ln_gates + k, n), g1 = load(c.ln_gates + GH + k, n);
-        vec<F> dg0{}, dg1{}, db{};  // this step's gradients of the gains and biases, over rows
-        for (int64_t b = 0; b < B; ++b) {
-          if (padded(c.lengths, b, s.t)) continue;
-          const F *ln = s.ln + b * LW, *r = st + 4 * b;
-          const vec<F> da = load(c.ln_da + b * GH + k, n);
+      for_hidden_blocks<F>(H, 0, nb, [&](int64_t, int64_t j0, int64_t n) {
+        for (int64_t v = 0; v < 4; ++v) {
+          const int64_t k = v * H + j0;
+          const vec<F> dav = load(da + k, n);
           const vec<F> zi = load(ln + k, n), zh = load(ln + at_zhh(H) + k, n);
-          store(s.dg + b * LD + k, ln[at_rstd(H)] * (da * g0 - r[0] - zi * r[1]), n);
-          store(s.dgh + b * LD + k, ln[at_rstd(H) + 1] * (da * g1 - r[2] - zh * r[3]), n);
-          dg0 += da * zi, dg1 += da * zh, db += da;
+          store(s.dg + b * LD + k,
+                ln[at_rstd(H)] * (dav * load(c.ln_gates + k, n) - r[0] - zi * r[1]), n);
+          store(s.dgh + b * LD + k,
+                ln[at_rstd(H) + 1] * (dav * load(c.ln_gates + GH + k, n) - r[2] - zh * r[3]), n);
         }
-        add_to(c.dln_gates + k, dg0, n);
-        add_to(c.dln_gates + GH + k, dg1, n);
-        if (c.dbias) add_to(c.dbias + k, db, n);
-      }
-    });
+      });
+    }
   }
 
   // Forward phase 1: h_t = W_hr m_t for blocks [jb0, jb1) of the P units.
