@@ -413,10 +413,18 @@ struct GradRows<F>::Impl {
   std::vector<Block> blocks;
   int64_t n = 0;
 
-  // dst (GH, R) from its column 0 = the k rows of src (k, ld), transposed.
+  // dst (GH, R) from its column 0 = the k rows of src (k, ld), transposed, in 16 x 16 tiles
+  // read a row at a time: a tile's 16 destination lines stay in L1 while it fills them. A column
+  // at a time over all k rows took 6x as long (86 against 15 us at k = 32, GH = 1024: 6% of a
+  // B = 32 LSTM cell training loop, on the caller's serial path).
   void transpose_into(F* dst, const F* src, int64_t k) const {
-    for (int64_t c = 0; c < GH; ++c)
-      for (int64_t r = 0; r < k; ++r) dst[c * R + r] = src[r * ld + c];
+    constexpr int64_t S = 16;
+    for (int64_t c0 = 0; c0 < GH; c0 += S)
+      for (int64_t r0 = 0; r0 < k; r0 += S) {
+        const int64_t c1 = std::min(c0 + S, GH), r1 = std::min(r0 + S, k);
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = c0; c < c1; ++c) dst[c * R + r] = src[r * ld + c];
+      }
   }
 
   ~Impl() {
