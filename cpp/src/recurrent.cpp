@@ -693,14 +693,13 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
       while (team.take_over() >= 0) {
       }
     team.begin(tid);
-    int64_t jb0, jb1, ib0, ib1, pb0, pb1, qb0, qb1;  // this member's hidden blocks; its column
-                                                     // blocks of dx, dW_ih (in pairs); its
-                                                     // blocks of h's P units; of dh0 (in pairs)
+    int64_t jb0, jb1, ib0, ib1, pb0, pb1;  // this member's hidden blocks; its column blocks of
+                                           // dx, dW_ih (in pairs); its blocks of h's P units (dh
+                                           // with a projection, dW_hh, dh0; in pairs)
     auto mine = [&] {
       team.part(tid, nblk, &jb0, &jb1);
       pair_part(team, tid, nblk_i, &ib0, &ib1);
-      team.part(tid, nblk_p, &pb0, &pb1);
-      pair_part(team, tid, nblk_p, &qb0, &qb1);
+      pair_part(team, tid, nblk_p, &pb0, &pb1);
     };
     mine();
     Step<F> s{};
@@ -758,11 +757,11 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
     }
     // dh0 = dh + dgh_0 W_hh (its main gates' rows), this member's blocks of P: the product's
     // two-block tiles (12 FMAs per 8 loads; one block per tile: 8 per 9).
-    const int64_t q0 = qb0 * NBK, q1 = std::min(qb1 * NBK, P);  // its columns of dh0
+    const int64_t q0 = pb0 * NBK, q1 = std::min(pb1 * NBK, P);  // its columns of dh0
     for (int64_t b = 0; q0 < q1 && b < B; ++b)
       std::memcpy(g.dh0 + b * P + q0, s.dh + b * P + q0, (q1 - q0) * sizeof(F));
     if (next)
-      kt.product(next, LDG, false, B, sc.wb, split_row, P, g.dh0, P, true, qb0, qb1);
+      kt.product(next, LDG, false, B, sc.wb, split_row, P, g.dh0, P, true, pb0, pb1);
   }, /*late_join=*/true);
   if (lstm) std::memcpy(g.dc0, dc.get(), BH * sizeof(F));
   if (defer) {  // one chunk of one step: its rows in dg (and dgh)
