@@ -5,7 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-pip wheel . --no-deps -w "$work/dist" -q
+python3 -c "import scikit_build_core, pybind11" 2>/dev/null ||
+  python3 -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12"
+command -v cmake >/dev/null && command -v ninja >/dev/null || python3 -m pip install -q cmake ninja
+# Without build isolation (its requirements must be installed, as .ci/run does) the build reuses
+# the objects of an earlier non-isolated build in build/{wheel_tag} (pyproject.toml's build-dir).
+pip wheel . --no-deps --no-build-isolation -w "$work/dist" -q
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install -q "$work"/dist/rnnkern-*.whl
 cd "$work"  # away from the source tree: import the installed wheel
