@@ -289,6 +289,18 @@ void pair_part(const Team& team, int tid, int64_t n, int64_t* b0, int64_t* b1) {
   *b0 *= 2, *b1 = *b1 * 2 < n ? *b1 * 2 : n;
 }
 
+// Phases per step: the product's, then a projection's (h_t = W_hr m_t; backward dm_t =
+// dh_t W_hr) or layer norm's whole rows as a second; else the cell's own.
+int step_phases(const CellTraits& ct, bool proj, bool ln) { return ln || proj ? 2 : ct.phases; }
+
+// A member's share [first, second) of phase `ph`: its rows `r` in layer norm's phase 1, its
+// blocks of P `p` in a projection's phase `p_phase` (forward 1, backward 0), else its hidden
+// blocks `j`.
+using Range = std::pair<int64_t, int64_t>;
+Range phase_share(int ph, bool ln, bool proj, int p_phase, Range j, Range p, Range r) {
+  return ln && ph == 1 ? r : proj && ph == p_phase ? p : j;
+}
+
 template <class F>
 void copy_or_zero(F* dst, const F* src, int64_t n) {
   if (src) std::memcpy(dst, src, n * sizeof(F));
@@ -508,8 +520,7 @@ void run_forward(const Panels<F, W>& pk, Dims d, const F* x, const F* h0, const 
   const bool lstm = ct.cell_state, proj = sc.wr != nullptr, ln = pk.normalized();
   if (ln && cache && !cache->ln)
     throw std::invalid_argument("forward: a layer-normalized LSTM's cache needs its ln buffer");
-  // a projection: h_t = W_hr m_t is a phase; layer norm: the product, then whole rows
-  const int phases = ln || proj ? 2 : ct.phases;
+  const int phases = step_phases(ct, proj, ln);
   const int64_t nblk = blocks(H, kt), nblk_p = blocks(pk.P, kt), LW = ln_width(H);
 
   const int64_t tc = chunk_steps(T, B, GH, std::is_same_v<W, int8_t>),
@@ -570,10 +581,8 @@ void run_forward(const Panels<F, W>& pk, Dims d, const F* x, const F* h0, const 
         s.aux = cache ? (cache->aux ? cache->aux + t * BH : nullptr) : ascratch.get();
         s.ln = ln && cache ? cache->ln + t * B * LW : nullptr;
         for (int ph = 0; ph < phases; ++ph) {
-          const bool p_blocks = proj && ph == 1, by_rows = ln && ph == 1;  // h_t = W_hr m_t:
-                                                     // blocks of P; layer norm: rows
-          ck.forward_phase(sc, s, ph, by_rows ? rb0 : p_blocks ? pb0 : jb0,
-                           by_rows ? rb1 : p_blocks ? pb1 : jb1);
+          const Range b = phase_share(ph, ln, proj, 1, {jb0, jb1}, {pb0, pb1}, {rb0, rb1});
+          ck.forward_phase(sc, s, ph, b.first, b.second);
           team.sync(tid);
           mine();
         }
@@ -660,8 +669,7 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
   const CellKernels<F, W>& ck = kt.cells[static_cast<int>(cell)];
   sc.LDG = LDG;
   const int64_t nblk = blocks(H, kt), nblk_p = blocks(P, kt);
-  // a projection: dm_t = dh_t W_hr is a phase; layer norm: dh_t, then whole rows
-  const int phases = ln || proj ? 2 : ct.phases;
+  const int phases = step_phases(ct, proj, ln);
   const int64_t LW = ln_width(H);
 
   // The dgates of a chunk of steps, two chunks alternating: the weight gradients of a chunk are
@@ -728,10 +736,8 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
         s.dgh_next = next;
         s.ln = ln ? cache.ln + t * B * LW : nullptr;
         for (int ph = 0; ph < phases; ++ph) {
-          const bool p_blocks = proj && ph == 0, by_rows = ln && ph == 1;  // the whole dh_t:
-                                                     // blocks of P; layer norm: rows
-          ck.backward_phase(sc, s, ph, by_rows ? rb0 : p_blocks ? pb0 : jb0,
-                            by_rows ? rb1 : p_blocks ? pb1 : jb1);
+          const Range b = phase_share(ph, ln, proj, 0, {jb0, jb1}, {pb0, pb1}, {rb0, rb1});
+          ck.backward_phase(sc, s, ph, b.first, b.second);
           team.sync(tid);
           mine();
         }
