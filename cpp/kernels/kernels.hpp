@@ -106,10 +106,14 @@ template <class F, class W = F>
 struct CellKernels {
   // One phase of a forward step for hidden blocks [jb0, jb1) (CellTraits::phases of them).
   void (*forward_phase)(const StepConst<F, W>& c, const Step<F>& s, int phase, int64_t jb0,
-                        int64_t jb1);
+                        int64_t jb1) = nullptr;
   // One phase of a backward step.
   void (*backward_phase)(const StepConst<F, W>& c, const Step<F>& s, int phase, int64_t jb0,
-                         int64_t jb1);
+                         int64_t jb1) = nullptr;
+  // After the backward's last step (s of step 0), for hidden blocks [jb0, jb1): what the cell's
+  // phases leave one step late (layer norm's gradient sums); null for cells with nothing left.
+  void (*backward_finish)(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0,
+                          int64_t jb1) = nullptr;
 };
 
 template <class F, class W = F>

@@ -7,6 +7,7 @@
 // sum_k a[b, k] * panel[k, v, :] into a small tile that stays in L1, then hands each row to the
 // cell's epilogue (nonlinearities, cell update, stores): gates never make a round trip to memory.
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -1019,9 +1020,19 @@ template <class F, class W>
 
 // ---- what the cells' epilogues share (cpp/kernels/cells)
 
-// Each cell's forward_phase and backward_phase (specialized in its file).
+// Each cell's forward_phase and backward_phase, and backward_finish if it has one (specialized
+// in its file).
 template <class C, class F, class W>
 struct Kernels;
+// &K::backward_finish, or null when the cell has none.
+template <class K, class = void>
+struct finish_of {
+  static constexpr std::nullptr_t value = nullptr;
+};
+template <class K>
+struct finish_of<K, std::void_t<decltype(&K::backward_finish)>> {
+  static constexpr auto value = &K::backward_finish;
+};
 
 // fn(jb, j0, n) for hidden blocks [jb0, jb1): block jb has units [j0, j0 + n).
 template <class F, class Fn>
@@ -1104,7 +1115,8 @@ constexpr KernelTable<F, W> make_table() {
 #define RNNKERN_CELL_ENTRY(C)                                                    \
   t.cells[static_cast<int>(C::id)].forward_phase = Kernels<C, F, W>::forward_phase; \
   if constexpr (!is_s8<W>)                                                       \
-    t.cells[static_cast<int>(C::id)].backward_phase = Kernels<C, F, W>::backward_phase;
+    t.cells[static_cast<int>(C::id)].backward_phase = Kernels<C, F, W>::backward_phase, \
+    t.cells[static_cast<int>(C::id)].backward_finish = finish_of<Kernels<C, F, W>>::value;
   RNNKERN_CELLS(RNNKERN_CELL_ENTRY)
 #undef RNNKERN_CELL_ENTRY
   return t;

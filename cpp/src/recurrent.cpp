@@ -769,7 +769,7 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
       if (g.dx)  // else not wanted
         kt.product(dgc, LDG, false, rows, sc.wi, GH, I, g.dx + t0 * B * I, I, false, ib0, ib1);
     }
-    if (ln) ck.backward_phase(sc, s, 2, jb0, jb1);  // step 0's sums (phase 0 does step t+1's)
+    if (ck.backward_finish) ck.backward_finish(sc, s, jb0, jb1);  // what the phases left
     // dh0 = dh + dgh_0 W_hh (its main gates' rows), this member's blocks of P: the product's
     // two-block tiles (12 FMAs per 8 loads; one block per tile: 8 per 9).
     const int64_t q0 = pb0 * NBK, q1 = std::min(pb1 * NBK, P);  // its columns of dh0

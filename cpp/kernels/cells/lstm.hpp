@@ -19,7 +19,7 @@
 // whole by the thread that has the row, so the bits do not depend on the thread count. The
 // gradients summed over rows are summed by each hidden block's owner: the cell norm's in
 // phase 0, those over da (gate gains, biases, peepholes) in the next step's phase 0 (ln_sums)
-// and, for step 0, in a phase 2 after the last step.
+// and, for step 0, in backward_finish after the last step.
 #pragma once
 #include "rnnkern/rnnkern.hpp"
 
@@ -58,16 +58,22 @@ struct Kernels<cells::Lstm, F, W> {
                                               int phase, int64_t jb0, int64_t jb1) {
     if (c.ln_gates) {
       if (phase == 0) return ln_dh(c, s, jb0, jb1);
-      if (phase == 2)  // the flush: step s.t's sums
-        return for_hidden_blocks<F>(c.H, jb0, jb1, [&](int64_t, int64_t j0, int64_t n) {
-          ln_sums(c, s.t, s.ln, s.cp, s.cn, j0, n);
-        });
       return c.peep ? ln_back_rows<true>(c, s, jb0, jb1) : ln_back_rows<false>(c, s, jb0, jb1);
     }
     if (c.wrb && phase == 0) return gather_dh(c, s, jb0, jb1);
     variant(c.peep, c.wrb, [&](auto peep, auto proj) {
       backward<decltype(peep)::value, decltype(proj)::value>(c, s, jb0, jb1);
     });
+  }
+
+  // Layer norm: step 0's sums over da (the gate gains', biases', peepholes'), which phase 0 of
+  // each step adds for the step after it.
+  static void backward_finish(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0,
+                              int64_t jb1) {
+    if (c.ln_gates)
+      for_hidden_blocks<F>(c.H, jb0, jb1, [&](int64_t, int64_t j0, int64_t n) {
+        ln_sums(c, s.t, s.ln, s.cp, s.cn, j0, n);
+      });
   }
 
   // fn(PEEP, PROJ) with the runtime flags as std::bool_constant: one instantiation per variant.
