@@ -747,7 +747,6 @@ PYBIND11_MODULE(_core, m) {
     d["team_calls"] = s.team_calls, d["openmp_calls"] = s.openmp_calls;
     d["taken_over"] = s.taken_over, d["shrunk"] = s.shrunk, d["joined_late"] = s.joined_late;
     d["started_alone"] = s.started_alone;
-    d["crowded"] = s.crowded;
     return d;
   });
   m.def("isa", &rnnkern::isa);

@@ -4,8 +4,6 @@
 #include <chrono>
 #include <climits>
 #include <condition_variable>
-#include <cstdlib>
-#include <cstring>
 #include <exception>
 #include <mutex>
 #include <stdexcept>
@@ -20,7 +18,6 @@
 #include "rnnkern/rnnkern.hpp"
 
 #if defined(__linux__)
-#include <fcntl.h>
 #include <linux/futex.h>
 #include <sched.h>
 #include <sys/syscall.h>
@@ -139,7 +136,7 @@ bool contended() {
 
 // What the pool did, for rnnkern.thread_stats() (relaxed counters).
 std::atomic<int64_t> stat_calls{0}, stat_taken{0}, stat_shrunk{0}, stat_openmp{0}, stat_late{0},
-    stat_alone{0}, stat_crowded{0};
+    stat_alone{0};
 
 // CPUs this process may run on.
 int available_cpus() {
@@ -149,47 +146,6 @@ int available_cpus() {
 #endif
   const unsigned hw = std::thread::hardware_concurrency();
   return hw ? static_cast<int>(hw) : 1;
-}
-
-// Threads runnable on the machine now, the caller included (Linux: /proc/loadavg's running
-// count; one pread, about 2 us), or -1 where unknown.
-int runnable_threads() {
-#if defined(__linux__)
-  static const int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
-  char buf[128];  // "0.52 0.58 0.59 2/871 12345": the 4th field's numerator
-  const ssize_t n = fd < 0 ? -1 : pread(fd, buf, sizeof buf - 1, 0);
-  if (n <= 0) return -1;
-  buf[n] = '\0';
-  const char* p = buf;
-  for (int f = 0; f < 3 && p; ++f)
-    if ((p = std::strchr(p, ' '))) ++p;
-  return p ? std::atoi(p) : -1;
-#else
-  return -1;
-#endif
-}
-
-// The threads a call planned for `nth` may use beside the other threads runnable at its start:
-// ONNX Runtime's workers spin for tens of ms after each run, a busy process never stops, and a
-// member of ours that competes with them for a core is preempted for a scheduler slice at some
-// step. `ours`: the runnable threads that are the call's (the caller, workers spinning for it).
-// (Not while the tests inject delays: they want the team.)
-int uncrowded(int nth, int ours) {
-  if (test_start_delay_ns.load(std::memory_order_relaxed) ||
-      test_sync_delay_ns.load(std::memory_order_relaxed))
-    return nth;
-  // The fewest others over three looks 10 and 20 us apart: a kernel thread that runs for a few
-  // us (a spurious crowd, a tenth of quiet calls with one look) is gone by the next look.
-  int others = runnable_threads() - ours;
-  for (int64_t wait_ns : {10'000, 20'000}) {
-    if (nth <= available_cpus() - others || others <= 0) return nth;
-    for (const int64_t t0 = now_ns(); now_ns() - t0 < wait_ns;) RNNKERN_PAUSE();
-    others = std::min(others, runnable_threads() - ours);
-  }
-  const int left = std::max(1, available_cpus() - std::max(others, 0));
-  if (left >= nth) return nth;
-  stat_crowded.fetch_add(1, std::memory_order_relaxed);
-  return left;
 }
 
 // Start word fields.
@@ -583,13 +539,14 @@ class Pool {
 
   void run(int want, const Job& fn, bool late_join) {
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
-    const int nth0 = std::min(want, size_.load());
-    if (!busy.owns_lock() || nth0 <= 1) return solo(fn);
-    GompParallel gomp = openmp_for_call(now_ns());
-    // The runtime's other threads may be spinning (for this call); ours spin unless asleep.
-    const int nth = uncrowded(nth0, gomp ? nth0 : size_.load() - idle_.load());
-    if (nth <= 1) return solo(fn);
-    if (gomp) {
+    const int nth = std::min(want, size_.load());
+    if (!busy.owns_lock() || nth <= 1) {
+      Team solo;
+      solo.reset(1, 0);
+      fn(0, solo);
+      return;
+    }
+    if (GompParallel gomp = openmp_for_call(now_ns())) {
       GompCall g{&fn, {}, std::this_thread::get_id(), {}, std::vector<std::exception_ptr>(nth)};
       g.team.reset(nth, 0, late_join);
       const int64_t t0 = now_ns();
@@ -626,12 +583,6 @@ class Pool {
 
  private:
   Pool() { resize(available_cpus()); }
-
-  static void solo(const Job& fn) {
-    Team team;
-    team.reset(1, 0);
-    fn(0, team);
-  }
 
   void remember(const Team& team) {
     stat_calls.fetch_add(1, std::memory_order_relaxed);
@@ -752,7 +703,7 @@ void set_test_delays(int64_t start_ns, int64_t sync_ns, int sync_at) {
 
 ThreadStats thread_stats() {
   return ThreadStats{stat_calls.load(), stat_openmp.load(), stat_taken.load(), stat_shrunk.load(),
-                     stat_late.load(), stat_alone.load(), stat_crowded.load()};
+                     stat_late.load(), stat_alone.load()};
 }
 
 std::string thread_runtime() {

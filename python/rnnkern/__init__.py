@@ -112,10 +112,7 @@ def thread_stats() -> dict[str, int]:
     (it arrived at a step 100 us or more after the others); joined_late: workers taken over that
     then joined their call benched and asked to be let in at a step; started_alone: forward and
     backward calls on rnnkern's pool that started on the caller alone because a call shortly
-    before had shrunk (for 1 ms after a shrink, doubling up to 16 ms while shrinks go on);
-    crowded: calls run on fewer threads than planned because other threads were runnable at
-    their start (Linux: /proc/loadavg's running count; e.g. ONNX Runtime's workers, which spin
-    for tens of ms after each run, or a busy process) and held the cores.
+    before had shrunk (for 1 ms after a shrink, doubling up to 16 ms while shrinks go on).
     """
     return {str(k): int(v) for k, v in _core.thread_stats().items()}
 

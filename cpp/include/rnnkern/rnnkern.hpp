@@ -251,8 +251,6 @@ struct ThreadStats {
   int64_t shrunk;      // team calls whose team shrank to the caller (a member was descheduled)
   int64_t joined_late;  // workers taken over that then joined their call at a later step
   int64_t started_alone;  // team calls started on the caller alone: a recent call had shrunk
-  int64_t crowded;  // calls run on fewer threads than planned: other threads runnable at their
-                    // start held the cores
 };
 ThreadStats thread_stats();
 // For the tests only: every worker sleeps start_ns before it joins a call (so the caller takes
