@@ -208,7 +208,7 @@ class _Steps:
         """Take ``pack`` for the weights of ``key``; the token stays while both do."""
         if key != self.key or pack is not self.pack:
             self.key, self.pack, self.sums, self.token = key, pack, None, None
-            self.needs_grad = any(k[3] for k in key[2:])
+            self.needs_grad = any(key[5::4])  # each weight's requires_grad (``_key``)
 
     def link(self, weights: tuple[Tensor | None, ...]) -> tuple[Any, Tensor]:
         """(sums, token) linking the steps to ``weights`` (``_Link``), made once per key and
@@ -225,10 +225,18 @@ _STEPS: weakref.WeakKeyDictionary[Any, _Steps] = weakref.WeakKeyDictionary()
 
 
 def _key(weights: tuple[Tensor | None, ...], precision: str) -> tuple[Any, ...]:
-    """What a pack depends on but the weights' bytes: the ISA, the precision, each weight's
-    identity, version counter, memory, and whether it requires grad (the token's)."""
-    return (F.isa_generation[0], precision,
-            *((id(w), w._version, w.data_ptr(), w.requires_grad) for w in weights if w is not None))
+    """What a pack depends on but the weights' bytes: the ISA, the precision, and for each
+    weight (w_ih, w_hh, then the biases if present) its identity, version counter, memory and
+    whether it requires grad (the token's), flat: a step pays for this on every call, and a
+    flat tuple built in one expression costs half of one of tuples (measured in a B=1 loop,
+    whose kernel leaves the interpreter's data out of cache)."""
+    w0, w1, b0, b1 = weights
+    head = (F.isa_generation[0], precision, id(w0), w0._version, w0.data_ptr(), w0.requires_grad,
+            id(w1), w1._version, w1.data_ptr(), w1.requires_grad)
+    if b0 is None or b1 is None:
+        return head
+    return (*head, id(b0), b0._version, b0.data_ptr(), b0.requires_grad,
+            id(b1), b1._version, b1.data_ptr(), b1.requires_grad)
 
 
 def _pack(module: Any, cell: str, weights: tuple[Tensor | None, ...], precision: str) -> Any:
