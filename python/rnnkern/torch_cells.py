@@ -224,18 +224,18 @@ class _Steps:
 _STEPS: weakref.WeakKeyDictionary[Any, _Steps] = weakref.WeakKeyDictionary()
 
 
-def _key(weights: tuple[Tensor | None, ...], precision: str) -> tuple[Any, ...]:
+def _key(weights: tuple[Any, ...], precision: str) -> tuple[Any, ...]:
     """What a pack depends on but the weights' bytes: the ISA, the precision, and for each
-    weight (w_ih, w_hh, then the biases if present) its identity, version counter, memory and
-    whether it requires grad (the token's), flat: a step pays for this on every call, and a
-    flat tuple built in one expression costs half of one of tuples (measured in a B=1 loop,
-    whose kernel leaves the interpreter's data out of cache)."""
+    weight its identity, version counter, memory and whether it requires grad (the token's).
+    ``weights``: (w_ih, w_hh, b_ih or None, b_hh or None). Every step pays for this: one flat
+    tuple, not one per weight, took 4-6% less of a B=1 LSTMCell inference step."""
     w0, w1, b0, b1 = weights
-    head = (F.isa_generation[0], precision, id(w0), w0._version, w0.data_ptr(), w0.requires_grad,
-            id(w1), w1._version, w1.data_ptr(), w1.requires_grad)
     if b0 is None or b1 is None:
-        return head
-    return (*head, id(b0), b0._version, b0.data_ptr(), b0.requires_grad,
+        return (F.isa_generation[0], precision, id(w0), w0._version, w0.data_ptr(),
+                w0.requires_grad, id(w1), w1._version, w1.data_ptr(), w1.requires_grad)
+    return (F.isa_generation[0], precision, id(w0), w0._version, w0.data_ptr(), w0.requires_grad,
+            id(w1), w1._version, w1.data_ptr(), w1.requires_grad,
+            id(b0), b0._version, b0.data_ptr(), b0.requires_grad,
             id(b1), b1._version, b1.data_ptr(), b1.requires_grad)
 
 
