@@ -264,6 +264,50 @@ def test_a_chain_of_steps_compares_the_weights_once(name: str, monkeypatch: Any)
         assert len(compared) == 3
 
 
+def _bias_version(ours: Any, theirs: Any) -> None:
+    with torch.no_grad():
+        ours.bias_hh.add_(0.5)  # in place: a new version of the last weight
+
+
+def _new_memory(ours: Any, theirs: Any) -> None:
+    ours.weight_ih.data = ours.weight_ih.data * 2  # other memory, the same version
+    theirs.weight_ih.data = ours.weight_ih.data
+
+
+def _no_grad_weight(ours: Any, theirs: Any) -> None:
+    ours.bias_ih.requires_grad_(False)  # the token's weights change
+    theirs.bias_ih.requires_grad_(False)
+
+
+@pytest.mark.parametrize("change", [_bias_version, _new_memory, _no_grad_weight])
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_a_chain_ends_when_any_weight_changes(name: str, change: Any) -> None:
+    """Each part of the weights' key (``torch_cells._key``) ends a chain: a bias's version, a
+    weight's memory, a weight's requires_grad; the steps after it use the weights as they are,
+    and gradients still match torch's. (An in-place change of a weight before the backward
+    raises, as documented: every weight is saved, the biases too, which torch does not save.)"""
+    ours, theirs = pair(name, 5, 6)
+    for p_ours, p_theirs in zip(ours.parameters(), theirs.parameters()):
+        p_theirs.data = p_ours.data  # the same memory, torch's cell reads it
+    xs = torch.randn(5, 3, 5, dtype=torch.float64)
+    hx, want = None, None
+    for t in range(5):
+        if t == 2:
+            change(ours, theirs)
+        hx, want = ours(xs[t], hx), theirs(xs[t], want)
+        torch.testing.assert_close(first(hx), first(want), rtol=1e-12, atol=1e-14)
+    if change is _bias_version:
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            first(hx).sum().backward()
+        return
+    first(hx).sum().backward()
+    first(want).sum().backward()
+    for p_ours, p_theirs in zip(ours.parameters(), theirs.parameters()):
+        assert (p_ours.grad is None) == (p_theirs.grad is None)
+        if p_ours.grad is not None:
+            torch.testing.assert_close(p_ours.grad, p_theirs.grad, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("name", PAIRS)
 def test_a_chain_reads_a_state_moved_by_data_assignment(name: str, grad: bool) -> None:
