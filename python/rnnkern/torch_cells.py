@@ -32,8 +32,6 @@ import torch
 
 from . import _core
 from . import _functional as F
-from .torch import _NoDoubleBackward
-from .torch import _pack as _pack_weights
 
 __all__ = ["GRUCell", "LSTMCell", "RNNCell"]
 
@@ -128,7 +126,7 @@ def _no_double_backward(grads: list[Tensor | None], inputs: Any) -> tuple[Tensor
     """``grads`` as they are, or with create_graph=True made to raise when differentiated."""
     if torch.is_grad_enabled():
         anchors = [t for t in inputs if t is not None and t.requires_grad]
-        grads = [None if g is None else _NoDoubleBackward.apply(g, *anchors)  # type: ignore[no-untyped-call]
+        grads = [None if g is None else _rt._NoDoubleBackward.apply(g, *anchors)  # type: ignore[no-untyped-call]
                  for g in grads]
     return tuple(grads)
 
@@ -244,7 +242,7 @@ def _pack(module: Any, cell: str, weights: tuple[Tensor | None, ...], precision:
     the precision or the ISA changed (``rnnkern.torch._pack``)."""
     cell_id = F._LSTM if cell == "lstm" else F._GRU if cell == "gru" else F._RNN_IDS[
         module.nonlinearity]
-    return _pack_weights(cell_id, (*weights, None), precision)
+    return _rt._pack(cell_id, (*weights, None), precision)
 
 
 def _fits(module: Any, x: object, states: tuple[object, ...], w_hh: Tensor) -> bool:
@@ -351,3 +349,8 @@ def drop_in_cell(module: torch.nn.Module) -> torch.nn.Module:
         setattr(new, name, getattr(module, name))
     new.train(module.training)
     return new
+
+
+# Last: rnnkern.torch imports this module's names at its own end, so that either module may be
+# imported first (this one uses rnnkern.torch's names at call time only).
+from . import torch as _rt  # noqa: E402
