@@ -2,11 +2,13 @@
 edge cases, convert(), and packs that never go stale under torch optimizers."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
+import torch  # a peer: missing fails, never skips
 
-torch = pytest.importorskip("torch")
 import rnnkern.torch as rt  # noqa: E402
 
 PAIRS = {"rnn_tanh": (rt.RNNCell, torch.nn.RNNCell, {}),
@@ -322,3 +324,12 @@ def test_a_chain_reads_a_state_moved_by_data_assignment(name: str, grad: bool) -
         want = tuple(s.detach() for s in hx) if isinstance(hx, tuple) else hx.detach()
         torch.testing.assert_close(first(ours(xs[1], hx)), first(theirs(xs[1], want)),
                                    rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("first", ["rnnkern.torch_cells", "rnnkern.torch"])
+def test_either_module_imports_first(first: str) -> None:
+    """rnnkern.torch and rnnkern.torch_cells import each other: a fresh interpreter may import
+    either first."""
+    code = f"import {first}; import rnnkern.torch as rt; assert rt.LSTMCell.__module__ == " \
+           "'rnnkern.torch_cells'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

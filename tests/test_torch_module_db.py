@@ -9,12 +9,11 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import expecttest  # noqa: F401  torch.testing._internal imports it (test extra)
 import numpy as np
 import pytest
+import torch  # a peer: missing fails, never skips
 from rnnkern_testing import assert_close, rnn_acc_len
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("expecttest")  # torch.testing._internal imports it
 from torch.testing._internal.common_modules import module_db  # noqa: E402
 from torch.utils._pytree import tree_flatten, tree_map  # noqa: E402
 
