@@ -254,6 +254,20 @@ def test_torchscript_says_what_to_use_instead() -> None:
     assert "torch.export.export(model, args)" in str(err.value)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace(_method)?` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("make", [lambda: torch.nn.LSTM(I, H), lambda: torch.nn.GRUCell(I, H)],
+                         ids=["LSTM", "GRUCell"])
+def test_jit_trace_says_what_to_use_instead(make: Any) -> None:
+    """torch.jit.trace would record the forward's arrays as constants: it raises instead."""
+    model = rt.convert(torch.nn.Sequential(torch.nn.Linear(I, I), make()))
+    name = type(model[1]).__name__
+    with pytest.raises(RuntimeError, match=re.escape(
+            f"rnnkern.torch.{name} does not support torch.jit.trace")) as err:
+        torch.jit.trace(model, (torch.randn(5, 2, I) if name == "LSTM" else torch.randn(2, I),))
+    assert "torch.compile(model)" in str(err.value)
+    model(torch.randn(5, 2, I) if name == "LSTM" else torch.randn(2, I))  # not tracing: runs
+
+
 # ----------------------------------------------------------------------------- the operators
 
 # (cell id of rnnkern._core, G): rnn tanh, lstm, gru, gru with the reset gate before W_hn

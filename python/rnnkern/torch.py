@@ -557,9 +557,23 @@ def _check_args(module: torch.nn.RNNBase, x: Tensor, hidden: object,
         module.check_forward_args(x, hidden, batch_sizes)  # type: ignore[arg-type]
 
 
+def _no_trace(module: torch.nn.Module) -> None:
+    """Raise, saying what to use instead, under torch.jit.trace: the forward converts tensors to
+    arrays, which a trace records as constants (its check then fails, or the trace gives the
+    traced input's results for any other)."""
+    if torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]  # Dynamo folds it
+        name = type(module).__name__
+        raise RuntimeError(
+            f"rnnkern.torch.{name} does not support torch.jit.trace: its forward is Python "
+            f"around rnnkern's kernels. Use torch.compile(model) or torch.export.export(model, "
+            f"args) instead, or trace a torch.nn.{name} (same parameters: "
+            f"load_state_dict(model.state_dict()))")
+
+
 def _forward(module: torch.nn.RNNBase, input: object,
              hx: object) -> tuple[Tensor | PackedSequence, State]:
     """torch.nn.RNNBase's forward contract on rnnkern's kernels (see the module docstring)."""
+    _no_trace(module)
     _check_module(module)  # parameters may have been moved or cast since __init__
     h0, c0 = _split_state(module, hx)
     packed: PackedSequence | None = None

@@ -286,7 +286,8 @@ def _forward(module: Any, cell: str, input: Any, hx: Any) -> Any:
         views = steps.views
         if h0.data_ptr() == views[2] and (c0 is None or c0.data_ptr() == views[3]):
             states = views[:2]
-    else:
+    else:  # not a chain (a trace's first step is not one either)
+        _rt._no_trace(module)
         if (not _fits(module, input, (h0, c0), weights[1])
                 or lstm and (h0 is None) != (c0 is None)):  # torch takes both or neither
             return super(type(module), module).forward(input, hx)  # torch's checks and errors
