@@ -261,11 +261,12 @@ def test_jit_trace_says_what_to_use_instead(make: Any) -> None:
     """torch.jit.trace would record the forward's arrays as constants: it raises instead."""
     model = rt.convert(torch.nn.Sequential(torch.nn.Linear(I, I), make()))
     name = type(model[1]).__name__
+    x = torch.randn(5, 2, I) if name == "LSTM" else torch.randn(2, I)
     with pytest.raises(RuntimeError, match=re.escape(
             f"rnnkern.torch.{name} does not support torch.jit.trace")) as err:
-        torch.jit.trace(model, (torch.randn(5, 2, I) if name == "LSTM" else torch.randn(2, I),))
+        torch.jit.trace(model, (x,))
     assert "torch.compile(model)" in str(err.value)
-    model(torch.randn(5, 2, I) if name == "LSTM" else torch.randn(2, I))  # not tracing: runs
+    model(x)  # not tracing: runs
 
 
 # ----------------------------------------------------------------------------- the operators

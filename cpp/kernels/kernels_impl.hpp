@@ -1112,11 +1112,15 @@ constexpr KernelTable<F, W> make_table() {
   if constexpr (!is_s8<W>)
     t.pack_backward = pack_backward<F, W>, t.zero_row = zero_row<F, W>,
     t.product = product<F, W>;
-#define RNNKERN_CELL_ENTRY(C)                                                    \
-  t.cells[static_cast<int>(C::id)].forward_phase = Kernels<C, F, W>::forward_phase; \
-  if constexpr (!is_s8<W>)                                                       \
-    t.cells[static_cast<int>(C::id)].backward_phase = Kernels<C, F, W>::backward_phase, \
-    t.cells[static_cast<int>(C::id)].backward_finish = finish_of<Kernels<C, F, W>>::value;
+#define RNNKERN_CELL_ENTRY(C)                                                      \
+  {                                                                                \
+    CellKernels<F, W>& ck = t.cells[static_cast<int>(C::id)];                      \
+    ck.forward_phase = Kernels<C, F, W>::forward_phase;                            \
+    if constexpr (!is_s8<W>) {                                                     \
+      ck.backward_phase = Kernels<C, F, W>::backward_phase;                        \
+      ck.backward_finish = finish_of<Kernels<C, F, W>>::value;                     \
+    }                                                                              \
+  }
   RNNKERN_CELLS(RNNKERN_CELL_ENTRY)
 #undef RNNKERN_CELL_ENTRY
   return t;

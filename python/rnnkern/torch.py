@@ -557,17 +557,23 @@ def _check_args(module: torch.nn.RNNBase, x: Tensor, hidden: object,
         module.check_forward_args(x, hidden, batch_sizes)  # type: ignore[arg-type]
 
 
+def _no_torchscript(module: torch.nn.Module, how: str) -> RuntimeError:
+    """The error for TorchScript (``how``: "script" or "trace") on a drop-in, saying what to use
+    instead."""
+    name = type(module).__name__
+    what = "TorchScript (torch.jit.script)" if how == "script" else "torch.jit.trace"
+    return RuntimeError(
+        f"rnnkern.torch.{name} does not support {what}: its forward is Python around rnnkern's "
+        f"operators. Use torch.compile(model) or torch.export.export(model, args) instead, or "
+        f"{how} a torch.nn.{name} (same parameters: load_state_dict(model.state_dict()))")
+
+
 def _no_trace(module: torch.nn.Module) -> None:
-    """Raise, saying what to use instead, under torch.jit.trace: the forward converts tensors to
-    arrays, which a trace records as constants (its check then fails, or the trace gives the
-    traced input's results for any other)."""
+    """Raise under torch.jit.trace: the forward converts tensors to arrays, which a trace records
+    as constants (its check then fails, or the trace gives the traced input's results for any
+    other)."""
     if torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]  # Dynamo folds it
-        name = type(module).__name__
-        raise RuntimeError(
-            f"rnnkern.torch.{name} does not support torch.jit.trace: its forward is Python "
-            f"around rnnkern's kernels. Use torch.compile(model) or torch.export.export(model, "
-            f"args) instead, or trace a torch.nn.{name} (same parameters: "
-            f"load_state_dict(model.state_dict()))")
+        raise _no_torchscript(module, "trace")
 
 
 def _forward(module: torch.nn.RNNBase, input: object,
@@ -693,12 +699,7 @@ class _OnRnnkern:
 
     def __prepare_scriptable__(self) -> None:
         """torch.jit.script calls this first, on every submodule: say what works instead."""
-        name = type(self).__name__
-        raise RuntimeError(
-            f"rnnkern.torch.{name} does not support TorchScript (torch.jit.script): its forward "
-            f"is Python around rnnkern's operators. Use torch.compile(model) or "
-            f"torch.export.export(model, args) instead, or script a torch.nn.{name} (same "
-            f"parameters: load_state_dict(model.state_dict()))")
+        raise _no_torchscript(self, "script")  # type: ignore[arg-type]
 
 
 class LSTM(_OnRnnkern, torch.nn.LSTM):
