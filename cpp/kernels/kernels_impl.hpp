@@ -956,8 +956,11 @@ template <class F, class W>
       // Several tiles: each slice of KC of K (8 KB of the two panels) stays in L1 while every
       // tile passes over it (the whole pair, 64 KB at K = 1024, came from L2 once per tile:
       // 60% of the FMA peak at 32 rows). Their tiles have 3+ rows, so one chain of FMAs per
-      // output (k_unroll) continued slice after slice: the same bits as unsliced.
-      constexpr int64_t KC = 8192 / (2 * NB<F> * sizeof(F));
+      // output (k_unroll) continued slice after slice: the same bits as unsliced. With `at`
+      // (weight gradients) the group's part of A is a row of 64 columns per k, lda apart: an
+      // 8 KB slice's 128 k of it are 32 KB, all of L1 besides the panels, so those take 2 KB
+      // slices (32 k; one thread's dW product at K = 1024, 4H = 1024: 42 -> 49 GFLOP/s).
+      const int64_t KC = (at ? 2048 : 8192) / (2 * NB<F> * sizeof(F));
       alignas(64) F buf[RG * 2 * NB<F>];  // (nm, 2NB) the group's products
       const int64_t tiles = (nm + MB - 1) / MB, kc = tiles > 1 ? KC : K;
       for (; jb + 1 < jb1; jb += 2) {
@@ -1079,6 +1082,49 @@ inline void pass_through(const StepConst<F, W>& c, const Step<F>& s, int64_t b, 
     zero(s.dg + b * c.LDG + g * H + j0, n);
     if (s.dgh != s.dg) zero(s.dgh + b * c.LDG + g * H + j0, n);
   }
+}
+
+// Whether B rows make every tile sum each output in one chain of FMAs (k_unroll 1) both as
+// panel_rows<F, 1>'s one-block tiles and as the product's two-block ones, which then give the
+// same bits: B = 5-8 or B >= 10 (float and double, AVX2).
+template <class F>
+constexpr bool one_chain(int64_t B) {
+  auto each = [B](int MB, int NV) {
+    const int64_t tiles = (B + MB - 1) / MB;
+    return B > 0 && k_unroll(static_cast<int>(B / tiles) * NV) == 1;
+  };
+  return each(mb_max<F, 1>(), 1) && each(mb_max<F, 2>(), 2);
+}
+
+// A backward step's dh products a (B rows, lda apart) @ the panels (K, NB) of hidden blocks
+// [jb0, jb1) (block jb's at panels + jb * K * NB), made at once with the product's two-block
+// tiles (12 FMAs per 8 loads; panel_rows<F, 1> block by block: 8 per 9) where they give the
+// same bits (one_chain): this thread's (B, nblocks * NB) sums, which block_rows reads; else
+// null, and block_rows runs panel_rows<F, 1>. One thread, B = 32, H = 256: 55 -> 69 GFLOP/s.
+template <class F, class W>
+inline const F* dh_sums(const F* a, int64_t lda, int64_t B, const W* panels, int64_t K,
+                        int64_t H, int64_t jb0, int64_t jb1) {
+  if constexpr (paired<F, W>()) {
+    if (a != nullptr && jb1 - jb0 >= 2 && one_chain<F>(B)) {
+      const int64_t ld = (H + NB<F> - 1) / NB<F> * NB<F>;
+      thread_local std::vector<F> sums;  // (B, ld); lanes past H stay 0
+      if (sums.size() < static_cast<size_t>(B * ld)) sums.assign(B * ld, F(0));
+      product<F, W>(a, lda, false, B, panels, K, H, sums.data(), ld, false, jb0, jb1);
+      return sums.data();
+    }
+  }
+  (void)a, (void)lda, (void)B, (void)panels, (void)K, (void)H, (void)jb0, (void)jb1;
+  return nullptr;
+}
+
+// epi(b, acc) for every row b of hidden block jb: acc from dh_sums' `sums`,
+// or, if null, panel_rows<F, 1> of a with the block's panel.
+template <class F, class W, class Epi>
+inline void block_rows(const F* sums, int64_t H, const F* a, int64_t lda, int64_t B,
+                       const W* panels, int64_t K, int64_t jb, Epi&& epi) {
+  if (sums == nullptr) return panel_rows<F, 1>(a, lda, B, panels + jb * K * NB<F>, K, epi);
+  const int64_t ld = (H + NB<F> - 1) / NB<F> * NB<F>;
+  for (int64_t b = 0; b < B; ++b) epi(b, static_cast<const F*>(sums + b * ld + jb * NB<F>));
 }
 
 // The epilogue of a backward product: padded rows pass their gradient through, the others get
