@@ -1107,7 +1107,7 @@ inline const F* dh_sums(const F* a, int64_t lda, int64_t B, const W* panels, int
   if constexpr (paired<F, W>()) {
     if (a != nullptr && jb1 - jb0 >= 2 && one_chain<F>(B)) {
       const int64_t ld = (H + NB<F> - 1) / NB<F> * NB<F>;
-      thread_local std::vector<F> sums;  // (B, ld); lanes past H stay 0
+      thread_local std::vector<F> sums;  // (B, ld); lanes past H: not written, not stored
       if (sums.size() < static_cast<size_t>(B * ld)) sums.assign(B * ld, F(0));
       product<F, W>(a, lda, false, B, panels, K, H, sums.data(), ld, false, jb0, jb1);
       return sums.data();
