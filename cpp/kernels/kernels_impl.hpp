@@ -1096,17 +1096,23 @@ constexpr bool one_chain(int64_t B) {
   return each(mb_max<F, 1>(), 1) && each(mb_max<F, 2>(), 2);
 }
 
+// The length of dh_sums' rows: H rounded up to whole blocks of NB.
+template <class F>
+constexpr int64_t sums_ld(int64_t H) {
+  return (H + NB<F> - 1) / NB<F> * NB<F>;
+}
+
 // A backward step's dh products a (B rows, lda apart) @ the panels (K, NB) of hidden blocks
 // [jb0, jb1) (block jb's at panels + jb * K * NB), made at once with the product's two-block
 // tiles (12 FMAs per 8 loads; panel_rows<F, 1> block by block: 8 per 9) where they give the
-// same bits (one_chain): this thread's (B, nblocks * NB) sums, which block_rows reads; else
+// same bits (one_chain): this thread's (B, sums_ld(H)) sums, which block_rows reads; else
 // null, and block_rows runs panel_rows<F, 1>. One thread, B = 32, H = 256: 55 -> 69 GFLOP/s.
 template <class F, class W>
 inline const F* dh_sums(const F* a, int64_t lda, int64_t B, const W* panels, int64_t K,
                         int64_t H, int64_t jb0, int64_t jb1) {
   if constexpr (paired<F, W>()) {
     if (a != nullptr && jb1 - jb0 >= 2 && one_chain<F>(B)) {
-      const int64_t ld = (H + NB<F> - 1) / NB<F> * NB<F>;
+      const int64_t ld = sums_ld<F>(H);
       thread_local std::vector<F> sums;  // (B, ld); lanes past H: not written, not stored
       if (sums.size() < static_cast<size_t>(B * ld)) sums.assign(B * ld, F(0));
       product<F, W>(a, lda, false, B, panels, K, H, sums.data(), ld, false, jb0, jb1);
@@ -1123,7 +1129,7 @@ template <class F, class W, class Epi>
 inline void block_rows(const F* sums, int64_t H, const F* a, int64_t lda, int64_t B,
                        const W* panels, int64_t K, int64_t jb, Epi&& epi) {
   if (sums == nullptr) return panel_rows<F, 1>(a, lda, B, panels + jb * K * NB<F>, K, epi);
-  const int64_t ld = (H + NB<F> - 1) / NB<F> * NB<F>;
+  const int64_t ld = sums_ld<F>(H);
   for (int64_t b = 0; b < B; ++b) epi(b, static_cast<const F*>(sums + b * ld + jb * NB<F>));
 }
 
