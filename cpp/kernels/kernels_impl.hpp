@@ -1096,42 +1096,37 @@ constexpr bool one_chain(int64_t B) {
   return each(mb_max<F, 1>(), 1) && each(mb_max<F, 2>(), 2);
 }
 
-// The length of dh_sums' rows: H rounded up to whole blocks of NB.
-template <class F>
-constexpr int64_t sums_ld(int64_t H) {
-  return (H + NB<F> - 1) / NB<F> * NB<F>;
-}
-
-// A backward step's dh products a (B rows, lda apart) @ the panels (K, NB) of hidden blocks
-// [jb0, jb1) (block jb's at panels + jb * K * NB), made at once with the product's two-block
-// tiles (12 FMAs per 8 loads; panel_rows<F, 1> block by block: 8 per 9) where they give the
-// same bits (one_chain): this thread's (B, sums_ld(H)) sums, which block_rows reads; else
-// null, and block_rows runs panel_rows<F, 1>. One thread, B = 32, H = 256: 55 -> 69 GFLOP/s.
+// A backward step's dh products, a (B rows, lda apart) @ the panels (K, NB) of hidden blocks
+// [jb0, jb1) (block jb's at panels + jb * K * NB): rows(jb, epi) calls epi(b, acc) for every row
+// b of block jb, as panel_rows<F, 1> of its panel does. Where two-block tiles give the same bits
+// (one_chain), the constructor makes all the blocks' sums at once with the product's two-block
+// tiles (12 FMAs per 8 loads; one-block tiles: 8 per 9), into this thread's buffer, which rows()
+// reads; else rows() runs panel_rows<F, 1>. One thread, B = 32, H = 256: 55 -> 69 GFLOP/s.
 template <class F, class W>
-inline const F* dh_sums(const F* a, int64_t lda, int64_t B, const W* panels, int64_t K,
-                        int64_t H, int64_t jb0, int64_t jb1) {
-  if constexpr (paired<F, W>()) {
-    if (a != nullptr && jb1 - jb0 >= 2 && one_chain<F>(B)) {
-      const int64_t ld = sums_ld<F>(H);
-      thread_local std::vector<F> sums;  // (B, ld); lanes past H: not written, not stored
-      if (sums.size() < static_cast<size_t>(B * ld)) sums.assign(B * ld, F(0));
-      product<F, W>(a, lda, false, B, panels, K, H, sums.data(), ld, false, jb0, jb1);
-      return sums.data();
+struct DhRows {
+  const F* a;
+  int64_t lda, B;
+  const W* panels;
+  int64_t K, ld;            // ld: H rounded up to whole blocks
+  const F* sums = nullptr;  // (B, ld) the sums, or null: panel_rows per block
+  DhRows(const F* a_, int64_t lda_, int64_t B_, const W* panels_, int64_t K_, int64_t H,
+         int64_t jb0, int64_t jb1)
+      : a(a_), lda(lda_), B(B_), panels(panels_), K(K_), ld((H + NB<F> - 1) / NB<F> * NB<F>) {
+    if constexpr (paired<F, W>()) {
+      if (a != nullptr && jb1 - jb0 >= 2 && one_chain<F>(B)) {
+        thread_local std::vector<F> buf;  // (B, ld); lanes past H: not written, not stored
+        if (buf.size() < static_cast<size_t>(B * ld)) buf.assign(B * ld, F(0));
+        product<F, W>(a, lda, false, B, panels, K, H, buf.data(), ld, false, jb0, jb1);
+        sums = buf.data();
+      }
     }
   }
-  (void)a, (void)lda, (void)B, (void)panels, (void)K, (void)H, (void)jb0, (void)jb1;
-  return nullptr;
-}
-
-// epi(b, acc) for every row b of hidden block jb: acc from dh_sums' `sums`,
-// or, if null, panel_rows<F, 1> of a with the block's panel.
-template <class F, class W, class Epi>
-inline void block_rows(const F* sums, int64_t H, const F* a, int64_t lda, int64_t B,
-                       const W* panels, int64_t K, int64_t jb, Epi&& epi) {
-  if (sums == nullptr) return panel_rows<F, 1>(a, lda, B, panels + jb * K * NB<F>, K, epi);
-  const int64_t ld = sums_ld<F>(H);
-  for (int64_t b = 0; b < B; ++b) epi(b, static_cast<const F*>(sums + b * ld + jb * NB<F>));
-}
+  template <class Epi>
+  void rows(int64_t jb, Epi&& epi) const {
+    if (sums == nullptr) return panel_rows<F, 1>(a, lda, B, panels + jb * K * NB<F>, K, epi);
+    for (int64_t b = 0; b < B; ++b) epi(b, static_cast<const F*>(sums + b * ld + jb * NB<F>));
+  }
+};
 
 // The epilogue of a backward product: padded rows pass their gradient through, the others get
 // body(b, dh) with dh the whole gradient reaching h_t.

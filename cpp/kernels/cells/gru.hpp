@@ -48,10 +48,9 @@ struct Kernels<cells::Gru, F, W> {
   [[gnu::flatten]] static void backward_phase(const StepConst<F, W>& c, const Step<F>& s, int, int64_t jb0,
                              int64_t jb1) {
     const int64_t B = c.B, H = c.H, GH = 3 * H, LD = c.LDG;
-    const F* sums = dh_sums<F, W>(s.dgh_next, LD, B, c.wb, GH, H, jb0, jb1);
+    const DhRows<F, W> dhp(s.dgh_next, LD, B, c.wb, GH, H, jb0, jb1);
     for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
-      block_rows<F>(sums, H, s.dgh_next, LD, B, c.wb, GH, jb,
-                    rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
+      dhp.rows(jb, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
         const F* gp = s.gates + b * GH + j0;
         vec<F> r = load(gp, n), z = load(gp + H, n), nn = load(gp + 2 * H, n);
         vec<F> hp = load(s.hp + b * H + j0, n), hn = load(s.aux + b * H + j0, n);

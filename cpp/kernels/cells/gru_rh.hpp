@@ -58,12 +58,11 @@ struct Kernels<cells::GruRh, F, W> {
   [[gnu::flatten]] static void backward_phase(const StepConst<F, W>& c, const Step<F>& s, int phase, int64_t jb0,
                              int64_t jb1) {
     const int64_t B = c.B, H = c.H, GH = 3 * H, LD = c.LDG, K = 2 * H;  // K: rows of r, z
-    const F* sums = phase == 0 ? dh_sums<F, W>(s.dgh_next, LD, B, c.wb, K, H, jb0, jb1)
-                               : nullptr;  // phase 1's product is dn W_hn
+    // phase 0's products (phase 1's is dn W_hn, below): none made in phase 1
+    const DhRows<F, W> dhp(phase == 0 ? s.dgh_next : nullptr, LD, B, c.wb, K, H, jb0, jb1);
     for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
       if (phase == 0) {  // dz, dn from dh_t
-        block_rows<F>(sums, H, s.dgh_next, LD, B, c.wb, K, jb,
-                      rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
+        dhp.rows(jb, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
           const F* gp = s.gates + b * GH + j0;
           vec<F> z = load(gp + H, n), nn = load(gp + 2 * H, n);
           vec<F> hp = load(s.hp + b * H + j0, n);

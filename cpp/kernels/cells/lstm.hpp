@@ -267,13 +267,12 @@ struct Kernels<cells::Lstm, F, W> {
   // c.ln_da and dN(c_t) * g_c into c.ln_dn; dln_cell.
   static void ln_dh(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0, int64_t jb1) {
     const int64_t B = c.B, H = c.H, GH = 4 * H, LW = ln_width(H);
-    const F* sums = dh_sums<F, W>(s.dgh_next, c.LDG, B, c.wb, GH, H, jb0, jb1);
+    const DhRows<F, W> dhp(s.dgh_next, c.LDG, B, c.wb, GH, H, jb0, jb1);
     for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
       if (s.dgh_next) ln_sums(c, s.t + 1, s.ln + B * LW, s.cn, s.cn + B * H, j0, n);
       const vec<F> gc = load(c.ln_cell + j0, n), sc = load(c.ln_cell + H + j0, n);
       vec<F> dgain{}, dshift{};  // this step's dln_cell of the block, over its rows
-      block_rows<F>(sums, H, s.dgh_next, c.LDG, B, c.wb, GH, jb,
-                    rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
+      dhp.rows(jb, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
                          const vec<F> o = load(s.gates + b * GH + 3 * H + j0, n);
                          const vec<F> nh = load(s.ln + b * LW + at_n(H) + j0, n);
                          const vec<F> tn = vtanh(nh * gc + sc);
@@ -372,7 +371,8 @@ struct Kernels<cells::Lstm, F, W> {
   template <bool PEEP, bool PROJ>
   static void backward(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0, int64_t jb1) {
     const int64_t B = c.B, H = c.H, GH = 4 * H, LD = c.LDG;
-    const F* sums = PROJ ? nullptr : dh_sums<F, W>(s.dgh_next, LD, B, c.wb, GH, H, jb0, jb1);
+    // with a projection dh comes through W_hr (below): none made here
+    const DhRows<F, W> dhp(PROJ ? nullptr : s.dgh_next, LD, B, c.wb, GH, H, jb0, jb1);
     for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
       vec<F> p_i{}, p_f{}, p_o{};
       vec<F> dp_i{}, dp_f{}, dp_o{};  // this step's dw_peep of the block, over its rows
@@ -408,8 +408,7 @@ struct Kernels<cells::Lstm, F, W> {
                            for (int64_t q = 0; q < 4; ++q) zero(s.dg + b * LD + q * H + j0, n);
                          });
       } else {
-        block_rows<F>(sums, H, s.dgh_next, LD, B, c.wb, GH, jb,
-                      rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
+        dhp.rows(jb, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
                            cell(b, dh);
                            zero(s.dh + b * H + j0, n);
                          }));

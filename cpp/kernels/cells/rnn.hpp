@@ -44,10 +44,9 @@ struct Kernels<cells::Rnn<C, A>, F, W> {
   [[gnu::flatten]] static void backward_phase(const StepConst<F, W>& c, const Step<F>& s, int, int64_t jb0,
                              int64_t jb1) {
     const int64_t B = c.B, H = c.H, LD = c.LDG;
-    const F* sums = dh_sums<F, W>(s.dgh_next, LD, B, c.wb, H, H, jb0, jb1);
+    const DhRows<F, W> dhp(s.dgh_next, LD, B, c.wb, H, H, jb0, jb1);
     for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
-      block_rows<F>(sums, H, s.dgh_next, LD, B, c.wb, H, jb,
-                    rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
+      dhp.rows(jb, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
         vec<F> h = load(s.hn + b * H + j0, n);
         vec<F> d = A == cells::Act::tanh   ? dh * (F(1) - h * h)
                    : A == cells::Act::relu ? (h > 0 ? dh : vec<F>{})
