@@ -21,7 +21,7 @@ namespace RNNKERN_ISA {
 namespace {
 template <class F, class W>
 struct Kernels<cells::Gru, F, W> {
-  [[gnu::flatten]] static void forward_phase(const StepConst<F, W>& c, const Step<F>& s, int, int64_t jb0,
+  RNNKERN_FLATTEN static void forward_phase(const StepConst<F, W>& c, const Step<F>& s, int, int64_t jb0,
                             int64_t jb1) {
     const int64_t B = c.B, H = c.H, GH = 3 * H, HX = c.HX, GHX = 3 * HX;
     const Rows<F, W> h = operand_rows<F, W>(s.hp, H, B, H);  // h_{t-1} as the products take it
@@ -45,7 +45,7 @@ struct Kernels<cells::Gru, F, W> {
     });
   }
 
-  [[gnu::flatten]] static void backward_phase(const StepConst<F, W>& c, const Step<F>& s, int, int64_t jb0,
+  RNNKERN_FLATTEN static void backward_phase(const StepConst<F, W>& c, const Step<F>& s, int, int64_t jb0,
                              int64_t jb1) {
     const int64_t B = c.B, H = c.H, GH = 3 * H, LD = c.LDG;
     const DhRows<F, W> dhp(s.dgh_next, LD, B, c.wb, GH, H, jb0, jb1);

@@ -20,7 +20,7 @@ namespace RNNKERN_ISA {
 namespace {
 template <class F, class W>
 struct Kernels<cells::GruRh, F, W> {
-  [[gnu::flatten]] static void forward_phase(const StepConst<F, W>& c, const Step<F>& s, int phase, int64_t jb0,
+  RNNKERN_FLATTEN static void forward_phase(const StepConst<F, W>& c, const Step<F>& s, int phase, int64_t jb0,
                             int64_t jb1) {
     const int64_t B = c.B, H = c.H, GH = 3 * H, HX = c.HX, GHX = 3 * HX;
     // phase 0: h_{t-1}, phase 1: r * h_{t-1}, as the products take them
@@ -55,7 +55,7 @@ struct Kernels<cells::GruRh, F, W> {
     });
   }
 
-  [[gnu::flatten]] static void backward_phase(const StepConst<F, W>& c, const Step<F>& s, int phase, int64_t jb0,
+  RNNKERN_FLATTEN static void backward_phase(const StepConst<F, W>& c, const Step<F>& s, int phase, int64_t jb0,
                              int64_t jb1) {
     const int64_t B = c.B, H = c.H, GH = 3 * H, LD = c.LDG, K = 2 * H;  // K: rows of r, z
     // phase 0's products (phase 1's is dn W_hn, below): none made in phase 1

@@ -40,8 +40,8 @@ struct Kernels<cells::Lstm, F, W> {
   // Each variant's phases are instantiated apart, so the plain LSTM's epilogue has no peephole
   // or projection term at all. With a projection, forward phase 1 and backward phase 0 run over
   // blocks of P (the driver passes those).
-  [[gnu::flatten]] static void forward_phase(const StepConst<F, W>& c, const Step<F>& s,
-                                             int phase, int64_t jb0, int64_t jb1) {
+  RNNKERN_FLATTEN static void forward_phase(const StepConst<F, W>& c, const Step<F>& s,
+                                            int phase, int64_t jb0, int64_t jb1) {
     if (c.ln_gates) {
       if (phase == 0) return ln_product(c, s, jb0, jb1);
       return c.peep ? ln_rows<true>(c, s, jb0, jb1) : ln_rows<false>(c, s, jb0, jb1);
@@ -54,8 +54,8 @@ struct Kernels<cells::Lstm, F, W> {
       forward<decltype(peep)::value, decltype(proj)::value>(c, s, jb0, jb1);
     });
   }
-  [[gnu::flatten]] static void backward_phase(const StepConst<F, W>& c, const Step<F>& s,
-                                              int phase, int64_t jb0, int64_t jb1) {
+  RNNKERN_FLATTEN static void backward_phase(const StepConst<F, W>& c, const Step<F>& s,
+                                             int phase, int64_t jb0, int64_t jb1) {
     if (c.ln_gates) {
       if (phase == 0) return ln_dh(c, s, jb0, jb1);
       return c.peep ? ln_back_rows<true>(c, s, jb0, jb1) : ln_back_rows<false>(c, s, jb0, jb1);
