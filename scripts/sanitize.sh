@@ -17,7 +17,7 @@ python="${PYTHON:-python}"
 export CXX="${CXX:-g++}"
 
 # The fast subset: every kernel, precision, ISA and thread path, the packs, cells, stacks and the
-# PyTorch drop-in (about 3.5 min of tests; the whole suite took 17 min).
+# PyTorch drop-in (about 3 min of tests; the whole suite took 17 min).
 if [ $# -eq 0 ]; then
   set -- tests/test_kernels_vs_reference.py tests/test_errors.py tests/test_isa.py \
     tests/test_threads.py tests/test_bf16.py tests/test_int8.py tests/test_concurrent.py \
