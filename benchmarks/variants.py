@@ -1,14 +1,16 @@
 """The LSTM variants' cost over the plain LSTM (docs/lstm_variants.md), from one run.
 
-    python benchmarks/variants.py [--shapes S2,S3] [--threads N] [--repeat R]
+    python benchmarks/variants.py [--shapes S2,S3] [--threads N] [--repeat R] [--int8]
 
 For each shape, the median milliseconds of forward (inference) and forward+backward of
 rnnkern's plain LSTM and of each variant its kernels run (rnnkern.lstm_forward's keywords;
 the projection with P = H/2), and of torch.nn.LSTM plain and with proj_size = H/2. Next to each
 time: its ratio to the same library's plain LSTM, and the ratio of multiply-adds (the variant's
-extra FLOPs); then rnnkern's time over torch's, plain and projected. Repetitions are interleaved
-(round robin); every rnnkern variant is first checked against the NumPy reference in float64
-on a small problem.
+extra FLOPs); then rnnkern's time over torch's, plain and projected. With --int8, also each
+rnnkern variant's int8 inference (precision="int8"; layer norm has none) and its ratio to the
+same variant's float32 inference. Repetitions are interleaved (round robin); every rnnkern
+variant is first checked against the NumPy reference in float64 (int8: the int8 reference) on a
+small problem.
 """
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ from typing import Any
 
 import timing  # does not import NumPy
 
-#: rnnkern's variants timed (the kernels' own).
+#: rnnkern's variants timed (the kernels' own), and those with int8 kernels.
 KERNEL_VARIANTS = ("peep", "proj", "ln")
+INT8_VARIANTS = ("peep", "proj")
 
 
 def variant_args(variant: str, H: int, draw: Callable[[tuple[int, ...]], Any]) -> dict[str, Any]:
@@ -43,6 +46,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None, help="threads (default: the cores)")
     ap.add_argument("--repeat", type=int, default=7, help="samples per job (median taken)")
     ap.add_argument("--min-time", type=float, default=0.05, help="seconds per sample at least")
+    ap.add_argument("--int8", action="store_true", help="time each variant's int8 inference too")
     return ap.parse_args(argv)
 
 
@@ -77,12 +81,19 @@ def check_kernels(rnnkern: Any, np: Any) -> None:
         for field, a, b in zip(want._fields, got, want):
             if b is not None and not np.allclose(a, b, rtol=1e-9, atol=1e-12):
                 raise AssertionError(f"{name}: {field} differs from the reference")
+        if name not in INT8_VARIANTS:
+            continue
+        case32 = {k: None if v is None else v.astype(np.float32) for k, v in case.items()}
+        got8, want8 = (f(**case32, training=False, precision="int8").y
+                       for f in (rnnkern.lstm_forward, rnnkern.reference.lstm_forward))
+        if np.abs(got8 - want8).max() > 2.0**-7 * np.abs(want8).max():  # docs/tolerances.md
+            raise AssertionError(f"{name}: int8 y differs from the int8 reference")
 
 
-def jobs_for(T: int, B: int, I: int, H: int, np: Any, torch: Any,
-             rnnkern: Any) -> dict[str, Callable[[], object]]:
+def jobs_for(T: int, B: int, I: int, H: int, np: Any, torch: Any, rnnkern: Any,
+             int8: bool = False) -> dict[str, Callable[[], object]]:
     """"{library} {variant} {fwd|fwdbwd}" -> one call, float32, random weights; torch's proj
-    variant has proj_size = H // 2."""
+    variant has proj_size = H // 2; with ``int8`` also "rnnkern {variant} int8" (inference)."""
     rng = np.random.default_rng(1)
     k = 1 / np.sqrt(H)
     x = rng.uniform(-1, 1, (T, B, I)).astype(np.float32)  # (T, B, I)
@@ -104,6 +115,9 @@ def jobs_for(T: int, B: int, I: int, H: int, np: Any, torch: Any,
         jobs[f"rnnkern {variant} fwdbwd"] = functools.partial(
             lambda kw, dy_v: rnnkern.lstm_backward(
                 rnnkern.lstm_forward(x, None, None, **kw).cache, dy_v), kw, dy_v)
+        if int8 and variant in ("plain", *INT8_VARIANTS):
+            jobs[f"rnnkern {variant} int8"] = functools.partial(
+                rnnkern.lstm_forward, x, None, None, training=False, precision="int8", **kw)
     xt = torch.from_numpy(x)
     for variant, proj in (("plain", 0), ("proj", H // 2)):
         m = torch.nn.LSTM(I, H, proj_size=proj)
@@ -143,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         s = peers.SHAPES[name]
         T, B, I, H, P = s.T, s.B, s.I, s.H, s.H // 2
         med = timing.median_seconds(timing.round_robin(
-            jobs_for(T, B, I, H, np, torch, rnnkern), repeat=args.repeat,
+            jobs_for(T, B, I, H, np, torch, rnnkern, args.int8), repeat=args.repeat,
             min_time=args.min_time))
         for lib in ("rnnkern", "torch"):
             for v in ("plain", *KERNEL_VARIANTS):
@@ -158,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         for v in ("plain", "proj"):
             ratios = [med[f"rnnkern {v} {p}"] / med[f"torch {v} {p}"] for p in ("fwd", "fwdbwd")]
             print(f"{name:<6} {v + ' rnnkern/torch':<16} {ratios[0]:>24.2f}   {ratios[1]:>24.2f}")
+        for v in ("plain", *INT8_VARIANTS) if args.int8 else ():
+            t, t32 = med[f"rnnkern {v} int8"], med[f"rnnkern {v} fwd"]
+            print(f"{name:<6} {'int8 ' + v:<16} {f'{1e3 * t:7.2f} (x float32 {t / t32:4.2f})':>24}")
 
 
 if __name__ == "__main__":

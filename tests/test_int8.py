@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rnnkern_testing import CELLS, assert_close_int8, make_case
+from rnnkern_testing import CELLS, assert_close_int8, make_case, make_lstm_variant_case
 from test_bf16 import SHAPES as BF16_SHAPES
 
 import rnnkern
@@ -111,6 +111,60 @@ def test_peepholes_in_int8_equal_the_reference(isa: str) -> None:
     want = reference.lstm_forward(**case, w_peep=peep, training=False, precision="int8")
     for name, a, b in zip(got._fields[:-1], got[:-1], want[:-1]):
         assert_close_int8(a, b, name)
+
+
+@pytest.mark.parametrize("T,B,I,H,lengths", SHAPES)
+def test_projection_in_int8_equals_the_reference(isa: str, T: int, B: int, I: int, H: int,
+                                                 lengths: Any) -> None:
+    """A projection's h_t = W_hr m_t is a third int8 product (W_hr's rows 7-bit, m_t's rows u8),
+    as the reference rounds it; P odd and even, padded steps exactly zero."""
+    case = make_lstm_variant_case("proj", T, B, I, H, np.float32, seed=T + H, lengths=lengths)
+    got = rnnkern.lstm_forward(**case, training=False, precision="int8")
+    want = reference.lstm_forward(**case, training=False, precision="int8")
+    for name, a, b in zip(got._fields[:-1], got[:-1], want[:-1]):
+        assert_close_int8(a, b, name)
+    if case["lengths"] is not None:
+        pad = np.arange(T)[:, None] >= case["lengths"][None, :]  # (T, B)
+        assert (got.y[pad] == 0).all()
+
+
+def test_projection_with_peepholes_in_int8_equals_the_reference(isa: str) -> None:
+    case = make_lstm_variant_case("proj", 9, 3, 13, 21, np.float32, P=7, seed=4,
+                                  lengths="random")
+    peep = np.random.default_rng(2).uniform(-0.5, 0.5, (3, 21)).astype(np.float32)  # (3, H)
+    got = rnnkern.lstm_forward(**case, w_peep=peep, training=False, precision="int8")
+    want = reference.lstm_forward(**case, w_peep=peep, training=False, precision="int8")
+    assert got.y.shape == (9, 3, 7)
+    for name, a, b in zip(got._fields[:-1], got[:-1], want[:-1]):
+        assert_close_int8(a, b, name)
+
+
+def test_projection_bits_do_not_depend_on_threads_or_chunks() -> None:
+    """Each thread quantizes the whole m_t rows itself, so 1, 2 and 3 threads give the same
+    bits, and so does a pack run one step per call."""
+    case = make_lstm_variant_case("proj", 21, 8, 40, 72, np.float32, seed=6, lengths="random")
+    before = rnnkern.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2, 3):
+            rnnkern.set_num_threads(n)
+            outs.append(rnnkern.lstm_forward(**case, training=False, precision="int8"))
+    finally:
+        rnnkern.set_num_threads(before)
+    for out in outs[1:]:
+        for a, b in zip(out[:-1], outs[0][:-1]):
+            np.testing.assert_array_equal(a, b)
+    pack = rnnkern.lstm_pack(case["w_ih"], case["w_hh"], case["b_ih"], case["b_hh"],
+                             precision="int8", w_hr=case["w_hr"])
+    full = make_lstm_variant_case("proj", 21, 8, 40, 72, np.float32, seed=6)  # no lengths
+    whole = pack.forward(full["x"], full["h0"], full["c0"], training=False)
+    h, c, ys = full["h0"], full["c0"], []
+    for t in range(21):
+        out = pack.forward(full["x"][t:t + 1], h, c, training=False)
+        h, c = out.h_n, out.c_n
+        ys.append(out.y)
+    np.testing.assert_array_equal(whole.y, np.concatenate(ys))
+    np.testing.assert_array_equal(whole.c_n, c)
 
 
 def test_round_int8() -> None:
@@ -238,6 +292,31 @@ def test_error_against_float64(cell: str, kw: dict[str, Any]) -> None:
     assert err <= INT8_ERROR, err
 
 
+def test_projection_error_against_float64() -> None:
+    """The projection in int8: y within INT8_ERROR of float64 (relative to max |y64|), as the
+    plain cells."""
+    case = make_lstm_variant_case("proj", 30, 4, 64, 64, np.float32, seed=3)
+    y64 = reference.lstm_forward(**{k: v.astype(np.float64) if isinstance(v, np.ndarray) else v
+                                    for k, v in case.items()}, training=False).y
+    yq = rnnkern.lstm_forward(**case, training=False, precision="int8").y
+    err = np.abs(yq - y64).max() / np.abs(y64).max()
+    assert 2.0**-12 < err <= INT8_ERROR, err  # quantized, and within the bound
+
+
+def test_layer_norm_in_int8_is_refused() -> None:
+    """Normalizing the int8 sums turns their relative error into an absolute one in every gate
+    (docs/precision.md): refused with ValueError naming ln_gates, by the kernels, the pack and
+    the layers."""
+    case = make_lstm_variant_case("ln", 3, 2, 4, 6, np.float32, seed=1)
+    with pytest.raises(ValueError, match="ln_gates: layer norm has no int8 kernels"):
+        rnnkern.lstm_forward(**case, training=False, precision="int8")
+    with pytest.raises(ValueError, match="ln_gates: layer norm has no int8 kernels"):
+        rnnkern.lstm_pack(case["w_ih"], case["w_hh"], None, None, precision="int8",
+                          ln_gates=case["ln_gates"], ln_cell=case["ln_cell"])
+    with pytest.raises(ValueError, match="ln_gates: layer norm has no int8 kernels"):
+        rnnkern.nn.LSTM(4, 6, layer_norm=True, precision="int8")(case["x"], training=False)
+
+
 #: int8's own error bound against float64 for test_error_against_float64 (docs/tolerances.md).
 INT8_ERROR = 2e-2
 
@@ -262,3 +341,26 @@ def test_layers_in_int8(cell: str, kw: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="precision: 'int8' is inference only"):
         stack(x)
     assert stack(x, training=False)[0].shape == (5, 3, 20)
+
+
+def test_projection_layers_in_int8() -> None:
+    """rnnkern.nn.LSTM with proj_size and precision="int8": one layer gives the functional int8
+    call's bits; a 2-layer bidirectional stack stays within two layers' int8 error of the same
+    stack in float32."""
+    kw = {"proj_size": 4}
+    layer = rnnkern.nn.LSTM(6, 10, seed=3, precision="int8", **kw)
+    x = np.random.default_rng(4).standard_normal((5, 3, 6)).astype(np.float32)
+    p = layer.params
+    w = [p.get(n) for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+    want = rnnkern.lstm_forward(x, None, None, *w, w_hr=p.get("weight_hr_l0"), precision="int8",
+                                training=False)
+    np.testing.assert_array_equal(layer(x, training=False)[0], want.y)
+    with pytest.raises(ValueError, match="precision: 'int8' is inference only"):
+        layer(x)
+    stack = rnnkern.nn.LSTM(6, 10, num_layers=2, bidirectional=True, seed=3, precision="int8",
+                            **kw)
+    stack32 = rnnkern.nn.LSTM(6, 10, num_layers=2, bidirectional=True, seed=3, **kw)
+    yq, y32 = stack(x, training=False)[0], stack32(x, training=False)[0]
+    assert yq.shape == y32.shape == (5, 3, 2 * 4)
+    err = np.abs(yq - y32).max() / np.abs(y32).max()
+    assert 2.0**-12 < err <= 2 * INT8_ERROR, err

@@ -251,3 +251,27 @@ def test_int8_stack_and_its_errors(cell: str) -> None:
     with torch.no_grad():
         h = cell_module(torch.randn(2, 5))
     assert (h[0] if isinstance(h, tuple) else h).shape == (2, 7)
+
+
+def test_int8_projection_stack() -> None:
+    """convert(model, precision="int8") keeps proj_size: one layer gives the bits of
+    rnnkern.lstm_forward(w_hr=..., precision="int8"); a packed 2-layer bidirectional model stays
+    within two layers' int8 error of float64."""
+    torch.manual_seed(0)
+    one = torch.nn.LSTM(24, 32, proj_size=8)
+    ws = [p.detach().numpy() for p in one.parameters()]  # w_ih, w_hh, b_ih, b_hh, w_hr
+    x = torch.randn(20, 3, 24)
+    with torch.no_grad():
+        y = rt.convert(copy.deepcopy(one), precision="int8")(x)[0]
+    want = rnnkern.lstm_forward(x.numpy(), None, None, *ws[:4], w_hr=ws[4], training=False,
+                                precision="int8").y
+    assert y.shape == (20, 3, 8)
+    np.testing.assert_array_equal(y.numpy(), want)
+    theirs = torch.nn.LSTM(64, 64, num_layers=2, bidirectional=True, proj_size=32)
+    ours = rt.convert(torch.nn.Sequential(copy.deepcopy(theirs)), precision="int8")
+    x = torch.randn(30, 4, 64)
+    with torch.no_grad():
+        yq, _ = run(ours[0], x, packed=True)
+    y64, _ = run(copy.deepcopy(theirs).double(), x.double(), packed=True)
+    assert yq.shape == (30, 4, 64)
+    assert 2.0**-12 < rel_err(yq, y64) <= 2 * INT8_ERROR

@@ -43,7 +43,7 @@ struct Panels {
   // backward; gru_rh: W_hn's (nblk, H, NB); then W_ih's: forward (nblk, I, G, NB), backward
   // (blocks of I, G*H, NB); then W_hr's: forward (blocks of P, H, NB), backward (nblk, P, NB).
   // Forward blocks are panel_elems<W> apart (int8: with their scales; int8 has no backward
-  // panels and no projection).
+  // panels).
   int64_t fmain_size, bmain_size, n_size, wif_size, wib_size, wrf_size, wrb_size;
   Buffer<W> fpanels, bpanels;
   std::vector<F> xbias;  // (G*H,) b_ih + b_hh, but b_hn stays inside r * (W_hn h + b_hn)
@@ -63,7 +63,7 @@ struct Panels {
                                                 kt_.nb)),
         wif_size(blocks(H, kt_) * panel_elems<W>(I, gates(cell), kt_.nb)),
         wib_size(blocks(I, kt_) * kt_.nb * H * gates(cell)),
-        wrf_size(p.w_hr ? blocks(P, kt_) * kt_.nb * H : 0),
+        wrf_size(p.w_hr ? blocks(P, kt_) * panel_elems<W>(H, 1, kt_.nb) : 0),
         wrb_size(p.w_hr ? blocks(H, kt_) * kt_.nb * P : 0),
         fpanels(fwd ? fmain_size + n_size + wif_size + wrf_size : 0),
         bpanels(bwd ? bmain_size + n_size + wib_size + wrb_size : 0),
@@ -175,12 +175,9 @@ struct Pack<F>::Impl {
                                   " needs float32 arrays");
     if (prec == Precision::int8 && bwd)
       throw std::invalid_argument("precision: int8 is inference only (no backward panels)");
-    if (prec == Precision::int8 && p.w_hr)
-      throw std::invalid_argument("w_hr: a projection has no int8 kernels (use 'float' or "
-                                  "'bf16')");
-    if (prec == Precision::int8 && p.ln_gates)
-      throw std::invalid_argument("ln_gates: layer norm has no int8 kernels (use 'float' or "
-                                  "'bf16')");
+    if (prec == Precision::int8 && p.ln_gates)  // measured in docs/precision.md
+      throw std::invalid_argument("ln_gates: layer norm has no int8 kernels (normalized, the int8 "
+                                  "sums' error grows about tenfold; use 'float' or 'bf16')");
     // |sum of (q - zp) q_w| <= K * 255 * 63 must fit in int32
     if (prec == Precision::int8 && (I > 131072 || H > 131072))
       throw std::invalid_argument("precision: int8 takes I and H up to 131072");

@@ -46,10 +46,7 @@ struct Kernels<cells::Lstm, F, W> {
       if (phase == 0) return ln_product(c, s, jb0, jb1);
       return c.peep ? ln_rows<true>(c, s, jb0, jb1) : ln_rows<false>(c, s, jb0, jb1);
     }
-    if (phase == 1) {
-      if constexpr (!is_s8<W>) project_h(c, s, jb0, jb1);  // int8 packs have no projection
-      return;
-    }
+    if (phase == 1) return project_h(c, s, jb0, jb1);
     variant(c.peep, c.wr, [&](auto peep, auto proj) {
       forward<decltype(peep)::value, decltype(proj)::value>(c, s, jb0, jb1);
     });
@@ -344,8 +341,9 @@ struct Kernels<cells::Lstm, F, W> {
   // Forward phase 1: h_t = W_hr m_t for blocks [jb0, jb1) of the P units.
   static void project_h(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0, int64_t jb1) {
     const int64_t B = c.B, H = c.H, P = c.P;
+    const Rows<F, W> m = operand_rows<F, W>(s.aux, H, B, H);  // m_t (B, H) as products take it
     for_hidden_blocks<F>(P, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
-      panel_rows<F, 1>(s.aux, H, B, c.wr + jb * H * NB<F>, H, [&](int64_t b, const F* acc) {
+      panel_rows<F, 1>(m, B, block<F>(c.wr, jb, H, 1), H, [&](int64_t b, const F* acc) {
         if (!padded(c.lengths, b, s.t)) return put_h(s, P, b, j0, n, load(acc));
         std::memcpy(s.hn + b * P + j0, s.hp + b * P + j0, n * sizeof(F));
         if (s.y) zero(s.y + b * P + j0, n);
