@@ -1,7 +1,7 @@
 """The fused layer-normalized LSTM (ln_gates, ln_cell) of the compiled kernels: against the
-float64 reference on every ISA of the machine (with and without peepholes), float64 to 1e-10,
-by central differences, the same bits on 1 and 2 threads, bf16 against the reference's bf16, a
-pack equal to the call, and what the kernels refuse.
+float64 reference on every ISA of the machine (with and without peepholes and a projection),
+float64 to 1e-10, by central differences, the same bits on 1 and 2 threads, bf16 against the
+reference's bf16, a pack equal to the call, and what the kernels refuse.
 """
 from __future__ import annotations
 
@@ -31,89 +31,115 @@ LN_GRADS = ("dln_gates", "dln_cell")
 
 
 def case_and_grads(shape: tuple[int, ...], dtype: Any, options: dict[str, Any], seed: int,
-                   peep: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A layer-normalized LSTM case (with peepholes if ``peep``) and incoming gradients per
-    ``options``."""
+                   peep: bool = False, proj: bool = False
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A layer-normalized LSTM case (with peepholes if ``peep``, a projection to P = H // 2
+    (at least 1) if ``proj``) and incoming gradients per ``options``."""
     T, B, I, H = shape
-    case = make_lstm_variant_case("ln", T, B, I, H, dtype, bias=options["bias"],
-                                  h0=options["h0"], lengths=options["lengths"], seed=seed)
+    case = make_lstm_variant_case("all" if proj else "ln", T, B, I, H, dtype,
+                                  bias=options["bias"], h0=options["h0"],
+                                  lengths=options["lengths"], seed=seed)
+    case.pop("w_peep", None)
     if peep:
         case["w_peep"] = make_lstm_variant_case("peep", T, B, I, H, dtype, seed=seed)["w_peep"]
-    grads: dict[str, Any] = make_output_grads("lstm", T, B, H, dtype, seed=seed + 1)
+    grads: dict[str, Any] = make_output_grads("lstm", T, B, H, dtype, seed=seed + 1,
+                                              P=case["w_hh"].shape[1])
     for name in grads:
         if not options[name]:
             grads[name] = None
     return case, grads
 
 
-@pytest.mark.parametrize("peep", [False, True], ids=["ln", "ln+peep"])
+VARIANTS = {"ln": (False, False), "ln+peep": (True, False), "ln+proj": (False, True),
+            "ln+proj+peep": (True, True)}  # (peep, proj)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("options", OPTIONS, ids=_id)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=_id)
 @pytest.mark.parametrize("shape", KERNEL_SHAPES, ids=_id)
 def test_layer_norm_kernels_match_reference(isa: str, shape: tuple[int, ...], dtype: Any,
-                                            options: dict[str, Any], peep: bool) -> None:
-    """Forward, backward (dln_gates, dln_cell; dw_peep with peepholes) and inference of the
-    fused layer norm against the float64 reference, within docs/tolerances.md; padded steps
-    zero."""
+                                            options: dict[str, Any], variant: str) -> None:
+    """Forward, backward (dln_gates, dln_cell; dw_hr with a projection, dw_peep with
+    peepholes) and inference of the fused layer norm against the float64 reference, within
+    docs/tolerances.md; padded steps zero."""
     T, B, I, H = shape
-    case, grads = case_and_grads(shape, dtype, options, KERNEL_SHAPES.index(shape), peep)
+    peep, proj = VARIANTS[variant]
+    case, grads = case_and_grads(shape, dtype, options, KERNEL_SHAPES.index(shape), peep, proj)
     out, g = run(rnnkern, case, grads)
     ref_out, ref_g = run(rnnkern.reference, as_dtype(case, np.float64),
                          as_dtype(grads, np.float64))
     acc_len = rnn_acc_len("lstm", T, B, I, H)
     inference = rnnkern.lstm_forward(**case, training=False)
-    for got, want in ((out, ref_out), (g, ref_g), (inference, ref_out)):
+    own_out, own_g = run(rnnkern.reference, case, grads) if dtype == np.float32 else (0, 0)
+    for got, want, own in ((out, ref_out, own_out), (g, ref_g, own_g),
+                           (inference, ref_out, own_out)):
         if dtype == np.float64:
             compare(got, want, dtype, acc_len)
         else:
-            compare_float32(got, want)
-    assert g._fields[7:] == (("dw_peep", *LN_GRADS) if peep else LN_GRADS)
+            compare_float32(got, want, own)
+    assert g._fields[7:] == (("dw_hr",) * proj + ("dw_peep",) * peep + LN_GRADS)
     if case["lengths"] is not None:
         padded = np.arange(T)[:, None] >= case["lengths"][None, :]  # (T, B)
         assert np.all(out.y[padded] == 0) and np.all(g.dx[padded] == 0)
 
 
-def compare_float32(actual: Any, expected: Any) -> None:
+def compare_float32(actual: Any, expected: Any, own: Any) -> None:
     """float32 layer norm against the float64 reference: every array within 1e-3 of its
-    largest magnitude. The norms' backward subtracts row means (d - mean(d) - z mean(d z)) and
+    largest magnitude, or within 8x the float32 reference's (``own``) own error, if larger. The norms' backward subtracts row means (d - mean(d) - z mean(d z)) and
     multiplies by rstd, so an element near 0 keeps only the absolute error of the row, and
     docs/tolerances.md's per-element bound (made for the plain cells' sums) does not hold for
-    it; float64 is held to those bounds and to 1e-10 (test_layer_norm_float64_close_...)."""
+    it; float64 is held to those bounds and to 1e-10 (test_layer_norm_float64_close_...). An
+    array that is all cancellation (exactly 0 but for eps's part: with I = 1, N(W_ih x) does
+    not depend on |x|, so dx is about 1e-8) is held to 1e-6 absolute, a thousandth of the
+    unit-scale inputs'. Some random cases are chaotic (with a projection, at T = 13, H = 17, P = 8
+    the float32 reference's own error grows 3x per step to 9e-5 of max |y| and 3e-4 of the
+    gradients), so any two float32 evaluations drift apart, each from float64 and from the
+    other."""
     for name in actual._fields:
-        a, e = getattr(actual, name), getattr(expected, name)
+        a, e, o = getattr(actual, name), getattr(expected, name), getattr(own, name)
         if name == "cache" or e is None:
             assert name == "cache" or a is None, name
             continue
-        np.testing.assert_allclose(a, e, rtol=0, atol=1e-3 * max(float(np.abs(e).max()), 1e-30),
+        atol = 1e-3 * max(float(np.abs(e).max()), 1e-3)
+        np.testing.assert_allclose(a, e, rtol=0, atol=max(atol, 8 * float(np.abs(o - e).max())),
                                    err_msg=name)
 
 
-def test_layer_norm_float64_close_to_reference() -> None:
+@pytest.mark.parametrize("proj", [False, True], ids=["ln+peep", "ln+proj+peep"])
+def test_layer_norm_float64_close_to_reference(proj: bool) -> None:
     """float64 kernels against the float64 reference: ~1e-10 relative (only the order of the
     sums differs)."""
-    case, grads = case_and_grads((6, 5, 7, 20), np.float64, OPTIONS[1], seed=3, peep=True)
+    case, grads = case_and_grads((6, 5, 7, 20), np.float64, OPTIONS[1], seed=3, peep=True,
+                                 proj=proj)
     assert_float64_close_to_reference(case, grads)
 
 
-@pytest.mark.parametrize("peep", [False, True], ids=["ln", "ln+peep"])
-def test_layer_norm_kernels_by_central_differences(peep: bool) -> None:
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_layer_norm_kernels_by_central_differences(variant: str) -> None:
     """Every gradient of the kernels' layer-normalized LSTM (float64, lengths, with and without
-    peepholes) against central differences of L = sum(y gy) + sum(h_n gh) + sum(c_n gc), at
-    random entries."""
+    peepholes and a projection) against central differences of L = sum(y gy) + sum(h_n gh) +
+    sum(c_n gc), at random entries."""
     T, B, I, H = 4, 3, 3, 5
-    case, grads = case_and_grads((T, B, I, H), np.float64, OPTIONS[0], seed=9, peep=peep)
+    peep, proj = VARIANTS[variant]
+    case, grads = case_and_grads((T, B, I, H), np.float64, OPTIONS[0], seed=9, peep=peep,
+                                 proj=proj)
     case["lengths"] = np.array([4, 2, 1])
     assert_central_differences(case, grads, (
         ("x", "dx"), ("h0", "dh0"), ("c0", "dc0"), ("w_ih", "dw_ih"), ("w_hh", "dw_hh"),
         ("b_ih", "db_ih"), ("b_hh", "db_hh"), ("ln_gates", "dln_gates"),
-        ("ln_cell", "dln_cell"), *((("w_peep", "dw_peep"),) if peep else ())))
+        ("ln_cell", "dln_cell"), *((("w_peep", "dw_peep"),) if peep else ()),
+        *((("w_hr", "dw_hr"),) if proj else ())))
 
 
-def test_layer_norm_same_bits_on_any_thread_count(num_threads: Callable[[int], None]) -> None:
+@pytest.mark.parametrize("proj", [False, True], ids=["ln+peep", "ln+proj+peep"])
+def test_layer_norm_same_bits_on_any_thread_count(num_threads: Callable[[int], None],
+                                                  proj: bool) -> None:
     """Each thread computes the rows' statistics whole and the gains' gradients are summed by
     each hidden block's owner: the same bits on 1 and 2 threads, forward, inference and
     backward."""
-    case, grads = case_and_grads((20, 8, 64, 128), np.float32, OPTIONS[0], seed=4, peep=True)
+    case, grads = case_and_grads((20, 8, 64, 128), np.float32, OPTIONS[0], seed=4, peep=True,
+                                 proj=proj)
     case["lengths"] = np.random.default_rng(5).integers(1, 21, 8)
     results = []
     for n in (1, 2):
@@ -127,18 +153,23 @@ def test_layer_norm_same_bits_on_any_thread_count(num_threads: Callable[[int], N
         np.testing.assert_array_equal(a, results[1][name], err_msg=name)
 
 
-def test_layer_norm_bf16_matches_reference() -> None:
+@pytest.mark.parametrize("proj", [False, True], ids=["ln+peep", "ln+proj+peep"])
+def test_layer_norm_bf16_matches_reference(proj: bool) -> None:
     """precision='bf16' with layer norm: the reference's bf16 (the products' operands rounded;
     the norms in float) within float32 rounding."""
-    case, grads = case_and_grads((5, 4, 6, 16), np.float32, OPTIONS[0], seed=2, peep=True)
+    case, grads = case_and_grads((5, 4, 6, 16), np.float32, OPTIONS[0], seed=2, peep=True,
+                                 proj=proj)
     assert_bf16_matches_reference(case, grads)
 
 
-def test_packed_layer_norm_equals_the_call() -> None:
+@pytest.mark.parametrize("proj", [False, True], ids=["ln+peep", "ln+proj+peep"])
+def test_packed_layer_norm_equals_the_call(proj: bool) -> None:
     """lstm_pack(..., ln_gates=, ln_cell=) gives the bits of lstm_forward with them, the
     gradients too, one step included; the pack is a snapshot."""
-    case, grads = case_and_grads((4, 3, 5, 9), np.float64, OPTIONS[2], seed=6, peep=True)
-    pack = assert_pack_equals_call(case, grads, ("w_peep", "ln_gates", "ln_cell"))
+    case, grads = case_and_grads((4, 3, 5, 9), np.float64, OPTIONS[2], seed=6, peep=True,
+                                 proj=proj)
+    pack = assert_pack_equals_call(case, grads, ("w_peep", "ln_gates", "ln_cell",
+                                                 *("w_hr",) * proj))
     assert "layer-norm" in repr(pack)
     step = pack.forward(case["x"][:1], case["h0"], case["c0"])
     one = rnnkern.lstm_forward(**{**case, "x": case["x"][:1], "lengths": None})
@@ -167,11 +198,7 @@ def test_layer_norm_backward_adds_into_given_gradients(bias: bool) -> None:
 
 
 def test_layer_norm_refusals() -> None:
-    """The kernels have no layer norm with a projection (NotImplementedError) and no int8 one
-    (ValueError); both name ln_gates."""
-    both = make_lstm_variant_case("all", 3, 2, 4, 6, np.float64, seed=1)
-    with pytest.raises(NotImplementedError, match="ln_gates: .* with a projection"):
-        rnnkern.lstm_forward(**both)
+    """The kernels have no int8 layer norm (ValueError naming ln_gates)."""
     ln = make_lstm_variant_case("ln", 3, 2, 4, 6, np.float32, seed=1)
     with pytest.raises(ValueError, match="ln_gates: layer norm has no int8 kernels"):
         rnnkern.lstm_forward(**ln, training=False, precision="int8")
@@ -296,7 +323,10 @@ def test_layer_trains_and_round_trips() -> None:
         a.backward(dy)
         opt.step()
     assert losses[-1] < 0.5 * losses[0]
-    with pytest.raises(NotImplementedError, match="layer_norm: .* projection"):
-        LSTM(3, 8, proj_size=4, layer_norm=True)
+    proj = LSTM(3, 8, proj_size=4, layer_norm=True, num_layers=2, seed=1)  # with a projection
+    assert {"weight_hr_l1", "ln_gates_l1", "ln_cell_l1"} <= set(proj.params)
+    y, (h, c) = proj(x, training=False)
+    assert y.shape == (*x.shape[:2], 4) and h.shape == (2, x.shape[1], 4)
+    assert c.shape == (2, x.shape[1], 8)
     with pytest.raises(TypeError, match="peephole"):
         LSTM(3, 8, peephole="yes")

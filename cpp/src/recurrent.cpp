@@ -78,9 +78,6 @@ struct Panels {
       throw std::invalid_argument("ln_gates, ln_cell: give both or neither");
     if (p.ln_gates && cell != Cell::lstm)
       throw std::invalid_argument(std::string("ln_gates: ") + ct.name + " has no layer norm");
-    if (p.ln_gates && p.w_hr)
-      throw std::invalid_argument("ln_gates: the kernels have no layer norm with a projection "
-                                  "(w_hr)");
     if (p.w_peep) peep.assign(p.w_peep, p.w_peep + 3 * H);
     const int64_t G = ct.gates, G2 = ct.main_gates, GH = G * H;
     const int64_t folded = ct.separate_b_hn ? GH - H : GH;  // rows of b_hh in xbias
@@ -288,14 +285,17 @@ void pair_part(const Team& team, int tid, int64_t n, int64_t* b0, int64_t* b1) {
 
 // Phases per step: the product's, then a projection's (h_t = W_hr m_t; backward dm_t =
 // dh_t W_hr) or layer norm's whole rows as a second; else the cell's own.
-int step_phases(const CellTraits& ct, bool proj, bool ln) { return ln || proj ? 2 : ct.phases; }
+int step_phases(const CellTraits& ct, bool proj, bool ln) {
+  return ln && proj ? 3 : ln || proj ? 2 : ct.phases;
+}
 
-// A member's share [first, second) of phase `ph`: its rows `r` in layer norm's phase 1, its
-// blocks of P `p` in a projection's phase `p_phase` (forward 1, backward 0), else its hidden
-// blocks `j`.
+// A member's share [first, second) of phase `ph`: its rows `r` in layer norm's rows phase
+// (forward 1; backward 1, 2 with a projection), its blocks of P `p` in a projection's phase
+// (forward 1, 2 with layer norm; backward 0), else its hidden blocks `j`.
 using Range = std::pair<int64_t, int64_t>;
-Range phase_share(int ph, bool ln, bool proj, int p_phase, Range j, Range p, Range r) {
-  return ln && ph == 1 ? r : proj && ph == p_phase ? p : j;
+Range phase_share(int ph, bool ln, bool proj, bool backward, Range j, Range p, Range r) {
+  const int rows_phase = backward && proj ? 2 : 1, p_phase = backward ? 0 : ln ? 2 : 1;
+  return ln && ph == rows_phase ? r : proj && ph == p_phase ? p : j;
 }
 
 template <class F>
@@ -578,7 +578,7 @@ void run_forward(const Panels<F, W>& pk, Dims d, const F* x, const F* h0, const 
         s.aux = cache ? (cache->aux ? cache->aux + t * BH : nullptr) : ascratch.get();
         s.ln = ln && cache ? cache->ln + t * B * LW : nullptr;
         for (int ph = 0; ph < phases; ++ph) {
-          const Range b = phase_share(ph, ln, proj, 1, {jb0, jb1}, {pb0, pb1}, {rb0, rb1});
+          const Range b = phase_share(ph, ln, proj, false, {jb0, jb1}, {pb0, pb1}, {rb0, rb1});
           ck.forward_phase(sc, s, ph, b.first, b.second);
           team.sync(tid);
           mine();
@@ -733,7 +733,7 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
         s.dgh_next = next;
         s.ln = ln ? cache.ln + t * B * LW : nullptr;
         for (int ph = 0; ph < phases; ++ph) {
-          const Range b = phase_share(ph, ln, proj, 0, {jb0, jb1}, {pb0, pb1}, {rb0, rb1});
+          const Range b = phase_share(ph, ln, proj, true, {jb0, jb1}, {pb0, pb1}, {rb0, rb1});
           ck.backward_phase(sc, s, ph, b.first, b.second);
           team.sync(tid);
           mine();

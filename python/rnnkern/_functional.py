@@ -106,7 +106,6 @@ def _forward(cell: str, cell_id: int, x: object, h0: object, c0: object, w_ih: o
              ) -> tuple[Array, Array, Array | None, KernelCache | None]:
     c = _api.check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, **variants)
     _api.check_projection(c.w_hr)
-    _check_layer_norm(c.w_hr, c.ln_gates)
     train = _api.check_flag("training", training)
     prec = _api.PRECISION_IDS[_api.check_precision(precision, c.dtype, train)]
     if not train and c.ln_gates is None:  # packs only the forward's panels, inside the call
@@ -117,15 +116,6 @@ def _forward(cell: str, cell_id: int, x: object, h0: object, c0: object, w_ih: o
     pack = _core.Pack(cell_id, c.w_ih, c.w_hh, c.b_ih, c.b_hh, backward=train, w_peep=c.w_peep,
                       w_hr=c.w_hr, ln_gates=c.ln_gates, ln_cell=c.ln_cell, precision=prec)
     return _run(cell, pack, c.x, c.h0, c.c0, c.lengths, train, c.x is x, c.lengths is lengths)
-
-
-def _check_layer_norm(w_hr: Array | None, ln_gates: Array | None) -> None:
-    """NotImplementedError for layer norm with a projection: the kernels do not have it
-    (rnnkern.reference does)."""
-    if w_hr is not None and ln_gates is not None:
-        raise NotImplementedError("ln_gates: the compiled kernels have no layer norm with a "
-                                  "projection (w_hr); rnnkern.reference.lstm_forward has it "
-                                  "(docs/lstm_variants.md)")
 
 
 def _backward(cell: str, cache: object, dy: object, dh_n: object,
@@ -171,7 +161,6 @@ class PackedWeights:
         wi, wh, bi, bh = _api.check_weights(cell, w_ih, w_hh, b_ih, b_hh, w_hr is not None)
         hr, peep, lng, lnc = _api.check_pack_variants(w_hr, w_peep, wh, ln_gates, ln_cell)
         _api.check_projection(hr)
-        _check_layer_norm(hr, lng)
         self.cell = cell  # "rnn", "lstm" or "gru"
         # rnn: the nonlinearity; gru: linear_before_reset or not; lstm: its variants ("" none)
         self.variant = variant
@@ -357,8 +346,7 @@ def lstm_forward(x: Array, h0: Array | None, c0: Array | None, w_ih: Array, w_hh
     h0, c0 (B, H) or None; precision as for rnn_forward. Returns LSTMOutput(y (T, B, H), h_n,
     c_n (B, H), cache or None). A projection w_hr (P, H) (PyTorch's proj_size: w_hh (4H, P);
     h0, y, h_n of size P), peepholes w_peep (3, H) and layer norm ln_gates (2, 4H), ln_cell
-    (2, H) (docs/lstm_variants.md; layer norm with a projection: NotImplementedError here,
-    rnnkern.reference runs it).
+    (2, H) (docs/lstm_variants.md; any combination).
     """
     y, h_n, c_n, cache = _forward("lstm", _LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
                                   training, precision, w_hr=w_hr, w_peep=w_peep,

@@ -10,12 +10,14 @@
 // over a step's rows in registers, then into c.dpeep by the hidden block's owner. With a
 // projection, phase 0 gathers the whole dh_t (P) into s.dht and phase 1 takes dm_t = dh_t W_hr
 // in place of dh (docs/lstm_variants.md).
-// Layer-normalized (c.ln_gates; not with a projection): two phases per step, the first over
-// hidden blocks, the second over whole rows (the driver passes rows [b0, b1) for it). Forward:
-// 0 the product W_hh h_{t-1} into c.ln_z; 1 a = N(x W_ih^T) g_0 + N(W_hh h) g_1 + b, the
-// gates, c_t, h_t = o tanh(N(c_t) g_c + s_c). Backward: 0 dh_t and, from it, da_o and dN(c_t);
-// 1 dc_t through N(c_t), da_i, da_f, da_g, dc_{t-1}, then dL/d(W_ih x) and dL/d(W_hh h)
-// through the two norms into s.dg and s.dgh. A row's statistics (over 4H or H) are computed
+// Layer-normalized (c.ln_gates): two phases per step, the first over hidden blocks, the second
+// over whole rows (the driver passes rows [b0, b1) for it). Forward: 0 the product W_hh h_{t-1}
+// into c.ln_z; 1 a = N(x W_ih^T) g_0 + N(W_hh h) g_1 + b, the gates, c_t, h_t = o tanh(N(c_t)
+// g_c + s_c). Backward: 0 dh_t and, from it, da_o and dN(c_t); 1 dc_t through N(c_t), da_i,
+// da_f, da_g, dc_{t-1}, then dL/d(W_ih x) and dL/d(W_hh h) through the two norms into s.dg and
+// s.dgh. With a projection too, three: forward phase 1 puts m_t = o tanh(N(c_t) g_c + s_c) in
+// s.aux and phase 2 makes h_t = W_hr m_t (blocks of P); backward phase 0 gathers dh_t (blocks of
+// P), phase 1 takes dm_t = dh_t W_hr in place of dh, phase 2 is the rows' phase. A row's statistics (over 4H or H) are computed
 // whole by the thread that has the row, so the bits do not depend on the thread count. The
 // gradients summed over rows are summed by each hidden block's owner: the cell norm's in
 // phase 0, those over da (gate gains, biases, peepholes) in the next step's phase 0 (ln_sums)
@@ -44,7 +46,10 @@ struct Kernels<cells::Lstm, F, W> {
                                             int phase, int64_t jb0, int64_t jb1) {
     if (c.ln_gates) {
       if (phase == 0) return ln_product(c, s, jb0, jb1);
-      return c.peep ? ln_rows<true>(c, s, jb0, jb1) : ln_rows<false>(c, s, jb0, jb1);
+      if (phase == 2) return project_h(c, s, jb0, jb1);
+      return variant(c.peep, c.wr, [&](auto peep, auto proj) {
+        ln_rows<decltype(peep)::value, decltype(proj)::value>(c, s, jb0, jb1);
+      });
     }
     if (phase == 1) return project_h(c, s, jb0, jb1);
     variant(c.peep, c.wr, [&](auto peep, auto proj) {
@@ -54,7 +59,9 @@ struct Kernels<cells::Lstm, F, W> {
   RNNKERN_FLATTEN static void backward_phase(const StepConst<F, W>& c, const Step<F>& s,
                                              int phase, int64_t jb0, int64_t jb1) {
     if (c.ln_gates) {
-      if (phase == 0) return ln_dh(c, s, jb0, jb1);
+      if (c.wrb && phase == 0) return gather_dh(c, s, jb0, jb1);
+      if (phase == (c.wrb ? 1 : 0)) return c.wrb ? ln_dh<true>(c, s, jb0, jb1)
+                                                  : ln_dh<false>(c, s, jb0, jb1);
       return c.peep ? ln_back_rows<true>(c, s, jb0, jb1) : ln_back_rows<false>(c, s, jb0, jb1);
     }
     if (c.wrb && phase == 0) return gather_dh(c, s, jb0, jb1);
@@ -166,10 +173,10 @@ struct Kernels<cells::Lstm, F, W> {
   }
   // Forward phase 0: W_hh h_{t-1} (B, 4H) into c.ln_z, for hidden blocks [jb0, jb1).
   static void ln_product(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0, int64_t jb1) {
-    const int64_t B = c.B, H = c.H, GH = 4 * H;
-    const Rows<F, W> h = operand_rows<F, W>(s.hp, H, B, H);
+    const int64_t B = c.B, H = c.H, P = c.P, GH = 4 * H;
+    const Rows<F, W> h = operand_rows<F, W>(s.hp, P, B, P);  // h_{t-1} (B, P)
     for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
-      panel_rows<F, 4>(h, B, block<F>(c.wf, jb, H, 4), H, [&](int64_t b, const F* acc) {
+      panel_rows<F, 4>(h, B, block<F>(c.wf, jb, P, 4), P, [&](int64_t b, const F* acc) {
         for (int64_t v = 0; v < 4; ++v) store(c.ln_z + b * GH + v * H + j0, load(acc + v * NB<F>), n);
       });
     });
@@ -178,13 +185,18 @@ struct Kernels<cells::Lstm, F, W> {
   // Forward phase 1 for whole rows [b0, b1) (rows, not hidden blocks, are this phase's share
   // of a thread: a row's statistics need all its columns, so each row's are computed once and
   // c_t goes on to h_t with no sync between): the gates and c_t from the normalized sums, then
-  // h_t = o tanh(N(c_t) g_c + s_c).
-  template <bool PEEP>
+  // h_t = o tanh(N(c_t) g_c + s_c) (with a projection, that is m_t, into s.aux).
+  template <bool PEEP, bool PROJ>
   static void ln_rows(const StepConst<F, W>& c, const Step<F>& s, int64_t b0, int64_t b1) {
     const int64_t H = c.H, GH = 4 * H, HX = c.HX, GHX = 4 * HX, LW = ln_width(H), nb = nblocks(H);
     for (int64_t b = b0; b < b1; ++b) {
       if (padded(c.lengths, b, s.t)) {
-        freeze(s, H, b, 0, H);
+        if constexpr (!PROJ) {
+          freeze(s, H, b, 0, H);
+        } else {  // c passes on; m_t 0 (nothing for dW_hr); phase 2 freezes h
+          std::memcpy(s.cn + b * H, s.cp + b * H, H * sizeof(F));
+          zero(s.aux + b * H, H);
+        }
         continue;
       }
       const F *xp = s.xp + b * GHX, *z = c.ln_z + b * GH, *cp = s.cp + b * H;
@@ -217,7 +229,9 @@ struct Kernels<cells::Lstm, F, W> {
       for_hidden_blocks<F>(H, 0, nb, [&](int64_t, int64_t j0, int64_t n) {
         const vec<F> nh = (load(cn + j0, n) - mc) * rc;
         const vec<F> u = nh * load(c.ln_cell + j0, n) + load(c.ln_cell + H + j0, n);
-        put_h(s, H, b, j0, n, load(gp + 3 * H + j0, n) * vtanh(u));
+        const vec<F> m = load(gp + 3 * H + j0, n) * vtanh(u);
+        if constexpr (PROJ) store(s.aux + b * H + j0, m, n);
+        else put_h(s, H, b, j0, n, m);
         if (ln) store(ln + at_n(H) + j0, nh, n);
       });
       if (ln) ln[at_rstd(H)] = r[1], ln[at_rstd(H) + 1] = r[3], ln[at_rstd(H) + 2] = rc;
@@ -260,25 +274,41 @@ struct Kernels<cells::Lstm, F, W> {
     add_to(c.dpeep + 2 * H + j0, dp_o, n);
   }
 
-  // Backward phase 0: step t+1's sums (ln_sums), then dh_t (as the plain LSTM's), da_o into
-  // c.ln_da and dN(c_t) * g_c into c.ln_dn; dln_cell.
+  // Backward phase 0 (with a projection, 1): step t+1's sums (ln_sums), then dh_t (as the plain
+  // LSTM's; with a projection dm_t = dh_t W_hr), da_o into c.ln_da and dN(c_t) * g_c into
+  // c.ln_dn; dln_cell.
+  template <bool PROJ>
   static void ln_dh(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0, int64_t jb1) {
-    const int64_t B = c.B, H = c.H, GH = 4 * H, LW = ln_width(H);
-    const DhRows<F, W> dhp(s.dgh_next, c.LDG, B, c.wb, GH, H, jb0, jb1);
+    const int64_t B = c.B, H = c.H, GH = 4 * H, LW = ln_width(H), LD = c.LDG;
+    const DhRows<F, W> dhp(PROJ ? nullptr : s.dgh_next, LD, B, c.wb, GH, H, jb0, jb1);
     for_hidden_blocks<F>(H, jb0, jb1, [&](int64_t jb, int64_t j0, int64_t n) {
       if (s.dgh_next) ln_sums(c, s.t + 1, s.ln + B * LW, s.cn, s.cn + B * H, j0, n);
       const vec<F> gc = load(c.ln_cell + j0, n), sc = load(c.ln_cell + H + j0, n);
       vec<F> dgain{}, dshift{};  // this step's dln_cell of the block, over its rows
-      dhp.rows(jb, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
-                         const vec<F> o = load(s.gates + b * GH + 3 * H + j0, n);
-                         const vec<F> nh = load(s.ln + b * LW + at_n(H) + j0, n);
-                         const vec<F> tn = vtanh(nh * gc + sc);
-                         const vec<F> dn = dh * o * (F(1) - tn * tn);
-                         store(c.ln_da + b * GH + 3 * H + j0, dh * tn * o * (F(1) - o), n);
-                         store(c.ln_dn + b * H + j0, dn * gc, n);
-                         dgain += dn * nh, dshift += dn;
-                         zero(s.dh + b * H + j0, n);
-                       }));
+      // dh: the gradient reaching m_t = o tanh(N(c_t) g_c + s_c)
+      auto cell = [&](int64_t b, vec<F> dh) {
+        const vec<F> o = load(s.gates + b * GH + 3 * H + j0, n);
+        const vec<F> nh = load(s.ln + b * LW + at_n(H) + j0, n);
+        const vec<F> tn = vtanh(nh * gc + sc);
+        const vec<F> dn = dh * o * (F(1) - tn * tn);
+        store(c.ln_da + b * GH + 3 * H + j0, dh * tn * o * (F(1) - o), n);
+        store(c.ln_dn + b * H + j0, dn * gc, n);
+        dgain += dn * nh, dshift += dn;
+      };
+      if constexpr (PROJ) {  // padded rows: zero dgates, dc passes on (phase 2 skips them)
+        panel_rows<F, 1>(s.dht, c.P, B, c.wrb + jb * c.P * NB<F>, c.P,
+                         [&](int64_t b, const F* acc) {
+                           if (!padded(c.lengths, b, s.t)) return cell(b, load(acc));
+                           for (int64_t q = 0; q < 4; ++q)
+                             zero(s.dg + b * LD + q * H + j0, n),
+                                 zero(s.dgh + b * LD + q * H + j0, n);
+                         });
+      } else {
+        dhp.rows(jb, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
+                           cell(b, dh);
+                           zero(s.dh + b * H + j0, n);
+                         }));
+      }
       add_to(c.dln_cell + j0, dgain, n);
       add_to(c.dln_cell + H + j0, dshift, n);
     });

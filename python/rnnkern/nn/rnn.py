@@ -336,9 +336,6 @@ class LSTM(_Recurrent):
                              f"{hidden_size}, got {proj_size}")
         self.peephole = check_flag("peephole", peephole)
         self.layer_norm = check_flag("layer_norm", layer_norm)
-        if self.layer_norm and self.proj_size:
-            raise NotImplementedError("layer_norm: the kernels have no layer norm with a "
-                                      "projection (proj_size)")
         super().__init__(input_size, hidden_size, num_layers, **kwargs)
 
     def _make_pack(self, weights: Weights) -> F.PackedWeights:
