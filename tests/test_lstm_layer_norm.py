@@ -86,16 +86,17 @@ def test_layer_norm_kernels_match_reference(isa: str, shape: tuple[int, ...], dt
 
 def compare_float32(actual: Any, expected: Any, own: Any) -> None:
     """float32 layer norm against the float64 reference: every array within 1e-3 of its
-    largest magnitude, or within 8x the float32 reference's (``own``) own error, if larger. The norms' backward subtracts row means (d - mean(d) - z mean(d z)) and
-    multiplies by rstd, so an element near 0 keeps only the absolute error of the row, and
-    docs/tolerances.md's per-element bound (made for the plain cells' sums) does not hold for
-    it; float64 is held to those bounds and to 1e-10 (test_layer_norm_float64_close_...). An
-    array that is all cancellation (exactly 0 but for eps's part: with I = 1, N(W_ih x) does
-    not depend on |x|, so dx is about 1e-8) is held to 1e-6 absolute, a thousandth of the
-    unit-scale inputs'. Some random cases are chaotic (with a projection, at T = 13, H = 17, P = 8
-    the float32 reference's own error grows 3x per step to 9e-5 of max |y| and 3e-4 of the
-    gradients), so any two float32 evaluations drift apart, each from float64 and from the
-    other."""
+    largest magnitude, or within 8x the float32 reference's (``own``) own error if larger.
+
+    The norms' backward subtracts row means (d - mean(d) - z mean(d z)) and multiplies by rstd,
+    so an element near 0 keeps only the absolute error of the row, and docs/tolerances.md's
+    per-element bound (made for the plain cells' sums) does not hold for it; float64 is held to
+    those bounds and to 1e-10 (test_layer_norm_float64_close_...). An array that is all
+    cancellation (exactly 0 but for eps's part: with I = 1, N(W_ih x) does not depend on |x|, so
+    dx is about 1e-8) is held to 1e-6 absolute, a thousandth of the unit-scale inputs'. Some
+    random cases are chaotic (with a projection, at T = 13, H = 17, P = 8 the float32
+    reference's own error grows 3x per step to 9e-5 of max |y| and 3e-4 of the gradients), so
+    any two float32 evaluations drift apart, each from float64 and from the other."""
     for name in actual._fields:
         a, e, o = getattr(actual, name), getattr(expected, name), getattr(own, name)
         if name == "cache" or e is None:
