@@ -22,17 +22,20 @@ from typing import Any
 
 import timing  # does not import NumPy
 
-#: rnnkern's variants timed (the kernels' own), and those with int8 kernels.
-KERNEL_VARIANTS = ("peep", "proj", "ln")
+#: rnnkern's variants timed (the kernels' own; "lnproj": layer norm with a projection), and
+#: those with int8 kernels.
+KERNEL_VARIANTS = ("peep", "proj", "ln", "lnproj")
 INT8_VARIANTS = ("peep", "proj")
 
 
 def variant_args(variant: str, H: int, draw: Callable[[tuple[int, ...]], Any]) -> dict[str, Any]:
     """lstm_forward's keywords of ``variant`` at hidden size H, arrays from ``draw(shape)``: the
-    peepholes, the projection (P = H/2) with its w_hh (4H, P), or layer norm (gains and shift
-    near 1 and 0)."""
+    peepholes, the projection (P = H/2) with its w_hh (4H, P), layer norm (gains and shift near
+    1 and 0), or layer norm with the projection."""
     if variant == "peep":
         return {"w_peep": draw((3, H))}
+    if variant == "lnproj":
+        return {**variant_args("ln", H, draw), **variant_args("proj", H, draw)}
     if variant == "ln":
         ln_cell = draw((2, H))
         ln_cell[0] += 1
@@ -54,11 +57,13 @@ def macs(variant: str, T: int, B: int, I: int, H: int, P: int, backward: bool) -
     """Multiply-adds of the forward (or forward+backward) products and the variant's pointwise
     extras (docs/lstm_variants.md: "Cost over the plain LSTM"; layer norm: its operations)."""
     k = 3 if backward else 1  # forward + backward: three times the products
+    ln = 45 * H if not backward else 115 * H  # layer norm's operations
     per_row = {
         "plain": 4 * H * (I + H) * k,
         "peep": 4 * H * (I + H) * k + (3 * H if not backward else 9 * H),
         "proj": (4 * H * (I + P) + P * H) * k,
-        "ln": 4 * H * (I + H) * k + (45 * H if not backward else 115 * H),
+        "ln": 4 * H * (I + H) * k + ln,
+        "lnproj": (4 * H * (I + P) + P * H) * k + ln,
     }[variant]
     return T * B * per_row
 

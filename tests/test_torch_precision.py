@@ -253,6 +253,8 @@ def test_int8_stack_and_its_errors(cell: str) -> None:
     assert (h[0] if isinstance(h, tuple) else h).shape == (2, 7)
 
 
+@pytest.mark.filterwarnings(
+    "ignore:LSTM with projections is not supported with oneDNN:UserWarning")
 def test_int8_projection_stack() -> None:
     """convert(model, precision="int8") keeps proj_size: one layer gives the bits of
     rnnkern.lstm_forward(w_hr=..., precision="int8"); a packed 2-layer bidirectional model stays
