@@ -284,7 +284,8 @@ void pair_part(const Team& team, int tid, int64_t n, int64_t* b0, int64_t* b1) {
 }
 
 // Phases per step: the product's, then a projection's (h_t = W_hr m_t; backward dm_t =
-// dh_t W_hr) or layer norm's whole rows as a second; else the cell's own.
+// dh_t W_hr) or layer norm's whole rows as a second, both with both (lstm.hpp); else the
+// cell's own.
 int step_phases(const CellTraits& ct, bool proj, bool ln) {
   return ln && proj ? 3 : ln || proj ? 2 : ct.phases;
 }

@@ -16,12 +16,13 @@
 // g_c + s_c). Backward: 0 dh_t and, from it, da_o and dN(c_t); 1 dc_t through N(c_t), da_i,
 // da_f, da_g, dc_{t-1}, then dL/d(W_ih x) and dL/d(W_hh h) through the two norms into s.dg and
 // s.dgh. With a projection too, three: forward phase 1 puts m_t = o tanh(N(c_t) g_c + s_c) in
-// s.aux and phase 2 makes h_t = W_hr m_t (blocks of P); backward phase 0 gathers dh_t (blocks of
-// P), phase 1 takes dm_t = dh_t W_hr in place of dh, phase 2 is the rows' phase. A row's statistics (over 4H or H) are computed
-// whole by the thread that has the row, so the bits do not depend on the thread count. The
-// gradients summed over rows are summed by each hidden block's owner: the cell norm's in
-// phase 0, those over da (gate gains, biases, peepholes) in the next step's phase 0 (ln_sums)
-// and, for step 0, in backward_finish after the last step.
+// s.aux and phase 2 makes h_t = W_hr m_t (blocks of P); backward phase 0 gathers dh_t (blocks
+// of P), phase 1 takes dm_t = dh_t W_hr in place of dh, phase 2 is the rows' phase. A row's
+// statistics (over 4H or H) are computed whole by the thread that has the row, so the bits do
+// not depend on the thread count. The gradients summed over rows are summed by each hidden
+// block's owner: the cell norm's in the block phase (ln_dh), those over da (gate gains,
+// biases, peepholes) in the next step's block phase (ln_sums) and, for step 0, in
+// backward_finish after the last step.
 #pragma once
 #include "rnnkern/rnnkern.hpp"
 
@@ -368,7 +369,7 @@ struct Kernels<cells::Lstm, F, W> {
     }
   }
 
-  // Forward phase 1: h_t = W_hr m_t for blocks [jb0, jb1) of the P units.
+  // Forward phase 1 (2 with layer norm): h_t = W_hr m_t for blocks [jb0, jb1) of the P units.
   static void project_h(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0, int64_t jb1) {
     const int64_t B = c.B, H = c.H, P = c.P;
     const Rows<F, W> m = operand_rows<F, W>(s.aux, H, B, H);  // m_t (B, H) as products take it
