@@ -319,7 +319,8 @@ class LSTM(_Recurrent):
     proj_size P > 0 (< hidden_size, as torch): h_t = W_hr (o * tanh(c_t)) of size P (LSTMP,
     `torch.nn.LSTM(proj_size=P)`): parameters weight_hr_l0 (P, H), ..., weight_hh (4H, P); y is
     (T, B, D*P), h (L*D, B, P), c (L*D, B, H). peephole=True: parameters weight_peep_l0 (3, H)
-    (rows p_i, p_f, p_o; uniform like the weights). layer_norm=True (not with proj_size):
+    (rows p_i, p_f, p_o; uniform like the weights). layer_norm=True (with proj_size too; with
+    the projection, h_t = W_hr (o * tanh(N(c_t) g + s))):
     ln_gates_l0 (2, 4H), the gains of the normalized W_ih x and W_hh h (ones), and ln_cell_l0
     (2, H), the gain (ones) and shift (zeros) of the normalized c_t before the output tanh.
     Each after its layer and direction's weight_ih ... weight_hr (docs/lstm_variants.md)."""
