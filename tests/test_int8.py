@@ -347,8 +347,7 @@ def test_projection_layers_in_int8() -> None:
     """rnnkern.nn.LSTM with proj_size and precision="int8": one layer gives the functional int8
     call's bits; a 2-layer bidirectional stack stays within two layers' int8 error of the same
     stack in float32."""
-    kw = {"proj_size": 4}
-    layer = rnnkern.nn.LSTM(6, 10, seed=3, precision="int8", **kw)
+    layer = rnnkern.nn.LSTM(6, 10, proj_size=4, seed=3, precision="int8")
     x = np.random.default_rng(4).standard_normal((5, 3, 6)).astype(np.float32)
     p = layer.params
     w = [p.get(n) for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
@@ -357,9 +356,9 @@ def test_projection_layers_in_int8() -> None:
     np.testing.assert_array_equal(layer(x, training=False)[0], want.y)
     with pytest.raises(ValueError, match="precision: 'int8' is inference only"):
         layer(x)
-    stack = rnnkern.nn.LSTM(6, 10, num_layers=2, bidirectional=True, seed=3, precision="int8",
-                            **kw)
-    stack32 = rnnkern.nn.LSTM(6, 10, num_layers=2, bidirectional=True, seed=3, **kw)
+    stack = rnnkern.nn.LSTM(6, 10, num_layers=2, bidirectional=True, proj_size=4, seed=3,
+                            precision="int8")
+    stack32 = rnnkern.nn.LSTM(6, 10, num_layers=2, bidirectional=True, proj_size=4, seed=3)
     yq, y32 = stack(x, training=False)[0], stack32(x, training=False)[0]
     assert yq.shape == y32.shape == (5, 3, 2 * 4)
     err = np.abs(yq - y32).max() / np.abs(y32).max()
