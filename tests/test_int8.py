@@ -31,6 +31,32 @@ def run(f: Any, case: dict[str, Any], kw: dict[str, Any]) -> Any:
     return f(**case, **kw, training=False, precision="int8")
 
 
+def assert_equals_reference(got: Any, want: Any, lengths: Any) -> None:
+    """An int8 forward's results (but the cache) within assert_close_int8 of the int8
+    reference's, and y exactly zero at padded steps."""
+    for name, a, b in zip(got._fields[:-1], got[:-1], want[:-1]):
+        assert_close_int8(a, b, name)
+    assert got.cache is None
+    if lengths is not None:
+        pad = np.arange(got.y.shape[0])[:, None] >= lengths[None, :]  # (T, B)
+        assert (got.y[pad] == 0).all()
+
+
+def assert_same_bits_on_threads(call: Any) -> None:
+    """call() (a forward) gives the same bits on 1, 2 and 3 threads (but the cache)."""
+    before = rnnkern.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2, 3):
+            rnnkern.set_num_threads(n)
+            outs.append(call())
+    finally:
+        rnnkern.set_num_threads(before)
+    for out in outs[1:]:
+        for a, b in zip(out[:-1], outs[0][:-1]):
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("cell,kw", CELLS, ids=lambda v: str(v))
 @pytest.mark.parametrize("T,B,I,H,lengths", SHAPES)
 def test_kernels_equal_the_reference(isa: str, cell: str, kw: dict[str, Any], T: int, B: int,
@@ -38,12 +64,7 @@ def test_kernels_equal_the_reference(isa: str, cell: str, kw: dict[str, Any], T:
     case = make_case(cell, T=T, B=B, I=I, H=H, dtype=np.float32, seed=T * H, lengths=lengths)
     got = run(getattr(rnnkern, f"{cell}_forward"), case, kw)
     want = run(getattr(reference, f"{cell}_forward"), case, kw)
-    for name, a, b in zip(got._fields[:-1], got[:-1], want[:-1]):
-        assert_close_int8(a, b, name)
-    assert got.cache is None
-    if case["lengths"] is not None:  # padded steps: exactly zero
-        pad = np.arange(T)[:, None] >= case["lengths"][None, :]  # (T, B)
-        assert (got.y[pad] == 0).all()
+    assert_equals_reference(got, want, case["lengths"])
 
 
 @pytest.mark.parametrize("cell,kw", CELLS[3:5], ids=["lstm", "gru"])
@@ -72,18 +93,7 @@ def test_results_do_not_depend_on_the_thread_count(cell: str, kw: dict[str, Any]
     """Each thread quantizes the whole h_{t-1} (and x) with the same operations: the bits are
     those of one thread."""
     case = make_case(cell, T=12, B=8, I=48, H=72, dtype=np.float32, seed=5, lengths="random")
-    f = getattr(rnnkern, f"{cell}_forward")
-    before = rnnkern.get_num_threads()
-    try:
-        outs = []
-        for n in (1, 2, 3):
-            rnnkern.set_num_threads(n)
-            outs.append(run(f, case, kw))
-    finally:
-        rnnkern.set_num_threads(before)
-    for out in outs[1:]:
-        for a, b in zip(out[:-1], outs[0][:-1]):
-            np.testing.assert_array_equal(a, b)
+    assert_same_bits_on_threads(lambda: run(getattr(rnnkern, f"{cell}_forward"), case, kw))
 
 
 @pytest.mark.parametrize("cell,kw", [CELLS[0], CELLS[3], CELLS[4], CELLS[5]],
@@ -109,8 +119,7 @@ def test_peepholes_in_int8_equal_the_reference(isa: str) -> None:
     peep = np.random.default_rng(2).uniform(-0.5, 0.5, (3, 21)).astype(np.float32)  # (3, H)
     got = rnnkern.lstm_forward(**case, w_peep=peep, training=False, precision="int8")
     want = reference.lstm_forward(**case, w_peep=peep, training=False, precision="int8")
-    for name, a, b in zip(got._fields[:-1], got[:-1], want[:-1]):
-        assert_close_int8(a, b, name)
+    assert_equals_reference(got, want, case["lengths"])
 
 
 @pytest.mark.parametrize("T,B,I,H,lengths", SHAPES)
@@ -121,11 +130,7 @@ def test_projection_in_int8_equals_the_reference(isa: str, T: int, B: int, I: in
     case = make_lstm_variant_case("proj", T, B, I, H, np.float32, seed=T + H, lengths=lengths)
     got = rnnkern.lstm_forward(**case, training=False, precision="int8")
     want = reference.lstm_forward(**case, training=False, precision="int8")
-    for name, a, b in zip(got._fields[:-1], got[:-1], want[:-1]):
-        assert_close_int8(a, b, name)
-    if case["lengths"] is not None:
-        pad = np.arange(T)[:, None] >= case["lengths"][None, :]  # (T, B)
-        assert (got.y[pad] == 0).all()
+    assert_equals_reference(got, want, case["lengths"])
 
 
 def test_projection_with_peepholes_in_int8_equals_the_reference(isa: str) -> None:
@@ -135,25 +140,15 @@ def test_projection_with_peepholes_in_int8_equals_the_reference(isa: str) -> Non
     got = rnnkern.lstm_forward(**case, w_peep=peep, training=False, precision="int8")
     want = reference.lstm_forward(**case, w_peep=peep, training=False, precision="int8")
     assert got.y.shape == (9, 3, 7)
-    for name, a, b in zip(got._fields[:-1], got[:-1], want[:-1]):
-        assert_close_int8(a, b, name)
+    assert_equals_reference(got, want, case["lengths"])
 
 
 def test_projection_bits_do_not_depend_on_threads_or_chunks() -> None:
     """Each thread quantizes the whole m_t rows itself, so 1, 2 and 3 threads give the same
     bits, and so does a pack run one step per call."""
     case = make_lstm_variant_case("proj", 21, 8, 40, 72, np.float32, seed=6, lengths="random")
-    before = rnnkern.get_num_threads()
-    try:
-        outs = []
-        for n in (1, 2, 3):
-            rnnkern.set_num_threads(n)
-            outs.append(rnnkern.lstm_forward(**case, training=False, precision="int8"))
-    finally:
-        rnnkern.set_num_threads(before)
-    for out in outs[1:]:
-        for a, b in zip(out[:-1], outs[0][:-1]):
-            np.testing.assert_array_equal(a, b)
+    assert_same_bits_on_threads(
+        lambda: rnnkern.lstm_forward(**case, training=False, precision="int8"))
     pack = rnnkern.lstm_pack(case["w_ih"], case["w_hh"], case["b_ih"], case["b_hh"],
                              precision="int8", w_hr=case["w_hr"])
     full = make_lstm_variant_case("proj", 21, 8, 40, 72, np.float32, seed=6)  # no lengths

@@ -90,6 +90,37 @@ struct Kernels<cells::Lstm, F, W> {
     else peep ? fn(T{}, N{}) : fn(N{}, N{});
   }
 
+  // A padded row's block [j0, j0 + n) in a cell phase: h and c stay; with a projection c stays
+  // and m_t is 0 (nothing for dW_hr; the projection's phase keeps h).
+  template <bool PROJ>
+  static void freeze_block(const Step<F>& s, int64_t H, int64_t b, int64_t j0, int64_t n) {
+    if constexpr (PROJ) {
+      std::memcpy(s.cn + b * H + j0, s.cp + b * H + j0, n * sizeof(F));
+      zero(s.aux + b * H + j0, n);
+    } else {
+      freeze(s, H, b, j0, n);
+    }
+  }
+  // m = o tanh(.) of a row's block: h_t (and y_t), or with a projection m_t into s.aux.
+  template <bool PROJ>
+  static void put_m(const Step<F>& s, int64_t H, int64_t b, int64_t j0, int64_t n, vec<F> m) {
+    if constexpr (PROJ) store(s.aux + b * H + j0, m, n);
+    else put_h(s, H, b, j0, n, m);
+  }
+  // With a projection, the backward's rows of hidden block jb: body(b, dm) with dm_t = dh_t W_hr
+  // (dh_t gathered in s.dht); padded rows get zero dgates (both buffers) and dc passes on.
+  template <class Body>
+  static void rows_dm(const StepConst<F, W>& c, const Step<F>& s, int64_t jb, int64_t j0,
+                      int64_t n, Body&& body) {
+    panel_rows<F, 1>(s.dht, c.P, c.B, c.wrb + jb * c.P * NB<F>, c.P, [&](int64_t b, const F* acc) {
+      if (!padded(c.lengths, b, s.t)) return body(b, load(acc));
+      for (int64_t q = 0; q < 4; ++q) {
+        zero(s.dg + b * c.LDG + q * c.H + j0, n);
+        if (s.dgh != s.dg) zero(s.dgh + b * c.LDG + q * c.H + j0, n);
+      }
+    });
+  }
+
   template <bool PEEP, bool PROJ>
   static void forward(const StepConst<F, W>& c, const Step<F>& s, int64_t jb0, int64_t jb1) {
     const int64_t B = c.B, H = c.H, P = c.P, GH = 4 * H, HX = c.HX, GHX = 4 * HX;
@@ -100,11 +131,7 @@ struct Kernels<cells::Lstm, F, W> {
         p_i = load(c.peep + j0, n), p_f = load(c.peep + H + j0, n),
         p_o = load(c.peep + 2 * H + j0, n);
       panel_rows<F, 4>(h, B, block<F>(c.wf, jb, P, 4), P, [&](int64_t b, const F* acc) {
-        if (padded(c.lengths, b, s.t)) {
-          if constexpr (!PROJ) return freeze(s, H, b, j0, n);
-          std::memcpy(s.cn + b * H + j0, s.cp + b * H + j0, n * sizeof(F));
-          return zero(s.aux + b * H + j0, n);  // m_t: nothing for dW_hr (phase 1 freezes h)
-        }
+        if (padded(c.lengths, b, s.t)) return freeze_block<PROJ>(s, H, b, j0, n);
         const F* xp = s.xp + b * GHX + j0;
         vec<F> cp = load(s.cp + b * H + j0, n);
         vec<F> a_i = load(xp) + load(acc), a_f = load(xp + HX) + load(acc + NB<F>);
@@ -116,8 +143,7 @@ struct Kernels<cells::Lstm, F, W> {
         if constexpr (PEEP) a_o += p_o * cn;
         vec<F> o = vsigmoid(a_o);
         store(s.cn + b * H + j0, cn, n);
-        if constexpr (PROJ) store(s.aux + b * H + j0, o * vtanh(cn), n);
-        else put_h(s, H, b, j0, n, o * vtanh(cn));
+        put_m<PROJ>(s, H, b, j0, n, o * vtanh(cn));
         if (s.gates) {
           F* gp = s.gates + b * GH + j0;
           store(gp, i, n), store(gp + H, f, n), store(gp + 2 * H, g, n), store(gp + 3 * H, o, n);
@@ -192,12 +218,7 @@ struct Kernels<cells::Lstm, F, W> {
     const int64_t H = c.H, GH = 4 * H, HX = c.HX, GHX = 4 * HX, LW = ln_width(H), nb = nblocks(H);
     for (int64_t b = b0; b < b1; ++b) {
       if (padded(c.lengths, b, s.t)) {
-        if constexpr (!PROJ) {
-          freeze(s, H, b, 0, H);
-        } else {  // c passes on; m_t 0 (nothing for dW_hr); phase 2 freezes h
-          std::memcpy(s.cn + b * H, s.cp + b * H, H * sizeof(F));
-          zero(s.aux + b * H, H);
-        }
+        freeze_block<PROJ>(s, H, b, 0, H);
         continue;
       }
       const F *xp = s.xp + b * GHX, *z = c.ln_z + b * GH, *cp = s.cp + b * H;
@@ -230,9 +251,7 @@ struct Kernels<cells::Lstm, F, W> {
       for_hidden_blocks<F>(H, 0, nb, [&](int64_t, int64_t j0, int64_t n) {
         const vec<F> nh = (load(cn + j0, n) - mc) * rc;
         const vec<F> u = nh * load(c.ln_cell + j0, n) + load(c.ln_cell + H + j0, n);
-        const vec<F> m = load(gp + 3 * H + j0, n) * vtanh(u);
-        if constexpr (PROJ) store(s.aux + b * H + j0, m, n);
-        else put_h(s, H, b, j0, n, m);
+        put_m<PROJ>(s, H, b, j0, n, load(gp + 3 * H + j0, n) * vtanh(u));
         if (ln) store(ln + at_n(H) + j0, nh, n);
       });
       if (ln) ln[at_rstd(H)] = r[1], ln[at_rstd(H) + 1] = r[3], ln[at_rstd(H) + 2] = rc;
@@ -296,14 +315,8 @@ struct Kernels<cells::Lstm, F, W> {
         store(c.ln_dn + b * H + j0, dn * gc, n);
         dgain += dn * nh, dshift += dn;
       };
-      if constexpr (PROJ) {  // padded rows: zero dgates, dc passes on (phase 2 skips them)
-        panel_rows<F, 1>(s.dht, c.P, B, c.wrb + jb * c.P * NB<F>, c.P,
-                         [&](int64_t b, const F* acc) {
-                           if (!padded(c.lengths, b, s.t)) return cell(b, load(acc));
-                           for (int64_t q = 0; q < 4; ++q)
-                             zero(s.dg + b * LD + q * H + j0, n),
-                                 zero(s.dgh + b * LD + q * H + j0, n);
-                         });
+      if constexpr (PROJ) {
+        rows_dm(c, s, jb, j0, n, cell);
       } else {
         dhp.rows(jb, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
                            cell(b, dh);
@@ -430,12 +443,8 @@ struct Kernels<cells::Lstm, F, W> {
         }
         store(s.dc + b * H + j0, dc_prev, n);
       };
-      if constexpr (PROJ) {  // dm_t = dh_t W_hr; padded rows: zero dgates, dc passes on
-        panel_rows<F, 1>(s.dht, c.P, B, c.wrb + jb * c.P * NB<F>, c.P,
-                         [&](int64_t b, const F* acc) {
-                           if (!padded(c.lengths, b, s.t)) return cell(b, load(acc));
-                           for (int64_t q = 0; q < 4; ++q) zero(s.dg + b * LD + q * H + j0, n);
-                         });
+      if constexpr (PROJ) {
+        rows_dm(c, s, jb, j0, n, cell);
       } else {
         dhp.rows(jb, rows_dh(c, s, j0, n, [&](int64_t b, vec<F> dh) {
                            cell(b, dh);
