@@ -837,10 +837,18 @@ void run_weight_gradients(const Panels<F, W>& pk, const GradRows<F>& rows, Grads
     team.part(tid, nblk, &blk[4], &blk[5]);
     for (size_t k = 0; k < r.blocks.size(); ++k) {  // in order: the sums' order is fixed
       const auto& b = r.blocks[k];
-      kt.pack_backward(xpan.get(), b.x, b.n, I, I, 0, blk[0], blk[1]);
+      // The members do not sync between blocks, so each keeps its panels where R rows of its
+      // first column block b0 would start (panel jb of n rows at base + jb * n * NB, base =
+      // buf + b0 * (R - n) * NB): a member already packing a shorter last block never writes
+      // over the panels another still reads for the block before.
+      auto own = [&](const Buffer<W>& buf, int64_t b0) {
+        return buf.get() ? buf.get() + b0 * (R - b.n) * NBK : nullptr;
+      };
+      W* xq = own(xpan, blk[0]);
+      kt.pack_backward(xq, b.x, b.n, I, I, 0, blk[0], blk[1]);
       const WeightRows<F> wr{b.dg, two ? b.dgr : b.dg, R, b.n, b.h, b.aux, true};
-      weight_products(kt, wr, xpan.get(), hpan.get(), apan.get(), I, H, P, GH, split_row, blk, g,
-                      k > 0 || acc, g.db_ih != nullptr, two, acc, team, tid);
+      weight_products(kt, wr, xq, own(hpan, blk[2]), own(apan, blk[4]), I, H, P, GH, split_row,
+                      blk, g, k > 0 || acc, g.db_ih != nullptr, two, acc, team, tid);
     }
   });
   if (g.db_ih && !two && !acc) std::memcpy(g.db_hh, g.db_ih, GH * sizeof(F));
