@@ -333,3 +333,31 @@ def test_either_module_imports_first(first: str) -> None:
     code = f"import {first}; import rnnkern.torch as rt; assert rt.LSTMCell.__module__ == " \
            "'rnnkern.torch_cells'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_torch_func_transforms_run_torch_s_cell(name: str) -> None:
+    """Under torch.func the tensors are wrapped (no storage for the kernels): torch's own cell
+    runs, so grad and jacrev through functional_call give torch's results, and vmap, which
+    torch's cells do not support, torch's error."""
+    from torch.func import functional_call, grad, jacrev, vmap
+    cells = pair(name, 3, 4)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    got = []
+    for cell in cells:
+        with torch.no_grad():
+            cell(x[0])  # a pack and a chain from before the transforms
+        params = {k: v.detach() for k, v in cell.named_parameters()}
+
+        def loss(p: Any, xb: Any, cell: Any = cell) -> Any:
+            return first(functional_call(cell, p, (xb,))).sin().sum()
+
+        got.append([grad(loss)(params, x[0])["weight_hh"], jacrev(loss, argnums=1)(params, x[0])])
+        with pytest.raises(RuntimeError) as err:
+            vmap(grad(loss), in_dims=(None, 0))(params, x)
+        got[-1].append(str(err.value))
+    for a, b in zip(*got):
+        if isinstance(a, str):
+            assert a == b
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -618,3 +618,29 @@ def test_same_bits() -> None:
     assert _core.same_bits(a[:0].copy(), np.zeros(0, np.float64))
     with pytest.raises(ValueError, match="C-contiguous"):
         _core.same_bits(np.zeros((4, 4))[:, 0], np.zeros(4))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_torch_func_transforms_run_torch_s_module(cell: str) -> None:
+    """Under torch.func the tensors are wrapped (no storage for the kernels): torch's own
+    forward runs, so grad and jacrev through functional_call give torch's results, and vmap,
+    which torch's modules do not support, torch's error."""
+    from torch.func import functional_call, grad, jacrev, vmap
+    got = []
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    for module in make_pair(cell, torch.float64, num_layers=2, bidirectional=True):
+        params = {k: v.detach() for k, v in module.named_parameters()}
+
+        def loss(p: Any, xb: Any, module: Any = module) -> Any:
+            return functional_call(module, p, (xb,))[0].sin().sum()
+
+        got.append([grad(loss)(params, x)["weight_hh_l1_reverse"],
+                    jacrev(loss, argnums=1)(params, x)])
+        with pytest.raises(RuntimeError) as err:
+            vmap(grad(loss), in_dims=(None, 1))(params, x)
+        got[-1].append(str(err.value))
+    for a, b in zip(*got):
+        if isinstance(a, str):
+            assert a == b
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

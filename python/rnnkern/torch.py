@@ -695,6 +695,8 @@ class _OnRnnkern:
         _check_module(self, meta=True)  # type: ignore[arg-type]
 
     def forward(self, input: Any, hx: Any = None) -> Any:
+        if torch._C._are_functorch_transforms_active():  # torch.func (vmap, grad): torch's own
+            return super().forward(input, hx)  # type: ignore[misc]
         return _forward(self, input, hx)  # type: ignore[arg-type]
 
     def __prepare_scriptable__(self) -> None:

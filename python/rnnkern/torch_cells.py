@@ -19,8 +19,10 @@ to autograd once.
 
 What the kernels do not run goes to torch's own cell, unchanged: anything but CPU float32 /
 float64 tensors of the parameters' dtype with exactly the expected shapes (so a wrong shape gets
-torch's own error message), an empty batch or a zero hidden size; bfloat16 cells, and CPU
-autocast (with torch's dtypes) unless ``rnnkern.torch.convert`` gave the cell a precision.
+torch's own error message), an empty batch or a zero hidden size; bfloat16 cells, CPU
+autocast (with torch's dtypes) unless ``rnnkern.torch.convert`` gave the cell a precision, and
+calls under a ``torch.func`` transform (vmap, grad, jacrev: the kernels see no batched or
+dual tensors).
 """
 from __future__ import annotations
 
@@ -261,6 +263,8 @@ def _fits(module: Any, x: object, states: tuple[object, ...], w_hh: Tensor) -> b
 
 
 def _forward(module: Any, cell: str, input: Any, hx: Any) -> Any:
+    if torch._C._are_functorch_transforms_active():  # torch.func: wrapped tensors, torch's cell
+        return super(type(module), module).forward(input, hx)
     lstm = cell == "lstm"
     h0, c0 = None, None
     if hx is not None and not lstm:
