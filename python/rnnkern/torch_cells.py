@@ -178,6 +178,23 @@ class _CellFunction(torch.autograd.Function):
         return (None, None, None, *_no_double_backward(out, saved), None)  # the token's: None
 
 
+# torch.autograd.Function.apply's C++ part, bound to _CellFunction. The Python apply in front of
+# it (default-argument binding for setup_context, the functorch checks, a generator unwrapping
+# dead functorch wrappers) took about 10 of a training step's 40 us of Python (B = 1, no
+# kernel). No functorch transform reaches it (_forward hands those calls to torch's cell).
+_C_APPLY: Any = super(torch.autograd.Function, _CellFunction).apply
+_unwrap_if_dead: Any = torch._C._functorch.unwrap_if_dead
+
+
+def _apply_cell(steps: _Steps, states: Any, sums: dict[int, _Kept] | None, x: Tensor,
+                h0: Tensor | None, c0: Tensor | None, token: Tensor | None) -> Any:
+    """``_CellFunction.apply(...)`` by its C++ part, the tensors' dead functorch wrappers (from
+    a transform that has ended) unwrapped as the Python part would."""
+    return _C_APPLY(steps, states, sums, _unwrap_if_dead(x),
+                    None if h0 is None else _unwrap_if_dead(h0),
+                    None if c0 is None else _unwrap_if_dead(c0), token)
+
+
 def _dead() -> None:
     """A dead weak reference's answer."""
 
@@ -306,7 +323,7 @@ def _forward(module: Any, cell: str, input: Any, hx: Any) -> Any:
                 f"precision='int8') and this call would record gradients: run it under "
                 f"torch.no_grad() or torch.inference_mode()")
         sums, token = steps.link(weights) if steps.needs_grad else (None, None)
-        out = _CellFunction.apply(steps, states, sums, input, h0, c0, token)  # type: ignore[no-untyped-call]
+        out = _apply_cell(steps, states, sums, input, h0, c0, token)
         h, c = out if lstm else (out, None)
     else:  # nothing to differentiate: no autograd node (its cost is a third of a B=1 step)
         h, c, _ = _step(steps, input, h0, c0, states, False)
