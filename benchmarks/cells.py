@@ -8,7 +8,8 @@ sum of every step's output, two small torch operators per step, and with the ste
 training loop (the forward of every step, the sum of their outputs, then one backward through
 all of them); rnnkern.nn.LSTMCell (inference)
 vs rnnkern's whole-sequence call; the whole-sequence call with packed weights (lstm_pack) vs
-lstm_forward, which packs them per call. Each pair's results are compared before timing.
+lstm_forward, which packs them per call. Each pair's results (and the training loops' weight
+gradients) are compared before timing.
 """
 from __future__ import annotations
 
@@ -64,6 +65,14 @@ def jobs_for(B: int) -> dict[str, Callable[[], Any]]:
     for got in (torch_loop(rcell, False).numpy(), nn_loop(), pack.forward(xn, training=False).h_n,
                 rnnkern.lstm_forward(xn, None, None, *w, training=False).h_n):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    # and the training loop's weight gradients (a race once made them 30% wrong at B = 32)
+    for cell in (tcell, rcell):
+        cell.zero_grad()
+        torch_loop(cell, True)
+    for ours, theirs in zip(rcell.parameters(), tcell.parameters()):
+        g = theirs.grad.numpy()  # type: ignore[union-attr]
+        np.testing.assert_allclose(ours.grad.numpy(), g,  # type: ignore[union-attr]
+                                   rtol=1e-3, atol=1e-4 * float(np.abs(g).max()))
     return {
         "torch.nn.LSTMCell inference": lambda: torch_loop(tcell, False),
         "rnnkern.torch.LSTMCell inference": lambda: torch_loop(rcell, False),
