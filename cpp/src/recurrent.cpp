@@ -580,7 +580,9 @@ void run_forward(const Panels<F, W>& pk, Dims d, const F* x, const F* h0, const 
         s.ln = ln && cache ? cache->ln + t * B * LW : nullptr;
         for (int ph = 0; ph < phases; ++ph) {
           const Range b = phase_share(ph, ln, proj, false, {jb0, jb1}, {pb0, pb1}, {rb0, rb1});
-          ck.forward_phase(sc, s, ph, b.first, b.second);
+          // Not with no share (benched): a phase's operand rows (bf16, int8) read h_{t-1},
+          // which the caller, steps ahead, may be writing (ThreadSanitizer saw it).
+          if (b.first < b.second) ck.forward_phase(sc, s, ph, b.first, b.second);
           team.sync(tid);
           mine();
         }
@@ -735,7 +737,7 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
         s.ln = ln ? cache.ln + t * B * LW : nullptr;
         for (int ph = 0; ph < phases; ++ph) {
           const Range b = phase_share(ph, ln, proj, true, {jb0, jb1}, {pb0, pb1}, {rb0, rb1});
-          ck.backward_phase(sc, s, ph, b.first, b.second);
+          if (b.first < b.second) ck.backward_phase(sc, s, ph, b.first, b.second);  // as above
           team.sync(tid);
           mine();
         }

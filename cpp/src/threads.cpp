@@ -160,7 +160,7 @@ constexpr uint64_t kClosed = uint64_t(1) << 31;
 // ---- Team
 
 void Team::reset(int planned, uint32_t generation, bool late_join, bool own_pool) {
-  planned_ = planned;
+  planned_.store(planned, std::memory_order_relaxed);
   late_in_.store((uint64_t(generation & kField) << 32) | (late_join ? 0 : kClosed),
                  std::memory_order_relaxed);
   // Shares >= planned count as decided, so that no other thread can check in for them; when
@@ -232,8 +232,8 @@ int Team::take_over() {
   for (int i = 0;; ++i) {
     const uint64_t decided = field(s, kDecided);
     int w = 1;
-    while (w < planned_ && (decided >> w & 1)) ++w;
-    if (w >= planned_) return -1;
+    while (w < planned() && (decided >> w & 1)) ++w;
+    if (w >= planned()) return -1;
     // (With a sync delay injected, the tests want the worker in from the start: the full wait.)
     const bool quick = !(late_in_.load(std::memory_order_relaxed) & kClosed) &&
                        !test_sync_delay_ns.load(std::memory_order_relaxed);
@@ -253,7 +253,7 @@ int Team::take_over() {
 
 void Team::begin(int tid) {
   if (joined_late(tid)) return;  // benched
-  if (planned_ == 1) {
+  if (planned() == 1) {
     released_ = now_ns();
     bump_and_wake(phase_, sleepers_);
     return;
@@ -291,7 +291,7 @@ void Team::part(int tid, int64_t n, int64_t* begin, int64_t* end) const {
 // By the member completing sync k: the benched members that asked to come back at it (bits).
 uint32_t Team::admit(int64_t k) {
   uint32_t in = 0;
-  for (int w = 1; w < planned_; ++w) {
+  for (int w = 1; w < planned(); ++w) {
     int64_t want = k;
     if (ready_[w].load(std::memory_order_relaxed) == k &&
         ready_[w].compare_exchange_strong(want, -1, std::memory_order_acq_rel))
@@ -359,12 +359,14 @@ void Team::sync(int tid) {
     std::this_thread::sleep_for(std::chrono::nanoseconds(test_sync_delay_ns.load()));
   const int64_t now = now_ns();
   const uint32_t ph = phase_.load(std::memory_order_acquire);
+  // Read before arriving: the last member to arrive writes it (ThreadSanitizer saw the race).
+  const int64_t work = now - released_;
   if (arrived_.fetch_add(1, std::memory_order_acq_rel) == n - 1) {
     if (late_.load(std::memory_order_relaxed)) {  // a member was descheduled: bench the workers
       active_.store(1, std::memory_order_relaxed);
       shrunk_ = true;
       late_.store(false, std::memory_order_relaxed);
-      for (int w = 1; w < planned_; ++w) bench_until_[w] = now + backoff_[w];
+      for (int w = 1; w < planned(); ++w) bench_until_[w] = now + backoff_[w];
     } else if (const uint32_t in = admit(k)) {  // benched members that asked in (joined late)
       active_.store(a | in, std::memory_order_relaxed);
     }
@@ -373,7 +375,6 @@ void Team::sync(int tid) {
     arrived_.store(0, std::memory_order_relaxed);
     bump_and_wake(phase_, sleepers_);
   } else {
-    const int64_t work = now - released_;
     wait_change(phase_, ph, sleepers_, std::max(kLateNs, 2 * work),
                 [&] { late_.store(true, std::memory_order_relaxed); });
   }

@@ -51,7 +51,7 @@ class Team {
   // The caller, when its work is done: benched members stop waiting to be let in and no worker
   // joins late any more. Returns the number of workers that joined late.
   int finish();
-  int planned() const { return planned_; }
+  int planned() const { return planned_.load(std::memory_order_relaxed); }
   // Member tid joined late: its start share was taken over, so it has no start work.
   bool joined_late(int tid) const {
     return late_in_.load(std::memory_order_relaxed) >> tid & 1;
@@ -85,7 +85,9 @@ class Team {
   int64_t syncs_[kMaxThreads] = {};        // syncs done by member i (its own)
   int64_t bench_until_[kMaxThreads] = {};  // ns: benched member i sleeps until then
   int64_t backoff_[kMaxThreads] = {};      // ns: its next sleep
-  int planned_ = 1;
+  // Atomic: an idle worker reads it for a call that may be over, while the caller resets it
+  // for the next (check_in then fails; ThreadSanitizer saw the plain int race).
+  std::atomic<int> planned_{1};
   uint32_t base_ = 0;                // phase_ at reset()
   int64_t released_ = 0;             // ns of the last release
   std::atomic<int64_t> step_ns_{0};  // ns between the last two releases
