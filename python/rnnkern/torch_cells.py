@@ -60,10 +60,10 @@ def _step(steps: _Steps, x: Tensor, h0: Tensor | None, c0: Tensor | None, states
         xa, h0a, c0a = (None if a is None else np.ascontiguousarray(a) for a in (xa, h0a, c0a))
         out = pack.step(xa, h0a, c0a, train)
         assert out is not None
-    h, c, *cache = out
+    h, c = out[0], out[1]
     ht, ct = torch.from_numpy(h), None if c is None else torch.from_numpy(c)
     steps.views = (h, c, ht.data_ptr(), None if ct is None else ct.data_ptr())  # one snapshot
-    return ht, ct, (pack, *cache) if train else None
+    return ht, ct, (pack, *out[2:]) if train else None
 
 
 class _Link(torch.autograd.Function):
@@ -314,6 +314,7 @@ def _forward(module: Any, cell: str, input: Any, hx: Any) -> Any:
                 or lstm and (h0 is None) != (c0 is None)):  # torch takes both or neither
             return super(type(module), module).forward(input, hx)  # torch's checks and errors
         steps.use(key, _pack(module, cell, weights, precision))
+        steps.x_shape, steps.x_dtype = input.shape, input.dtype  # a chain's are the same
     if torch.is_grad_enabled() and (steps.needs_grad or input.requires_grad
                                     or h0 is not None and h0.requires_grad
                                     or c0 is not None and c0.requires_grad):
@@ -328,7 +329,6 @@ def _forward(module: Any, cell: str, input: Any, hx: Any) -> Any:
     else:  # nothing to differentiate: no autograd node (its cost is a third of a B=1 step)
         h, c, _ = _step(steps, input, h0, c0, states, False)
     steps.h, steps.c = weakref.ref(h), _dead if c is None else weakref.ref(c)
-    steps.x_shape, steps.x_dtype = input.shape, input.dtype
     return (h, c) if lstm else h
 
 
