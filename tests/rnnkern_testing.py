@@ -259,3 +259,26 @@ def as_dtype(args: dict[str, Any], dtype: Any) -> dict[str, Any]:
         k: v.astype(dtype) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
         for k, v in args.items()
     }
+
+
+def torch_func_results(module: Any, loss: Any, x_one: Any, x_many: Any, vmap_dim: int,
+                       grad_of: str) -> list[Any]:
+    """What torch.func makes of ``loss(module, params, x)`` (params: the module's own,
+    detached, through functional_call in ``loss``): grad's entry ``grad_of`` and jacrev's
+    (with respect to x) at ``x_one``, and the RuntimeError message of vmap(grad) over
+    ``x_many``'s dimension ``vmap_dim``, or None if it ran (torch's RNN modules and cells have
+    no batching rule)."""
+    from torch.func import grad, jacrev, vmap
+
+    params = {k: v.detach() for k, v in module.named_parameters()}
+
+    def f(p: Any, xb: Any) -> Any:
+        return loss(module, p, xb)
+
+    out = [grad(f)(params, x_one)[grad_of], jacrev(f, argnums=1)(params, x_one)]
+    try:
+        vmap(grad(f), in_dims=(None, vmap_dim))(params, x_many)
+        out.append(None)
+    except RuntimeError as e:
+        out.append(str(e))
+    return out

@@ -106,6 +106,32 @@ def delays() -> Iterator[Any]:
 needs_two = pytest.mark.skipif(CPUS < 2, reason="a team needs two CPUs")
 
 
+def kept_rows(cell: str, I: int, H: int, B: int, steps: int, seed: int
+              ) -> tuple[Any, Any, list[Any]]:
+    """A float32 pack of random weights, the rows that `steps` one-step backwards at batch B
+    kept with it (as the drop-in cells' training steps keep them), and the sum of those
+    steps' own weight gradients (float64): (pack, rows, sums)."""
+    rng = np.random.default_rng(seed)
+    G = 4 if cell == "lstm" else 3
+    F = rnnkern._functional
+    cell_id = {"lstm": F._LSTM, "gru": F._GRU, "gru_rh": F._GRU_RH}[cell]
+    w = [rng.uniform(-0.3, 0.3, s).astype(np.float32)
+         for s in ((G * H, I), (G * H, H), (G * H,), (G * H,))]
+    pack = _core.Pack(cell_id, *w)
+    rows = _core.Rows()
+    sums: list[Any] = [0.0] * 4
+    for _ in range(steps):
+        x = rng.standard_normal((1, B, I)).astype(np.float32)
+        h0 = rng.standard_normal((B, H)).astype(np.float32)
+        _, _, _, cache = _core.forward_packed(pack, x, h0, None, None, True)
+        dh = rng.standard_normal((B, H)).astype(np.float32)
+        _core.backward_packed(pack, x, None, cache, None, dh, None, rows)
+        own = _core.backward_packed(pack, x, None, cache, None, dh, None)[3:]
+        sums = [e + g.astype(np.float64) for e, g in zip(sums, own)]
+    assert rows.rows == steps * B
+    return pack, rows, sums
+
+
 @needs_two
 @pytest.mark.parametrize("case", CASES, ids=_id)
 def test_a_worker_taken_over_gives_the_same_bits(case: Any, serial: Any, delays: Any) -> None:
@@ -124,23 +150,8 @@ def test_kept_rows_weight_gradients_with_a_worker_taken_over(cell: str, delays: 
     one-step backwards kept) on a team whose worker starts 2 ms late, its share taken over:
     the same bits as on one thread, and the sum of the steps' own weight gradients
     (docs/tolerances.md; gru_rh: its n rows multiply the kept r * h)."""
-    rng = np.random.default_rng(1)
-    I, H, B, G = 16, 128, 4, 4 if cell == "lstm" else 3
-    F = rnnkern._functional
-    cell_id = {"lstm": F._LSTM, "gru": F._GRU, "gru_rh": F._GRU_RH}[cell]
-    w = [rng.uniform(-0.3, 0.3, s).astype(np.float32)
-         for s in ((G * H, I), (G * H, H), (G * H,), (G * H,))]
-    pack = _core.Pack(cell_id, *w)
-    rows = _core.Rows()
-    expected: list[Any] = [0.0] * 4
-    for _ in range(20):  # 80 rows
-        x = rng.standard_normal((1, B, I)).astype(np.float32)
-        h0 = rng.standard_normal((B, H)).astype(np.float32)
-        _, _, _, cache = _core.forward_packed(pack, x, h0, None, None, True)
-        dh = rng.standard_normal((B, H)).astype(np.float32)
-        _core.backward_packed(pack, x, None, cache, None, dh, None, rows)
-        own = _core.backward_packed(pack, x, None, cache, None, dh, None)[3:]
-        expected = [e + g.astype(np.float64) for e, g in zip(expected, own)]
+    H = 128
+    pack, rows, expected = kept_rows(cell, 16, H, 4, 20, seed=1)  # 80 rows
     num_threads(1)
     want = _core.weight_gradients(pack, rows)
     num_threads(2)
@@ -167,23 +178,8 @@ def test_kept_rows_weight_gradients_over_blocks_of_unequal_shares(cell: str, run
     import torch
 
     torch.mm(torch.ones(8, 8), torch.ones(8, 8))  # an OpenMP runtime loaded for "openmp"
-    rng = np.random.default_rng(2)
-    I = H = 24  # three column blocks of 8 (AVX2 float32): shares of 2 and 1 (AVX-512: 16 + 8)
-    G = 4 if cell == "lstm" else 3
-    F = rnnkern._functional
-    cell_id = {"lstm": F._LSTM, "gru_rh": F._GRU_RH}[cell]
-    w = [rng.uniform(-0.3, 0.3, s).astype(np.float32)
-         for s in ((G * H, I), (G * H, H), (G * H,), (G * H,))]
-    pack = _core.Pack(cell_id, *w)
-    rows = _core.Rows()
-    B = 8
-    for _ in range(69):  # 552 rows
-        x = rng.standard_normal((1, B, I)).astype(np.float32)
-        h0 = rng.standard_normal((B, H)).astype(np.float32)
-        _, _, _, cache = _core.forward_packed(pack, x, h0, None, None, True)
-        dh = rng.standard_normal((B, H)).astype(np.float32)
-        _core.backward_packed(pack, x, None, cache, None, dh, None, rows)
-    assert rows.rows == 552
+    # three column blocks of 8 (AVX2 float32): shares of 2 and 1 (AVX-512: 16 + 8); 552 rows
+    pack, rows, _ = kept_rows(cell, 24, 24, 8, 69, seed=2)
     num_threads(1)
     want = [g.tobytes() for g in _core.weight_gradients(pack, rows)]
     num_threads(2)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from rnnkern_testing import GATES, assert_close, rnn_acc_len
+from rnnkern_testing import GATES, assert_close, rnn_acc_len, torch_func_results
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import rnnkern
@@ -625,22 +625,14 @@ def test_torch_func_transforms_run_torch_s_module(cell: str) -> None:
     """Under torch.func the tensors are wrapped (no storage for the kernels): torch's own
     forward runs, so grad and jacrev through functional_call give torch's results, and vmap,
     which torch's modules do not support, torch's error."""
-    from torch.func import functional_call, grad, jacrev, vmap
-    got = []
+    from torch.func import functional_call
     x = torch.randn(T, B, I, dtype=torch.float64)
-    for module in make_pair(cell, torch.float64, num_layers=2, bidirectional=True):
-        params = {k: v.detach() for k, v in module.named_parameters()}
 
-        def loss(p: Any, xb: Any, module: Any = module) -> Any:
-            return functional_call(module, p, (xb,))[0].sin().sum()
+    def loss(module: Any, p: Any, xb: Any) -> Any:
+        return functional_call(module, p, (xb,))[0].sin().sum()
 
-        got.append([grad(loss)(params, x)["weight_hh_l1_reverse"],
-                    jacrev(loss, argnums=1)(params, x)])
-        with pytest.raises(RuntimeError) as err:
-            vmap(grad(loss), in_dims=(None, 1))(params, x)
-        got[-1].append(str(err.value))
-    for a, b in zip(*got):
-        if isinstance(a, str):
-            assert a == b
-        else:
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    theirs, ours = (torch_func_results(m, loss, x, x, 1, "weight_hh_l1_reverse")
+                    for m in make_pair(cell, torch.float64, num_layers=2, bidirectional=True))
+    assert theirs[2] is not None and ours[2] == theirs[2]
+    for a, b in zip(ours[:2], theirs[:2]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
