@@ -181,15 +181,18 @@ class _CellFunction(torch.autograd.Function):
 # torch.autograd.Function.apply's C++ part, bound to _CellFunction. The Python apply in front of
 # it (default-argument binding for setup_context, the functorch checks, a generator unwrapping
 # dead functorch wrappers) took about 10 of a training step's 40 us of Python (B = 1, no
-# kernel). No functorch transform reaches it (_forward hands those calls to torch's cell).
-_C_APPLY: Any = super(torch.autograd.Function, _CellFunction).apply
-_unwrap_if_dead: Any = torch._C._functorch.unwrap_if_dead
+# kernel). No functorch transform reaches it (_forward hands those calls to torch's cell). A
+# torch without unwrap_if_dead gets the full apply.
+_unwrap_if_dead: Any = getattr(torch._C._functorch, "unwrap_if_dead", None)
+_C_APPLY: Any = super(torch.autograd.Function, _CellFunction).apply if _unwrap_if_dead else None
 
 
 def _apply_cell(steps: _Steps, states: Any, sums: dict[int, _Kept] | None, x: Tensor,
                 h0: Tensor | None, c0: Tensor | None, token: Tensor | None) -> Any:
     """``_CellFunction.apply(...)`` by its C++ part, the tensors' dead functorch wrappers (from
     a transform that has ended) unwrapped as the Python part would."""
+    if _C_APPLY is None:
+        return _CellFunction.apply(steps, states, sums, x, h0, c0, token)  # type: ignore[no-untyped-call]
     return _C_APPLY(steps, states, sums, _unwrap_if_dead(x),
                     None if h0 is None else _unwrap_if_dead(h0),
                     None if c0 is None else _unwrap_if_dead(c0), token)
