@@ -27,33 +27,10 @@ if [ $# -eq 0 ]; then
     tests/test_torch_functional.py tests/test_torch_precision.py -x -q
 fi
 
-# Build requirements (normally in pip's isolated build env only).
-"$python" -c "import pybind11" 2>/dev/null || "$python" -m pip install -q "pybind11>=2.12"
-command -v cmake >/dev/null || "$python" -m pip install -q cmake ninja
-
-if [ -n "${RNNKERN_SANITIZE_DIR:-}" ]; then
-  work="$RNNKERN_SANITIZE_DIR"
-  mkdir -p "$work"
-else
-  work="$(mktemp -d "${TMPDIR:-/tmp}/rnnkern-sanitize.XXXXXX")"
-  trap 'rm -rf "$work"' EXIT
-fi
+. "$root/scripts/instrumented_build.sh"
+instrumented_build "${RNNKERN_SANITIZE_DIR:-}" rnnkern-sanitize _core sanitized -DRNNKERN_SANITIZE=ON
 build="$work/build"
 pkg="$work/python"
-
-# The AVX-512 kernels only where this CPU can run them (the instrumented build is slow).
-no512=()
-grep -qw avx512f /proc/cpuinfo 2>/dev/null || no512=(-DRNNKERN_AVX512=OFF)
-generator=()
-command -v ninja >/dev/null && generator=(-G Ninja)
-echo "== configuring the sanitized build in $build"
-cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DRNNKERN_SANITIZE=ON "${no512[@]}" -DPython_EXECUTABLE="$("$python" -c "import sys; print(sys.executable)")" \
-  -Dpybind11_DIR="$("$python" -m pybind11 --cmakedir)" >"$work/configure.log" ||
-  { cat "$work/configure.log"; exit 1; }
-echo "== building (log: $work/build.log)"
-cmake --build "$build" --target _core -j "$(nproc 2>/dev/null || echo 2)" >"$work/build.log" 2>&1 ||
-  { tail -n 60 "$work/build.log"; exit 1; }
 
 # A copy of the package with the sanitized module in place of any other build.
 rm -rf "$pkg"
