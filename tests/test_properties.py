@@ -189,3 +189,41 @@ def test_layouts_cover_the_documented_kinds() -> None:
     assert layout("fortran", a).flags.f_contiguous and not layout("fortran", a).flags.c_contiguous
     assert layout("negative-strides", a).strides[0] < 0
     assert not layout("misaligned", a).flags.aligned
+
+
+@bounded(20)
+@given(cell=st.sampled_from(["rnn_tanh", "lstm", "gru"]), T=st.integers(1, 40),
+       B=st.integers(1, 24), I=st.integers(1, 20), H=st.integers(1, 40),
+       seed=st.integers(0, 2**16))
+def test_drop_in_cell_training_loop_matches_torch(cell: str, T: int, B: int, I: int, H: int,
+                                                  seed: int) -> None:
+    """rnnkern.torch's cells in a training loop (T steps fed back, a loss over every step's
+    output, one backward) against torch's cells, float64, on the default threads: dx and every
+    weight gradient within 1e-10 of the largest. Random sizes put a pass's kept rows (T * B, up
+    to 960) in one block of 256 or across several with a short last one (the race of
+    docs/reliability.md's problem 7 has its own test in test_threads.py; this one rarely hit
+    it)."""
+    import torch
+
+    import rnnkern.torch as rt
+
+    ours_cls, theirs_cls = {"rnn_tanh": (rt.RNNCell, torch.nn.RNNCell),
+                            "lstm": (rt.LSTMCell, torch.nn.LSTMCell),
+                            "gru": (rt.GRUCell, torch.nn.GRUCell)}[cell]
+    torch.manual_seed(seed)
+    theirs = theirs_cls(I, H, dtype=torch.float64)
+    ours = ours_cls(I, H, dtype=torch.float64)
+    ours.load_state_dict(theirs.state_dict())
+    xs = torch.randn(T, B, I, dtype=torch.float64)
+    got = []
+    for module in (ours, theirs):
+        x = xs.clone().requires_grad_()
+        state, loss = None, 0
+        for t in range(T):
+            state = module(x[t], state)
+            loss = loss + ((state[0] if isinstance(state, tuple) else state) * (t + 1)).sin().sum()
+        loss.backward()
+        got.append([x.grad, *(p.grad for p in module.parameters())])
+    for a, b in zip(*got):
+        scale = max(float(b.abs().max()), 1e-300)
+        assert float((a - b).abs().max()) <= 1e-10 * scale
