@@ -27,28 +27,31 @@ template <class F>
 void train(Cell cell, Dims d, bool lengths, bool peep, bool proj, bool ln, Precision prec,
            std::mt19937& g) {
   const int64_t G = gates(cell), GH = G * d.H, P = proj ? d.P : d.H;
+  // (G*H, I), (G*H, P), (G*H,), (G*H,), peepholes (3, H), projection (P, H)
   auto w_ih = rnd<F>(GH * d.I, g), w_hh = rnd<F>(GH * P, g), b_ih = rnd<F>(GH, g),
        b_hh = rnd<F>(GH, g), wp = rnd<F>(3 * d.H, g), wr = rnd<F>(P * d.H, g);
+  // layer norm: gains and biases (2, 4H) of the gate sums, gain and shift (2, H) of c
   std::vector<F> lng(2 * 4 * d.H, F(1)), lnc(2 * d.H, F(0));
   for (int64_t i = 0; i < d.H; ++i) lnc[i] = F(1);
   Params<F> p{w_ih.data(), w_hh.data(), b_ih.data(), b_hh.data()};
   if (peep) p.w_peep = wp.data();
   if (proj) p.w_hr = wr.data(), p.P = P;
   if (ln) p.ln_gates = lng.data(), p.ln_cell = lnc.data();
-  auto x = rnd<F>(d.T * d.B * d.I, g, 1.0);
-  std::vector<int64_t> len(d.B);
+  auto x = rnd<F>(d.T * d.B * d.I, g, 1.0);  // (T, B, I)
+  std::vector<int64_t> len(d.B);  // (B,) lengths 1..T
   for (int64_t b = 0; b < d.B; ++b) len[b] = 1 + (b * 7) % d.T;
   const int64_t* L = lengths ? len.data() : nullptr;
-  std::vector<F> y(d.T * d.B * P), hn(d.B * P), cn(d.B * d.H);
+  std::vector<F> y(d.T * d.B * P), hn(d.B * P), cn(d.B * d.H);  // (T, B, P), (B, P), (B, H)
   const bool training = prec != Precision::int8;
   CacheLayout cl = cache_layout(cell, d);
-  std::vector<F> hs(cl.hs), cs(cl.cs), ga(cl.gates), aux(cl.aux),
-      lnb(ln ? d.T * d.B * ln_width(d.H) : 0);
+  std::vector<F> hs(cl.hs), cs(cl.cs), ga(cl.gates), aux(cl.aux),  // cache_layout's sizes
+      lnb(ln ? d.T * d.B * ln_width(d.H) : 0);                       // (T, B, 9H + 3)
   Cache<F> c{hs.data(), cs.data(), ga.data(), aux.data(), ln ? lnb.data() : nullptr};
   forward<F>(cell, d, x.data(), nullptr, nullptr, p, L, y.data(), hn.data(),
              cell == Cell::lstm ? cn.data() : nullptr, training ? &c : nullptr, prec);
   if (!training) return;
-  auto dy = rnd<F>(d.T * d.B * P, g, 1.0);
+  auto dy = rnd<F>(d.T * d.B * P, g, 1.0);  // (T, B, P)
+  // the gradients, shaped as what they differentiate
   std::vector<F> dx(d.T * d.B * d.I), dh0(d.B * P), dc0(d.B * d.H), dwi(GH * d.I),
       dwh(GH * P), dbi(GH), dbh(GH), dwp(3 * d.H), dwr(P * d.H), dlg(8 * d.H), dlc(2 * d.H);
   Grads<F> gr{dx.data(), dh0.data(), cell == Cell::lstm ? dc0.data() : nullptr, dwi.data(),
@@ -64,14 +67,15 @@ void train(Cell cell, Dims d, bool lengths, bool peep, bool proj, bool ln, Preci
 template <class F>
 void kept_rows(Cell cell, int64_t I, int64_t H, int64_t B, int steps, std::mt19937& g) {
   const int64_t GH = gates(cell) * H;
-  auto w_ih = rnd<F>(GH * I, g), w_hh = rnd<F>(GH * H, g), b_ih = rnd<F>(GH, g),
-       b_hh = rnd<F>(GH, g);
+  auto w_ih = rnd<F>(GH * I, g), w_hh = rnd<F>(GH * H, g), b_ih = rnd<F>(GH, g),  // (G*H, I),
+       b_hh = rnd<F>(GH, g);  // (G*H, H), (G*H,), (G*H,)
   Params<F> p{w_ih.data(), w_hh.data(), b_ih.data(), b_hh.data()};
   Pack<F> pk(cell, I, H, p);
   GradRows<F> rows;
   Dims d{1, B, I, H};
   CacheLayout cl = cache_layout(cell, d);
   for (int s = 0; s < steps; ++s) {
+    // x (1, B, I), h0 and c0 (B, H); outputs (B, H) and the step's cache (cache_layout)
     auto x = rnd<F>(B * I, g, 1.0), h0 = rnd<F>(B * H, g, 1.0), c0 = rnd<F>(B * H, g, 1.0);
     std::vector<F> y(B * H), hn(B * H), cn(B * H), hs(cl.hs), cs(cl.cs), ga(cl.gates),
         aux(cl.aux);
@@ -86,7 +90,7 @@ void kept_rows(Cell cell, int64_t I, int64_t H, int64_t B, int steps, std::mt199
     gr.rows = &rows;
     backward<F>(pk, d, x.data(), nullptr, c, nullptr, dh.data(), nullptr, gr);
   }
-  std::vector<F> dwi(GH * I), dwh(GH * H), dbi(GH), dbh(GH);
+  std::vector<F> dwi(GH * I), dwh(GH * H), dbi(GH), dbh(GH);  // the weights' shapes
   for (int r = 0; r < 3; ++r)
     weight_gradients<F>(pk, rows, Grads<F>{nullptr, nullptr, nullptr, dwi.data(), dwh.data(),
                                            dbi.data(), dbh.data()});
@@ -113,7 +117,8 @@ int main() {
       train<float>(Cell::lstm, d, true, peep, false, true, Precision::native, g);
       train<float>(Cell::lstm, dp, true, peep, true, true, Precision::native, g);
     }
-    train<float>(Cell::lstm, Dims{40, 64, 32, 256}, true, false, false, false, Precision::native, g);
+    train<float>(Cell::lstm, Dims{40, 64, 32, 256}, true, false, false, false,
+                 Precision::native, g);
     kept_rows<float>(Cell::lstm, 24, 24, 8, 69, g);
     kept_rows<float>(Cell::gru_rh, 24, 24, 8, 69, g);
     kept_rows<float>(Cell::lstm, 64, 256, 32, 9, g);
@@ -144,7 +149,8 @@ int main() {
   for (const auto& dl : delays) {
     set_test_delays(dl[0], dl[1], static_cast<int>(dl[2]));
     const Dims d{24, 8, 32, 64};
-    train<float>(Cell::lstm, Dims{40, 64, 32, 256}, true, false, false, false, Precision::native, g);
+    train<float>(Cell::lstm, Dims{40, 64, 32, 256}, true, false, false, false,
+                 Precision::native, g);
     train<float>(Cell::gru, d, true, false, false, false, Precision::int8, g);
     train<float>(Cell::gru_rh, d, true, false, false, false, Precision::bf16, g);
     Dims dp = d;
