@@ -165,21 +165,27 @@ def test_kept_rows_weight_gradients_with_a_worker_taken_over(cell: str, delays: 
 
 
 @needs_two
+@pytest.mark.parametrize("size", [24, 40])
 @pytest.mark.parametrize("runtime", ["rnnkern", "openmp"])
 @pytest.mark.parametrize("cell", ["lstm", "gru_rh"])
 def test_kept_rows_weight_gradients_over_blocks_of_unequal_shares(cell: str, runtime: str,
+                                                                 size: int,
                                                                  num_threads: Any) -> None:
     """``_core.weight_gradients`` over 552 kept rows (two blocks of 256 and a last of 40) with
     column blocks of I and H shared unequally, so that one member has half the other's work. The
     members do not sync between blocks: a member that started packing the short last block
     while the other still multiplied the block before used to write over that one's panels
     (weight gradients wrong by up to 30%, in 60-98% of the calls on two cores, on rnnkern's
-    pool). Every call now has the bits of one thread, on either runtime."""
+    pool). I = H = 40 is five column blocks: two threads split them 3 + 2, and the second
+    member's blocks were paired from block 3, one thread's from block 0 (product() takes blocks
+    two by two from a range's start; pairing changes a block's bits), so the bits depended on
+    the thread count; the members now take whole pairs (pair_part). Every call now has the bits
+    of one thread, on either runtime."""
     import torch
 
     torch.mm(torch.ones(8, 8), torch.ones(8, 8))  # an OpenMP runtime loaded for "openmp"
-    # three column blocks of 8 (AVX2 float32): shares of 2 and 1 (AVX-512: 16 + 8); 552 rows
-    pack, rows, _ = kept_rows(cell, 24, 24, 8, 69, seed=2)
+    # 24: three column blocks of 8 (AVX2 float32), shares of 2 and 1 (AVX-512: 16 + 8); 552 rows
+    pack, rows, _ = kept_rows(cell, size, size, 8, 69, seed=2)
     num_threads(1)
     want = [g.tobytes() for g in _core.weight_gradients(pack, rows)]
     num_threads(2)

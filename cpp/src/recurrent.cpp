@@ -705,15 +705,18 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
       while (team.take_over() >= 0) {
       }
     team.begin(tid);
-    int64_t jb0, jb1, ib0, ib1, pb0, pb1, rb0, rb1;  // this member's hidden blocks; its column
-                                     // blocks of dx, dW_ih (in pairs); its blocks of h's P units
-                                     // (dh with a projection, dW_hh, dh0; in pairs); rows (layer
-                                     // norm's phase 1)
+    int64_t jb0, jb1, ib0, ib1, pb0, pb1, rb0, rb1, hb0, hb1;  // this member's hidden blocks;
+                                     // its column blocks of dx, dW_ih (in pairs); its blocks of
+                                     // h's P units (dh with a projection, dW_hh, dh0; in pairs);
+                                     // rows (layer norm's phase 1); its column blocks of H in
+                                     // the weight gradients (gru_rh's n rows of dW_hh, dW_hr; in
+                                     // pairs)
     auto mine = [&] {
       team.part(tid, nblk, &jb0, &jb1);
       team.part(tid, B, &rb0, &rb1);
       pair_part(team, tid, nblk_i, &ib0, &ib1);
       pair_part(team, tid, nblk_p, &pb0, &pb1);
+      pair_part(team, tid, nblk, &hb0, &hb1);
     };
     mine();
     Step<F> s{};
@@ -757,13 +760,13 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
           if (t0 + q / B >= lengths[q % B]) kt.zero_row(xq, rows, q, ib0, ib1);
         const WeightRows<F> r{dgc, dgr, LDG, rows, cache.hs + t0 * BP,  // h_{t-1}
                               cache.aux ? cache.aux + t0 * BH : nullptr, false};
-        const int64_t blk[6] = {ib0, ib1, pb0, pb1, jb0, jb1};
+        const int64_t blk[6] = {ib0, ib1, pb0, pb1, hb0, hb1};
         // layer norm: the epilogues sum the biases' gradients
         weight_products(kt, r, xq, hpan.get(), apan.get(), I, H, P, GH, split_row, blk, g, add,
                         g.db_ih && !ln, two, acc, team, tid);
         if (proj) {  // dW_hr (P, H) (+)= dh^T m over the chunk's rows (dh is 0 on padded ones)
-          kt.pack_backward(apan.get(), cache.aux + t0 * BH, rows, H, H, 0, jb0, jb1);
-          kt.product(dhc, P, true, P, apan.get(), rows, H, g.dw_hr, H, add, jb0, jb1);
+          kt.pack_backward(apan.get(), cache.aux + t0 * BH, rows, H, H, 0, hb0, hb1);
+          kt.product(dhc, P, true, P, apan.get(), rows, H, g.dw_hr, H, add, hb0, hb1);
         }
       }
       if (g.dx)  // else not wanted
@@ -833,10 +836,10 @@ void run_weight_gradients(const Panels<F, W>& pk, const GradRows<F>& rows, Grads
       while (team.take_over() >= 0) {
       }
     team.begin(tid);
-    int64_t blk[6];  // this member's column blocks of I, of P, of H
-    team.part(tid, nblk_i, &blk[0], &blk[1]);
-    team.part(tid, nblk_p, &blk[2], &blk[3]);
-    team.part(tid, nblk, &blk[4], &blk[5]);
+    int64_t blk[6];  // this member's column blocks of I, of P, of H, in pairs (pair_part)
+    pair_part(team, tid, nblk_i, &blk[0], &blk[1]);
+    pair_part(team, tid, nblk_p, &blk[2], &blk[3]);
+    pair_part(team, tid, nblk, &blk[4], &blk[5]);
     for (size_t k = 0; k < r.blocks.size(); ++k) {  // in order: the sums' order is fixed
       const auto& b = r.blocks[k];
       // The members do not sync between blocks, so each keeps its panels where R rows of its
