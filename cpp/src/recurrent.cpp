@@ -283,6 +283,16 @@ void pair_part(const Team& team, int tid, int64_t n, int64_t* b0, int64_t* b1) {
   *b0 *= 2, *b1 = *b1 * 2 < n ? *b1 * 2 : n;
 }
 
+// This member's column blocks of I, of P (h's units) and of H in the products that sum over
+// rows (weight gradients, dx, dh0), in whole pairs (pair_part), so their bits do not depend on
+// the team: blk = {I from, to, P from, to, H from, to}.
+void column_blocks(const Team& team, int tid, int64_t nblk_i, int64_t nblk_p, int64_t nblk,
+                   int64_t (&blk)[6]) {
+  pair_part(team, tid, nblk_i, &blk[0], &blk[1]);
+  pair_part(team, tid, nblk_p, &blk[2], &blk[3]);
+  pair_part(team, tid, nblk, &blk[4], &blk[5]);
+}
+
 // Phases per step: the product's, then a projection's (h_t = W_hr m_t; backward dm_t =
 // dh_t W_hr) or layer norm's whole rows as a second, both with both (lstm.hpp); else the
 // cell's own.
@@ -705,18 +715,14 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
       while (team.take_over() >= 0) {
       }
     team.begin(tid);
-    int64_t jb0, jb1, ib0, ib1, pb0, pb1, rb0, rb1, hb0, hb1;  // this member's hidden blocks;
-                                     // its column blocks of dx, dW_ih (in pairs); its blocks of
-                                     // h's P units (dh with a projection, dW_hh, dh0; in pairs);
-                                     // rows (layer norm's phase 1); its column blocks of H in
-                                     // the weight gradients (gru_rh's n rows of dW_hh, dW_hr; in
-                                     // pairs)
+    // This member's hidden blocks, rows (layer norm's phase 1) and column_blocks: of I (dx,
+    // dW_ih), of P (dh with a projection, dW_hh, dh0) and of H (gru_rh's n rows of dW_hh, dW_hr).
+    int64_t jb0, jb1, rb0, rb1, blk[6];
+    const auto& [ib0, ib1, pb0, pb1, hb0, hb1] = blk;
     auto mine = [&] {
       team.part(tid, nblk, &jb0, &jb1);
       team.part(tid, B, &rb0, &rb1);
-      pair_part(team, tid, nblk_i, &ib0, &ib1);
-      pair_part(team, tid, nblk_p, &pb0, &pb1);
-      pair_part(team, tid, nblk, &hb0, &hb1);
+      column_blocks(team, tid, nblk_i, nblk_p, nblk, blk);
     };
     mine();
     Step<F> s{};
@@ -760,7 +766,6 @@ void run_backward(const Panels<F, W>& pk, Dims d, const F* x, const int64_t* len
           if (t0 + q / B >= lengths[q % B]) kt.zero_row(xq, rows, q, ib0, ib1);
         const WeightRows<F> r{dgc, dgr, LDG, rows, cache.hs + t0 * BP,  // h_{t-1}
                               cache.aux ? cache.aux + t0 * BH : nullptr, false};
-        const int64_t blk[6] = {ib0, ib1, pb0, pb1, hb0, hb1};
         // layer norm: the epilogues sum the biases' gradients
         weight_products(kt, r, xq, hpan.get(), apan.get(), I, H, P, GH, split_row, blk, g, add,
                         g.db_ih && !ln, two, acc, team, tid);
@@ -836,10 +841,8 @@ void run_weight_gradients(const Panels<F, W>& pk, const GradRows<F>& rows, Grads
       while (team.take_over() >= 0) {
       }
     team.begin(tid);
-    int64_t blk[6];  // this member's column blocks of I, of P, of H, in pairs (pair_part)
-    pair_part(team, tid, nblk_i, &blk[0], &blk[1]);
-    pair_part(team, tid, nblk_p, &blk[2], &blk[3]);
-    pair_part(team, tid, nblk, &blk[4], &blk[5]);
+    int64_t blk[6];
+    column_blocks(team, tid, nblk_i, nblk_p, nblk, blk);
     for (size_t k = 0; k < r.blocks.size(); ++k) {  // in order: the sums' order is fixed
       const auto& b = r.blocks[k];
       // The members do not sync between blocks, so each keeps its panels where R rows of its
