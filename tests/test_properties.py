@@ -204,24 +204,14 @@ def test_drop_in_cell_training_loop_matches_torch(cell: str, T: int, B: int, I: 
     docs/reliability.md's problem 7 has its own test in test_threads.py; this one rarely hit
     it)."""
     import torch
+    from test_torch_cells import loop, pair
 
-    import rnnkern.torch as rt
-
-    ours_cls, theirs_cls = {"rnn_tanh": (rt.RNNCell, torch.nn.RNNCell),
-                            "lstm": (rt.LSTMCell, torch.nn.LSTMCell),
-                            "gru": (rt.GRUCell, torch.nn.GRUCell)}[cell]
-    torch.manual_seed(seed)
-    theirs = theirs_cls(I, H, dtype=torch.float64)
-    ours = ours_cls(I, H, dtype=torch.float64)
-    ours.load_state_dict(theirs.state_dict())
+    ours, theirs = pair(cell, I, H, seed=seed)
     xs = torch.randn(T, B, I, dtype=torch.float64)
     got = []
     for module in (ours, theirs):
         x = xs.clone().requires_grad_()
-        state, loss = None, 0
-        for t in range(T):
-            state = module(x[t], state)
-            loss = loss + ((state[0] if isinstance(state, tuple) else state) * (t + 1)).sin().sum()
+        loss, _ = loop(module, x, None)
         loss.backward()
         got.append([x.grad, *(p.grad for p in module.parameters())])
     for a, b in zip(*got):

@@ -18,10 +18,10 @@ PAIRS = {"rnn_tanh": (rt.RNNCell, torch.nn.RNNCell, {}),
          "gru": (rt.GRUCell, torch.nn.GRUCell, {})}
 
 
-def pair(name: str, I: int, H: int, dtype: Any = torch.float64, bias: bool = True
-         ) -> tuple[Any, Any]:
+def pair(name: str, I: int, H: int, dtype: Any = torch.float64, bias: bool = True,
+         seed: int = 0) -> tuple[Any, Any]:
     ours, theirs, kw = PAIRS[name]
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     t = theirs(I, H, bias=bias, dtype=dtype, **kw)
     c = ours(I, H, bias=bias, dtype=dtype, **kw)
     c.load_state_dict(t.state_dict())
