@@ -34,6 +34,20 @@ CELLS: list[tuple[str, dict[str, Any]]] = [(c["family"], _forward_kwargs(c))
 #: The ISAs this CPU runs (the ``isa`` fixture of conftest.py sets each in turn).
 ISAS: list[str] = _core.supported_isas().split(",")
 
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f
+                         if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+#: Whether avx512's bf16 and int8 products run on AVX512_BF16 and AVX512_VNNI (they need both;
+#: else those precisions run the avx2 kernels).
+NATIVE_LOWP: bool = "avx512" in ISAS and {"avx512_bf16", "avx512_vnni"} <= _cpu_flags()
+
 #: float64 results must agree to this relative tolerance, whatever the accumulation length.
 RTOL_FLOAT64 = 1e-10
 #: float32 against a float64 answer: tol = eps32 * C_FLOAT32 * (1 + log2(acc_len)).

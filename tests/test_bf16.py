@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rnnkern_testing import CELLS, assert_close_bf16, make_case, make_output_grads
+from rnnkern_testing import NATIVE_LOWP, CELLS, assert_close_bf16, make_case, make_output_grads
 
 import rnnkern
 from rnnkern import _api, reference
@@ -120,7 +120,11 @@ def test_bad_precision_errors() -> None:
 def test_config_names_each_precisions_path() -> None:
     paths = rnnkern.config()["precisions"]
     assert set(paths) == set(_api.PRECISIONS)
-    assert "emulated" in paths["bf16"]
+    in_use = rnnkern.config()["isa"]
+    if in_use == "avx512" and NATIVE_LOWP:
+        assert paths["bf16"].startswith("avx512 AVX512_BF16 vdpbf16ps")
+    else:
+        assert paths["bf16"].startswith(("scalar" if in_use == "scalar" else "avx2") + " emulated")
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rnnkern_testing import CELLS, assert_close_int8, make_case, make_lstm_variant_case
+from rnnkern_testing import ISAS, NATIVE_LOWP, CELLS, assert_close_int8, make_case, make_lstm_variant_case
 from test_bf16 import SHAPES as BF16_SHAPES
 
 import rnnkern
@@ -112,6 +112,40 @@ def test_chunks_of_steps_do_not_change_the_bits(isa: str, cell: str, kw: dict[st
         ys.append(out.y)
     np.testing.assert_array_equal(whole.y, np.concatenate(ys))
     np.testing.assert_array_equal(whole.h_n, h)
+
+
+#: The ISAs with vector kernels that this CPU runs.
+VECTOR_ISAS = [name for name in ISAS if name != "scalar"]
+
+
+@pytest.mark.parametrize("cell,kw", [CELLS[0], CELLS[3], CELLS[4], CELLS[5]],
+                         ids=["rnn", "lstm", "gru", "gru_rh"])
+@pytest.mark.skipif(len(VECTOR_ISAS) < 2, reason="one vector ISA only")
+def test_the_same_bits_on_every_vector_isa(cell: str, kw: dict[str, Any]) -> None:
+    """The int8 sums are exact on every path (avx2 vpmaddubsw + vpmaddwd; avx512 AVX512_VNNI
+    vpdpbusd, or vpmaddubsw on avx2's kernels without it) and the rest is lane by lane with the
+    same formulas at any width, so the vector ISAs give the same bits. (The scalar kernels' math
+    functions differ in the last bit: they are held to the reference.) Odd sizes (partial groups
+    of 4 k, partial blocks), lengths, peepholes (lstm)."""
+    case = make_case(cell, T=13, B=7, I=37, H=45, dtype=np.float32, seed=9, lengths="random")
+    if cell == "lstm":
+        rng = np.random.default_rng(9)
+        kw = {**kw, "w_peep": rng.uniform(-0.5, 0.5, (3, 45)).astype(np.float32)}
+    f = getattr(rnnkern, f"{cell}_forward")
+    before = rnnkern.config()["isa"]
+    try:
+        outs = {}
+        for name in VECTOR_ISAS:
+            rnnkern.set_isa(name)
+            outs[name] = f(**case, **kw, training=False, precision="int8")
+    finally:
+        rnnkern.set_isa(before)
+    first = VECTOR_ISAS[0]
+    for name in VECTOR_ISAS[1:]:
+        for field, a, b in zip(outs[name]._fields[:-1], outs[name][:-1], outs[first][:-1]):
+            assert (a is None) == (b is None), field
+            if a is not None:
+                np.testing.assert_array_equal(a, b, err_msg=f"{name} {field}")
 
 
 def test_peepholes_in_int8_equal_the_reference(isa: str) -> None:
@@ -219,7 +253,10 @@ def test_config_names_the_int8_path() -> None:
     paths = rnnkern.config()["precisions"]
     assert set(paths) == set(_api.PRECISIONS)
     in_use = rnnkern.config()["isa"]
-    assert paths["int8"].startswith("scalar" if in_use == "scalar" else "avx2")
+    if in_use == "avx512" and NATIVE_LOWP:
+        assert paths["int8"].startswith("avx512 AVX512_VNNI vpdpbusd")
+    else:
+        assert paths["int8"].startswith("scalar" if in_use == "scalar" else "avx2")
     assert "inference only" in paths["int8"]
 
 

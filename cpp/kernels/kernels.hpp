@@ -150,10 +150,12 @@ template <class F, class W = F>
 const KernelTable<F, W>* kernels();
 
 // The precisions (F, W): a kernel table per (precision, ISA).
-#define RNNKERN_PRECISIONS(X) \
-  X(float, float) X(double, double) X(float, bf16) X(float, int8_t)
+#define RNNKERN_NATIVE_PRECISIONS(X) X(float, float) X(double, double)
+#define RNNKERN_LOW_PRECISIONS(X) X(float, bf16) X(float, int8_t)
+#define RNNKERN_PRECISIONS(X) RNNKERN_NATIVE_PRECISIONS(X) RNNKERN_LOW_PRECISIONS(X)
 
-// Each ISA's table of precision (F, W) (kernels_<isa>.cpp; null when the ISA was not compiled).
+// Each ISA's table of precision (F, W) (kernels_<isa>.cpp; null when the ISA was not compiled;
+// avx512's bf16 and int8 tables need AVX512_BF16 and AVX512_VNNI too: kernels_avx512_lowp.cpp).
 template <class F, class W>
 const KernelTable<F, W>* scalar_kernels();
 template <class F, class W>

@@ -145,7 +145,8 @@ inline void zero(F* p, int64_t n) {
 }
 
 // ---- bf16 panels (W = bf16): the high half of a float's bits, rounded to nearest, ties to
-// even; NaN stays NaN. Products read them widened to float (emulated: no bf16 arithmetic).
+// even; NaN stays NaN. Products read them widened to float (emulated), or with AVX512_BF16
+// (the avx512 table of kernels_avx512_lowp.cpp) take them as they are (tile_bf16).
 
 template <class W>
 constexpr bool is_bf16 = std::is_same_v<W, bf16>;
@@ -377,7 +378,8 @@ inline void tile(const F* a, int64_t lda, const W* panel, int64_t ldp, int64_t K
 
 // out (MB, NV*NB) = a (MB rows of stride lda, K; bf16 values) @ a bf16 panel (K, NV, NB) in
 // pairs of k (see store_pair): one load gives k and k + 1 (a shift and a mask widen them), so
-// the panel's bytes are half of float's and the widening costs one ALU operation per vector.
+// the panel's bytes are half of float's and the widening costs one ALU operation per vector;
+// with AVX512_BF16 one vdpbf16ps per vector takes the pair as it is.
 template <int MB, int NV>
 inline void tile_bf16(const float* a, int64_t lda, const bf16* panel, int64_t K, float* out) {
   constexpr int KU = k_unroll(MB * NV);  // accumulator sets: k goes to set k % KU
@@ -392,6 +394,35 @@ inline void tile_bf16(const float* a, int64_t lda, const bf16* panel, int64_t K,
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[u][m][v] = vec<float>{};
   const int64_t Kp = K & ~int64_t(1);
+#if defined(__AVX512BF16__)
+  if constexpr (NBF == 16) {  // AVX512_BF16: vdpbf16ps adds a pair of k's products per lane
+    // acc += a[k + 1] w[k + 1], then += a[k] w[k], each rounded (the products are exact in
+    // float); bf16 denormals are read as zero (docs/precision.md). Pair p goes to set p % KU.
+    auto dpair = [&](int64_t k, int s) {
+      const bf16* pk = panel + (k / 2) * NV * 2 * NBF;  // (NV, 2NB)
+      __m512bh w[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v)
+        w[v] = (__m512bh)_mm512_loadu_si512(static_cast<const void*>(pk + v * 2 * NBF));
+#pragma GCC unroll 8
+      for (int m = 0; m < MB; ++m) {
+        uint32_t lo, hi;  // a's k and k + 1, already bf16 values: their high halves
+        std::memcpy(&lo, a + m * lda + k, 4);
+        std::memcpy(&hi, a + m * lda + k + 1, 4);
+        const __m512bh b = (__m512bh)_mm512_set1_epi32(static_cast<int>((lo >> 16) | (hi & 0xFFFF0000u)));
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v)
+          acc[s][m][v] = (vec<float>)_mm512_dpbf16_ps((__m512)acc[s][m][v], b, w[v]);
+      }
+    };
+    int64_t k = 0;
+    for (; k + 2 * KU <= Kp; k += 2 * KU)
+#pragma GCC unroll 8
+      for (int q = 0; q < KU; ++q) dpair(k + 2 * q, q);
+    for (; k < Kp; k += 2) dpair(k, 0);
+  } else
+#endif
+  {
   auto pair = [&](int64_t k, int se, int so) {  // k even: k into set se, k + 1 into so
     const bf16* pk = panel + (k / 2) * NV * 2 * NBF;  // (NV, 2NB)
     float s0[MB], s1[MB];
@@ -414,6 +445,7 @@ inline void tile_bf16(const float* a, int64_t lda, const bf16* panel, int64_t K,
 #pragma GCC unroll 4
     for (int q = 0; q < PU; ++q) pair(k + 2 * q, (2 * q) % KU, (2 * q + 1) % KU);
   for (; k < Kp; k += 2) pair(k, 0, 1 % KU);
+  }
   if (K & 1) {  // the last k, stored plain
 #pragma GCC unroll 8
     for (int m = 0; m < MB; ++m) {
@@ -691,7 +723,8 @@ constexpr int mb_s8() {  // rows per int8 tile: MB*NV accumulators + NV weights 
 // out (MB, NV*NB) s32 = sum over k of a (MB rows, lda apart; u8, KQ groups of 4 k) times an int8
 // panel in groups of 4 k: element (k, v, l) at ((k / 4) * NV + v) * 4NB + 4l + k % 4, so that a
 // 32-bit lane holds 4 k of one unit. AVX2: vpmaddubsw (u8 x s8, pairs summed to s16: at most
-// 2 * 255 * 63, no saturation) then vpmaddwd with ones (to s32); elsewhere the same sums in int32.
+// 2 * 255 * 63, no saturation) then vpmaddwd with ones (to s32); AVX512_VNNI: vpdpbusd; elsewhere
+// the same sums in int32. Exact integer sums: the same bits on every path.
 template <int MB, int NV>
 inline void tile_s8(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t KQ, int32_t* out) {
   constexpr int64_t N = NB<float>;
@@ -723,6 +756,35 @@ inline void tile_s8(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t 
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v)
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (m * NV + v) * N), acc[m][v]);
+    return;
+  }
+#endif
+#if defined(__AVX512VNNI__)
+  if constexpr (N == 16) {  // AVX512_VNNI: vpdpbusd sums the 4 u8 x s8 products into s32 at once
+    __m512i acc[MB][NV];
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_setzero_si512();
+    for (int64_t kq = 0; kq < KQ; ++kq) {
+      const int8_t* pk = panel + kq * NV * 4 * N;
+      __m512i w[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) w[v] = _mm512_loadu_si512(static_cast<const void*>(pk + v * 4 * N));
+#pragma GCC unroll 8
+      for (int m = 0; m < MB; ++m) {
+        int32_t s;
+        std::memcpy(&s, a + m * lda + 4 * kq, 4);
+        const __m512i b = _mm512_set1_epi32(s);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_dpbusd_epi32(acc[m][v], b, w[v]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v)
+        _mm512_storeu_si512(static_cast<void*>(out + (m * NV + v) * N), acc[m][v]);
     return;
   }
 #endif

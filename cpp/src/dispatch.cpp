@@ -10,7 +10,8 @@
 namespace rnnkern {
 namespace {
 
-enum Isa { SCALAR = 0, AVX2 = 1, AVX512 = 2 };
+enum Isa { SCALAR = 0, AVX2 = 1, AVX512 = 2, AVX512_LOWP = 3 };  // AVX512_LOWP: not an ISA to
+// choose, the features avx512's bf16 and int8 tables need besides AVX512 (AVX512_BF16, _VNNI)
 const char* const NAMES[] = {"scalar", "avx2", "avx512"};
 
 bool cpu_has(Isa isa) {
@@ -26,6 +27,9 @@ bool cpu_has(Isa isa) {
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
              __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
              __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case AVX512_LOWP:
+      return cpu_has(AVX512) && __builtin_cpu_supports("avx512bf16") &&
+             __builtin_cpu_supports("avx512vnni");
     default:
       return true;
   }
@@ -82,14 +86,14 @@ RNNKERN_PRECISIONS(RNNKERN_NO_ISA)
 #endif
 
 // One table per (precision, ISA), filled once; the ISA in use picks the row. bf16 and int8 on
-// an AVX-512 CPU run the AVX2 kernels: no AVX-512 machine has run the AVX-512 ones yet, and a
-// path no machine ran does not ship.
+// an AVX-512 CPU without AVX512_BF16 and AVX512_VNNI run the AVX2 kernels (their AVX-512 ones
+// are built on vdpbf16ps and vpdpbusd).
 template <class F, class W>
 const KernelTable<F, W>* kernels() {
-  constexpr bool untested512 = std::is_same_v<W, bf16> || std::is_same_v<W, int8_t>;
+  constexpr bool low = std::is_same_v<W, bf16> || std::is_same_v<W, int8_t>;
   static const KernelTable<F, W>* const tables[] = {
       scalar_kernels<F, W>(), avx2_kernels<F, W>(),
-      untested512 ? avx2_kernels<F, W>() : avx512_kernels<F, W>()};
+      !low || cpu_has(AVX512_LOWP) ? avx512_kernels<F, W>() : avx2_kernels<F, W>()};
   return tables[current().load(std::memory_order_relaxed)];
 }
 

@@ -162,16 +162,20 @@ def config() -> dict[str, Any]:
         "blas": "none (every product runs on rnnkern's own packed kernels)",
         "precisions": {
             "float": f"{_core.isa()} float32/float64 products",
-            # No native bf16 path ships yet (none could be tested: see docs/precision.md).
-            "bf16": f"{_core.kernel_isa(1)} emulated: bf16 weights widened to float32, operands "
-                    "rounded to bf16, float32 sums",
-            # Inference only. No VNNI/AMX path ships (none could be tested: docs/precision.md).
-            "int8": f"{_core.kernel_isa(2)} " + ("vpmaddubsw + vpmaddwd" if _core.kernel_isa(2)
-                                                 != "scalar" else "int32")
+            "bf16": f"{_core.kernel_isa(1)} " + (
+                "AVX512_BF16 vdpbf16ps: bf16 weights and operands" if _core.kernel_isa(1)
+                == "avx512" else "emulated: bf16 weights widened to float32, operands rounded to "
+                "bf16") + ", float32 sums",
+            "int8": f"{_core.kernel_isa(2)} " + _INT8_PRODUCTS[_core.kernel_isa(2)]
                     + ": 7-bit int8 weight rows x u8 activation rows (zero point), exact int32 "
                       "sums, inference only",
         },
     }
+
+
+# How each ISA's int8 kernels form the exact int32 sums (AMX tiles: no machine here has them).
+_INT8_PRODUCTS = {"scalar": "int32", "avx2": "vpmaddubsw + vpmaddwd",
+                  "avx512": "AVX512_VNNI vpdpbusd"}
 
 
 def _isa_from_environment() -> None:
