@@ -23,6 +23,7 @@ SHAPES = [  # (T, B, I, H, lengths): odd H (partial blocks), T = 1, B = 1, lengt
     (1, 1, 5, 7, None),
     (12, 4, 8, 17, "random"),
     (40, 2, 24, 40, None),
+    (3, 5, 1101, 530, "random"),  # long products: AVX512_BF16 packs a's pairs 512 k at a time
 ]
 
 

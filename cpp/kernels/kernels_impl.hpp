@@ -397,29 +397,49 @@ inline void tile_bf16(const float* a, int64_t lda, const bf16* panel, int64_t K,
 #if defined(__AVX512BF16__)
   if constexpr (NBF == 16) {  // AVX512_BF16: vdpbf16ps adds a pair of k's products per lane
     // acc += a[k + 1] w[k + 1], then += a[k] w[k], each rounded (the products are exact in
-    // float); bf16 denormals are read as zero (docs/precision.md). Pair p goes to set p % KU.
-    auto dpair = [&](int64_t k, int s) {
-      const bf16* pk = panel + (k / 2) * NV * 2 * NBF;  // (NV, 2NB)
-      __m512bh w[NV];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v)
-        w[v] = (__m512bh)_mm512_loadu_si512(static_cast<const void*>(pk + v * 2 * NBF));
+    // float); bf16 denormals are read as zero (docs/precision.md). a's rows (bf16 values) are
+    // first packed as pairs, KC k at a time, so that a pair is one broadcast; pair p of a chunk
+    // goes to accumulator set p % KU.
+    constexpr int64_t KC = 512;
+    alignas(64) uint32_t ap[MB][KC / 2];  // (MB, KC/2) a's pairs of the chunk
+    for (int64_t k0 = 0; k0 < Kp; k0 += KC) {
+      const int64_t kn = imin(KC, Kp - k0);  // even
 #pragma GCC unroll 8
       for (int m = 0; m < MB; ++m) {
-        uint32_t lo, hi;  // a's k and k + 1, already bf16 values: their high halves
-        std::memcpy(&lo, a + m * lda + k, 4);
-        std::memcpy(&hi, a + m * lda + k + 1, 4);
-        const __m512bh b = (__m512bh)_mm512_set1_epi32(static_cast<int>((lo >> 16) | (hi & 0xFFFF0000u)));
+        const float* r = a + m * lda + k0;
+        int64_t k = 0;
+        for (; k + 32 <= kn; k += 32)  // exact: the values are bf16 already
+          _mm512_store_si512(static_cast<void*>(ap[m] + k / 2),
+                             (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(r + k + 16),
+                                                          _mm512_loadu_ps(r + k)));
+        for (; k < kn; k += 2) {
+          uint32_t lo, hi;
+          std::memcpy(&lo, r + k, 4);
+          std::memcpy(&hi, r + k + 1, 4);
+          ap[m][k / 2] = (lo >> 16) | (hi & 0xFFFF0000u);
+        }
+      }
+      auto dpair = [&](int64_t q, int s) {  // pair q of the chunk into set s
+        const bf16* pk = panel + (k0 / 2 + q) * NV * 2 * NBF;  // (NV, 2NB)
+        __m512bh w[NV];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v)
-          acc[s][m][v] = (vec<float>)_mm512_dpbf16_ps((__m512)acc[s][m][v], b, w[v]);
-      }
-    };
-    int64_t k = 0;
-    for (; k + 2 * KU <= Kp; k += 2 * KU)
+          w[v] = (__m512bh)_mm512_loadu_si512(static_cast<const void*>(pk + v * 2 * NBF));
 #pragma GCC unroll 8
-      for (int q = 0; q < KU; ++q) dpair(k + 2 * q, q);
-    for (; k < Kp; k += 2) dpair(k, 0);
+        for (int m = 0; m < MB; ++m) {
+          const __m512bh b = (__m512bh)_mm512_set1_epi32(static_cast<int>(ap[m][q]));
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v)
+            acc[s][m][v] = (vec<float>)_mm512_dpbf16_ps((__m512)acc[s][m][v], b, w[v]);
+        }
+      };
+      const int64_t np = kn / 2;
+      int64_t q = 0;
+      for (; q + KU <= np; q += KU)
+#pragma GCC unroll 8
+        for (int u = 0; u < KU; ++u) dpair(q + u, u);
+      for (; q < np; ++q) dpair(q, 0);
+    }
   } else
 #endif
   {
