@@ -7,8 +7,9 @@
  *   bf16: vdpbf16ps where the CPU has AVX512_BF16, else the emulated path: bf16 widened to
  *         float32 by a 16-bit shift (vpslld) and a float32 FMA, the shift amortized over the
  *         rows of a tile as in the kernels (one weight vector widened per MB = 5 FMAs).
- * The VNNI and AVX512_BF16 branches compile (gcc 12, -mavx512vnni / -mavxvnni / -mavx512bf16)
- * but have not run: no machine this project had so far has those instructions.
+ * The AVX512_VNNI and AVX512_BF16 branches ran on an AMD EPYC Zen 5 (session 20): 991 and 446
+ * GOP/s per core, against 240 GFLOP/s of float32 FMA (fma_peak.c). The AVX-VNNI (ymm) branch
+ * has not run alone (a CPU with both takes the zmm one).
  *   gcc -O2 -march=native scripts/lowp_peak.c -o /tmp/lowp_peak && /tmp/lowp_peak          */
 #include <immintrin.h>
 #include <stdint.h>

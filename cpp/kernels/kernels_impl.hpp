@@ -1073,11 +1073,26 @@ RNNKERN_FLATTEN void product(const F* a, int64_t lda, bool at, int64_t M, const 
         }
       }
     }
+    const F* ar = am;  // the group's rows of A as the tiles read them
+    int64_t ldr = lda;
+    bool tr = at;
+    if constexpr (is_bf16<W>) {  // rounded to bf16 once here, not by every tile of every block
+      thread_local std::vector<float> rounded;  // (nm, K)
+      rounded.resize(static_cast<size_t>(nm * K));
+      float* r = rounded.data();
+      if (at) {
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t m = 0; m < nm; ++m) r[m * K + k] = operand<bf16>(am[k * lda + m]);
+      } else {
+        bf16_round_rows(am, lda, nm, K, r);
+      }
+      ar = r, ldr = K, tr = false;
+    }
     for (; jb < jb1; ++jb) {
       const W* panel = panels + jb * K * NB<F>;  // (K, NB)
       auto put1 = [&](int64_t b, const F* acc) { put(jb, b, acc); };
-      if (at) panel_rows<F, 1, true>(am, lda, nm, panel, K, put1);
-      else panel_rows<F, 1>(am, lda, nm, panel, K, put1);
+      if (tr) panel_rows<F, 1, true>(ar, ldr, nm, panel, K, put1);
+      else panel_rows<F, 1>(ar, ldr, nm, panel, K, put1, is_bf16<W>);
     }
   }
 }
