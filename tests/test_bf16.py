@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rnnkern_testing import NATIVE_LOWP, CELLS, assert_close_bf16, make_case, make_output_grads
+from rnnkern_testing import CELLS, NATIVE_LOWP, assert_close_bf16, make_case, make_output_grads
 
 import rnnkern
 from rnnkern import _api, reference

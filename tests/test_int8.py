@@ -16,7 +16,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rnnkern_testing import ISAS, NATIVE_LOWP, CELLS, assert_close_int8, make_case, make_lstm_variant_case
+from rnnkern_testing import (
+    CELLS,
+    ISAS,
+    NATIVE_LOWP,
+    assert_close_int8,
+    make_case,
+    make_lstm_variant_case,
+)
 from test_bf16 import SHAPES as BF16_SHAPES
 
 import rnnkern
