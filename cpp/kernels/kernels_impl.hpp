@@ -376,11 +376,20 @@ inline void tile(const F* a, int64_t lda, const W* panel, int64_t ldp, int64_t K
     }
 }
 
+// Whether this table's bf16 products take vdpbf16ps (avx512 with AVX512_BF16).
+#if defined(__AVX512BF16__)
+constexpr bool kNativeBf16 = VBYTES == 64;
+#else
+constexpr bool kNativeBf16 = false;
+#endif
+
 // out (MB, NV*NB) = a (MB rows of stride lda, K; bf16 values) @ a bf16 panel (K, NV, NB) in
 // pairs of k (see store_pair): one load gives k and k + 1 (a shift and a mask widen them), so
 // the panel's bytes are half of float's and the widening costs one ALU operation per vector;
-// with AVX512_BF16 one vdpbf16ps per vector takes the pair as it is.
-template <int MB, int NV>
+// with AVX512_BF16 one vdpbf16ps per vector takes the pair as it is. AT: a is read transposed,
+// row m's k at a[k * lda + m]; with vdpbf16ps a is then bf16_pair_rows' (pair q of row m at
+// a[q * lda + m], an odd K's last k at a[(K / 2) * lda + m]).
+template <int MB, int NV, bool AT = false>
 inline void tile_bf16(const float* a, int64_t lda, const bf16* panel, int64_t K, float* out) {
   constexpr int KU = k_unroll(MB * NV);  // accumulator sets: k goes to set k % KU
   constexpr int PU = KU >= 2 ? KU / 2 : 1;  // pairs per iteration
@@ -395,50 +404,62 @@ inline void tile_bf16(const float* a, int64_t lda, const bf16* panel, int64_t K,
       for (int v = 0; v < NV; ++v) acc[u][m][v] = vec<float>{};
   const int64_t Kp = K & ~int64_t(1);
 #if defined(__AVX512BF16__)
-  if constexpr (NBF == 16) {  // AVX512_BF16: vdpbf16ps adds a pair of k's products per lane
+  if constexpr (kNativeBf16) {  // AVX512_BF16: vdpbf16ps adds a pair of k's products per lane
     // acc += a[k + 1] w[k + 1], then += a[k] w[k], each rounded (the products are exact in
-    // float); bf16 denormals are read as zero (docs/precision.md). a's rows (bf16 values) are
-    // first packed as pairs, KC k at a time, so that a pair is one broadcast; pair p of a chunk
-    // goes to accumulator set p % KU.
-    constexpr int64_t KC = 512;
-    alignas(64) uint32_t ap[MB][KC / 2];  // (MB, KC/2) a's pairs of the chunk
-    for (int64_t k0 = 0; k0 < Kp; k0 += KC) {
-      const int64_t kn = imin(KC, Kp - k0);  // even
+    // float); bf16 denormals are read as zero (docs/precision.md). Without AT a's rows (bf16
+    // values) are first packed as pairs, KC k at a time, so that a pair is one broadcast. Pair
+    // p of a run goes to accumulator set p % KU.
+    // Pair q (of the whole K) times the panel into set s; pair(m): row m's pair, 32 bits.
+    auto dpair = [&](int64_t q, int s, auto&& pair) {
+      const bf16* pk = panel + q * NV * 2 * NBF;  // (NV, 2NB)
+      __m512bh w[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v)
+        w[v] = (__m512bh)_mm512_loadu_si512(static_cast<const void*>(pk + v * 2 * NBF));
 #pragma GCC unroll 8
       for (int m = 0; m < MB; ++m) {
-        const float* r = a + m * lda + k0;
-        int64_t k = 0;
-        for (; k + 32 <= kn; k += 32)  // exact: the values are bf16 already
-          _mm512_store_si512(static_cast<void*>(ap[m] + k / 2),
-                             (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(r + k + 16),
-                                                          _mm512_loadu_ps(r + k)));
-        for (; k < kn; k += 2) {
-          uint32_t lo, hi;
-          std::memcpy(&lo, r + k, 4);
-          std::memcpy(&hi, r + k + 1, 4);
-          ap[m][k / 2] = (lo >> 16) | (hi & 0xFFFF0000u);
-        }
-      }
-      auto dpair = [&](int64_t q, int s) {  // pair q of the chunk into set s
-        const bf16* pk = panel + (k0 / 2 + q) * NV * 2 * NBF;  // (NV, 2NB)
-        __m512bh w[NV];
+        const __m512bh b = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair(m)));
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v)
-          w[v] = (__m512bh)_mm512_loadu_si512(static_cast<const void*>(pk + v * 2 * NBF));
+          acc[s][m][v] = (vec<float>)_mm512_dpbf16_ps((__m512)acc[s][m][v], b, w[v]);
+      }
+    };
+    // Pairs [q0, q1) with pair_at(q, m) giving row m's pair q.
+    auto run = [&](int64_t q0, int64_t q1, auto&& pair_at) {
+      int64_t q = q0;
+      for (; q + KU <= q1; q += KU)
+#pragma GCC unroll 8
+        for (int u = 0; u < KU; ++u) dpair(q + u, u, [&](int m) { return pair_at(q + u, m); });
+      for (; q < q1; ++q) dpair(q, 0, [&](int m) { return pair_at(q, m); });
+    };
+    if constexpr (AT) {
+      run(0, Kp / 2, [&](int64_t q, int m) {
+        uint32_t p;
+        std::memcpy(&p, a + q * lda + m, 4);
+        return p;
+      });
+    } else {
+      constexpr int64_t KC = 512;
+      alignas(64) uint32_t ap[MB][KC / 2];  // (MB, KC/2) a's pairs of the chunk
+      for (int64_t k0 = 0; k0 < Kp; k0 += KC) {
+        const int64_t kn = imin(KC, Kp - k0);  // even
 #pragma GCC unroll 8
         for (int m = 0; m < MB; ++m) {
-          const __m512bh b = (__m512bh)_mm512_set1_epi32(static_cast<int>(ap[m][q]));
-#pragma GCC unroll 4
-          for (int v = 0; v < NV; ++v)
-            acc[s][m][v] = (vec<float>)_mm512_dpbf16_ps((__m512)acc[s][m][v], b, w[v]);
+          const float* r = a + m * lda + k0;
+          int64_t k = 0;
+          for (; k + 32 <= kn; k += 32)  // exact: the values are bf16 already
+            _mm512_store_si512(static_cast<void*>(ap[m] + k / 2),
+                               (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(r + k + 16),
+                                                            _mm512_loadu_ps(r + k)));
+          for (; k < kn; k += 2) {
+            uint32_t lo, hi;
+            std::memcpy(&lo, r + k, 4);
+            std::memcpy(&hi, r + k + 1, 4);
+            ap[m][k / 2] = (lo >> 16) | (hi & 0xFFFF0000u);
+          }
         }
-      };
-      const int64_t np = kn / 2;
-      int64_t q = 0;
-      for (; q + KU <= np; q += KU)
-#pragma GCC unroll 8
-        for (int u = 0; u < KU; ++u) dpair(q + u, u);
-      for (; q < np; ++q) dpair(q, 0);
+        run(k0 / 2, (k0 + kn) / 2, [&](int64_t q, int m) { return ap[m][q - k0 / 2]; });
+      }
     }
   } else
 #endif
@@ -447,7 +468,9 @@ inline void tile_bf16(const float* a, int64_t lda, const bf16* panel, int64_t K,
     const bf16* pk = panel + (k / 2) * NV * 2 * NBF;  // (NV, 2NB)
     float s0[MB], s1[MB];
 #pragma GCC unroll 8
-    for (int m = 0; m < MB; ++m) s0[m] = a[m * lda + k], s1[m] = a[m * lda + k + 1];
+    for (int m = 0; m < MB; ++m)
+      s0[m] = AT ? a[k * lda + m] : a[m * lda + k],
+      s1[m] = AT ? a[(k + 1) * lda + m] : a[m * lda + k + 1];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       uvec u;
@@ -469,7 +492,7 @@ inline void tile_bf16(const float* a, int64_t lda, const bf16* panel, int64_t K,
   if (K & 1) {  // the last k, stored plain
 #pragma GCC unroll 8
     for (int m = 0; m < MB; ++m) {
-      const float s = a[m * lda + K - 1];
+      const float s = AT ? a[(kNativeBf16 ? Kp / 2 : K - 1) * lda + m] : a[m * lda + K - 1];
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[0][m][v] += load_w<float>(panel + (Kp * NV + v) * NBF) * s;
     }
@@ -494,6 +517,31 @@ inline void bf16_round_rows(const float* a, int64_t lda, int64_t rows, int64_t K
     for (; k + NB<float> <= K; k += NB<float>) store(o + k, (vec<float>)bf16_round(load(r + k)));
     for (; k < K; ++k) o[k] = operand<bf16>(r[k]);
   }
+}
+
+// Rows 2q and 2q + 1 of a (K rows of n, lda apart) rounded to bf16 and paired lane by lane (row
+// 2q in the low half) into out (K/2, n) of 32-bit pairs, then an odd K's last row's bf16 values
+// (n): the transposed operand of vdpbf16ps tiles (tile_bf16 with AT).
+inline void bf16_pair_rows(const float* a, int64_t lda, int64_t K, int64_t n, float* out) {
+  auto bits = [](float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+  };
+  for (int64_t q = 0; q < K / 2; ++q) {
+    const float *r0 = a + 2 * q * lda, *r1 = r0 + lda;
+    float* o = out + q * n;
+    int64_t j = 0;
+    for (; j + NB<float> <= n; j += NB<float>) {
+      const uvec u = (bf16_round(load(r0 + j)) >> 16) | bf16_round(load(r1 + j));
+      std::memcpy(o + j, &u, sizeof u);
+    }
+    for (; j < n; ++j) {
+      const uint32_t u = (bits(operand<bf16>(r0[j])) >> 16) | bits(operand<bf16>(r1[j]));
+      std::memcpy(o + j, &u, 4);
+    }
+  }
+  if (K & 1) bf16_round_rows(a + (K - 1) * lda, lda, 1, n, out + (K / 2) * n);
 }
 
 // Rows [b, b + M) of a (K columns; with AT, columns of a (K, lda)) rounded to bf16, as a (M, K)
@@ -528,7 +576,7 @@ inline void rows_tile(const F* a, int64_t lda, int64_t b, int64_t rows, const W*
   if constexpr (M > 0) {
     if (rows == M) {
       if constexpr (is_bf16<W>) {  // the tile's rows rounded once, not at every broadcast
-        if (rounded) tile_bf16<M, NV>(a + b * lda, lda, panel, K, buf);
+        if (rounded) tile_bf16<M, NV, AT>(AT ? a + b : a + b * lda, lda, panel, K, buf);
         else tile_bf16<M, NV>(bf16_rows<M, AT>(a, lda, b, K), K, panel, K, buf);
       } else {
         constexpr int64_t WS = NV * NB<F>;
@@ -1077,21 +1125,19 @@ RNNKERN_FLATTEN void product(const F* a, int64_t lda, bool at, int64_t M, const 
     int64_t ldr = lda;
     bool tr = at;
     if constexpr (is_bf16<W>) {  // rounded to bf16 once here, not by every tile of every block
-      thread_local std::vector<float> rounded;  // (nm, K)
-      rounded.resize(static_cast<size_t>(nm * K));
+      // (nm, K); with `at` as stored, (K, nm), or with vdpbf16ps paired ((K + 1) / 2, nm)
+      thread_local std::vector<float> rounded;
+      rounded.resize(static_cast<size_t>(((at && kNativeBf16) ? (K + 1) / 2 : K) * nm));
       float* r = rounded.data();
-      if (at) {
-        for (int64_t k = 0; k < K; ++k)
-          for (int64_t m = 0; m < nm; ++m) r[m * K + k] = operand<bf16>(am[k * lda + m]);
-      } else {
-        bf16_round_rows(am, lda, nm, K, r);
-      }
-      ar = r, ldr = K, tr = false;
+      if (!at) bf16_round_rows(am, lda, nm, K, r), ldr = K;
+      else if (kNativeBf16) bf16_pair_rows(am, lda, K, nm, r), ldr = nm;
+      else bf16_round_rows(am, lda, K, nm, r), ldr = nm;
+      ar = r;
     }
     for (; jb < jb1; ++jb) {
       const W* panel = panels + jb * K * NB<F>;  // (K, NB)
       auto put1 = [&](int64_t b, const F* acc) { put(jb, b, acc); };
-      if (tr) panel_rows<F, 1, true>(ar, ldr, nm, panel, K, put1);
+      if (tr) panel_rows<F, 1, true>(ar, ldr, nm, panel, K, put1, is_bf16<W>);
       else panel_rows<F, 1>(ar, ldr, nm, panel, K, put1, is_bf16<W>);
     }
   }
