@@ -389,9 +389,15 @@ constexpr bool kNativeBf16 = false;
 // with AVX512_BF16 one vdpbf16ps per vector takes the pair as it is. AT: a is read transposed,
 // row m's k at a[k * lda + m]; with vdpbf16ps a is then bf16_pair_rows' (pair q of row m at
 // a[q * lda + m], an odd K's last k at a[(K / 2) * lda + m]).
-template <int MB, int NV, bool AT = false>
-inline void tile_bf16(const float* a, int64_t lda, const bf16* panel, int64_t K, float* out) {
-  constexpr int KU = k_unroll(MB * NV);  // accumulator sets: k goes to set k % KU
+// The panel's vectors: pair q's vector v at panel + q * ps + v * vs, an odd K's last k's at
+// panel + (K / 2) * ps + v * ts (defaults: an NV-gate panel; product() passes NV adjacent
+// blocks' panels). ONE: one chain of sums per output whatever the tile's shape (KU = 1), so
+// that grouping blocks into tiles does not change the bits.
+template <int MB, int NV, bool AT = false, bool ONE = false>
+inline void tile_bf16(const float* a, int64_t lda, const bf16* panel, int64_t K, float* out,
+                      int64_t ps = NV * 2 * NB<float>, int64_t vs = 2 * NB<float>,
+                      int64_t ts = NB<float>) {
+  constexpr int KU = ONE ? 1 : k_unroll(MB * NV);  // accumulator sets: k goes to set k % KU
   constexpr int PU = KU >= 2 ? KU / 2 : 1;  // pairs per iteration
   constexpr int64_t NBF = NB<float>;
   const uvec high = uvec{} + 0xFFFF0000u;
@@ -411,11 +417,11 @@ inline void tile_bf16(const float* a, int64_t lda, const bf16* panel, int64_t K,
     // p of a run goes to accumulator set p % KU.
     // Pair q (of the whole K) times the panel into set s; pair(m): row m's pair, 32 bits.
     auto dpair = [&](int64_t q, int s, auto&& pair) {
-      const bf16* pk = panel + q * NV * 2 * NBF;  // (NV, 2NB)
+      const bf16* pk = panel + q * ps;  // pair q's NV vectors, vs apart
       __m512bh w[NV];
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v)
-        w[v] = (__m512bh)_mm512_loadu_si512(static_cast<const void*>(pk + v * 2 * NBF));
+        w[v] = (__m512bh)_mm512_loadu_si512(static_cast<const void*>(pk + v * vs));
 #pragma GCC unroll 8
       for (int m = 0; m < MB; ++m) {
         const __m512bh b = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair(m)));
@@ -465,7 +471,7 @@ inline void tile_bf16(const float* a, int64_t lda, const bf16* panel, int64_t K,
 #endif
   {
   auto pair = [&](int64_t k, int se, int so) {  // k even: k into set se, k + 1 into so
-    const bf16* pk = panel + (k / 2) * NV * 2 * NBF;  // (NV, 2NB)
+    const bf16* pk = panel + (k / 2) * ps;  // pair k / 2's NV vectors, vs apart
     float s0[MB], s1[MB];
 #pragma GCC unroll 8
     for (int m = 0; m < MB; ++m)
@@ -474,7 +480,7 @@ inline void tile_bf16(const float* a, int64_t lda, const bf16* panel, int64_t K,
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       uvec u;
-      std::memcpy(&u, pk + v * 2 * NBF, sizeof u);
+      std::memcpy(&u, pk + v * vs, sizeof u);
       const vec<float> we = (vec<float>)(u << 16), wo = (vec<float>)(u & high);
 #pragma GCC unroll 8
       for (int m = 0; m < MB; ++m) {
@@ -494,7 +500,7 @@ inline void tile_bf16(const float* a, int64_t lda, const bf16* panel, int64_t K,
     for (int m = 0; m < MB; ++m) {
       const float s = AT ? a[(kNativeBf16 ? Kp / 2 : K - 1) * lda + m] : a[m * lda + K - 1];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[0][m][v] += load_w<float>(panel + (Kp * NV + v) * NBF) * s;
+      for (int v = 0; v < NV; ++v) acc[0][m][v] += load_w<float>(panel + (Kp / 2) * ps + v * ts) * s;
     }
   }
 #pragma GCC unroll 8
@@ -1071,6 +1077,21 @@ inline void pair_tile(const F* a, int64_t lda, int64_t rows, const F* panel, int
   }
 }
 
+// One tile of `rows` (1..M) rows from b of bf16 values (`at`: stored as tile_bf16's AT takes
+// them) times NV adjacent blocks' panels, one chain of sums per output: buf (rows, NV*NB).
+template <int M, int NV>
+inline void group_tile(const float* a, int64_t lda, bool at, int64_t b, int64_t rows,
+                       const bf16* panel, int64_t K, float* buf, int64_t ps, int64_t vs) {
+  if constexpr (M > 0) {
+    if (rows == M) {
+      if (at) tile_bf16<M, NV, true, true>(a + b, lda, panel, K, buf, ps, vs, vs);
+      else tile_bf16<M, NV, false, true>(a + b * lda, lda, panel, K, buf, ps, vs, vs);
+    } else {
+      group_tile<M - 1, NV>(a, lda, at, b, rows, panel, K, buf, ps, vs);
+    }
+  }
+}
+
 // out (M, N) (+)= A w in the columns of blocks [jb0, jb1), w (K, N) from its pack_backward
 // panels (nblk, K, NB); A = a (M rows, lda apart) or, with `at`, a^T (a: (K, lda), of which the
 // first M columns): the backward's dx = dG W_ih and weight gradients dW = dG^T X, with the
@@ -1133,6 +1154,29 @@ RNNKERN_FLATTEN void product(const F* a, int64_t lda, bool at, int64_t M, const 
       else if (kNativeBf16) bf16_pair_rows(am, lda, K, nm, r), ldr = nm;
       else bf16_round_rows(am, lda, K, nm, r), ldr = nm;
       ar = r;
+    }
+    if constexpr (kNativeBf16 && is_bf16<W>) {
+      // vdpbf16ps: up to 4 adjacent blocks per tile (6 rows x 4 vectors: 10 loads per 24
+      // vdpbf16ps, against 9 per 8 with one block), each output one chain of sums (ONE), so
+      // the bits do not depend on how a member's blocks fall into groups.
+      auto group = [&](auto nv) {
+        constexpr int NVG = decltype(nv)::value, MB = mb_max<F, NVG>();
+        alignas(64) F buf[MB * NVG * NB<F>];  // (rows, NVG*NB) a tile's products
+        const W* panel = panels + jb * K * NB<F>;  // (NVG, K, NB)
+        const int64_t tiles = (nm + MB - 1) / MB, ps = 2 * NB<F>, vs = K * NB<F>;
+        for (int64_t i = 0, b = 0, rows; i < tiles; ++i, b += rows) {
+          rows = tile_rows(nm, tiles, i);
+          group_tile<MB, NVG>(ar, ldr, tr, b, rows, panel, K, buf, ps, vs);
+          for (int64_t r = 0; r < rows; ++r)
+            for (int v = 0; v < NVG; ++v) put(jb + v, b + r, buf + (r * NVG + v) * NB<F>);
+        }
+        jb += NVG;
+      };
+      while (jb < jb1) {
+        if (jb1 - jb >= 4) group(std::integral_constant<int, 4>{});
+        else if (jb1 - jb >= 2) group(std::integral_constant<int, 2>{});
+        else group(std::integral_constant<int, 1>{});
+      }
     }
     for (; jb < jb1; ++jb) {
       const W* panel = panels + jb * K * NB<F>;  // (K, NB)
