@@ -1283,12 +1283,15 @@ inline void pass_through(const StepConst<F, W>& c, const Step<F>& s, int64_t b, 
 // Whether B rows make every tile sum each output in one chain of FMAs (k_unroll 1) both as
 // panel_rows<F, 1>'s one-block tiles and as the product's two-block ones, which then give the
 // same bits: B = 5-8 or B >= 10 (float and double, AVX2).
-template <class F>
+// With vdpbf16ps the product's tiles are one chain whatever their shape (tile_bf16's ONE), so
+// only the one-block tiles count: B = 5-8 or B >= 10.
+template <class F, class W>
 constexpr bool one_chain(int64_t B) {
   auto each = [B](int MB, int NV) {
     const int64_t tiles = (B + MB - 1) / MB;
     return B > 0 && k_unroll(static_cast<int>(B / tiles) * NV) == 1;
   };
+  if constexpr (kNativeBf16 && is_bf16<W>) return each(mb_max<F, 1>(), 1);
   return each(mb_max<F, 1>(), 1) && each(mb_max<F, 2>(), 2);
 }
 
@@ -1296,8 +1299,9 @@ constexpr bool one_chain(int64_t B) {
 // [jb0, jb1) (block jb's at panels + jb * K * NB): rows(jb, epi) calls epi(b, acc) for every row
 // b of block jb, as panel_rows<F, 1> of its panel does. Where two-block tiles give the same bits
 // (one_chain), the constructor makes all the blocks' sums at once with the product's two-block
-// tiles (12 FMAs per 8 loads; one-block tiles: 8 per 9), into this thread's buffer, which rows()
-// reads; else rows() runs panel_rows<F, 1>. One thread, B = 32, H = 256: 55 -> 69 GFLOP/s.
+// tiles (12 FMAs per 8 loads; one-block tiles: 8 per 9; vdpbf16ps: up to four blocks, 24 per
+// 10), into this thread's buffer, which rows() reads; else rows() runs panel_rows<F, 1>. One
+// thread, B = 32, H = 256: 55 -> 69 GFLOP/s (float, AVX2).
 template <class F, class W>
 struct DhRows {
   const F* a;
@@ -1308,8 +1312,8 @@ struct DhRows {
   DhRows(const F* a_, int64_t lda_, int64_t B_, const W* panels_, int64_t K_, int64_t H,
          int64_t jb0, int64_t jb1)
       : a(a_), lda(lda_), B(B_), panels(panels_), K(K_), ld((H + NB<F> - 1) / NB<F> * NB<F>) {
-    if constexpr (paired<F, W>()) {
-      if (a != nullptr && jb1 - jb0 >= 2 && one_chain<F>(B)) {
+    if constexpr (paired<F, W>() || (kNativeBf16 && is_bf16<W>)) {
+      if (a != nullptr && jb1 - jb0 >= 2 && one_chain<F, W>(B)) {
         thread_local std::vector<F> buf;  // (B, ld); lanes past H: not written, not stored
         if (buf.size() < static_cast<size_t>(B * ld)) buf.assign(B * ld, F(0));
         product<F, W>(a, lda, false, B, panels, K, H, buf.data(), ld, false, jb0, jb1);
