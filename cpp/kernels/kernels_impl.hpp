@@ -1059,11 +1059,12 @@ void zero_row(W* panels, int64_t rows, int64_t q, int64_t jb0, int64_t jb1) {
 
 // Whether product() takes two column blocks per tile: with 16 vector registers (AVX2) a
 // one-block tile holds 8 rows (8 accumulators: 9 loads per 8 FMAs), a two-block one 6 rows (12
-// accumulators: 8 loads per 12 FMAs). Float panels only (bf16 ones are in pairs of k). Each
-// output is the same chain of FMAs over k either way, so the bits do not change.
+// accumulators: 8 loads per 12 FMAs); with 32 (AVX-512) 8 rows either way (two blocks: 10 loads
+// per 16 FMAs). Float panels only (bf16 ones are in pairs of k). Each output is the same chain
+// of FMAs over k either way where one_chain holds, so the bits do not change there.
 template <class F, class W>
 constexpr bool paired() {
-  return VBYTES == 32 && std::is_same_v<W, F>;
+  return VBYTES >= 32 && std::is_same_v<W, F>;
 }
 
 // buf (rows, 2NB) (+)= `rows` (1..M) rows of a (kn of k) @ two adjacent panels of K rows
