@@ -1145,7 +1145,6 @@ RNNKERN_FLATTEN void product(const F* a, int64_t lda, bool at, int64_t M, const 
     }
     const F* ar = am;  // the group's rows of A as the tiles read them
     int64_t ldr = lda;
-    bool tr = at;
     if constexpr (is_bf16<W>) {  // rounded to bf16 once here, not by every tile of every block
       // (nm, K); with `at` as stored, (K, nm), or with vdpbf16ps paired ((K + 1) / 2, nm)
       thread_local std::vector<float> rounded;
@@ -1167,7 +1166,7 @@ RNNKERN_FLATTEN void product(const F* a, int64_t lda, bool at, int64_t M, const 
         const int64_t tiles = (nm + MB - 1) / MB, ps = 2 * NB<F>, vs = K * NB<F>;
         for (int64_t i = 0, b = 0, rows; i < tiles; ++i, b += rows) {
           rows = tile_rows(nm, tiles, i);
-          group_tile<MB, NVG>(ar, ldr, tr, b, rows, panel, K, buf, ps, vs);
+          group_tile<MB, NVG>(ar, ldr, at, b, rows, panel, K, buf, ps, vs);
           for (int64_t r = 0; r < rows; ++r)
             for (int v = 0; v < NVG; ++v) put(jb + v, b + r, buf + (r * NVG + v) * NB<F>);
         }
@@ -1182,7 +1181,7 @@ RNNKERN_FLATTEN void product(const F* a, int64_t lda, bool at, int64_t M, const 
     for (; jb < jb1; ++jb) {
       const W* panel = panels + jb * K * NB<F>;  // (K, NB)
       auto put1 = [&](int64_t b, const F* acc) { put(jb, b, acc); };
-      if (tr) panel_rows<F, 1, true>(ar, ldr, nm, panel, K, put1, is_bf16<W>);
+      if (at) panel_rows<F, 1, true>(ar, ldr, nm, panel, K, put1, is_bf16<W>);
       else panel_rows<F, 1>(ar, ldr, nm, panel, K, put1, is_bf16<W>);
     }
   }
