@@ -67,10 +67,40 @@ T* writeable(const py::object& o, const char* name, const Shape& shape, bool opt
   return const_cast<T*>(p);
 }
 
+// A new uninitialized C-contiguous array for a result. From kScratchMin bytes on its memory
+// comes from the core's scratch pool (rnnkern::scratch_acquire): a result the caller frees goes
+// back there, and the next call's results reuse it without page faults. Smaller ones are
+// NumPy's own (no faults, and no capsule to pay for on a B = 1 step).
+template <class T>
+py::array_t<T> new_array(const Shape& shape) {
+  size_t n = 1;
+  for (const int64_t s : shape) n *= static_cast<size_t>(s);
+  const std::vector<py::ssize_t> dims(shape.begin(), shape.end());
+  if (n * sizeof(T) < rnnkern::kScratchMin) return py::array_t<T>(dims);
+  struct Block {
+    void* p;
+    size_t capacity;
+  };
+  auto block = std::make_unique<Block>();
+  block->p = rnnkern::scratch_acquire(n * sizeof(T), &block->capacity);
+  py::capsule owner;
+  try {
+    owner = py::capsule(block.get(), [](void* b) {
+      const std::unique_ptr<Block> own(static_cast<Block*>(b));
+      rnnkern::scratch_release(own->p, own->capacity);
+    });
+  } catch (...) {
+    rnnkern::scratch_release(block->p, block->capacity);
+    throw;
+  }
+  T* data = static_cast<T*>(block.release()->p);  // the capsule owns the block now
+  return py::array_t<T>(dims, data, owner);
+}
+
 template <class T>
 py::object array_or_none(bool present, const Shape& shape) {
   if (!present) return py::none();
-  return py::array_t<T>(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+  return new_array<T>(shape);
 }
 
 template <class T>
@@ -178,7 +208,7 @@ Prepared prepare_forward(Cell cell, Sizes z, const py::object& x, const py::obje
   const int64_t* len = data<int64_t>(lengths, "lengths", {B}, true);
   for (int64_t b = 0; len && b < B; ++b)
     if (len[b] < 1 || len[b] > T) throw py::value_error("lengths: every value must be in 1..T");
-  py::array_t<F> y({T, B, P}), h_n({B, P});
+  py::array_t<F> y = new_array<F>({T, B, P}), h_n = new_array<F>({B, P});
   py::object c_n = array_or_none<F>(lstm, {B, H});
   const auto L = rnnkern::cache_layout(cell, z.d);
   py::object hs = array_or_none<F>(training, {T + 1, B, P});
@@ -293,7 +323,7 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
   const F* dhp = data<F>(dh_n, "dh_n", {B, P}, true);
   const F* dcp = lstm ? data<F>(dc_n, "dc_n", {B, H}, true) : nullptr;
   py::object dx = array_or_none<F>(need_dx, {T, B, I});  // None: not wanted, not computed
-  py::array_t<F> dh0({B, P});
+  py::array_t<F> dh0 = new_array<F>({B, P});
   py::object dc0 = array_or_none<F>(lstm, {B, H});
   rnnkern::Grads<F> g{ptr<F>(dx), dh0.mutable_data(), ptr<F>(dc0), nullptr, nullptr,
                       nullptr, nullptr};  // the weight gradients: the slots below
@@ -468,8 +498,8 @@ py::object step(const PackHandle& pk, const rnnkern::Pack<F>* w, const py::handl
   const F* c0p = exact<F>(c0, nd, sd + 2 - nd, true, ok);
   if (!ok || (!lstm && !c0.is_none())) return py::none();
   const std::vector<py::ssize_t> shape(sd + 2 - nd, sd + 2), hshape(pd + 2 - nd, pd + 2);
-  py::array_t<F> h(hshape), h_n(hshape);
-  py::object c = lstm ? py::object(py::array_t<F>(shape)) : py::none();
+  py::array_t<F> h = new_array<F>(hshape), h_n = new_array<F>(hshape);
+  py::object c = array_or_none<F>(lstm, shape);
   const auto L = rnnkern::cache_layout(pk.cell, d);
   py::object xc = array_or_none<F>(training, {1, B, I});
   py::object hs = array_or_none<F>(training, {2, B, P});
@@ -622,7 +652,7 @@ py::array softmax(const py::object& z) {
   const int64_t C = a.ndim() ? a.shape(a.ndim() - 1) : 0, N = C ? a.size() / C : 0;
   Shape s(a.shape(), a.shape() + a.ndim());
   const F* zp = data<F>(z, "z", s);
-  py::array_t<F> out(std::vector<py::ssize_t>(s.begin(), s.end()));
+  py::array_t<F> out = new_array<F>(s);
   F* op = out.mutable_data();
   py::gil_scoped_release release;
   rnnkern::softmax<F>(N, C, zp, op);
@@ -643,7 +673,7 @@ py::tuple xent(const py::object& logits, const py::object& targets, int64_t igno
   for (int64_t i = 0; i < N; ++i)
     if (tp[i] != ignore_index && (tp[i] < 0 || tp[i] >= C))
       throw py::value_error("targets: values must be in 0..C-1 or ignore_index");
-  py::array_t<F> d({N, C});
+  py::array_t<F> d = new_array<F>({N, C});
   F* dp = d.mutable_data();
   double loss;
   {

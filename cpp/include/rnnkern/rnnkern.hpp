@@ -4,6 +4,7 @@
 // biases (G*H,), gate blocks of H rows: LSTM i, f, g, o; GRU r, z, n; RNN one gate.
 // All arrays are dense row-major; a null optional pointer means "absent" (zeros / no bias).
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -234,6 +235,15 @@ int call_threads(Cell cell, Dims d);
 // batch 1: each runs without per-step syncs, side by side. Results are the same bits as running
 // the jobs one by one. A job's exception reaches the caller (after every job has ended).
 void concurrently(int n, const std::function<void(int i)>& job);
+
+// Memory for the kernels' work buffers and the bindings' result arrays: a 64-byte aligned,
+// uninitialized block of at least `bytes`, its true size in *capacity (std::bad_alloc if none).
+// Released blocks of kScratchMin bytes or more are kept (up to a cap) for later calls, so that
+// memory a call or its caller freed is reused without page faults (scratch.cpp); smaller ones
+// come from malloc's heap, without faults anyway.
+inline constexpr size_t kScratchMin = size_t(64) << 10;
+void* scratch_acquire(size_t bytes, size_t* capacity);
+void scratch_release(void* p, size_t capacity);
 
 void set_num_threads(int n);  // n >= 1; calls use at most min(n, CPUs available, 16) threads
 int get_num_threads();        // the threads a call may use
