@@ -794,73 +794,75 @@ constexpr int mb_s8() {  // rows per int8 tile: MB*NV accumulators + NV weights 
   return (NREGS - NV - 3) / NV < 8 ? (NREGS - NV - 3) / NV : 8;
 }
 
+// The vector operations of tile_s8, per ISA: V holds 4 k of NB units in 32-bit lanes; dot adds
+// the 4 u8 x s8 products of each lane to acc. AVX2: vpmaddubsw (u8 x s8, pairs summed to s16: at
+// most 2 * 255 * 63, no saturation), vpmaddwd with ones (to s32), vpaddd; AVX512_VNNI: vpdpbusd.
+#if defined(__AVX2__)
+struct S8Avx2 {
+  using V = __m256i;
+  static V zero() { return _mm256_setzero_si256(); }
+  static V load(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const V*>(p)); }
+  static V broadcast(int32_t s) { return _mm256_set1_epi32(s); }
+  static V dot(V acc, V b, V w) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(b, w),
+                                                   _mm256_set1_epi16(1)));
+  }
+  static void store(int32_t* p, V v) { _mm256_storeu_si256(reinterpret_cast<V*>(p), v); }
+};
+#endif
+#if defined(__AVX512VNNI__)
+struct S8Avx512Vnni {
+  using V = __m512i;
+  static V zero() { return _mm512_setzero_si512(); }
+  static V load(const int8_t* p) { return _mm512_loadu_si512(static_cast<const void*>(p)); }
+  static V broadcast(int32_t s) { return _mm512_set1_epi32(s); }
+  static V dot(V acc, V b, V w) { return _mm512_dpbusd_epi32(acc, b, w); }
+  static void store(int32_t* p, V v) { _mm512_storeu_si512(static_cast<void*>(p), v); }
+};
+#endif
+
+// tile_s8 with the vector operations of Ops (N units per vector).
+template <class Ops, int MB, int NV, int64_t N>
+inline void tile_s8_vec(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t KQ,
+                        int32_t* out) {
+  using V = typename Ops::V;
+  V acc[MB][NV];  // (MB, NV) vectors of N s32 sums
+#pragma GCC unroll 8
+  for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[m][v] = Ops::zero();
+  for (int64_t kq = 0; kq < KQ; ++kq) {
+    const int8_t* pk = panel + kq * NV * 4 * N;
+    V w[NV];  // 4 k of the panel's NV * N units
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) w[v] = Ops::load(pk + v * 4 * N);
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) {
+      int32_t s;
+      std::memcpy(&s, a + m * lda + 4 * kq, 4);
+      const V b = Ops::broadcast(s);  // row m's 4 k in every lane
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[m][v] = Ops::dot(acc[m][v], b, w[v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) Ops::store(out + (m * NV + v) * N, acc[m][v]);
+}
+
 // out (MB, NV*NB) s32 = sum over k of a (MB rows, lda apart; u8, KQ groups of 4 k) times an int8
 // panel in groups of 4 k: element (k, v, l) at ((k / 4) * NV + v) * 4NB + 4l + k % 4, so that a
-// 32-bit lane holds 4 k of one unit. AVX2: vpmaddubsw (u8 x s8, pairs summed to s16: at most
-// 2 * 255 * 63, no saturation) then vpmaddwd with ones (to s32); AVX512_VNNI: vpdpbusd; elsewhere
-// the same sums in int32. Exact integer sums: the same bits on every path.
+// 32-bit lane holds 4 k of one unit. AVX2 and AVX512_VNNI: tile_s8_vec; elsewhere the same sums
+// in int32. Exact integer sums: the same bits on every path.
 template <int MB, int NV>
 inline void tile_s8(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t KQ, int32_t* out) {
   constexpr int64_t N = NB<float>;
 #if defined(__AVX2__)
-  if constexpr (N == 8) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i acc[MB][NV];
-#pragma GCC unroll 8
-    for (int m = 0; m < MB; ++m)
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[m][v] = _mm256_setzero_si256();
-    for (int64_t kq = 0; kq < KQ; ++kq) {
-      const int8_t* pk = panel + kq * NV * 4 * N;
-      __m256i w[NV];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) w[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pk + v * 4 * N));
-#pragma GCC unroll 8
-      for (int m = 0; m < MB; ++m) {
-        int32_t s;
-        std::memcpy(&s, a + m * lda + 4 * kq, 4);
-        const __m256i b = _mm256_set1_epi32(s);
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v)
-          acc[m][v] = _mm256_add_epi32(acc[m][v], _mm256_madd_epi16(_mm256_maddubs_epi16(b, w[v]), ones));
-      }
-    }
-#pragma GCC unroll 8
-    for (int m = 0; m < MB; ++m)
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v)
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (m * NV + v) * N), acc[m][v]);
-    return;
-  }
+  if constexpr (N == 8) return tile_s8_vec<S8Avx2, MB, NV, N>(a, lda, panel, KQ, out);
 #endif
 #if defined(__AVX512VNNI__)
-  if constexpr (N == 16) {  // AVX512_VNNI: vpdpbusd sums the 4 u8 x s8 products into s32 at once
-    __m512i acc[MB][NV];
-#pragma GCC unroll 8
-    for (int m = 0; m < MB; ++m)
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_setzero_si512();
-    for (int64_t kq = 0; kq < KQ; ++kq) {
-      const int8_t* pk = panel + kq * NV * 4 * N;
-      __m512i w[NV];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) w[v] = _mm512_loadu_si512(static_cast<const void*>(pk + v * 4 * N));
-#pragma GCC unroll 8
-      for (int m = 0; m < MB; ++m) {
-        int32_t s;
-        std::memcpy(&s, a + m * lda + 4 * kq, 4);
-        const __m512i b = _mm512_set1_epi32(s);
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_dpbusd_epi32(acc[m][v], b, w[v]);
-      }
-    }
-#pragma GCC unroll 8
-    for (int m = 0; m < MB; ++m)
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v)
-        _mm512_storeu_si512(static_cast<void*>(out + (m * NV + v) * N), acc[m][v]);
-    return;
-  }
+  if constexpr (N == 16) return tile_s8_vec<S8Avx512Vnni, MB, NV, N>(a, lda, panel, KQ, out);
 #endif
   std::memset(out, 0, MB * NV * N * sizeof(int32_t));
   for (int64_t kq = 0; kq < KQ; ++kq) {
