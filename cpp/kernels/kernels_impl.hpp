@@ -821,11 +821,12 @@ struct S8Avx512Vnni {
 };
 #endif
 
-// tile_s8 with the vector operations of Ops (N units per vector).
-template <class Ops, int MB, int NV, int64_t N>
+// tile_s8 with the vector operations of Ops (N units per vector: one 32-bit lane each).
+template <class Ops, int MB, int NV>
 inline void tile_s8_vec(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t KQ,
                         int32_t* out) {
   using V = typename Ops::V;
+  constexpr int64_t N = sizeof(V) / sizeof(int32_t);
   V acc[MB][NV];  // (MB, NV) vectors of N s32 sums
 #pragma GCC unroll 8
   for (int m = 0; m < MB; ++m)
@@ -859,10 +860,10 @@ template <int MB, int NV>
 inline void tile_s8(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t KQ, int32_t* out) {
   constexpr int64_t N = NB<float>;
 #if defined(__AVX2__)
-  if constexpr (N == 8) return tile_s8_vec<S8Avx2, MB, NV, N>(a, lda, panel, KQ, out);
+  if constexpr (N == 8) return tile_s8_vec<S8Avx2, MB, NV>(a, lda, panel, KQ, out);
 #endif
 #if defined(__AVX512VNNI__)
-  if constexpr (N == 16) return tile_s8_vec<S8Avx512Vnni, MB, NV, N>(a, lda, panel, KQ, out);
+  if constexpr (N == 16) return tile_s8_vec<S8Avx512Vnni, MB, NV>(a, lda, panel, KQ, out);
 #endif
   std::memset(out, 0, MB * NV * N * sizeof(int32_t));
   for (int64_t kq = 0; kq < KQ; ++kq) {

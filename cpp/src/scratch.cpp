@@ -21,7 +21,7 @@ namespace {
 // The pool keeps at most kKeep bytes and kBlocks blocks (kScratchMin or more each): a training
 // step of a 3-layer bidirectional stack frees about 40 (its caches, weight gradients, work
 // buffers), all of them wanted again by the next step.
-constexpr size_t kSmall = kScratchMin, kKeep = size_t(256) << 20, kBlocks = 64;
+constexpr size_t kKeep = size_t(256) << 20, kBlocks = 64;
 
 struct Block {
   void* p;
@@ -47,7 +47,7 @@ void* fill(void* p, size_t bytes) {
 
 void* scratch_acquire(size_t bytes, size_t* capacity) {
   bytes = (bytes + 63) / 64 * 64;
-  if (bytes >= kSmall) {
+  if (bytes >= kScratchMin) {
     std::lock_guard<std::mutex> lock(pool_mutex);
     size_t best = pool.size();  // the smallest free block that fits, if at most twice `bytes`
     for (size_t i = 0; i < pool.size(); ++i)
@@ -70,7 +70,7 @@ void* scratch_acquire(size_t bytes, size_t* capacity) {
 }
 
 void scratch_release(void* p, size_t capacity) {
-  if (capacity < kSmall || capacity > kKeep) return std::free(p);
+  if (capacity < kScratchMin || capacity > kKeep) return std::free(p);
   std::lock_guard<std::mutex> lock(pool_mutex);
   RNNKERN_POISON(p, capacity);
   pool.push_back({p, capacity});
