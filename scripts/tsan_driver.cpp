@@ -7,9 +7,11 @@
 // The Python tests cannot run under ThreadSanitizer here (the interpreter with libtsan
 // preloaded crashes at start), so this drives the C++ API (cpp/include/rnnkern/rnnkern.hpp).
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <thread>
 #include <vector>
+#include "rnnkern/digest.hpp"
 #include "rnnkern/rnnkern.hpp"
 using namespace rnnkern;
 
@@ -96,6 +98,28 @@ void kept_rows(Cell cell, int64_t I, int64_t H, int64_t B, int steps, std::mt199
                                            dbi.data(), dbh.data()});
 }
 
+// Digests of two ranges (1.2 MB and a partial block) in one team call, against each range's own
+// call (other parts and streams, the same values); a mismatch aborts.
+void digest_check(std::mt19937& g) {
+  std::vector<uint32_t> a(300'000), b(1'001);  // (300000,), (1001,) random words
+  for (auto& w : a) w = g();
+  for (auto& w : b) w = g();
+  const void* data[] = {a.data(), b.data()};
+  const size_t bytes[] = {a.size() * 4, b.size() * 4 - 3};
+  std::vector<uint64_t> da(digest_size(bytes[0])), db(digest_size(bytes[1]));
+  std::vector<uint64_t> ea(da.size()), eb(db.size());
+  uint64_t* team[] = {da.data(), db.data()};
+  digests(2, data, bytes, team);
+  for (int j = 0; j < 2; ++j) {
+    uint64_t* alone[] = {j ? eb.data() : ea.data()};
+    digests(1, &data[j], &bytes[j], alone);
+  }
+  if (da != ea || db != eb) {
+    std::fprintf(stderr, "digest_check: digests differ\n");
+    std::abort();
+  }
+}
+
 int main() {
   std::mt19937 g(1);
   set_thread_runtime("rnnkern");
@@ -122,6 +146,7 @@ int main() {
     kept_rows<float>(Cell::lstm, 24, 24, 8, 69, g);
     kept_rows<float>(Cell::gru_rh, 24, 24, 8, 69, g);
     kept_rows<float>(Cell::lstm, 64, 256, 32, 9, g);
+    digest_check(g);
     set_num_threads(rep == 0 ? 3 : 2);
   }
   // Callers at once: four threads (one holds the pool, the others run alone; the scratch
@@ -134,6 +159,7 @@ int main() {
       train<float>(i % 2 ? Cell::gru : Cell::lstm, d, true, false, false, false,
                    i < 2 ? Precision::native : Precision::int8, gi);
       kept_rows<float>(Cell::lstm, 24, 24, 8, 69, gi);
+      digest_check(gi);
     });
   for (auto& t : callers) t.join();
   concurrently(4, [](int i) {

@@ -607,17 +607,30 @@ def test_a_weight_changed_through_data_is_seen() -> None:
         torch.testing.assert_close(m(x)[0], ref(x)[0])
 
 
-def test_same_bits() -> None:
-    """The byte comparison of the pack cache: NaN equals the same NaN, -0.0 differs from 0.0,
-    sizes must match, non-contiguous arrays are refused."""
-    from rnnkern import _core
-    a = np.array([1.0, np.nan, -0.0], np.float32)
-    assert _core.same_bits(a, a.copy())
-    assert not _core.same_bits(a, np.array([1.0, np.nan, 0.0], np.float32))
-    assert not _core.same_bits(a, a[:2].copy())
-    assert _core.same_bits(a[:0].copy(), np.zeros(0, np.float64))
-    with pytest.raises(ValueError, match="C-contiguous"):
-        _core.same_bits(np.zeros((4, 4))[:, 0], np.zeros(4))
+def test_a_bfloat16_weight_changed_through_data_is_seen() -> None:
+    """bfloat16 weights are digested as they are (16-bit words): a change of one element's
+    lowest bit through ``.data`` repacks, and the output is a fresh module's on the new
+    weights."""
+    from rnnkern.torch import _PACKS
+    torch.manual_seed(0)
+    m = rnnkern.torch.convert(torch.nn.GRU(8, 6)).to(torch.bfloat16)
+    x = torch.randn(4, 1, 8, dtype=torch.bfloat16)
+
+    def pack() -> object:
+        return next(e.pack for k, e in _PACKS.items() if id(m.weight_hh_l0) in k)
+
+    with torch.no_grad():
+        m(x)
+        before = pack()
+        m(x)
+        assert pack() is before
+        bits = m.weight_hh_l0.data.view(torch.int16)
+        bits[3, 2] ^= 1
+        y1, _ = m(x)
+        assert pack() is not before
+        fresh = rnnkern.torch.convert(torch.nn.GRU(8, 6)).to(torch.bfloat16)
+        fresh.load_state_dict(m.state_dict())
+        assert torch.equal(y1, fresh(x)[0])
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <vector>
 
+#include "rnnkern/digest.hpp"
 #include "rnnkern/rnnkern.hpp"
 
 namespace py = pybind11;
@@ -754,22 +755,33 @@ PYBIND11_MODULE(_core, m) {
   // stale: NaN and -0.0 compare by their bits); memcmp without the GIL, a large array's parts
   // side by side on the threads (a cell's step checks its weights at every call: at H = 256,
   // 2 MB read twice, which one core reads at about half the speed of two).
-  m.def("same_bits", [](const py::array& a, const py::array& b) {
-    if (!(a.flags() & py::array::c_style) || !(b.flags() & py::array::c_style))
-      throw py::value_error("same_bits: expected C-contiguous arrays");
-    if (a.nbytes() != b.nbytes()) return false;
-    const char *pa = static_cast<const char*>(a.data()), *pb = static_cast<const char*>(b.data());
-    const size_t n = static_cast<size_t>(a.nbytes());
-    const int parts = n >= (size_t{256} << 10) ? rnnkern::get_num_threads() : 1;
-    py::gil_scoped_release nogil;
-    if (parts == 1) return n == 0 || std::memcmp(pa, pb, n) == 0;
-    std::vector<char> same(parts, 1);
-    const size_t step = (n / parts + 63) / 64 * 64;  // parts of whole cache lines
-    rnnkern::concurrently(parts, [&](int i) {
-      const size_t lo = std::min(n, i * step), hi = std::min(n, lo + step);
-      same[i] = std::memcmp(pa + lo, pb + lo, hi - lo) == 0;
-    });
-    return std::all_of(same.begin(), same.end(), [](char c) { return c != 0; });
+  m.def("digests", [](const py::list& arrays) {
+    std::vector<py::array> keep;  // (count,): the arrays, held while the GIL is released
+    for (const py::handle& a : arrays) {
+      if (!py::isinstance<py::array>(a))
+        throw py::type_error("digests: expected a list of NumPy arrays");
+      keep.push_back(py::reinterpret_borrow<py::array>(a));
+      if (!(keep.back().flags() & py::array::c_style))
+        throw py::value_error("digests: expected C-contiguous arrays");
+    }
+    const int count = static_cast<int>(keep.size());
+    std::vector<const void*> data(count);
+    std::vector<size_t> bytes(count);
+    std::vector<std::vector<uint64_t>> out(count);  // per array: its digest's values
+    std::vector<uint64_t*> outs(count);
+    for (int j = 0; j < count; ++j) {
+      data[j] = keep[j].data(), bytes[j] = static_cast<size_t>(keep[j].nbytes());
+      out[j].resize(rnnkern::digest_size(bytes[j]));
+      outs[j] = out[j].data();
+    }
+    {
+      py::gil_scoped_release nogil;
+      rnnkern::digests(count, data.data(), bytes.data(), outs.data());
+    }
+    py::list result;
+    for (const auto& d : out)
+      result.append(py::bytes(reinterpret_cast<const char*>(d.data()), d.size() * 8));
+    return result;
   });
   m.def("thread_stats", [] {
     const auto s = rnnkern::thread_stats();

@@ -28,7 +28,7 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, Union, overload
+from typing import Any, NamedTuple, Union, overload
 
 import numpy as np
 
@@ -131,40 +131,68 @@ def _per_direction(weights: list[Tensor], num_layers: int, directions: int
     return out
 
 
-# (cell, ids of a direction's weights) -> (the ISA generation and copies of the weights' bits
-# at packing, the _core.Pack, weak references whose callbacks drop the entry)
-_PACKS: dict[tuple[int, ...], tuple[int, list[Array], Any, list[Any]]] = {}
+def _bits(w: Tensor) -> Array:
+    """A weight's bytes as a C-contiguous NumPy array (bfloat16 viewed as int16; copied only if
+    the tensor is not contiguous)."""
+    w = w.detach()
+    return np.ascontiguousarray((w.view(torch.int16) if w.dtype == _BF16 else w).numpy())
 
 
-def _pack(cell: int, weights: tuple[Tensor | None, ...], precision: str = "float") -> Any:
-    """A direction's weights packed for ``precision`` (forward and, but for int8, backward
-    panels), kept while the weights live and made again when their values or the ISA changed.
-    bfloat16 weights are packed from their exact float32 values.
+class _Packed(NamedTuple):
+    """A direction's pack and what it was made from."""
 
-    The values are compared with a copy, bit for bit, at every call: version counters miss
-    changes made through ``.data`` or a NumPy view (torch.autograd.gradcheck makes such), and
-    the comparison costs a fraction of packing.
+    isa: int  # rnnkern._functional.isa_generation at packing
+    state: tuple[Any, ...]  # per weight: version counter, memory, dtype, shape
+    digests: list[bytes]  # per weight: _core.digests of its bytes at packing
+    pack: Any  # the _core.Pack
+    refs: list[Any]  # weak references to the weights, whose callbacks drop the entry
+
+
+# (cell, precision, ids of a direction's weights) -> its _Packed
+_PACKS: dict[tuple[int, ...], _Packed] = {}
+
+
+def _packs(cell: int, directions: list[tuple[Tensor | None, ...]], precision: str = "float"
+           ) -> list[Any]:
+    """Each direction's weights (w_ih, w_hh, b_ih, b_hh, w_hr; None where absent) packed for
+    ``precision`` (forward and, but for int8, backward panels), kept while the weights live and
+    made again when their bytes, version counters, memory or the ISA changed. bfloat16 weights
+    are packed from their exact float32 values.
+
+    Every call reads every weight once, for its digest (``_core.digests``, all directions'
+    weights in one team call), and compares it with the digest taken at packing: version
+    counters alone miss writes made through ``.data`` or a NumPy view (torch.autograd.gradcheck
+    makes such). A write that leaves the version counter as it was goes unseen only if every
+    changed 4 KiB block keeps its digest, with probability at most 2^-64 per block
+    (rnnkern/digest.hpp); a write that bumps the version is always seen.
     """
-    present = [w for w in weights if w is not None]
     prec = _api.PRECISION_IDS[precision]
-    key = (cell, prec, *(id(w) for w in present))
-    arrays = [np.ascontiguousarray(_weight_array(w)) for w in present]
-    entry = _PACKS.get(key)
-    if (entry is not None and entry[0] == _functional.isa_generation[0]
-            and all(old.shape == new.shape and old.dtype == new.dtype
-                    and _core.same_bits(old, new) for old, new in zip(entry[1], arrays))):
-        return entry[2]
-    it = iter(arrays)
-    w_ih, w_hh, b_ih, b_hh, w_hr = (None if w is None else next(it) for w in weights)
-    checked = _api.check_weights(_check_cell(cell), w_ih, w_hh, b_ih, b_hh, w_hr is not None)
-    pack = _core.Pack(cell, *checked, w_hr=_api.check_pack_variants(w_hr, None, checked[1])[0],
-                      backward=precision != "int8", precision=prec)
-    def drop(_: Any) -> None:
-        _PACKS.pop(key, None)
+    present = [[w for w in weights if w is not None] for weights in directions]
+    bits = [[_bits(w) for w in ws] for ws in present]
+    digests = iter(_core.digests([b for bs in bits for b in bs]))
+    isa = _functional.isa_generation[0]
+    out = []
+    for weights, ws, bs in zip(directions, present, bits):
+        key = (cell, prec, *(id(w) for w in ws))
+        state = tuple((w._version, w.data_ptr(), b.dtype, b.shape) for w, b in zip(ws, bs))
+        ds = [next(digests) for _ in bs]
+        entry = _PACKS.get(key)
+        if entry is not None and entry.isa == isa and entry.state == state and entry.digests == ds:
+            out.append(entry.pack)
+            continue
+        w_ih, w_hh, b_ih, b_hh, w_hr = (None if w is None else np.ascontiguousarray(
+            _weight_array(w)) for w in weights)
+        checked = _api.check_weights(_check_cell(cell), w_ih, w_hh, b_ih, b_hh, w_hr is not None)
+        pack = _core.Pack(cell, *checked,
+                          w_hr=_api.check_pack_variants(w_hr, None, checked[1])[0],
+                          backward=precision != "int8", precision=prec)
 
-    refs = [weakref.ref(w, drop) for w in present]
-    _PACKS[key] = (_functional.isa_generation[0], [a.copy() for a in arrays], pack, refs)
-    return pack
+        def drop(_: Any, key: tuple[int, ...] = key) -> None:
+            _PACKS.pop(key, None)
+
+        _PACKS[key] = _Packed(isa, state, ds, pack, [weakref.ref(w, drop) for w in ws])
+        out.append(pack)
+    return out
 
 
 def _stack_args(cell: int, num_layers: int, bidirectional: bool, x: Tensor,
@@ -177,7 +205,7 @@ def _stack_args(cell: int, num_layers: int, bidirectional: bool, x: Tensor,
     prec = _api.check_precision(precision, np.dtype(np.float32), training)
     if prec == "float" and any(w.dtype == _BF16 for w in weights):
         raise ValueError("weights: bfloat16 weights run with precision='bf16' only")
-    packs = [_pack(cell, w, prec) for w in _per_direction(weights, num_layers, D)]
+    packs = _packs(cell, _per_direction(weights, num_layers, D), prec)
     xa = _array(x)
     first = packs[0]
     if xa.ndim != 3 or xa.shape[2] != first.input_size or xa.dtype != first.dtype:
@@ -453,7 +481,7 @@ def _check_tensor(name: str, t: object, meta: bool = False) -> Tensor:
     else a TypeError naming ``name``."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cpu" and not (meta and t.device.type == "meta"):
+    if not t.is_cpu and not (meta and t.is_meta):
         raise TypeError(f"{name}: rnnkern.torch runs on the CPU only, got device {t.device}")
     if t.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name}: dtype {t.dtype} is not supported (float32, float64 or "
@@ -487,19 +515,17 @@ def _packed_noise(shape: tuple[int, ...], dtype: torch.dtype, packed: PackedSequ
     return padded  # (T, B, F)
 
 
-def _run_stack(module: torch.nn.RNNBase, x: Tensor, h0: Tensor | None, c0: Tensor | None,
-               lengths: Tensor | None, packed: PackedSequence | None,
+def _run_stack(module: torch.nn.RNNBase, weights: list[Tensor], x: Tensor, h0: Tensor | None,
+               c0: Tensor | None, lengths: Tensor | None, packed: PackedSequence | None,
                precision: str = "float") -> tuple[Tensor, Tensor, Tensor | None]:
-    """All layers and directions on x (T, B, I) in one ``stack`` call; h0, c0 (L*D, B, H) or
-    None; lengths (B,) int64 or None; precision of the products (x, h0, c0 float32 unless
-    "float").
+    """All layers and directions on x (T, B, I) in one ``stack`` call; ``weights``: the
+    module's (`_weights`); h0, c0 (L*D, B, H) or None; lengths (B,) int64 or None; precision of
+    the products (x, h0, c0 float32 unless "float").
 
     Returns output (T, B, D*H) zero past each length, h_n (L*D, B, H), c_n (L*D, B, H) or None.
     """
     D = 2 if module.bidirectional else 1
     x = x.contiguous()  # (T, B, I): one copy if batch_first, saved for the backward
-    # the parameters by name: torch.export lifts module._flat_weights' tensors as constants
-    weights = [getattr(module, name) for name in module._flat_weights_names]
     # Dropout noise for each layer's output but the last's, drawn up front in layer order: the
     # kernels draw nothing, so torch's generator gives the masks it gives torch.nn's modules.
     masks: list[Tensor] = []
@@ -580,7 +606,7 @@ def _forward(module: torch.nn.RNNBase, input: object,
              hx: object) -> tuple[Tensor | PackedSequence, State]:
     """torch.nn.RNNBase's forward contract on rnnkern's kernels (see the module docstring)."""
     _no_trace(module)
-    _check_module(module)  # parameters may have been moved or cast since __init__
+    weights = _weights(module)
     h0, c0 = _split_state(module, hx)
     packed: PackedSequence | None = None
     lengths: Tensor | None = None  # (B,) int64
@@ -608,14 +634,14 @@ def _forward(module: torch.nn.RNNBase, input: object,
             x = x.transpose(0, 1)  # (T, B, I)
         if x.shape[0] == 0:  # torch's own error (raised by its kernels)
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-    precision, dtypes = _lower_precision(module, x, packed is not None)
+    precision, dtypes = _lower_precision(module, weights[0].dtype, x, packed is not None)
     for name, t in (("h_0", h0), ("c_0", c0)):
         if t is not None and t.dtype != x.dtype and not _autocast_bf16():  # autocast casts
             raise TypeError(f"{name}: dtype {t.dtype} does not match the input's dtype {x.dtype}")
     if dtypes is not None:  # the kernels take float32, exact for bfloat16 values
         x = x.float()
         h0, c0 = (None if t is None else t.float() for t in (h0, c0))
-    out, h_n, c_n = _run_stack(module, x, h0, c0, lengths, packed, precision)
+    out, h_n, c_n = _run_stack(module, weights, x, h0, c0, lengths, packed, precision)
     if dtypes is not None:  # autograd casts the gradients back
         out, h_n = out.to(dtypes[0]), h_n.to(dtypes[1])
         c_n = None if c_n is None else c_n.to(dtypes[2])
@@ -646,11 +672,11 @@ def _autocast_bf16() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == _BF16
 
 
-def _lower_precision(module: torch.nn.RNNBase, x: Tensor, packed: bool
-                     ) -> tuple[str, tuple[torch.dtype, ...] | None]:
-    """The precision of the products for input x (T, B, I) (torch's check_input has matched it
-    to the weights' dtype, but under autocast), and the dtypes of (output, h_n, c_n) torch's
-    module gives, or None: x's own, float32 or float64, nothing to cast.
+def _lower_precision(module: torch.nn.RNNBase, weight_dtype: torch.dtype, x: Tensor,
+                     packed: bool) -> tuple[str, tuple[torch.dtype, ...] | None]:
+    """The precision of the products for input x (T, B, I) and weights of ``weight_dtype``
+    (torch's check_input has matched them, but under autocast), and the dtypes of (output, h_n,
+    c_n) torch's module gives, or None: x's own, float32 or float64, nothing to cast.
 
     A bfloat16 module and input run in "bf16" and return bfloat16. Under CPU autocast to
     bfloat16, float32 or bfloat16 modules run in "bf16" (torch multiplies in bfloat16 there too)
@@ -661,10 +687,9 @@ def _lower_precision(module: torch.nn.RNNBase, x: Tensor, packed: bool
     precision ``convert`` gave the module ("float" by default).
     """
     chosen: str = getattr(module, "_rnnkern_precision", "float")
-    weights = getattr(module, module._flat_weights_names[0]).dtype
     f32 = torch.float32
     if (_autocast_bf16() and chosen != "int8" and x.dtype in (f32, _BF16)
-            and weights in (f32, _BF16)):
+            and weight_dtype in (f32, _BF16)):
         if x.dtype == _BF16 or module.mode.startswith("RNN"):
             return "bf16", (_BF16,) * 3
         if module.mode == "GRU":
@@ -677,6 +702,13 @@ def _lower_precision(module: torch.nn.RNNBase, x: Tensor, packed: bool
 
 
 # ----------------------------------------------------------------------------- the modules
+
+
+def _weights(module: torch.nn.RNNBase) -> list[Tensor]:
+    """The module's weights in torch's _flat_weights order, by name (torch.export lifts
+    module._flat_weights' tensors as constants; parametrizations compute theirs), each checked:
+    they may have been moved or cast since __init__."""
+    return [_check_tensor(name, getattr(module, name)) for name in module._flat_weights_names]
 
 
 def _check_module(module: torch.nn.RNNBase, meta: bool = False) -> None:

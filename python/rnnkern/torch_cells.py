@@ -262,10 +262,10 @@ def _key(weights: tuple[Any, ...], precision: str) -> tuple[Any, ...]:
 
 def _pack(module: Any, cell: str, weights: tuple[Tensor | None, ...], precision: str) -> Any:
     """The module's weights packed for ``precision`` (a _core.Pack), made again when their bits,
-    the precision or the ISA changed (``rnnkern.torch._pack``)."""
+    the precision or the ISA changed (``rnnkern.torch._packs``)."""
     cell_id = F._LSTM if cell == "lstm" else F._GRU if cell == "gru" else F._RNN_IDS[
         module.nonlinearity]
-    return _rt._pack(cell_id, (*weights, None), precision)
+    return _rt._packs(cell_id, [(*weights, None)], precision)[0]
 
 
 def _fits(module: Any, x: object, states: tuple[object, ...], w_hh: Tensor) -> bool:
