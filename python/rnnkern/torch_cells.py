@@ -2,9 +2,9 @@
 
 They subclass torch's cells (same constructor, parameters, initialization, repr). ``forward`` runs
 one step on the kernels with the weights packed once (``rnnkern.torch``'s packs): the pack is
-made again when a parameter's bits (compared with a copy, so writes through ``.data`` or a NumPy
-view are seen too) or the ISA changed. The bytes are compared at every call but within a chain
-of steps: a step fed the very state (h, or h and c) that the cell's previous step returned, with
+made again when a parameter's bytes (their digest, so writes through ``.data`` or a NumPy view
+are seen too), version counter or memory, or the ISA changed. The digest is taken at every call
+but within a chain of steps: a step fed the very state (h, or h and c) that the cell's previous step returned, with
 every parameter the same object at the same version counter and memory, reuses that step's pack.
 An optimizer step, ``load_state_dict`` or any in-place torch operation on a parameter bumps its
 version and ends the chain; a write through ``.data`` or a NumPy view between two chained steps
@@ -204,7 +204,7 @@ def _dead() -> None:
 
 class _Steps:
     """A module's last step: what a chain of steps (a decoder, a sampling loop) needs to skip the
-    comparison of the weights' bytes and the argument checks, and the autograd token of its
+    digest of the weights' bytes and the argument checks, and the autograd token of its
     training steps. A step continues the chain when fed the very state (h, or h and c) that the
     last step returned, the weights' key (``_key``) unchanged."""
 
@@ -307,7 +307,7 @@ def _forward(module: Any, cell: str, input: Any, hx: Any) -> Any:
     if (h0 is not None and h0 is steps.h() and (not lstm or c0 is not None and c0 is steps.c())
             and key == steps.key and isinstance(input, Tensor) and input.shape == steps.x_shape
             and input.dtype == steps.x_dtype and input.is_cpu):
-        # a chain: no byte comparison, no `_fits`; the state's views unless moved (`.data =`)
+        # a chain: no digest, no `_fits`; the state's views unless moved (`.data =`)
         views = steps.views
         if h0.data_ptr() == views[2] and (c0 is None or c0.data_ptr() == views[3]):
             states = views[:2]
