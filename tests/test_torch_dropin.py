@@ -607,6 +607,28 @@ def test_a_weight_changed_through_data_is_seen() -> None:
         torch.testing.assert_close(m(x)[0], ref(x)[0])
 
 
+def test_a_model_made_under_inference_mode() -> None:
+    """Parameters made under torch.inference_mode are inference tensors, without a version
+    counter: the stack and the cells run on them (torch's results), and an in-place change of
+    a weight in inference mode is seen by the digest (by the cell at its next unchained
+    step)."""
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        m, ref = rnnkern.torch.GRU(4, 5, num_layers=2), torch.nn.GRU(4, 5, num_layers=2)
+        ref.load_state_dict(m.state_dict())
+        cell, ref_cell = rnnkern.torch.LSTMCell(4, 5), torch.nn.LSTMCell(4, 5)
+        ref_cell.load_state_dict(cell.state_dict())
+        x = torch.randn(3, 2, 4)
+        for _ in range(2):
+            torch.testing.assert_close(m(x)[0], ref(x)[0])
+            state, want = cell(x[0]), ref_cell(x[0])
+            torch.testing.assert_close(cell(x[1], state), ref_cell(x[1], want))
+            for a, b in ((m, ref), (cell, ref_cell)):
+                for w in (a.weight_hh_l0 if a is m else a.weight_hh,
+                          b.weight_hh_l0 if b is ref else b.weight_hh):
+                    w.mul_(0.5)
+
+
 def test_a_bfloat16_weight_changed_through_data_is_seen() -> None:
     """bfloat16 weights are digested as they are (16-bit words): a change of one element's
     lowest bit through ``.data`` repacks, and the output is a fresh module's on the new

@@ -138,6 +138,12 @@ def _bits(w: Tensor) -> Array:
     return np.ascontiguousarray((w.view(torch.int16) if w.dtype == _BF16 else w).numpy())
 
 
+def _version(w: Tensor) -> int:
+    """``w``'s version counter, or -1 for an inference tensor (made under
+    torch.inference_mode), which has none: writes to it are seen by the digest alone."""
+    return -1 if w.is_inference() else w._version
+
+
 class _Packed(NamedTuple):
     """A direction's pack and what it was made from."""
 
@@ -174,7 +180,7 @@ def _packs(cell: int, directions: list[tuple[Tensor | None, ...]], precision: st
     out = []
     for weights, ws, bs in zip(directions, present, bits):
         key = (cell, prec, *(id(w) for w in ws))
-        state = tuple((w._version, w.data_ptr(), b.dtype, b.shape) for w, b in zip(ws, bs))
+        state = tuple((_version(w), w.data_ptr(), b.dtype, b.shape) for w, b in zip(ws, bs))
         ds = [next(digests) for _ in bs]
         entry = _PACKS.get(key)
         if entry is not None and entry.isa == isa and entry.state == state and entry.digests == ds:

@@ -4,11 +4,13 @@ They subclass torch's cells (same constructor, parameters, initialization, repr)
 one step on the kernels with the weights packed once (``rnnkern.torch``'s packs): the pack is
 made again when a parameter's bytes (their digest, so writes through ``.data`` or a NumPy view
 are seen too), version counter or memory, or the ISA changed. The digest is taken at every call
-but within a chain of steps: a step fed the very state (h, or h and c) that the cell's previous step returned, with
-every parameter the same object at the same version counter and memory, reuses that step's pack.
-An optimizer step, ``load_state_dict`` or any in-place torch operation on a parameter bumps its
-version and ends the chain; a write through ``.data`` or a NumPy view between two chained steps
-is not seen until the chain ends (a state not returned by the previous step, or none).
+but within a chain of steps: a step fed the very state (h, or h and c) that the cell's previous
+step returned, with every parameter the same object at the same version counter and memory,
+reuses that step's pack. An optimizer step, ``load_state_dict`` or any in-place torch operation
+on a parameter bumps its version and ends the chain; a write through ``.data`` or a NumPy view
+between two chained steps (or to a parameter made under torch.inference_mode, which has no
+version counter) is not seen until the chain ends (a state not returned by the previous step,
+or none).
 
 Autograd as torch's: the step's inputs and the weights are saved, so changing one in place
 before the backward raises torch's own error. In training the steps take a token (``_Link``) in
@@ -251,13 +253,18 @@ def _key(weights: tuple[Any, ...], precision: str) -> tuple[Any, ...]:
     tuple, not one per weight, took 2-8% less of a B=1 LSTMCell inference step (alone, after a
     torch operator, beside a busy process)."""
     w0, w1, b0, b1 = weights
-    if b0 is None or b1 is None:
+    try:
+        if b0 is None or b1 is None:
+            return (F.isa_generation[0], precision, id(w0), w0._version, w0.data_ptr(),
+                    w0.requires_grad, id(w1), w1._version, w1.data_ptr(), w1.requires_grad)
         return (F.isa_generation[0], precision, id(w0), w0._version, w0.data_ptr(),
-                w0.requires_grad, id(w1), w1._version, w1.data_ptr(), w1.requires_grad)
-    return (F.isa_generation[0], precision, id(w0), w0._version, w0.data_ptr(), w0.requires_grad,
-            id(w1), w1._version, w1.data_ptr(), w1.requires_grad,
-            id(b0), b0._version, b0.data_ptr(), b0.requires_grad,
-            id(b1), b1._version, b1.data_ptr(), b1.requires_grad)
+                w0.requires_grad, id(w1), w1._version, w1.data_ptr(), w1.requires_grad,
+                id(b0), b0._version, b0.data_ptr(), b0.requires_grad,
+                id(b1), b1._version, b1.data_ptr(), b1.requires_grad)
+    except RuntimeError:  # an inference tensor has no version counter (``_rt._version``)
+        return (F.isa_generation[0], precision,
+                *(v for w in weights if w is not None
+                  for v in (id(w), _rt._version(w), w.data_ptr(), w.requires_grad)))
 
 
 def _pack(module: Any, cell: str, weights: tuple[Tensor | None, ...], precision: str) -> Any:
