@@ -111,8 +111,13 @@ struct Avx512 {
   RNNKERN_DIGEST_OP("avx512f") V high(V a) { return _mm512_srli_epi64(a, 32); }
   RNNKERN_DIGEST_OP("avx512f") V mul(V a, V b) { return _mm512_mul_epu32(a, b); }
   RNNKERN_DIGEST_OP("avx512f") V add(V a, V b) { return _mm512_add_epi64(a, b); }
+  // Not _mm512_reduce_add_epi64: GCC adds its lanes as signed long long, which overflows (UB).
   RNNKERN_DIGEST_OP("avx512f") std::uint64_t sum(V a) {
-    return static_cast<std::uint64_t>(_mm512_reduce_add_epi64(a));
+    alignas(64) std::uint64_t lanes[8];  // (8,)
+    _mm512_store_si512(lanes, a);
+    std::uint64_t r = 0;
+    for (std::uint64_t x : lanes) r += x;
+    return r;
   }
 };
 
