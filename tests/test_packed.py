@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rnnkern_testing import CELLS, make_case, make_output_grads
+from rnnkern_testing import CELLS, assert_close, make_case, make_output_grads
 from test_errors import assert_same
 from test_kernels_vs_reference import run
 
@@ -336,3 +336,64 @@ def test_one_step_declines_what_is_not_exact() -> None:
     q = pack("gru", make_case("gru", 1, 2, 3, 4, np.float32), {})
     assert q._step(x, h, None, False) is not None
     assert q._step(x, h, c, False) is None  # a GRU has no c
+
+
+def _walk_case(cell: str, kw: dict[str, Any], dtype: Any
+               ) -> tuple[rnnkern.PackedWeights, dict[str, Any]]:
+    """A pack at H = 256 (a team of two, several pieces of blocks per member) and its arguments;
+    kw "variants": an LSTM with a projection (P = 128), peepholes and layer norm."""
+    T, B, I, H, P = 5, 4, 32, 256, 128
+    case = make_case(cell, T, B, I, H, dtype, seed=5)
+    if kw != "variants":
+        return pack(cell, case, kw), case
+    rng = np.random.default_rng(6)
+
+    def r(*shape: int, mean: float = 0.0) -> Any:
+        return (mean + 0.1 * rng.standard_normal(shape)).astype(dtype)
+    case["w_hh"], case["h0"] = case["w_hh"][:, :P].copy(), case["h0"][:, :P].copy()
+    extra = {"w_hr": r(P, H), "w_peep": r(3, H),
+             "ln_gates": r(2, 4 * H, mean=1.0), "ln_cell": np.stack([r(H, mean=1.0), r(H)])}
+    return pack(cell, case, extra), case
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=str)
+@pytest.mark.parametrize("cell_kw", [*CELLS, ("lstm", "variants")],
+                         ids=lambda v: "lstm-variants" if v[1] == "variants" else _id(v))
+def test_block_walks_keep_the_bits(cell_kw: tuple[str, Any], dtype: Any) -> None:
+    """A one-step call (T = 1) walks each thread's blocks up on one call and down on the next
+    (recurrent.cpp's serpentine), projecting x piece by piece between the recurrent products:
+    two steps from the same state give the bits of each other and of a T = 1 forward; around
+    them, a whole forward and backward keeps its bits after an odd number of steps as after an
+    even one; and a loop of steps is the sequence to rounding."""
+    cell, kw = cell_kw
+    p, case = _walk_case(cell, kw, dtype)
+    lstm = cell == "lstm"
+    state = {k: case[k] for k in ("h0", "c0") if k in case}
+    dy = np.random.default_rng(7).standard_normal(
+        (*case["x"].shape[:2], p.output_size)).astype(dtype)
+    bw = getattr(rnnkern, f"{cell}_backward")
+
+    def run_once() -> list[Any]:
+        out = p.forward(case["x"], **state)
+        return [out.y, out.h_n, *([out.c_n] if lstm else []), *bw(out.cache, dy)]
+
+    first = run_once()
+    for odd in (1, 2):  # one more step, then two more: the walks' parities flip, then stay
+        for _ in range(odd):
+            p._step(case["x"][0], case["h0"], case["c0"] if lstm else None, False)
+        for a, b in zip(run_once(), first):
+            np.testing.assert_array_equal(a, b, strict=True)
+    # two steps from the same state, one walking up and one down, and each as a T = 1 forward
+    # (which runs as a step); the loop of steps is the sequence to rounding (a step's projection
+    # tiles B rows, the sequence's T*B)
+    x0, c0 = case["x"][0], case.get("c0")
+    steps = [p._step(x0, case["h0"], c0, False) for _ in range(2)]
+    one = p.forward(case["x"][:1], **state, training=False)
+    for h, c, _ in steps:
+        np.testing.assert_array_equal(h, one.h_n, strict=True)
+        if lstm:
+            np.testing.assert_array_equal(c, one.c_n, strict=True)
+    h, c = case["h0"], c0
+    for t, x in enumerate(case["x"]):
+        h, c, _ = p._step(x, h, c, False)
+        assert_close(h, first[0][t], dtype=dtype, acc_len=case["x"].shape[2] + h.shape[1])
