@@ -316,8 +316,8 @@ Range phase_share(int ph, bool ln, bool proj, bool backward, Range j, Range p, R
 thread_local uint32_t walks = 0;
 
 // fn(a, e) over a member's blocks [first, second) of a step's phase in pieces of two counted
-// from `first` (the pairs a product takes, so the bits stay those of one call over the range),
-// ascending, or descending when `down`. A one-step call (T = 1: a decoding loop's) reads W_ih
+// from `first`, ascending, or descending when `down` (a forward phase computes each block on its
+// own, so any order gives the same bits). A one-step call (T = 1: a decoding loop's) reads W_ih
 // and W_hh, a member's share of them at H = 256 on two threads 1 MiB, its core's whole L2:
 // walked the same way at every call, each piece had been evicted just before it was read
 // again; walked up on one call and down on the next, the pieces read last are read first.
@@ -572,9 +572,11 @@ void run_forward(const Panels<F, W>& pk, Dims d, const F* x, const F* h0, const 
   copy_or_zero(hs, h0, BP);
   if (lstm) copy_or_zero(cs, c0, BH);
 
-  // One step (a decoding loop's): each member projects x for a piece of its blocks just before
-  // the piece's recurrent product, walking its W_ih and W_hh blocks together (serpentine).
-  const bool one_step = T == 1;
+  // One step (a decoding loop's) on float weights: each member projects x for a piece of its
+  // blocks just before the piece's recurrent product, walking its W_ih and W_hh blocks together
+  // (serpentine). Not bf16 or int8: each piece would round or quantize x and h again (the
+  // kernels prepare their operand rows per call), and the walk was measured on float only.
+  const bool one_step = T == 1 && std::is_same_v<W, F>;
   parallel(threads_for(d, GH, nblk), [&](int tid, Team& team) {
     // The first chunk's projections, in the planned members' shares of the hidden blocks: the
     // caller does its own, then those of the workers that have not started by then (they join
@@ -622,7 +624,8 @@ void run_forward(const Panels<F, W>& pk, Dims d, const F* x, const F* h0, const 
           const Range b = phase_share(ph, ln, proj, false, {jb0, jb1}, {pb0, pb1}, {rb0, rb1});
           // Not with no share (benched): a phase's operand rows (bf16, int8) read h_{t-1},
           // which the caller, steps ahead, may be writing (ThreadSanitizer saw it).
-          if (b.first < b.second && one_step && !rows_phase(ph, ln, proj, false)) {
+          const bool walk = one_step && !rows_phase(ph, ln, proj, false);
+          if (b.first < b.second && walk) {
             serpentine(b, down, [&](int64_t a, int64_t e) {
               if (ph == 0) kt.project(sc, x, B, xp.get(), a, e);  // a phase 0 is of blocks
               ck.forward_phase(sc, s, ph, a, e);
