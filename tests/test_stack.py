@@ -274,7 +274,7 @@ def test_drop_in_skips_the_input_gradient_it_does_not_need(cell: str,
     many = _functional._core.backward_packed_many
 
     def spy(calls: list[tuple[Any, ...]]) -> Any:
-        flags.append([bool(c[7]) if len(c) == 8 else True for c in calls])
+        flags.append([bool(c[7]) if len(c) >= 8 else True for c in calls])
         return many(calls)
 
     monkeypatch.setattr(_stack._core, "backward_packed_many", spy)
@@ -291,3 +291,52 @@ def test_drop_in_skips_the_input_gradient_it_does_not_need(cell: str,
     assert flags == [[True, True], [True, True], [True, True], [False, False]]
     for a, b in zip(*grads):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_nn_backward_adds_weight_gradients_where_they_are(cell: str,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """`rnnkern.nn`'s backward has the kernels add the weight gradients into its `grads` arrays
+    (the same objects, passed as the calls' `into`, twice after two calls), equal to the
+    gradients `_stack.backward` returns (float64, 1e-12 relative; the sums are grouped
+    differently); when an array is not one the kernels can write (Fortran order), none is
+    passed and they are added afterwards, with the same result."""
+    layers, D = 2, 2
+    p = problem(cell, layers, D, True, seed=6)
+    layer = {"lstm": rnn_nn.LSTM, "gru": rnn_nn.GRU}[cell](
+        p["x"].shape[2], p["h0"].shape[2], num_layers=layers, bidirectional=True,
+        dtype=np.float64)
+    x, dy = p["x"], p["dy"]
+    y, _ = layer(x, training=True)
+    want = [dict(zip(layer._grad_names(k), g))
+            for k, g in enumerate(_stack.backward(layer._saved, dy, None, None)[3])]
+    odd = layer._grad_names(1)[1]  # weight_hh_l0_reverse
+    many = _stack._core.backward_packed_many
+    passed: list[Any] = []  # each call's into
+
+    def spy(calls: list[tuple[Any, ...]]) -> Any:
+        passed.extend(c[8] if len(c) == 9 else None for c in calls)
+        return many(calls)
+
+    monkeypatch.setattr(_stack._core, "backward_packed_many", spy)
+    for fortran in (False, True):
+        passed.clear()
+        layer.zero_grad()
+        if fortran:
+            layer.grads[odd] = np.asfortranarray(layer.grads[odd])
+        ids = {n: id(g) for n, g in layer.grads.items()}
+        for _ in range(2):
+            layer.backward(dy)
+        assert {n: id(g) for n, g in layer.grads.items()} == ids
+        if fortran:
+            assert passed == [None] * 8
+        else:  # layer 1's calls first
+            order = [2, 3, 0, 1] * 2
+            assert [tuple(map(id, i)) for i in passed] == [
+                tuple(id(layer.grads.get(n)) for n in layer._grad_names(k)) for k in order]
+        for grads in want:
+            for name, g in grads.items():
+                if g is not None:
+                    np.testing.assert_allclose(layer.grads[name], 2 * g, rtol=1e-12,
+                                               atol=1e-12 * np.abs(g).max(), err_msg=name)

@@ -632,17 +632,22 @@ py::list forward_packed_many(const py::list& calls) {
   return run_many(ps);
 }
 
-// calls: a list of (pack, x, lengths, cache, dy, dh_n, dc_n[, need_dx]), backward_packed's
-// arguments (need_dx: true if absent).
+// calls: a list of (pack, x, lengths, cache, dy, dh_n, dc_n[, need_dx[, into]]),
+// backward_packed's arguments (need_dx: true if absent; into: None if absent, or the weight
+// gradients' arrays to add to).
 py::list backward_packed_many(const py::list& calls) {
   std::vector<Prepared> ps;
   for (const auto& item : calls) {
     auto a = item.cast<py::tuple>();
-    if (a.size() != 7 && a.size() != 8)
-      throw py::value_error("calls: expected (pack, x, lengths, cache, dy, dh_n, dc_n[, need_dx]) tuples");
+    if (a.size() < 7 || a.size() > 9)
+      throw py::value_error("calls: expected (pack, x, lengths, cache, dy, dh_n, dc_n[, need_dx"
+                            "[, into]]) tuples");
+    const py::object into = a.size() == 9 ? py::object(a[8]) : py::none();
+    if (py::isinstance<RowsHandle>(into))
+      throw py::type_error("into: a tuple of arrays or None (rows are kept by backward_packed)");
     ps.push_back(prepare_backward_packed(a[0].cast<const PackHandle&>(), a[1], a[2],
-                                         a[3].cast<py::tuple>(), a[4], a[5], a[6], py::none(),
-                                         a.size() == 8 ? a[7].cast<bool>() : true));
+                                         a[3].cast<py::tuple>(), a[4], a[5], a[6], into,
+                                         a.size() >= 8 ? a[7].cast<bool>() : true));
   }
   return run_many(ps);
 }

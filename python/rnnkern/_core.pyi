@@ -128,9 +128,11 @@ def forward_packed_many(
 ) -> list[tuple[_Array, _Array, _Array | None, tuple[_Array | None, ...]]]: ...
 def backward_packed_many(
     calls: list[tuple[Pack, _Array, Any, tuple[_Array | None, ...], Any, Any, Any]]
-    | list[tuple[Pack, _Array, Any, tuple[_Array | None, ...], Any, Any, Any, bool]],
-) -> list[tuple[_Array | None, _Array, _Array | None, _Array, _Array, _Array | None,
-                _Array | None]]: ...  # backward_packed of each; an 8th item False: need_dx=False
+    | list[tuple[Pack, _Array, Any, tuple[_Array | None, ...], Any, Any, Any, bool]]
+    | list[tuple[Pack, _Array, Any, tuple[_Array | None, ...], Any, Any, Any, bool,
+                 tuple[_Array | None, ...] | None]],
+) -> list[tuple[_Array | None, ...]]: ...  # backward_packed of each; an 8th item False:
+# need_dx=False; a 9th, a tuple of arrays: the weight gradients are added to them (not returned)
 def softmax(z: _Array) -> _Array: ...
 def softmax_cross_entropy(
     logits: _Array, targets: npt.NDArray[np.int64], ignore_index: int

@@ -137,13 +137,17 @@ def forward(packs: Sequence[Any], directions: int, x: Array, h0: Array | None,
 
 
 def backward(saved: Saved, dy: Array | None, dh_n: Array | None, dc_n: Array | None,
-             need_dx: bool = True
+             need_dx: bool = True, into: Sequence[tuple[Array | None, ...]] | None = None
              ) -> tuple[Array | None, Array, Array | None, list[tuple[Array | None, ...]]]:
     """Gradients of a training `forward`: dy (T, B, D*P), dh_n (L*D, B, P), dc_n (L*D, B, H) or
     None (zeros), dtypes of the forward. Returns dx (T, B, I) (None if not ``need_dx``: the
     first layer's input product is skipped), dh0 (L*D, B, P), dc0 (L*D, B, H) (lstm, else None)
     and per (layer, direction) (dw_ih, dw_hh, db_ih, db_hh) (biases None without bias), then
-    the LSTM variants' present ones: dw_hr, dw_peep, dln_gates, dln_cell."""
+    the LSTM variants' present ones: dw_hr, dw_peep, dln_gates, dln_cell.
+
+    into: None, or per (layer, direction) a tuple of arrays in that order (C-contiguous, the
+    dtype, None where the weights have none) that the kernels add the weight gradients to; then
+    the weight gradients returned are empty tuples (no new arrays, no second pass to add them)."""
     n_dir, packs = saved.directions, saved.packs
     n_layers = len(packs) // n_dir
     steps, batch = saved.xs[0].shape[:2]
@@ -169,7 +173,7 @@ def backward(saved: Saved, dy: Array | None, dh_n: Array | None, dc_n: Array | N
         results = _core.backward_packed_many([
             (packs[k], saved.xs[k], saved.lengths, saved.buffers[k], dy_k,
              None if dh_n is None else dh_n[k], None if dc_n is None else dc_n[k],
-             need_dx or layer > 0)
+             need_dx or layer > 0, None if into is None else into[k])
             for k, dy_k in zip(ks, dys)])
         for d, (k, (dx, dh, dc, *dws)) in enumerate(zip(ks, results)):
             dh0[k] = dh

@@ -127,6 +127,12 @@ class _Recurrent(ParamModule):
         suffix = f"_l{layer}" + ("_reverse" if direction else "")
         return tuple(kind + suffix for kind in _PARAM_KINDS)
 
+    def _grad_names(self, k: int) -> tuple[str, ...]:
+        """(layer, direction) k's parameter names in the kernels' gradient order: weight_ih,
+        weight_hh and the biases (even without bias), then the variants' present ones."""
+        names = self._names(*divmod(k, self._directions))
+        return names[:4] + tuple(n for n in names[4:] if n in self.params)
+
     @property
     def _out_size(self) -> int:
         """P, the size of h and of each direction's output: proj_size, or H without it."""
@@ -250,13 +256,19 @@ class _Recurrent(ParamModule):
             "dy", dy, n_dir * self._out_size, "D*P" if self.proj_size else "D*H",
             (steps, batch))  # (T, B, D*P)
         dh_n, dc_n = self._check_state("dstate", dstate, batch)
-        dx, dh0, dc0, weight_grads = _stack.backward(saved, d_out, dh_n, dc_n)
+        # The kernels add the weight gradients into `grads` (as (dw_ih, dw_hh, db_ih, db_hh
+        # (None without bias)), then the variants' present ones), unless an array there is not
+        # one they can write (then they are returned and added here).
+        into = [tuple(self.grads.get(n) for n in self._grad_names(k))
+                for k in range(len(saved.packs))]
+        direct = all(g is None or (g.flags.c_contiguous and g.flags.writeable
+                                   and g.dtype == self.dtype)
+                     for gs in into for g in gs)
+        dx, dh0, dc0, weight_grads = _stack.backward(saved, d_out, dh_n, dc_n,
+                                                     into=into if direct else None)
         assert dx is not None  # need_dx defaults to True
-        for k, dws in enumerate(weight_grads):
-            # (dw_ih, dw_hh, db_ih, db_hh (None without bias)), then the variants' present ones
-            names = self._names(*divmod(k, n_dir))
-            names = names[:4] + tuple(n for n in names[4:] if n in self.params)
-            for name, g in zip(names, dws, strict=True):
+        for k, dws in enumerate(weight_grads):  # empty tuples when added to directly
+            for name, g in zip(self._grad_names(k), dws):
                 if g is not None:
                     self.grads[name] += g
         dx_out = np.ascontiguousarray(dx.transpose(1, 0, 2)) if self.batch_first else dx
