@@ -2,12 +2,13 @@
 // forward and backward of each cell form in float32, float64, bf16 and int8 (lengths or none),
 // the LSTM variants (projection, peepholes, layer norm), a chunked backward, the cells' kept
 // rows and their weight gradients (a short last block), on 2 and 3 threads; four callers at
-// once and concurrently(); then forced take-overs, late joins and shrinks (the core's fault
+// once and concurrently(); whole stacks; then forced take-overs, late joins and shrinks (the core's fault
 // injection, as tests/test_threads.py).
 // The Python tests cannot run under ThreadSanitizer here (the interpreter with libtsan
 // preloaded crashes at start), so this drives the C++ API (cpp/include/rnnkern/rnnkern.hpp).
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <random>
 #include <thread>
 #include <vector>
@@ -120,6 +121,70 @@ void digest_check(std::mt19937& g) {
   }
 }
 
+// A whole stack (rnnkern::stack_forward / stack_backward), L layers x 2 directions with lengths
+// and dropout masks: small sizes run the directions side by side (their copies inside the
+// jobs), larger ones each direction with the team and the copies split over the threads.
+template <class F>
+void stack_check(Cell cell, int L, Dims d, std::mt19937& g) {
+  const int D = 2, LD = L * D;
+  const int64_t T = d.T, B = d.B, H = d.H, G = gates(cell), W = D * H, TBW = T * B * W;
+  std::vector<std::vector<F>> w(4 * LD);  // per k: w_ih (G*H, F_l), w_hh (G*H, H), biases (G*H,)
+  std::vector<std::unique_ptr<Pack<F>>> packs;
+  std::vector<const Pack<F>*> pp;
+  for (int k = 0; k < LD; ++k) {
+    const int64_t in = k < D ? d.I : W;
+    w[4 * k] = rnd<F>(G * H * in, g), w[4 * k + 1] = rnd<F>(G * H * H, g);
+    w[4 * k + 2] = rnd<F>(G * H, g), w[4 * k + 3] = rnd<F>(G * H, g);
+    Params<F> p{w[4 * k].data(), w[4 * k + 1].data(), w[4 * k + 2].data(), w[4 * k + 3].data()};
+    packs.push_back(std::make_unique<Pack<F>>(cell, in, H, p));
+    pp.push_back(packs.back().get());
+  }
+  auto x = rnd<F>(T * B * d.I, g, 1.0);  // (T, B, I)
+  std::vector<int64_t> len(B);           // (B,)
+  for (int64_t b = 0; b < B; ++b) len[b] = 1 + (b * 5) % T;
+  std::vector<std::vector<F>> masks(L - 1, std::vector<F>(TBW, F(2)));  // (T, B, D*H) each
+  std::vector<const F*> mp;
+  for (auto& m : masks) m[0] = F(0), mp.push_back(m.data());
+  const CacheLayout c0 = cache_layout(cell, Dims{T, B, d.I, H}), c1 = cache_layout(cell, Dims{T, B, W, H});
+  std::vector<std::vector<F>> in(LD), bufs(4 * LD);  // inputs (T, B, F_l); caches
+  std::vector<F*> ip(LD, nullptr);
+  std::vector<Cache<F>> caches(LD);
+  for (int k = 0; k < LD; ++k) {
+    const CacheLayout& cl = k < D ? c0 : c1;
+    if (k) in[k].resize(T * B * (k < D ? d.I : W)), ip[k] = in[k].data();
+    bufs[4 * k].resize(cl.hs), bufs[4 * k + 1].resize(cl.cs);
+    bufs[4 * k + 2].resize(cl.gates), bufs[4 * k + 3].resize(cl.aux);
+    caches[k] = Cache<F>{bufs[4 * k].data(), cl.cs ? bufs[4 * k + 1].data() : nullptr,
+                         cl.gates ? bufs[4 * k + 2].data() : nullptr,
+                         cl.aux ? bufs[4 * k + 3].data() : nullptr};
+  }
+  const bool lstm = cell == Cell::lstm;
+  std::vector<F> y(TBW), hn(LD * B * H), cn(LD * B * H);  // (T, B, D*H), (L*D, B, H) x 2
+  StackForward<F> f{x.data(), nullptr, nullptr, len.data(), mp.data(), y.data(), hn.data(),
+                    lstm ? cn.data() : nullptr, ip.data(), caches.data()};
+  stack_forward<F>(pp.data(), L, D, T, B, f);
+  f.inputs = nullptr, f.caches = nullptr;  // and an inference
+  stack_forward<F>(pp.data(), L, D, T, B, f);
+  std::vector<const F*> xs(LD);
+  for (int k = 0; k < LD; ++k) xs[k] = k ? in[k].data() : x.data();
+  auto dy = rnd<F>(TBW, g, 1.0);
+  std::vector<F> dx(T * B * d.I), dh0(LD * B * H), dc0(LD * B * H), dws;  // dws: every k's
+  std::vector<Grads<F>> gr(LD);
+  int64_t n = 0;
+  for (int k = 0; k < LD; ++k) n += G * H * ((k < D ? d.I : W) + H + 2);
+  dws.resize(n);
+  F* q = dws.data();
+  for (int k = 0; k < LD; ++k) {
+    const int64_t in_k = k < D ? d.I : W;
+    gr[k] = Grads<F>{nullptr, nullptr, nullptr, q, q + G * H * in_k, q + G * H * (in_k + H),
+                     q + G * H * (in_k + H + 1)};
+    q += G * H * (in_k + H + 2);
+  }
+  StackBackward<F> b{xs.data(), len.data(), mp.data(), caches.data(), dy.data(), nullptr,
+                     nullptr, dx.data(), dh0.data(), lstm ? dc0.data() : nullptr, gr.data()};
+  stack_backward<F>(pp.data(), L, D, T, B, b);
+}
+
 int main() {
   std::mt19937 g(1);
   set_thread_runtime("rnnkern");
@@ -147,6 +212,9 @@ int main() {
     kept_rows<float>(Cell::gru_rh, 24, 24, 8, 69, g);
     kept_rows<float>(Cell::lstm, 64, 256, 32, 9, g);
     digest_check(g);
+    stack_check<float>(Cell::lstm, 2, Dims{12, 2, 8, 16}, g);
+    stack_check<double>(Cell::gru, 3, Dims{12, 2, 8, 16}, g);
+    stack_check<float>(Cell::lstm, 2, Dims{20, 16, 32, 128}, g);
     set_num_threads(rep == 0 ? 3 : 2);
   }
   // Callers at once: four threads (one holds the pool, the others run alone; the scratch

@@ -360,7 +360,7 @@ def test_calls_the_functional_api(monkeypatch: pytest.MonkeyPatch) -> None:
     rnnkern._stack); they pack each (layer, direction)'s weights once (rnnkern._functional), and
     again only after a parameter changed."""
     calls: list[str] = []
-    for module, name in ((_functional, "lstm_pack"), (_core, "backward_packed_many")):
+    for module, name in ((_functional, "lstm_pack"), (_core, "stack_backward")):
         original = getattr(module, name)
 
         def spy(*args: Any, _f: Any = original, _n: str = name, **kwargs: Any) -> Any:
@@ -372,13 +372,13 @@ def test_calls_the_functional_api(monkeypatch: pytest.MonkeyPatch) -> None:
     p = random_problem(layer, 3, 2)
     layer(p["x"])
     layer.backward(p["dy"])
-    # one backward call per layer: its two directions together
-    assert calls == ["lstm_pack"] * 4 + ["backward_packed_many"] * 2
+    # one backward call for the whole stack
+    assert calls == ["lstm_pack"] * 4 + ["stack_backward"]
     layer(p["x"])
-    assert calls == ["lstm_pack"] * 4 + ["backward_packed_many"] * 2
+    assert calls == ["lstm_pack"] * 4 + ["stack_backward"]
     rnnkern.optim.SGD(layer.params, layer.grads).step()
     layer(p["x"])
-    assert calls == ["lstm_pack"] * 4 + ["backward_packed_many"] * 2 + ["lstm_pack"] * 4
+    assert calls == ["lstm_pack"] * 4 + ["stack_backward"] + ["lstm_pack"] * 4
     assert rnnkern.nn.LSTM is LSTM
 
 

@@ -16,8 +16,9 @@ import torch.nn.functional as TF
 from rnnkern_testing import CELLS, GATES, assert_close, rnn_acc_len
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+import rnnkern
 import rnnkern.torch as rt
-from rnnkern import _functional, _stack
+from rnnkern import _core, _functional, _stack
 from rnnkern import nn as rnn_nn
 from rnnkern.reference.stack import stack_backward, stack_forward
 
@@ -265,19 +266,20 @@ def test_dropout_masks_are_reproducible() -> None:
 def test_drop_in_skips_the_input_gradient_it_does_not_need(cell: str,
                                                            monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
-    """x without requires_grad (an embedding's output under no_grad, data): layer 0 is asked for
-    no dx (need_dx False in its calls), and every other gradient keeps its bits."""
+    """x without requires_grad (an embedding's output under no_grad, data): the stack is asked
+    for no dx (need_dx False: layer 0's input product skipped), and every other gradient keeps
+    its bits."""
     layers, D = 2, 2
     p = problem(cell, layers, D, True, seed=4)
     module = rt.convert(torch_module(cell, layers, D, p)).float()
-    flags: list[list[bool]] = []
-    many = _functional._core.backward_packed_many
+    flags: list[bool] = []
+    real = _stack._core.stack_backward
 
-    def spy(calls: list[tuple[Any, ...]]) -> Any:
-        flags.append([bool(c[7]) if len(c) >= 8 else True for c in calls])
-        return many(calls)
+    def spy(*args: Any) -> Any:
+        flags.append(bool(args[9]))
+        return real(*args)
 
-    monkeypatch.setattr(_stack._core, "backward_packed_many", spy)
+    monkeypatch.setattr(_stack._core, "stack_backward", spy)
     grads = []
     for need in (True, False):
         module.zero_grad()
@@ -288,7 +290,7 @@ def test_drop_in_skips_the_input_gradient_it_does_not_need(cell: str,
         y.backward(torch.tensor(p["dy"], dtype=torch.float32))
         assert (x.grad is not None) == need
         grads.append([h0.grad, *(w.grad for w in module.parameters())])
-    assert flags == [[True, True], [True, True], [True, True], [False, False]]
+    assert flags == [True, False]
     for a, b in zip(*grads):
         assert torch.equal(a, b)
 
@@ -312,14 +314,14 @@ def test_nn_backward_adds_weight_gradients_where_they_are(cell: str,
     want = [dict(zip(layer._grad_names(k), g))
             for k, g in enumerate(_stack.backward(layer._saved, dy, None, None)[3])]
     odd = layer._grad_names(1)[1]  # weight_hh_l0_reverse
-    many = _stack._core.backward_packed_many
-    passed: list[Any] = []  # each call's into
+    real = _stack._core.stack_backward
+    passed: list[Any] = []  # each (layer, direction)'s into
 
-    def spy(calls: list[tuple[Any, ...]]) -> Any:
-        passed.extend(c[8] if len(c) == 9 else None for c in calls)
-        return many(calls)
+    def spy(*args: Any) -> Any:
+        passed.extend([None] * 4 if args[10] is None else args[10])
+        return real(*args)
 
-    monkeypatch.setattr(_stack._core, "backward_packed_many", spy)
+    monkeypatch.setattr(_stack._core, "stack_backward", spy)
     for fortran in (False, True):
         passed.clear()
         layer.zero_grad()
@@ -331,12 +333,122 @@ def test_nn_backward_adds_weight_gradients_where_they_are(cell: str,
         assert {n: id(g) for n, g in layer.grads.items()} == ids
         if fortran:
             assert passed == [None] * 8
-        else:  # layer 1's calls first
-            order = [2, 3, 0, 1] * 2
+        else:
             assert [tuple(map(id, i)) for i in passed] == [
-                tuple(id(layer.grads.get(n)) for n in layer._grad_names(k)) for k in order]
+                tuple(id(layer.grads.get(n)) for n in layer._grad_names(k))
+                for k in [0, 1, 2, 3] * 2]
         for grads in want:
             for name, g in grads.items():
                 if g is not None:
                     np.testing.assert_allclose(layer.grads[name], 2 * g, rtol=1e-12,
                                                atol=1e-12 * np.abs(g).max(), err_msg=name)
+
+
+# -- the fused stack against the layers one by one ---------------------------------------------
+
+
+def reverse(a: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+    """A time-major (T, B, F) array reversed within each sequence's length (padded steps in
+    place): the reverse direction's time order."""
+    if lengths is None:
+        return np.ascontiguousarray(a[::-1])
+    t = np.arange(a.shape[0])[:, None]
+    n = lengths[None, :]
+    rev = np.where(t < n, n - 1 - t, t)  # (T, B)
+    return a[rev, np.arange(a.shape[1])[None, :]]
+
+
+def layers_one_by_one(packs: list[Any], D: int, x: np.ndarray, h0: Any, c0: Any, lengths: Any,
+                      masks: list[Any], dy: np.ndarray, dh_n: Any, dc_n: Any
+                      ) -> list[np.ndarray]:
+    """The stack's forward and backward by one forward_packed / backward_packed per (layer,
+    direction) and NumPy for the reversals, columns and masks: what the fused stack's copies
+    must reproduce bit for bit. Returns y, h_n, c_n, dx, dh0, dc0 and every weight gradient."""
+    L = len(packs) // D
+    P = packs[0].output_size
+    h_n, c_n, saved, out = [], [], [], []
+    inp = x
+    for layer in range(L):
+        outs = []
+        for d in range(D):
+            k = layer * D + d
+            xk = inp if d == 0 else reverse(inp, lengths)
+            y, h, c, buf = _core.forward_packed(packs[k], xk, None if h0 is None else h0[k],
+                                                None if c0 is None else c0[k], lengths, True)
+            h_n.append(h), c_n.append(c), saved.append((xk, buf))
+            outs.append(y if d == 0 else reverse(y, lengths))
+        inp = np.concatenate(outs, axis=2)
+        if layer < L - 1 and masks:
+            inp = inp * masks[layer]
+        out.append(inp)
+    result = [inp, np.stack(h_n), None if c_n[0] is None else np.stack(c_n)]
+    dh0, dc0, grads = [None] * len(packs), [None] * len(packs), [None] * len(packs)
+    d_out = dy
+    for layer in reversed(range(L)):
+        d_in = None
+        for d in range(D):
+            k = layer * D + d
+            part = np.ascontiguousarray(d_out[:, :, d * P:(d + 1) * P])
+            dyk = part if d == 0 else reverse(part, lengths)
+            dx, dh, dc, *dws = _core.backward_packed(
+                packs[k], saved[k][0], lengths, saved[k][1], dyk,
+                None if dh_n is None else dh_n[k], None if dc_n is None else dc_n[k])
+            dh0[k], dc0[k], grads[k] = dh, dc, dws
+            dx = dx if d == 0 else reverse(dx, lengths)
+            d_in = dx if d_in is None else d_in + dx
+        assert d_in is not None
+        d_out = d_in * masks[layer - 1] if layer > 0 and masks else d_in
+    return result + [d_out, np.stack(dh0), None if dc0[0] is None else np.stack(dc0),
+                     *(g for gs in grads for g in gs)]
+
+
+@pytest.mark.parametrize("size", [(5, 3, 3, 4), (20, 16, 64, 128)], ids=["small", "large"])
+@pytest.mark.parametrize("full", [False, True], ids=["plain", "lengths-h0-dropout"])
+@pytest.mark.parametrize("layers,D", [(1, 2), (2, 1), (2, 2), (3, 2)])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_fused_stack_keeps_the_bits_of_the_layers_one_by_one(cell: str, layers: int, D: int,
+                                                             full: bool,
+                                                             size: tuple[int, ...]) -> None:
+    """rnnkern::stack_forward / stack_backward: the same bits as the layers run one by one
+    (layers_one_by_one), on 1 and 2 threads, float32 and float64. "large": the copies split over
+    the threads (T*B*F >= 2^16) and the directions each with the team (B = 16, H = 128); "small":
+    the directions side by side."""
+    steps, batch, inp, hid = size
+    rng = np.random.default_rng(7)
+    G = GATES[cell]
+    lengths = np.array(rng.integers(1, steps + 1, batch), np.int64) if full else None
+    if full:
+        lengths[0] = steps
+    for dtype in (np.float32, np.float64):
+        def u(*shape: int, dtype: Any = dtype) -> np.ndarray:
+            return rng.uniform(-0.5, 0.5, shape).astype(dtype)
+
+        packs = [PACKS[cell](u(G * hid, inp if k < D else D * hid), u(G * hid, hid), u(G * hid),
+                             u(G * hid))._pack for k in range(layers * D)]
+        x = u(steps, batch, inp)
+        h0 = u(layers * D, batch, hid) if full else None
+        c0 = u(layers * D, batch, hid) if full and cell == "lstm" else None
+        masks = [((rng.random((steps, batch, D * hid)) >= 0.3) / 0.7).astype(dtype)
+                 for _ in range(layers - 1)] if full else []
+        dy = u(steps, batch, D * hid)
+        dh_n = u(layers * D, batch, hid) if full else None
+        dc_n = u(layers * D, batch, hid) if full and cell == "lstm" else None
+        want = layers_one_by_one(packs, D, x, h0, c0, lengths, masks, dy, dh_n, dc_n)
+        for threads in (1, 2):
+            before = rnnkern.get_num_threads()
+            rnnkern.set_num_threads(threads)
+            try:
+                y, h_n, c_n, saved = _stack.forward(packs, D, x, h0, c0, lengths, masks, True)
+                assert saved is not None
+                dx, dh0, dc0, grads = _stack.backward(saved, dy, dh_n, dc_n)
+                y2 = _stack.forward(packs, D, x, h0, c0, lengths, masks, False)[0]
+            finally:
+                rnnkern.set_num_threads(before)
+            got = [y, h_n, c_n, dx, dh0, dc0, *(g for gs in grads for g in gs)]
+            assert len(got) == len(want)
+            for i, (a, b) in enumerate(zip(got, want)):
+                if b is None:
+                    assert a is None, i
+                else:
+                    np.testing.assert_array_equal(a, b, err_msg=f"item {i}, {threads} threads")
+            np.testing.assert_array_equal(y2, y)

@@ -183,6 +183,41 @@ py::tuple buffers_tuple(const py::object& hs, const py::object& cs, const py::ob
   return py::make_tuple(hs, cs, gates, aux, ln);
 }
 
+// A training forward's cache: new arrays (buffers_tuple's) and the core's view of them.
+template <class F>
+struct CacheArrays {
+  py::tuple buffers;
+  rnnkern::Cache<F> cache;
+};
+
+template <class F>
+CacheArrays<F> new_cache(Cell cell, rnnkern::Dims d, bool ln) {
+  const int64_t T = d.T, B = d.B, H = d.H, P = rnnkern::h_size(d);
+  const auto L = rnnkern::cache_layout(cell, d);
+  py::object hs = new_array<F>({T + 1, B, P});
+  py::object cs = array_or_none<F>(L.cs, {T + 1, B, H});
+  py::object gates = array_or_none<F>(L.gates, {T, B, rnnkern::gates(cell) * H});
+  py::object aux = array_or_none<F>(L.aux, {T, B, H});
+  py::object lnc = array_or_none<F>(ln, {T, B, rnnkern::ln_width(H)});
+  return {buffers_tuple(hs, cs, gates, aux, lnc),
+          {ptr<F>(hs), ptr<F>(cs), ptr<F>(gates), ptr<F>(aux), ptr<F>(lnc)}};
+}
+
+// The core's view of a forward's cache (buffers_tuple's), checked; backward only reads it.
+template <class F>
+rnnkern::Cache<F> read_cache(Cell cell, rnnkern::Dims d, bool ln, const py::tuple& cache) {
+  const int64_t T = d.T, B = d.B, H = d.H, P = rnnkern::h_size(d);
+  const auto L = rnnkern::cache_layout(cell, d);
+  if (cache.size() != (ln ? 5u : 4u))
+    throw py::type_error("cache: not a cache of this cell's forward");
+  auto buf = [&](int i, bool present, const Shape& shape) {
+    return present ? const_cast<F*>(data<F>(cache[i], "cache", shape)) : nullptr;
+  };
+  return {buf(0, true, {T + 1, B, P}), buf(1, L.cs, {T + 1, B, H}),
+          buf(2, L.gates, {T, B, rnnkern::gates(cell) * H}), buf(3, L.aux, {T, B, H}),
+          buf(4, ln, {T, B, rnnkern::ln_width(H)})};
+}
+
 // pk: run with these packed weights (w_ih ... b_hh unused), else pack w_ih ... b_hh per call.
 // A call's outputs, allocated with the GIL held, and the work that fills them (run without it).
 struct Prepared {
@@ -198,7 +233,7 @@ Prepared prepare_forward(Cell cell, Sizes z, const py::object& x, const py::obje
                   const py::object& lengths, bool training, const py::object& w_peep,
                   const py::object& w_hr,
                   rnnkern::Precision prec = rnnkern::Precision::native) {
-  const int64_t T = z.d.T, B = z.d.B, I = z.d.I, H = z.d.H, GH = z.G * H;
+  const int64_t T = z.d.T, B = z.d.B, I = z.d.I, H = z.d.H;
   const int64_t P = rnnkern::h_size(z.d);
   const bool lstm = rnnkern::cell_traits(cell).cell_state;
   const F* xp = data<F>(x, "x", {T, B, I});
@@ -211,17 +246,14 @@ Prepared prepare_forward(Cell cell, Sizes z, const py::object& x, const py::obje
     if (len[b] < 1 || len[b] > T) throw py::value_error("lengths: every value must be in 1..T");
   py::array_t<F> y = new_array<F>({T, B, P}), h_n = new_array<F>({B, P});
   py::object c_n = array_or_none<F>(lstm, {B, H});
-  const auto L = rnnkern::cache_layout(cell, z.d);
-  py::object hs = array_or_none<F>(training, {T + 1, B, P});
-  py::object cs = array_or_none<F>(training && L.cs, {T + 1, B, H});
-  py::object gates = array_or_none<F>(training && L.gates, {T, B, GH});
-  py::object aux = array_or_none<F>(training && L.aux, {T, B, H});
   const bool ln = pk ? pk->has_layer_norm() : p.ln_gates != nullptr;
-  py::object lnc = array_or_none<F>(training && ln, {T, B, rnnkern::ln_width(H)});
-  const rnnkern::Cache<F> cache{ptr<F>(hs), ptr<F>(cs), ptr<F>(gates), ptr<F>(aux), ptr<F>(lnc)};
+  const py::object none = py::none();
+  CacheArrays<F> ca{buffers_tuple(none, none, none, none, none), {}};
+  if (training) ca = new_cache<F>(cell, z.d, ln);
+  const rnnkern::Cache<F> cache = ca.cache;
   F *yp = y.mutable_data(), *hnp = h_n.mutable_data(), *cnp = ptr<F>(c_n);
   const rnnkern::Dims d = z.d;
-  return {py::make_tuple(y, h_n, c_n, buffers_tuple(hs, cs, gates, aux, lnc)), [=] {
+  return {py::make_tuple(y, h_n, c_n, ca.buffers), [=] {
             const rnnkern::Cache<F>* cp = training ? &cache : nullptr;
             if (pk) rnnkern::forward<F>(*pk, d, xp, h0p, c0p, len, yp, hnp, cnp, cp);
             else rnnkern::forward<F>(cell, d, xp, h0p, c0p, p, len, yp, hnp, cnp, cp, prec);
@@ -290,6 +322,26 @@ std::vector<py::object> grad_arrays(const std::vector<const GradSlot<F>*>& used,
   return dws;
 }
 
+// The weight gradients' arrays in the order of a backward's result: dw_ih, dw_hh, db_ih, db_hh
+// (None without bias), then the variants' present ones in the order of
+// rnnkern._api.LSTM_EXTRAS; new ones, or `into`'s (not None: g.accumulate), set in g.
+template <class F>
+std::vector<py::object> weight_grads(Sizes z, bool bias, bool peep, bool ln, rnnkern::Grads<F>& g,
+                                     const py::object& into) {
+  const int64_t I = z.d.I, H = z.d.H, GH = z.G * H, P = rnnkern::h_size(z.d);
+  const bool proj = z.d.P != 0;
+  const GradSlot<F> slots[] = {
+      {"dw_ih", true, {GH, I}, &g.dw_ih},       {"dw_hh", true, {GH, P}, &g.dw_hh},
+      {"db_ih", bias, {GH}, &g.db_ih},          {"db_hh", bias, {GH}, &g.db_hh},
+      {"dw_hr", proj, {P, H}, &g.dw_hr},        {"dw_peep", peep, {3, H}, &g.dw_peep},
+      {"dln_gates", ln, {2, GH}, &g.dln_gates}, {"dln_cell", ln, {2, H}, &g.dln_cell}};
+  std::vector<const GradSlot<F>*> used;  // the four (a bias's None without bias), the variants
+  for (const auto& s : slots)
+    if (&s < slots + 4 || s.on) used.push_back(&s);
+  g.accumulate = !into.is_none();
+  return grad_arrays<F>(used, into);
+}
+
 template <class F>
 Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern::Pack<F>* pk,
                    const py::object& w_ih, const py::object& w_hh, bool bias,
@@ -298,25 +350,15 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
                    const py::object& dc_n, const py::object& w_peep, const py::object& w_hr,
                    rnnkern::Precision prec = rnnkern::Precision::native,
                    const py::object& into = py::none(), bool need_dx = true) {
-  const int64_t T = z.d.T, B = z.d.B, I = z.d.I, H = z.d.H, GH = z.G * H;
+  const int64_t T = z.d.T, B = z.d.B, I = z.d.I, H = z.d.H;
   const int64_t P = rnnkern::h_size(z.d);
   const bool lstm = rnnkern::cell_traits(cell).cell_state;
-  const auto L = rnnkern::cache_layout(cell, z.d);
   const bool ln = pk && pk->has_layer_norm();
-  if (cache.size() != (ln ? 5u : 4u))
-    throw py::type_error("cache: not a cache of this cell's forward");
-  // The forward's own buffers; backward only reads them.
-  auto buf = [&](int i, bool present, const Shape& shape) {
-    return present ? const_cast<F*>(data<F>(cache[i], "cache", shape)) : nullptr;
-  };
+  const rnnkern::Cache<F> c = read_cache<F>(cell, z.d, ln, cache);
   const F* xp = data<F>(x, "x", {T, B, I});
   rnnkern::Params<F> p{};
   if (!pk) p = params<F>(z, w_ih, w_hh, py::none(), py::none(), w_peep, w_hr);
   const bool peep = pk ? pk->has_peepholes() : p.w_peep != nullptr;
-  rnnkern::Cache<F> c{buf(0, true, {T + 1, B, P}), buf(1, L.cs, {T + 1, B, H}),
-                      buf(2, L.gates, {T, B, GH}), buf(3, L.aux, {T, B, H}),
-                      buf(4, ln, {T, B, rnnkern::ln_width(H)})};
-  const bool proj = z.d.P != 0;
   const int64_t* len = data<int64_t>(lengths, "lengths", {B}, true);
   for (int64_t b = 0; len && b < B; ++b)
     if (len[b] < 1 || len[b] > T) throw py::value_error("lengths: every value must be in 1..T");
@@ -327,30 +369,19 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
   py::array_t<F> dh0 = new_array<F>({B, P});
   py::object dc0 = array_or_none<F>(lstm, {B, H});
   rnnkern::Grads<F> g{ptr<F>(dx), dh0.mutable_data(), ptr<F>(dc0), nullptr, nullptr,
-                      nullptr, nullptr};  // the weight gradients: the slots below
-  // The weight gradients in the order of the result: the four, then the variants' present, in
-  // the order of rnnkern._api.LSTM_EXTRAS.
-  const GradSlot<F> slots[] = {
-      {"dw_ih", true, {GH, I}, &g.dw_ih},       {"dw_hh", true, {GH, P}, &g.dw_hh},
-      {"db_ih", bias, {GH}, &g.db_ih},          {"db_hh", bias, {GH}, &g.db_hh},
-      {"dw_hr", proj, {P, H}, &g.dw_hr},        {"dw_peep", peep, {3, H}, &g.dw_peep},
-      {"dln_gates", ln, {2, GH}, &g.dln_gates}, {"dln_cell", ln, {2, H}, &g.dln_cell}};
-  std::vector<const GradSlot<F>*> used;  // the four (a bias's None without bias), the variants
-  for (const auto& s : slots)
-    if (&s < slots + 4 || s.on) used.push_back(&s);
+                      nullptr, nullptr};  // the weight gradients: weight_grads' slots
   // New arrays, or `into`'s, which the backward adds to, or `into` a Rows: none, the step's rows
   // kept there (rnnkern::GradRows) for weight_gradients.
   const bool keep = py::isinstance<RowsHandle>(into);
   if (keep) {
-    if (!pk || T != 1 || len || proj || peep || ln)
+    if (!pk || T != 1 || len || z.d.P || peep || ln)
       throw py::value_error("into: rows are kept only for one step with a pack, without "
                             "lengths, projection, peepholes or layer norm");
     g.rows = &into.cast<RowsHandle&>().get<F>();
   }
   const bool acc = !into.is_none() && !keep;
-  const std::vector<py::object> dws = keep ? std::vector<py::object>{}
-                                           : grad_arrays<F>(used, acc ? into : py::none());
-  g.accumulate = acc;
+  const std::vector<py::object> dws =
+      keep ? std::vector<py::object>{} : weight_grads<F>(z, bias, peep, ln, g, into);
   const rnnkern::Dims d = z.d;
   py::list grads;
   for (const py::object& o : {dx, py::object(dh0), dc0}) grads.append(o);
@@ -501,14 +532,10 @@ py::object step(const PackHandle& pk, const rnnkern::Pack<F>* w, const py::handl
   const std::vector<py::ssize_t> shape(sd + 2 - nd, sd + 2), hshape(pd + 2 - nd, pd + 2);
   py::array_t<F> h = new_array<F>(hshape), h_n = new_array<F>(hshape);
   py::object c = array_or_none<F>(lstm, shape);
-  const auto L = rnnkern::cache_layout(pk.cell, d);
   py::object xc = array_or_none<F>(training, {1, B, I});
-  py::object hs = array_or_none<F>(training, {2, B, P});
-  py::object cs = array_or_none<F>(training && L.cs, {2, B, H});
-  py::object gates = array_or_none<F>(training && L.gates, {1, B, rnnkern::gates(pk.cell) * H});
-  py::object aux = array_or_none<F>(training && L.aux, {1, B, H});
-  py::object lnc = array_or_none<F>(training && w->has_layer_norm(), {1, B, rnnkern::ln_width(H)});
-  rnnkern::Cache<F> cache{ptr<F>(hs), ptr<F>(cs), ptr<F>(gates), ptr<F>(aux), ptr<F>(lnc)};
+  CacheArrays<F> ca{py::tuple(), {}};
+  if (training) ca = new_cache<F>(pk.cell, d, w->has_layer_norm());
+  const rnnkern::Cache<F> cache = ca.cache;
   {
     py::gil_scoped_release release;
     if (training) std::memcpy(ptr<F>(xc), xp, B * I * sizeof(F));
@@ -516,7 +543,7 @@ py::object step(const PackHandle& pk, const rnnkern::Pack<F>* w, const py::handl
                         ptr<F>(c), training ? &cache : nullptr);
   }
   if (!training) return py::make_tuple(h, c);
-  return py::make_tuple(h, c, xc, buffers_tuple(hs, cs, gates, aux, lnc));
+  return py::make_tuple(h, c, xc, ca.buffers);
 }
 
 py::object step_any(const PackHandle& pk, const py::handle& x, const py::handle& h0,
@@ -652,6 +679,142 @@ py::list backward_packed_many(const py::list& calls) {
   return run_many(ps);
 }
 
+// A stack's packs (rnnkern::stack_forward's order, k = l*D + d) of the dtype F of `x`.
+template <class F>
+std::vector<const rnnkern::Pack<F>*> stack_packs(const py::list& packs, int D,
+                                                 const py::object& x) {
+  if (D != 1 && D != 2) throw py::value_error("directions: expected 1 or 2");
+  if (packs.empty() || packs.size() % D)
+    throw py::value_error("packs: expected L*D packs, L >= 1");
+  std::vector<const rnnkern::Pack<F>*> out;
+  for (const py::handle& h : packs) out.push_back(h.cast<const PackHandle&>().get<F>(x));
+  return out;
+}
+
+// masks: None or L-1 items, each None or (T, B, D*P); their data pointers.
+template <class F>
+std::vector<const F*> stack_masks(const py::object& masks, size_t layers, const Shape& shape) {
+  std::vector<const F*> out;
+  if (masks.is_none()) return out;
+  auto list = masks.cast<py::sequence>();
+  if (list.size() != 0 && list.size() != layers - 1)
+    throw py::value_error("masks: expected none or L-1 = " + std::to_string(layers - 1));
+  for (const py::handle& m : list)
+    out.push_back(data<F>(py::reinterpret_borrow<py::object>(m), "masks", shape, true));
+  return out;
+}
+
+const int64_t* checked_lengths(const py::object& lengths, int64_t T, int64_t B) {
+  const int64_t* len = data<int64_t>(lengths, "lengths", {B}, true);
+  for (int64_t b = 0; len && b < B; ++b)
+    if (len[b] < 1 || len[b] > T) throw py::value_error("lengths: every value must be in 1..T");
+  return len;
+}
+
+// rnnkern::stack_forward. Returns (y (T, B, D*P), h_n (L*D, B, P), c_n (L*D, B, H) or None,
+// xs, buffers): in training xs is the L*D inputs as each kernel read them (xs[0] is x) and
+// buffers their caches, else both None.
+template <class F>
+py::tuple stack_forward(const py::list& packs, int D, const py::object& x, const py::object& h0,
+                        const py::object& c0, const py::object& lengths,
+                        const py::object& masks, bool training) {
+  const auto pks = stack_packs<F>(packs, D, x);
+  const PackHandle& p0 = packs[0].cast<const PackHandle&>();
+  if (training && pks[0]->precision() == rnnkern::Precision::int8)
+    throw py::value_error("precision: 'int8' is inference only, pass training=False");
+  const int L = static_cast<int>(pks.size()) / D, LD = L * D;
+  const Sizes z = packed_sizes(p0, x);
+  const int64_t T = z.d.T, B = z.d.B, H = p0.H, P = p0.P ? p0.P : H, W = D * P;
+  const bool lstm = rnnkern::cell_traits(p0.cell).cell_state;
+  rnnkern::StackForward<F> a{};
+  a.x = data<F>(x, "x", {T, B, p0.I});
+  a.h0 = data<F>(h0, "h0", {LD, B, P}, true);
+  a.c0 = lstm ? data<F>(c0, "c0", {LD, B, H}, true) : nullptr;
+  a.lengths = checked_lengths(lengths, T, B);
+  const std::vector<const F*> ms = stack_masks<F>(masks, L, {T, B, W});
+  a.masks = ms.empty() ? nullptr : ms.data();
+  py::array_t<F> y = new_array<F>({T, B, W}), h_n = new_array<F>({LD, B, P});
+  py::object c_n = array_or_none<F>(lstm, {LD, B, H});
+  a.y = y.mutable_data(), a.h_n = h_n.mutable_data(), a.c_n = ptr<F>(c_n);
+  std::vector<F*> inputs;  // L*D
+  std::vector<rnnkern::Cache<F>> caches;  // L*D
+  py::object xs = py::none(), bufs = py::none();
+  if (training) {
+    py::list xl, bl;
+    for (int k = 0; k < LD; ++k) {
+      const int64_t Fl = k < D ? p0.I : W;
+      py::object in = k == 0 ? x : py::object(new_array<F>({T, B, Fl}));
+      CacheArrays<F> ca = new_cache<F>(p0.cell, {T, B, Fl, H, p0.P}, pks[k]->has_layer_norm());
+      inputs.push_back(k == 0 ? nullptr : ptr<F>(in));
+      caches.push_back(ca.cache);
+      xl.append(in), bl.append(ca.buffers);
+    }
+    a.inputs = inputs.data(), a.caches = caches.data();
+    xs = xl, bufs = bl;
+  }
+  {
+    py::gil_scoped_release release;
+    rnnkern::stack_forward<F>(pks.data(), L, D, T, B, a);
+  }
+  return py::make_tuple(y, h_n, c_n, xs, bufs);
+}
+
+// rnnkern::stack_backward of a training stack_forward (its packs, xs, lengths, buffers, masks).
+// into: None, or L*D tuples of the weight gradients' arrays to add to. Returns (dx (T, B, I) or
+// None without need_dx, dh0 (L*D, B, P), dc0 (L*D, B, H) or None, L*D tuples of the weight
+// gradients as backward_packed returns them, empty with into).
+template <class F>
+py::tuple stack_backward(const py::list& packs, int D, const py::list& xs,
+                         const py::object& lengths, const py::list& buffers,
+                         const py::object& masks, const py::object& dy, const py::object& dh_n,
+                         const py::object& dc_n, bool need_dx, const py::object& into) {
+  if (xs.empty()) throw py::value_error("xs: expected L*D arrays");
+  const py::object x0 = xs[0];
+  const auto pks = stack_packs<F>(packs, D, x0);
+  const PackHandle& p0 = packs[0].cast<const PackHandle&>();
+  const int L = static_cast<int>(pks.size()) / D, LD = L * D;
+  if (xs.size() != size_t(LD) || buffers.size() != size_t(LD))
+    throw py::value_error("xs, buffers: expected L*D = " + std::to_string(LD) + " items");
+  if (!into.is_none() && into.cast<py::sequence>().size() != size_t(LD))
+    throw py::value_error("into: expected None or L*D = " + std::to_string(LD) + " tuples");
+  const Sizes z = packed_sizes(p0, x0);
+  const int64_t T = z.d.T, B = z.d.B, H = p0.H, P = p0.P ? p0.P : H, W = D * P;
+  const bool lstm = rnnkern::cell_traits(p0.cell).cell_state;
+  rnnkern::StackBackward<F> a{};
+  std::vector<const F*> inputs;  // L*D
+  std::vector<rnnkern::Cache<F>> caches;  // L*D
+  std::vector<rnnkern::Grads<F>> grads(LD, rnnkern::Grads<F>{});  // L*D
+  py::list weight;
+  for (int k = 0; k < LD; ++k) {
+    const Sizes zk{{T, B, k < D ? p0.I : W, H, p0.P}, z.G};
+    inputs.push_back(data<F>(xs[k], "xs", {T, B, zk.d.I}));
+    const bool ln = pks[k]->has_layer_norm();
+    caches.push_back(read_cache<F>(p0.cell, zk.d, ln, buffers[k].cast<py::tuple>()));
+    const py::object into_k = into.is_none() ? py::none() : py::object(into[py::int_(k)]);
+    const auto dws = weight_grads<F>(zk, pks[k]->has_bias(), pks[k]->has_peepholes(), ln,
+                                     grads[k], into_k);
+    py::tuple t(into_k.is_none() ? dws.size() : 0);
+    for (size_t i = 0; i < t.size(); ++i) t[i] = dws[i];
+    weight.append(t);
+  }
+  a.inputs = inputs.data(), a.caches = caches.data(), a.grads = grads.data();
+  a.lengths = checked_lengths(lengths, T, B);
+  const std::vector<const F*> ms = stack_masks<F>(masks, L, {T, B, W});
+  a.masks = ms.empty() ? nullptr : ms.data();
+  a.dy = data<F>(dy, "dy", {T, B, W}, true);
+  a.dh_n = data<F>(dh_n, "dh_n", {LD, B, P}, true);
+  a.dc_n = lstm ? data<F>(dc_n, "dc_n", {LD, B, H}, true) : nullptr;
+  py::object dx = array_or_none<F>(need_dx, {T, B, p0.I});
+  py::array_t<F> dh0 = new_array<F>({LD, B, P});
+  py::object dc0 = array_or_none<F>(lstm, {LD, B, H});
+  a.dx = ptr<F>(dx), a.dh0 = dh0.mutable_data(), a.dc0 = ptr<F>(dc0);
+  {
+    py::gil_scoped_release release;
+    rnnkern::stack_backward<F>(pks.data(), L, D, T, B, a);
+  }
+  return py::make_tuple(dx, dh0, dc0, weight);
+}
+
 template <class F>
 py::array softmax(const py::object& z) {
   auto a = py::reinterpret_borrow<py::array>(z);
@@ -747,6 +910,28 @@ PYBIND11_MODULE(_core, m) {
         py::arg("into") = py::none(), py::kw_only(), py::arg("need_dx") = true);
   m.def("forward_packed_many", &forward_packed_many);
   m.def("backward_packed_many", &backward_packed_many);
+  m.def("stack_forward", [](const py::list& packs, int directions, const py::object& x,
+                            const py::object& h0, const py::object& c0,
+                            const py::object& lengths, const py::object& masks, bool training) {
+    return is_f64(x, "x") ? stack_forward<double>(packs, directions, x, h0, c0, lengths, masks,
+                                                  training)
+                          : stack_forward<float>(packs, directions, x, h0, c0, lengths, masks,
+                                                 training);
+  }, py::arg("packs"), py::arg("directions"), py::arg("x"), py::arg("h0"), py::arg("c0"),
+     py::arg("lengths"), py::arg("masks"), py::arg("training"));
+  m.def("stack_backward", [](const py::list& packs, int directions, const py::list& xs,
+                             const py::object& lengths, const py::list& buffers,
+                             const py::object& masks, const py::object& dy,
+                             const py::object& dh_n, const py::object& dc_n, bool need_dx,
+                             const py::object& into) {
+    if (xs.empty()) throw py::value_error("xs: expected L*D arrays");
+    return is_f64(xs[0], "xs") ? stack_backward<double>(packs, directions, xs, lengths, buffers,
+                                                        masks, dy, dh_n, dc_n, need_dx, into)
+                               : stack_backward<float>(packs, directions, xs, lengths, buffers,
+                                                       masks, dy, dh_n, dc_n, need_dx, into);
+  }, py::arg("packs"), py::arg("directions"), py::arg("xs"), py::arg("lengths"),
+     py::arg("buffers"), py::arg("masks"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
+     py::arg("need_dx"), py::arg("into"));
   m.def("softmax", &softmax_any);
   m.def("softmax_cross_entropy", &xent_any);
   m.def("set_num_threads", [](int n) { if (n < 1) throw py::value_error("n: must be >= 1"); rnnkern::set_num_threads(n); });

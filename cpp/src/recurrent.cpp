@@ -226,6 +226,10 @@ bool Pack<F>::has_layer_norm() const {
 template <class F>
 int64_t Pack<F>::output_size() const { return impl_->with([](auto& p) { return p.P; }); }
 template <class F>
+bool Pack<F>::has_projection() const {
+  return impl_->with([](auto& p) { return p.projected(); });
+}
+template <class F>
 bool Pack<F>::for_forward() const { return impl_->with([](auto& p) { return p.fwd; }); }
 template <class F>
 bool Pack<F>::for_backward() const { return impl_->with([](auto& p) { return p.bwd; }); }

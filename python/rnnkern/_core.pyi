@@ -126,6 +126,16 @@ def weight_gradients(pack: Pack, rows: Rows, into: tuple[_Array | None, ...]) ->
 def forward_packed_many(
     calls: list[tuple[Pack, _Array, _Array | None, _Array | None, Any, bool]],
 ) -> list[tuple[_Array, _Array, _Array | None, tuple[_Array | None, ...]]]: ...
+def stack_forward(
+    packs: list[Pack], directions: int, x: _Array, h0: _Array | None, c0: _Array | None,
+    lengths: _Array | None, masks: list[_Array | None], training: bool,
+) -> tuple[_Array, _Array, _Array | None, list[_Array] | None, list[tuple[Any, ...]] | None]: ...
+def stack_backward(
+    packs: list[Pack], directions: int, xs: list[_Array], lengths: _Array | None,
+    buffers: list[tuple[Any, ...]], masks: list[_Array | None], dy: _Array | None,
+    dh_n: _Array | None, dc_n: _Array | None, need_dx: bool,
+    into: list[tuple[_Array | None, ...]] | None,
+) -> tuple[_Array | None, _Array, _Array | None, list[tuple[_Array | None, ...]]]: ...
 def backward_packed_many(
     calls: list[tuple[Pack, _Array, Any, tuple[_Array | None, ...], Any, Any, Any]]
     | list[tuple[Pack, _Array, Any, tuple[_Array | None, ...], Any, Any, Any, bool]]

@@ -185,6 +185,7 @@ class Pack {
   bool has_peepholes() const;
   bool has_layer_norm() const;
   int64_t output_size() const;  // P, the size of h: w_hr's rows, else H
+  bool has_projection() const;  // made with w_hr (then calls take Dims::P = output_size())
   bool for_forward() const;
   bool for_backward() const;
   std::string isa() const;  // the kernels it was packed for
@@ -213,6 +214,55 @@ void backward(const Pack<F>& w, Dims d, const F* x, const int64_t* lengths,
 // the rows' backwards ran with (std::invalid_argument if its cell or sizes differ).
 template <class F>
 void weight_gradients(const Pack<F>& w, const GradRows<F>& rows, Grads<F> g);
+
+// A whole stack in one call: L layers x D directions (D = 1 or 2) of one cell, packs[k] for
+// (layer l, direction d), k = l*D + d, all of one cell, dtype, H and P (output_size), layer 0's
+// of input size I, later layers' of D*P. PyTorch's layout: the reverse direction (d = 1) runs
+// each sequence backwards within its own length (padded steps stay in place), reading its input
+// and writing its output through that time map; a layer's output (T, B, D*P) has the forward
+// direction's P features first; masks[l] (dropout) multiplies layer l's output for l < L-1.
+// The directions of a layer run side by side when each is too small for a team of threads
+// (call_threads 1, as concurrently()), else one after the other with the whole team. The same
+// bits as running the layers one by one with forward(pack, ...) and these copies, on any number
+// of threads. std::invalid_argument for packs that do not form such a stack.
+template <class F>
+struct StackForward {
+  const F* x;              // (T, B, I)
+  const F* h0;             // (L*D, B, P) or null (zeros)
+  const F* c0;             // (L*D, B, H) or null (zeros; lstm only)
+  const int64_t* lengths;  // (B,) in 1..T, or null
+  const F* const* masks;   // L-1 pointers (T, B, D*P), each null for no dropout there; or null
+  F* y;                    // (T, B, D*P): the last layer's output, zero past each length
+  F* h_n;                  // (L*D, B, P)
+  F* c_n;                  // (L*D, B, H) (lstm, else null)
+  // Training: both non-null (inference: both null, the copies in scratch). inputs[k] gets the
+  // input (T, B, F_l) as k's kernel reads it, for stack_backward: for d = 0 of l >= 1, layer
+  // l-1's output after its mask; for d = 1, the layer's input reversed per sequence; inputs[0]
+  // is not written (layer 0's d = 0 reads x). caches[k]: k's cache (cache_layout).
+  F* const* inputs;
+  const Cache<F>* caches;
+};
+template <class F>
+void stack_forward(const Pack<F>* const* packs, int L, int D, int64_t T, int64_t B,
+                   const StackForward<F>& a);
+
+template <class F>
+struct StackBackward {
+  const F* const* inputs;  // L*D (T, B, F_l): x for k = 0, then stack_forward's inputs
+  const int64_t* lengths;  // the forward's
+  const F* const* masks;   // the forward's
+  const Cache<F>* caches;  // L*D: the forward's
+  const F* dy;    // (T, B, D*P) or null (zero)
+  const F* dh_n;  // (L*D, B, P) or null
+  const F* dc_n;  // (L*D, B, H) or null (lstm)
+  F* dx;          // (T, B, I), or null: not computed (layer 0's input product skipped)
+  F* dh0;         // (L*D, B, P)
+  F* dc0;         // (L*D, B, H) (lstm, else null)
+  const Grads<F>* grads;  // L*D: each's weight gradients and accumulate (dx, dh0, dc0 unused)
+};
+template <class F>
+void stack_backward(const Pack<F>* const* packs, int L, int D, int64_t T, int64_t B,
+                    const StackBackward<F>& a);
 
 // softmax over the last axis of z (N, C) -> out (N, C).
 template <class F>
