@@ -183,6 +183,14 @@ py::tuple buffers_tuple(const py::object& hs, const py::object& cs, const py::ob
   return py::make_tuple(hs, cs, gates, aux, ln);
 }
 
+// lengths (B,) int64 in 1..T, or None (null).
+const int64_t* checked_lengths(const py::object& lengths, int64_t T, int64_t B) {
+  const int64_t* len = data<int64_t>(lengths, "lengths", {B}, true);
+  for (int64_t b = 0; len && b < B; ++b)
+    if (len[b] < 1 || len[b] > T) throw py::value_error("lengths: every value must be in 1..T");
+  return len;
+}
+
 // A training forward's cache: new arrays (buffers_tuple's) and the core's view of them.
 template <class F>
 struct CacheArrays {
@@ -241,9 +249,7 @@ Prepared prepare_forward(Cell cell, Sizes z, const py::object& x, const py::obje
   const F* c0p = lstm ? data<F>(c0, "c0", {B, H}, true) : nullptr;
   rnnkern::Params<F> p{};
   if (!pk) p = params<F>(z, w_ih, w_hh, b_ih, b_hh, w_peep, w_hr);
-  const int64_t* len = data<int64_t>(lengths, "lengths", {B}, true);
-  for (int64_t b = 0; len && b < B; ++b)
-    if (len[b] < 1 || len[b] > T) throw py::value_error("lengths: every value must be in 1..T");
+  const int64_t* len = checked_lengths(lengths, T, B);
   py::array_t<F> y = new_array<F>({T, B, P}), h_n = new_array<F>({B, P});
   py::object c_n = array_or_none<F>(lstm, {B, H});
   const bool ln = pk ? pk->has_layer_norm() : p.ln_gates != nullptr;
@@ -359,9 +365,7 @@ Prepared prepare_backward(Cell cell, Sizes z, const py::object& x, const rnnkern
   rnnkern::Params<F> p{};
   if (!pk) p = params<F>(z, w_ih, w_hh, py::none(), py::none(), w_peep, w_hr);
   const bool peep = pk ? pk->has_peepholes() : p.w_peep != nullptr;
-  const int64_t* len = data<int64_t>(lengths, "lengths", {B}, true);
-  for (int64_t b = 0; len && b < B; ++b)
-    if (len[b] < 1 || len[b] > T) throw py::value_error("lengths: every value must be in 1..T");
+  const int64_t* len = checked_lengths(lengths, T, B);
   const F* dyp = data<F>(dy, "dy", {T, B, P}, true);
   const F* dhp = data<F>(dh_n, "dh_n", {B, P}, true);
   const F* dcp = lstm ? data<F>(dc_n, "dc_n", {B, H}, true) : nullptr;
@@ -702,13 +706,6 @@ std::vector<const F*> stack_masks(const py::object& masks, size_t layers, const 
   for (const py::handle& m : list)
     out.push_back(data<F>(py::reinterpret_borrow<py::object>(m), "masks", shape, true));
   return out;
-}
-
-const int64_t* checked_lengths(const py::object& lengths, int64_t T, int64_t B) {
-  const int64_t* len = data<int64_t>(lengths, "lengths", {B}, true);
-  for (int64_t b = 0; len && b < B; ++b)
-    if (len[b] < 1 || len[b] > T) throw py::value_error("lengths: every value must be in 1..T");
-  return len;
 }
 
 // rnnkern::stack_forward. Returns (y (T, B, D*P), h_n (L*D, B, P), c_n (L*D, B, H) or None,
